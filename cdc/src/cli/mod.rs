@@ -1,0 +1,231 @@
+//! Command-line interface: `pgcdc run | check | status`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use pgcdc_schema::Lsn;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::journal::JournalReader;
+use crate::replication::connect_sql;
+use crate::{pipeline, source};
+
+/// Change-data-capture from Postgres to HTTP APIs and Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "pgcdc", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// pgcdc commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream changes and deliver them until SIGINT/SIGTERM.
+    Run {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Preflight: check the source (and sinks); exit 0 only when ready.
+    Check {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Slot, WAL retained, journal head, each sink's cursor and lag.
+    Status {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGCDC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a command; returns the process exit code.
+pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = tx.send(true);
+            });
+            pipeline::run(config, rx).await?;
+            Ok(0)
+        }
+        Command::Check { config } => check(&Config::load(&config)?).await,
+        Command::Status { config, json } => status(&Config::load(&config)?, json).await,
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop pgcdc with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn check(config: &Config) -> anyhow::Result<i32> {
+    println!("ok    config: {} sink(s), {} table(s)", config.sink.len(), config.source.tables.len());
+    let url = config.source_url()?;
+    let client = match connect_sql(&url).await {
+        Ok(c) => c,
+        Err(e) => {
+            println!(
+                "FAIL  source connection: cannot connect to {url}: {e} — fix: check source.url, that Postgres runs and accepts connections from this host (pg_hba.conf)"
+            );
+            return Ok(1);
+        }
+    };
+    println!("ok    source connection: {url}");
+    let mut failed = 0;
+    for c in source::preflight(config, &client).await {
+        match c.outcome {
+            Ok(detail) => println!("ok    {}: {detail}", c.name),
+            Err(p) => {
+                failed += 1;
+                println!("FAIL  {}: {p}", c.name);
+            }
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
+    let url = config.source_url()?;
+    let journal = JournalReader::open(&config.state.dir, false)
+        .with_context(|| format!("cannot open the journal in {}", config.state.dir.display()))?;
+    let head = journal.head()?;
+    let cursors = journal.cursors()?;
+    let now_us = chrono::Utc::now().timestamp_micros();
+
+    let mut source_json = json!({ "reachable": false });
+    match connect_sql(&url).await {
+        Err(e) => source_json["error"] = json!(e.to_string()),
+        Ok(client) => {
+            source_json["reachable"] = json!(true);
+            let wal: Option<String> = client
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .ok()
+                .map(|r| r.get(0));
+            let current = wal.as_deref().and_then(|w| w.parse::<Lsn>().ok());
+            source_json["current_wal_lsn"] = json!(wal);
+            source_json["lag_bytes"] = json!(current.map(|c| c.0.saturating_sub(head.confirmed_lsn.0)));
+            source_json["slot"] = match source::slot_info(&client, &config.source.slot).await {
+                Ok(Some(s)) => json!({
+                    "name": config.source.slot,
+                    "active": s.active_pid.is_some(),
+                    "active_pid": s.active_pid,
+                    "confirmed_flush_lsn": s.confirmed_flush_lsn,
+                    "wal_status": s.wal_status,
+                    "retained_wal_bytes": s.retained_bytes,
+                }),
+                Ok(None) => json!(null),
+                Err(e) => json!({ "error": source::sql_message(&e) }),
+            };
+        }
+    }
+    let mut sinks = Vec::new();
+    for sink in &config.sink {
+        let c = cursors.iter().find(|c| c.sink == sink.name());
+        let cursor = c.map_or(0, |c| c.pos);
+        let lag_events = c.map_or(head.pos, |c| c.lag_events);
+        let lag_seconds = c
+            .and_then(|c| c.oldest_pending_unix_us)
+            .map(|t| ((now_us - t).max(0) as f64) / 1e6)
+            .unwrap_or(0.0);
+        sinks.push(json!({
+            "name": sink.name(),
+            "cursor": cursor,
+            "lag_events": lag_events,
+            "lag_seconds": lag_seconds,
+        }));
+    }
+    let status = json!({
+        "source": source_json,
+        "journal": {
+            "head": head.pos,
+            "confirmed_lsn": head.confirmed_lsn.to_string(),
+            "bytes": journal.size_bytes(),
+        },
+        "sinks": sinks,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(0);
+    }
+    let s = &status["source"];
+    if s["reachable"] == true {
+        println!("source:   reachable, WAL at {}", s["current_wal_lsn"].as_str().unwrap_or("?"));
+        match s["slot"].as_object() {
+            Some(slot) => println!(
+                "slot:     {} {} confirmed {} wal_status {} retained {} bytes",
+                config.source.slot,
+                if slot.get("active") == Some(&json!(true)) { "active" } else { "inactive" },
+                slot.get("confirmed_flush_lsn").and_then(|v| v.as_str()).unwrap_or("-"),
+                slot.get("wal_status").and_then(|v| v.as_str()).unwrap_or("-"),
+                slot.get("retained_wal_bytes").map(|v| v.to_string()).unwrap_or_default(),
+            ),
+            None => println!("slot:     {} missing (created by `pgcdc run`)", config.source.slot),
+        }
+        println!("lag:      {} bytes of WAL not yet journaled", s["lag_bytes"]);
+    } else {
+        println!("source:   UNREACHABLE: {}", s["error"].as_str().unwrap_or("?"));
+    }
+    println!(
+        "journal:  head {} confirmed {} ({} bytes)",
+        head.pos,
+        head.confirmed_lsn,
+        status["journal"]["bytes"]
+    );
+    for sink in status["sinks"].as_array().into_iter().flatten() {
+        println!(
+            "sink {}: cursor {} lag {} events, {:.1} s",
+            sink["name"].as_str().unwrap_or("?"),
+            sink["cursor"],
+            sink["lag_events"],
+            sink["lag_seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,435 @@
+//! Configuration: TOML with `${VAR}` substitution from the environment.
+//!
+//! Every error names the key path (`sink[1].tables`) and what is expected.
+//! Errors here are definite: nothing connects before the config is valid.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::replication::SourceUrl;
+
+/// A configuration problem, with the key path it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML syntax is broken.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is missing, unknown or malformed.
+    #[error("config key `{key}`: {message}")]
+    Key {
+        /// Key path, e.g. `sink[0].name`.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+fn key_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A string that must never be printed (passwords, tokens, URLs with credentials).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The portal database.
+    pub source: SourceConfig,
+    /// Where the journal and cursors live.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Delivery destinations.
+    #[serde(default)]
+    pub sink: Vec<SinkConfig>,
+}
+
+/// `[source]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user@host:port/db?sslmode=...`
+    pub url: Secret,
+    /// Publication name; created for `tables` if missing.
+    #[serde(default = "SourceConfig::default_publication")]
+    pub publication: String,
+    /// Logical replication slot name; created if missing.
+    #[serde(default = "SourceConfig::default_slot")]
+    pub slot: String,
+    /// Tables to capture, `schema.table`.
+    pub tables: Vec<String>,
+    /// Initial snapshot mode.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+}
+
+impl SourceConfig {
+    const DEFAULT_NAME: &'static str = "pgcdc";
+
+    fn default_publication() -> String {
+        Self::DEFAULT_NAME.to_string()
+    }
+
+    fn default_slot() -> String {
+        Self::DEFAULT_NAME.to_string()
+    }
+}
+
+/// `source.snapshot`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Copy existing rows before streaming (not built yet: refused by `validate`).
+    Initial,
+    /// Stream changes from the slot's creation on.
+    #[default]
+    Never,
+}
+
+/// `[state]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the journal, cursors, DLQ and audit log.
+    #[serde(default = "StateConfig::default_dir")]
+    pub dir: PathBuf,
+}
+
+impl StateConfig {
+    fn default_dir() -> PathBuf {
+        PathBuf::from("./pgcdc-data")
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: Self::default_dir(),
+        }
+    }
+}
+
+/// One `[[sink]]`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// One native-event JSON line per change on stdout.
+    Stdout(StdoutSinkConfig),
+}
+
+impl SinkConfig {
+    /// The sink's name (its cursor's key).
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Stdout(s) => &s.name,
+        }
+    }
+
+    /// Tables this sink receives; empty means every source table.
+    pub fn tables(&self) -> &[String] {
+        match self {
+            SinkConfig::Stdout(s) => &s.tables,
+        }
+    }
+}
+
+/// `[[sink]] type = "stdout"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// Unique sink name.
+    pub name: String,
+    /// Tables to deliver (`schema.table`); all source tables when empty.
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+impl Config {
+    /// Reads, substitutes `${VAR}`, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses config text; `env` looks up variables (injected for tests).
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        substitute_env(&mut value, &mut String::new(), env)?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            key_err(if key == "." { "(top level)".into() } else { key }, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.source
+            .url
+            .expose()
+            .parse::<SourceUrl>()
+            .map_err(|e| key_err("source.url", e.to_string()))?;
+        check_identifier("source.publication", &self.source.publication)?;
+        check_identifier("source.slot", &self.source.slot)?;
+        if self.source.slot.bytes().any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')) {
+            return Err(key_err(
+                "source.slot",
+                "a replication slot name may contain only lower-case letters, digits and '_'",
+            ));
+        }
+        if self.source.tables.is_empty() {
+            return Err(key_err(
+                "source.tables",
+                "list at least one table to capture, e.g. tables = [\"public.permits\"]",
+            ));
+        }
+        for (i, t) in self.source.tables.iter().enumerate() {
+            TableName::parse(t).map_err(|m| key_err(format!("source.tables[{i}]"), m))?;
+        }
+        if self.source.snapshot == SnapshotMode::Initial {
+            return Err(key_err(
+                "source.snapshot",
+                "\"initial\" is not built yet in this version; set snapshot = \"never\" \
+                 (changes are captured from the slot's creation on)",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, sink) in self.sink.iter().enumerate() {
+            let name = sink.name();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(key_err(
+                    format!("sink[{i}].name"),
+                    format!("{name:?} is not a valid sink name: use letters, digits, '_' and '-'"),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(key_err(
+                    format!("sink[{i}].name"),
+                    format!("sink name {name:?} is used twice; sink names must be unique"),
+                ));
+            }
+            let source_tables: Vec<TableName> = self
+                .source
+                .tables
+                .iter()
+                .filter_map(|t| TableName::parse(t).ok())
+                .collect();
+            for (j, t) in sink.tables().iter().enumerate() {
+                let key = format!("sink[{i}].tables[{j}]");
+                let table = TableName::parse(t).map_err(|m| key_err(&key, m))?;
+                if !source_tables.contains(&table) {
+                    return Err(key_err(
+                        key,
+                        format!("table {table} is not in source.tables; add it there first"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The source tables, parsed.
+    pub fn tables(&self) -> Vec<TableName> {
+        self.source
+            .tables
+            .iter()
+            .filter_map(|t| TableName::parse(t).ok())
+            .collect()
+    }
+
+    /// The source URL, parsed (validated at load).
+    pub fn source_url(&self) -> Result<SourceUrl, ConfigError> {
+        self.source
+            .url
+            .expose()
+            .parse::<SourceUrl>()
+            .map_err(|e| key_err("source.url", e.to_string()))
+    }
+}
+
+fn check_identifier(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.is_empty() || v.len() > 63 || v.contains('"') || v.contains('\0') {
+        return Err(key_err(
+            key,
+            format!("{v:?} is not a valid Postgres identifier (1-63 characters, no '\"')"),
+        ));
+    }
+    Ok(())
+}
+
+/// A `schema.table` name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// Schema (default `public`).
+    pub schema: String,
+    /// Table.
+    pub table: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table` (schema `public`).
+    pub fn parse(s: &str) -> Result<TableName, String> {
+        let bad = || format!("{s:?} is not a table name: expected \"schema.table\", e.g. \"public.permits\"");
+        let (schema, table) = match s.split_once('.') {
+            Some((schema, table)) => (schema, table),
+            None => ("public", s),
+        };
+        if schema.is_empty() || table.is_empty() || table.contains('.') || s.contains('"') {
+            return Err(bad());
+        }
+        Ok(TableName {
+            schema: schema.to_string(),
+            table: table.to_string(),
+        })
+    }
+
+    /// `"schema"."table"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Replaces `${VAR}` (and `${VAR:-default}`) in every string value.
+fn substitute_env(
+    value: &mut toml::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => {
+            if s.contains("${") {
+                *s = expand(s, path, env)?;
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                substitute_env(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                substitute_env(v, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| {
+            key_err(path, "unterminated ${...}: write ${NAME} to use an environment variable")
+        })?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(key_err(path, format!("${{{expr}}} is not a valid environment variable reference")));
+        }
+        match (env(name), default) {
+            (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(key_err(
+                    path,
+                    format!("environment variable {name} is not set (referenced as ${{{name}}}); export it or write ${{{name}:-default}}"),
+                ))
+            }
+            (Some(v), None) => out.push_str(&v),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

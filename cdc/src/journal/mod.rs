@@ -1,0 +1,444 @@
+//! The journal: a durable, append-only log of change events in one SQLite
+//! file (WAL mode, `synchronous=FULL`) under `state.dir`, plus one cursor per
+//! sink.
+//!
+//! ```text
+//!  reader ──JournalWriter::append (one SQLite txn per batch, fsync)──▶ events
+//!                                  └─ meta.confirmed_lsn (same txn) ──▶ slot feedback
+//!  sink runner ◀── JournalReader::read_after(cursor) ── events
+//!  sink runner ──JournalReader::advance_cursor (monotonic)──▶ cursors
+//! ```
+//!
+//! Positions: `pos` is the journal's own sequence (1, 2, ...). Streamed
+//! changes are also keyed by (commit LSN, ordinal in the transaction); the
+//! writer skips any change at or before the last journaled one, so a replay
+//! from the slot after a crash never duplicates an entry.
+//!
+//! Errors are definite (`JournalError`): a disk or SQLite failure stops pgcdc,
+//! which restarts from the slot without loss.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgcdc_schema::{ChangeEvent, Lsn};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+/// A journal failure.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// SQLite failed.
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        /// The journal file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The state directory cannot be used.
+    #[error("state dir {path}: {message}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// An entry could not be (de)serialized.
+    #[error("journal entry at pos {pos}: {source}")]
+    Corrupt {
+        /// Journal position.
+        pos: i64,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+/// File name of the journal inside `state.dir`.
+pub const JOURNAL_FILE: &str = "journal.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    pos INTEGER PRIMARY KEY,
+    commit_lsn INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    commit_time_us INTEGER,
+    tbl TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    sink TEXT PRIMARY KEY,
+    pos INTEGER NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+";
+
+/// One change to append: its ordinal in the transaction and the event.
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    /// Ordinal of the change in its transaction.
+    pub seq: u32,
+    /// Commit time in Unix microseconds (for lag and time-based resets).
+    pub commit_time_unix_us: Option<i64>,
+    /// The event.
+    pub event: ChangeEvent,
+}
+
+/// An event read back, with its journal position.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Journal position.
+    pub pos: i64,
+    /// The event.
+    pub event: ChangeEvent,
+}
+
+/// How far the journal is durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalHead {
+    /// Position of the last entry (0 when empty).
+    pub pos: i64,
+    /// WAL position up to which everything of ours is journaled; reported to the slot.
+    pub confirmed_lsn: Lsn,
+}
+
+/// What one `append` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Entries written.
+    pub appended: usize,
+    /// Entries skipped because they were journaled before (replay after restart).
+    pub skipped: usize,
+}
+
+fn open_conn(dir: &Path, read_only: bool) -> Result<(Connection, PathBuf), JournalError> {
+    let path = dir.join(JOURNAL_FILE);
+    if !read_only {
+        std::fs::create_dir_all(dir).map_err(|e| JournalError::StateDir {
+            path: dir.to_path_buf(),
+            message: format!("cannot create it ({e}); set [state] dir to a writable directory"),
+        })?;
+    } else if !path.exists() {
+        return Err(JournalError::StateDir {
+            path: dir.to_path_buf(),
+            message: format!(
+                "no journal ({JOURNAL_FILE}) here yet; run `pgcdc run` first or check [state] dir"
+            ),
+        });
+    }
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let err = |source| JournalError::Sqlite {
+        path: path.clone(),
+        source,
+    };
+    let conn = Connection::open_with_flags(&path, flags).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    Ok((conn, path))
+}
+
+fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+fn read_head(conn: &Connection) -> rusqlite::Result<JournalHead> {
+    let pos: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| r.get(0))?;
+    let confirmed = meta_get(conn, "confirmed_lsn")?
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok(JournalHead {
+        pos,
+        confirmed_lsn: Lsn(confirmed),
+    })
+}
+
+/// The single writer of the journal (owned by the journal thread).
+pub struct JournalWriter {
+    conn: Connection,
+    path: PathBuf,
+    /// (commit LSN, seq) of the last journaled change.
+    last: Option<(u64, u32)>,
+    head: JournalHead,
+}
+
+impl JournalWriter {
+    /// Opens (or creates) the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        let (conn, path) = open_conn(dir, false)?;
+        let err = |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let last = conn
+            .query_row(
+                "SELECT commit_lsn, seq FROM events ORDER BY pos DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u32)),
+            )
+            .optional()
+            .map_err(err)?;
+        let head = read_head(&conn).map_err(err)?;
+        Ok(JournalWriter {
+            conn,
+            path,
+            last,
+            head,
+        })
+    }
+
+    /// What is durable now.
+    pub fn head(&self) -> JournalHead {
+        self.head
+    }
+
+    /// Reads a metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, JournalError> {
+        meta_get(&self.conn, key).map_err(|source| self.sqlite(source))
+    }
+
+    /// Writes a metadata value (durably, on its own).
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), JournalError> {
+        meta_set(&self.conn, key, value).map_err(|source| self.sqlite(source))
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Appends `entries` and, in the same transaction, moves the confirmed LSN
+    /// forward to `confirm` (never back). Durable when this returns.
+    pub fn append(
+        &mut self,
+        entries: &[JournalEntry],
+        confirm: Option<Lsn>,
+    ) -> Result<AppendOutcome, JournalError> {
+        let mut outcome = AppendOutcome::default();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| JournalError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        let mut last = self.last;
+        let mut pos = self.head.pos;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events(pos, commit_lsn, seq, commit_time_us, tbl, payload) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(|source| JournalError::Sqlite {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            for entry in entries {
+                let position = (entry.event.lsn.0, entry.seq);
+                if last.is_some_and(|l| position <= l) {
+                    outcome.skipped += 1;
+                    continue;
+                }
+                let payload = serde_json::to_string(&entry.event)
+                    .map_err(|source| JournalError::Corrupt { pos: pos + 1, source })?;
+                pos += 1;
+                insert
+                    .execute(params![
+                        pos,
+                        position.0 as i64,
+                        position.1,
+                        entry.commit_time_unix_us,
+                        entry.event.qualified_table(),
+                        payload
+                    ])
+                    .map_err(|source| JournalError::Sqlite {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                last = Some(position);
+                outcome.appended += 1;
+            }
+        }
+        let mut confirmed = self.head.confirmed_lsn;
+        if let Some(c) = confirm.filter(|c| *c > confirmed) {
+            meta_set(&tx, "confirmed_lsn", &c.0.to_string()).map_err(|source| {
+                JournalError::Sqlite {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+            confirmed = c;
+        }
+        tx.commit().map_err(|source| JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.last = last;
+        self.head = JournalHead {
+            pos,
+            confirmed_lsn: confirmed,
+        };
+        Ok(outcome)
+    }
+}
+
+/// A reader of the journal and keeper of sink cursors (one per sink runner,
+/// and for `status`).
+pub struct JournalReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// One sink's cursor and lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorInfo {
+    /// Sink name.
+    pub sink: String,
+    /// Last journal position the sink has finished with.
+    pub pos: i64,
+    /// Journal entries after the cursor.
+    pub lag_events: i64,
+    /// Commit time (Unix µs) of the oldest entry after the cursor.
+    pub oldest_pending_unix_us: Option<i64>,
+}
+
+impl JournalReader {
+    /// Opens the journal for reading and cursor updates; `create` makes it if missing.
+    pub fn open(dir: &Path, create: bool) -> Result<Self, JournalError> {
+        let (conn, path) = open_conn(dir, !create)?;
+        Ok(JournalReader { conn, path })
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The durable head.
+    pub fn head(&self) -> Result<JournalHead, JournalError> {
+        read_head(&self.conn).map_err(|e| self.sqlite(e))
+    }
+
+    /// Reads a metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, JournalError> {
+        meta_get(&self.conn, key).map_err(|e| self.sqlite(e))
+    }
+
+    /// Up to `limit` events after `pos`, in journal order (optionally only of `tables`).
+    pub fn read_after(&self, pos: i64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT pos, payload FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![pos, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for row in rows {
+            let (pos, payload) = row.map_err(|e| self.sqlite(e))?;
+            let event = serde_json::from_str(&payload)
+                .map_err(|source| JournalError::Corrupt { pos, source })?;
+            out.push(StoredEvent { pos, event });
+        }
+        Ok(out)
+    }
+
+    /// The sink's cursor, created at 0 (the start of the journal) for a new sink.
+    pub fn cursor(&self, sink: &str) -> Result<i64, JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO cursors(sink, pos) VALUES (?1, 0) ON CONFLICT(sink) DO NOTHING",
+                [sink],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        self.conn
+            .query_row("SELECT pos FROM cursors WHERE sink = ?1", [sink], |r| r.get(0))
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Moves the sink's cursor forward to `pos` (durably). Moving back is a no-op:
+    /// only an operator's reset may rewind a cursor.
+    pub fn advance_cursor(&self, sink: &str, pos: i64) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO cursors(sink, pos) VALUES (?1, ?2) \
+                 ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, \
+                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE excluded.pos > cursors.pos",
+                params![sink, pos],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
+    }
+
+    /// Every sink's cursor with its lag.
+    pub fn cursors(&self) -> Result<Vec<CursorInfo>, JournalError> {
+        let head = self.head()?.pos;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT sink, pos FROM cursors ORDER BY sink")
+            .map_err(|e| self.sqlite(e))?;
+        let rows: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.sqlite(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sqlite(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (sink, pos) in rows {
+            let oldest = self
+                .conn
+                .query_row(
+                    "SELECT commit_time_us FROM events WHERE pos > ?1 ORDER BY pos LIMIT 1",
+                    [pos],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+                .optional()
+                .map_err(|e| self.sqlite(e))?
+                .flatten();
+            out.push(CursorInfo {
+                sink,
+                pos,
+                lag_events: (head - pos).max(0),
+                oldest_pending_unix_us: oldest,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Size of the journal files on disk, in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        let wal = self.path.with_extension("db-wal");
+        [self.path.as_path(), wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

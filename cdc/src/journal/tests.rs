@@ -1,0 +1,100 @@
+use pgcdc_schema::{EventId, Op};
+use serde_json::Map;
+
+use super::*;
+
+fn entry(lsn: u64, seq: u32) -> JournalEntry {
+    JournalEntry {
+        seq,
+        commit_time_unix_us: Some(1_700_000_000_000_000 + lsn as i64),
+        event: ChangeEvent {
+            id: EventId::from_position(Lsn(lsn), seq),
+            op: Op::Insert,
+            schema: "public".into(),
+            table: "permits".into(),
+            key: Some(Map::new()),
+            old: None,
+            new: Some(Map::new()),
+            trigger: None,
+            lsn: Lsn(lsn),
+            xid: Some(7),
+            commit_time: None,
+            unchanged_toast: vec![],
+        },
+    }
+}
+
+fn ids(events: &[StoredEvent]) -> Vec<String> {
+    events.iter().map(|e| e.event.id.to_string()).collect()
+}
+
+#[test]
+fn appends_are_durable_and_replays_are_skipped() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    {
+        let mut w = JournalWriter::open(dir.path())?;
+        let out = w.append(&[entry(100, 0), entry(100, 1)], None)?;
+        assert_eq!(out, AppendOutcome { appended: 2, skipped: 0 });
+        // A partial transaction: its commit has not been confirmed.
+        w.append(&[entry(200, 0)], Some(Lsn(150)))?;
+        assert_eq!(w.head(), JournalHead { pos: 3, confirmed_lsn: Lsn(150) });
+    }
+    // Restart: the slot replays transaction 200 whole, then more.
+    let mut w = JournalWriter::open(dir.path())?;
+    assert_eq!(w.head(), JournalHead { pos: 3, confirmed_lsn: Lsn(150) });
+    let out = w.append(&[entry(200, 0), entry(200, 1), entry(300, 0)], Some(Lsn(310)))?;
+    assert_eq!(out, AppendOutcome { appended: 2, skipped: 1 });
+    // Confirmed LSN never moves back.
+    w.append(&[], Some(Lsn(5)))?;
+    assert_eq!(w.head().confirmed_lsn, Lsn(310));
+
+    let r = JournalReader::open(dir.path(), false)?;
+    let all = r.read_after(0, 100)?;
+    assert_eq!(
+        ids(&all),
+        [
+            EventId::from_position(Lsn(100), 0).to_string(),
+            EventId::from_position(Lsn(100), 1).to_string(),
+            EventId::from_position(Lsn(200), 0).to_string(),
+            EventId::from_position(Lsn(200), 1).to_string(),
+            EventId::from_position(Lsn(300), 0).to_string(),
+        ]
+    );
+    assert_eq!(all.iter().map(|e| e.pos).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(ids(&r.read_after(3, 1)?), [EventId::from_position(Lsn(200), 1).to_string()]);
+    Ok(())
+}
+
+#[test]
+fn cursors_only_move_forward() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    let mut w = JournalWriter::open(dir.path())?;
+    w.append(&[entry(1, 0), entry(2, 0), entry(3, 0)], None)?;
+    let r = JournalReader::open(dir.path(), false)?;
+    assert_eq!(r.cursor("a")?, 0);
+    r.advance_cursor("a", 2)?;
+    r.advance_cursor("a", 1)?;
+    assert_eq!(r.cursor("a")?, 2);
+    assert_eq!(r.cursor("b")?, 0);
+    let cursors = r.cursors()?;
+    assert_eq!(cursors.len(), 2);
+    assert_eq!(cursors[0].lag_events, 1);
+    assert_eq!(cursors[0].oldest_pending_unix_us, Some(1_700_000_000_000_003));
+    assert_eq!(cursors[1].lag_events, 3);
+    Ok(())
+}
+
+#[test]
+fn reading_a_missing_journal_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    match JournalReader::open(&dir.path().join("nope"), false) {
+        Err(e) => assert!(e.to_string().contains("pgcdc run"), "{e}"),
+        Ok(_) => panic!("opened a journal that does not exist"),
+    }
+}

@@ -1,0 +1,18 @@
+//! The `pgcdc` binary.
+
+use clap::Parser;
+use pgcdc::cli::{self, Cli};
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    cli::init_logging(cli.log_format);
+    let code = match cli::execute(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,170 @@
+//! Test-only encoder: builds pgoutput v1 bytes from a [`Message`], written
+//! straight from the protocol docs so the decoder tests do not depend on the
+//! decoder to make their input.
+
+use super::{Column, Datum, Message, OldTuple, Relation, ReplicaIdentity, Tuple};
+
+pub(crate) fn encode(message: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    match message {
+        Message::Begin {
+            final_lsn,
+            commit_time,
+            xid,
+        } => {
+            out.push(b'B');
+            out.extend(final_lsn.to_be_bytes());
+            out.extend(commit_time.to_be_bytes());
+            out.extend(xid.to_be_bytes());
+        }
+        Message::Commit {
+            flags,
+            commit_lsn,
+            end_lsn,
+            commit_time,
+        } => {
+            out.push(b'C');
+            out.push(*flags);
+            out.extend(commit_lsn.to_be_bytes());
+            out.extend(end_lsn.to_be_bytes());
+            out.extend(commit_time.to_be_bytes());
+        }
+        Message::Origin { commit_lsn, name } => {
+            out.push(b'O');
+            out.extend(commit_lsn.to_be_bytes());
+            cstr(&mut out, name);
+        }
+        Message::Relation(relation) => relation_body(&mut out, relation),
+        Message::Type {
+            id,
+            namespace,
+            name,
+        } => {
+            out.push(b'Y');
+            out.extend(id.to_be_bytes());
+            cstr(&mut out, namespace);
+            cstr(&mut out, name);
+        }
+        Message::Insert { relation_id, new } => {
+            out.push(b'I');
+            out.extend(relation_id.to_be_bytes());
+            out.push(b'N');
+            tuple(&mut out, new);
+        }
+        Message::Update {
+            relation_id,
+            old,
+            new,
+        } => {
+            out.push(b'U');
+            out.extend(relation_id.to_be_bytes());
+            if let Some(old) = old {
+                old_tuple(&mut out, old);
+            }
+            out.push(b'N');
+            tuple(&mut out, new);
+        }
+        Message::Delete { relation_id, old } => {
+            out.push(b'D');
+            out.extend(relation_id.to_be_bytes());
+            old_tuple(&mut out, old);
+        }
+        Message::Truncate {
+            options,
+            relation_ids,
+        } => {
+            out.push(b'T');
+            out.extend(len32(relation_ids.len()).to_be_bytes());
+            out.push(*options);
+            for id in relation_ids {
+                out.extend(id.to_be_bytes());
+            }
+        }
+        Message::Message {
+            transactional,
+            lsn,
+            prefix,
+            content,
+        } => {
+            out.push(b'M');
+            out.push(u8::from(*transactional));
+            out.extend(lsn.to_be_bytes());
+            cstr(&mut out, prefix);
+            out.extend(len32(content.len()).to_be_bytes());
+            out.extend_from_slice(content);
+        }
+    }
+    out
+}
+
+fn relation_body(out: &mut Vec<u8>, relation: &Relation) {
+    out.push(b'R');
+    out.extend(relation.id.to_be_bytes());
+    cstr(out, &relation.namespace);
+    cstr(out, &relation.name);
+    out.push(match relation.replica_identity {
+        ReplicaIdentity::Default => b'd',
+        ReplicaIdentity::Nothing => b'n',
+        ReplicaIdentity::Full => b'f',
+        ReplicaIdentity::Index => b'i',
+    });
+    out.extend(len16(relation.columns.len()).to_be_bytes());
+    for Column {
+        is_key,
+        name,
+        type_oid,
+        type_modifier,
+    } in &relation.columns
+    {
+        out.push(u8::from(*is_key));
+        cstr(out, name);
+        out.extend(type_oid.to_be_bytes());
+        out.extend(type_modifier.to_be_bytes());
+    }
+}
+
+fn old_tuple(out: &mut Vec<u8>, old: &OldTuple) {
+    match old {
+        OldTuple::Key(t) => {
+            out.push(b'K');
+            tuple(out, t);
+        }
+        OldTuple::Full(t) => {
+            out.push(b'O');
+            tuple(out, t);
+        }
+    }
+}
+
+fn tuple(out: &mut Vec<u8>, Tuple(datums): &Tuple) {
+    out.extend(len16(datums.len()).to_be_bytes());
+    for datum in datums {
+        match datum {
+            Datum::Null => out.push(b'n'),
+            Datum::UnchangedToast => out.push(b'u'),
+            Datum::Text(bytes) | Datum::Binary(bytes) => {
+                out.push(if matches!(datum, Datum::Text(_)) {
+                    b't'
+                } else {
+                    b'b'
+                });
+                out.extend(len32(bytes.len()).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
+    }
+}
+
+fn cstr(out: &mut Vec<u8>, s: &str) {
+    assert!(!s.contains('\0'), "test strings must not contain NUL");
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+fn len16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,267 @@
+//! Turns decoded pgoutput messages into journal entries: typed values, the
+//! row key, old/new images and the event id from (commit LSN, ordinal).
+//!
+//! Kept free of I/O except the catalog look-up on a Relation message, so the
+//! mapping rules are unit-tested on constructed messages.
+
+use std::collections::{HashMap, HashSet};
+
+use pgcdc_schema::event::{pg_micros_to_rfc3339, pg_micros_to_unix_micros, Row};
+use pgcdc_schema::value::{decode_text, PgType};
+use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
+use serde_json::Value;
+
+use crate::config::TableName;
+use crate::journal::JournalEntry;
+use crate::pgoutput::{Datum, OldTuple, Relation, Tuple};
+
+/// What the decoder knows of one relation (table) in this session.
+#[derive(Debug, Clone)]
+pub struct RelationInfo {
+    /// The table.
+    pub name: TableName,
+    /// Columns in table order: name and decoding kind.
+    pub columns: Vec<(String, PgType)>,
+    /// Indices of the key columns (primary key, else the replica identity columns).
+    pub key: Vec<usize>,
+    /// Whether this table is captured (in `source.tables`).
+    pub captured: bool,
+}
+
+impl RelationInfo {
+    /// Builds the info from a Relation message, the resolved column kinds and the primary key.
+    pub fn new(rel: &Relation, kinds: Vec<PgType>, primary_key: &[String], captured: &HashSet<TableName>) -> Self {
+        let name = TableName {
+            schema: rel.namespace.clone(),
+            table: rel.name.clone(),
+        };
+        let columns: Vec<(String, PgType)> = rel
+            .columns
+            .iter()
+            .zip(kinds)
+            .map(|(c, k)| (c.name.clone(), k))
+            .collect();
+        let mut key: Vec<usize> = primary_key
+            .iter()
+            .filter_map(|k| columns.iter().position(|(n, _)| n == k))
+            .collect();
+        if key.is_empty() {
+            key = rel
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_key)
+                .map(|(i, _)| i)
+                .collect();
+        }
+        RelationInfo {
+            captured: captured.contains(&name),
+            name,
+            columns,
+            key,
+        }
+    }
+}
+
+/// The transaction being decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct TxnState {
+    /// Commit LSN (Begin's final LSN).
+    pub commit_lsn: Lsn,
+    /// Transaction id.
+    pub xid: u32,
+    /// Commit time, µs since 2000-01-01.
+    pub commit_time: i64,
+    /// Ordinal of the next change.
+    pub next_seq: u32,
+}
+
+/// Why a message could not be turned into an event (definite: the stream is inconsistent).
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// A row change referenced a relation never described in this session.
+    #[error("change for unknown relation OID {0} (no Relation message came before it)")]
+    UnknownRelation(u32),
+    /// A row change came outside BEGIN/COMMIT.
+    #[error("row change outside a transaction")]
+    NoTransaction,
+    /// A tuple did not match its relation's column count.
+    #[error("tuple of {table} has {got} columns, the relation has {want}")]
+    ColumnCount {
+        /// Table.
+        table: TableName,
+        /// Columns in the tuple.
+        got: usize,
+        /// Columns in the relation.
+        want: usize,
+    },
+}
+
+/// Decodes row changes into journal entries.
+#[derive(Default)]
+pub struct ChangeBuilder {
+    relations: HashMap<u32, RelationInfo>,
+    txn: Option<TxnState>,
+}
+
+fn datum_value(kind: &PgType, datum: &Datum) -> Option<Value> {
+    match datum {
+        Datum::Null => Some(Value::Null),
+        Datum::UnchangedToast => None,
+        Datum::Text(b) | Datum::Binary(b) => Some(match std::str::from_utf8(b) {
+            Ok(s) => decode_text(kind, s),
+            Err(_) => Value::String(String::from_utf8_lossy(b).into_owned()),
+        }),
+    }
+}
+
+impl ChangeBuilder {
+    /// Forgets the session's relations and any open transaction (on reconnect).
+    pub fn reset(&mut self) {
+        self.relations.clear();
+        self.txn = None;
+    }
+
+    /// Records a relation description.
+    pub fn relation(&mut self, id: u32, info: RelationInfo) {
+        self.relations.insert(id, info);
+    }
+
+    /// Whether a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// BEGIN.
+    pub fn begin(&mut self, final_lsn: u64, xid: u32, commit_time: i64) {
+        self.txn = Some(TxnState {
+            commit_lsn: Lsn(final_lsn),
+            xid,
+            commit_time,
+            next_seq: 0,
+        });
+    }
+
+    /// COMMIT: closes the transaction.
+    pub fn commit(&mut self) {
+        self.txn = None;
+    }
+
+    fn row(&self, info: &RelationInfo, tuple: &Tuple) -> Result<(Row, Vec<String>), ChangeError> {
+        if tuple.0.len() != info.columns.len() {
+            return Err(ChangeError::ColumnCount {
+                table: info.name.clone(),
+                got: tuple.0.len(),
+                want: info.columns.len(),
+            });
+        }
+        let mut row = Row::new();
+        let mut toast = Vec::new();
+        for ((name, kind), datum) in info.columns.iter().zip(&tuple.0) {
+            match datum_value(kind, datum) {
+                Some(v) => {
+                    row.insert(name.clone(), v);
+                }
+                None => toast.push(name.clone()),
+            }
+        }
+        Ok((row, toast))
+    }
+
+    fn key_of(info: &RelationInfo, row: &Row) -> Row {
+        info.key
+            .iter()
+            .filter_map(|&i| info.columns.get(i))
+            .map(|(n, _)| (n.clone(), row.get(n).cloned().unwrap_or(Value::Null)))
+            .collect()
+    }
+
+    fn entry(
+        &mut self,
+        relation_id: u32,
+        build: impl FnOnce(&Self, &RelationInfo) -> Result<(Op, Option<Row>, Option<Row>, Option<Row>, Vec<String>), ChangeError>,
+    ) -> Result<Option<JournalEntry>, ChangeError> {
+        let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
+        let seq = txn.next_seq;
+        txn.next_seq += 1;
+        let txn = *txn;
+        let info = self
+            .relations
+            .get(&relation_id)
+            .ok_or(ChangeError::UnknownRelation(relation_id))?;
+        if !info.captured {
+            return Ok(None);
+        }
+        let (op, key, old, new, unchanged_toast) = build(self, info)?;
+        Ok(Some(JournalEntry {
+            seq,
+            commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
+            event: ChangeEvent {
+                id: EventId::from_position(txn.commit_lsn, seq),
+                op,
+                schema: info.name.schema.clone(),
+                table: info.name.table.clone(),
+                key,
+                old,
+                new,
+                trigger: None,
+                lsn: txn.commit_lsn,
+                xid: Some(txn.xid),
+                commit_time: Some(pg_micros_to_rfc3339(txn.commit_time)),
+                unchanged_toast,
+            },
+        }))
+    }
+
+    /// INSERT.
+    pub fn insert(&mut self, relation_id: u32, new: &Tuple) -> Result<Option<JournalEntry>, ChangeError> {
+        self.entry(relation_id, |b, info| {
+            let (row, toast) = b.row(info, new)?;
+            Ok((Op::Insert, Some(Self::key_of(info, &row)), None, Some(row), toast))
+        })
+    }
+
+    /// UPDATE: `old` is the key (`K`, key changed) or the full old row (`O`, REPLICA IDENTITY FULL).
+    pub fn update(
+        &mut self,
+        relation_id: u32,
+        old: Option<&OldTuple>,
+        new: &Tuple,
+    ) -> Result<Option<JournalEntry>, ChangeError> {
+        self.entry(relation_id, |b, info| {
+            let (row, toast) = b.row(info, new)?;
+            let old = match old {
+                None => None,
+                Some(OldTuple::Full(t)) => Some(b.row(info, t)?.0),
+                Some(OldTuple::Key(t)) => Some(Self::key_of(info, &b.row(info, t)?.0)),
+            };
+            Ok((Op::Update, Some(Self::key_of(info, &row)), old, Some(row), toast))
+        })
+    }
+
+    /// DELETE: `old` is the key (default identity) or the full row (FULL).
+    pub fn delete(&mut self, relation_id: u32, old: &OldTuple) -> Result<Option<JournalEntry>, ChangeError> {
+        self.entry(relation_id, |b, info| {
+            let (old, key) = match old {
+                OldTuple::Full(t) => {
+                    let row = b.row(info, t)?.0;
+                    let key = Self::key_of(info, &row);
+                    (row, key)
+                }
+                OldTuple::Key(t) => {
+                    let key = Self::key_of(info, &b.row(info, t)?.0);
+                    (key.clone(), key)
+                }
+            };
+            Ok((Op::Delete, Some(key), Some(old), None, Vec::new()))
+        })
+    }
+
+    /// TRUNCATE of one relation.
+    pub fn truncate(&mut self, relation_id: u32) -> Result<Option<JournalEntry>, ChangeError> {
+        self.entry(relation_id, |_, _| Ok((Op::Truncate, None, None, None, Vec::new())))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+use bytes::Bytes;
+use serde_json::json;
+
+use super::*;
+use crate::pgoutput::{Column, ReplicaIdentity};
+
+const PERMITS: u32 = 16_400;
+const OTHER: u32 = 16_500;
+
+fn relation(id: u32, name: &str, identity: ReplicaIdentity, key_flags: [bool; 3]) -> Relation {
+    let cols = [("id", 23), ("status", 25), ("notes", 25)];
+    Relation {
+        id,
+        namespace: "public".into(),
+        name: name.into(),
+        replica_identity: identity,
+        columns: cols
+            .iter()
+            .zip(key_flags)
+            .map(|((n, oid), is_key)| Column {
+                is_key,
+                name: (*n).into(),
+                type_oid: *oid,
+                type_modifier: -1,
+            })
+            .collect(),
+    }
+}
+
+fn builder() -> ChangeBuilder {
+    let captured: HashSet<TableName> = [TableName { schema: "public".into(), table: "permits".into() }].into();
+    let mut b = ChangeBuilder::default();
+    let kinds = vec![PgType::Int4, PgType::Text, PgType::Text];
+    let rel = relation(PERMITS, "permits", ReplicaIdentity::Full, [true, true, true]);
+    b.relation(PERMITS, RelationInfo::new(&rel, kinds.clone(), &["id".to_string()], &captured));
+    let rel = relation(OTHER, "other", ReplicaIdentity::Default, [true, false, false]);
+    b.relation(OTHER, RelationInfo::new(&rel, kinds, &[], &captured));
+    b
+}
+
+fn text(s: &str) -> Datum {
+    Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn tuple(d: Vec<Datum>) -> Tuple {
+    Tuple(d)
+}
+
+#[test]
+fn insert_carries_typed_values_key_and_position() {
+    let mut b = builder();
+    b.begin(0x1A2B3C4, 731, 0);
+    let e = b
+        .insert(PERMITS, &tuple(vec![text("42"), text("pending"), Datum::Null]))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("captured table"));
+    assert_eq!(e.seq, 0);
+    assert_eq!(e.event.id, EventId::from_position(Lsn(0x1A2B3C4), 0));
+    assert_eq!(e.event.op, Op::Insert);
+    assert_eq!(json!(e.event.key), json!({"id": 42}));
+    assert_eq!(json!(e.event.new), json!({"id": 42, "status": "pending", "notes": null}));
+    assert_eq!(e.event.old, None);
+    assert_eq!(e.event.xid, Some(731));
+    assert_eq!(e.event.commit_time.as_deref(), Some("2000-01-01T00:00:00.000000Z"));
+}
+
+#[test]
+fn primary_key_wins_over_full_identity_flags_and_ordinals_count_up() {
+    let mut b = builder();
+    b.begin(0x100, 1, 0);
+    let row = tuple(vec![text("7"), text("approved"), text("n")]);
+    let old = OldTuple::Full(tuple(vec![text("7"), text("review"), text("n")]));
+    let first = b.insert(PERMITS, &row).ok().flatten().map(|e| e.seq);
+    let e = b
+        .update(PERMITS, Some(&old), &row)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("update"));
+    assert_eq!((first, e.seq), (Some(0), 1));
+    assert_eq!(json!(e.event.key), json!({"id": 7}));
+    assert_eq!(json!(e.event.old), json!({"id": 7, "status": "review", "notes": "n"}));
+}
+
+#[test]
+fn unchanged_toast_is_listed_not_null() {
+    let mut b = builder();
+    b.begin(0x100, 1, 0);
+    let e = b
+        .update(PERMITS, None, &tuple(vec![text("7"), text("approved"), Datum::UnchangedToast]))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("update"));
+    assert_eq!(json!(e.event.new), json!({"id": 7, "status": "approved"}));
+    assert_eq!(e.event.unchanged_toast, ["notes"]);
+    assert_eq!(e.event.old, None);
+}
+
+#[test]
+fn delete_with_default_identity_has_key_only_old() {
+    let captured: HashSet<TableName> = [TableName { schema: "public".into(), table: "permits".into() }].into();
+    let mut b = ChangeBuilder::default();
+    let rel = relation(PERMITS, "permits", ReplicaIdentity::Default, [true, false, false]);
+    b.relation(PERMITS, RelationInfo::new(&rel, vec![PgType::Int4, PgType::Text, PgType::Text], &["id".into()], &captured));
+    b.begin(0x100, 1, 0);
+    let e = b
+        .delete(PERMITS, &OldTuple::Key(tuple(vec![text("9"), Datum::Null, Datum::Null])))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("delete"));
+    assert_eq!(json!(e.event.key), json!({"id": 9}));
+    assert_eq!(json!(e.event.old), json!({"id": 9}));
+    assert_eq!(e.event.new, None);
+}
+
+#[test]
+fn uncaptured_tables_are_skipped_but_keep_ordinals_stable() {
+    let mut b = builder();
+    b.begin(0x100, 1, 0);
+    let row = tuple(vec![text("1"), text("x"), text("y")]);
+    assert!(matches!(b.insert(OTHER, &row), Ok(None)));
+    let e = b.insert(PERMITS, &row).ok().flatten().unwrap_or_else(|| panic!("insert"));
+    assert_eq!(e.seq, 1);
+    let t = b.truncate(PERMITS).ok().flatten().unwrap_or_else(|| panic!("truncate"));
+    assert_eq!((t.event.op, t.event.key.clone(), t.seq), (Op::Truncate, None, 2));
+}
+
+#[test]
+fn inconsistent_streams_are_errors() {
+    let mut b = builder();
+    let row = tuple(vec![text("1"), text("x"), text("y")]);
+    assert!(matches!(b.insert(PERMITS, &row), Err(ChangeError::NoTransaction)));
+    b.begin(0x100, 1, 0);
+    assert!(matches!(b.insert(999, &row), Err(ChangeError::UnknownRelation(999))));
+    assert!(matches!(
+        b.insert(PERMITS, &tuple(vec![text("1")])),
+        Err(ChangeError::ColumnCount { got: 1, want: 3, .. })
+    ));
+}

@@ -1,0 +1,65 @@
+//! The journal writer thread: drains the reader's bounded command queue in
+//! batches, writes each batch in one SQLite transaction, then publishes the
+//! new durable head (which the reader reports to the slot and the sink
+//! runners wait on).
+
+use pgcdc_schema::Lsn;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::journal::{JournalEntry, JournalError, JournalHead, JournalWriter};
+
+/// What the reader asks of the journal, in stream order.
+#[derive(Debug)]
+pub enum JournalCommand {
+    /// Append one change.
+    Change(JournalEntry),
+    /// Everything before this is complete up to WAL position `end_lsn` (a COMMIT's
+    /// end, or a keepalive's WAL end while no transaction is open).
+    Confirm(Lsn),
+    /// Reply once everything sent before is durable.
+    Sync(oneshot::Sender<JournalHead>),
+}
+
+/// Most commands written in one SQLite transaction: bounds memory and latency.
+pub const MAX_BATCH: usize = 5_000;
+
+/// Capacity of the reader → writer queue.
+pub const QUEUE_CAPACITY: usize = 8_192;
+
+/// Runs the writer until the command queue closes. Blocking: run on its own thread.
+pub fn run(
+    mut writer: JournalWriter,
+    mut rx: mpsc::Receiver<JournalCommand>,
+    head_tx: watch::Sender<JournalHead>,
+) -> Result<(), JournalError> {
+    let mut entries: Vec<JournalEntry> = Vec::with_capacity(MAX_BATCH);
+    let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut confirm: Option<Lsn> = None;
+        let mut take = |cmd: JournalCommand, entries: &mut Vec<JournalEntry>| match cmd {
+            JournalCommand::Change(e) => entries.push(e),
+            JournalCommand::Confirm(lsn) => confirm = confirm.max(Some(lsn)),
+            JournalCommand::Sync(reply) => syncs.push(reply),
+        };
+        take(first, &mut entries);
+        let mut taken = 1;
+        while taken < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => take(cmd, &mut entries),
+                Err(_) => break,
+            }
+            taken += 1;
+        }
+        let outcome = writer.append(&entries, confirm)?;
+        if outcome.skipped > 0 {
+            tracing::debug!(skipped = outcome.skipped, "skipped changes already journaled (replay after restart)");
+        }
+        entries.clear();
+        let head = writer.head();
+        head_tx.send_replace(head);
+        for reply in syncs.drain(..) {
+            let _ = reply.send(head);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The running engine: preflight, then reader → journal thread → sink runners.
+//!
+//! ```text
+//!  ReplicationStream ─▶ reader ─(bounded mpsc)─▶ journal thread ─▶ journal.db
+//!        ▲ status (durable LSN)        │                  │ watch(head)
+//!        └─────────────────────────────┘                  ▼
+//!                                       runner(sink 1) … runner(sink N)
+//! ```
+//!
+//! Shutdown (SIGINT/SIGTERM): the reader stops reading, waits until the
+//! journal has everything it sent, reports that to the slot and closes;
+//! each runner finishes the batch in hand. Exit 0.
+
+pub mod changes;
+pub mod journal_thread;
+pub mod reader;
+pub mod runner;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use pgcdc_sinks::stdout::StdoutSink;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, SinkConfig, TableName};
+use crate::journal::{JournalHead, JournalWriter};
+use crate::replication::{connect_sql, ReplicationConnection};
+use crate::source;
+
+/// How long a slot held by a previous (crashed) pgcdc may take to be released.
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// Preflight, set up the publication and slot, then stream and deliver until
+/// `shutdown` becomes true.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let url = config.source_url()?;
+    let state_dir = config.state.dir.clone();
+    let mut writer = JournalWriter::open(&state_dir)?;
+
+    let client = connect_sql(&url)
+        .await
+        .with_context(|| format!("cannot connect to the source database at {url}"))?;
+    let checks = source::preflight(&config, &client).await;
+    let failed: Vec<String> = checks
+        .iter()
+        .filter_map(|c| c.outcome.as_ref().err().map(|p| format!("  {}: {p}", c.name)))
+        .collect();
+    let slot_busy = checks
+        .iter()
+        .any(|c| c.name.starts_with("slot ") && c.outcome.as_ref().is_err_and(|p| p.problem.contains("in use")));
+    if slot_busy && failed.len() == 1 {
+        source::wait_slot_released(&client, &config.source.slot, SLOT_RELEASE_WAIT)
+            .await
+            .map_err(|p| anyhow!("preflight failed:\n  slot {}: {p}", config.source.slot))?;
+    } else if !failed.is_empty() {
+        bail!("preflight failed:\n{}", failed.join("\n"));
+    }
+
+    let mut conn = ReplicationConnection::connect(&url).await?;
+    let ident = conn.identify_system().await?;
+    match writer.meta("system_id")? {
+        Some(id) if id != ident.systemid => bail!(
+            "the journal in {} was written for database system {id}, but the source is system {}; \
+             point [state] dir at a new directory for this source",
+            state_dir.display(),
+            ident.systemid
+        ),
+        Some(_) => {}
+        None => writer.set_meta("system_id", &ident.systemid)?,
+    }
+    if source::ensure_publication(&config, &client)
+        .await
+        .map_err(|e| anyhow!("cannot create publication {}: {}", config.source.publication, source::sql_message(&e)))?
+    {
+        writer.set_meta("created_publication", &config.source.publication)?;
+    }
+    if source::ensure_slot(&config, &client, &mut conn).await? {
+        writer.set_meta("created_slot", &config.source.slot)?;
+    }
+    conn.close().await;
+    drop(client);
+
+    let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
+    let (journal_tx, journal_rx) = mpsc::channel(journal_thread::QUEUE_CAPACITY);
+    let writer_thread = std::thread::Builder::new()
+        .name("pgcdc-journal".into())
+        .spawn(move || journal_thread::run(writer, journal_rx, head_tx))
+        .context("cannot start the journal thread")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut runners = JoinSet::new();
+    for sink in &config.sink {
+        let tables: HashSet<TableName> = sink.tables().iter().filter_map(|t| TableName::parse(t).ok()).collect();
+        let selection = runner::Selection { tables };
+        match sink {
+            SinkConfig::Stdout(s) => {
+                runners.spawn(runner::run(
+                    StdoutSink::new(&s.name),
+                    selection,
+                    state_dir.clone(),
+                    head_rx.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+        }
+    }
+
+    let reader_cfg = reader::ReaderConfig {
+        url,
+        slot: config.source.slot.clone(),
+        publication: config.source.publication.clone(),
+        tables: config.tables().into_iter().collect(),
+        status_interval: Duration::from_secs(1),
+    };
+    let mut reader = tokio::spawn(reader::run(reader_cfg, journal_tx, head_rx, stop_rx.clone()));
+
+    let mut failure: Option<anyhow::Error> = None;
+    let mut reader_done = false;
+    tokio::select! {
+        _ = shutdown.changed() => tracing::info!("shutting down: finishing the batch in hand"),
+        r = &mut reader => {
+            reader_done = true;
+            failure = Some(match r {
+                Ok(Ok(())) => anyhow!("the reader stopped unexpectedly"),
+                Ok(Err(e)) => anyhow!(e),
+                Err(e) => anyhow!("reader task failed: {e}"),
+            });
+        }
+        Some(r) = runners.join_next() => {
+            failure = Some(match r {
+                Ok(Ok(())) => anyhow!("a sink runner stopped unexpectedly"),
+                Ok(Err(e)) => anyhow!(e),
+                Err(e) => anyhow!("sink task failed: {e}"),
+            });
+        }
+    }
+    let _ = stop_tx.send(true);
+    if !reader_done {
+        match reader.await {
+            Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
+            Err(e) if failure.is_none() => failure = Some(anyhow!("reader task failed: {e}")),
+            _ => {}
+        }
+    }
+    while let Some(r) = runners.join_next().await {
+        match r {
+            Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
+            Err(e) if failure.is_none() => failure = Some(anyhow!("sink task failed: {e}")),
+            _ => {}
+        }
+    }
+    // The reader's sender is gone, so the journal thread drains and ends.
+    match tokio::task::spawn_blocking(move || writer_thread.join()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => failure = failure.or(Some(anyhow!(e))),
+        _ => failure = failure.or(Some(anyhow!("the journal thread panicked"))),
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

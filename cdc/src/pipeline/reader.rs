@@ -1,0 +1,237 @@
+//! The reader: one replication session after another (reconnecting with
+//! capped exponential backoff), decoding pgoutput into journal commands and
+//! reporting to the slot only what the journal holds durably.
+//!
+//! Transient (reconnect): socket errors, server shutdown, a slot still held
+//! by our previous, dying walsender. Definite (stop): auth, TLS, protocol
+//! violations, decode errors, a missing slot or publication.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use pgcdc_schema::Lsn;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
+use super::journal_thread::JournalCommand;
+use crate::config::TableName;
+use crate::journal::JournalHead;
+use crate::pgoutput::{self, Message};
+use crate::replication::{connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl};
+use crate::source::catalog::Catalog;
+
+/// Why the reader stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    /// The replication connection failed definitely.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// A pgoutput message could not be decoded.
+    #[error("cannot decode pgoutput message at {lsn}: {source}")]
+    Decode {
+        /// Where.
+        lsn: Lsn,
+        /// Why.
+        source: pgoutput::DecodeError,
+    },
+    /// A change did not fit the session's relations.
+    #[error("inconsistent change at {lsn}: {source}")]
+    Change {
+        /// Where.
+        lsn: Lsn,
+        /// Why.
+        source: ChangeError,
+    },
+    /// The journal thread is gone (it logs its own error).
+    #[error("the journal writer stopped")]
+    JournalGone,
+}
+
+impl ReaderError {
+    fn is_transient(&self) -> bool {
+        match self {
+            ReaderError::Replication(e) => {
+                // 55006: slot active — our own walsender from before a crash may linger briefly.
+                e.is_transient() || e.sqlstate() == Some("55006")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the reader needs to run.
+pub struct ReaderConfig {
+    /// Source connection.
+    pub url: SourceUrl,
+    /// Slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// Tables captured.
+    pub tables: HashSet<TableName>,
+    /// Interval of standby status updates.
+    pub status_interval: Duration,
+}
+
+/// How a session ended without error.
+enum SessionEnd {
+    Shutdown,
+}
+
+/// First and maximum reconnect delay.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Streams until `shutdown`; reconnects after transient failures.
+pub async fn run(
+    cfg: ReaderConfig,
+    journal: mpsc::Sender<JournalCommand>,
+    mut head: watch::Receiver<JournalHead>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ReaderError> {
+    let mut backoff = BACKOFF_INITIAL;
+    let mut builder = ChangeBuilder::default();
+    loop {
+        builder.reset();
+        let started = Instant::now();
+        let err = match session(&cfg, &mut builder, &journal, &mut head, &mut shutdown).await {
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Err(e),
+        };
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_INITIAL;
+        }
+        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "replication connection lost; reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn send(journal: &mpsc::Sender<JournalCommand>, cmd: JournalCommand) -> Result<(), ReaderError> {
+    journal.send(cmd).await.map_err(|_| ReaderError::JournalGone)
+}
+
+async fn sync(journal: &mpsc::Sender<JournalCommand>) -> Result<JournalHead, ReaderError> {
+    let (tx, rx) = oneshot::channel();
+    send(journal, JournalCommand::Sync(tx)).await?;
+    rx.await.map_err(|_| ReaderError::JournalGone)
+}
+
+async fn session(
+    cfg: &ReaderConfig,
+    builder: &mut ChangeBuilder,
+    journal: &mpsc::Sender<JournalCommand>,
+    head: &mut watch::Receiver<JournalHead>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SessionEnd, ReaderError> {
+    let mut catalog = Catalog::new(connect_sql(&cfg.url).await?);
+    let conn = ReplicationConnection::connect(&cfg.url).await?;
+    // Everything journaled is durable; start from there (Postgres starts at
+    // the slot's confirmed position if that is later).
+    let start = sync(journal).await?.confirmed_lsn;
+    let mut stream = conn.start_replication(&cfg.slot, start.0, &cfg.publication).await?;
+    tracing::info!(slot = %cfg.slot, from = %start, "replication started");
+
+    let mut ticker = tokio::time::interval(cfg.status_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut received: u64 = start.0;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                // Finish what is in hand: wait for the journal, confirm it, leave.
+                let durable = sync(journal).await?.confirmed_lsn;
+                stream.send_status(received.max(durable.0), durable.0, durable.0, false).await?;
+                tracing::info!(confirmed = %durable, "replication stopped");
+                if let Err(e) = tokio::time::timeout(Duration::from_secs(5), stream.finish()).await.unwrap_or(Ok(())) {
+                    tracing::debug!(error = %e, "closing the replication stream");
+                }
+                return Ok(SessionEnd::Shutdown);
+            }
+            _ = ticker.tick() => {
+                let durable = head.borrow_and_update().confirmed_lsn.0;
+                stream.send_status(received.max(durable), durable, durable, false).await?;
+            }
+            msg = stream.next_message() => {
+                let Some(msg) = msg? else {
+                    return Err(ReplicationError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the server ended the replication stream",
+                    )).into());
+                };
+                match msg {
+                    ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                        received = received.max(wal_end);
+                        let message = pgoutput::decode_bytes(&data)
+                            .map_err(|source| ReaderError::Decode { lsn: Lsn(wal_start), source })?;
+                        handle(message, Lsn(wal_start), builder, &mut catalog, cfg, journal).await?;
+                    }
+                    ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                        received = received.max(wal_end);
+                        if !builder.in_transaction() {
+                            // Nothing of ours is pending before wal_end: let the slot move
+                            // past other tables' and databases' traffic.
+                            send(journal, JournalCommand::Confirm(Lsn(wal_end))).await?;
+                        }
+                        if reply_requested {
+                            let durable = head.borrow_and_update().confirmed_lsn.0;
+                            stream.send_status(received.max(durable), durable, durable, false).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn handle(
+    message: Message,
+    at: Lsn,
+    builder: &mut ChangeBuilder,
+    catalog: &mut Catalog,
+    cfg: &ReaderConfig,
+    journal: &mpsc::Sender<JournalCommand>,
+) -> Result<(), ReaderError> {
+    let change_err = |source| ReaderError::Change { lsn: at, source };
+    let entry = match message {
+        Message::Begin { final_lsn, commit_time, xid } => {
+            builder.begin(final_lsn, xid, commit_time);
+            None
+        }
+        Message::Commit { end_lsn, .. } => {
+            builder.commit();
+            send(journal, JournalCommand::Confirm(Lsn(end_lsn))).await?;
+            None
+        }
+        Message::Relation(rel) => {
+            let mut kinds = Vec::with_capacity(rel.columns.len());
+            for c in &rel.columns {
+                kinds.push(catalog.resolve_type(c.type_oid).await?);
+            }
+            let pk = catalog.primary_key(rel.id).await?;
+            builder.relation(rel.id, RelationInfo::new(&rel, kinds, &pk, &cfg.tables));
+            None
+        }
+        Message::Insert { relation_id, new } => builder.insert(relation_id, &new).map_err(change_err)?,
+        Message::Update { relation_id, old, new } => {
+            builder.update(relation_id, old.as_ref(), &new).map_err(change_err)?
+        }
+        Message::Delete { relation_id, old } => builder.delete(relation_id, &old).map_err(change_err)?,
+        Message::Truncate { relation_ids, .. } => {
+            for id in relation_ids {
+                if let Some(entry) = builder.truncate(id).map_err(change_err)? {
+                    send(journal, JournalCommand::Change(entry)).await?;
+                }
+            }
+            None
+        }
+        Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => None,
+    };
+    if let Some(entry) = entry {
+        send(journal, JournalCommand::Change(entry)).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! Startup, authentication and commands on a `replication=database` connection.
+
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+
+use super::frame::{self, Backend, ServerFields};
+use super::stream::ReplicationStream;
+use super::transport::Transport;
+use super::{ReplicationError, SourceUrl};
+
+/// Result of IDENTIFY_SYSTEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifySystem {
+    /// The cluster's unique system identifier (a u64 in decimal).
+    pub systemid: String,
+    /// Current timeline.
+    pub timeline: u32,
+    /// Current WAL flush position.
+    pub xlogpos: u64,
+    /// Database this connection is attached to.
+    pub dbname: String,
+}
+
+/// Result of CREATE_REPLICATION_SLOT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    /// The slot's name as the server reports it.
+    pub slot_name: String,
+    /// First LSN the slot will stream; everything before is in the snapshot.
+    pub consistent_point: u64,
+    /// Exported snapshot, usable with `SET TRANSACTION SNAPSHOT` until the
+    /// next command on this connection.
+    pub snapshot_name: Option<String>,
+    /// The output plugin (`pgoutput`).
+    pub output_plugin: String,
+}
+
+/// A walsender connection (`replication=database`) before streaming starts.
+pub struct ReplicationConnection {
+    transport: Transport,
+}
+
+impl std::fmt::Debug for ReplicationConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationConnection").finish_non_exhaustive()
+    }
+}
+
+/// Double-quotes an identifier for a replication command.
+pub(crate) fn quote_ident(name: &str) -> Result<String, ReplicationError> {
+    if name.is_empty() || name.contains('\0') {
+        return Err(ReplicationError::Config(format!(
+            "identifier `{}` must be non-empty and contain no NUL byte",
+            name.escape_debug()
+        )));
+    }
+    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
+/// Single-quotes a string literal (standard_conforming_strings is always on since PG 9.1).
+pub(crate) fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn auth_err(message: impl Into<String>) -> ReplicationError {
+    ReplicationError::Auth {
+        message: message.into(),
+    }
+}
+
+/// Class 28 SQLSTATEs (invalid authorization) are Auth, the rest stay Server.
+fn startup_error(fields: ServerFields) -> ReplicationError {
+    if fields.code.starts_with("28") {
+        auth_err(format!("{} (SQLSTATE {})", fields.message, fields.code))
+    } else {
+        fields.into_error()
+    }
+}
+
+fn unexpected(during: &str, message: &Backend) -> ReplicationError {
+    let what = match message {
+        Backend::CopyBothResponse => "CopyBothResponse",
+        Backend::Message(Message::CopyInResponse(_)) => "CopyInResponse",
+        Backend::Message(Message::CopyOutResponse(_)) => "CopyOutResponse",
+        Backend::Message(Message::CopyData(_)) => "CopyData",
+        Backend::Message(Message::ReadyForQuery(_)) => "ReadyForQuery",
+        Backend::Message(Message::AuthenticationOk) => "AuthenticationOk",
+        _ => "another message",
+    };
+    ReplicationError::Protocol(format!("unexpected {what} during {during}"))
+}
+
+impl ReplicationConnection {
+    /// Startup with replication=database, TLS per sslmode, auth trust/cleartext/MD5/SCRAM-SHA-256.
+    pub async fn connect(url: &SourceUrl) -> Result<Self, ReplicationError> {
+        let mut transport = Transport::open(url).await?;
+        // Fixed session settings so text values parse the same on every server.
+        let params = [
+            ("user", url.user.as_str()),
+            ("database", url.dbname.as_str()),
+            ("replication", "database"),
+            ("application_name", url.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("TimeZone", "UTC"),
+            ("IntervalStyle", "iso_8601"),
+            ("extra_float_digits", "3"),
+            ("options", "-c bytea_output=hex -c statement_timeout=0"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut transport.write_buf)?;
+        transport.flush().await?;
+        authenticate(&mut transport, url).await?;
+        loop {
+            match transport.read().await? {
+                Backend::Message(Message::BackendKeyData(_)) => {}
+                Backend::Message(Message::ReadyForQuery(_)) => break,
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    return Err(startup_error(ServerFields::parse(body.fields())?))
+                }
+                other => return Err(unexpected("startup", &other)),
+            }
+        }
+        tracing::debug!(
+            host = %url.host, port = url.port, dbname = %url.dbname,
+            server_version = transport.parameters.get("server_version").map(String::as_str),
+            "replication connection ready"
+        );
+        Ok(ReplicationConnection { transport })
+    }
+
+    /// A ParameterStatus value reported by the server (e.g. `server_version`).
+    pub fn server_parameter(&self, name: &str) -> Option<&str> {
+        self.transport.parameters.get(name).map(String::as_str)
+    }
+
+    /// IDENTIFY_SYSTEM: system id, timeline, current WAL position, database.
+    pub async fn identify_system(&mut self) -> Result<IdentifySystem, ReplicationError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = single_row(rows, 4, "IDENTIFY_SYSTEM")?;
+        let text = |i: usize, name: &str| {
+            row.get(i).cloned().flatten().ok_or_else(|| {
+                ReplicationError::Protocol(format!("IDENTIFY_SYSTEM returned NULL {name}"))
+            })
+        };
+        let timeline = text(1, "timeline")?;
+        Ok(IdentifySystem {
+            systemid: text(0, "systemid")?,
+            timeline: timeline.parse().map_err(|_| {
+                ReplicationError::Protocol(format!("IDENTIFY_SYSTEM timeline `{timeline}`"))
+            })?,
+            xlogpos: frame::parse_lsn(&text(2, "xlogpos")?)?,
+            dbname: text(3, "dbname")?,
+        })
+    }
+
+    /// Simple-query protocol; returns rows as text columns (None = NULL). Works for SQL and
+    /// replication commands (e.g. READ_REPLICATION_SLOT, SHOW) on a replication=database conn.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+        frontend::query(sql, &mut self.transport.write_buf)?;
+        self.transport.flush().await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        // Always read through ReadyForQuery so the connection stays usable after an error.
+        loop {
+            match self.transport.read().await? {
+                Backend::Message(Message::DataRow(row)) => rows.push(frame::data_row_text(&row)?),
+                Backend::Message(
+                    Message::RowDescription(_)
+                    | Message::CommandComplete(_)
+                    | Message::EmptyQueryResponse,
+                ) => {}
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    failure = Some(ServerFields::parse(body.fields())?.into_error());
+                }
+                Backend::Message(Message::ReadyForQuery(_)) => break,
+                other => {
+                    return Err(ReplicationError::Protocol(format!(
+                        "{}; simple_query cannot run COPY or START_REPLICATION",
+                        unexpected("simple_query", &other)
+                    )))
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    /// CREATE_REPLICATION_SLOT "name" LOGICAL pgoutput (SNAPSHOT 'export'|'nothing').
+    pub async fn create_logical_slot(
+        &mut self,
+        slot: &str,
+        export_snapshot: bool,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        let snapshot = if export_snapshot { "export" } else { "nothing" };
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
+            quote_ident(slot)?
+        );
+        let rows = self.simple_query(&sql).await?;
+        let mut row = single_row(rows, 4, "CREATE_REPLICATION_SLOT")?.into_iter();
+        let mut next = |name: &str| {
+            row.next().flatten().ok_or_else(|| {
+                ReplicationError::Protocol(format!("CREATE_REPLICATION_SLOT returned NULL {name}"))
+            })
+        };
+        let slot_name = next("slot_name")?;
+        let consistent_point = frame::parse_lsn(&next("consistent_point")?)?;
+        let snapshot_name = next("snapshot_name").ok();
+        let output_plugin = next("output_plugin")?;
+        Ok(CreatedSlot {
+            slot_name,
+            consistent_point,
+            snapshot_name,
+            output_plugin,
+        })
+    }
+
+    /// START_REPLICATION SLOT "slot" LOGICAL X/Y (proto_version '1', publication_names '"pub"').
+    pub async fn start_replication(
+        mut self,
+        slot: &str,
+        start_lsn: u64,
+        publication: &str,
+    ) -> Result<ReplicationStream, ReplicationError> {
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
+            quote_ident(slot)?,
+            frame::format_lsn(start_lsn),
+            quote_literal(&quote_ident(publication)?)
+        );
+        frontend::query(&sql, &mut self.transport.write_buf)?;
+        self.transport.flush().await?;
+        match self.transport.read().await? {
+            Backend::CopyBothResponse => Ok(ReplicationStream::new(self.transport)),
+            Backend::Message(Message::ErrorResponse(body)) => {
+                Err(ServerFields::parse(body.fields())?.into_error())
+            }
+            other => Err(unexpected("START_REPLICATION", &other)),
+        }
+    }
+
+    /// Sends Terminate and closes the socket.
+    pub async fn close(self) {
+        self.transport.close().await;
+    }
+}
+
+fn single_row(
+    rows: Vec<Vec<Option<String>>>,
+    columns: usize,
+    command: &str,
+) -> Result<Vec<Option<String>>, ReplicationError> {
+    match <[_; 1]>::try_from(rows) {
+        Ok([row]) if row.len() >= columns => Ok(row),
+        Ok([row]) => Err(ReplicationError::Protocol(format!(
+            "{command} returned {} columns, expected {columns}",
+            row.len()
+        ))),
+        Err(rows) => Err(ReplicationError::Protocol(format!(
+            "{command} returned {} rows, expected 1",
+            rows.len()
+        ))),
+    }
+}
+
+async fn authenticate(transport: &mut Transport, url: &SourceUrl) -> Result<(), ReplicationError> {
+    let password = || {
+        url.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| {
+            auth_err(format!(
+                "the server wants a password for user `{}` but the source URL has none; \
+                 write postgres://{}:PASSWORD@... (percent-encode special characters)",
+                url.user, url.user
+            ))
+        })
+    };
+    loop {
+        let message = match transport.read().await? {
+            Backend::Message(m) => m,
+            other => return Err(unexpected("authentication", &other)),
+        };
+        match message {
+            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(password()?, &mut transport.write_buf)?;
+                transport.flush().await?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = md5_hash(url.user.as_bytes(), password()?, body.salt());
+                frontend::password_message(hash.as_bytes(), &mut transport.write_buf)?;
+                transport.flush().await?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut offered = Vec::new();
+                let mut mechanisms = body.mechanisms();
+                while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)
+                    .map_err(|e| ReplicationError::Protocol(e.to_string()))?
+                {
+                    offered.push(m.to_owned());
+                }
+                if !offered.iter().any(|m| m == SCRAM_SHA_256) {
+                    return Err(auth_err(format!(
+                        "the server offers SASL mechanisms {offered:?}; only SCRAM-SHA-256 is supported"
+                    )));
+                }
+                scram(transport, password()?).await?;
+            }
+            Message::ErrorResponse(body) => {
+                return Err(startup_error(ServerFields::parse(body.fields())?))
+            }
+            Message::AuthenticationKerberosV5
+            | Message::AuthenticationScmCredential
+            | Message::AuthenticationGss
+            | Message::AuthenticationSspi
+            | Message::AuthenticationGssContinue(_) => {
+                return Err(auth_err(
+                    "the server asks for Kerberos/GSSAPI/SSPI, which pgcdc does not support; \
+                     use scram-sha-256, md5 or password for this user in pg_hba.conf",
+                ))
+            }
+            _ => {
+                return Err(ReplicationError::Protocol(
+                    "unexpected message during authentication".to_owned(),
+                ))
+            }
+        }
+    }
+}
+
+/// SCRAM-SHA-256 without channel binding ("n": the client does not support it),
+/// which the server accepts whether or not it offers SCRAM-SHA-256-PLUS.
+async fn scram(transport: &mut Transport, password: &[u8]) -> Result<(), ReplicationError> {
+    let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut transport.write_buf)?;
+    transport.flush().await?;
+    match transport.read().await? {
+        Backend::Message(Message::AuthenticationSaslContinue(body)) => {
+            scram
+                .update(body.data())
+                .map_err(|e| auth_err(format!("SCRAM exchange failed: {e}")))?;
+        }
+        Backend::Message(Message::ErrorResponse(body)) => {
+            return Err(startup_error(ServerFields::parse(body.fields())?))
+        }
+        other => return Err(unexpected("SCRAM", &other)),
+    }
+    frontend::sasl_response(scram.message(), &mut transport.write_buf)?;
+    transport.flush().await?;
+    match transport.read().await? {
+        Backend::Message(Message::AuthenticationSaslFinal(body)) => scram
+            .finish(body.data())
+            .map_err(|e| auth_err(format!("the server's SCRAM signature did not verify: {e}"))),
+        Backend::Message(Message::ErrorResponse(body)) => {
+            Err(startup_error(ServerFields::parse(body.fields())?))
+        }
+        other => Err(unexpected("SCRAM", &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_quoting() {
+        assert_eq!(quote_ident("slot").ok().as_deref(), Some("\"slot\""));
+        assert_eq!(quote_ident("a\"b").ok().as_deref(), Some("\"a\"\"b\""));
+        assert!(quote_ident("").is_err());
+        assert!(quote_ident("a\0b").is_err());
+        assert_eq!(quote_literal("\"it's\""), "'\"it''s\"'");
+    }
+
+    #[test]
+    fn replication_startup_error_class_28_is_auth() {
+        let fields = ServerFields {
+            severity: "FATAL".into(),
+            code: "28P01".into(),
+            message: "password authentication failed for user \"x\"".into(),
+            detail: None,
+            hint: None,
+        };
+        let e = startup_error(fields);
+        assert!(matches!(&e, ReplicationError::Auth { message } if message.contains("28P01")));
+        let fields = ServerFields {
+            code: "3D000".into(),
+            ..ServerFields::default()
+        };
+        assert_eq!(startup_error(fields).sqlstate(), Some("3D000"));
+    }
+}

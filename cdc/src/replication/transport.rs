@@ -1,0 +1,138 @@
+//! The byte pipe under a replication connection: TCP, TLS over TCP, or a Unix socket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::frame::{self, Backend, ServerFields};
+use super::{tls, ReplicationError, SourceUrl, SslMode};
+
+/// Any full-duplex byte stream we can speak the protocol over.
+pub(crate) trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncIo for T {}
+
+/// A framed, buffered connection. The read buffer lives here so that a read
+/// cancelled mid-frame (inside `tokio::select!`) resumes where it stopped.
+pub(crate) struct Transport {
+    io: Box<dyn AsyncIo>,
+    read_buf: BytesMut,
+    pub(crate) write_buf: BytesMut,
+    /// Latest ParameterStatus values (server_version, integer_datetimes, ...).
+    pub(crate) parameters: HashMap<String, String>,
+}
+
+impl Transport {
+    /// Opens the socket and negotiates TLS as `sslmode` asks.
+    pub(crate) async fn open(url: &SourceUrl) -> Result<Transport, ReplicationError> {
+        let io: Box<dyn AsyncIo> = if let Some(path) = url.unix_socket_path() {
+            // Postgres never speaks TLS on a Unix socket; libpq ignores sslmode there too.
+            Box::new(UnixStream::connect(&path).await?)
+        } else {
+            let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
+            // Status updates are tiny and latency-sensitive.
+            tcp.set_nodelay(true)?;
+            negotiate_tls(tcp, url).await?
+        };
+        Ok(Transport {
+            io,
+            read_buf: BytesMut::with_capacity(8 * 1024),
+            write_buf: BytesMut::with_capacity(1024),
+            parameters: HashMap::new(),
+        })
+    }
+
+    /// Writes and flushes everything in `write_buf`.
+    pub(crate) async fn flush(&mut self) -> Result<(), ReplicationError> {
+        self.io.write_all(&self.write_buf).await?;
+        self.io.flush().await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// The next message that matters; NoticeResponse and ParameterStatus are
+    /// absorbed here because the server may send them at any point. Cancel-safe.
+    pub(crate) async fn read(&mut self) -> Result<Backend, ReplicationError> {
+        loop {
+            while let Some(message) = frame::take_message(&mut self.read_buf)? {
+                match message {
+                    Backend::Message(backend::Message::NoticeResponse(body)) => {
+                        let n = ServerFields::parse(body.fields())?;
+                        tracing::info!(
+                            severity = %n.severity, code = %n.code, message = %n.message,
+                            "notice from source server"
+                        );
+                    }
+                    Backend::Message(backend::Message::ParameterStatus(body)) => {
+                        let name = body.name().map_err(proto)?.to_owned();
+                        let value = body.value().map_err(proto)?.to_owned();
+                        tracing::debug!(name = %name, value = %value, "source parameter status");
+                        self.parameters.insert(name, value);
+                    }
+                    other => return Ok(other),
+                }
+            }
+            // read_buf is cancel-safe: on cancellation no bytes were taken.
+            let n = self.io.read_buf(&mut self.read_buf).await?;
+            if n == 0 {
+                return Err(ReplicationError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "source server closed the connection",
+                )));
+            }
+        }
+    }
+
+    /// Sends Terminate and shuts the socket down; errors are irrelevant by now.
+    pub(crate) async fn close(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+fn proto(e: std::io::Error) -> ReplicationError {
+    ReplicationError::Protocol(e.to_string())
+}
+
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    url: &SourceUrl,
+) -> Result<Box<dyn AsyncIo>, ReplicationError> {
+    if url.sslmode == SslMode::Disable {
+        return Ok(Box::new(tcp));
+    }
+    // Build the config first so a bad sslrootcert fails before any network I/O.
+    let config = tls::client_config(url)?;
+    let server_name = tls::server_name(url)?;
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let stream = connector
+                .connect(server_name, tcp)
+                .await
+                .map_err(ReplicationError::from_tls_io)?;
+            Ok(Box::new(stream))
+        }
+        b'N' if url.sslmode == SslMode::Prefer => Ok(Box::new(tcp)),
+        b'N' => Err(ReplicationError::Tls {
+            message: format!(
+                "the server does not accept TLS connections but sslmode={}; \
+                 enable ssl on the server or lower sslmode in the source URL",
+                url.sslmode.as_str()
+            ),
+        }),
+        // An ErrorResponse here means a pre-3.0 server or not Postgres at all.
+        other => Err(ReplicationError::Protocol(format!(
+            "unexpected answer 0x{other:02x} to SSLRequest; is this a PostgreSQL server?"
+        ))),
+    }
+}

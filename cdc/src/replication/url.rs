@@ -1,0 +1,429 @@
+//! The source URL: `postgres://user:pass@host:port/db?sslmode=...`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use super::ReplicationError;
+
+/// The port Postgres listens on unless told otherwise.
+const DEFAULT_PORT: u16 = 5432;
+/// The user libpq-style tools fall back to in a container (there is no OS user to borrow).
+const DEFAULT_USER: &str = "postgres";
+/// Shown in `pg_stat_activity` / `pg_stat_replication` unless the URL overrides it.
+const DEFAULT_APPLICATION_NAME: &str = "pgcdc";
+/// Query parameters we understand; anything else is a typo we refuse to guess about.
+const KNOWN_PARAMS: &[&str] = &["sslmode", "sslrootcert", "application_name", "host"];
+
+/// A password or other secret whose Debug and Display print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; call only where it is sent, never where it is logged.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How TLS is negotiated with the source (libpq's `sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS when the server offers it, without verifying the certificate.
+    #[default]
+    Prefer,
+    /// Require TLS, without verifying the certificate.
+    Require,
+    /// Require TLS and verify the chain, but not the host name.
+    VerifyCa,
+    /// Require TLS and verify the chain and the host name.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = ReplicationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disable" => Ok(SslMode::Disable),
+            "prefer" => Ok(SslMode::Prefer),
+            "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            other => Err(ReplicationError::Config(format!(
+                "source URL: sslmode `{other}` is not supported; use one of disable, prefer, \
+                 require, verify-ca, verify-full"
+            ))),
+        }
+    }
+}
+
+/// Parsed source URL: postgres://user:pass@host:port/db?sslmode=...&sslrootcert=...&application_name=...
+///
+/// `?host=/dir` (or a host starting with `/`) means a Unix socket in that directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceUrl {
+    /// Host name, IP address, or a Unix socket directory (starts with `/`).
+    pub host: String,
+    /// TCP port (also names the Unix socket file `.s.PGSQL.<port>`).
+    pub port: u16,
+    /// Role to log in as.
+    pub user: String,
+    /// Password, if the URL has one.
+    pub password: Option<Secret>,
+    /// Database to attach to.
+    pub dbname: String,
+    /// TLS negotiation mode.
+    pub sslmode: SslMode,
+    /// CA bundle (PEM) for verify-ca / verify-full; system roots when absent.
+    pub sslrootcert: Option<PathBuf>,
+    /// `application_name` reported to the server.
+    pub application_name: String,
+}
+
+impl SourceUrl {
+    /// True when `host` names a Unix socket directory rather than a network host.
+    pub fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// Path of the Unix socket file, when `host` is a socket directory.
+    pub fn unix_socket_path(&self) -> Option<PathBuf> {
+        self.is_unix_socket()
+            .then(|| PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+}
+
+impl fmt::Display for SourceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "postgres://{}", self.user)?;
+        if self.password.is_some() {
+            f.write_str(":***")?;
+        }
+        if self.is_unix_socket() {
+            write!(f, "@:{}/{}?host={}", self.port, self.dbname, self.host)?;
+        } else if self.host.contains(':') {
+            write!(f, "@[{}]:{}/{}?", self.host, self.port, self.dbname)?;
+        } else {
+            write!(f, "@{}:{}/{}?", self.host, self.port, self.dbname)?;
+        }
+        if self.is_unix_socket() {
+            f.write_str("&")?;
+        }
+        write!(f, "sslmode={}", self.sslmode.as_str())
+    }
+}
+
+fn config_err(msg: String) -> ReplicationError {
+    ReplicationError::Config(msg)
+}
+
+/// Decodes `%XX` escapes (as libpq does for the user, password and database).
+fn percent_decode(raw: &str, what: &str) -> Result<String, ReplicationError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3).filter(|h| h.len() == 2);
+            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
+                config_err(format!(
+                    "source URL: the {what} has a malformed %-escape; write `%` itself as `%25`"
+                ))
+            })?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| {
+        config_err(format!(
+            "source URL: the {what} is not valid UTF-8 after %-decoding"
+        ))
+    })
+}
+
+/// Stands in for an empty host, which libpq allows (`postgres://u@/db?host=/dir`)
+/// but the `url` crate rejects.
+const PLACEHOLDER_HOST: &str = "pgcdc-no-host.invalid";
+
+/// Inserts [`PLACEHOLDER_HOST`] when the authority has no host; the flag says so.
+fn with_placeholder_host(s: &str) -> (std::borrow::Cow<'_, str>, bool) {
+    let Some(scheme_end) = s.find("://") else {
+        return (s.into(), false);
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &s[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
+    let host_and_port = &authority[host_start..];
+    if !(host_and_port.is_empty() || host_and_port.starts_with(':')) {
+        return (s.into(), false);
+    }
+    let at = authority_start + host_start;
+    (format!("{}{PLACEHOLDER_HOST}{}", &s[..at], &s[at..]).into(), true)
+}
+
+impl FromStr for SourceUrl {
+    type Err = ReplicationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Errors below never echo `s`: it may carry the password.
+        let (patched, host_missing) = with_placeholder_host(s);
+        let parsed = url::Url::parse(&patched).map_err(|e| {
+            config_err(format!(
+                "source URL is not a valid URL ({e}); expected \
+                 postgres://user:password@host:port/dbname?sslmode=require"
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(config_err(format!(
+                "source URL scheme `{}` is not supported; start it with postgres://",
+                parsed.scheme()
+            )));
+        }
+
+        let mut sslmode = SslMode::default();
+        let mut sslrootcert = None;
+        let mut application_name = DEFAULT_APPLICATION_NAME.to_owned();
+        let mut socket_dir = None;
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "sslmode" => sslmode = value.parse()?,
+                "sslrootcert" => sslrootcert = Some(PathBuf::from(value.as_ref())),
+                "application_name" => application_name = value.into_owned(),
+                "host" => {
+                    if !value.starts_with('/') {
+                        return Err(config_err(format!(
+                            "source URL: ?host= must be an absolute Unix socket directory \
+                             (got `{value}`); put a network host before the port instead"
+                        )));
+                    }
+                    socket_dir = Some(value.into_owned());
+                }
+                other => {
+                    return Err(config_err(format!(
+                        "source URL: unknown parameter `{other}`; supported: {}",
+                        KNOWN_PARAMS.join(", ")
+                    )))
+                }
+            }
+        }
+
+        let host = match (socket_dir, parsed.host()) {
+            (Some(dir), _) => dir,
+            (None, _) if host_missing => {
+                return Err(config_err(
+                    "source URL has no host; write postgres://user@HOST:5432/db \
+                     (or ?host=/socket/dir for a Unix socket)"
+                        .to_owned(),
+                ))
+            }
+            (None, Some(url::Host::Domain(d))) if !d.is_empty() => d.to_owned(),
+            (None, Some(url::Host::Ipv4(ip))) => ip.to_string(),
+            (None, Some(url::Host::Ipv6(ip))) => ip.to_string(),
+            _ => {
+                return Err(config_err(
+                    "source URL has no host; write postgres://user@HOST:5432/db \
+                     (or ?host=/socket/dir for a Unix socket)"
+                        .to_owned(),
+                ))
+            }
+        };
+        let port = parsed.port().unwrap_or(DEFAULT_PORT);
+        if port == 0 {
+            return Err(config_err(
+                "source URL: port 0 is not a valid port".to_owned(),
+            ));
+        }
+
+        let user = match parsed.username() {
+            "" => DEFAULT_USER.to_owned(),
+            raw => percent_decode(raw, "user name")?,
+        };
+        let password = parsed
+            .password()
+            .map(|raw| percent_decode(raw, "password"))
+            .transpose()?
+            .map(Secret);
+        let path = parsed.path().trim_start_matches('/');
+        if path.contains('/') {
+            return Err(config_err(
+                "source URL path must be just the database name (/dbname); \
+                 write `/` inside a name as %2F"
+                    .to_owned(),
+            ));
+        }
+        let dbname = match path {
+            "" => user.clone(),
+            raw => percent_decode(raw, "database name")?,
+        };
+
+        Ok(SourceUrl {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+            sslmode,
+            sslrootcert,
+            application_name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> SourceUrl {
+        match s.parse::<SourceUrl>() {
+            Ok(u) => u,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    fn parse_err(s: &str) -> String {
+        match s.parse::<SourceUrl>() {
+            Ok(u) => panic!("{s} parsed as {u:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn replication_url_full() {
+        let u = parse(
+            "postgres://alice:s3cret@db.example.com:6543/portal?sslmode=verify-full\
+             &sslrootcert=/etc/ca.pem&application_name=cdc1",
+        );
+        assert_eq!(u.host, "db.example.com");
+        assert_eq!(u.port, 6543);
+        assert_eq!(u.user, "alice");
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("s3cret"));
+        assert_eq!(u.dbname, "portal");
+        assert_eq!(u.sslmode, SslMode::VerifyFull);
+        assert_eq!(u.sslrootcert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(u.application_name, "cdc1");
+        assert!(!u.is_unix_socket());
+    }
+
+    #[test]
+    fn replication_url_defaults() {
+        let u = parse("postgres://db.example.com");
+        assert_eq!(u.port, 5432);
+        assert_eq!(u.user, "postgres");
+        assert_eq!(u.dbname, "postgres");
+        assert_eq!(u.password, None);
+        assert_eq!(u.sslmode, SslMode::Prefer);
+        assert_eq!(u.sslrootcert, None);
+        assert_eq!(u.application_name, "pgcdc");
+        // The database defaults to the user, not to "postgres".
+        let u = parse("postgresql://bob@h/");
+        assert_eq!(u.dbname, "bob");
+    }
+
+    #[test]
+    fn replication_url_every_sslmode() {
+        for (text, mode) in [
+            ("disable", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ] {
+            assert_eq!(parse(&format!("postgres://h/d?sslmode={text}")).sslmode, mode);
+            assert_eq!(mode.as_str(), text);
+        }
+        let e = parse_err("postgres://h/d?sslmode=allow");
+        assert!(e.contains("sslmode `allow`") && e.contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn replication_url_percent_decoding() {
+        let u = parse("postgres://us%40er:p%3Aa%2Fss%25w@h/my%20db");
+        assert_eq!(u.user, "us@er");
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("p:a/ss%w"));
+        assert_eq!(u.dbname, "my db");
+        let e = parse_err("postgres://u:bad%zzpw@h/d");
+        assert!(e.contains("password") && e.contains("%25"), "{e}");
+        assert!(!e.contains("bad%zzpw"), "error leaks the password: {e}");
+    }
+
+    #[test]
+    fn replication_url_unix_socket_and_ipv6() {
+        let u = parse("postgres://u@/d?host=/tmp/pg%20sock");
+        assert_eq!(u.host, "/tmp/pg sock");
+        assert!(u.is_unix_socket());
+        assert_eq!(
+            u.unix_socket_path(),
+            Some(PathBuf::from("/tmp/pg sock/.s.PGSQL.5432"))
+        );
+        let u = parse("postgres://u@localhost:5433/d?host=/run/pg");
+        assert_eq!(u.host, "/run/pg");
+        assert_eq!(u.port, 5433);
+        let u = parse("postgres://u@[::1]:5433/d");
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.unix_socket_path(), None);
+    }
+
+    #[test]
+    fn replication_url_errors_name_the_part() {
+        assert!(parse_err("mysql://h/d").contains("scheme `mysql`"));
+        assert!(parse_err("postgres://h/d?sslmod=require").contains("unknown parameter `sslmod`"));
+        assert!(parse_err("postgres:///d").contains("no host"));
+        assert!(parse_err("postgres://h/d/e").contains("database name"));
+        assert!(parse_err("postgres://h/d?host=relative").contains("absolute"));
+        assert!(parse_err("not a url").contains("postgres://"));
+        let e = parse_err("postgres://u:hunter2@h:99999/d");
+        assert!(!e.contains("hunter2"), "error leaks the password: {e}");
+    }
+
+    #[test]
+    fn replication_url_redacts_password() {
+        let u = parse("postgres://alice:hunter2@h:5432/d?sslmode=require");
+        let shown = format!("{u} {u:?} {:?} {}", u.password, Secret::new("hunter2"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+        assert_eq!(
+            u.to_string(),
+            "postgres://alice:***@h:5432/d?sslmode=require"
+        );
+        let u = parse("postgres://alice@/d?host=/s");
+        assert_eq!(u.to_string(), "postgres://alice@:5432/d?host=/s&sslmode=prefer");
+    }
+}

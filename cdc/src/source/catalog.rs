@@ -1,0 +1,88 @@
+//! Catalog look-ups the decoder needs: the decoding kind of each column type
+//! (domains resolved to their base, enums to text, arrays to their element)
+//! and each table's primary key. Cached per connection session.
+
+use std::collections::HashMap;
+
+use pgcdc_schema::value::PgType;
+
+use crate::replication::ReplicationError;
+
+/// Type and key information from the source's catalog.
+pub struct Catalog {
+    client: tokio_postgres::Client,
+    types: HashMap<u32, PgType>,
+}
+
+/// Deepest domain/array nesting we follow before giving up (catalog cycles cannot happen, but
+/// we never trust a loop bound to data).
+const MAX_TYPE_DEPTH: usize = 16;
+
+impl Catalog {
+    /// Wraps an ordinary connection to the source.
+    pub fn new(client: tokio_postgres::Client) -> Self {
+        Catalog {
+            client,
+            types: HashMap::new(),
+        }
+    }
+
+    /// The decoding kind of the type with this OID.
+    pub async fn resolve_type(&mut self, oid: u32) -> Result<PgType, ReplicationError> {
+        if let Some(t) = PgType::from_builtin_oid(oid) {
+            return Ok(t);
+        }
+        if let Some(t) = self.types.get(&oid) {
+            return Ok(t.clone());
+        }
+        let t = self.lookup(oid, 0).await?;
+        self.types.insert(oid, t.clone());
+        Ok(t)
+    }
+
+    async fn lookup(&self, oid: u32, depth: usize) -> Result<PgType, ReplicationError> {
+        if let Some(t) = PgType::from_builtin_oid(oid) {
+            return Ok(t);
+        }
+        if depth > MAX_TYPE_DEPTH {
+            return Ok(PgType::Other);
+        }
+        let row = self
+            .client
+            .query_opt(
+                "SELECT typtype::text, typbasetype, typelem, typcategory::text FROM pg_type WHERE oid = $1",
+                &[&oid],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(PgType::Other);
+        };
+        let typtype: String = row.get(0);
+        let base: u32 = row.get(1);
+        let elem: u32 = row.get(2);
+        let category: String = row.get(3);
+        Ok(match (typtype.as_str(), category.as_str()) {
+            ("d", _) => Box::pin(self.lookup(base, depth + 1)).await?,
+            ("e", _) => PgType::Text,
+            (_, "A") if elem != 0 => {
+                PgType::Array(Box::new(Box::pin(self.lookup(elem, depth + 1)).await?))
+            }
+            _ => PgType::Other,
+        })
+    }
+
+    /// Primary key column names of the table, in key order (empty when it has none).
+    pub async fn primary_key(&self, table_oid: u32) -> Result<Vec<String>, ReplicationError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[]) \
+                 WHERE i.indrelid = $1 AND i.indisprimary \
+                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                &[&table_oid],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+}

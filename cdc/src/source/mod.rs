@@ -1,0 +1,429 @@
+//! Source management: preflight checks, the publication and the slot.
+//!
+//! Every check either passes or reports the problem and the fix an operator
+//! can apply. `pgcdc check` prints them all; `pgcdc run` refuses to start
+//! while any fails. Failures here are definite, except an unreachable
+//! database, which `run` retries.
+
+pub mod catalog;
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::config::{quote_ident, Config, TableName};
+use crate::replication::{ReplicationConnection, ReplicationError};
+
+/// One preflight check's outcome.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// What was checked, e.g. `wal_level`.
+    pub name: String,
+    /// `Ok(detail)` or `Err(problem and fix)`.
+    pub outcome: Result<String, Problem>,
+}
+
+/// A failed check: what is wrong and how to fix it.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// What is wrong.
+    pub problem: String,
+    /// What the operator should do.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} — fix: {}", self.problem, self.fix)
+    }
+}
+
+fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        outcome: Ok(detail.into()),
+    }
+}
+
+fn fail(name: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        outcome: Err(Problem {
+            problem: problem.into(),
+            fix: fix.into(),
+        }),
+    }
+}
+
+/// The message of a query error, without tokio-postgres' "db error:" wrapper.
+pub fn sql_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// State of the replication slot as the catalog reports it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    /// Output plugin.
+    pub plugin: String,
+    /// Database the slot belongs to.
+    pub database: String,
+    /// PID of the walsender using it, if any.
+    pub active_pid: Option<i32>,
+    /// `confirmed_flush_lsn` as text.
+    pub confirmed_flush_lsn: Option<String>,
+    /// `wal_status` (reserved, extended, unreserved, lost).
+    pub wal_status: Option<String>,
+    /// Bytes of WAL the slot retains (`pg_current_wal_lsn() - restart_lsn`).
+    pub retained_bytes: Option<i64>,
+}
+
+/// Reads the slot's row in `pg_replication_slots`.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status, \
+             (pg_current_wal_lsn() - restart_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get::<_, Option<String>>(0).unwrap_or_default(),
+        database: r.get::<_, Option<String>>(1).unwrap_or_default(),
+        active_pid: r.get(2),
+        confirmed_flush_lsn: r.get(3),
+        wal_status: r.get(4),
+        retained_bytes: r.get(5),
+    }))
+}
+
+/// Runs every source check. Never fails early: each check is reported.
+pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let src = &config.source;
+
+    match client.query_one("SELECT current_setting('wal_level')", &[]).await {
+        Ok(row) => {
+            let level: String = row.get(0);
+            checks.push(if level == "logical" {
+                ok("wal_level", "logical")
+            } else {
+                fail(
+                    "wal_level",
+                    format!("wal_level is '{level}', logical replication needs 'logical'"),
+                    "run ALTER SYSTEM SET wal_level = logical; then restart Postgres",
+                )
+            });
+        }
+        Err(e) => checks.push(fail("wal_level", sql_message(&e), "check the source connection")),
+    }
+
+    let role = client
+        .query_one(
+            "SELECT current_user::text, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await;
+    let mut superuser = false;
+    match role {
+        Ok(row) => {
+            let user: String = row.get(0);
+            let replication: bool = row.get(1);
+            superuser = row.get(2);
+            checks.push(if replication || superuser {
+                ok("role", format!("{user} may replicate"))
+            } else {
+                fail(
+                    "role",
+                    format!("role {user} lacks the REPLICATION attribute"),
+                    format!("run ALTER ROLE {} REPLICATION; as a superuser", quote_ident(&user)),
+                )
+            });
+        }
+        Err(e) => checks.push(fail("role", sql_message(&e), "check the source connection")),
+    }
+
+    let mut all_owned = true;
+    for table in config.tables() {
+        let (check, owned) = check_table(client, &table).await;
+        all_owned &= owned;
+        checks.push(check);
+    }
+
+    checks.push(check_publication(config, client, all_owned || superuser).await);
+    checks.extend(check_slot(client, &src.slot).await);
+    checks
+}
+
+async fn check_table(client: &Client, table: &TableName) -> (Check, bool) {
+    let name = format!("table {table}");
+    let row = client
+        .query_opt(
+            "SELECT c.relreplident::text, has_table_privilege(c.oid, 'SELECT'), \
+             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+             pg_has_role(current_user, c.relowner, 'USAGE') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.table],
+        )
+        .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return (
+                fail(
+                    name,
+                    format!("table {table} does not exist (or is not a table)"),
+                    "create it, or remove it from source.tables",
+                ),
+                false,
+            )
+        }
+        Err(e) => return (fail(name, sql_message(&e), "check the source connection"), false),
+    };
+    let identity: String = row.get(0);
+    let select: bool = row.get(1);
+    let has_pk: bool = row.get(2);
+    let owned: bool = row.get(3);
+    if !select {
+        return (
+            fail(
+                name,
+                format!("the role cannot SELECT from {table}"),
+                format!("GRANT SELECT ON {} TO <pgcdc role>;", table.quoted()),
+            ),
+            owned,
+        );
+    }
+    let check = match identity.as_str() {
+        "d" if has_pk => ok(name, "primary key, replica identity default"),
+        "d" => fail(
+            name,
+            format!("{table} has no primary key, so updates and deletes cannot be identified"),
+            format!(
+                "add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX <unique index>)",
+                table.quoted()
+            ),
+        ),
+        "n" => fail(
+            name,
+            format!("{table} has REPLICA IDENTITY NOTHING: updates and deletes carry no key"),
+            format!("ALTER TABLE {} REPLICA IDENTITY DEFAULT (with a primary key) or FULL", table.quoted()),
+        ),
+        "f" => ok(name, "replica identity full"),
+        _ => ok(name, "replica identity index"),
+    };
+    (check, owned)
+}
+
+async fn check_publication(config: &Config, client: &Client, can_create: bool) -> Check {
+    let publication = &config.source.publication;
+    let name = format!("publication {publication}");
+    let row = client
+        .query_opt(
+            "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[publication],
+        )
+        .await;
+    match row {
+        Err(e) => fail(name, sql_message(&e), "check the source connection"),
+        Ok(None) if can_create => ok(name, "missing; pgcdc will create it"),
+        Ok(None) => fail(
+            name,
+            format!("publication {publication} is missing and this role does not own every table, so it cannot create it"),
+            format!(
+                "as the tables' owner run: CREATE PUBLICATION {} FOR TABLE {};",
+                quote_ident(publication),
+                config.tables().iter().map(TableName::quoted).collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Ok(Some(row)) => {
+            let ops: Vec<bool> = (1..5).map(|i| row.get(i)).collect();
+            if ops.iter().any(|o| !o) {
+                return fail(
+                    name,
+                    format!("publication {publication} does not publish every operation"),
+                    format!(
+                        "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
+                        quote_ident(publication)
+                    ),
+                );
+            }
+            let covered = client
+                .query(
+                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                    &[publication],
+                )
+                .await;
+            let covered: Vec<TableName> = match covered {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|r| TableName {
+                        schema: r.get(0),
+                        table: r.get(1),
+                    })
+                    .collect(),
+                Err(e) => return fail(name, sql_message(&e), "check the source connection"),
+            };
+            let missing: Vec<TableName> = config
+                .tables()
+                .into_iter()
+                .filter(|t| !covered.contains(t))
+                .collect();
+            if missing.is_empty() {
+                ok(name, "covers every table")
+            } else {
+                fail(
+                    name,
+                    format!(
+                        "publication {publication} exists but does not include {}",
+                        missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                    format!(
+                        "ALTER PUBLICATION {} ADD TABLE {};",
+                        quote_ident(publication),
+                        missing.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            }
+        }
+    }
+}
+
+async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
+    let name = format!("slot {slot}");
+    let mut checks = Vec::new();
+    let db: String = match client.query_one("SELECT current_database()::text", &[]).await {
+        Ok(r) => r.get(0),
+        Err(e) => return vec![fail(name, sql_message(&e), "check the source connection")],
+    };
+    match slot_info(client, slot).await {
+        Err(e) => checks.push(fail(&name, sql_message(&e), "check the source connection")),
+        Ok(Some(info)) => {
+            if info.plugin != "pgoutput" {
+                checks.push(fail(
+                    &name,
+                    format!("slot {slot} uses plugin {:?}, pgcdc needs pgoutput", info.plugin),
+                    "set source.slot to another name, or drop that slot if it is unused",
+                ));
+            } else if info.database != db {
+                checks.push(fail(
+                    &name,
+                    format!("slot {slot} belongs to database {:?}, not {db:?}", info.database),
+                    "set source.slot to a name unique to this database",
+                ));
+            } else if info.wal_status.as_deref() == Some("lost") {
+                checks.push(fail(
+                    &name,
+                    format!("slot {slot} has lost WAL it needed (wal_status = lost)"),
+                    "changes were lost at the source; drop the slot (pgcdc teardown or pg_drop_replication_slot) and resync",
+                ));
+            } else if let Some(pid) = info.active_pid {
+                checks.push(fail(
+                    &name,
+                    format!("slot {slot} is in use by another process (walsender PID {pid})"),
+                    format!("stop the other pgcdc using it, or if it is stale: SELECT pg_terminate_backend({pid});"),
+                ));
+            } else {
+                checks.push(ok(
+                    &name,
+                    format!(
+                        "exists, confirmed up to {}",
+                        info.confirmed_flush_lsn.unwrap_or_else(|| "-".into())
+                    ),
+                ));
+            }
+        }
+        Ok(None) => {
+            let free = client
+                .query_one(
+                    "SELECT current_setting('max_replication_slots')::int - (SELECT count(*)::int FROM pg_replication_slots)",
+                    &[],
+                )
+                .await;
+            checks.push(match free {
+                Ok(r) if r.get::<_, i32>(0) > 0 => ok(&name, "missing; pgcdc will create it"),
+                Ok(_) => fail(
+                    &name,
+                    "no free replication slot (max_replication_slots reached)",
+                    "drop an unused slot (SELECT * FROM pg_replication_slots) or raise max_replication_slots and restart Postgres",
+                ),
+                Err(e) => fail(&name, sql_message(&e), "check the source connection"),
+            });
+        }
+    }
+    let senders = client
+        .query_one(
+            "SELECT current_setting('max_wal_senders')::int - (SELECT count(*)::int FROM pg_stat_replication)",
+            &[],
+        )
+        .await;
+    checks.push(match senders {
+        Ok(r) if r.get::<_, i32>(0) > 0 => ok("wal senders", format!("{} free", r.get::<_, i32>(0))),
+        Ok(_) => fail(
+            "wal senders",
+            "no free WAL sender (max_wal_senders reached)",
+            "raise max_wal_senders and restart Postgres, or stop another replication client",
+        ),
+        Err(e) => fail("wal senders", sql_message(&e), "check the source connection"),
+    });
+    checks
+}
+
+/// Waits (up to `max_wait`) for a slot held by a vanished process to be released: after a
+/// crash the old walsender may linger until it notices the dead socket.
+pub async fn wait_slot_released(client: &Client, slot: &str, max_wait: Duration) -> Result<(), Problem> {
+    let deadline = tokio::time::Instant::now() + max_wait;
+    loop {
+        match slot_info(client, slot).await {
+            Ok(Some(SlotInfo { active_pid: Some(pid), .. })) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Problem {
+                        problem: format!("slot {slot} is in use by another process (walsender PID {pid})"),
+                        fix: format!(
+                            "stop the other pgcdc using it, or if it is stale: SELECT pg_terminate_backend({pid});"
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Creates the publication when missing. Returns whether pgcdc created it.
+pub async fn ensure_publication(config: &Config, client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&config.source.publication])
+        .await?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    let tables = config.tables().iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "CREATE PUBLICATION {} FOR TABLE {tables}",
+        quote_ident(&config.source.publication)
+    );
+    client.batch_execute(&sql).await?;
+    tracing::info!(publication = %config.source.publication, "created publication");
+    Ok(true)
+}
+
+/// Creates the slot when missing. Returns whether pgcdc created it.
+pub async fn ensure_slot(
+    config: &Config,
+    client: &Client,
+    conn: &mut ReplicationConnection,
+) -> Result<bool, ReplicationError> {
+    if slot_info(client, &config.source.slot).await?.is_some() {
+        return Ok(false);
+    }
+    let created = conn.create_logical_slot(&config.source.slot, false).await?;
+    tracing::info!(slot = %config.source.slot, consistent_point = %pgcdc_schema::Lsn(created.consistent_point), "created replication slot");
+    Ok(true)
+}

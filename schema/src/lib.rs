@@ -1,0 +1,16 @@
+//! pgcdc-schema: the I/O-free vocabulary shared by the engine and the sinks.
+//!
+//! ```text
+//!  pgoutput tuple (text datums) ──value::decode_text──▶ serde_json::Value
+//!                                                         │
+//!  Begin/Commit position (Lsn, seq) ──EventId──▶ ChangeEvent (native event JSON)
+//! ```
+//!
+//! Nothing here touches sockets, files or tokio.
+
+pub mod event;
+pub mod lsn;
+pub mod value;
+
+pub use event::{ChangeEvent, EventId, Op};
+pub use lsn::Lsn;

@@ -1,0 +1,102 @@
+//! The stdout sink: one native-event JSON line per change, flushed before the
+//! batch counts as delivered.
+
+use pgcdc_schema::ChangeEvent;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::{Sink, SinkError};
+
+/// Writes native events as JSON lines to stdout (or any writer, for tests).
+pub struct StdoutSink<W = tokio::io::Stdout> {
+    name: String,
+    out: W,
+    buf: Vec<u8>,
+}
+
+impl StdoutSink {
+    /// A sink writing to the process' stdout.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self::with_writer(name, tokio::io::stdout())
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> StdoutSink<W> {
+    /// A sink writing to `out`.
+    pub fn with_writer(name: impl Into<String>, out: W) -> Self {
+        StdoutSink {
+            name: name.into(),
+            out,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// The writer (for tests).
+    pub fn into_writer(self) -> W {
+        self.out
+    }
+
+    fn definite(&self, message: String) -> SinkError {
+        SinkError::Definite {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
+        self.buf.clear();
+        for event in events {
+            serde_json::to_writer(&mut self.buf, event)
+                .map_err(|e| self.definite(format!("cannot encode event {}: {e}", event.id)))?;
+            self.buf.push(b'\n');
+        }
+        let result = async {
+            self.out.write_all(&self.buf).await?;
+            self.out.flush().await
+        }
+        .await;
+        result.map_err(|e| self.definite(format!("writing to stdout failed: {e}; is the reader of pgcdc's output gone?")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pgcdc_schema::{EventId, Lsn, Op};
+
+    use super::*;
+
+    fn event(seq: u32) -> ChangeEvent {
+        ChangeEvent {
+            id: EventId::from_position(Lsn(0x10), seq),
+            op: Op::Insert,
+            schema: "public".into(),
+            table: "permits".into(),
+            key: None,
+            old: None,
+            new: None,
+            trigger: None,
+            lsn: Lsn(0x10),
+            xid: Some(1),
+            commit_time: None,
+            unchanged_toast: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_one_json_line_per_event() {
+        let mut sink = StdoutSink::with_writer("out", Vec::<u8>::new());
+        let delivered = sink.deliver(&[event(0), event(1)]).await;
+        assert!(delivered.is_ok());
+        let text = String::from_utf8(sink.into_writer()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap_or_default();
+        assert_eq!(v["id"], "0000000000000010-00000001");
+        assert_eq!(v["op"], "insert");
+    }
+}
