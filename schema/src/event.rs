@@ -153,7 +153,10 @@ mod tests {
     #[test]
     fn commit_time_is_rfc3339_utc() {
         assert_eq!(pg_micros_to_rfc3339(0), "2000-01-01T00:00:00.000000Z");
-        assert_eq!(pg_micros_to_rfc3339(1_123_456), "2000-01-01T00:00:01.123456Z");
+        assert_eq!(
+            pg_micros_to_rfc3339(1_123_456),
+            "2000-01-01T00:00:01.123456Z"
+        );
         assert_eq!(pg_micros_to_unix_millis(0), 946_684_800_000);
     }
 

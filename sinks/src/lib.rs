@@ -1,20 +1,24 @@
 //! pgcdc-sinks: where journaled events go.
 //!
 //! ```text
-//!  journal ──(runner reads a batch after the sink's cursor)──▶ Sink::deliver
-//!                                                                │ Ok = durable at the destination
-//!  cursor advances ◀─────────────────────────────────────────────┘
+//!  journal ─▶ runner: select + transform ─▶ [Outgoing] ─▶ Sink::deliver ─▶ [ItemResult]
+//!                                                            │ attempts ─▶ AuditLog
+//!  cursor advances (with DLQ entries, one SQLite txn) ◀──────┘
 //! ```
 //!
-//! A sink reports durability explicitly: `deliver` returns `Ok` only when every
-//! event of the batch is durable at the destination (or dead-lettered), and only
-//! then does the runner move the cursor.
+//! A sink reports durability explicitly: `deliver` returns one `ItemResult`
+//! per item, and only delivered or dead-lettered items let the cursor move.
 
+pub mod audit;
 pub mod stdout;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use pgcdc_schema::ChangeEvent;
+use serde::{Deserialize, Serialize};
+
+pub use audit::{Attempt, AttemptOutcome, AuditLog};
 
 /// A delivery failure that the sink could not absorb by retrying; the runner stops.
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +33,54 @@ pub enum SinkError {
     },
 }
 
+/// One thing to deliver: an event after the sink's selection and transform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// The event (with `trigger` set when a trigger selected it).
+    pub event: Arc<ChangeEvent>,
+    /// What to send: the transform's output, or the native event without a transform.
+    pub body: serde_json::Value,
+    /// Index of this body among the transform's outputs for the event (0 for the first).
+    pub part: u32,
+    /// Row identity (`schema.table` + key JSON): items of one row are delivered in order.
+    pub row: String,
+}
+
+impl Outgoing {
+    /// Stable id of this delivery: the event id, suffixed `.N` for a transform's later outputs.
+    /// Used as `Idempotency-Key` / `webhook-id`, the same on every retry and replay.
+    pub fn delivery_id(&self) -> String {
+        if self.part == 0 {
+            self.event.id.to_string()
+        } else {
+            format!("{}.{}", self.event.id, self.part)
+        }
+    }
+}
+
+/// What became of one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemResult {
+    /// Durable at the destination.
+    Delivered,
+    /// Failed definitely or exhausted its retries: goes to the DLQ with this error.
+    DeadLettered {
+        /// The last error.
+        error: String,
+    },
+    /// Not attempted because an earlier item of the same row failed in this batch.
+    Parked,
+}
+
 /// A delivery destination.
 pub trait Sink: Send + 'static {
     /// The sink's configured name.
     fn name(&self) -> &str;
 
-    /// Delivers a batch in order. `Ok` means every event is durable at the destination.
-    fn deliver(&mut self, events: &[ChangeEvent]) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Delivers a batch, keeping the order of items of one row. Returns one result per
+    /// item, in input order. `Err` only for failures that must stop the sink.
+    fn deliver(
+        &mut self,
+        items: &[Outgoing],
+    ) -> impl Future<Output = Result<Vec<ItemResult>, SinkError>> + Send;
 }

@@ -78,7 +78,10 @@ async fn until_commit(
 
 async fn sql_bool(pg: &PgCluster, sql: &str) -> bool {
     match pg.client().await {
-        Ok(c) => matches!(c.query_one(sql, &[]).await.map(|r| r.try_get::<_, bool>(0)), Ok(Ok(true))),
+        Ok(c) => matches!(
+            c.query_one(sql, &[]).await.map(|r| r.try_get::<_, bool>(0)),
+            Ok(Ok(true))
+        ),
         Err(_) => false,
     }
 }
@@ -188,7 +191,10 @@ async fn replication_session_settings_and_errors() -> anyhow::Result<()> {
         );
     }
     let rows = conn.simple_query("SELECT 1, NULL::text, 'x'").await?;
-    ensure!(rows == vec![vec![Some("1".into()), None, Some("x".into())]], "{rows:?}");
+    ensure!(
+        rows == vec![vec![Some("1".into()), None, Some("x".into())]],
+        "{rows:?}"
+    );
 
     // An error keeps SQLSTATE and leaves the connection usable.
     match conn.simple_query("SELECT * FROM no_such_table").await {
@@ -210,13 +216,18 @@ async fn replication_session_settings_and_errors() -> anyhow::Result<()> {
     .parse()?;
     ensure!(socket_url.is_unix_socket());
     let mut over_socket = ReplicationConnection::connect(&socket_url).await?;
-    ensure!(over_socket.identify_system().await?.systemid == conn.identify_system().await?.systemid);
+    ensure!(
+        over_socket.identify_system().await?.systemid == conn.identify_system().await?.systemid
+    );
     let sql = connect_sql(&socket_url).await?;
     let one: i32 = sql.query_one("SELECT 1", &[]).await?.try_get(0)?;
     ensure!(one == 1);
 
     // No TLS on this server: require fails clearly, prefer falls back.
-    let require: SourceUrl = pg.url().replace("sslmode=disable", "sslmode=require").parse()?;
+    let require: SourceUrl = pg
+        .url()
+        .replace("sslmode=disable", "sslmode=require")
+        .parse()?;
     match ReplicationConnection::connect(&require).await {
         Err(e @ ReplicationError::Tls { .. }) => {
             ensure!(e.to_string().contains("does not accept TLS"), "{e}");
@@ -224,11 +235,18 @@ async fn replication_session_settings_and_errors() -> anyhow::Result<()> {
         }
         other => bail!("require without server TLS gave {other:?}"),
     }
-    let prefer: SourceUrl = pg.url().replace("sslmode=disable", "sslmode=prefer").parse()?;
+    let prefer: SourceUrl = pg
+        .url()
+        .replace("sslmode=disable", "sslmode=prefer")
+        .parse()?;
     ReplicationConnection::connect(&prefer).await?;
 
     // A closed port is transient.
-    let closed: SourceUrl = format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable", pgcdc_tests::free_port()?).parse()?;
+    let closed: SourceUrl = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+        pgcdc_tests::free_port()?
+    )
+    .parse()?;
     match ReplicationConnection::connect(&closed).await {
         Err(e) => ensure!(e.is_transient(), "{e}"),
         Ok(_) => bail!("connected to a closed port"),
@@ -268,7 +286,10 @@ async fn replication_tls_modes() -> anyhow::Result<()> {
         .start()
         .await?;
     pg.create_user("repl", PASSWORD, true).await?;
-    let ca = pg.ca_cert_path().context("TLS cluster has no CA")?.to_path_buf();
+    let ca = pg
+        .ca_cert_path()
+        .context("TLS cluster has no CA")?
+        .to_path_buf();
 
     // require: encrypted, nothing verified.
     let require: SourceUrl = pg
@@ -288,7 +309,10 @@ async fn replication_tls_modes() -> anyhow::Result<()> {
     conn.identify_system().await?;
     let sql = connect_sql(&full).await?;
     let ssl: bool = sql
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await?
         .try_get(0)?;
     ensure!(ssl, "connect_sql verify-full did not use TLS");
@@ -311,7 +335,7 @@ async fn replication_tls_modes() -> anyhow::Result<()> {
         other => bail!("verify-full with the wrong host name gave {other:?}"),
     }
     match connect_sql(&via("verify-full")?).await {
-        Err(e) => ensure!(!e.is_transient(), "{e}"),
+        Err(e) => ensure!(!e.is_transient(), "{e:?}"),
         Ok(_) => bail!("connect_sql verify-full accepted the wrong host name"),
     }
     let mut conn = ReplicationConnection::connect(&via("verify-ca")?).await?;
@@ -347,8 +371,8 @@ async fn replication_stream_and_status() -> anyhow::Result<()> {
 
     // An exported snapshot shows the table as of the slot's consistent point.
     pg.execute("INSERT INTO t VALUES (0, 'before')").await?;
-    let exported = conn.create_logical_slot("snap slot", true).await?;
-    ensure!(exported.slot_name == "snap slot" && exported.output_plugin == "pgoutput");
+    let exported = conn.create_logical_slot("snap_slot", true).await?;
+    ensure!(exported.slot_name == "snap_slot" && exported.output_plugin == "pgoutput");
     let snapshot = exported.snapshot_name.context("no exported snapshot")?;
     pg.execute("INSERT INTO t VALUES (-1, 'after')").await?;
     let sql = connect_sql(&url).await?;
@@ -356,7 +380,10 @@ async fn replication_stream_and_status() -> anyhow::Result<()> {
         "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'"
     ))
     .await?;
-    let seen: i64 = sql.query_one("SELECT count(*) FROM t", &[]).await?.try_get(0)?;
+    let seen: i64 = sql
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .try_get(0)?;
     ensure!(seen == 1, "snapshot saw {seen} rows, expected 1");
     sql.batch_execute("COMMIT").await?;
     pg.execute("DELETE FROM t").await?;
@@ -368,11 +395,18 @@ async fn replication_stream_and_status() -> anyhow::Result<()> {
         Ok(s) => bail!("duplicate slot created: {s:?}"),
     }
 
-    let mut stream = conn.start_replication("s", slot.consistent_point, "p").await?;
-    pg.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')").await?;
+    let mut stream = conn
+        .start_replication("s", slot.consistent_point, "p")
+        .await?;
+    pg.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+        .await?;
     let mut cancels = 0;
     let (tags, _, first_end) = until_commit(&mut stream, &mut cancels).await?;
-    ensure!(tags == b"BRIIC", "tags {:?}", String::from_utf8_lossy(&tags));
+    ensure!(
+        tags == b"BRIIC",
+        "tags {:?}",
+        String::from_utf8_lossy(&tags)
+    );
 
     // A multi-megabyte row crosses many reads while the timer cancels them.
     pg.execute(
@@ -391,7 +425,10 @@ async fn replication_stream_and_status() -> anyhow::Result<()> {
         .await?
         .try_get(0)?;
     ensure!(insert.len() > 3_200_000, "Insert is {} bytes", insert.len());
-    ensure!(insert.ends_with(last.as_bytes()), "Insert payload corrupted");
+    ensure!(
+        insert.ends_with(last.as_bytes()),
+        "Insert payload corrupted"
+    );
     ensure!(cancels > 0, "the timer never cancelled a read");
 
     // The slot moves only because of our status update.
@@ -399,11 +436,16 @@ async fn replication_stream_and_status() -> anyhow::Result<()> {
         "SELECT confirmed_flush_lsn = '{}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 's'",
         lsn_text(end_lsn)
     );
-    ensure!(!sql_bool(&pg, &at_end).await, "slot already at the commit end");
+    ensure!(
+        !sql_bool(&pg, &at_end).await,
+        "slot already at the commit end"
+    );
     stream.send_status(end_lsn, end_lsn, end_lsn, false).await?;
-    wait_until_msg(Duration::from_secs(15), "confirmed_flush_lsn at commit end", || {
-        sql_bool(&pg, &at_end)
-    })
+    wait_until_msg(
+        Duration::from_secs(15),
+        "confirmed_flush_lsn at commit end",
+        || sql_bool(&pg, &at_end),
+    )
     .await;
 
     // A second consumer of an active slot gets 55006, classified transient.
@@ -418,12 +460,16 @@ async fn replication_stream_and_status() -> anyhow::Result<()> {
     }
 
     stream.finish().await?;
-    wait_until_msg(Duration::from_secs(15), "slot released after finish", || {
-        sql_bool(
-            &pg,
-            "SELECT NOT active FROM pg_replication_slots WHERE slot_name = 's'",
-        )
-    })
+    wait_until_msg(
+        Duration::from_secs(15),
+        "slot released after finish",
+        || {
+            sql_bool(
+                &pg,
+                "SELECT NOT active FROM pg_replication_slots WHERE slot_name = 's'",
+            )
+        },
+    )
     .await;
     Ok(())
 }
@@ -439,7 +485,9 @@ async fn replication_keepalive_reply_requested() -> anyhow::Result<()> {
     let url: SourceUrl = pg.url().parse()?;
     let mut conn = ReplicationConnection::connect(&url).await?;
     let slot = conn.create_logical_slot("s", false).await?;
-    let mut stream = conn.start_replication("s", slot.consistent_point, "p").await?;
+    let mut stream = conn
+        .start_replication("s", slot.consistent_point, "p")
+        .await?;
     let flushed = slot.consistent_point;
 
     // Silent client: the server asks for a reply within wal_sender_timeout.
@@ -452,7 +500,10 @@ async fn replication_keepalive_reply_requested() -> anyhow::Result<()> {
         {
             break;
         }
-        ensure!(started.elapsed() < Duration::from_secs(10), "no reply request");
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "no reply request"
+        );
     }
 
     // Answering every request keeps the stream alive past several timeouts.

@@ -94,7 +94,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop pgcdc with SIGKILL");
         return std::future::pending().await;
     };
@@ -105,7 +108,11 @@ async fn wait_for_signal() {
 }
 
 async fn check(config: &Config) -> anyhow::Result<i32> {
-    println!("ok    config: {} sink(s), {} table(s)", config.sink.len(), config.source.tables.len());
+    println!(
+        "ok    config: {} sink(s), {} table(s)",
+        config.sink.len(),
+        config.source.tables.len()
+    );
     let url = config.source_url()?;
     let client = match connect_sql(&url).await {
         Ok(c) => c,
@@ -150,7 +157,8 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
                 .map(|r| r.get(0));
             let current = wal.as_deref().and_then(|w| w.parse::<Lsn>().ok());
             source_json["current_wal_lsn"] = json!(wal);
-            source_json["lag_bytes"] = json!(current.map(|c| c.0.saturating_sub(head.confirmed_lsn.0)));
+            source_json["lag_bytes"] =
+                json!(current.map(|c| c.0.saturating_sub(head.confirmed_lsn.0)));
             source_json["slot"] = match source::slot_info(&client, &config.source.slot).await {
                 Ok(Some(s)) => json!({
                     "name": config.source.slot,
@@ -196,27 +204,47 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
     }
     let s = &status["source"];
     if s["reachable"] == true {
-        println!("source:   reachable, WAL at {}", s["current_wal_lsn"].as_str().unwrap_or("?"));
+        println!(
+            "source:   reachable, WAL at {}",
+            s["current_wal_lsn"].as_str().unwrap_or("?")
+        );
         match s["slot"].as_object() {
             Some(slot) => println!(
                 "slot:     {} {} confirmed {} wal_status {} retained {} bytes",
                 config.source.slot,
-                if slot.get("active") == Some(&json!(true)) { "active" } else { "inactive" },
-                slot.get("confirmed_flush_lsn").and_then(|v| v.as_str()).unwrap_or("-"),
-                slot.get("wal_status").and_then(|v| v.as_str()).unwrap_or("-"),
-                slot.get("retained_wal_bytes").map(|v| v.to_string()).unwrap_or_default(),
+                if slot.get("active") == Some(&json!(true)) {
+                    "active"
+                } else {
+                    "inactive"
+                },
+                slot.get("confirmed_flush_lsn")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-"),
+                slot.get("wal_status")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-"),
+                slot.get("retained_wal_bytes")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
             ),
-            None => println!("slot:     {} missing (created by `pgcdc run`)", config.source.slot),
+            None => println!(
+                "slot:     {} missing (created by `pgcdc run`)",
+                config.source.slot
+            ),
         }
-        println!("lag:      {} bytes of WAL not yet journaled", s["lag_bytes"]);
+        println!(
+            "lag:      {} bytes of WAL not yet journaled",
+            s["lag_bytes"]
+        );
     } else {
-        println!("source:   UNREACHABLE: {}", s["error"].as_str().unwrap_or("?"));
+        println!(
+            "source:   UNREACHABLE: {}",
+            s["error"].as_str().unwrap_or("?")
+        );
     }
     println!(
         "journal:  head {} confirmed {} ({} bytes)",
-        head.pos,
-        head.confirmed_lsn,
-        status["journal"]["bytes"]
+        head.pos, head.confirmed_lsn, status["journal"]["bytes"]
     );
     for sink in status["sinks"].as_array().into_iter().flatten() {
         println!(

@@ -208,7 +208,14 @@ impl Config {
         substitute_env(&mut value, &mut String::new(), env)?;
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            key_err(if key == "." { "(top level)".into() } else { key }, e.into_inner().to_string())
+            key_err(
+                if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                e.into_inner().to_string(),
+            )
         })?;
         config.validate()?;
         Ok(config)
@@ -223,7 +230,12 @@ impl Config {
             .map_err(|e| key_err("source.url", e.to_string()))?;
         check_identifier("source.publication", &self.source.publication)?;
         check_identifier("source.slot", &self.source.slot)?;
-        if self.source.slot.bytes().any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')) {
+        if self
+            .source
+            .slot
+            .bytes()
+            .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        {
             return Err(key_err(
                 "source.slot",
                 "a replication slot name may contain only lower-case letters, digits and '_'",
@@ -325,7 +337,9 @@ pub struct TableName {
 impl TableName {
     /// Parses `schema.table` or `table` (schema `public`).
     pub fn parse(s: &str) -> Result<TableName, String> {
-        let bad = || format!("{s:?} is not a table name: expected \"schema.table\", e.g. \"public.permits\"");
+        let bad = || {
+            format!("{s:?} is not a table name: expected \"schema.table\", e.g. \"public.permits\"")
+        };
         let (schema, table) = match s.split_once('.') {
             Some((schema, table)) => (schema, table),
             None => ("public", s),
@@ -368,10 +382,8 @@ fn substitute_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match value {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                *s = expand(s, path, env)?;
-            }
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand(s, path, env)?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -397,14 +409,21 @@ fn substitute_env(
     Ok(())
 }
 
-fn expand(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+fn expand(
+    s: &str,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or_else(|| {
-            key_err(path, "unterminated ${...}: write ${NAME} to use an environment variable")
+            key_err(
+                path,
+                "unterminated ${...}: write ${NAME} to use an environment variable",
+            )
         })?;
         let expr = &after[..end];
         let (name, default) = match expr.split_once(":-") {
@@ -412,7 +431,10 @@ fn expand(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
             None => (expr, None),
         };
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(key_err(path, format!("${{{expr}}} is not a valid environment variable reference")));
+            return Err(key_err(
+                path,
+                format!("${{{expr}}} is not a valid environment variable reference"),
+            ));
         }
         match (env(name), default) {
             (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),

@@ -28,13 +28,22 @@ fn good_config_loads_with_defaults() {
     assert_eq!(c.source.publication, "pgcdc");
     assert_eq!(c.source.slot, "pgcdc");
     assert_eq!(c.source.snapshot, SnapshotMode::Never);
-    assert_eq!(c.source.url.expose(), "postgres://pgcdc:secret@127.0.0.1:5432/portal");
+    assert_eq!(
+        c.source.url.expose(),
+        "postgres://pgcdc:secret@127.0.0.1:5432/portal"
+    );
     assert_eq!(
         c.tables()[1],
-        TableName { schema: "public".into(), table: "inspections".into() }
+        TableName {
+            schema: "public".into(),
+            table: "inspections".into()
+        }
     );
     assert_eq!(c.sink[0].name(), "out");
-    assert!(!format!("{c:?}").contains("secret"), "Debug must redact the source url");
+    assert!(
+        !format!("{c:?}").contains("secret"),
+        "Debug must redact the source url"
+    );
 }
 
 fn err(text: &str) -> String {
@@ -63,22 +72,39 @@ fn missing_env_var_is_named() {
 #[test]
 fn bad_values_are_explained() {
     assert!(err("[source\nurl=1").contains("not valid TOML"));
-    let e = err(&GOOD.replace("tables = [\"public.permits\", \"inspections\"]", "tables = []"));
+    let e = err(&GOOD.replace(
+        "tables = [\"public.permits\", \"inspections\"]",
+        "tables = []",
+    ));
     assert!(e.contains("source.tables"), "{e}");
     let e = err(&GOOD.replace("\"inspections\"", "\"a.b.c\""));
     assert!(e.contains("source.tables[1]"), "{e}");
-    let e = err(&GOOD.replace("tables = [\"public.permits\"]\n", "tables = [\"public.other\"]\n"));
-    assert!(e.contains("sink[0].tables[0]") && e.contains("not in source.tables"), "{e}");
+    let e = err(&GOOD.replace(
+        "tables = [\"public.permits\"]\n",
+        "tables = [\"public.other\"]\n",
+    ));
+    assert!(
+        e.contains("sink[0].tables[0]") && e.contains("not in source.tables"),
+        "{e}"
+    );
     let e = err(&GOOD.replace("type = \"stdout\"", "type = \"carrier-pigeon\""));
     assert!(e.contains("sink[0]") && e.contains("carrier-pigeon"), "{e}");
-    let e = err(&format!("{GOOD}\n[[sink]]\nname = \"out\"\ntype = \"stdout\"\n"));
+    let e = err(&format!(
+        "{GOOD}\n[[sink]]\nname = \"out\"\ntype = \"stdout\"\n"
+    ));
     assert!(e.contains("sink[1].name") && e.contains("twice"), "{e}");
     let e = err(&GOOD.replace("[state]", "[source.x]\n[state]"));
     assert!(e.contains("source"), "{e}");
-    let e = err(&GOOD.replace("url = \"${PG_URL}\"", "url = \"${PG_URL}\"\nslot = \"Bad-Slot\""));
+    let e = err(&GOOD.replace(
+        "url = \"${PG_URL}\"",
+        "url = \"${PG_URL}\"\nslot = \"Bad-Slot\"",
+    ));
     assert!(e.contains("source.slot"), "{e}");
     let e = err(&GOOD.replace("url = \"${PG_URL}\"", "url = \"mysql://x\""));
     assert!(e.contains("source.url"), "{e}");
-    let e = err(&GOOD.replace("url = \"${PG_URL}\"", "url = \"${PG_URL}\"\nsnapshot = \"initial\""));
+    let e = err(&GOOD.replace(
+        "url = \"${PG_URL}\"",
+        "url = \"${PG_URL}\"\nsnapshot = \"initial\"",
+    ));
     assert!(e.contains("source.snapshot") && e.contains("never"), "{e}");
 }

@@ -73,6 +73,32 @@ CREATE TABLE IF NOT EXISTS cursors (
     pos INTEGER NOT NULL,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+CREATE TABLE IF NOT EXISTS dlq (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    pos INTEGER NOT NULL,
+    item TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    replay INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS dlq_sink_row ON dlq(sink, row_key, id);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    status INTEGER,
+    error TEXT,
+    latency_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_event ON audit(event_id);
+CREATE INDEX IF NOT EXISTS audit_sink_at ON audit(sink, at);
 ";
 
 /// One change to append: its ordinal in the transaction and the event.
@@ -141,8 +167,10 @@ fn open_conn(dir: &Path, read_only: bool) -> Result<(Connection, PathBuf), Journ
     };
     let conn = Connection::open_with_flags(&path, flags).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
     Ok((conn, path))
 }
@@ -260,8 +288,12 @@ impl JournalWriter {
                     outcome.skipped += 1;
                     continue;
                 }
-                let payload = serde_json::to_string(&entry.event)
-                    .map_err(|source| JournalError::Corrupt { pos: pos + 1, source })?;
+                let payload = serde_json::to_string(&entry.event).map_err(|source| {
+                    JournalError::Corrupt {
+                        pos: pos + 1,
+                        source,
+                    }
+                })?;
                 pos += 1;
                 insert
                     .execute(params![
@@ -330,7 +362,7 @@ impl JournalReader {
         Ok(JournalReader { conn, path })
     }
 
-    fn sqlite(&self, source: rusqlite::Error) -> JournalError {
+    pub(crate) fn sqlite(&self, source: rusqlite::Error) -> JournalError {
         JournalError::Sqlite {
             path: self.path.clone(),
             source,
@@ -377,7 +409,9 @@ impl JournalReader {
             )
             .map_err(|e| self.sqlite(e))?;
         self.conn
-            .query_row("SELECT pos FROM cursors WHERE sink = ?1", [sink], |r| r.get(0))
+            .query_row("SELECT pos FROM cursors WHERE sink = ?1", [sink], |r| {
+                r.get(0)
+            })
             .map_err(|e| self.sqlite(e))
     }
 
@@ -439,6 +473,10 @@ impl JournalReader {
             .sum()
     }
 }
+
+mod audit;
+mod dlq;
+pub use dlq::{DlqEntry, DlqRecord, DlqSelector, DlqState};
 
 #[cfg(test)]
 mod tests;

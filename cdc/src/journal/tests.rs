@@ -37,16 +37,43 @@ fn appends_are_durable_and_replays_are_skipped() -> Result<(), JournalError> {
     {
         let mut w = JournalWriter::open(dir.path())?;
         let out = w.append(&[entry(100, 0), entry(100, 1)], None)?;
-        assert_eq!(out, AppendOutcome { appended: 2, skipped: 0 });
+        assert_eq!(
+            out,
+            AppendOutcome {
+                appended: 2,
+                skipped: 0
+            }
+        );
         // A partial transaction: its commit has not been confirmed.
         w.append(&[entry(200, 0)], Some(Lsn(150)))?;
-        assert_eq!(w.head(), JournalHead { pos: 3, confirmed_lsn: Lsn(150) });
+        assert_eq!(
+            w.head(),
+            JournalHead {
+                pos: 3,
+                confirmed_lsn: Lsn(150)
+            }
+        );
     }
     // Restart: the slot replays transaction 200 whole, then more.
     let mut w = JournalWriter::open(dir.path())?;
-    assert_eq!(w.head(), JournalHead { pos: 3, confirmed_lsn: Lsn(150) });
-    let out = w.append(&[entry(200, 0), entry(200, 1), entry(300, 0)], Some(Lsn(310)))?;
-    assert_eq!(out, AppendOutcome { appended: 2, skipped: 1 });
+    assert_eq!(
+        w.head(),
+        JournalHead {
+            pos: 3,
+            confirmed_lsn: Lsn(150)
+        }
+    );
+    let out = w.append(
+        &[entry(200, 0), entry(200, 1), entry(300, 0)],
+        Some(Lsn(310)),
+    )?;
+    assert_eq!(
+        out,
+        AppendOutcome {
+            appended: 2,
+            skipped: 1
+        }
+    );
     // Confirmed LSN never moves back.
     w.append(&[], Some(Lsn(5)))?;
     assert_eq!(w.head().confirmed_lsn, Lsn(310));
@@ -63,8 +90,14 @@ fn appends_are_durable_and_replays_are_skipped() -> Result<(), JournalError> {
             EventId::from_position(Lsn(300), 0).to_string(),
         ]
     );
-    assert_eq!(all.iter().map(|e| e.pos).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
-    assert_eq!(ids(&r.read_after(3, 1)?), [EventId::from_position(Lsn(200), 1).to_string()]);
+    assert_eq!(
+        all.iter().map(|e| e.pos).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        ids(&r.read_after(3, 1)?),
+        [EventId::from_position(Lsn(200), 1).to_string()]
+    );
     Ok(())
 }
 
@@ -85,7 +118,10 @@ fn cursors_only_move_forward() -> Result<(), JournalError> {
     let cursors = r.cursors()?;
     assert_eq!(cursors.len(), 2);
     assert_eq!(cursors[0].lag_events, 1);
-    assert_eq!(cursors[0].oldest_pending_unix_us, Some(1_700_000_000_000_003));
+    assert_eq!(
+        cursors[0].oldest_pending_unix_us,
+        Some(1_700_000_000_000_003)
+    );
     assert_eq!(cursors[1].lag_events, 3);
     Ok(())
 }

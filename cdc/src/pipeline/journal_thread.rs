@@ -12,7 +12,7 @@ use crate::journal::{JournalEntry, JournalError, JournalHead, JournalWriter};
 #[derive(Debug)]
 pub enum JournalCommand {
     /// Append one change.
-    Change(JournalEntry),
+    Change(Box<JournalEntry>),
     /// Everything before this is complete up to WAL position `end_lsn` (a COMMIT's
     /// end, or a keepalive's WAL end while no transaction is open).
     Confirm(Lsn),
@@ -37,7 +37,7 @@ pub fn run(
     while let Some(first) = rx.blocking_recv() {
         let mut confirm: Option<Lsn> = None;
         let mut take = |cmd: JournalCommand, entries: &mut Vec<JournalEntry>| match cmd {
-            JournalCommand::Change(e) => entries.push(e),
+            JournalCommand::Change(e) => entries.push(*e),
             JournalCommand::Confirm(lsn) => confirm = confirm.max(Some(lsn)),
             JournalCommand::Sync(reply) => syncs.push(reply),
         };
@@ -52,7 +52,10 @@ pub fn run(
         }
         let outcome = writer.append(&entries, confirm)?;
         if outcome.skipped > 0 {
-            tracing::debug!(skipped = outcome.skipped, "skipped changes already journaled (replay after restart)");
+            tracing::debug!(
+                skipped = outcome.skipped,
+                "skipped changes already journaled (replay after restart)"
+            );
         }
         entries.clear();
         let head = writer.head();

@@ -45,11 +45,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let checks = source::preflight(&config, &client).await;
     let failed: Vec<String> = checks
         .iter()
-        .filter_map(|c| c.outcome.as_ref().err().map(|p| format!("  {}: {p}", c.name)))
+        .filter_map(|c| {
+            c.outcome
+                .as_ref()
+                .err()
+                .map(|p| format!("  {}: {p}", c.name))
+        })
         .collect();
-    let slot_busy = checks
-        .iter()
-        .any(|c| c.name.starts_with("slot ") && c.outcome.as_ref().is_err_and(|p| p.problem.contains("in use")));
+    let slot_busy = checks.iter().any(|c| {
+        c.name.starts_with("slot ")
+            && c.outcome
+                .as_ref()
+                .is_err_and(|p| p.problem.contains("in use"))
+    });
     if slot_busy && failed.len() == 1 {
         source::wait_slot_released(&client, &config.source.slot, SLOT_RELEASE_WAIT)
             .await
@@ -72,7 +80,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     if source::ensure_publication(&config, &client)
         .await
-        .map_err(|e| anyhow!("cannot create publication {}: {}", config.source.publication, source::sql_message(&e)))?
+        .map_err(|e| {
+            anyhow!(
+                "cannot create publication {}: {}",
+                config.source.publication,
+                source::sql_message(&e)
+            )
+        })?
     {
         writer.set_meta("created_publication", &config.source.publication)?;
     }
@@ -92,13 +106,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut runners = JoinSet::new();
     for sink in &config.sink {
-        let tables: HashSet<TableName> = sink.tables().iter().filter_map(|t| TableName::parse(t).ok()).collect();
-        let selection = runner::Selection { tables };
+        let tables: HashSet<TableName> = sink
+            .tables()
+            .iter()
+            .filter_map(|t| TableName::parse(t).ok())
+            .collect();
+        let plan = runner::SinkPlan { tables };
         match sink {
             SinkConfig::Stdout(s) => {
                 runners.spawn(runner::run(
                     StdoutSink::new(&s.name),
-                    selection,
+                    plan,
                     state_dir.clone(),
                     head_rx.clone(),
                     stop_rx.clone(),
@@ -114,7 +132,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         tables: config.tables().into_iter().collect(),
         status_interval: Duration::from_secs(1),
     };
-    let mut reader = tokio::spawn(reader::run(reader_cfg, journal_tx, head_rx, stop_rx.clone()));
+    let mut reader = tokio::spawn(reader::run(
+        reader_cfg,
+        journal_tx,
+        head_rx,
+        stop_rx.clone(),
+    ));
 
     let mut failure: Option<anyhow::Error> = None;
     let mut reader_done = false;

@@ -17,7 +17,9 @@ use super::journal_thread::JournalCommand;
 use crate::config::TableName;
 use crate::journal::JournalHead;
 use crate::pgoutput::{self, Message};
-use crate::replication::{connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl};
+use crate::replication::{
+    connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl,
+};
 use crate::source::catalog::Catalog;
 
 /// Why the reader stopped.
@@ -111,8 +113,14 @@ pub async fn run(
     }
 }
 
-async fn send(journal: &mpsc::Sender<JournalCommand>, cmd: JournalCommand) -> Result<(), ReaderError> {
-    journal.send(cmd).await.map_err(|_| ReaderError::JournalGone)
+async fn send(
+    journal: &mpsc::Sender<JournalCommand>,
+    cmd: JournalCommand,
+) -> Result<(), ReaderError> {
+    journal
+        .send(cmd)
+        .await
+        .map_err(|_| ReaderError::JournalGone)
 }
 
 async fn sync(journal: &mpsc::Sender<JournalCommand>) -> Result<JournalHead, ReaderError> {
@@ -133,7 +141,9 @@ async fn session(
     // Everything journaled is durable; start from there (Postgres starts at
     // the slot's confirmed position if that is later).
     let start = sync(journal).await?.confirmed_lsn;
-    let mut stream = conn.start_replication(&cfg.slot, start.0, &cfg.publication).await?;
+    let mut stream = conn
+        .start_replication(&cfg.slot, start.0, &cfg.publication)
+        .await?;
     tracing::info!(slot = %cfg.slot, from = %start, "replication started");
 
     let mut ticker = tokio::time::interval(cfg.status_interval);
@@ -197,7 +207,11 @@ async fn handle(
 ) -> Result<(), ReaderError> {
     let change_err = |source| ReaderError::Change { lsn: at, source };
     let entry = match message {
-        Message::Begin { final_lsn, commit_time, xid } => {
+        Message::Begin {
+            final_lsn,
+            commit_time,
+            xid,
+        } => {
             builder.begin(final_lsn, xid, commit_time);
             None
         }
@@ -215,15 +229,23 @@ async fn handle(
             builder.relation(rel.id, RelationInfo::new(&rel, kinds, &pk, &cfg.tables));
             None
         }
-        Message::Insert { relation_id, new } => builder.insert(relation_id, &new).map_err(change_err)?,
-        Message::Update { relation_id, old, new } => {
-            builder.update(relation_id, old.as_ref(), &new).map_err(change_err)?
+        Message::Insert { relation_id, new } => {
+            builder.insert(relation_id, &new).map_err(change_err)?
         }
-        Message::Delete { relation_id, old } => builder.delete(relation_id, &old).map_err(change_err)?,
+        Message::Update {
+            relation_id,
+            old,
+            new,
+        } => builder
+            .update(relation_id, old.as_ref(), &new)
+            .map_err(change_err)?,
+        Message::Delete { relation_id, old } => {
+            builder.delete(relation_id, &old).map_err(change_err)?
+        }
         Message::Truncate { relation_ids, .. } => {
             for id in relation_ids {
                 if let Some(entry) = builder.truncate(id).map_err(change_err)? {
-                    send(journal, JournalCommand::Change(entry)).await?;
+                    send(journal, JournalCommand::Change(Box::new(entry))).await?;
                 }
             }
             None
@@ -231,7 +253,7 @@ async fn handle(
         Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => None,
     };
     if let Some(entry) = entry {
-        send(journal, JournalCommand::Change(entry)).await?;
+        send(journal, JournalCommand::Change(Box::new(entry))).await?;
     }
     Ok(())
 }

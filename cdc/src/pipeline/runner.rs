@@ -1,15 +1,19 @@
-//! One runner per sink: reads batches after the sink's cursor, hands them to
-//! the sink, and moves the cursor only after the sink reports them durable.
+//! One runner per sink: reads batches after the sink's cursor, selects and
+//! maps them for the sink, hands them over, and then — in one SQLite
+//! transaction — dead-letters what failed and moves the cursor. Items of a
+//! row with dead letters are parked behind them, in order. Replays requested
+//! by an operator run before new events.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use pgcdc_schema::ChangeEvent;
-use pgcdc_sinks::{Sink, SinkError};
+use pgcdc_sinks::{ItemResult, Outgoing, Sink, SinkError};
 use tokio::sync::watch;
 
 use crate::config::TableName;
-use crate::journal::{JournalError, JournalHead, JournalReader, StoredEvent};
+use crate::journal::{DlqRecord, DlqState, JournalError, JournalHead, JournalReader};
 
 /// Events read from the journal per batch.
 pub const BATCH: usize = 1_000;
@@ -26,43 +30,79 @@ pub enum RunnerError {
     /// A blocking task panicked or was cancelled.
     #[error("sink {0}: journal task failed: {1}")]
     Task(String, String),
+    /// The sink broke its contract.
+    #[error("sink {0}: returned {1} results for {2} items")]
+    Contract(String, usize, usize),
 }
 
-/// Which events a sink receives.
-#[derive(Debug, Clone)]
-pub struct Selection {
+/// Which events a sink receives and what it sends for each.
+#[derive(Debug, Clone, Default)]
+pub struct SinkPlan {
     /// Tables; empty means all.
     pub tables: HashSet<TableName>,
 }
 
-impl Selection {
-    fn wants(&self, e: &ChangeEvent) -> bool {
-        self.tables.is_empty()
-            || self.tables.contains(&TableName {
-                schema: e.schema.clone(),
-                table: e.table.clone(),
-            })
+impl SinkPlan {
+    /// The items to deliver for one event (none when not selected).
+    pub fn map(&self, event: ChangeEvent) -> Vec<Outgoing> {
+        let table = TableName {
+            schema: event.schema.clone(),
+            table: event.table.clone(),
+        };
+        if !self.tables.is_empty() && !self.tables.contains(&table) {
+            return Vec::new();
+        }
+        let row = row_identity(&event);
+        let body = serde_json::to_value(&event).unwrap_or(serde_json::Value::Null);
+        vec![Outgoing {
+            event: Arc::new(event),
+            body,
+            part: 0,
+            row,
+        }]
     }
+}
+
+/// `schema.table` + key JSON: items with the same identity are delivered in order.
+pub fn row_identity(event: &ChangeEvent) -> String {
+    let key = event
+        .key
+        .as_ref()
+        .map(|k| serde_json::to_string(k).unwrap_or_default())
+        .unwrap_or_default();
+    format!("{}.{}{}", event.schema, event.table, key)
 }
 
 async fn blocking<T: Send + 'static>(
     sink: &str,
-    reader: JournalReader,
-    f: impl FnOnce(&JournalReader) -> Result<T, JournalError> + Send + 'static,
+    mut reader: JournalReader,
+    f: impl FnOnce(&mut JournalReader) -> Result<T, JournalError> + Send + 'static,
 ) -> Result<(JournalReader, T), RunnerError> {
-    let r = tokio::task::spawn_blocking(move || {
-        let out = f(&reader);
+    let (reader, out) = tokio::task::spawn_blocking(move || {
+        let out = f(&mut reader);
         (reader, out)
     })
     .await
     .map_err(|e| RunnerError::Task(sink.to_string(), e.to_string()))?;
-    Ok((r.0, r.1?))
+    Ok((reader, out?))
+}
+
+fn check_len(name: &str, results: &[ItemResult], items: usize) -> Result<(), RunnerError> {
+    if results.len() == items {
+        Ok(())
+    } else {
+        Err(RunnerError::Contract(
+            name.to_string(),
+            results.len(),
+            items,
+        ))
+    }
 }
 
 /// Delivers until `shutdown` is set; the batch in hand is finished first.
 pub async fn run<S: Sink>(
     mut sink: S,
-    selection: Selection,
+    plan: SinkPlan,
     state_dir: PathBuf,
     mut head: watch::Receiver<JournalHead>,
     mut shutdown: watch::Receiver<bool>,
@@ -76,11 +116,45 @@ pub async fn run<S: Sink>(
         if *shutdown.borrow() {
             return Ok(());
         }
+        // Replays an operator asked for go first, in DLQ order.
+        let sink_name = name.clone();
+        let (r, replay) = blocking(&name, reader, move |r| {
+            r.dlq_replay_batch(&sink_name, BATCH)
+        })
+        .await?;
+        reader = r;
+        if !replay.is_empty() {
+            let items: Vec<Outgoing> = replay.iter().map(|e| e.item.clone()).collect();
+            let results = sink.deliver(&items).await?;
+            check_len(&name, &results, items.len())?;
+            let mut delivered = Vec::new();
+            let mut failed = Vec::new();
+            for (entry, result) in replay.iter().zip(results) {
+                match result {
+                    ItemResult::Delivered => delivered.push(entry.id),
+                    ItemResult::DeadLettered { error } => {
+                        failed.push((entry.id, entry.row.clone(), DlqState::Dead, Some(error)))
+                    }
+                    ItemResult::Parked => {
+                        failed.push((entry.id, entry.row.clone(), DlqState::Parked, None))
+                    }
+                }
+            }
+            tracing::info!(sink = %name, replayed = delivered.len(), failed = failed.len(), "DLQ replay batch");
+            let sink_name = name.clone();
+            let (r, ()) = blocking(&name, reader, move |r| {
+                r.dlq_settle(&sink_name, &delivered, &failed)
+            })
+            .await?;
+            reader = r;
+            continue;
+        }
+
         let from = cursor;
-        let (r, batch): (_, Vec<StoredEvent>) = blocking(&name, reader, move |r| r.read_after(from, BATCH)).await?;
+        let (r, batch) = blocking(&name, reader, move |r| r.read_after(from, BATCH)).await?;
         reader = r;
         let Some(last) = batch.last().map(|e| e.pos) else {
-            // Caught up: wait for the journal to grow (or to be told to stop).
+            // Caught up: wait for the journal to grow, a replay request (polled), or shutdown.
             let head_pos = head.borrow_and_update().pos;
             if head_pos > cursor {
                 continue;
@@ -88,21 +162,73 @@ pub async fn run<S: Sink>(
             tokio::select! {
                 changed = head.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.changed() => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             }
             continue;
         };
-        let events: Vec<ChangeEvent> = batch
-            .into_iter()
-            .map(|s| s.event)
-            .filter(|e| selection.wants(e))
-            .collect();
-        if !events.is_empty() {
-            sink.deliver(&events).await?;
+        let mut items = Vec::new();
+        let mut positions = Vec::new();
+        for stored in batch {
+            for item in plan.map(stored.event) {
+                items.push(item);
+                positions.push(stored.pos);
+            }
         }
         let sink_name = name.clone();
-        let (r, ()) = blocking(&name, reader, move |r| r.advance_cursor(&sink_name, last)).await?;
+        let (r, (parked_rows, replaying)) =
+            blocking(&name, reader, move |r| r.dlq_rows(&sink_name)).await?;
+        reader = r;
+        // Rows with dead letters wait behind them; the rest go to the sink.
+        let mut records = Vec::new();
+        let mut send = Vec::new();
+        let mut send_pos = Vec::new();
+        for (item, pos) in items.into_iter().zip(positions) {
+            if parked_rows.contains(&item.row) {
+                records.push(DlqRecord {
+                    item,
+                    pos,
+                    state: DlqState::Parked,
+                    error: None,
+                });
+            } else {
+                send.push(item);
+                send_pos.push(pos);
+            }
+        }
+        let mut delivered = 0usize;
+        if !send.is_empty() {
+            let results = sink.deliver(&send).await?;
+            check_len(&name, &results, send.len())?;
+            for ((item, pos), result) in send.into_iter().zip(send_pos).zip(results) {
+                match result {
+                    ItemResult::Delivered => delivered += 1,
+                    ItemResult::DeadLettered { error } => {
+                        tracing::warn!(sink = %name, event = %item.delivery_id(), %error, "dead-lettered");
+                        records.push(DlqRecord {
+                            item,
+                            pos,
+                            state: DlqState::Dead,
+                            error: Some(error),
+                        });
+                    }
+                    ItemResult::Parked => records.push(DlqRecord {
+                        item,
+                        pos,
+                        state: DlqState::Parked,
+                        error: None,
+                    }),
+                }
+            }
+        }
+        records.sort_by_key(|r| r.pos);
+        let dead = records.len();
+        let sink_name = name.clone();
+        let (r, ()) = blocking(&name, reader, move |r| {
+            r.commit_batch(&sink_name, last, &records, &replaying)
+        })
+        .await?;
         reader = r;
         cursor = last;
-        tracing::debug!(sink = %name, cursor, delivered = events.len(), "cursor advanced");
+        tracing::debug!(sink = %name, cursor, delivered, dead_lettered = dead, "cursor advanced");
     }
 }

@@ -10,6 +10,9 @@ use super::stream::ReplicationStream;
 use super::transport::Transport;
 use super::{ReplicationError, SourceUrl};
 
+/// Upper bound for TCP connect, TLS and authentication together.
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Result of IDENTIFY_SYSTEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentifySystem {
@@ -44,7 +47,8 @@ pub struct ReplicationConnection {
 
 impl std::fmt::Debug for ReplicationConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicationConnection").finish_non_exhaustive()
+        f.debug_struct("ReplicationConnection")
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,6 +99,20 @@ fn unexpected(during: &str, message: &Backend) -> ReplicationError {
 impl ReplicationConnection {
     /// Startup with replication=database, TLS per sslmode, auth trust/cleartext/MD5/SCRAM-SHA-256.
     pub async fn connect(url: &SourceUrl) -> Result<Self, ReplicationError> {
+        // A blackholed host would otherwise hang for the OS TCP timeout (minutes).
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(url)).await {
+            Ok(result) => result,
+            Err(_) => Err(ReplicationError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "connecting to {}:{} took longer than {CONNECT_TIMEOUT:?}",
+                    url.host, url.port
+                ),
+            ))),
+        }
+    }
+
+    async fn connect_inner(url: &SourceUrl) -> Result<Self, ReplicationError> {
         let mut transport = Transport::open(url).await?;
         // Fixed session settings so text values parse the same on every server.
         let params = [
@@ -272,13 +290,16 @@ fn single_row(
 
 async fn authenticate(transport: &mut Transport, url: &SourceUrl) -> Result<(), ReplicationError> {
     let password = || {
-        url.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| {
-            auth_err(format!(
-                "the server wants a password for user `{}` but the source URL has none; \
+        url.password
+            .as_ref()
+            .map(|p| p.expose().as_bytes())
+            .ok_or_else(|| {
+                auth_err(format!(
+                    "the server wants a password for user `{}` but the source URL has none; \
                  write postgres://{}:PASSWORD@... (percent-encode special characters)",
-                url.user, url.user
-            ))
-        })
+                    url.user, url.user
+                ))
+            })
     };
     loop {
         let message = match transport.read().await? {

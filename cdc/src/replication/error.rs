@@ -85,6 +85,24 @@ fn sqlstate_is_transient(code: &str) -> bool {
         || matches!(code, "40001" | "40P01" | "55006" | "58000" | "58030")
 }
 
+/// Without a SQLSTATE, only a socket error is transient; rustls errors arrive
+/// wrapped in io errors and are certificate or config problems (definite).
+fn sql_cause_is_transient(e: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(err) = cause {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return false;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io
+                .get_ref()
+                .is_none_or(|inner| inner.downcast_ref::<rustls::Error>().is_none());
+        }
+        cause = err.source();
+    }
+    false
+}
+
 impl ReplicationError {
     /// True when reconnecting (with backoff) may succeed without operator action.
     pub fn is_transient(&self) -> bool {
@@ -95,11 +113,7 @@ impl ReplicationError {
                 if let Some(code) = e.code() {
                     return sqlstate_is_transient(code.code());
                 }
-                // No SQLSTATE: a closed connection or a socket error is
-                // transient; anything else (config, TLS, auth method) is not.
-                e.is_closed()
-                    || std::error::Error::source(e)
-                        .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+                e.is_closed() || sql_cause_is_transient(e)
             }
             ReplicationError::Tls { .. }
             | ReplicationError::Auth { .. }

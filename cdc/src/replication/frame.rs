@@ -103,7 +103,9 @@ fn parse_copy_both_response(mut body: Bytes) -> Result<(), ReplicationError> {
     let columns = usize::try_from(body.get_i16())
         .map_err(|_| protocol("CopyBothResponse has a negative column count"))?;
     if body.remaining() != columns * 2 {
-        return Err(protocol("CopyBothResponse length does not match its column count"));
+        return Err(protocol(
+            "CopyBothResponse length does not match its column count",
+        ));
     }
     Ok(())
 }
@@ -311,7 +313,10 @@ mod tests {
         match take_message(&mut buf) {
             Ok(Some(Backend::Message(backend::Message::CopyData(body)))) => {
                 let msg = parse_replication_payload(body.into_bytes());
-                assert!(matches!(msg, Ok(ReplicationMessage::XLogData { wal_start: 1, .. })));
+                assert!(matches!(
+                    msg,
+                    Ok(ReplicationMessage::XLogData { wal_start: 1, .. })
+                ));
             }
             _ => panic!("expected CopyData"),
         }
@@ -402,8 +407,7 @@ mod tests {
         let body = b"SERROR\0VERROR\0C55006\0Mreplication slot \"s\" is active for PID 7\0\
                      Dsome detail\0Hsome hint\0\0";
         let mut buf = BytesMut::from(&frame(b'E', body)[..]);
-        let Ok(Some(Backend::Message(backend::Message::ErrorResponse(e)))) =
-            take_message(&mut buf)
+        let Ok(Some(Backend::Message(backend::Message::ErrorResponse(e)))) = take_message(&mut buf)
         else {
             panic!("expected ErrorResponse");
         };

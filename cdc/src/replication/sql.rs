@@ -13,7 +13,8 @@ pub async fn connect_sql(url: &SourceUrl) -> Result<tokio_postgres::Client, Repl
         .dbname(&url.dbname)
         .port(url.port)
         .application_name(&url.application_name)
-        .options("-c statement_timeout=0");
+        .options("-c statement_timeout=0")
+        .connect_timeout(super::conn::CONNECT_TIMEOUT);
     if let Some(password) = &url.password {
         config.password(password.expose());
     }

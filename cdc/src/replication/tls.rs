@@ -70,9 +70,7 @@ fn root_store(url: &SourceUrl) -> Result<RootCertStore, ReplicationError> {
                 })?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| {
-                    ReplicationError::Config(format!(
-                        "sslrootcert `{shown}` is not valid PEM: {e}"
-                    ))
+                    ReplicationError::Config(format!("sslrootcert `{shown}` is not valid PEM: {e}"))
                 })?;
             let (added, _ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {
@@ -248,7 +246,10 @@ mod tests {
             "postgres://h/d?sslmode=verify-full&sslrootcert={}",
             missing.display()
         ));
-        let err = client_config(&u).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = client_config(&u)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("cannot be read"), "{err}");
 
         let empty = dir.path().join("empty.pem");
@@ -259,7 +260,10 @@ mod tests {
             "postgres://h/d?sslmode=verify-ca&sslrootcert={}",
             empty.display()
         ));
-        let err = client_config(&u).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = client_config(&u)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("no usable CA certificate"), "{err}");
     }
 }

@@ -158,11 +158,13 @@ fn percent_decode(raw: &str, what: &str) -> Result<String, ReplicationError> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = raw.get(i + 1..i + 3).filter(|h| h.len() == 2);
-            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
-                config_err(format!(
+            let byte = hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    config_err(format!(
                     "source URL: the {what} has a malformed %-escape; write `%` itself as `%25`"
                 ))
-            })?;
+                })?;
             out.push(byte);
             i += 3;
         } else {
@@ -196,7 +198,10 @@ fn with_placeholder_host(s: &str) -> (std::borrow::Cow<'_, str>, bool) {
         return (s.into(), false);
     }
     let at = authority_start + host_start;
-    (format!("{}{PLACEHOLDER_HOST}{}", &s[..at], &s[at..]).into(), true)
+    (
+        format!("{}{PLACEHOLDER_HOST}{}", &s[..at], &s[at..]).into(),
+        true,
+    )
 }
 
 impl FromStr for SourceUrl {
@@ -366,11 +371,17 @@ mod tests {
             ("verify-ca", SslMode::VerifyCa),
             ("verify-full", SslMode::VerifyFull),
         ] {
-            assert_eq!(parse(&format!("postgres://h/d?sslmode={text}")).sslmode, mode);
+            assert_eq!(
+                parse(&format!("postgres://h/d?sslmode={text}")).sslmode,
+                mode
+            );
             assert_eq!(mode.as_str(), text);
         }
         let e = parse_err("postgres://h/d?sslmode=allow");
-        assert!(e.contains("sslmode `allow`") && e.contains("verify-full"), "{e}");
+        assert!(
+            e.contains("sslmode `allow`") && e.contains("verify-full"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -424,6 +435,9 @@ mod tests {
             "postgres://alice:***@h:5432/d?sslmode=require"
         );
         let u = parse("postgres://alice@/d?host=/s");
-        assert_eq!(u.to_string(), "postgres://alice@:5432/d?host=/s&sslmode=prefer");
+        assert_eq!(
+            u.to_string(),
+            "postgres://alice@:5432/d?host=/s&sslmode=prefer"
+        );
     }
 }

@@ -81,7 +81,10 @@ pub struct SlotInfo {
 }
 
 /// Reads the slot's row in `pg_replication_slots`.
-pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
+pub async fn slot_info(
+    client: &Client,
+    slot: &str,
+) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status, \
@@ -105,7 +108,10 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
     let mut checks = Vec::new();
     let src = &config.source;
 
-    match client.query_one("SELECT current_setting('wal_level')", &[]).await {
+    match client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+    {
         Ok(row) => {
             let level: String = row.get(0);
             checks.push(if level == "logical" {
@@ -118,7 +124,11 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
                 )
             });
         }
-        Err(e) => checks.push(fail("wal_level", sql_message(&e), "check the source connection")),
+        Err(e) => checks.push(fail(
+            "wal_level",
+            sql_message(&e),
+            "check the source connection",
+        )),
     }
 
     let role = client
@@ -139,7 +149,10 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
                 fail(
                     "role",
                     format!("role {user} lacks the REPLICATION attribute"),
-                    format!("run ALTER ROLE {} REPLICATION; as a superuser", quote_ident(&user)),
+                    format!(
+                        "run ALTER ROLE {} REPLICATION; as a superuser",
+                        quote_ident(&user)
+                    ),
                 )
             });
         }
@@ -182,7 +195,12 @@ async fn check_table(client: &Client, table: &TableName) -> (Check, bool) {
                 false,
             )
         }
-        Err(e) => return (fail(name, sql_message(&e), "check the source connection"), false),
+        Err(e) => {
+            return (
+                fail(name, sql_message(&e), "check the source connection"),
+                false,
+            )
+        }
     };
     let identity: String = row.get(0);
     let select: bool = row.get(1);
@@ -296,7 +314,10 @@ async fn check_publication(config: &Config, client: &Client, can_create: bool) -
 async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
     let name = format!("slot {slot}");
     let mut checks = Vec::new();
-    let db: String = match client.query_one("SELECT current_database()::text", &[]).await {
+    let db: String = match client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+    {
         Ok(r) => r.get(0),
         Err(e) => return vec![fail(name, sql_message(&e), "check the source connection")],
     };
@@ -306,13 +327,19 @@ async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
             if info.plugin != "pgoutput" {
                 checks.push(fail(
                     &name,
-                    format!("slot {slot} uses plugin {:?}, pgcdc needs pgoutput", info.plugin),
+                    format!(
+                        "slot {slot} uses plugin {:?}, pgcdc needs pgoutput",
+                        info.plugin
+                    ),
                     "set source.slot to another name, or drop that slot if it is unused",
                 ));
             } else if info.database != db {
                 checks.push(fail(
                     &name,
-                    format!("slot {slot} belongs to database {:?}, not {db:?}", info.database),
+                    format!(
+                        "slot {slot} belongs to database {:?}, not {db:?}",
+                        info.database
+                    ),
                     "set source.slot to a name unique to this database",
                 ));
             } else if info.wal_status.as_deref() == Some("lost") {
@@ -362,24 +389,37 @@ async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
         )
         .await;
     checks.push(match senders {
-        Ok(r) if r.get::<_, i32>(0) > 0 => ok("wal senders", format!("{} free", r.get::<_, i32>(0))),
+        Ok(r) if r.get::<_, i32>(0) > 0 => {
+            ok("wal senders", format!("{} free", r.get::<_, i32>(0)))
+        }
         Ok(_) => fail(
             "wal senders",
             "no free WAL sender (max_wal_senders reached)",
             "raise max_wal_senders and restart Postgres, or stop another replication client",
         ),
-        Err(e) => fail("wal senders", sql_message(&e), "check the source connection"),
+        Err(e) => fail(
+            "wal senders",
+            sql_message(&e),
+            "check the source connection",
+        ),
     });
     checks
 }
 
 /// Waits (up to `max_wait`) for a slot held by a vanished process to be released: after a
 /// crash the old walsender may linger until it notices the dead socket.
-pub async fn wait_slot_released(client: &Client, slot: &str, max_wait: Duration) -> Result<(), Problem> {
+pub async fn wait_slot_released(
+    client: &Client,
+    slot: &str,
+    max_wait: Duration,
+) -> Result<(), Problem> {
     let deadline = tokio::time::Instant::now() + max_wait;
     loop {
         match slot_info(client, slot).await {
-            Ok(Some(SlotInfo { active_pid: Some(pid), .. })) => {
+            Ok(Some(SlotInfo {
+                active_pid: Some(pid),
+                ..
+            })) => {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(Problem {
                         problem: format!("slot {slot} is in use by another process (walsender PID {pid})"),
@@ -396,15 +436,26 @@ pub async fn wait_slot_released(client: &Client, slot: &str, max_wait: Duration)
 }
 
 /// Creates the publication when missing. Returns whether pgcdc created it.
-pub async fn ensure_publication(config: &Config, client: &Client) -> Result<bool, tokio_postgres::Error> {
+pub async fn ensure_publication(
+    config: &Config,
+    client: &Client,
+) -> Result<bool, tokio_postgres::Error> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&config.source.publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&config.source.publication],
+        )
         .await?
         .is_some();
     if exists {
         return Ok(false);
     }
-    let tables = config.tables().iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+    let tables = config
+        .tables()
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "CREATE PUBLICATION {} FOR TABLE {tables}",
         quote_ident(&config.source.publication)

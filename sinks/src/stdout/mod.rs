@@ -1,10 +1,9 @@
-//! The stdout sink: one native-event JSON line per change, flushed before the
-//! batch counts as delivered.
+//! The stdout sink: one JSON line per item (the native event, or the
+//! transform's output), flushed before the batch counts as delivered.
 
-use pgcdc_schema::ChangeEvent;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::{Sink, SinkError};
+use crate::{ItemResult, Outgoing, Sink, SinkError};
 
 /// Writes native events as JSON lines to stdout (or any writer, for tests).
 pub struct StdoutSink<W = tokio::io::Stdout> {
@@ -48,11 +47,12 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
         &self.name
     }
 
-    async fn deliver(&mut self, events: &[ChangeEvent]) -> Result<(), SinkError> {
+    async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
         self.buf.clear();
-        for event in events {
-            serde_json::to_writer(&mut self.buf, event)
-                .map_err(|e| self.definite(format!("cannot encode event {}: {e}", event.id)))?;
+        for item in items {
+            serde_json::to_writer(&mut self.buf, &item.body).map_err(|e| {
+                self.definite(format!("cannot encode event {}: {e}", item.event.id))
+            })?;
             self.buf.push(b'\n');
         }
         let result = async {
@@ -60,18 +60,25 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
             self.out.flush().await
         }
         .await;
-        result.map_err(|e| self.definite(format!("writing to stdout failed: {e}; is the reader of pgcdc's output gone?")))
+        result.map_err(|e| {
+            self.definite(format!(
+                "writing to stdout failed: {e}; is the reader of pgcdc's output gone?"
+            ))
+        })?;
+        Ok(vec![ItemResult::Delivered; items.len()])
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use pgcdc_schema::{EventId, Lsn, Op};
+    use std::sync::Arc;
+
+    use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
 
     use super::*;
 
-    fn event(seq: u32) -> ChangeEvent {
-        ChangeEvent {
+    fn item(seq: u32) -> Outgoing {
+        let event = ChangeEvent {
             id: EventId::from_position(Lsn(0x10), seq),
             op: Op::Insert,
             schema: "public".into(),
@@ -84,14 +91,20 @@ mod tests {
             xid: Some(1),
             commit_time: None,
             unchanged_toast: vec![],
+        };
+        Outgoing {
+            body: serde_json::to_value(&event).unwrap_or_default(),
+            event: Arc::new(event),
+            part: 0,
+            row: "public.permits{}".into(),
         }
     }
 
     #[tokio::test]
     async fn writes_one_json_line_per_event() {
         let mut sink = StdoutSink::with_writer("out", Vec::<u8>::new());
-        let delivered = sink.deliver(&[event(0), event(1)]).await;
-        assert!(delivered.is_ok());
+        let delivered = sink.deliver(&[item(0), item(1)]).await.ok();
+        assert_eq!(delivered, Some(vec![ItemResult::Delivered; 2]));
         let text = String::from_utf8(sink.into_writer()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);

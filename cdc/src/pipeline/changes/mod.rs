@@ -30,7 +30,12 @@ pub struct RelationInfo {
 
 impl RelationInfo {
     /// Builds the info from a Relation message, the resolved column kinds and the primary key.
-    pub fn new(rel: &Relation, kinds: Vec<PgType>, primary_key: &[String], captured: &HashSet<TableName>) -> Self {
+    pub fn new(
+        rel: &Relation,
+        kinds: Vec<PgType>,
+        primary_key: &[String],
+        captured: &HashSet<TableName>,
+    ) -> Self {
         let name = TableName {
             schema: rel.namespace.clone(),
             table: rel.name.clone(),
@@ -179,7 +184,13 @@ impl ChangeBuilder {
     fn entry(
         &mut self,
         relation_id: u32,
-        build: impl FnOnce(&Self, &RelationInfo) -> Result<(Op, Option<Row>, Option<Row>, Option<Row>, Vec<String>), ChangeError>,
+        build: impl FnOnce(
+            &Self,
+            &RelationInfo,
+        ) -> Result<
+            (Op, Option<Row>, Option<Row>, Option<Row>, Vec<String>),
+            ChangeError,
+        >,
     ) -> Result<Option<JournalEntry>, ChangeError> {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;
@@ -214,10 +225,20 @@ impl ChangeBuilder {
     }
 
     /// INSERT.
-    pub fn insert(&mut self, relation_id: u32, new: &Tuple) -> Result<Option<JournalEntry>, ChangeError> {
+    pub fn insert(
+        &mut self,
+        relation_id: u32,
+        new: &Tuple,
+    ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |b, info| {
             let (row, toast) = b.row(info, new)?;
-            Ok((Op::Insert, Some(Self::key_of(info, &row)), None, Some(row), toast))
+            Ok((
+                Op::Insert,
+                Some(Self::key_of(info, &row)),
+                None,
+                Some(row),
+                toast,
+            ))
         })
     }
 
@@ -235,12 +256,22 @@ impl ChangeBuilder {
                 Some(OldTuple::Full(t)) => Some(b.row(info, t)?.0),
                 Some(OldTuple::Key(t)) => Some(Self::key_of(info, &b.row(info, t)?.0)),
             };
-            Ok((Op::Update, Some(Self::key_of(info, &row)), old, Some(row), toast))
+            Ok((
+                Op::Update,
+                Some(Self::key_of(info, &row)),
+                old,
+                Some(row),
+                toast,
+            ))
         })
     }
 
     /// DELETE: `old` is the key (default identity) or the full row (FULL).
-    pub fn delete(&mut self, relation_id: u32, old: &OldTuple) -> Result<Option<JournalEntry>, ChangeError> {
+    pub fn delete(
+        &mut self,
+        relation_id: u32,
+        old: &OldTuple,
+    ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |b, info| {
             let (old, key) = match old {
                 OldTuple::Full(t) => {
@@ -259,7 +290,9 @@ impl ChangeBuilder {
 
     /// TRUNCATE of one relation.
     pub fn truncate(&mut self, relation_id: u32) -> Result<Option<JournalEntry>, ChangeError> {
-        self.entry(relation_id, |_, _| Ok((Op::Truncate, None, None, None, Vec::new())))
+        self.entry(relation_id, |_, _| {
+            Ok((Op::Truncate, None, None, None, Vec::new()))
+        })
     }
 }
 

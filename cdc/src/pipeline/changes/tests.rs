@@ -28,12 +28,29 @@ fn relation(id: u32, name: &str, identity: ReplicaIdentity, key_flags: [bool; 3]
 }
 
 fn builder() -> ChangeBuilder {
-    let captured: HashSet<TableName> = [TableName { schema: "public".into(), table: "permits".into() }].into();
+    let captured: HashSet<TableName> = [TableName {
+        schema: "public".into(),
+        table: "permits".into(),
+    }]
+    .into();
     let mut b = ChangeBuilder::default();
     let kinds = vec![PgType::Int4, PgType::Text, PgType::Text];
-    let rel = relation(PERMITS, "permits", ReplicaIdentity::Full, [true, true, true]);
-    b.relation(PERMITS, RelationInfo::new(&rel, kinds.clone(), &["id".to_string()], &captured));
-    let rel = relation(OTHER, "other", ReplicaIdentity::Default, [true, false, false]);
+    let rel = relation(
+        PERMITS,
+        "permits",
+        ReplicaIdentity::Full,
+        [true, true, true],
+    );
+    b.relation(
+        PERMITS,
+        RelationInfo::new(&rel, kinds.clone(), &["id".to_string()], &captured),
+    );
+    let rel = relation(
+        OTHER,
+        "other",
+        ReplicaIdentity::Default,
+        [true, false, false],
+    );
     b.relation(OTHER, RelationInfo::new(&rel, kinds, &[], &captured));
     b
 }
@@ -51,17 +68,26 @@ fn insert_carries_typed_values_key_and_position() {
     let mut b = builder();
     b.begin(0x1A2B3C4, 731, 0);
     let e = b
-        .insert(PERMITS, &tuple(vec![text("42"), text("pending"), Datum::Null]))
+        .insert(
+            PERMITS,
+            &tuple(vec![text("42"), text("pending"), Datum::Null]),
+        )
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("captured table"));
     assert_eq!(e.seq, 0);
     assert_eq!(e.event.id, EventId::from_position(Lsn(0x1A2B3C4), 0));
     assert_eq!(e.event.op, Op::Insert);
     assert_eq!(json!(e.event.key), json!({"id": 42}));
-    assert_eq!(json!(e.event.new), json!({"id": 42, "status": "pending", "notes": null}));
+    assert_eq!(
+        json!(e.event.new),
+        json!({"id": 42, "status": "pending", "notes": null})
+    );
     assert_eq!(e.event.old, None);
     assert_eq!(e.event.xid, Some(731));
-    assert_eq!(e.event.commit_time.as_deref(), Some("2000-01-01T00:00:00.000000Z"));
+    assert_eq!(
+        e.event.commit_time.as_deref(),
+        Some("2000-01-01T00:00:00.000000Z")
+    );
 }
 
 #[test]
@@ -78,7 +104,10 @@ fn primary_key_wins_over_full_identity_flags_and_ordinals_count_up() {
         .unwrap_or_else(|| panic!("update"));
     assert_eq!((first, e.seq), (Some(0), 1));
     assert_eq!(json!(e.event.key), json!({"id": 7}));
-    assert_eq!(json!(e.event.old), json!({"id": 7, "status": "review", "notes": "n"}));
+    assert_eq!(
+        json!(e.event.old),
+        json!({"id": 7, "status": "review", "notes": "n"})
+    );
 }
 
 #[test]
@@ -86,7 +115,11 @@ fn unchanged_toast_is_listed_not_null() {
     let mut b = builder();
     b.begin(0x100, 1, 0);
     let e = b
-        .update(PERMITS, None, &tuple(vec![text("7"), text("approved"), Datum::UnchangedToast]))
+        .update(
+            PERMITS,
+            None,
+            &tuple(vec![text("7"), text("approved"), Datum::UnchangedToast]),
+        )
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("update"));
@@ -97,13 +130,33 @@ fn unchanged_toast_is_listed_not_null() {
 
 #[test]
 fn delete_with_default_identity_has_key_only_old() {
-    let captured: HashSet<TableName> = [TableName { schema: "public".into(), table: "permits".into() }].into();
+    let captured: HashSet<TableName> = [TableName {
+        schema: "public".into(),
+        table: "permits".into(),
+    }]
+    .into();
     let mut b = ChangeBuilder::default();
-    let rel = relation(PERMITS, "permits", ReplicaIdentity::Default, [true, false, false]);
-    b.relation(PERMITS, RelationInfo::new(&rel, vec![PgType::Int4, PgType::Text, PgType::Text], &["id".into()], &captured));
+    let rel = relation(
+        PERMITS,
+        "permits",
+        ReplicaIdentity::Default,
+        [true, false, false],
+    );
+    b.relation(
+        PERMITS,
+        RelationInfo::new(
+            &rel,
+            vec![PgType::Int4, PgType::Text, PgType::Text],
+            &["id".into()],
+            &captured,
+        ),
+    );
     b.begin(0x100, 1, 0);
     let e = b
-        .delete(PERMITS, &OldTuple::Key(tuple(vec![text("9"), Datum::Null, Datum::Null])))
+        .delete(
+            PERMITS,
+            &OldTuple::Key(tuple(vec![text("9"), Datum::Null, Datum::Null])),
+        )
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("delete"));
@@ -118,21 +171,42 @@ fn uncaptured_tables_are_skipped_but_keep_ordinals_stable() {
     b.begin(0x100, 1, 0);
     let row = tuple(vec![text("1"), text("x"), text("y")]);
     assert!(matches!(b.insert(OTHER, &row), Ok(None)));
-    let e = b.insert(PERMITS, &row).ok().flatten().unwrap_or_else(|| panic!("insert"));
+    let e = b
+        .insert(PERMITS, &row)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("insert"));
     assert_eq!(e.seq, 1);
-    let t = b.truncate(PERMITS).ok().flatten().unwrap_or_else(|| panic!("truncate"));
-    assert_eq!((t.event.op, t.event.key.clone(), t.seq), (Op::Truncate, None, 2));
+    let t = b
+        .truncate(PERMITS)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("truncate"));
+    assert_eq!(
+        (t.event.op, t.event.key.clone(), t.seq),
+        (Op::Truncate, None, 2)
+    );
 }
 
 #[test]
 fn inconsistent_streams_are_errors() {
     let mut b = builder();
     let row = tuple(vec![text("1"), text("x"), text("y")]);
-    assert!(matches!(b.insert(PERMITS, &row), Err(ChangeError::NoTransaction)));
+    assert!(matches!(
+        b.insert(PERMITS, &row),
+        Err(ChangeError::NoTransaction)
+    ));
     b.begin(0x100, 1, 0);
-    assert!(matches!(b.insert(999, &row), Err(ChangeError::UnknownRelation(999))));
+    assert!(matches!(
+        b.insert(999, &row),
+        Err(ChangeError::UnknownRelation(999))
+    ));
     assert!(matches!(
         b.insert(PERMITS, &tuple(vec![text("1")])),
-        Err(ChangeError::ColumnCount { got: 1, want: 3, .. })
+        Err(ChangeError::ColumnCount {
+            got: 1,
+            want: 3,
+            ..
+        })
     ));
 }
