@@ -1,4 +1,6 @@
-//! Command-line interface: `pgcdc run | check | status`.
+//! Command-line interface: `pgcdc run | check | status | dlq | audit`.
+
+pub mod operator;
 
 use std::path::PathBuf;
 
@@ -58,6 +60,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead-letter queue of a sink: list, replay or drop.
+    #[command(subcommand)]
+    Dlq(operator::DlqCommand),
+    /// Recorded delivery attempts.
+    Audit(operator::AuditArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -89,6 +96,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Check { config } => check(&Config::load(&config)?).await,
         Command::Status { config, json } => status(&Config::load(&config)?, json).await,
+        Command::Dlq(cmd) => operator::dlq(cmd),
+        Command::Audit(args) => operator::audit(args),
     }
 }
 

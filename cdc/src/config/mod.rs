@@ -80,9 +80,40 @@ pub struct Config {
     /// Where the journal and cursors live.
     #[serde(default)]
     pub state: StateConfig,
+    /// Delivery audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Delivery destinations.
     #[serde(default)]
     pub sink: Vec<SinkConfig>,
+}
+
+/// `[audit]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How long delivery attempts are kept, e.g. "30d", "12h".
+    #[serde(default = "AuditConfig::default_retention")]
+    pub retention: String,
+}
+
+impl AuditConfig {
+    fn default_retention() -> String {
+        "30d".to_string()
+    }
+
+    /// The retention as a duration (validated at load).
+    pub fn retention(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.retention).unwrap_or(std::time::Duration::from_secs(30 * 86_400))
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: Self::default_retention(),
+        }
+    }
 }
 
 /// `[source]`
@@ -257,6 +288,12 @@ impl Config {
                  (changes are captured from the slot's creation on)",
             ));
         }
+        humantime::parse_duration(&self.audit.retention).map_err(|e| {
+            key_err(
+                "audit.retention",
+                format!("{:?} is not a duration ({e}); write e.g. \"30d\" or \"12h\"", self.audit.retention),
+            )
+        })?;
         let mut names = HashSet::new();
         for (i, sink) in self.sink.iter().enumerate() {
             let name = sink.name();

@@ -172,6 +172,7 @@ fn open_conn(dir: &Path, read_only: bool) -> Result<(Connection, PathBuf), Journ
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
+    conn.execute_batch(row_state::SCHEMA).map_err(err)?;
     Ok((conn, path))
 }
 
@@ -206,6 +207,7 @@ pub struct JournalWriter {
     /// (commit LSN, seq) of the last journaled change.
     last: Option<(u64, u32)>,
     head: JournalHead,
+    tracking: OldTracking,
 }
 
 impl JournalWriter {
@@ -230,7 +232,13 @@ impl JournalWriter {
             path,
             last,
             head,
+            tracking: OldTracking::new(),
         })
+    }
+
+    /// Remember these columns per table to fill `.old` (see `row_state`).
+    pub fn set_old_tracking(&mut self, tracking: OldTracking) {
+        self.tracking = tracking;
     }
 
     /// What is durable now.
@@ -288,7 +296,21 @@ impl JournalWriter {
                     outcome.skipped += 1;
                     continue;
                 }
-                let payload = serde_json::to_string(&entry.event).map_err(|source| {
+                let filled;
+                let event = if self.tracking.contains_key(&entry.event.qualified_table()) {
+                    let mut event = entry.event.clone();
+                    row_state::apply(&tx, &self.tracking, &mut event).map_err(|source| {
+                        JournalError::Sqlite {
+                            path: self.path.clone(),
+                            source,
+                        }
+                    })?;
+                    filled = event;
+                    &filled
+                } else {
+                    &entry.event
+                };
+                let payload = serde_json::to_string(event).map_err(|source| {
                     JournalError::Corrupt {
                         pos: pos + 1,
                         source,
@@ -476,6 +498,8 @@ impl JournalReader {
 
 mod audit;
 mod dlq;
+mod row_state;
+pub use row_state::{OldTracking, Tracked};
 pub use dlq::{DlqEntry, DlqRecord, DlqSelector, DlqState};
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! journal has everything it sent, reports that to the slot and closes;
 //! each runner finishes the batch in hand. Exit 0.
 
+pub mod audit_writer;
 pub mod changes;
 pub mod journal_thread;
 pub mod reader;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use pgcdc_sinks::stdout::StdoutSink;
+use pgcdc_sinks::AuditLog;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -103,6 +105,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .spawn(move || journal_thread::run(writer, journal_rx, head_tx))
         .context("cannot start the journal thread")?;
 
+    let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
+    let audit_task = tokio::spawn(audit_writer::run(state_dir.clone(), audit_rx, config.audit.retention()));
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut runners = JoinSet::new();
     for sink in &config.sink {
@@ -173,6 +178,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             Err(e) if failure.is_none() => failure = Some(anyhow!("sink task failed: {e}")),
             _ => {}
         }
+    }
+    // Sinks are gone with their audit handles; the audit writer drains and ends.
+    drop(audit);
+    match audit_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => failure = failure.or(Some(anyhow!(e))),
+        Err(e) => failure = failure.or(Some(anyhow!("audit task failed: {e}"))),
     }
     // The reader's sender is gone, so the journal thread drains and ends.
     match tokio::task::spawn_blocking(move || writer_thread.join()).await {

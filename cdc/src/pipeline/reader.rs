@@ -75,6 +75,11 @@ pub struct ReaderConfig {
     pub status_interval: Duration,
 }
 
+/// Silence after which a status update asks the server for a reply.
+const SERVER_PING_AFTER: Duration = Duration::from_secs(10);
+/// Silence after which the server is considered gone.
+const SERVER_SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
 /// How a session ended without error.
 enum SessionEnd {
     Shutdown,
@@ -149,6 +154,7 @@ async fn session(
     let mut ticker = tokio::time::interval(cfg.status_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut received: u64 = start.0;
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -162,10 +168,20 @@ async fn session(
                 return Ok(SessionEnd::Shutdown);
             }
             _ = ticker.tick() => {
+                let silent = last_heard.elapsed();
+                if silent > SERVER_SILENCE_LIMIT {
+                    // A server that vanished without closing the socket: reconnect.
+                    return Err(ReplicationError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no message from the server for {} s", silent.as_secs()),
+                    )).into());
+                }
                 let durable = head.borrow_and_update().confirmed_lsn.0;
-                stream.send_status(received.max(durable), durable, durable, false).await?;
+                let ping = silent > SERVER_PING_AFTER;
+                stream.send_status(received.max(durable), durable, durable, ping).await?;
             }
             msg = stream.next_message() => {
+                last_heard = Instant::now();
                 let Some(msg) = msg? else {
                     return Err(ReplicationError::Io(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -178,6 +194,8 @@ async fn session(
                         let message = pgoutput::decode_bytes(&data)
                             .map_err(|source| ReaderError::Decode { lsn: Lsn(wal_start), source })?;
                         handle(message, Lsn(wal_start), builder, &mut catalog, cfg, journal).await?;
+                        // Waiting on a full journal queue is not server silence.
+                        last_heard = Instant::now();
                     }
                     ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                         received = received.max(wal_end);

@@ -1,0 +1,171 @@
+//! Operator commands on the state dir: `pgcdc dlq ...` and `pgcdc audit ...`.
+//! They work whether pgcdc runs or not (SQLite serialises writers).
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::journal::{DlqSelector, JournalReader};
+use crate::pipeline::audit_writer::normalize_time;
+
+/// `pgcdc dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List the sink's dead-lettered and parked events, in order.
+    List(DlqArgs),
+    /// Deliver them again (one id with the events parked behind it, or all), keeping row order.
+    Replay(DlqArgs),
+    /// Remove them for good.
+    Drop(DlqArgs),
+}
+
+/// Arguments shared by the `dlq` subcommands.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// Config file.
+    #[arg(long, short)]
+    pub config: std::path::PathBuf,
+    /// Sink name.
+    #[arg(long)]
+    pub sink: String,
+    /// One event id (as `dlq list` shows it).
+    #[arg(long, conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Every event of the sink.
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn open(config: &Config, sink: &str) -> anyhow::Result<JournalReader> {
+    if !config.sink.iter().any(|s| s.name() == sink) {
+        anyhow::bail!(
+            "no sink named {sink:?} in the config; sinks: {}",
+            config.sink.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(JournalReader::open(&config.state.dir, false)?)
+}
+
+fn selector(args: &DlqArgs) -> anyhow::Result<DlqSelector> {
+    match (&args.id, args.all) {
+        (Some(id), false) => Ok(DlqSelector::One(id.clone())),
+        (None, true) => Ok(DlqSelector::All),
+        _ => anyhow::bail!("say which events: --id EVENT_ID or --all"),
+    }
+}
+
+/// Runs a `dlq` subcommand; returns the exit code.
+pub fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
+    match cmd {
+        DlqCommand::List(args) => {
+            let config = Config::load(&args.config)?;
+            let reader = open(&config, &args.sink)?;
+            let entries = reader.dlq_list(&args.sink)?;
+            if args.json {
+                let list: Vec<_> = entries
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "id": e.delivery_id, "row": e.row, "state": format!("{:?}", e.state).to_lowercase(),
+                            "error": e.error, "replay_pending": e.replay, "created_at": e.created_at,
+                            "event": e.item.event, "body": e.item.body,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for e in &entries {
+                    println!(
+                        "{}  {:<6} {}  row {}  {}{}",
+                        e.delivery_id,
+                        format!("{:?}", e.state).to_lowercase(),
+                        e.created_at,
+                        e.row,
+                        e.error.as_deref().unwrap_or("(parked behind an earlier event of this row)"),
+                        if e.replay { "  [replay pending]" } else { "" }
+                    );
+                }
+                println!("{} event(s) in the DLQ of sink {}", entries.len(), args.sink);
+            }
+            Ok(0)
+        }
+        DlqCommand::Replay(args) => {
+            let config = Config::load(&args.config)?;
+            let reader = open(&config, &args.sink)?;
+            let n = reader.dlq_request_replay(&args.sink, &selector(&args)?)?;
+            println!("{n} event(s) of sink {} marked for replay; a running pgcdc delivers them next, in order", args.sink);
+            Ok(0)
+        }
+        DlqCommand::Drop(args) => {
+            let config = Config::load(&args.config)?;
+            let reader = open(&config, &args.sink)?;
+            let n = reader.dlq_drop(&args.sink, &selector(&args)?)?;
+            println!("{n} event(s) dropped from the DLQ of sink {}", args.sink);
+            Ok(0)
+        }
+    }
+}
+
+/// `pgcdc audit` arguments.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Config file.
+    #[arg(long, short)]
+    pub config: std::path::PathBuf,
+    /// Attempts for one event id.
+    #[arg(long, conflicts_with = "sink")]
+    pub event: Option<String>,
+    /// Attempts of one sink.
+    #[arg(long)]
+    pub sink: Option<String>,
+    /// With --sink: only attempts at or after this time (RFC 3339).
+    #[arg(long, requires = "sink")]
+    pub since: Option<String>,
+    /// Most attempts to print.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pgcdc audit`; returns the exit code.
+pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
+    let config = Config::load(&args.config)?;
+    let reader = JournalReader::open(&config.state.dir, false)?;
+    let attempts = match (&args.event, &args.sink) {
+        (Some(id), None) => reader.audit_by_event(id)?,
+        (None, Some(sink)) => {
+            let since = match &args.since {
+                Some(s) => normalize_time(s)
+                    .ok_or_else(|| anyhow::anyhow!("--since {s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"))?,
+                None => "0000".to_string(),
+            };
+            reader.audit_by_sink(sink, &since, args.limit)?
+        }
+        _ => anyhow::bail!("say what to show: --event EVENT_ID or --sink NAME [--since RFC3339]"),
+    };
+    for a in &attempts {
+        if args.json {
+            println!("{}", serde_json::to_string(a)?);
+        } else {
+            println!(
+                "{}  {}  sink {}  attempt {}  {:?}  {}  {} ms",
+                a.at,
+                a.event_id,
+                a.sink,
+                a.attempt,
+                a.outcome,
+                a.status.map(|s| format!("HTTP {s}")).or_else(|| a.error.clone()).unwrap_or_default(),
+                a.latency_ms
+            );
+        }
+    }
+    if !args.json {
+        println!("{} attempt(s)", attempts.len());
+    }
+    Ok(0)
+}
