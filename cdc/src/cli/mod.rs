@@ -196,6 +196,7 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
             "cursor": cursor,
             "lag_events": lag_events,
             "lag_seconds": lag_seconds,
+            "dlq_events": journal.dlq_count(sink.name())?,
         }));
     }
     let status = json!({
@@ -257,11 +258,12 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
     );
     for sink in status["sinks"].as_array().into_iter().flatten() {
         println!(
-            "sink {}: cursor {} lag {} events, {:.1} s",
+            "sink {}: cursor {} lag {} events, {:.1} s, {} in DLQ",
             sink["name"].as_str().unwrap_or("?"),
             sink["cursor"],
             sink["lag_events"],
-            sink["lag_seconds"].as_f64().unwrap_or(0.0)
+            sink["lag_seconds"].as_f64().unwrap_or(0.0),
+            sink["dlq_events"]
         );
     }
     Ok(0)

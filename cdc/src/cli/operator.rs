@@ -43,7 +43,12 @@ fn open(config: &Config, sink: &str) -> anyhow::Result<JournalReader> {
     if !config.sink.iter().any(|s| s.name() == sink) {
         anyhow::bail!(
             "no sink named {sink:?} in the config; sinks: {}",
-            config.sink.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+            config
+                .sink
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(JournalReader::open(&config.state.dir, false)?)
@@ -84,11 +89,17 @@ pub fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
                         format!("{:?}", e.state).to_lowercase(),
                         e.created_at,
                         e.row,
-                        e.error.as_deref().unwrap_or("(parked behind an earlier event of this row)"),
+                        e.error
+                            .as_deref()
+                            .unwrap_or("(parked behind an earlier event of this row)"),
                         if e.replay { "  [replay pending]" } else { "" }
                     );
                 }
-                println!("{} event(s) in the DLQ of sink {}", entries.len(), args.sink);
+                println!(
+                    "{} event(s) in the DLQ of sink {}",
+                    entries.len(),
+                    args.sink
+                );
             }
             Ok(0)
         }
@@ -140,8 +151,11 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
         (Some(id), None) => reader.audit_by_event(id)?,
         (None, Some(sink)) => {
             let since = match &args.since {
-                Some(s) => normalize_time(s)
-                    .ok_or_else(|| anyhow::anyhow!("--since {s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"))?,
+                Some(s) => normalize_time(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--since {s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
+                    )
+                })?,
                 None => "0000".to_string(),
             };
             reader.audit_by_sink(sink, &since, args.limit)?
@@ -159,7 +173,10 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
                 a.sink,
                 a.attempt,
                 a.outcome,
-                a.status.map(|s| format!("HTTP {s}")).or_else(|| a.error.clone()).unwrap_or_default(),
+                a.status
+                    .map(|s| format!("HTTP {s}"))
+                    .or_else(|| a.error.clone())
+                    .unwrap_or_default(),
                 a.latency_ms
             );
         }

@@ -83,8 +83,11 @@ pub struct Config {
     /// Delivery audit log.
     #[serde(default)]
     pub audit: AuditConfig,
-    /// Delivery destinations.
+    /// Named state transitions.
     #[serde(default)]
+    pub trigger: Vec<TriggerConfig>,
+    /// Delivery destinations (parsed separately: common keys + per-type keys).
+    #[serde(skip)]
     pub sink: Vec<SinkConfig>,
 }
 
@@ -104,7 +107,8 @@ impl AuditConfig {
 
     /// The retention as a duration (validated at load).
     pub fn retention(&self) -> std::time::Duration {
-        humantime::parse_duration(&self.retention).unwrap_or(std::time::Duration::from_secs(30 * 86_400))
+        humantime::parse_duration(&self.retention)
+            .unwrap_or(std::time::Duration::from_secs(30 * 86_400))
     }
 }
 
@@ -181,39 +185,126 @@ impl Default for StateConfig {
     }
 }
 
-/// One `[[sink]]`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SinkConfig {
-    /// One native-event JSON line per change on stdout.
-    Stdout(StdoutSinkConfig),
+/// One `[[trigger]]`: a named state transition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerConfig {
+    /// Event name sinks select with `events = [...]`.
+    pub name: String,
+    /// The table it watches, `schema.table`.
+    pub table: String,
+    /// jq condition over the native event.
+    pub when: String,
 }
 
-impl SinkConfig {
-    /// The sink's name (its cursor's key).
-    pub fn name(&self) -> &str {
-        match self {
-            SinkConfig::Stdout(s) => &s.name,
-        }
-    }
-
-    /// Tables this sink receives; empty means every source table.
-    pub fn tables(&self) -> &[String] {
-        match self {
-            SinkConfig::Stdout(s) => &s.tables,
-        }
-    }
+/// One `[[sink]]`: the keys every sink type has, plus its type's own.
+#[derive(Debug)]
+pub struct SinkConfig {
+    /// Unique sink name (its cursor's key).
+    pub name: String,
+    /// Trigger names to deliver.
+    pub events: Vec<String>,
+    /// Tables to deliver (all changes of them).
+    pub tables: Vec<String>,
+    /// jq condition: only events for which it is true.
+    pub filter: Option<String>,
+    /// jq program building what is sent (default: the native event).
+    pub transform: Option<String>,
+    /// Type-specific settings.
+    pub kind: SinkKind,
 }
 
-/// `[[sink]] type = "stdout"`
+/// A sink's type and its own settings.
+#[derive(Debug)]
+pub enum SinkKind {
+    /// One JSON line per item on stdout.
+    Stdout,
+}
+
+/// The keys every sink has.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StdoutSinkConfig {
-    /// Unique sink name.
-    pub name: String,
-    /// Tables to deliver (`schema.table`); all source tables when empty.
+struct SinkCommon {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
     #[serde(default)]
-    pub tables: Vec<String>,
+    events: Vec<String>,
+    #[serde(default)]
+    tables: Vec<String>,
+    filter: Option<String>,
+    transform: Option<String>,
+}
+
+const COMMON_SINK_KEYS: &[&str] = &["name", "type", "events", "tables", "filter", "transform"];
+const SINK_TYPES: &str = "\"stdout\"";
+
+impl SinkConfig {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Tables this sink receives all changes of.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    fn from_toml(i: usize, value: toml::Value) -> Result<SinkConfig, ConfigError> {
+        let prefix = format!("sink[{i}]");
+        let toml::Value::Table(table) = value else {
+            return Err(key_err(prefix, "each [[sink]] must be a table"));
+        };
+        let (common, own): (toml::Table, toml::Table) = table
+            .into_iter()
+            .partition(|(k, _)| COMMON_SINK_KEYS.contains(&k.as_str()));
+        let common: SinkCommon = deserialize_at(&prefix, toml::Value::Table(common))?;
+        let kind = match common.kind.as_str() {
+            "stdout" => {
+                if let Some(k) = own.keys().next() {
+                    return Err(key_err(
+                        format!("{prefix}.{k}"),
+                        format!(
+                            "unknown key for a stdout sink; it takes {}",
+                            COMMON_SINK_KEYS.join(", ")
+                        ),
+                    ));
+                }
+                SinkKind::Stdout
+            }
+            other => {
+                return Err(key_err(
+                    format!("{prefix}.type"),
+                    format!("unknown sink type {other:?}; expected one of {SINK_TYPES}"),
+                ))
+            }
+        };
+        Ok(SinkConfig {
+            name: common.name,
+            events: common.events,
+            tables: common.tables,
+            filter: common.filter,
+            transform: common.transform,
+            kind,
+        })
+    }
+}
+
+/// Deserializes `value`, naming errors by their key path under `prefix`.
+fn deserialize_at<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    value: toml::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (prefix.is_empty(), inner.as_str()) {
+            (true, ".") => "(top level)".to_string(),
+            (true, _) => inner,
+            (false, ".") => prefix.to_string(),
+            (false, _) => format!("{prefix}.{inner}"),
+        };
+        key_err(key, e.into_inner().to_string())
+    })
 }
 
 impl Config {
@@ -237,17 +328,17 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         substitute_env(&mut value, &mut String::new(), env)?;
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            key_err(
-                if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                e.into_inner().to_string(),
-            )
-        })?;
+        let sinks = match value.as_table_mut().and_then(|t| t.remove("sink")) {
+            None => Vec::new(),
+            Some(toml::Value::Array(sinks)) => sinks,
+            Some(_) => return Err(key_err("sink", "write sinks as [[sink]] tables")),
+        };
+        let mut config: Config = deserialize_at("", value)?;
+        config.sink = sinks
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| SinkConfig::from_toml(i, v))
+            .collect::<Result<_, _>>()?;
         config.validate()?;
         Ok(config)
     }
@@ -291,11 +382,54 @@ impl Config {
         humantime::parse_duration(&self.audit.retention).map_err(|e| {
             key_err(
                 "audit.retention",
-                format!("{:?} is not a duration ({e}); write e.g. \"30d\" or \"12h\"", self.audit.retention),
+                format!(
+                    "{:?} is not a duration ({e}); write e.g. \"30d\" or \"12h\"",
+                    self.audit.retention
+                ),
             )
         })?;
+        let source_tables = self.tables();
+        let mut trigger_names = HashSet::new();
+        for (i, t) in self.trigger.iter().enumerate() {
+            if t.name.is_empty() || !trigger_names.insert(t.name.as_str()) {
+                return Err(key_err(
+                    format!("trigger[{i}].name"),
+                    format!("{:?}: trigger names must be non-empty and unique", t.name),
+                ));
+            }
+            let table = TableName::parse(&t.table)
+                .map_err(|m| key_err(format!("trigger[{i}].table"), m))?;
+            if !source_tables.contains(&table) {
+                return Err(key_err(
+                    format!("trigger[{i}].table"),
+                    format!("table {table} is not in source.tables; add it there first"),
+                ));
+            }
+        }
         let mut names = HashSet::new();
         for (i, sink) in self.sink.iter().enumerate() {
+            if sink.events.is_empty() && sink.tables.is_empty() && !self.trigger.is_empty() {
+                tracing::debug!(sink = %sink.name, "sink selects neither events nor tables: it receives every change");
+            }
+            for (j, e) in sink.events.iter().enumerate() {
+                if !trigger_names.contains(e.as_str()) {
+                    return Err(key_err(
+                        format!("sink[{i}].events[{j}]"),
+                        format!(
+                            "no [[trigger]] named {e:?}; defined triggers: {}",
+                            if trigger_names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                self.trigger
+                                    .iter()
+                                    .map(|t| t.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
             let name = sink.name();
             if name.is_empty()
                 || !name
@@ -313,12 +447,6 @@ impl Config {
                     format!("sink name {name:?} is used twice; sink names must be unique"),
                 ));
             }
-            let source_tables: Vec<TableName> = self
-                .source
-                .tables
-                .iter()
-                .filter_map(|t| TableName::parse(t).ok())
-                .collect();
             for (j, t) in sink.tables().iter().enumerate() {
                 let key = format!("sink[{i}].tables[{j}]");
                 let table = TableName::parse(t).map_err(|m| key_err(&key, m))?;

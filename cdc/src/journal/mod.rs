@@ -310,12 +310,11 @@ impl JournalWriter {
                 } else {
                     &entry.event
                 };
-                let payload = serde_json::to_string(event).map_err(|source| {
-                    JournalError::Corrupt {
+                let payload =
+                    serde_json::to_string(event).map_err(|source| JournalError::Corrupt {
                         pos: pos + 1,
                         source,
-                    }
-                })?;
+                    })?;
                 pos += 1;
                 insert
                     .execute(params![
@@ -499,8 +498,8 @@ impl JournalReader {
 mod audit;
 mod dlq;
 mod row_state;
-pub use row_state::{OldTracking, Tracked};
 pub use dlq::{DlqEntry, DlqRecord, DlqSelector, DlqState};
+pub use row_state::{OldTracking, Tracked};
 
 #[cfg(test)]
 mod tests;

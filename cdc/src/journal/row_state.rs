@@ -50,7 +50,11 @@ fn pick(tracked: &Tracked, row: &Row, key: &Row) -> Row {
 
 /// Fills `event.old` from the remembered row when Postgres sent none (or only the key),
 /// then remembers the new values.
-pub(super) fn apply(tx: &Transaction<'_>, tracking: &OldTracking, event: &mut ChangeEvent) -> rusqlite::Result<()> {
+pub(super) fn apply(
+    tx: &Transaction<'_>,
+    tracking: &OldTracking,
+    event: &mut ChangeEvent,
+) -> rusqlite::Result<()> {
     let table = event.qualified_table();
     let Some(tracked) = tracking.get(&table) else {
         return Ok(());
@@ -91,7 +95,10 @@ pub(super) fn apply(tx: &Transaction<'_>, tracking: &OldTracking, event: &mut Ch
 
     match (event.op, &event.new) {
         (Op::Delete, _) => {
-            tx.execute("DELETE FROM row_state WHERE tbl = ?1 AND row_key = ?2", params![table, row_key])?;
+            tx.execute(
+                "DELETE FROM row_state WHERE tbl = ?1 AND row_key = ?2",
+                params![table, row_key],
+            )?;
         }
         (_, Some(new)) => {
             let mut values = pick(tracked, new, &key);
@@ -106,14 +113,24 @@ pub(super) fn apply(tx: &Transaction<'_>, tracking: &OldTracking, event: &mut Ch
             tx.execute(
                 "INSERT INTO row_state(tbl, row_key, cols) VALUES (?1, ?2, ?3) \
                  ON CONFLICT(tbl, row_key) DO UPDATE SET cols = excluded.cols",
-                params![table, row_key, serde_json::to_string(&values).unwrap_or_default()],
+                params![
+                    table,
+                    row_key,
+                    serde_json::to_string(&values).unwrap_or_default()
+                ],
             )?;
             // A key change moves the row: forget it under its old key.
             if let Some(old) = &event.old {
-                let old_key: Row = key.keys().filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone()))).collect();
+                let old_key: Row = key
+                    .keys()
+                    .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect();
                 if old_key.len() == key.len() && old_key != key {
                     let old_row_key = serde_json::to_string(&old_key).unwrap_or_default();
-                    tx.execute("DELETE FROM row_state WHERE tbl = ?1 AND row_key = ?2", params![table, old_row_key])?;
+                    tx.execute(
+                        "DELETE FROM row_state WHERE tbl = ?1 AND row_key = ?2",
+                        params![table, old_row_key],
+                    )?;
                 }
             }
         }

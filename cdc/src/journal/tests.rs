@@ -135,7 +135,13 @@ fn reading_a_missing_journal_says_what_to_do() {
     }
 }
 
-fn change(lsn: u64, op: Op, key: i64, new: Option<serde_json::Value>, old: Option<serde_json::Value>) -> JournalEntry {
+fn change(
+    lsn: u64,
+    op: Op,
+    key: i64,
+    new: Option<serde_json::Value>,
+    old: Option<serde_json::Value>,
+) -> JournalEntry {
     let mut e = entry(lsn, 0);
     e.event.op = op;
     e.event.key = serde_json::json!({ "id": key }).as_object().cloned();
@@ -152,21 +158,61 @@ fn old_is_filled_from_the_last_seen_row() -> Result<(), JournalError> {
         message: e.to_string(),
     })?;
     let mut w = JournalWriter::open(dir.path())?;
-    w.set_old_tracking([("public.permits".to_string(), Tracked::Columns(vec!["status".into()]))].into());
+    w.set_old_tracking(
+        [(
+            "public.permits".to_string(),
+            Tracked::Columns(vec!["status".into()]),
+        )]
+        .into(),
+    );
     w.append(
         &[
-            change(1, Op::Insert, 1, Some(json!({"id": 1, "status": "pending", "fee": 3})), None),
-            change(2, Op::Update, 1, Some(json!({"id": 1, "status": "review", "fee": 3})), None),
+            change(
+                1,
+                Op::Insert,
+                1,
+                Some(json!({"id": 1, "status": "pending", "fee": 3})),
+                None,
+            ),
+            change(
+                2,
+                Op::Update,
+                1,
+                Some(json!({"id": 1, "status": "review", "fee": 3})),
+                None,
+            ),
             // First sight of row 2: nothing to fill from.
-            change(3, Op::Update, 2, Some(json!({"id": 2, "status": "approved"})), None),
-            change(4, Op::Update, 1, Some(json!({"id": 1, "status": "approved", "fee": 4})), None),
+            change(
+                3,
+                Op::Update,
+                2,
+                Some(json!({"id": 2, "status": "approved"})),
+                None,
+            ),
+            change(
+                4,
+                Op::Update,
+                1,
+                Some(json!({"id": 1, "status": "approved", "fee": 4})),
+                None,
+            ),
             change(5, Op::Delete, 1, None, Some(json!({"id": 1}))),
-            change(6, Op::Update, 1, Some(json!({"id": 1, "status": "x"})), None),
+            change(
+                6,
+                Op::Update,
+                1,
+                Some(json!({"id": 1, "status": "x"})),
+                None,
+            ),
         ],
         None,
     )?;
     let r = JournalReader::open(dir.path(), false)?;
-    let olds: Vec<serde_json::Value> = r.read_after(0, 10)?.iter().map(|e| json!(e.event.old)).collect();
+    let olds: Vec<serde_json::Value> = r
+        .read_after(0, 10)?
+        .iter()
+        .map(|e| json!(e.event.old))
+        .collect();
     assert_eq!(
         olds,
         [

@@ -16,13 +16,19 @@ pub const QUEUE_CAPACITY: usize = 8_192;
 
 /// Normalises an RFC 3339 time to UTC with microseconds so stored times sort as text.
 pub fn normalize_time(t: &str) -> Option<String> {
-    chrono::DateTime::parse_from_rfc3339(t)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+    chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| {
+        t.with_timezone(&chrono::Utc)
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    })
 }
 
 /// Runs until every sender is gone.
-pub async fn run(state_dir: PathBuf, mut rx: mpsc::Receiver<Attempt>, retention: Duration) -> Result<(), JournalError> {
+pub async fn run(
+    state_dir: PathBuf,
+    mut rx: mpsc::Receiver<Attempt>,
+    retention: Duration,
+) -> Result<(), JournalError> {
     let mut reader = JournalReader::open(&state_dir, true)?;
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
     let mut buf = Vec::with_capacity(BATCH);

@@ -26,7 +26,7 @@ use pgcdc_sinks::AuditLog;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, SinkConfig, TableName};
+use crate::config::{Config, SinkKind, TableName};
 use crate::journal::{JournalHead, JournalWriter};
 use crate::replication::{connect_sql, ReplicationConnection};
 use crate::source;
@@ -106,7 +106,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .context("cannot start the journal thread")?;
 
     let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
-    let audit_task = tokio::spawn(audit_writer::run(state_dir.clone(), audit_rx, config.audit.retention()));
+    let audit_task = tokio::spawn(audit_writer::run(
+        state_dir.clone(),
+        audit_rx,
+        config.audit.retention(),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut runners = JoinSet::new();
@@ -117,10 +121,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             .filter_map(|t| TableName::parse(t).ok())
             .collect();
         let plan = runner::SinkPlan { tables };
-        match sink {
-            SinkConfig::Stdout(s) => {
+        match &sink.kind {
+            SinkKind::Stdout => {
                 runners.spawn(runner::run(
-                    StdoutSink::new(&s.name),
+                    StdoutSink::new(&sink.name),
                     plan,
                     state_dir.clone(),
                     head_rx.clone(),
