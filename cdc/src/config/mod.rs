@@ -80,6 +80,9 @@ pub struct Config {
     /// Where the journal and cursors live.
     #[serde(default)]
     pub state: StateConfig,
+    /// Journal retention.
+    #[serde(default)]
+    pub journal: JournalConfig,
     /// Delivery audit log.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -89,6 +92,34 @@ pub struct Config {
     /// Delivery destinations (parsed separately: common keys + per-type keys).
     #[serde(skip)]
     pub sink: Vec<SinkConfig>,
+}
+
+/// `[journal]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Entries every sink has passed are removed once older than this, e.g. "7d".
+    #[serde(default = "JournalConfig::default_retention")]
+    pub retention: String,
+}
+
+impl JournalConfig {
+    fn default_retention() -> String {
+        "7d".to_string()
+    }
+
+    /// The retention as a duration (validated at load).
+    pub fn retention(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.retention).unwrap_or(std::time::Duration::from_secs(7 * 86_400))
+    }
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            retention: Self::default_retention(),
+        }
+    }
 }
 
 /// `[audit]`
@@ -379,6 +410,12 @@ impl Config {
                  (changes are captured from the slot's creation on)",
             ));
         }
+        humantime::parse_duration(&self.journal.retention).map_err(|e| {
+            key_err(
+                "journal.retention",
+                format!("{:?} is not a duration ({e}); write e.g. \"7d\" or \"12h\"", self.journal.retention),
+            )
+        })?;
         humantime::parse_duration(&self.audit.retention).map_err(|e| {
             key_err(
                 "audit.retention",

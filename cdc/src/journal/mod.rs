@@ -263,6 +263,21 @@ impl JournalWriter {
         }
     }
 
+    /// Removes up to `limit` entries that every sink's cursor has passed and that
+    /// committed before `before_unix_us`. Returns how many. The newest entry always
+    /// stays: positions continue from it.
+    pub fn prune(&mut self, before_unix_us: i64, limit: usize) -> Result<usize, JournalError> {
+        self.conn
+            .execute(
+                "DELETE FROM events WHERE pos IN (SELECT pos FROM events \
+                 WHERE pos <= (SELECT COALESCE(MIN(pos), 0) FROM cursors) \
+                 AND pos < (SELECT MAX(pos) FROM events) \
+                 AND commit_time_us < ?1 ORDER BY pos LIMIT ?2)",
+                params![before_unix_us, limit as i64],
+            )
+            .map_err(|source| self.sqlite(source))
+    }
+
     /// Appends `entries` and, in the same transaction, moves the confirmed LSN
     /// forward to `confirm` (never back). Durable when this returns.
     pub fn append(

@@ -227,3 +227,25 @@ fn old_is_filled_from_the_last_seen_row() -> Result<(), JournalError> {
     );
     Ok(())
 }
+
+#[test]
+fn prune_keeps_what_a_cursor_still_needs() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    let mut w = JournalWriter::open(dir.path())?;
+    w.append(&[entry(1, 0), entry(2, 0), entry(3, 0), entry(4, 0)], None)?;
+    let r = JournalReader::open(dir.path(), false)?;
+    r.advance_cursor("fast", 4)?;
+    r.advance_cursor("slow", 2)?;
+    // Entries 1..=3 are older than the cutoff, but "slow" has not passed 3.
+    assert_eq!(w.prune(1_700_000_000_000_004, 100)?, 2);
+    assert_eq!(r.read_after(0, 10)?.iter().map(|e| e.pos).collect::<Vec<_>>(), [3, 4]);
+    // The newest entry stays even when every cursor passed it: positions continue from it.
+    r.advance_cursor("slow", 4)?;
+    assert_eq!(w.prune(i64::MAX, 100)?, 1);
+    w.append(&[entry(5, 0)], None)?;
+    assert_eq!(r.read_after(0, 10)?.iter().map(|e| e.pos).collect::<Vec<_>>(), [4, 5]);
+    Ok(())
+}

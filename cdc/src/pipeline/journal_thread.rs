@@ -26,12 +26,18 @@ pub const MAX_BATCH: usize = 5_000;
 /// Capacity of the reader → writer queue.
 pub const QUEUE_CAPACITY: usize = 8_192;
 
+/// How often entries past the retention are pruned, and how many at most per round.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const PRUNE_LIMIT: usize = 50_000;
+
 /// Runs the writer until the command queue closes. Blocking: run on its own thread.
 pub fn run(
     mut writer: JournalWriter,
     mut rx: mpsc::Receiver<JournalCommand>,
     head_tx: watch::Sender<JournalHead>,
+    retention: std::time::Duration,
 ) -> Result<(), JournalError> {
+    let mut last_prune = std::time::Instant::now();
     let mut entries: Vec<JournalEntry> = Vec::with_capacity(MAX_BATCH);
     let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -62,6 +68,14 @@ pub fn run(
         head_tx.send_replace(head);
         for reply in syncs.drain(..) {
             let _ = reply.send(head);
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = std::time::Instant::now();
+            let cutoff = chrono::Utc::now().timestamp_micros() - retention.as_micros() as i64;
+            let removed = writer.prune(cutoff, PRUNE_LIMIT)?;
+            if removed > 0 {
+                tracing::info!(removed, "pruned journal entries past retention that every sink has passed");
+            }
         }
     }
     Ok(())

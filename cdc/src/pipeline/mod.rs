@@ -99,10 +99,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     drop(client);
 
     let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
+    let retention = config.journal.retention();
     let (journal_tx, journal_rx) = mpsc::channel(journal_thread::QUEUE_CAPACITY);
     let writer_thread = std::thread::Builder::new()
         .name("pgcdc-journal".into())
-        .spawn(move || journal_thread::run(writer, journal_rx, head_tx))
+        .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention))
         .context("cannot start the journal thread")?;
 
     let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
