@@ -10,6 +10,7 @@
 
 pub mod event;
 pub mod lsn;
+pub mod mapping;
 pub mod value;
 
 pub use event::{ChangeEvent, EventId, Op};

@@ -10,6 +10,7 @@
 //! per item, and only delivered or dead-lettered items let the cursor move.
 
 pub mod audit;
+pub mod http;
 pub mod stdout;
 
 use std::future::Future;

@@ -23,6 +23,8 @@ mod tls_certs;
 mod tls_client;
 mod wait;
 
+pub mod http_receiver;
+
 pub use cluster::{free_port, quote_ident, quote_literal, PgCluster, PgClusterBuilder};
 pub use error::{HarnessError, Result};
 pub use pgcdc_process::{pgcdc_bin, state_dir, ConfigFile, Pgcdc};

@@ -30,6 +30,9 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// A jq expression or template does not compile.
+    #[error("config {0}")]
+    Expression(#[from] pgcdc_schema::mapping::MappingError),
     /// A value is missing, unknown or malformed.
     #[error("config key `{key}`: {message}")]
     Key {
@@ -110,7 +113,8 @@ impl JournalConfig {
 
     /// The retention as a duration (validated at load).
     pub fn retention(&self) -> std::time::Duration {
-        humantime::parse_duration(&self.retention).unwrap_or(std::time::Duration::from_secs(7 * 86_400))
+        humantime::parse_duration(&self.retention)
+            .unwrap_or(std::time::Duration::from_secs(7 * 86_400))
     }
 }
 
@@ -250,6 +254,8 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// One JSON line per item on stdout.
     Stdout,
+    /// Requests to an HTTP API.
+    Http(Box<pgcdc_sinks::http::HttpSinkConfig>),
 }
 
 /// The keys every sink has.
@@ -268,7 +274,7 @@ struct SinkCommon {
 }
 
 const COMMON_SINK_KEYS: &[&str] = &["name", "type", "events", "tables", "filter", "transform"];
-const SINK_TYPES: &str = "\"stdout\"";
+const SINK_TYPES: &str = "\"stdout\", \"http\"";
 
 impl SinkConfig {
     /// The sink's name.
@@ -302,6 +308,23 @@ impl SinkConfig {
                     ));
                 }
                 SinkKind::Stdout
+            }
+            "http" => {
+                let http: pgcdc_sinks::http::HttpSinkConfig =
+                    deserialize_at(&prefix, toml::Value::Table(own))?;
+                http.validate(&prefix).map_err(|e| ConfigError::Key {
+                    key: e.key,
+                    message: e.message,
+                })?;
+                let templates = std::iter::once(("url".to_string(), http.url.clone())).chain(
+                    http.headers
+                        .iter()
+                        .map(|(k, v)| (format!("headers.{k}"), v.clone())),
+                );
+                for (key, text) in templates {
+                    pgcdc_schema::mapping::Template::parse(&format!("{prefix}.{key}"), &text)?;
+                }
+                SinkKind::Http(Box::new(http))
             }
             other => {
                 return Err(key_err(
@@ -413,7 +436,10 @@ impl Config {
         humantime::parse_duration(&self.journal.retention).map_err(|e| {
             key_err(
                 "journal.retention",
-                format!("{:?} is not a duration ({e}); write e.g. \"7d\" or \"12h\"", self.journal.retention),
+                format!(
+                    "{:?} is not a duration ({e}); write e.g. \"7d\" or \"12h\"",
+                    self.journal.retention
+                ),
             )
         })?;
         humantime::parse_duration(&self.audit.retention).map_err(|e| {
@@ -443,8 +469,16 @@ impl Config {
                 ));
             }
         }
+        for (i, t) in self.trigger.iter().enumerate() {
+            pgcdc_schema::mapping::JqProgram::compile(&format!("trigger[{i}].when"), &t.when)?;
+        }
         let mut names = HashSet::new();
         for (i, sink) in self.sink.iter().enumerate() {
+            for (key, src) in [("filter", &sink.filter), ("transform", &sink.transform)] {
+                if let Some(src) = src {
+                    pgcdc_schema::mapping::JqProgram::compile(&format!("sink[{i}].{key}"), src)?;
+                }
+            }
             if sink.events.is_empty() && sink.tables.is_empty() && !self.trigger.is_empty() {
                 tracing::debug!(sink = %sink.name, "sink selects neither events nor tables: it receives every change");
             }

@@ -241,11 +241,23 @@ fn prune_keeps_what_a_cursor_still_needs() -> Result<(), JournalError> {
     r.advance_cursor("slow", 2)?;
     // Entries 1..=3 are older than the cutoff, but "slow" has not passed 3.
     assert_eq!(w.prune(1_700_000_000_000_004, 100)?, 2);
-    assert_eq!(r.read_after(0, 10)?.iter().map(|e| e.pos).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(
+        r.read_after(0, 10)?
+            .iter()
+            .map(|e| e.pos)
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
     // The newest entry stays even when every cursor passed it: positions continue from it.
     r.advance_cursor("slow", 4)?;
     assert_eq!(w.prune(i64::MAX, 100)?, 1);
     w.append(&[entry(5, 0)], None)?;
-    assert_eq!(r.read_after(0, 10)?.iter().map(|e| e.pos).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(
+        r.read_after(0, 10)?
+            .iter()
+            .map(|e| e.pos)
+            .collect::<Vec<_>>(),
+        [4, 5]
+    );
     Ok(())
 }

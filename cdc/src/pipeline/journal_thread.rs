@@ -74,7 +74,10 @@ pub fn run(
             let cutoff = chrono::Utc::now().timestamp_micros() - retention.as_micros() as i64;
             let removed = writer.prune(cutoff, PRUNE_LIMIT)?;
             if removed > 0 {
-                tracing::info!(removed, "pruned journal entries past retention that every sink has passed");
+                tracing::info!(
+                    removed,
+                    "pruned journal entries past retention that every sink has passed"
+                );
             }
         }
     }

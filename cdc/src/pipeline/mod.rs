@@ -14,19 +14,21 @@
 pub mod audit_writer;
 pub mod changes;
 pub mod journal_thread;
+pub mod plan;
 pub mod reader;
 pub mod runner;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use pgcdc_schema::mapping::Template;
+use pgcdc_sinks::http::{HttpSink, HttpSinkConfig, Renderer};
 use pgcdc_sinks::stdout::StdoutSink;
-use pgcdc_sinks::AuditLog;
+use pgcdc_sinks::{AuditLog, Outgoing};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, SinkKind, TableName};
+use crate::config::{Config, SinkKind};
 use crate::journal::{JournalHead, JournalWriter};
 use crate::replication::{connect_sql, ReplicationConnection};
 use crate::source;
@@ -39,7 +41,9 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let url = config.source_url()?;
     let state_dir = config.state.dir.clone();
+    let triggers = plan::compile_triggers(&config)?;
     let mut writer = JournalWriter::open(&state_dir)?;
+    writer.set_old_tracking(plan::old_tracking(&triggers));
 
     let client = connect_sql(&url)
         .await
@@ -115,18 +119,25 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut runners = JoinSet::new();
-    for sink in &config.sink {
-        let tables: HashSet<TableName> = sink
-            .tables()
-            .iter()
-            .filter_map(|t| TableName::parse(t).ok())
-            .collect();
-        let plan = runner::SinkPlan { tables };
+    for (i, sink) in config.sink.iter().enumerate() {
+        let plan = plan::SinkPlan::compile(i, sink, &triggers)?;
         match &sink.kind {
             SinkKind::Stdout => {
                 runners.spawn(runner::run(
                     StdoutSink::new(&sink.name),
                     plan,
+                    audit.clone(),
+                    state_dir.clone(),
+                    head_rx.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+            SinkKind::Http(http) => {
+                let sink_impl = build_http_sink(i, &sink.name, http, audit.clone())?;
+                runners.spawn(runner::run(
+                    sink_impl,
+                    plan,
+                    audit.clone(),
                     state_dir.clone(),
                     head_rx.clone(),
                     stop_rx.clone(),
@@ -201,4 +212,37 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Builds an HTTP sink, with per-event renderers for a URL or header values holding
+/// `{...}` placeholders (rendered against the native event).
+pub fn build_http_sink(
+    index: usize,
+    name: &str,
+    config: &HttpSinkConfig,
+    audit: AuditLog,
+) -> anyhow::Result<HttpSink> {
+    let renderer = |template: Template, url: bool| -> Renderer {
+        Box::new(move |item: &Outgoing| {
+            let input = serde_json::to_value(&*item.event).map_err(|e| e.to_string())?;
+            let rendered = if url {
+                template.render_url(&input)
+            } else {
+                template.render(&input)
+            };
+            rendered.map_err(|e| e.to_string())
+        })
+    };
+    let url = Template::parse(&format!("sink[{index}].url"), &config.url)?;
+    let mut sink = HttpSink::new(name, config.clone(), audit)?;
+    if !url.is_static() {
+        sink = sink.with_url_renderer(renderer(url, true));
+    }
+    for (header, value) in &config.headers {
+        let template = Template::parse(&format!("sink[{index}].headers.{header}"), value)?;
+        if !template.is_static() {
+            sink = sink.with_header_renderer(header, renderer(template, false))?;
+        }
+    }
+    Ok(sink)
 }

@@ -4,15 +4,13 @@
 //! row with dead letters are parked behind them, in order. Replays requested
 //! by an operator run before new events.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use pgcdc_schema::ChangeEvent;
-use pgcdc_sinks::{ItemResult, Outgoing, Sink, SinkError};
+use pgcdc_schema::mapping::MappingError;
+use pgcdc_sinks::{Attempt, AttemptOutcome, AuditLog, ItemResult, Outgoing, Sink, SinkError};
 use tokio::sync::watch;
 
-use crate::config::TableName;
+use super::plan::{Mapped, SinkPlan};
 use crate::journal::{DlqRecord, DlqState, JournalError, JournalHead, JournalReader};
 
 /// Events read from the journal per batch.
@@ -30,47 +28,19 @@ pub enum RunnerError {
     /// A blocking task panicked or was cancelled.
     #[error("sink {0}: journal task failed: {1}")]
     Task(String, String),
+    /// A trigger, filter or transform failed on an event.
+    #[error("sink {sink}: event {event}: {source}; fix the expression and restart (the event is not lost: the cursor stays before it)")]
+    Mapping {
+        /// Sink.
+        sink: String,
+        /// Event id.
+        event: String,
+        /// The jq error.
+        source: MappingError,
+    },
     /// The sink broke its contract.
     #[error("sink {0}: returned {1} results for {2} items")]
     Contract(String, usize, usize),
-}
-
-/// Which events a sink receives and what it sends for each.
-#[derive(Debug, Clone, Default)]
-pub struct SinkPlan {
-    /// Tables; empty means all.
-    pub tables: HashSet<TableName>,
-}
-
-impl SinkPlan {
-    /// The items to deliver for one event (none when not selected).
-    pub fn map(&self, event: ChangeEvent) -> Vec<Outgoing> {
-        let table = TableName {
-            schema: event.schema.clone(),
-            table: event.table.clone(),
-        };
-        if !self.tables.is_empty() && !self.tables.contains(&table) {
-            return Vec::new();
-        }
-        let row = row_identity(&event);
-        let body = serde_json::to_value(&event).unwrap_or(serde_json::Value::Null);
-        vec![Outgoing {
-            event: Arc::new(event),
-            body,
-            part: 0,
-            row,
-        }]
-    }
-}
-
-/// `schema.table` + key JSON: items with the same identity are delivered in order.
-pub fn row_identity(event: &ChangeEvent) -> String {
-    let key = event
-        .key
-        .as_ref()
-        .map(|k| serde_json::to_string(k).unwrap_or_default())
-        .unwrap_or_default();
-    format!("{}.{}{}", event.schema, event.table, key)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -103,6 +73,7 @@ fn check_len(name: &str, results: &[ItemResult], items: usize) -> Result<(), Run
 pub async fn run<S: Sink>(
     mut sink: S,
     plan: SinkPlan,
+    audit: AuditLog,
     state_dir: PathBuf,
     mut head: watch::Receiver<JournalHead>,
     mut shutdown: watch::Receiver<bool>,
@@ -169,9 +140,37 @@ pub async fn run<S: Sink>(
         let mut items = Vec::new();
         let mut positions = Vec::new();
         for stored in batch {
-            for item in plan.map(stored.event) {
-                items.push(item);
-                positions.push(stored.pos);
+            let id = stored.event.id.to_string();
+            match plan.map(stored.event) {
+                Ok(Mapped::NotSelected) => {}
+                Ok(Mapped::Skipped(event)) => {
+                    audit
+                        .record(Attempt {
+                            event_id: event.id.to_string(),
+                            sink: name.clone(),
+                            attempt: 0,
+                            at: chrono::Utc::now().to_rfc3339(),
+                            status: None,
+                            error: None,
+                            latency_ms: 0,
+                            outcome: AttemptOutcome::Skipped,
+                        })
+                        .await
+                }
+                Ok(Mapped::Items(mapped)) => {
+                    for item in mapped {
+                        items.push(item);
+                        positions.push(stored.pos);
+                    }
+                }
+                Err(source) => {
+                    // Deliver what came before the failing event, then stop.
+                    return Err(RunnerError::Mapping {
+                        sink: name,
+                        event: id,
+                        source,
+                    });
+                }
             }
         }
         let sink_name = name.clone();

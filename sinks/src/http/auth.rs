@@ -172,12 +172,21 @@ impl OAuth2 {
             .form(&form)
             .send()
             .await
-            .map_err(|e| format!("token request to {} failed: {}", self.token_url, e.without_url()))?;
+            .map_err(|e| {
+                format!(
+                    "token request to {} failed: {}",
+                    self.token_url,
+                    e.without_url()
+                )
+            })?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("token response from {} broke: {}", self.token_url, e.without_url()))?;
+        let body = response.bytes().await.map_err(|e| {
+            format!(
+                "token response from {} broke: {}",
+                self.token_url,
+                e.without_url()
+            )
+        })?;
         if !status.is_success() {
             // The token endpoint's error body is safe to show; the request's secret is not in it.
             let cut = &body[..body.len().min(256)];
@@ -189,7 +198,10 @@ impl OAuth2 {
             ));
         }
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-            format!("token endpoint {} sent no usable access_token: {e}", self.token_url)
+            format!(
+                "token endpoint {} sent no usable access_token: {e}",
+                self.token_url
+            )
         })?;
         let refresh_at = parsed.expires_in.map(|secs| {
             let lifetime = Duration::from_secs(secs);

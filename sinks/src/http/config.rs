@@ -207,8 +207,9 @@ impl RetryConfig {
         self.max_elapsed
             .as_deref()
             .map(|s| {
-                humantime::parse_duration(s.trim())
-                    .map_err(|e| format!("{s:?} is not a duration like \"30s\", \"5m\", \"1h\" ({e})"))
+                humantime::parse_duration(s.trim()).map_err(|e| {
+                    format!("{s:?} is not a duration like \"30s\", \"5m\", \"1h\" ({e})")
+                })
             })
             .transpose()
     }

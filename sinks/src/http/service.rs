@@ -90,10 +90,11 @@ impl HttpService {
                 let mut pem = read_file(cert)?;
                 pem.push(b'\n');
                 pem.extend_from_slice(&read_file(key)?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| HttpSinkError::Tls {
-                    path: format!("{cert} + {key}"),
-                    message: format!("not a usable PEM certificate and private key: {e}"),
-                })?;
+                let identity =
+                    reqwest::Identity::from_pem(&pem).map_err(|e| HttpSinkError::Tls {
+                        path: format!("{cert} + {key}"),
+                        message: format!("not a usable PEM certificate and private key: {e}"),
+                    })?;
                 builder = builder.identity(identity);
             }
         }
@@ -134,7 +135,9 @@ impl HttpService {
                     builder = builder.header(AUTHORIZATION, v);
                 }
                 Err(_) => {
-                    let e = AttemptError::Auth("the token contains characters not allowed in a header".into());
+                    let e = AttemptError::Auth(
+                        "the token contains characters not allowed in a header".into(),
+                    );
                     return (Err(e), auth);
                 }
             }

@@ -1,0 +1,183 @@
+use std::path::Path;
+
+use pgcdc_schema::{EventId, Lsn, Op};
+use serde_json::json;
+
+use super::*;
+
+fn config(extra: &str) -> Config {
+    let text = format!(
+        r#"
+[source]
+url = "postgres://u@localhost/db"
+tables = ["public.permits", "public.other"]
+
+[[trigger]]
+name = "permitApproved"
+table = "public.permits"
+when = '.old.status != "approved" and .new.status == "approved"'
+
+[[trigger]]
+name = "permitRevoked"
+table = "public.permits"
+when = '.new.status == "revoked"'
+{extra}
+"#
+    );
+    Config::parse(&text, Path::new("t.toml"), &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn event(
+    table: &str,
+    op: Op,
+    old: Option<serde_json::Value>,
+    new: serde_json::Value,
+) -> ChangeEvent {
+    ChangeEvent {
+        id: EventId::from_position(Lsn(0x100), 0),
+        op,
+        schema: "public".into(),
+        table: table.into(),
+        key: json!({"id": 1}).as_object().cloned(),
+        old: old.and_then(|o| o.as_object().cloned()),
+        new: new.as_object().cloned(),
+        trigger: None,
+        lsn: Lsn(0x100),
+        xid: Some(1),
+        commit_time: None,
+        unchanged_toast: vec![],
+    }
+}
+
+fn plan(c: &Config, i: usize) -> SinkPlan {
+    let triggers = compile_triggers(c).unwrap_or_else(|e| panic!("{e}"));
+    SinkPlan::compile(i, &c.sink[i], &triggers).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn bodies(m: Mapped) -> Vec<serde_json::Value> {
+    match m {
+        Mapped::Items(items) => items.into_iter().map(|i| i.body).collect(),
+        Mapped::Skipped(_) => vec![json!("skipped")],
+        Mapped::NotSelected => vec![],
+    }
+}
+
+#[test]
+fn triggers_select_transitions_and_set_the_trigger_name() {
+    let c = config(
+        r#"
+[[sink]]
+name = "registry"
+type = "stdout"
+events = ["permitApproved"]
+transform = '{registryId: .new.id, event: .trigger}'
+"#,
+    );
+    let p = plan(&c, 0);
+    let approve = event(
+        "permits",
+        Op::Update,
+        Some(json!({"id": 1, "status": "review"})),
+        json!({"id": 1, "status": "approved"}),
+    );
+    assert_eq!(
+        bodies(p.map(approve).unwrap_or_else(|e| panic!("{e}"))),
+        [json!({"registryId": 1, "event": "permitApproved"})]
+    );
+    // Another column of an approved permit changes: nothing fires.
+    let touch = event(
+        "permits",
+        Op::Update,
+        Some(json!({"id": 1, "status": "approved"})),
+        json!({"id": 1, "status": "approved"}),
+    );
+    assert!(matches!(p.map(touch), Ok(Mapped::NotSelected)));
+    // Another table: not selected.
+    let other = event(
+        "other",
+        Op::Insert,
+        None,
+        json!({"id": 1, "status": "approved"}),
+    );
+    assert!(matches!(p.map(other), Ok(Mapped::NotSelected)));
+}
+
+#[test]
+fn tables_filter_and_multi_output_transforms() {
+    let c = config(
+        r#"
+[[sink]]
+name = "all"
+type = "stdout"
+
+[[sink]]
+name = "gis"
+type = "stdout"
+tables = ["public.permits"]
+filter = '.op != "delete"'
+transform = '.new.id, .new.status'
+
+[[sink]]
+name = "none"
+type = "stdout"
+tables = ["public.permits"]
+transform = 'empty'
+"#,
+    );
+    let ins = || {
+        event(
+            "permits",
+            Op::Insert,
+            None,
+            json!({"id": 1, "status": "pending"}),
+        )
+    };
+    let all = bodies(plan(&c, 0).map(ins()).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["op"], "insert");
+    assert_eq!(all[0]["trigger"], json!(null));
+    let gis = plan(&c, 1);
+    match gis.map(ins()) {
+        Ok(Mapped::Items(items)) => {
+            assert_eq!(
+                items.iter().map(|i| i.body.clone()).collect::<Vec<_>>(),
+                [json!(1), json!("pending")]
+            );
+            assert_eq!(items[1].delivery_id(), format!("{}.1", items[1].event.id));
+            assert_eq!(items[0].row, "public.permits{\"id\":1}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let del = event("permits", Op::Delete, Some(json!({"id": 1})), json!(null));
+    assert!(matches!(gis.map(del), Ok(Mapped::NotSelected)));
+    assert!(matches!(plan(&c, 2).map(ins()), Ok(Mapped::Skipped(_))));
+}
+
+#[test]
+fn runtime_jq_errors_are_reported_and_old_columns_are_tracked() {
+    let c = config(
+        r#"
+[[sink]]
+name = "bad"
+type = "stdout"
+transform = '.new.status + 1'
+"#,
+    );
+    let err = plan(&c, 0).map(event(
+        "permits",
+        Op::Insert,
+        None,
+        json!({"id": 1, "status": "x"}),
+    ));
+    match err {
+        Err(e) => assert!(e.to_string().contains("sink[0].transform"), "{e}"),
+        Ok(m) => panic!("expected an error, got {m:?}"),
+    }
+    let triggers = compile_triggers(&c).unwrap_or_else(|e| panic!("{e}"));
+    let tracking = old_tracking(&triggers);
+    assert_eq!(
+        tracking.get("public.permits"),
+        Some(&Tracked::Columns(vec!["status".into()]))
+    );
+    assert_eq!(tracking.get("public.other"), None);
+}

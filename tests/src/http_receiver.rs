@@ -1,0 +1,328 @@
+//! An HTTP receiver for sink tests: records every request and answers per a
+//! programmable script (status bursts, 429 + Retry-After, slow answers,
+//! connection resets, a failure for chosen bodies), plus an OAuth2 token
+//! endpoint at `/oauth/token` whose tokens the API can require.
+//!
+//! Built on hyper directly (not axum): a reset needs the connection itself,
+//! which a per-connection task can drop without answering.
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Decides whether a body (parsed JSON; `Null` if not JSON) gets the failure.
+pub type BodyPredicate = Arc<dyn Fn(&serde_json::Value) -> bool + Send + Sync>;
+
+/// How the receiver answers a request to the API.
+#[derive(Clone)]
+pub enum Mode {
+    /// 200 with `{}`.
+    Ok,
+    /// This status with a short text body.
+    Status(u16),
+    /// 429 with `Retry-After: <secs>`.
+    RetryAfter(u64),
+    /// Waits this long, then 200 (past the client's timeout: a timeout).
+    Delay(Duration),
+    /// Closes the connection without any response.
+    Reset,
+    /// `status` for bodies matching `when`, 200 for the others.
+    FailFor {
+        /// Status for matching bodies.
+        status: u16,
+        /// Which bodies fail.
+        when: BodyPredicate,
+    },
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method, e.g. `POST`.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers, names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Recorded {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Default)]
+struct OAuthState {
+    required: bool,
+    expires_in: u64,
+    issued: usize,
+    valid: HashSet<String>,
+}
+
+struct State {
+    requests: Mutex<Vec<Recorded>>,
+    script: Mutex<VecDeque<Mode>>,
+    mode: Mutex<Mode>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    oauth: Mutex<OAuthState>,
+}
+
+/// Locks a mutex even if a panicking test thread poisoned it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running receiver on 127.0.0.1; stops accepting when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    state: Arc<State>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Receiver {
+    /// Starts a receiver on a free port, answering `Mode::Ok`.
+    pub async fn start() -> std::io::Result<Receiver> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            requests: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+            mode: Mutex::new(Mode::Ok),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            oauth: Mutex::new(OAuthState::default()),
+        });
+        let accept_state = state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, accept_state.clone()));
+            }
+        });
+        Ok(Receiver {
+            addr,
+            state,
+            accept,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/hook`: the API endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/oauth/token`: the token endpoint.
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
+    }
+
+    /// Every request so far (API and token endpoint), in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state.requests).clone()
+    }
+
+    /// Requests to the API only (not the token endpoint).
+    pub fn api_requests(&self) -> Vec<Recorded> {
+        lock(&self.state.requests)
+            .iter()
+            .filter(|r| !r.path.starts_with("/oauth/"))
+            .cloned()
+            .collect()
+    }
+
+    /// The answer for requests once the script is used up.
+    pub fn set_mode(&self, mode: Mode) {
+        *lock(&self.state.mode) = mode;
+    }
+
+    /// Answers the next API requests with these modes, one each, before `set_mode`'s.
+    pub fn push_script(&self, modes: impl IntoIterator<Item = Mode>) {
+        lock(&self.state.script).extend(modes);
+    }
+
+    /// Most API requests being handled at the same time so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requires `Authorization: Bearer <token from /oauth/token>` on the API;
+    /// tokens are issued with this `expires_in`.
+    pub fn require_oauth(&self, expires_in: u64) {
+        let mut o = lock(&self.state.oauth);
+        o.required = true;
+        o.expires_in = expires_in;
+    }
+
+    /// Makes every issued token invalid (the API answers 401 until a new one is fetched).
+    pub fn revoke_tokens(&self) {
+        lock(&self.state.oauth).valid.clear();
+    }
+
+    /// Tokens issued so far.
+    pub fn token_issuances(&self) -> usize {
+        lock(&self.state.oauth).issued
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<State>) {
+    let abort = Arc::new(Notify::new());
+    let handler_abort = abort.clone();
+    let service =
+        hyper::service::service_fn(move |req| handle(state.clone(), handler_abort.clone(), req));
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // Dropping the connection future closes the socket with no response: a reset.
+    tokio::select! {
+        _ = conn => {}
+        _ = abort.notified() => {}
+    }
+}
+
+/// Decrements the in-flight count however the handler ends (answered or dropped).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn reply(status: u16, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+async fn handle(
+    state: Arc<State>,
+    abort: Arc<Notify>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(reply(400, "unreadable body")),
+    };
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+        at: Instant::now(),
+    };
+    lock(&state.requests).push(recorded.clone());
+    if recorded.path.starts_with("/oauth/token") {
+        return Ok(issue_token(&state));
+    }
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _guard = InFlight(&state.in_flight);
+
+    {
+        let oauth = lock(&state.oauth);
+        if oauth.required {
+            let token = recorded
+                .header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !oauth.valid.contains(token) {
+                return Ok(reply(401, "invalid or expired token"));
+            }
+        }
+    }
+    let mode = lock(&state.script)
+        .pop_front()
+        .unwrap_or_else(|| lock(&state.mode).clone());
+    Ok(match mode {
+        Mode::Ok => reply(200, "{}"),
+        Mode::Status(code) => reply(code, "scripted failure"),
+        Mode::RetryAfter(secs) => {
+            let mut r = reply(429, "slow down");
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(secs),
+            );
+            r
+        }
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            reply(200, "{}")
+        }
+        Mode::Reset => {
+            abort.notify_one();
+            std::future::pending::<()>().await;
+            reply(500, "unreachable")
+        }
+        Mode::FailFor { status, when } => {
+            if when(&recorded.json()) {
+                reply(status, "rejected by FailFor")
+            } else {
+                reply(200, "{}")
+            }
+        }
+    })
+}
+
+fn issue_token(state: &State) -> Response<Full<Bytes>> {
+    let mut oauth = lock(&state.oauth);
+    oauth.issued += 1;
+    let token = format!("tok-{}", oauth.issued);
+    oauth.valid.insert(token.clone());
+    let body = serde_json::json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": oauth.expires_in,
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
