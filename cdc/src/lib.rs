@@ -11,10 +11,13 @@
 //!                                           pipeline::runner ──▶ sinks
 //! ```
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod journal;
+pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod replication;
 pub mod source;
+pub mod status;

@@ -74,26 +74,42 @@ async fn kill9_and_restart_loses_nothing_and_journals_once() -> anyhow::Result<(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_restart_and_crash_are_survived_without_loss_or_duplicates() -> anyhow::Result<()>
-{
+/// How Postgres goes away under a running pgcdc.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `pg_ctl restart` (fast shutdown: walsenders get FATAL 57P01).
+    Restart,
+    /// SIGKILL of the postmaster, then crash recovery.
+    Crash,
+}
+
+async fn inject(pg: &mut PgCluster, fault: Fault) -> anyhow::Result<()> {
+    match fault {
+        Fault::Restart => pg.restart().await?,
+        Fault::Crash => {
+            pg.kill9().await?;
+            pg.start().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Two faults in the middle of a load while one pgcdc process runs throughout.
+async fn survives(faults: [Fault; 2]) -> anyhow::Result<()> {
     let Setup { mut pg, state, cfg } = setup().await?;
     let mut p = start_streaming(&pg, &cfg).await?;
     let loader = Loader::start(SocketAddr::of(&pg), "load", ROWS, PER_TXN, PACE);
     let mut seen = Seen::default();
 
-    seen.drain_while_waiting(&mut p, "a third of the load", || {
-        loader.progress() >= ROWS / 3
-    })
-    .await?;
-    pg.restart().await?;
-    seen.drain_while_waiting(&mut p, "two thirds of the load", || {
-        loader.progress() >= 2 * ROWS / 3
-    })
-    .await?;
-    ensure!(loader.progress() < ROWS, "the load ended before the crash");
-    pg.kill9().await?;
-    pg.start().await?;
+    for (i, fault) in faults.into_iter().enumerate() {
+        let target = ROWS * (i as u64 + 1) / 3;
+        seen.drain_while_waiting(&mut p, &format!("load at {target} rows"), || {
+            loader.progress() >= target
+        })
+        .await?;
+        ensure!(loader.progress() < ROWS, "the load ended before {fault:?}");
+        inject(&mut pg, fault).await?;
+    }
 
     loader.finish().await?;
     seen.until_all_keys(&mut p, ROWS, Duration::from_secs(240))
@@ -112,6 +128,16 @@ async fn postgres_restart_and_crash_are_survived_without_loss_or_duplicates() ->
         "one pgcdc process delivers each journaled event once; {dups} repeated"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_restarts_are_survived_without_loss_or_duplicates() -> anyhow::Result<()> {
+    survives([Fault::Restart, Fault::Restart]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_crashes_are_survived_without_loss_or_duplicates() -> anyhow::Result<()> {
+    survives([Fault::Crash, Fault::Crash]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

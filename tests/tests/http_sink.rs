@@ -103,7 +103,7 @@ async fn headers_and_signature_verified_independently() {
     let mut sink = sink(cfg);
     let it = item("A", 0);
     assert_eq!(
-        deliver(&mut sink, &[it.clone()]).await,
+        deliver(&mut sink, std::slice::from_ref(&it)).await,
         vec![ItemResult::Delivered]
     );
 
@@ -138,7 +138,7 @@ async fn status_burst_retries_with_identical_headers_and_audits_each_attempt() {
     let (mut sink, mut audit) = audited_sink(cfg);
     let it = item("A", 0);
     assert_eq!(
-        deliver(&mut sink, &[it.clone()]).await,
+        deliver(&mut sink, std::slice::from_ref(&it)).await,
         vec![ItemResult::Delivered]
     );
 

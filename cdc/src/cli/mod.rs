@@ -6,14 +6,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use pgcdc_schema::Lsn;
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::journal::JournalReader;
 use crate::replication::connect_sql;
-use crate::{pipeline, source};
+use crate::{pipeline, source, status};
 
 /// Change-data-capture from Postgres to HTTP APIs and Kafka.
 #[derive(Debug, Parser)]
@@ -147,67 +146,11 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
 }
 
 async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
-    let url = config.source_url()?;
     let journal = JournalReader::open(&config.state.dir, false)
         .with_context(|| format!("cannot open the journal in {}", config.state.dir.display()))?;
-    let head = journal.head()?;
-    let cursors = journal.cursors()?;
-    let now_us = chrono::Utc::now().timestamp_micros();
-
-    let mut source_json = json!({ "reachable": false });
-    match connect_sql(&url).await {
-        Err(e) => source_json["error"] = json!(e.to_string()),
-        Ok(client) => {
-            source_json["reachable"] = json!(true);
-            let wal: Option<String> = client
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await
-                .ok()
-                .map(|r| r.get(0));
-            let current = wal.as_deref().and_then(|w| w.parse::<Lsn>().ok());
-            source_json["current_wal_lsn"] = json!(wal);
-            source_json["lag_bytes"] =
-                json!(current.map(|c| c.0.saturating_sub(head.confirmed_lsn.0)));
-            source_json["slot"] = match source::slot_info(&client, &config.source.slot).await {
-                Ok(Some(s)) => json!({
-                    "name": config.source.slot,
-                    "active": s.active_pid.is_some(),
-                    "active_pid": s.active_pid,
-                    "confirmed_flush_lsn": s.confirmed_flush_lsn,
-                    "wal_status": s.wal_status,
-                    "retained_wal_bytes": s.retained_bytes,
-                }),
-                Ok(None) => json!(null),
-                Err(e) => json!({ "error": source::sql_message(&e) }),
-            };
-        }
-    }
-    let mut sinks = Vec::new();
-    for sink in &config.sink {
-        let c = cursors.iter().find(|c| c.sink == sink.name());
-        let cursor = c.map_or(0, |c| c.pos);
-        let lag_events = c.map_or(head.pos, |c| c.lag_events);
-        let lag_seconds = c
-            .and_then(|c| c.oldest_pending_unix_us)
-            .map(|t| ((now_us - t).max(0) as f64) / 1e6)
-            .unwrap_or(0.0);
-        sinks.push(json!({
-            "name": sink.name(),
-            "cursor": cursor,
-            "lag_events": lag_events,
-            "lag_seconds": lag_seconds,
-            "dlq_events": journal.dlq_count(sink.name())?,
-        }));
-    }
-    let status = json!({
-        "source": source_json,
-        "journal": {
-            "head": head.pos,
-            "confirmed_lsn": head.confirmed_lsn.to_string(),
-            "bytes": journal.size_bytes(),
-        },
-        "sinks": sinks,
-    });
+    let journal_status = status::read_journal(&journal, &status::sink_names(config))?;
+    let head = journal_status.head;
+    let status = status::status_json(config, journal_status).await;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(0);

@@ -89,6 +89,9 @@ pub struct Config {
     /// Delivery audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Admin HTTP API and `/metrics`.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Named state transitions.
     #[serde(default)]
     pub trigger: Vec<TriggerConfig>,
@@ -151,6 +154,67 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             retention: Self::default_retention(),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin API and `/metrics`, `IP:PORT`.
+    #[serde(default = "AdminConfig::default_listen")]
+    pub listen: String,
+    /// Bearer token the mutating endpoints require.
+    pub token: Option<Secret>,
+}
+
+impl AdminConfig {
+    /// Where the admin API listens unless configured.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:9187";
+
+    fn default_listen() -> String {
+        Self::DEFAULT_LISTEN.to_string()
+    }
+
+    /// The listen address (validated at load).
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            key_err(
+                "admin.listen",
+                format!(
+                    "{:?} is not an IP:PORT address; write e.g. \"127.0.0.1:9187\" or \"[::1]:9187\"",
+                    self.listen
+                ),
+            )
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let addr = self.listen_addr()?;
+        match &self.token {
+            Some(t) if t.expose().trim().is_empty() => Err(key_err(
+                "admin.token",
+                "is empty; set it to a long random string (e.g. token = \"${PGCDC_ADMIN_TOKEN}\") or remove the key",
+            )),
+            None if !addr.ip().is_loopback() => Err(key_err(
+                "admin.listen",
+                format!(
+                    "{addr} is reachable from other hosts, so the admin API's mutating endpoints \
+                     (DLQ replay/drop) need a token: set admin.token = \"${{PGCDC_ADMIN_TOKEN}}\" \
+                     or listen on a loopback address such as 127.0.0.1"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Self::default_listen(),
+            token: None,
         }
     }
 }
@@ -451,6 +515,7 @@ impl Config {
                 ),
             )
         })?;
+        self.admin.validate()?;
         let source_tables = self.tables();
         let mut trigger_names = HashSet::new();
         for (i, t) in self.trigger.iter().enumerate() {

@@ -513,7 +513,7 @@ impl JournalReader {
 mod audit;
 mod dlq;
 mod row_state;
-pub use dlq::{DlqEntry, DlqRecord, DlqSelector, DlqState};
+pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use row_state::{OldTracking, Tracked};
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub async fn run(
                 }
                 let mut batch: Vec<Attempt> = std::mem::take(&mut buf);
                 for a in &mut batch {
+                    crate::metrics::attempt(a);
                     if let Some(t) = normalize_time(&a.at) {
                         a.at = t;
                     }

@@ -39,11 +39,14 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
 /// Preflight, set up the publication and slot, then stream and deliver until
 /// `shutdown` becomes true.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let config = std::sync::Arc::new(config);
     let url = config.source_url()?;
     let state_dir = config.state.dir.clone();
     let triggers = plan::compile_triggers(&config)?;
     let mut writer = JournalWriter::open(&state_dir)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));
+    // Up before preflight, so /healthz answers while pgcdc waits on the source.
+    let _admin = crate::admin::start(config.clone()).await?;
 
     let client = connect_sql(&url)
         .await
@@ -233,16 +236,26 @@ pub fn build_http_sink(
             rendered.map_err(|e| e.to_string())
         })
     };
+    // Static values go to the sink unescaped (`{{` is a literal `{`); the others render per event.
+    let mut config = config.clone();
     let url = Template::parse(&format!("sink[{index}].url"), &config.url)?;
-    let mut sink = HttpSink::new(name, config.clone(), audit)?;
+    if let Some(literal) = url.literal() {
+        config.url = literal.to_string();
+    }
+    let mut dynamic_headers = Vec::new();
+    for (header, value) in config.headers.iter_mut() {
+        let template = Template::parse(&format!("sink[{index}].headers.{header}"), value)?;
+        match template.literal() {
+            Some(literal) => *value = literal.to_string(),
+            None => dynamic_headers.push((header.clone(), template)),
+        }
+    }
+    let mut sink = HttpSink::new(name, config, audit)?;
     if !url.is_static() {
         sink = sink.with_url_renderer(renderer(url, true));
     }
-    for (header, value) in &config.headers {
-        let template = Template::parse(&format!("sink[{index}].headers.{header}"), value)?;
-        if !template.is_static() {
-            sink = sink.with_header_renderer(header, renderer(template, false))?;
-        }
+    for (header, template) in dynamic_headers {
+        sink = sink.with_header_renderer(&header, renderer(template, false))?;
     }
     Ok(sink)
 }

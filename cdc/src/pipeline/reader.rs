@@ -150,6 +150,7 @@ async fn session(
         .start_replication(&cfg.slot, start.0, &cfg.publication)
         .await?;
     tracing::info!(slot = %cfg.slot, from = %start, "replication started");
+    let _connected = crate::admin::health().replication_connected();
 
     let mut ticker = tokio::time::interval(cfg.status_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,6 +178,7 @@ async fn session(
                     )).into());
                 }
                 let durable = head.borrow_and_update().confirmed_lsn.0;
+                crate::metrics::source_lag(received, durable);
                 let ping = silent > SERVER_PING_AFTER;
                 stream.send_status(received.max(durable), durable, durable, ping).await?;
             }

@@ -16,6 +16,39 @@ use crate::journal::{DlqRecord, DlqState, JournalError, JournalHead, JournalRead
 /// Events read from the journal per batch.
 pub const BATCH: usize = 1_000;
 
+/// After a shutdown request, how long a batch in delivery may take to finish
+/// (an endpoint that is down would otherwise hold the process forever). The
+/// batch is then abandoned: its cursor has not moved, so it is delivered again
+/// after the restart, with the same idempotency keys.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn stop_after_grace(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        // The sender is gone: the engine is going away.
+    }
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+}
+
+/// Delivers through the sink unless shutdown plus the grace period comes first.
+async fn deliver_or_stop<S: Sink>(
+    sink: &mut S,
+    items: &[Outgoing],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<ItemResult>>, RunnerError> {
+    let name = sink.name().to_string();
+    tokio::select! {
+        results = sink.deliver(items) => {
+            let results = results?;
+            check_len(&name, &results, items.len())?;
+            Ok(Some(results))
+        }
+        _ = stop_after_grace(shutdown) => {
+            tracing::warn!(sink = %name, items = items.len(), "shutting down with a batch still in delivery; it will be delivered again after restart");
+            Ok(None)
+        }
+    }
+}
+
 /// Why a runner stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -83,6 +116,7 @@ pub async fn run<S: Sink>(
     let sink_name = name.clone();
     let (mut reader, mut cursor) = blocking(&name, reader, move |r| r.cursor(&sink_name)).await?;
     tracing::info!(sink = %name, cursor, "sink runner started");
+    let _running = crate::admin::health().sink_running(&name);
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -96,8 +130,10 @@ pub async fn run<S: Sink>(
         reader = r;
         if !replay.is_empty() {
             let items: Vec<Outgoing> = replay.iter().map(|e| e.item.clone()).collect();
-            let results = sink.deliver(&items).await?;
-            check_len(&name, &results, items.len())?;
+            let Some(results) = deliver_or_stop(&mut sink, &items, &mut shutdown).await? else {
+                return Ok(());
+            };
+            crate::metrics::delivered(&name, &items, &results);
             let mut delivered = Vec::new();
             let mut failed = Vec::new();
             for (entry, result) in replay.iter().zip(results) {
@@ -196,8 +232,10 @@ pub async fn run<S: Sink>(
         }
         let mut delivered = 0usize;
         if !send.is_empty() {
-            let results = sink.deliver(&send).await?;
-            check_len(&name, &results, send.len())?;
+            let Some(results) = deliver_or_stop(&mut sink, &send, &mut shutdown).await? else {
+                return Ok(());
+            };
+            crate::metrics::delivered(&name, &send, &results);
             for ((item, pos), result) in send.into_iter().zip(send_pos).zip(results) {
                 match result {
                     ItemResult::Delivered => delivered += 1,

@@ -1,0 +1,258 @@
+//! Routes and handlers of the admin API.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authorize, health, AdminState, ApiError};
+use crate::journal::{DlqError, DlqSelector};
+use crate::pipeline::audit_writer::normalize_time;
+use crate::{metrics, status};
+
+type Shared = Arc<AdminState>;
+
+/// Most audit records one request returns.
+const AUDIT_LIMIT_MAX: usize = 10_000;
+
+/// The API's routes.
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(scrape))
+        .route("/api/status", get(api_status))
+        .route("/api/sinks/{sink}/dlq", get(dlq_list))
+        .route("/api/sinks/{sink}/dlq/replay", post(dlq_replay))
+        .route("/api/sinks/{sink}/dlq/drop", post(dlq_drop))
+        .route("/api/audit", get(audit))
+        .route("/api/sinks/{sink}/checkpoint", post(not_built))
+        .route("/api/resync", post(not_built))
+        .route("/api/resync/{table}", delete(not_built))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz() -> Response {
+    let reasons = health().not_ready_reasons();
+    if reasons.is_empty() {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reasons": reasons })),
+        )
+            .into_response()
+    }
+}
+
+/// Reads the journal-backed gauges, then encodes every metric.
+async fn scrape(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let names = state.sink_names.clone();
+    let js = state
+        .with_journal(move |j| Ok(status::read_journal(j, &names)?))
+        .await?;
+    let m = metrics::metrics();
+    m.journal_bytes
+        .set(i64::try_from(js.bytes).unwrap_or(i64::MAX));
+    m.journal_head_lsn
+        .set(i64::try_from(js.head.confirmed_lsn.0).unwrap_or(i64::MAX));
+    m.journal_head_position.set(js.head.pos);
+    for s in &js.sinks {
+        m.set_sink(&m.sink_lag_events, &s.name, s.lag_events);
+        m.set_sink(&m.dlq_events, &s.name, s.dlq_events);
+        m.set_sink_lag_seconds(&s.name, s.lag_seconds);
+    }
+    let h = health();
+    m.replication_connected
+        .set(i64::from(h.is_replication_connected()));
+    for (sink, running) in h.sink_states() {
+        m.set_sink(&m.sink_running, &sink, i64::from(running));
+    }
+    let text = m
+        .encode()
+        .map_err(|e| ApiError::Internal(format!("cannot encode metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn api_status(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let names = state.sink_names.clone();
+    let js = state
+        .with_journal(move |j| Ok(status::read_journal(j, &names)?))
+        .await?;
+    Ok(Json(status::status_json(&state.config, js).await))
+}
+
+async fn dlq_list(
+    State(state): State<Shared>,
+    Path(sink): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.known_sink(&sink)?;
+    let entries = state.with_journal(move |j| Ok(j.dlq_list(&sink)?)).await?;
+    Ok(Json(Value::Array(
+        entries.iter().map(status::dlq_entry_json).collect(),
+    )))
+}
+
+/// Body of the DLQ replay/drop requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DlqRequest {
+    id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+fn dlq_selector(body: &Bytes) -> Result<DlqSelector, ApiError> {
+    const EXPECTED: &str = r#"send {"id": "<event id from the DLQ list>"} or {"all": true}"#;
+    let req: DlqRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid body ({e}); {EXPECTED}")))?;
+    match (req.id, req.all) {
+        (Some(id), false) => Ok(DlqSelector::One(id)),
+        (None, true) => Ok(DlqSelector::All),
+        (Some(_), true) => Err(ApiError::BadRequest(format!(
+            "give either an id or all, not both; {EXPECTED}"
+        ))),
+        (None, false) => Err(ApiError::BadRequest(format!(
+            "say which events; {EXPECTED}"
+        ))),
+    }
+}
+
+fn dlq_error(e: DlqError) -> ApiError {
+    match e {
+        DlqError::Journal(e) => e.into(),
+        e @ DlqError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+        e @ DlqError::ParkedBehind { .. } => ApiError::Conflict(e.to_string()),
+    }
+}
+
+/// Checks auth, the sink and the body of a DLQ mutation.
+fn dlq_mutation(
+    state: &AdminState,
+    headers: &HeaderMap,
+    sink: &str,
+    body: &Bytes,
+) -> Result<DlqSelector, ApiError> {
+    authorize(state, headers.get(header::AUTHORIZATION))?;
+    state.known_sink(sink)?;
+    dlq_selector(body)
+}
+
+async fn dlq_replay(
+    State(state): State<Shared>,
+    Path(sink): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let sel = dlq_mutation(&state, &headers, &sink, &body)?;
+    let s = sink.clone();
+    let n = state
+        .with_journal(move |j| j.dlq_request_replay(&s, &sel).map_err(dlq_error))
+        .await?;
+    tracing::info!(sink = %sink, events = n, "DLQ replay requested through the admin API");
+    Ok(Json(json!({
+        "sink": sink,
+        "marked_for_replay": n,
+        "message": format!("{n} event(s) marked for replay; they are delivered next, in row order"),
+    })))
+}
+
+async fn dlq_drop(
+    State(state): State<Shared>,
+    Path(sink): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let sel = dlq_mutation(&state, &headers, &sink, &body)?;
+    let s = sink.clone();
+    let n = state
+        .with_journal(move |j| j.dlq_drop(&s, &sel).map_err(dlq_error))
+        .await?;
+    tracing::warn!(sink = %sink, events = n, "DLQ events dropped through the admin API");
+    Ok(Json(json!({ "sink": sink, "dropped": n })))
+}
+
+/// Query of `GET /api/audit`.
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    event: Option<String>,
+    sink: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(state): State<Shared>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    const EXPECTED: &str = "use ?event=EVENT_ID or ?sink=NAME[&since=RFC3339][&limit=N]";
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("{e}; {EXPECTED}")))?;
+    let limit = q.limit.unwrap_or(1_000).min(AUDIT_LIMIT_MAX);
+    let attempts = match (q.event, q.sink) {
+        (Some(event), None) => {
+            if q.since.is_some() {
+                return Err(ApiError::BadRequest(format!(
+                    "since goes with sink, not event; {EXPECTED}"
+                )));
+            }
+            state
+                .with_journal(move |j| Ok(j.audit_by_event(&event)?))
+                .await?
+        }
+        (None, Some(sink)) => {
+            state.known_sink(&sink)?;
+            let since = match q.since {
+                Some(s) => normalize_time(&s).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "since={s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
+                    ))
+                })?,
+                None => "0000".to_string(),
+            };
+            state
+                .with_journal(move |j| Ok(j.audit_by_sink(&sink, &since, limit)?))
+                .await?
+        }
+        _ => return Err(ApiError::BadRequest(EXPECTED.to_string())),
+    };
+    serde_json::to_value(attempts)
+        .map(Json)
+        .map_err(|e| ApiError::Internal(format!("cannot encode audit records: {e}")))
+}
+
+/// Checkpoint reset and resync belong to later work; the routes exist so clients
+/// get a clear answer instead of a 404.
+async fn not_built(State(state): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, headers.get(header::AUTHORIZATION))?;
+    Err(ApiError::NotImplemented(
+        "checkpoint reset and resync are not available through the API in this version; \
+         use the pgcdc CLI (`pgcdc checkpoint reset`, `pgcdc resync`) where it provides them"
+            .to_string(),
+    ))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound(
+        "no such endpoint; see GET /healthz, /readyz, /metrics, /api/status, \
+         /api/sinks/{sink}/dlq, /api/audit?event=ID, POST /api/sinks/{sink}/dlq/replay|drop"
+            .to_string(),
+    )
+}

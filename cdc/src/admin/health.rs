@@ -1,0 +1,134 @@
+//! Readiness state shared by the reader, the sink runners and `/readyz`.
+//!
+//! The reader and each runner hold a guard while they work; dropping it (a
+//! lost connection, a stopped runner, any early return) flips readiness, so
+//! no code path can forget to report that it stopped.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+/// What `/readyz` reports on.
+#[derive(Debug, Default)]
+pub struct Health {
+    replication: AtomicBool,
+    /// Sink name → running.
+    sinks: Mutex<BTreeMap<String, bool>>,
+}
+
+static HEALTH: LazyLock<Health> = LazyLock::new(Health::default);
+
+/// The process's health state.
+pub fn health() -> &'static Health {
+    &HEALTH
+}
+
+/// Held while a replication session streams.
+#[must_use = "readiness lasts as long as the guard"]
+pub struct ReplicationGuard(&'static Health);
+
+impl Drop for ReplicationGuard {
+    fn drop(&mut self) {
+        self.0.replication.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Held while a sink runner runs.
+#[must_use = "readiness lasts as long as the guard"]
+pub struct SinkGuard {
+    health: &'static Health,
+    sink: String,
+}
+
+impl Drop for SinkGuard {
+    fn drop(&mut self) {
+        self.health.sinks().insert(self.sink.clone(), false);
+    }
+}
+
+impl Health {
+    fn sinks(&self) -> MutexGuard<'_, BTreeMap<String, bool>> {
+        // A panic elsewhere while holding the lock leaves a plain map: still usable.
+        self.sinks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the replication stream connected until the guard drops.
+    pub fn replication_connected(&'static self) -> ReplicationGuard {
+        self.replication.store(true, Ordering::SeqCst);
+        ReplicationGuard(self)
+    }
+
+    /// Whether the replication stream is connected.
+    pub fn is_replication_connected(&self) -> bool {
+        self.replication.load(Ordering::SeqCst)
+    }
+
+    /// Registers the configured sinks as not (yet) running.
+    pub fn expect_sinks<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut sinks = self.sinks();
+        for name in names {
+            sinks.entry(name.to_string()).or_insert(false);
+        }
+    }
+
+    /// Marks a sink's runner running until the guard drops.
+    pub fn sink_running(&'static self, sink: &str) -> SinkGuard {
+        self.sinks().insert(sink.to_string(), true);
+        SinkGuard {
+            health: self,
+            sink: sink.to_string(),
+        }
+    }
+
+    /// Each known sink and whether its runner runs.
+    pub fn sink_states(&self) -> Vec<(String, bool)> {
+        self.sinks()
+            .iter()
+            .map(|(name, running)| (name.clone(), *running))
+            .collect()
+    }
+
+    /// Why the process is not ready; empty when it is.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.is_replication_connected() {
+            reasons.push(
+                "the replication stream is not connected (pgcdc reconnects by itself; \
+                 check that the source database is up and the logs for the error)"
+                    .to_string(),
+            );
+        }
+        for (sink, running) in self.sink_states() {
+            if !running {
+                reasons.push(format!(
+                    "the runner of sink {sink} is not running (see the logs for why it stopped)"
+                ));
+            }
+        }
+        reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_flip_readiness_when_dropped() {
+        let h: &'static Health = Box::leak(Box::default());
+        h.expect_sinks(["a", "b"]);
+        assert_eq!(h.not_ready_reasons().len(), 3);
+        let conn = h.replication_connected();
+        let a = h.sink_running("a");
+        let b = h.sink_running("b");
+        assert!(h.not_ready_reasons().is_empty());
+        drop(a);
+        let reasons = h.not_ready_reasons();
+        assert_eq!(reasons.len(), 1);
+        assert!(reasons[0].contains("sink a"), "{reasons:?}");
+        drop(conn);
+        assert!(!h.is_replication_connected());
+        drop(b);
+        assert_eq!(h.not_ready_reasons().len(), 3);
+    }
+}

@@ -1,0 +1,255 @@
+//! The admin HTTP API (`[admin] listen`): health, readiness, `/metrics`, the
+//! status JSON, the DLQ and the delivery audit.
+//!
+//! ```text
+//!  GET  /healthz  /readyz  /metrics  /api/status  /api/sinks/{sink}/dlq  /api/audit
+//!  POST /api/sinks/{sink}/dlq/replay|drop   (bearer admin.token)
+//!        │
+//!        ├─▶ Health (reader + runner guards)      ├─▶ metrics() registry
+//!        └─▶ own JournalReader (spawn_blocking)   └─▶ slot poller (own SQL connection)
+//! ```
+//!
+//! Mutating endpoints need `Authorization: Bearer <admin.token>`. Without a
+//! token they are open only on a loopback address (config load refuses a
+//! non-loopback `listen` without a token; the check here is the second line).
+
+mod api;
+pub mod health;
+mod slot_poller;
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use health::{health, Health};
+
+use crate::config::{AdminConfig, Config, Secret};
+use crate::journal::{JournalError, JournalReader};
+
+/// Why the admin API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The configured address is taken or not ours.
+    #[error("cannot listen on admin.listen {addr}: {source}; free the port or set [admin] listen to another address")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// `admin.listen` is not an address (normally caught at config load).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The journal could not be opened for the API.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// An error answer: status and a JSON body `{"error": "..."}` that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// 501.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<JournalError> for ApiError {
+    fn from(e: JournalError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = Json(serde_json::json!({ "error": self.to_string() }));
+        if status == StatusCode::UNAUTHORIZED {
+            return (status, [("www-authenticate", "Bearer")], body).into_response();
+        }
+        (status, body).into_response()
+    }
+}
+
+/// What the handlers share.
+pub(crate) struct AdminState {
+    config: Arc<Config>,
+    sink_names: Vec<String>,
+    journal: Mutex<JournalReader>,
+    token: Option<Secret>,
+    loopback: bool,
+}
+
+impl AdminState {
+    /// Runs `f` on the API's journal handle on a blocking thread.
+    pub(crate) async fn with_journal<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&JournalReader) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic in an earlier request leaves the connection itself usable.
+            let journal = state.journal.lock().unwrap_or_else(|e| e.into_inner());
+            f(&journal)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("journal task failed: {e}")))?
+    }
+
+    /// 404 unless `sink` is configured.
+    pub(crate) fn known_sink(&self, sink: &str) -> Result<(), ApiError> {
+        if self.sink_names.iter().any(|s| s == sink) {
+            return Ok(());
+        }
+        Err(ApiError::NotFound(format!(
+            "no sink named {sink:?} in the config; sinks: {}",
+            self.sink_names.join(", ")
+        )))
+    }
+}
+
+/// The running admin server and its helpers; they stop when this is dropped.
+pub struct AdminServer {
+    tasks: JoinSet<()>,
+    addr: Option<std::net::SocketAddr>,
+}
+
+impl AdminServer {
+    /// Where the API listens (`None` when the default port was taken).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// Binds `[admin] listen` and serves the API; also starts the slot poller.
+///
+/// A taken port is an error when `listen` is configured; with the default
+/// address it is a warning, so several pgcdc instances on one host (or a
+/// test suite) still run, without an API for all but the first.
+pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
+    let admin: &AdminConfig = &config.admin;
+    let addr = admin.listen_addr()?;
+    let sink_names = crate::status::sink_names(&config);
+    crate::metrics::metrics().register_sinks(sink_names.iter().map(String::as_str));
+    health().expect_sinks(sink_names.iter().map(String::as_str));
+
+    let mut tasks = JoinSet::new();
+    if let Ok(url) = config.source_url() {
+        tasks.spawn(slot_poller::run(url, config.source.slot.clone()));
+    }
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(source) if admin.listen == AdminConfig::DEFAULT_LISTEN => {
+            tracing::warn!(%addr, error = %source, "admin API and /metrics not started: the default address is taken; set [admin] listen to a free address");
+            return Ok(AdminServer { tasks, addr: None });
+        }
+        Err(source) => return Err(AdminError::Bind { addr, source }),
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    let state = Arc::new(AdminState {
+        sink_names,
+        journal: Mutex::new(JournalReader::open(&config.state.dir, false)?),
+        token: admin.token.clone(),
+        loopback: addr.ip().is_loopback(),
+        config: config.clone(),
+    });
+    let app = api::router(state);
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    tracing::info!(addr = %local, "admin API listening");
+    Ok(AdminServer {
+        tasks,
+        addr: Some(local),
+    })
+}
+
+/// Compares without an early exit, so response time does not reveal a prefix of the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// Checks a mutating request's `Authorization` header.
+pub(crate) fn authorize(
+    state: &AdminState,
+    authorization: Option<&axum::http::HeaderValue>,
+) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        if state.loopback {
+            return Ok(());
+        }
+        return Err(ApiError::Forbidden(
+            "mutating endpoints are disabled: admin.listen is not a loopback address and \
+             admin.token is not set; set admin.token and send Authorization: Bearer <token>"
+                .to_string(),
+        ));
+    };
+    let Some(value) = authorization else {
+        return Err(ApiError::Unauthorized(
+            "this endpoint changes state: send Authorization: Bearer <admin.token>".to_string(),
+        ));
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match presented {
+        None => Err(ApiError::Unauthorized(
+            "the Authorization header must be `Bearer <admin.token>`".to_string(),
+        )),
+        Some(p) if constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::Forbidden(
+            "the bearer token does not match admin.token".to_string(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+//! The status report shared by `pgcdc status --json` and `GET /api/status`:
+//! source and slot (over SQL), journal head and each sink's cursor, lag and
+//! DLQ size (from the journal).
+
+use pgcdc_schema::Lsn;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::journal::{DlqEntry, JournalError, JournalHead, JournalReader};
+use crate::replication::connect_sql;
+use crate::source;
+
+/// The journal's part of the status (blocking reads: call off the async runtime
+/// when a server shares it).
+#[derive(Debug, Clone)]
+pub struct JournalStatus {
+    /// Durable head.
+    pub head: JournalHead,
+    /// Journal files on disk.
+    pub bytes: u64,
+    /// Each configured sink's cursor, lag and DLQ size.
+    pub sinks: Vec<SinkStatus>,
+}
+
+/// One sink's line of the status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SinkStatus {
+    /// Sink name.
+    pub name: String,
+    /// Last journal position the sink has finished with.
+    pub cursor: i64,
+    /// Journal entries after the cursor.
+    pub lag_events: i64,
+    /// Age, from commit time, of the oldest entry after the cursor (0 when caught up).
+    pub lag_seconds: f64,
+    /// Items in the sink's DLQ.
+    pub dlq_events: i64,
+}
+
+/// Reads the journal head and each configured sink's cursor, lag and DLQ size.
+pub fn read_journal(
+    journal: &JournalReader,
+    sink_names: &[String],
+) -> Result<JournalStatus, JournalError> {
+    let head = journal.head()?;
+    let cursors = journal.cursors()?;
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let mut sinks = Vec::with_capacity(sink_names.len());
+    for name in sink_names {
+        let c = cursors.iter().find(|c| &c.sink == name);
+        let lag_seconds = c
+            .and_then(|c| c.oldest_pending_unix_us)
+            .map(|t| ((now_us - t).max(0) as f64) / 1e6)
+            .unwrap_or(0.0);
+        sinks.push(SinkStatus {
+            name: name.clone(),
+            cursor: c.map_or(0, |c| c.pos),
+            lag_events: c.map_or(head.pos, |c| c.lag_events),
+            lag_seconds,
+            dlq_events: journal.dlq_count(name)?,
+        });
+    }
+    Ok(JournalStatus {
+        head,
+        bytes: journal.size_bytes(),
+        sinks,
+    })
+}
+
+/// The configured sinks' names.
+pub fn sink_names(config: &Config) -> Vec<String> {
+    config.sink.iter().map(|s| s.name().to_string()).collect()
+}
+
+/// The full status document: queries the source, then joins the journal's part.
+pub async fn status_json(config: &Config, journal: JournalStatus) -> Value {
+    let mut source_json = json!({ "reachable": false });
+    let client = match config.source_url() {
+        Ok(url) => connect_sql(&url).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match client {
+        Err(e) => source_json["error"] = json!(e),
+        Ok(client) => {
+            source_json["reachable"] = json!(true);
+            let wal: Option<String> = client
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .ok()
+                .map(|r| r.get(0));
+            let current = wal.as_deref().and_then(|w| w.parse::<Lsn>().ok());
+            source_json["current_wal_lsn"] = json!(wal);
+            source_json["lag_bytes"] =
+                json!(current.map(|c| c.0.saturating_sub(journal.head.confirmed_lsn.0)));
+            source_json["slot"] = match source::slot_info(&client, &config.source.slot).await {
+                Ok(Some(s)) => json!({
+                    "name": config.source.slot,
+                    "active": s.active_pid.is_some(),
+                    "active_pid": s.active_pid,
+                    "confirmed_flush_lsn": s.confirmed_flush_lsn,
+                    "wal_status": s.wal_status,
+                    "retained_wal_bytes": s.retained_bytes,
+                }),
+                Ok(None) => json!(null),
+                Err(e) => json!({ "error": source::sql_message(&e) }),
+            };
+        }
+    }
+    json!({
+        "source": source_json,
+        "journal": {
+            "head": journal.head.pos,
+            "confirmed_lsn": journal.head.confirmed_lsn.to_string(),
+            "bytes": journal.bytes,
+        },
+        "sinks": journal.sinks,
+    })
+}
+
+/// One DLQ item as `pgcdc dlq list --json` and `GET /api/sinks/{sink}/dlq` show it.
+pub fn dlq_entry_json(e: &DlqEntry) -> Value {
+    json!({
+        "id": e.delivery_id,
+        "row": e.row,
+        "state": format!("{:?}", e.state).to_lowercase(),
+        "error": e.error,
+        "replay_pending": e.replay,
+        "created_at": e.created_at,
+        "event": e.item.event,
+        "body": e.item.body,
+    })
+}
