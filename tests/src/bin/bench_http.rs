@@ -42,7 +42,10 @@ async fn wait_streaming(pg: &PgCluster, p: &mut Pgcdc) -> anyhow::Result<()> {
         let active: Option<i32> = pg
             .client()
             .await?
-            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcdc'", &[])
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcdc'",
+                &[],
+            )
             .await?
             .and_then(|r| r.get(0));
         if active.is_some() {
@@ -59,7 +62,11 @@ async fn wait_for(rx: &Receiver, n: usize, p: &Pgcdc) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while rx.api_requests().len() < n {
         if Instant::now() > deadline {
-            bail!("only {} of {n} requests arrived:\n{}", rx.api_requests().len(), p.stderr_tail(20));
+            bail!(
+                "only {} of {n} requests arrived:\n{}",
+                rx.api_requests().len(),
+                p.stderr_tail(20)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -95,14 +102,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn latency() -> anyhow::Result<(f64, f64, f64, usize)> {
     let pg = PgCluster::new().await?;
-    pg.batch("CREATE TABLE permits (id int PRIMARY KEY, status text)").await?;
+    pg.batch("CREATE TABLE permits (id int PRIMARY KEY, status text)")
+        .await?;
     let rx = Receiver::start().await?;
     let state = state_dir()?;
     let cfg = ConfigFile::new(&config(&pg, state.path(), &rx.url(), 32))?;
     let mut p = Pgcdc::spawn(&["run", "--config", &cfg.arg()], &[])?;
     wait_streaming(&pg, &mut p).await?;
     let client = pg.client().await?;
-    let stmt = client.prepare("INSERT INTO permits VALUES ($1, 'approved')").await?;
+    let stmt = client
+        .prepare("INSERT INTO permits VALUES ($1, 'approved')")
+        .await?;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let started = Instant::now();
     let mut id: i32 = 0;
@@ -127,7 +137,12 @@ async fn latency() -> anyhow::Result<(f64, f64, f64, usize)> {
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .context("commit_time in body")?;
         let arrival = now_wall - chrono::Duration::from_std(now_instant.duration_since(r.at))?;
-        lat.push((arrival - commit.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        lat.push(
+            (arrival - commit.with_timezone(&chrono::Utc))
+                .num_microseconds()
+                .unwrap_or(0) as f64
+                / 1000.0,
+        );
     }
     lat.sort_by(f64::total_cmp);
     p.terminate()?;
