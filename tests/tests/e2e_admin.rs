@@ -259,7 +259,16 @@ async fn readyz_follows_the_database_down_and_back() -> anyhow::Result<()> {
     let cfg = ConfigFile::new(&config(&pg.url(), state.path(), &rx.url(), &admin))?;
     let mut p = start_streaming(&pg, &cfg).await?;
     wait_ready(&base, &mut p).await;
+    pg.batch("INSERT INTO items VALUES (1, 'before')").await?;
+    wait_until_msg(
+        Duration::from_secs(30),
+        "delivery before the stop",
+        || async { rx.requests().len() == 1 },
+    )
+    .await;
 
+    // A clean (fast) shutdown: the walsender ends the stream with
+    // CommandComplete; pgcdc must take that as a lost connection and reconnect.
     pg.stop().await?;
     let ready = format!("{base}/readyz");
     wait_until_msg(Duration::from_secs(30), "readyz answers 503", || {
@@ -285,12 +294,12 @@ async fn readyz_follows_the_database_down_and_back() -> anyhow::Result<()> {
     pg.start().await?;
     wait_ready(&base, &mut p).await;
     // And it streams again.
-    pg.batch("INSERT INTO items VALUES (1, 'after restart')")
+    pg.batch("INSERT INTO items VALUES (2, 'after restart')")
         .await?;
     wait_until_msg(
         Duration::from_secs(30),
         "delivery after restart",
-        || async { rx.requests().len() == 1 },
+        || async { rx.requests().len() == 2 },
     )
     .await;
     Ok(())

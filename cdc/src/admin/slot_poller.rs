@@ -34,13 +34,14 @@ pub(crate) async fn run(url: SourceUrl, slot: String) {
                     .set(info.retained_bytes.unwrap_or(0));
                 m.set_wal_status(info.wal_status.as_deref());
                 if info.wal_status != last_status {
-                    match info.wal_status.as_deref() {
-                        Some(s @ ("extended" | "unreserved" | "lost")) => tracing::warn!(
+                    if let Some(s @ ("extended" | "unreserved" | "lost")) =
+                        info.wal_status.as_deref()
+                    {
+                        tracing::warn!(
                             slot = %slot, wal_status = s,
                             "the slot retains more WAL than max_wal_size; Postgres may remove WAL pgcdc still needs: \
                              check the source lag and sinks, or raise max_slot_wal_keep_size"
-                        ),
-                        _ => {}
+                        );
                     }
                     last_status = info.wal_status;
                 }

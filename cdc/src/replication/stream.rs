@@ -41,7 +41,9 @@ impl ReplicationStream {
             Backend::Message(Message::CopyData(body)) => {
                 frame::parse_replication_payload(body.into_bytes()).map(Some)
             }
-            Backend::Message(Message::CopyDone) => {
+            // A server shutting down (pg_ctl stop) ends the COPY with
+            // CommandComplete and no CopyDone: the stream is over all the same.
+            Backend::Message(Message::CopyDone | Message::CommandComplete(_)) => {
                 self.server_done = true;
                 Ok(None)
             }
