@@ -474,3 +474,35 @@ async fn kill9_during_delivery_loses_nothing() -> anyhow::Result<()> {
     p.wait_exit(Duration::from_secs(20)).await;
     Ok(())
 }
+
+/// `pgcdc check` verifies each HTTP sink's endpoint as well as the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_verifies_http_endpoints() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    pg.batch(PERMITS).await?;
+    let rx = Receiver::start().await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config(&pg.url(), state.path(), &rx.url(), ""))?;
+    let (code, out, err) = pgcdc_output(&["check", "--config", &cfg.arg()]).await?;
+    ensure!(code == 0, "check with the endpoint up: {out}\n{err}");
+    ensure!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains("sink registry") && l.contains("reachable")),
+        "{out}"
+    );
+
+    // A port nothing listens on.
+    let closed = format!("http://127.0.0.1:{}/hook", pgcdc_tests::free_port()?);
+    cfg.rewrite(&config(&pg.url(), state.path(), &closed, ""))?;
+    let (code, out, _) = pgcdc_output(&["check", "--config", &cfg.arg()]).await?;
+    ensure!(code == 1, "check must fail with the endpoint down: {out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("sink registry"))
+        .unwrap_or_default();
+    ensure!(
+        line.starts_with("FAIL") && line.contains("fix:") && line.contains("sink[0].url"),
+        "{out}"
+    );
+    Ok(())
+}

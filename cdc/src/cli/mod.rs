@@ -9,10 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, SinkKind};
 use crate::journal::JournalReader;
 use crate::replication::connect_sql;
 use crate::{pipeline, source, status};
+use pgcdc_sinks::AuditLog;
 
 /// Change-data-capture from Postgres to HTTP APIs and Kafka.
 #[derive(Debug, Parser)]
@@ -121,28 +122,64 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
         config.sink.len(),
         config.source.tables.len()
     );
+    let mut failed = 0;
     let url = config.source_url()?;
-    let client = match connect_sql(&url).await {
-        Ok(c) => c,
+    match connect_sql(&url).await {
         Err(e) => {
+            failed += 1;
             println!(
                 "FAIL  source connection: cannot connect to {url}: {e} — fix: check source.url, that Postgres runs and accepts connections from this host (pg_hba.conf)"
             );
-            return Ok(1);
         }
-    };
-    println!("ok    source connection: {url}");
-    let mut failed = 0;
-    for c in source::preflight(config, &client).await {
-        match c.outcome {
-            Ok(detail) => println!("ok    {}: {detail}", c.name),
-            Err(p) => {
-                failed += 1;
-                println!("FAIL  {}: {p}", c.name);
+        Ok(client) => {
+            println!("ok    source connection: {url}");
+            for c in source::preflight(config, &client).await {
+                match c.outcome {
+                    Ok(detail) => println!("ok    {}: {detail}", c.name),
+                    Err(p) => {
+                        failed += 1;
+                        println!("FAIL  {}: {p}", c.name);
+                    }
+                }
+            }
+        }
+    }
+    for (i, sink) in config.sink.iter().enumerate() {
+        match &sink.kind {
+            SinkKind::Stdout => println!("ok    sink {}: stdout", sink.name),
+            SinkKind::Http(http) => {
+                let built = pipeline::build_http_sink(i, &sink.name, http, AuditLog::disabled());
+                let checked = match built {
+                    Ok(s) => s.healthcheck().await.map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(()) => println!("ok    sink {}: {} reachable", sink.name, origin(&http.url)),
+                    Err(e) => {
+                        failed += 1;
+                        println!(
+                            "FAIL  sink {}: {e:#} — fix: check sink[{i}].url, that the endpoint is up and reachable from this host, and its TLS settings",
+                            sink.name
+                        );
+                    }
+                }
             }
         }
     }
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// `scheme://host:port` of a URL, for messages (no path, query or credentials).
+fn origin(url: &str) -> String {
+    match url::Url::parse(url.split('{').next().unwrap_or(url)) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "the endpoint".to_string(),
+    }
 }
 
 async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {

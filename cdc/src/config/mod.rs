@@ -236,6 +236,9 @@ pub struct SourceConfig {
     /// Initial snapshot mode.
     #[serde(default)]
     pub snapshot: SnapshotMode,
+    /// How often a heartbeat message is written into the WAL ("10s"; "0s" turns it off).
+    #[serde(default = "SourceConfig::default_heartbeat")]
+    pub heartbeat: String,
 }
 
 impl SourceConfig {
@@ -247,6 +250,17 @@ impl SourceConfig {
 
     fn default_slot() -> String {
         Self::DEFAULT_NAME.to_string()
+    }
+
+    fn default_heartbeat() -> String {
+        "10s".to_string()
+    }
+
+    /// The heartbeat interval (None when off; validated at load).
+    pub fn heartbeat(&self) -> Option<std::time::Duration> {
+        humantime::parse_duration(&self.heartbeat)
+            .ok()
+            .filter(|d| !d.is_zero())
     }
 }
 
@@ -497,6 +511,15 @@ impl Config {
                  (changes are captured from the slot's creation on)",
             ));
         }
+        humantime::parse_duration(&self.source.heartbeat).map_err(|e| {
+            key_err(
+                "source.heartbeat",
+                format!(
+                    "{:?} is not a duration ({e}); write e.g. \"10s\", or \"0s\" to turn it off",
+                    self.source.heartbeat
+                ),
+            )
+        })?;
         humantime::parse_duration(&self.journal.retention).map_err(|e| {
             key_err(
                 "journal.retention",

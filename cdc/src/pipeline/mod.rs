@@ -155,6 +155,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         publication: config.source.publication.clone(),
         tables: config.tables().into_iter().collect(),
         status_interval: Duration::from_secs(1),
+        heartbeat: config.source.heartbeat(),
     };
     let mut reader = tokio::spawn(reader::run(
         reader_cfg,

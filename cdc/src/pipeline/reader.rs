@@ -73,6 +73,8 @@ pub struct ReaderConfig {
     pub tables: HashSet<TableName>,
     /// Interval of standby status updates.
     pub status_interval: Duration,
+    /// Interval of WAL heartbeat messages (None: off).
+    pub heartbeat: Option<Duration>,
 }
 
 /// Silence after which a status update asks the server for a reply.
@@ -156,6 +158,9 @@ async fn session(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut received: u64 = start.0;
     let mut last_heard = Instant::now();
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat.unwrap_or(Duration::from_secs(3600)));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat_on = cfg.heartbeat.is_some();
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -167,6 +172,16 @@ async fn session(
                     tracing::debug!(error = %e, "closing the replication stream");
                 }
                 return Ok(SessionEnd::Shutdown);
+            }
+            _ = heartbeat.tick(), if heartbeat_on => {
+                if let Err(e) = catalog.heartbeat().await {
+                    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                        tracing::warn!(error = %crate::source::sql_message(&e), "heartbeat disabled: the role may not call pg_logical_emit_message; on a quiet database the slot then moves only with keepalives");
+                        heartbeat_on = false;
+                    } else {
+                        return Err(ReplicationError::Sql(e).into());
+                    }
+                }
             }
             _ = ticker.tick() => {
                 let silent = last_heard.elapsed();

@@ -41,8 +41,31 @@ pub enum ReplicationError {
     #[error("invalid source configuration: {0}")]
     Config(String),
     /// Error from the ordinary (tokio-postgres) catalog connection.
-    #[error("source query failed: {0}")]
+    #[error("{}", sql_error_text(.0))]
     Sql(#[from] tokio_postgres::Error),
+}
+
+/// tokio-postgres prints only "db error" or "error performing TLS handshake":
+/// spell out the server's message (with SQLSTATE, detail, hint) or the cause chain.
+fn sql_error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" (detail: {detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!(" (hint: {hint})"));
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Formats `Server` as `ERROR 55006: message (detail: ..) (hint: ..)`.

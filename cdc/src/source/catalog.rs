@@ -71,6 +71,18 @@ impl Catalog {
         })
     }
 
+    /// Writes a non-transactional heartbeat message into the WAL, so that the slot
+    /// moves even when nothing else is written.
+    pub async fn heartbeat(&self) -> Result<(), tokio_postgres::Error> {
+        self.client
+            .execute(
+                "SELECT pg_logical_emit_message(false, 'pgcdc.heartbeat', '')",
+                &[],
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// Primary key column names of the table, in key order (empty when it has none).
     pub async fn primary_key(&self, table_oid: u32) -> Result<Vec<String>, ReplicationError> {
         let rows = self

@@ -15,7 +15,8 @@ use anyhow::{bail, ensure, Context};
 use pgcdc_tests::{pgcdc_bin, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
 use serde_json::Value;
 
-/// Config text with one stdout sink named `out` (plus `extra` appended verbatim).
+/// Config text with one stdout sink named `out` (plus `extra` appended verbatim);
+/// the admin API on an ephemeral port, since tests run in parallel.
 pub fn config_toml(url: &str, tables: &[&str], state: &Path, extra: &str) -> String {
     let tables = tables
         .iter()
@@ -24,6 +25,7 @@ pub fn config_toml(url: &str, tables: &[&str], state: &Path, extra: &str) -> Str
         .join(", ");
     format!(
         "[source]\nurl = \"{url}\"\ntables = [{tables}]\n\n[state]\ndir = \"{}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [[sink]]\nname = \"out\"\ntype = \"stdout\"\n{extra}",
         state.display()
     )
