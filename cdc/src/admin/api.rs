@@ -16,6 +16,10 @@ use crate::journal::{DlqError, DlqSelector};
 use crate::pipeline::audit_writer::normalize_time;
 use crate::{metrics, status};
 
+// `admin/page.rs`, used by this router only.
+#[path = "page.rs"]
+mod page;
+
 type Shared = Arc<AdminState>;
 
 /// Most audit records one request returns.
@@ -24,6 +28,7 @@ const AUDIT_LIMIT_MAX: usize = 10_000;
 /// The API's routes.
 pub(crate) fn router(state: Shared) -> Router {
     Router::new()
+        .route("/", get(page::status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(scrape))

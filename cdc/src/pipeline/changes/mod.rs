@@ -69,7 +69,7 @@ impl RelationInfo {
 }
 
 /// The transaction being decoded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TxnState {
     /// Commit LSN (Begin's final LSN).
     pub commit_lsn: Lsn,
@@ -77,6 +77,8 @@ pub struct TxnState {
     pub xid: u32,
     /// Commit time, µs since 2000-01-01.
     pub commit_time: i64,
+    /// Commit time as RFC 3339 (formatted once per transaction).
+    pub commit_time_text: String,
     /// Ordinal of the next change.
     pub next_seq: u32,
 }
@@ -143,6 +145,7 @@ impl ChangeBuilder {
             commit_lsn: Lsn(final_lsn),
             xid,
             commit_time,
+            commit_time_text: pg_micros_to_rfc3339(commit_time),
             next_seq: 0,
         });
     }
@@ -195,7 +198,7 @@ impl ChangeBuilder {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;
         txn.next_seq += 1;
-        let txn = *txn;
+        let txn = txn.clone();
         let info = self
             .relations
             .get(&relation_id)
@@ -218,7 +221,7 @@ impl ChangeBuilder {
                 trigger: None,
                 lsn: txn.commit_lsn,
                 xid: Some(txn.xid),
-                commit_time: Some(pg_micros_to_rfc3339(txn.commit_time)),
+                commit_time: Some(txn.commit_time_text),
                 unchanged_toast,
             },
         }))
