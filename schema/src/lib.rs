@@ -11,7 +11,9 @@
 pub mod event;
 pub mod lsn;
 pub mod mapping;
+pub mod secret;
 pub mod value;
 
 pub use event::{ChangeEvent, EventId, Op};
 pub use lsn::Lsn;
+pub use secret::Secret;

@@ -50,29 +50,7 @@ fn key_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A string that must never be printed (passwords, tokens, URLs with credentials).
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use pgcdc_schema::Secret;
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]

@@ -15,33 +15,7 @@ const DEFAULT_APPLICATION_NAME: &str = "pgcdc";
 /// Query parameters we understand; anything else is a typo we refuse to guess about.
 const KNOWN_PARAMS: &[&str] = &["sslmode", "sslrootcert", "application_name", "host"];
 
-/// A password or other secret whose Debug and Display print `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself; call only where it is sent, never where it is logged.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use pgcdc_schema::Secret;
 
 /// How TLS is negotiated with the source (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -285,7 +259,7 @@ impl FromStr for SourceUrl {
             .password()
             .map(|raw| percent_decode(raw, "password"))
             .transpose()?
-            .map(Secret);
+            .map(Secret::new);
         let path = parsed.path().trim_start_matches('/');
         if path.contains('/') {
             return Err(config_err(

@@ -5,7 +5,6 @@
 //! the keys in [`HTTP_KEYS`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -35,34 +34,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "content-length",
 ];
 
-/// A configuration value that must never be printed: Debug and Display show `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for building a request; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use pgcdc_schema::Secret;
 
 /// HTTP method of the delivery requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
