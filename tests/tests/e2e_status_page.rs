@@ -399,20 +399,50 @@ async fn status_page_replays_the_dlq_with_a_real_click() -> anyhow::Result<()> {
 
     let driver = Driver::start().await?;
     let b = driver.session().await?;
-    let result = drive(&b, &base, &rx).await;
+    let mut result = drive(&b, &base, &rx).await;
     // The screenshot is taken whatever happened: it shows what went wrong.
     let shot = target_dir().join("status-page.png");
     let shot_result = b.screenshot(&shot).await;
+    if result.is_ok() {
+        ensure!(
+            !p.has_exited(),
+            "pgcdc exited; stderr:\n{}",
+            p.stderr_tail(30)
+        );
+        p.terminate()?;
+        result = api_down_is_shown(&b).await;
+    }
     b.close().await;
     result?;
     shot_result?;
     println!("screenshot: {}", shot.display());
-    ensure!(
-        !p.has_exited(),
-        "pgcdc exited; stderr:\n{}",
-        p.stderr_tail(30)
-    );
     Ok(())
+}
+
+/// With pgcdc gone, the page says so instead of showing stale numbers as current.
+async fn api_down_is_shown(b: &Browser) -> anyhow::Result<()> {
+    b.wait_for(
+        "the unreachable API in the page",
+        Duration::from_secs(30),
+        || async {
+            let error = b.text_of("#error").await?.unwrap_or_default();
+            let conn = b.text_of("#conn").await?.unwrap_or_default();
+            let stale = b
+                .eval(
+                    "return document.body.classList.contains('stale');",
+                    json!([]),
+                )
+                .await?;
+            Ok((error.contains("/api/status")
+                && error.contains("cannot reach pgcdc")
+                && conn == "no status"
+                && stale == json!(true))
+            .then_some(()))
+        },
+    )
+    .await?;
+    b.screenshot(&target_dir().join("status-page-api-down.png"))
+        .await
 }
 
 async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
@@ -460,6 +490,8 @@ async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
     let resync = b.text_of("#resync-status").await?.unwrap_or_default();
     ensure!(resync.contains("not available in this version"), "{resync}");
 
+    b.screenshot(&target_dir().join("status-page-dlq.png"))
+        .await?;
     rx.set_mode(Mode::Ok);
 
     // A wrong token: the API's refusal shows in the page, nothing is replayed,

@@ -16,9 +16,7 @@ use crate::journal::{DlqError, DlqSelector};
 use crate::pipeline::audit_writer::normalize_time;
 use crate::{metrics, status};
 
-// `admin/page.rs`, used by this router only.
-#[path = "page.rs"]
-mod page;
+use super::page;
 
 type Shared = Arc<AdminState>;
 

@@ -15,6 +15,7 @@
 
 mod api;
 pub mod health;
+mod page;
 mod slot_poller;
 
 use std::sync::{Arc, Mutex};
