@@ -36,6 +36,8 @@ pub struct Metrics {
     pub source_lag_bytes: Gauge,
     /// WAL the slot keeps on the server (`pg_current_wal_lsn() - restart_lsn`).
     pub slot_retained_wal_bytes: Gauge,
+    /// `safe_wal_size` of the slot (-1: unlimited, `max_slot_wal_keep_size` unset).
+    pub slot_safe_wal_bytes: Gauge,
     /// 1 for the slot's current `wal_status`, 0 for the others.
     pub slot_wal_status: Family<Labels, Gauge>,
     /// Journal files on disk.
@@ -79,6 +81,7 @@ impl Metrics {
             registry: Registry::default(),
             source_lag_bytes: Gauge::default(),
             slot_retained_wal_bytes: Gauge::default(),
+            slot_safe_wal_bytes: Gauge::default(),
             slot_wal_status: Family::default(),
             journal_bytes: Gauge::default(),
             journal_head_lsn: Gauge::default(),
@@ -103,6 +106,11 @@ impl Metrics {
             "pgcdc_slot_retained_wal_bytes",
             "WAL retained on the server by the replication slot",
             m.slot_retained_wal_bytes.clone(),
+        );
+        r.register(
+            "pgcdc_slot_safe_wal_bytes",
+            "Bytes the slot may still fall behind before Postgres removes WAL it needs (-1: unlimited)",
+            m.slot_safe_wal_bytes.clone(),
         );
         r.register(
             "pgcdc_slot_wal_status",

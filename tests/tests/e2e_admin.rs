@@ -471,3 +471,67 @@ async fn admin_config_errors_stop_pgcdc_before_it_connects() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// `/readyz` fails while a sink is blocked past `admin.ready_max_sink_lag`, and
+/// while the slot's `safe_wal_size` is below `admin.min_safe_wal_bytes`; both
+/// show in the reasons and recover when the cause goes away.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_reports_blocked_sinks_and_slot_wal_danger() -> anyhow::Result<()> {
+    let pg = PgCluster::builder()
+        .setting("max_slot_wal_keep_size", "64MB")
+        .start()
+        .await?;
+    pg.batch(TABLE).await?;
+    let rx = Receiver::start().await?;
+    rx.set_mode(Mode::Status(503));
+    let state = state_dir()?;
+    let (base, admin) = admin_addr()?;
+    // safe_wal_size is at most 64 MB here, far below the 1 TB asked for.
+    let admin = format!("{admin}\nready_max_sink_lag = \"1s\"\nmin_safe_wal_bytes = 1000000000000");
+    let cfg = ConfigFile::new(&config(&pg.url(), state.path(), &rx.url(), &admin))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch("INSERT INTO items VALUES (1, 'stuck')").await?;
+    let ready = format!("{base}/readyz");
+    let reasons = || async {
+        let (code, body) = get(&ready).await;
+        (
+            code,
+            serde_json::from_str::<Value>(&body).unwrap_or_default()["reasons"].to_string(),
+        )
+    };
+    wait_until_msg(
+        Duration::from_secs(40),
+        "readyz names the blocked sink and the slot",
+        || async {
+            let (code, r) = reasons().await;
+            code == 503 && r.contains("sink hook is blocked") && r.contains("safe_wal_size")
+        },
+    )
+    .await;
+    let metrics = get(&format!("{base}/metrics")).await.1;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pgcdc_slot_safe_wal_bytes ") && !l.ends_with(" -1")),
+        "safe WAL metric missing: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("safe_wal"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The endpoint recovers: the sink drains and stops being reported as blocked.
+    rx.set_mode(Mode::Ok);
+    wait_until_msg(
+        Duration::from_secs(40),
+        "the blocked-sink reason goes away",
+        || async {
+            let (_, r) = reasons().await;
+            !r.contains("sink hook is blocked") && r.contains("safe_wal_size")
+        },
+    )
+    .await;
+    p.terminate()?;
+    p.wait_exit(Duration::from_secs(20)).await;
+    Ok(())
+}

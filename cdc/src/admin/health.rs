@@ -14,6 +14,8 @@ pub struct Health {
     replication: AtomicBool,
     /// Sink name → running.
     sinks: Mutex<BTreeMap<String, bool>>,
+    /// Problems seen by the slot poller: the slot's WAL safety, sinks blocked too long.
+    warnings: Mutex<Vec<String>>,
 }
 
 static HEALTH: LazyLock<Health> = LazyLock::new(Health::default);
@@ -88,9 +90,18 @@ impl Health {
             .collect()
     }
 
+    /// Replaces the poller's current warnings (slot WAL safety, blocked sinks).
+    pub fn set_warnings(&self, warnings: Vec<String>) {
+        *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
+    }
+
     /// Why the process is not ready; empty when it is.
     pub fn not_ready_reasons(&self) -> Vec<String> {
-        let mut reasons = Vec::new();
+        let mut reasons = self
+            .warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if !self.is_replication_connected() {
             reasons.push(
                 "the replication stream is not connected (pgcdc reconnects by itself; \

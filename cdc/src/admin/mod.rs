@@ -170,9 +170,7 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
     health().expect_sinks(sink_names.iter().map(String::as_str));
 
     let mut tasks = JoinSet::new();
-    if let Ok(url) = config.source_url() {
-        tasks.spawn(slot_poller::run(url, config.source.slot.clone()));
-    }
+    tasks.spawn(slot_poller::run(Arc::clone(&config)));
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(source) if admin.listen == AdminConfig::DEFAULT_LISTEN => {

@@ -145,6 +145,12 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer token the mutating endpoints require.
     pub token: Option<Secret>,
+    /// `/readyz` fails while a sink's oldest undelivered event is older than this.
+    #[serde(default = "AdminConfig::default_ready_max_sink_lag")]
+    pub ready_max_sink_lag: String,
+    /// Warn (log, metric, `/readyz`) when the slot's `safe_wal_size` falls below this many bytes.
+    #[serde(default = "AdminConfig::default_min_safe_wal_bytes")]
+    pub min_safe_wal_bytes: i64,
 }
 
 impl AdminConfig {
@@ -153,6 +159,20 @@ impl AdminConfig {
 
     fn default_listen() -> String {
         Self::DEFAULT_LISTEN.to_string()
+    }
+
+    fn default_ready_max_sink_lag() -> String {
+        "5m".to_string()
+    }
+
+    fn default_min_safe_wal_bytes() -> i64 {
+        1 << 30
+    }
+
+    /// `ready_max_sink_lag` as a duration (validated at load).
+    pub fn ready_max_sink_lag(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.ready_max_sink_lag)
+            .unwrap_or(std::time::Duration::from_secs(300))
     }
 
     /// The listen address (validated at load).
@@ -169,6 +189,15 @@ impl AdminConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        humantime::parse_duration(&self.ready_max_sink_lag).map_err(|e| {
+            key_err(
+                "admin.ready_max_sink_lag",
+                format!(
+                    "{:?} is not a duration ({e}); write e.g. \"5m\"",
+                    self.ready_max_sink_lag
+                ),
+            )
+        })?;
         let addr = self.listen_addr()?;
         match &self.token {
             Some(t) if t.expose().trim().is_empty() => Err(key_err(
@@ -193,6 +222,8 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: Self::default_listen(),
             token: None,
+            ready_max_sink_lag: Self::default_ready_max_sink_lag(),
+            min_safe_wal_bytes: Self::default_min_safe_wal_bytes(),
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct SlotInfo {
     pub wal_status: Option<String>,
     /// Bytes of WAL the slot retains (`pg_current_wal_lsn() - restart_lsn`).
     pub retained_bytes: Option<i64>,
+    /// Bytes that can still be written before the slot would lose WAL (null: unlimited).
+    pub safe_wal_size: Option<i64>,
 }
 
 /// Reads the slot's row in `pg_replication_slots`.
@@ -88,7 +90,7 @@ pub async fn slot_info(
     let row = client
         .query_opt(
             "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status, \
-             (pg_current_wal_lsn() - restart_lsn)::int8 \
+             (pg_current_wal_lsn() - restart_lsn)::int8, safe_wal_size \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -100,6 +102,7 @@ pub async fn slot_info(
         confirmed_flush_lsn: r.get(3),
         wal_status: r.get(4),
         retained_bytes: r.get(5),
+        safe_wal_size: r.get(6),
     }))
 }
 
