@@ -108,3 +108,48 @@ fn bad_values_are_explained() {
     ));
     assert!(e.contains("source.snapshot") && e.contains("never"), "{e}");
 }
+
+#[test]
+fn expressions_urls_and_sink_keys_are_checked_before_anything_connects() {
+    let with_sink = |sink: &str| {
+        format!("{GOOD}\n[[trigger]]\nname = \"t\"\ntable = \"public.permits\"\nwhen = '.new.status == \"x\"'\n{sink}")
+    };
+    let http = |extra: &str| {
+        with_sink(&format!("[[sink]]\nname = \"api\"\ntype = \"http\"\nurl = \"https://x.example/p/{{.new.id}}\"\n{extra}\n"))
+    };
+    assert!(parse(&http("")).is_ok(), "{:?}", parse(&http("")).err());
+
+    let e2 = err(&GOOD.replace(
+        "[state]",
+        "[[trigger]]\nname = \"t\"\ntable = \"public.permits\"\nwhen = '.new.status =='\n[state]",
+    ));
+    assert!(e2.contains("trigger[0].when") && e2.contains("1:"), "{e2}");
+    let e = err(&http("transform = '{a: .new.id'"));
+    assert!(
+        e.contains("sink[1].transform") && e.contains("invalid jq"),
+        "{e}"
+    );
+    let e = err(&http("filter = 'nosuchfn(1)'"));
+    assert!(e.contains("sink[1].filter"), "{e}");
+    let e = err(&with_sink(
+        "[[sink]]\nname = \"api\"\ntype = \"http\"\nurl = \"ftp://x\"\n",
+    ));
+    assert!(e.contains("sink[1].url") && e.contains("http"), "{e}");
+    let e = err(&with_sink(
+        "[[sink]]\nname = \"api\"\ntype = \"http\"\nurl = \"https://x/{new.id}\"\n",
+    ));
+    assert!(e.contains("sink[1].url"), "{e}");
+    let e = err(&http("retry = { max_atempts = 3 }"));
+    assert!(e.contains("sink[1]") && e.contains("max_atempts"), "{e}");
+    let e = err(&http("events = [\"nope\"]"));
+    assert!(e.contains("sink[1].events[0]") && e.contains("nope"), "{e}");
+    let e = err(&with_sink(
+        "[[sink]]\nname = \"out2\"\ntype = \"stdout\"\nurl = \"https://x\"\n",
+    ));
+    assert!(e.contains("sink[1].url") && e.contains("stdout"), "{e}");
+    let e = err(&GOOD.replace(
+        "[state]",
+        "[[trigger]]\nname = \"t\"\ntable = \"public.other\"\nwhen = 'true'\n[state]",
+    ));
+    assert!(e.contains("trigger[0].table"), "{e}");
+}
