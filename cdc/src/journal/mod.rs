@@ -139,7 +139,22 @@ pub struct AppendOutcome {
     pub skipped: usize,
 }
 
-fn open_conn(dir: &Path, read_only: bool) -> Result<(Connection, PathBuf), JournalError> {
+/// How hard a connection's commits wait for the disk. The writer's commits back what
+/// the slot is told (`FULL`: fsync per commit). Cursors, DLQ and audit records only
+/// need atomicity: a commit lost to a power cut (never to a process crash, in WAL
+/// mode) rolls a cursor back with its DLQ records, and the events are delivered
+/// again, which at-least-once allows (`NORMAL`: no fsync on the delivery path).
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    Fsync,
+    Atomic,
+}
+
+fn open_conn(
+    dir: &Path,
+    read_only: bool,
+    durability: Durability,
+) -> Result<(Connection, PathBuf), JournalError> {
     let path = dir.join(JOURNAL_FILE);
     if !read_only {
         std::fs::create_dir_all(dir).map_err(|e| JournalError::StateDir {
@@ -169,7 +184,11 @@ fn open_conn(dir: &Path, read_only: bool) -> Result<(Connection, PathBuf), Journ
     conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(err)?;
-    conn.pragma_update(None, "synchronous", "FULL")
+    let synchronous = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Atomic => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
         .map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
     conn.execute_batch(row_state::SCHEMA).map_err(err)?;
@@ -213,7 +232,7 @@ pub struct JournalWriter {
 impl JournalWriter {
     /// Opens (or creates) the journal in `dir`.
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
-        let (conn, path) = open_conn(dir, false)?;
+        let (conn, path) = open_conn(dir, false, Durability::Fsync)?;
         let err = |source| JournalError::Sqlite {
             path: path.clone(),
             source,
@@ -394,7 +413,7 @@ pub struct CursorInfo {
 impl JournalReader {
     /// Opens the journal for reading and cursor updates; `create` makes it if missing.
     pub fn open(dir: &Path, create: bool) -> Result<Self, JournalError> {
-        let (conn, path) = open_conn(dir, !create)?;
+        let (conn, path) = open_conn(dir, !create, Durability::Atomic)?;
         Ok(JournalReader { conn, path })
     }
 
