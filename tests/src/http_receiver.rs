@@ -102,6 +102,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A running receiver on 127.0.0.1; stops accepting when dropped.
 pub struct Receiver {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<State>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -115,6 +116,50 @@ impl Drop for Receiver {
 impl Receiver {
     /// Starts a receiver on a free port, answering `Mode::Ok`.
     pub async fn start() -> std::io::Result<Receiver> {
+        Self::start_with(None).await
+    }
+
+    /// Starts an HTTPS receiver with this server certificate and key (PEM); with
+    /// `client_ca`, it requires a client certificate signed by that CA (mTLS).
+    /// `url()` is then `https://localhost:PORT/hook`.
+    pub async fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: Option<&std::path::Path>,
+    ) -> std::io::Result<Receiver> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| bad(&e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&e))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+                    roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| bad(&e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_single_cert(certs, key).map_err(|e| bad(&e))?;
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Receiver> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -126,27 +171,50 @@ impl Receiver {
             oauth: Mutex::new(OAuthState::default()),
         });
         let accept_state = state.clone();
+        let tls_enabled = tls.is_some();
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(stream, accept_state.clone()));
+                let state = accept_state.clone();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve_connection(stream, state));
+                    }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            // A failed handshake (no or a wrong client certificate) just closes.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_connection(stream, state).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Ok(Receiver {
             addr,
+            scheme: if tls_enabled { "https" } else { "http" },
             state,
             accept,
         })
     }
 
-    /// `http://127.0.0.1:PORT/hook`: the API endpoint.
+    /// `http://127.0.0.1:PORT/hook` (TLS: `https://localhost:PORT/hook`): the API endpoint.
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}/hook", self.origin())
     }
 
     /// `http://127.0.0.1:PORT/oauth/token`: the token endpoint.
     pub fn token_url(&self) -> String {
-        format!("http://{}/oauth/token", self.addr)
+        format!("{}/oauth/token", self.origin())
+    }
+
+    fn origin(&self) -> String {
+        if self.scheme == "https" {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Every request so far (API and token endpoint), in arrival order.
@@ -197,7 +265,10 @@ impl Receiver {
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<State>) {
+async fn serve_connection<S>(stream: S, state: Arc<State>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let abort = Arc::new(Notify::new());
     let handler_abort = abort.clone();
     let service =

@@ -28,4 +28,5 @@ pub mod http_receiver;
 pub use cluster::{free_port, quote_ident, quote_literal, PgCluster, PgClusterBuilder};
 pub use error::{HarnessError, Result};
 pub use pgcdc_process::{pgcdc_bin, state_dir, ConfigFile, Pgcdc};
+pub use tls_certs::{generate_pki, TestPki};
 pub use wait::{wait_until, wait_until_msg};

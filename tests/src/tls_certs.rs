@@ -16,7 +16,47 @@ pub(crate) struct TlsFiles {
     pub(crate) server_cert: PathBuf,
     /// Server private key, mode 0600 and owned by the server's OS user.
     pub(crate) server_key: PathBuf,
+    /// Client certificate (CN `pgcdc-client`, clientAuth) signed by the same CA, for mTLS.
+    pub(crate) client_cert: PathBuf,
+    /// Client private key.
+    pub(crate) client_key: PathBuf,
 }
+
+/// A test PKI: a CA, a server certificate for `localhost`/`127.0.0.1`, and a client
+/// certificate, all PEM files in one directory.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// CA certificate.
+    pub ca_cert: PathBuf,
+    /// Server certificate and key.
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// Client certificate (signed by the CA) and key, for mTLS.
+    pub client_cert: PathBuf,
+    /// Client key.
+    pub client_key: PathBuf,
+}
+
+/// Generates a [`TestPki`] into `dir` with the `openssl` CLI.
+pub async fn generate_pki(dir: &Path) -> Result<TestPki> {
+    let f = generate(dir, None).await?;
+    Ok(TestPki {
+        ca_cert: f.ca_cert,
+        server_cert: f.server_cert,
+        server_key: f.server_key,
+        client_cert: f.client_cert,
+        client_key: f.client_key,
+    })
+}
+
+const CLIENT_EXT: &str = "\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+authorityKeyIdentifier = keyid
+subjectKeyIdentifier = hash
+";
 
 const CA_CONFIG: &str = "\
 [req]
@@ -53,6 +93,8 @@ pub(crate) async fn generate(dir: &Path, run_as: Option<RunAs>) -> Result<TlsFil
         ca_cert: dir.join("ca.crt"),
         server_cert: dir.join("server.crt"),
         server_key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
     };
     let ca_key = dir.join("ca.key");
     let csr = dir.join("server.csr");
@@ -82,6 +124,28 @@ pub(crate) async fn generate(dir: &Path, run_as: Option<RunAs>) -> Result<TlsFil
             ("-CAkey", &ca_key),
             ("-extfile", &server_ext),
             ("-out", &files.server_cert),
+        ],
+    )
+    .await?;
+
+    let client_ext = dir.join("client.ext");
+    std::fs::write(&client_ext, CLIENT_EXT).map_err(io_err("write", &client_ext))?;
+    let client_csr = dir.join("client.csr");
+    let mut req = vec!["req", "-new", "-nodes", "-subj", "/CN=pgcdc-client"];
+    req.extend(ec);
+    openssl(
+        &req,
+        &[("-keyout", &files.client_key), ("-out", &client_csr)],
+    )
+    .await?;
+    openssl(
+        &["x509", "-req", "-days", "3650", "-set_serial", "3"],
+        &[
+            ("-in", &client_csr),
+            ("-CA", &files.ca_cert),
+            ("-CAkey", &ca_key),
+            ("-extfile", &client_ext),
+            ("-out", &files.client_cert),
         ],
     )
     .await?;
