@@ -369,6 +369,11 @@ async fn dlq_over_the_api_needs_the_token_and_replays_in_order() -> anyhow::Resu
         "replaying the parked event alone breaks row order: {code} {body}"
     );
     let (code, body) = post(&format!("{base}/api/sinks/hook/checkpoint"), auth, "{}").await?;
+    ensure!(
+        code == 400 && body["error"].is_string(),
+        "a reset needs a target: {code} {body}"
+    );
+    let (code, body) = post(&format!("{base}/api/resync"), auth, "{}").await?;
     ensure!(code == 501 && body["error"].is_string(), "{code} {body}");
     ensure!(
         rx.requests().len() == 1,

@@ -35,7 +35,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/sinks/{sink}/dlq/replay", post(dlq_replay))
         .route("/api/sinks/{sink}/dlq/drop", post(dlq_drop))
         .route("/api/audit", get(audit))
-        .route("/api/sinks/{sink}/checkpoint", post(not_built))
+        .route("/api/sinks/{sink}/checkpoint", post(checkpoint))
         .route("/api/resync", post(not_built))
         .route("/api/resync/{table}", delete(not_built))
         .fallback(not_found)
@@ -193,6 +193,46 @@ async fn dlq_drop(
     Ok(Json(json!({ "sink": sink, "dropped": n })))
 }
 
+/// Body of `POST /api/sinks/{sink}/checkpoint`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointRequest {
+    lsn: Option<String>,
+    time: Option<String>,
+    #[serde(default)]
+    latest: bool,
+}
+
+async fn checkpoint(
+    State(state): State<Shared>,
+    Path(sink): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    const EXPECTED: &str =
+        r#"send {"lsn": "0/16B3748"}, {"time": "2026-11-26T10:00:00Z"} or {"latest": true}"#;
+    authorize(&state, headers.get(header::AUTHORIZATION))?;
+    state.known_sink(&sink)?;
+    let req: CheckpointRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid body ({e}); {EXPECTED}")))?;
+    let target =
+        crate::cli::operator::reset_target(req.lsn.as_deref(), req.time.as_deref(), req.latest)
+            .map_err(|e| ApiError::BadRequest(format!("{e}; {EXPECTED}")))?;
+    let s = sink.clone();
+    let cursor = state
+        .with_journal(move |j| {
+            j.reset_cursor(&s, target).map_err(|e| match e {
+                crate::journal::ResetError::Journal(e) => e.into(),
+                e @ crate::journal::ResetError::BeyondRetention { .. } => {
+                    ApiError::Conflict(e.to_string())
+                }
+            })
+        })
+        .await?;
+    tracing::warn!(sink = %sink, cursor = cursor.pos, "checkpoint reset through the admin API");
+    Ok(Json(json!({ "sink": sink, "cursor": cursor.pos })))
+}
+
 /// Query of `GET /api/audit`.
 #[derive(Debug, Deserialize)]
 struct AuditQuery {
@@ -241,13 +281,13 @@ async fn audit(
         .map_err(|e| ApiError::Internal(format!("cannot encode audit records: {e}")))
 }
 
-/// Checkpoint reset and resync belong to later work; the routes exist so clients
-/// get a clear answer instead of a 404.
+/// Resync belongs to later work; the routes exist so clients get a clear answer
+/// instead of a 404.
 async fn not_built(State(state): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, headers.get(header::AUTHORIZATION))?;
     Err(ApiError::NotImplemented(
-        "checkpoint reset and resync are not available through the API in this version; \
-         use the pgcdc CLI (`pgcdc checkpoint reset`, `pgcdc resync`) where it provides them"
+        "resync is not available in this version; to re-deliver what the journal still \
+         holds, reset the sink's checkpoint (POST /api/sinks/{sink}/checkpoint)"
             .to_string(),
     ))
 }

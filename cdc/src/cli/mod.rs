@@ -65,6 +65,9 @@ pub enum Command {
     Dlq(operator::DlqCommand),
     /// Recorded delivery attempts.
     Audit(operator::AuditArgs),
+    /// Sink cursors: `pgcdc checkpoint reset`.
+    #[command(subcommand)]
+    Checkpoint(operator::CheckpointCommand),
 }
 
 /// Sets up `tracing` on stderr.
@@ -98,6 +101,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { config, json } => status(&Config::load(&config)?, json).await,
         Command::Dlq(cmd) => operator::dlq(cmd),
         Command::Audit(args) => operator::audit(args),
+        Command::Checkpoint(cmd) => operator::checkpoint(cmd),
     }
 }
 

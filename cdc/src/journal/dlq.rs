@@ -170,11 +170,13 @@ impl JournalReader {
     }
 
     /// In one transaction: adds `records` to the DLQ (marked for replay when their row is
-    /// being replayed) and moves the sink's cursor forward to `cursor`.
+    /// being replayed) and moves the sink's cursor forward to `cursor` — unless an operator
+    /// reset the cursor meanwhile (its generation is no longer `generation`).
     pub fn commit_batch(
         &mut self,
         sink: &str,
         cursor: i64,
+        generation: i64,
         records: &[DlqRecord],
         replaying: &HashSet<String>,
     ) -> Result<(), JournalError> {
@@ -211,8 +213,9 @@ impl JournalReader {
         tx.execute(
             "INSERT INTO cursors(sink, pos) VALUES (?1, ?2) \
              ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, \
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE excluded.pos > cursors.pos",
-            params![sink, cursor],
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             WHERE excluded.pos > cursors.pos AND cursors.generation = ?3",
+            params![sink, cursor, generation],
         )
         .map_err(err)?;
         tx.commit().map_err(err)

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS cursors (
     sink TEXT PRIMARY KEY,
     pos INTEGER NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE TABLE IF NOT EXISTS dlq (
@@ -530,7 +531,9 @@ impl JournalReader {
 }
 
 mod audit;
+mod checkpoint;
 mod dlq;
+pub use checkpoint::{CursorState, ResetError, ResetTarget};
 mod row_state;
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use row_state::{OldTracking, Tracked};

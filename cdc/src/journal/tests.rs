@@ -2,6 +2,7 @@ use pgcdc_schema::{EventId, Op};
 use serde_json::Map;
 
 use super::*;
+use crate::journal::{ResetError, ResetTarget};
 
 fn entry(lsn: u64, seq: u32) -> JournalEntry {
     JournalEntry {
@@ -259,5 +260,55 @@ fn prune_keeps_what_a_cursor_still_needs() -> Result<(), JournalError> {
             .collect::<Vec<_>>(),
         [4, 5]
     );
+    Ok(())
+}
+
+#[test]
+fn checkpoint_resets_move_one_cursor_and_respect_retention() -> Result<(), ResetError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    let mut w = JournalWriter::open(dir.path())?;
+    // Transactions at LSN 10 (2 changes), 20 and 30; commit times follow the LSN.
+    w.append(
+        &[entry(10, 0), entry(10, 1), entry(20, 0), entry(30, 0)],
+        None,
+    )?;
+    let r = JournalReader::open(dir.path(), false)?;
+    r.advance_cursor("a", 4)?;
+    r.advance_cursor("b", 4)?;
+    let g0 = r.cursor_state("a")?.generation;
+    // Back to the transaction at LSN 20: it and everything after is delivered again.
+    let s = r.reset_cursor("a", ResetTarget::Lsn(Lsn(20)))?;
+    assert_eq!((s.pos, s.generation), (2, g0 + 1));
+    assert_eq!(r.cursor_state("b")?.pos, 4, "other sinks are untouched");
+    // By time: entry(lsn) commits at 1_700_000_000_000_000 + lsn µs.
+    assert_eq!(
+        r.reset_cursor("a", ResetTarget::Time(1_700_000_000_000_030))?
+            .pos,
+        3
+    );
+    assert_eq!(r.reset_cursor("a", ResetTarget::Lsn(Lsn(1)))?.pos, 0);
+    assert_eq!(r.reset_cursor("a", ResetTarget::Latest)?.pos, 4);
+    // A stale runner's commit (old generation) no longer moves the reset cursor.
+    r.reset_cursor("a", ResetTarget::Lsn(Lsn(20)))?;
+    let mut r2 = JournalReader::open(dir.path(), false)?;
+    r2.commit_batch("a", 4, g0, &[], &Default::default())?;
+    assert_eq!(r.cursor_state("a")?.pos, 2);
+
+    // Prune the first transaction: a target before what is left is refused.
+    r.advance_cursor("b", 4)?;
+    r.reset_cursor("a", ResetTarget::Latest)?;
+    assert_eq!(w.prune(i64::MAX, 2)?, 2);
+    match r.reset_cursor("a", ResetTarget::Lsn(Lsn(10))) {
+        Err(ResetError::BeyondRetention { .. }) => {}
+        other => panic!("expected a retention error, got {other:?}"),
+    }
+    let e = r
+        .reset_cursor("a", ResetTarget::Time(1_700_000_000_000_000))
+        .err();
+    assert!(e.is_some_and(|e| e.to_string().contains("resync")));
+    assert_eq!(r.reset_cursor("a", ResetTarget::Lsn(Lsn(20)))?.pos, 2);
     Ok(())
 }

@@ -114,12 +114,21 @@ pub async fn run<S: Sink>(
     let name = sink.name().to_string();
     let reader = JournalReader::open(&state_dir, true)?;
     let sink_name = name.clone();
-    let (mut reader, mut cursor) = blocking(&name, reader, move |r| r.cursor(&sink_name)).await?;
+    let (mut reader, state) = blocking(&name, reader, move |r| r.cursor_state(&sink_name)).await?;
+    let (mut cursor, mut generation) = (state.pos, state.generation);
     tracing::info!(sink = %name, cursor, "sink runner started");
     let _running = crate::admin::health().sink_running(&name);
     loop {
         if *shutdown.borrow() {
             return Ok(());
+        }
+        // An operator's checkpoint reset (CLI or admin API) bumps the generation.
+        let sink_name = name.clone();
+        let (r, state) = blocking(&name, reader, move |r| r.cursor_state(&sink_name)).await?;
+        reader = r;
+        if state.generation != generation {
+            tracing::info!(sink = %name, from = cursor, to = state.pos, "cursor reset by an operator");
+            (cursor, generation) = (state.pos, state.generation);
         }
         // Replays an operator asked for go first, in DLQ order.
         let sink_name = name.clone();
@@ -261,7 +270,7 @@ pub async fn run<S: Sink>(
         let dead = records.len();
         let sink_name = name.clone();
         let (r, ()) = blocking(&name, reader, move |r| {
-            r.commit_batch(&sink_name, last, &records, &replaying)
+            r.commit_batch(&sink_name, last, generation, &records, &replaying)
         })
         .await?;
         reader = r;
