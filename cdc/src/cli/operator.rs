@@ -246,11 +246,11 @@ pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
     let after = reader.reset_cursor(&args.sink, target)?;
     let head = reader.head()?.pos;
     println!(
-        "sink {}: cursor moved from {before} to {} (journal head {head}); {} event(s) will be delivered{}",
+        "sink {}: cursor moved from {before} to {} (journal head {head}); {} event(s) will be delivered \
+         — a running pgcdc picks this up within a second",
         args.sink,
         after.pos,
         (head - after.pos).max(0),
-        " — a running pgcdc picks this up within a second"
     );
     Ok(0)
 }
