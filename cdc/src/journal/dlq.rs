@@ -185,7 +185,10 @@ impl JournalReader {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         {
             let mut insert = tx
                 .prepare_cached(
@@ -265,7 +268,10 @@ impl JournalReader {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         for id in delivered {
             tx.execute(
                 "DELETE FROM dlq WHERE id = ?1 AND sink = ?2",

@@ -306,9 +306,12 @@ impl JournalWriter {
         confirm: Option<Lsn>,
     ) -> Result<AppendOutcome, JournalError> {
         let mut outcome = AppendOutcome::default();
+        // IMMEDIATE: take the write lock up front (waiting on busy_timeout). A deferred
+        // transaction that reads row state before writing fails at once with
+        // SQLITE_BUSY when a sink runner committed in between.
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|source| JournalError::Sqlite {
                 path: self.path.clone(),
                 source,

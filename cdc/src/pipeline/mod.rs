@@ -209,7 +209,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     // The reader's sender is gone, so the journal thread drains and ends.
     match tokio::task::spawn_blocking(move || writer_thread.join()).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => failure = failure.or(Some(anyhow!(e))),
+        // The writer's own error says why; the reader only saw it go away.
+        Ok(Ok(Err(e))) => failure = Some(anyhow!(e)),
         _ => failure = failure.or(Some(anyhow!("the journal thread panicked"))),
     }
     match failure {
