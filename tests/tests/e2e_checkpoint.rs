@@ -192,3 +192,88 @@ async fn reset_one_sink_back_and_forth_running_and_stopped() -> anyhow::Result<(
     p.wait_exit(Duration::from_secs(20)).await;
     Ok(())
 }
+
+async fn exists(pg: &PgCluster, sql: &str) -> anyhow::Result<bool> {
+    Ok(pg.client().await?.query_opt(sql, &[]).await?.is_some())
+}
+
+/// `pgcdc teardown` drops only what pgcdc created, only with `--yes`, and never
+/// while the slot is in use.
+#[tokio::test(flavor = "multi_thread")]
+async fn teardown_drops_only_what_pgcdc_created() -> anyhow::Result<()> {
+    let slot_q = "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgcdc'";
+    let pub_q = "SELECT 1 FROM pg_publication WHERE pubname = 'pgcdc'";
+    let pg = PgCluster::new().await?;
+    // The publication exists before pgcdc: it is found, not created.
+    pg.batch("CREATE TABLE items (id int PRIMARY KEY); CREATE PUBLICATION pgcdc FOR TABLE items")
+        .await?;
+    let rx = Receiver::start().await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config(
+        &pg.url(),
+        state.path(),
+        &rx.url(),
+        &rx.url(),
+        free_port()?,
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+
+    let (code, _, err) = pgcdc_output(&["teardown", "--config", &cfg.arg(), "--yes"]).await?;
+    ensure!(
+        code != 0 && err.contains("in use"),
+        "teardown while running: {err}"
+    );
+    ensure!(
+        exists(&pg, slot_q).await?,
+        "the slot was dropped while in use"
+    );
+    p.terminate()?;
+    p.wait_exit(Duration::from_secs(20)).await;
+
+    let (code, out, _) = pgcdc_output(&["teardown", "--config", &cfg.arg()]).await?;
+    ensure!(
+        code == 1 && out.contains("would drop replication slot pgcdc") && out.contains("--yes"),
+        "{out}"
+    );
+    ensure!(out.contains("keep  publication pgcdc"), "{out}");
+    ensure!(exists(&pg, slot_q).await?, "dropped without --yes");
+
+    let (code, out, err) = pgcdc_output(&["teardown", "--config", &cfg.arg(), "--yes"]).await?;
+    ensure!(
+        code == 0 && out.contains("dropped replication slot pgcdc"),
+        "{out}{err}"
+    );
+    ensure!(
+        !exists(&pg, slot_q).await?,
+        "the slot pgcdc created is still there"
+    );
+    ensure!(
+        exists(&pg, pub_q).await?,
+        "the publication pgcdc found was dropped"
+    );
+
+    // A second source where pgcdc created the publication too: both go.
+    let pg2 = PgCluster::new().await?;
+    pg2.batch("CREATE TABLE items (id int PRIMARY KEY)").await?;
+    let state2 = state_dir()?;
+    let cfg2 = ConfigFile::new(&config(
+        &pg2.url(),
+        state2.path(),
+        &rx.url(),
+        &rx.url(),
+        free_port()?,
+    ))?;
+    let mut p2 = start_streaming(&pg2, &cfg2).await?;
+    p2.terminate()?;
+    p2.wait_exit(Duration::from_secs(20)).await;
+    let (code, out, err) = pgcdc_output(&["teardown", "--config", &cfg2.arg(), "--yes"]).await?;
+    ensure!(
+        code == 0 && out.contains("dropped publication pgcdc"),
+        "{out}{err}"
+    );
+    ensure!(
+        !exists(&pg2, slot_q).await? && !exists(&pg2, pub_q).await?,
+        "left behind: {out}"
+    );
+    Ok(())
+}

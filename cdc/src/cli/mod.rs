@@ -68,6 +68,8 @@ pub enum Command {
     /// Sink cursors: `pgcdc checkpoint reset`.
     #[command(subcommand)]
     Checkpoint(operator::CheckpointCommand),
+    /// Drop the slot and the publication that pgcdc created (not ones it found).
+    Teardown(operator::TeardownArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -102,6 +104,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Dlq(cmd) => operator::dlq(cmd),
         Command::Audit(args) => operator::audit(args),
         Command::Checkpoint(cmd) => operator::checkpoint(cmd),
+        Command::Teardown(args) => operator::teardown(args).await,
     }
 }
 

@@ -254,3 +254,80 @@ pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
     );
     Ok(0)
 }
+
+/// `pgcdc teardown` arguments.
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    /// Config file.
+    #[arg(long, short)]
+    pub config: std::path::PathBuf,
+    /// Really drop them (without it, only say what would be dropped).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// Runs `pgcdc teardown`: drops the slot and the publication pgcdc created (never ones it
+/// found). Returns the exit code.
+pub async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
+    use crate::config::quote_ident;
+    let config = Config::load(&args.config)?;
+    let journal = JournalReader::open(&config.state.dir, false)?;
+    let created_slot = journal
+        .meta("created_slot")?
+        .filter(|s| *s == config.source.slot);
+    let created_publication = journal
+        .meta("created_publication")?
+        .filter(|p| *p == config.source.publication);
+    let url = config.source_url()?;
+    let client = crate::replication::connect_sql(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the source at {url}: {e}"))?;
+    let slot = crate::source::slot_info(&client, &config.source.slot).await?;
+    if let Some(pid) = slot.as_ref().and_then(|s| s.active_pid) {
+        anyhow::bail!(
+            "slot {} is in use (walsender PID {pid}); stop pgcdc first, then run teardown again",
+            config.source.slot
+        );
+    }
+    let mut plan = Vec::new();
+    match (&created_slot, &slot) {
+        (Some(name), Some(_)) => {
+            plan.push(format!("drop replication slot {name} (created by pgcdc)"))
+        }
+        (None, Some(_)) => println!(
+            "keep  slot {}: pgcdc found it, it did not create it",
+            config.source.slot
+        ),
+        (_, None) => println!("skip  slot {}: it does not exist", config.source.slot),
+    }
+    match &created_publication {
+        Some(name) => plan.push(format!("drop publication {name} (created by pgcdc)")),
+        None => println!(
+            "keep  publication {}: pgcdc found it, it did not create it",
+            config.source.publication
+        ),
+    }
+    if !args.yes {
+        for p in &plan {
+            println!("would {p}");
+        }
+        println!(
+            "nothing dropped; run again with --yes to drop {} object(s)",
+            plan.len()
+        );
+        return Ok(if plan.is_empty() { 0 } else { 1 });
+    }
+    if let (Some(name), Some(_)) = (&created_slot, &slot) {
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[name])
+            .await?;
+        println!("dropped replication slot {name}");
+    }
+    if let Some(name) = &created_publication {
+        client
+            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+            .await?;
+        println!("dropped publication {name}");
+    }
+    Ok(0)
+}
