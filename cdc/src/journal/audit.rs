@@ -26,15 +26,7 @@ fn outcome_parse(s: &str) -> AttemptOutcome {
 impl JournalReader {
     /// Stores attempts (one transaction).
     pub fn audit_insert(&mut self, attempts: &[Attempt]) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let err = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        self.write(|tx, err| {
         {
             let mut insert = tx
                 .prepare_cached(
@@ -57,7 +49,8 @@ impl JournalReader {
                     .map_err(err)?;
             }
         }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     fn audit_query(

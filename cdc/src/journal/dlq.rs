@@ -180,48 +180,41 @@ impl JournalReader {
         records: &[DlqRecord],
         replaying: &HashSet<String>,
     ) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let err = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        {
-            let mut insert = tx
+        self.write(|tx, err| {
+            {
+                let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO dlq(sink, delivery_id, row_key, pos, item, state, error, replay) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(err)?;
-            for r in records {
-                let item = serde_json::to_string(&r.item)
-                    .map_err(|source| JournalError::Corrupt { pos: r.pos, source })?;
-                insert
-                    .execute(params![
-                        sink,
-                        r.item.delivery_id(),
-                        r.item.row,
-                        r.pos,
-                        item,
-                        r.state.as_str(),
-                        r.error,
-                        replaying.contains(&r.item.row),
-                    ])
-                    .map_err(err)?;
+                for r in records {
+                    let item = serde_json::to_string(&r.item)
+                        .map_err(|source| JournalError::Corrupt { pos: r.pos, source })?;
+                    insert
+                        .execute(params![
+                            sink,
+                            r.item.delivery_id(),
+                            r.item.row,
+                            r.pos,
+                            item,
+                            r.state.as_str(),
+                            r.error,
+                            replaying.contains(&r.item.row),
+                        ])
+                        .map_err(err)?;
+                }
             }
-        }
-        tx.execute(
-            "INSERT INTO cursors(sink, pos) VALUES (?1, ?2) \
+            tx.execute(
+                "INSERT INTO cursors(sink, pos) VALUES (?1, ?2) \
              ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, \
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
              WHERE excluded.pos > cursors.pos AND cursors.generation = ?3",
-            params![sink, cursor, generation],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)
+                params![sink, cursor, generation],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
     }
 
     /// Every DLQ item of the sink, in order.
@@ -263,35 +256,28 @@ impl JournalReader {
         delivered: &[i64],
         failed: &[(i64, String, DlqState, Option<String>)],
     ) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let err = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        for id in delivered {
-            tx.execute(
-                "DELETE FROM dlq WHERE id = ?1 AND sink = ?2",
-                params![id, sink],
-            )
-            .map_err(err)?;
-        }
-        for (id, row, state, error) in failed {
-            tx.execute(
+        self.write(|tx, err| {
+            for id in delivered {
+                tx.execute(
+                    "DELETE FROM dlq WHERE id = ?1 AND sink = ?2",
+                    params![id, sink],
+                )
+                .map_err(err)?;
+            }
+            for (id, row, state, error) in failed {
+                tx.execute(
                 "UPDATE dlq SET state = ?1, error = COALESCE(?2, error), replay = 0 WHERE id = ?3",
                 params![state.as_str(), error, id],
             )
             .map_err(err)?;
-            tx.execute(
-                "UPDATE dlq SET replay = 0 WHERE sink = ?1 AND row_key = ?2",
-                params![sink, row],
-            )
-            .map_err(err)?;
-        }
-        tx.commit().map_err(err)
+                tx.execute(
+                    "UPDATE dlq SET replay = 0 WHERE sink = ?1 AND row_key = ?2",
+                    params![sink, row],
+                )
+                .map_err(err)?;
+            }
+            Ok(())
+        })
     }
 
     fn find(&self, sink: &str, id: &str) -> Result<Option<(i64, String)>, JournalError> {

@@ -428,6 +428,30 @@ impl JournalReader {
         }
     }
 
+    /// Runs `f` in one IMMEDIATE transaction (the write lock is taken up front, waiting
+    /// on the busy timeout) and commits it when `f` succeeds. `f` gets the transaction
+    /// and the mapping of SQLite errors to [`JournalError`].
+    pub(crate) fn write<T>(
+        &mut self,
+        f: impl FnOnce(
+            &rusqlite::Transaction<'_>,
+            &dyn Fn(rusqlite::Error) -> JournalError,
+        ) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let path = self.path.clone();
+        let err = move |source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let out = f(&tx, &err)?;
+        tx.commit().map_err(&err)?;
+        Ok(out)
+    }
+
     /// The durable head.
     pub fn head(&self) -> Result<JournalHead, JournalError> {
         read_head(&self.conn).map_err(|e| self.sqlite(e))
