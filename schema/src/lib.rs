@@ -8,6 +8,7 @@
 //!
 //! Nothing here touches sockets, files or tokio.
 
+pub mod debezium;
 pub mod event;
 pub mod lsn;
 pub mod mapping;

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod http;
+pub mod kafka;
 pub mod stdout;
 
 use std::future::Future;
@@ -20,6 +21,16 @@ use pgcdc_schema::ChangeEvent;
 use serde::{Deserialize, Serialize};
 
 pub use audit::{Attempt, AttemptOutcome, AuditLog};
+
+/// A configuration mistake in a sink's own keys, naming the key path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Full key path, e.g. `sink[1].retry.max_attempts`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
 
 /// A delivery failure that the sink could not absorb by retrying; the runner stops.
 #[derive(Debug, thiserror::Error)]
@@ -84,4 +95,34 @@ pub trait Sink: Send + 'static {
         &mut self,
         items: &[Outgoing],
     ) -> impl Future<Output = Result<Vec<ItemResult>, SinkError>> + Send;
+
+    /// Where the destination itself says delivery stands, if it keeps its own
+    /// record (Kafka's progress topic). The runner resumes there instead of at
+    /// its local cursor (`local`). Called once, before the first `deliver`.
+    fn resume(
+        &mut self,
+        local: &Checkpoint,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, SinkError>> + Send {
+        let _ = local;
+        async { Ok(None) }
+    }
+
+    /// Called after each batch is settled and before the local cursor moves to
+    /// `at`: a sink that keeps its own record makes it durable here.
+    fn checkpoint(
+        &mut self,
+        at: &Checkpoint,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = at;
+        async { Ok(()) }
+    }
+}
+
+/// A journal position a sink has delivered through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Every journal event up to this position is settled at the destination (0: none).
+    pub pos: i64,
+    /// Id of the journal event at `pos` (empty for 0), so a different journal is noticed.
+    pub event_id: String,
 }

@@ -24,6 +24,7 @@ mod tls_client;
 mod wait;
 
 pub mod http_receiver;
+pub mod kafka;
 
 pub use cluster::{free_port, quote_ident, quote_literal, PgCluster, PgClusterBuilder};
 pub use error::{HarnessError, Result};

@@ -171,6 +171,28 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
                     }
                 }
             }
+            SinkKind::Kafka(kafka) => {
+                let checked = match pipeline::build_kafka_sink(
+                    i,
+                    sink,
+                    kafka,
+                    &url.dbname,
+                    AuditLog::disabled(),
+                ) {
+                    Ok(s) => s.healthcheck().await.map_err(anyhow::Error::msg),
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(detail) => println!("ok    sink {}: {detail}", sink.name),
+                    Err(e) => {
+                        failed += 1;
+                        println!(
+                            "FAIL  sink {}: {e:#} — fix: check sink[{i}].brokers, that the brokers are up and reachable from this host, and [sink.librdkafka] security settings",
+                            sink.name
+                        );
+                    }
+                }
+            }
         }
     }
     Ok(if failed == 0 { 0 } else { 1 })

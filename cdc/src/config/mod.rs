@@ -343,6 +343,8 @@ pub enum SinkKind {
     Stdout,
     /// Requests to an HTTP API.
     Http(Box<pgcdc_sinks::http::HttpSinkConfig>),
+    /// Records in Kafka topics, exactly once.
+    Kafka(Box<pgcdc_sinks::kafka::KafkaSinkConfig>),
 }
 
 /// The keys every sink has.
@@ -361,7 +363,7 @@ struct SinkCommon {
 }
 
 const COMMON_SINK_KEYS: &[&str] = &["name", "type", "events", "tables", "filter", "transform"];
-const SINK_TYPES: &str = "\"stdout\", \"http\"";
+const SINK_TYPES: &str = "\"stdout\", \"http\", \"kafka\"";
 
 impl SinkConfig {
     /// The sink's name.
@@ -412,6 +414,21 @@ impl SinkConfig {
                     pgcdc_schema::mapping::Template::parse(&format!("{prefix}.{key}"), &text)?;
                 }
                 SinkKind::Http(Box::new(http))
+            }
+            "kafka" => {
+                let kafka: pgcdc_sinks::kafka::KafkaSinkConfig =
+                    deserialize_at(&prefix, toml::Value::Table(own))?;
+                let events_only = !common.events.is_empty() && common.tables.is_empty();
+                kafka
+                    .validate(&prefix, events_only)
+                    .map_err(|e| ConfigError::Key {
+                        key: e.key,
+                        message: e.message,
+                    })?;
+                if let Some(src) = &kafka.key {
+                    pgcdc_schema::mapping::JqProgram::compile(&format!("{prefix}.key"), src)?;
+                }
+                SinkKind::Kafka(Box::new(kafka))
             }
             other => {
                 return Err(key_err(

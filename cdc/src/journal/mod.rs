@@ -483,6 +483,27 @@ impl JournalReader {
         Ok(out)
     }
 
+    /// The id of the event at `pos`, if the journal (still) holds it.
+    pub fn event_id_at(&self, pos: i64) -> Result<Option<String>, JournalError> {
+        let payload: Option<String> = self
+            .conn
+            .query_row("SELECT payload FROM events WHERE pos = ?1", [pos], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.sqlite(e))?;
+        let Some(payload) = payload else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let id: Id = serde_json::from_str(&payload)
+            .map_err(|source| JournalError::Corrupt { pos, source })?;
+        Ok(Some(id.id))
+    }
+
     /// The sink's cursor, created at 0 (the start of the journal) for a new sink.
     pub fn cursor(&self, sink: &str) -> Result<i64, JournalError> {
         self.conn

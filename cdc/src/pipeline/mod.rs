@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use pgcdc_schema::mapping::Template;
 use pgcdc_sinks::http::{HttpSink, HttpSinkConfig, Renderer};
+use pgcdc_sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkContext};
 use pgcdc_sinks::stdout::StdoutSink;
 use pgcdc_sinks::{AuditLog, Outgoing};
 use tokio::sync::{mpsc, watch};
@@ -146,6 +147,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     stop_rx.clone(),
                 ));
             }
+            SinkKind::Kafka(kafka) => {
+                let sink_impl = build_kafka_sink(i, sink, kafka, &url.dbname, audit.clone())?;
+                runners.spawn(runner::run(
+                    sink_impl,
+                    plan,
+                    audit.clone(),
+                    state_dir.clone(),
+                    head_rx.clone(),
+                    stop_rx.clone(),
+                ));
+            }
         }
     }
 
@@ -217,6 +229,28 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Builds a Kafka sink; `db` is the source database (Debezium `source.db`).
+pub fn build_kafka_sink(
+    index: usize,
+    sink: &crate::config::SinkConfig,
+    config: &KafkaSinkConfig,
+    db: &str,
+    audit: AuditLog,
+) -> anyhow::Result<KafkaSink> {
+    let ctx = KafkaSinkContext {
+        db: db.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        transformed: sink.transform.is_some(),
+        audit,
+    };
+    Ok(KafkaSink::new(
+        &sink.name,
+        config,
+        &format!("sink[{index}]"),
+        ctx,
+    )?)
 }
 
 /// Builds an HTTP sink, with per-event renderers for a URL or header values holding

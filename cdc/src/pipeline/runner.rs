@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use pgcdc_schema::mapping::MappingError;
-use pgcdc_sinks::{Attempt, AttemptOutcome, AuditLog, ItemResult, Outgoing, Sink, SinkError};
+use pgcdc_sinks::{
+    Attempt, AttemptOutcome, AuditLog, Checkpoint, ItemResult, Outgoing, Sink, SinkError,
+};
 use tokio::sync::watch;
 
 use super::plan::{Mapped, SinkPlan};
@@ -36,14 +38,24 @@ async fn deliver_or_stop<S: Sink>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Vec<ItemResult>>, RunnerError> {
     let name = sink.name().to_string();
+    let Some(results) = or_stop(&name, sink.deliver(items), shutdown).await? else {
+        tracing::warn!(sink = %name, items = items.len(), "shutting down with a batch still in delivery; it will be delivered again after restart");
+        return Ok(None);
+    };
+    check_len(&name, &results, items.len())?;
+    Ok(Some(results))
+}
+
+/// Runs a sink call unless shutdown plus the grace period comes first (`None`).
+async fn or_stop<T>(
+    name: &str,
+    call: impl std::future::Future<Output = Result<T, SinkError>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<T>, RunnerError> {
     tokio::select! {
-        results = sink.deliver(items) => {
-            let results = results?;
-            check_len(&name, &results, items.len())?;
-            Ok(Some(results))
-        }
+        out = call => Ok(Some(out?)),
         _ = stop_after_grace(shutdown) => {
-            tracing::warn!(sink = %name, items = items.len(), "shutting down with a batch still in delivery; it will be delivered again after restart");
+            tracing::debug!(sink = %name, "sink call abandoned at shutdown");
             Ok(None)
         }
     }
@@ -70,6 +82,14 @@ pub enum RunnerError {
         event: String,
         /// The jq error.
         source: MappingError,
+    },
+    /// The destination's own record of progress does not fit this journal.
+    #[error("sink {sink}: {message}")]
+    Resume {
+        /// Sink.
+        sink: String,
+        /// What does not fit and what to do.
+        message: String,
     },
     /// The sink broke its contract.
     #[error("sink {0}: returned {1} results for {2} items")]
@@ -102,6 +122,53 @@ fn check_len(name: &str, results: &[ItemResult], items: usize) -> Result<(), Run
     }
 }
 
+/// Where to resume when the sink says it has delivered through `at`; `known` is
+/// the id of the journal event at `at.pos`, if the journal holds it.
+fn resume_cursor(
+    name: &str,
+    cursor: i64,
+    at: &Checkpoint,
+    known: Option<String>,
+) -> Result<i64, RunnerError> {
+    let err = |message: String| RunnerError::Resume {
+        sink: name.to_string(),
+        message,
+    };
+    match known {
+        _ if at.pos == cursor => Ok(cursor),
+        _ if at.pos == 0 => Ok(0),
+        Some(id) if id == at.event_id => {
+            if at.pos < cursor {
+                tracing::warn!(sink = %name, local = cursor, destination = at.pos,
+                    "the destination's progress record is behind the local cursor; resuming at the destination's position");
+            } else {
+                tracing::info!(sink = %name, local = cursor, destination = at.pos,
+                    "the local cursor is stale; resuming at the destination's progress record");
+            }
+            Ok(at.pos)
+        }
+        Some(id) => Err(err(format!(
+            "the destination's progress record says it has everything up to journal position {} \
+             (event {}), but this journal holds event {id} there: the state dir is not the one \
+             the destination was written from. Use the original state dir, or delete the sink's \
+             progress record at the destination to start over",
+            at.pos, at.event_id
+        ))),
+        None if at.pos < cursor => {
+            tracing::warn!(sink = %name, local = cursor, destination = at.pos,
+                "the destination's progress record points before the retained journal; resuming at the local cursor");
+            Ok(cursor)
+        }
+        None => Err(err(format!(
+            "the destination's progress record says it has everything up to journal position {} \
+             (event {}), which this journal does not hold (its cursor is at {cursor}): the state \
+             dir is not the one the destination was written from. Use the original state dir, or \
+             delete the sink's progress record at the destination to start over",
+            at.pos, at.event_id
+        ))),
+    }
+}
+
 /// Delivers until `shutdown` is set; the batch in hand is finished first.
 pub async fn run<S: Sink>(
     mut sink: S,
@@ -116,6 +183,21 @@ pub async fn run<S: Sink>(
     let sink_name = name.clone();
     let (mut reader, state) = blocking(&name, reader, move |r| r.cursor_state(&sink_name)).await?;
     let (mut cursor, mut generation) = (state.pos, state.generation);
+    // A destination that records its own progress (Kafka) wins over the local cursor.
+    let (r, local_id) = blocking(&name, reader, move |r| r.event_id_at(cursor)).await?;
+    reader = r;
+    let local = Checkpoint {
+        pos: cursor,
+        event_id: local_id.unwrap_or_default(),
+    };
+    let Some(resumed) = or_stop(&name, sink.resume(&local), &mut shutdown).await? else {
+        return Ok(());
+    };
+    if let Some(at) = resumed {
+        let (r, known) = blocking(&name, reader, move |r| r.event_id_at(at.pos)).await?;
+        reader = r;
+        cursor = resume_cursor(&name, cursor, &at, known)?;
+    }
     tracing::info!(sink = %name, cursor, "sink runner started");
     let _running = crate::admin::health().sink_running(&name);
     loop {
@@ -169,6 +251,10 @@ pub async fn run<S: Sink>(
         let from = cursor;
         let (r, batch) = blocking(&name, reader, move |r| r.read_after(from, BATCH)).await?;
         reader = r;
+        let last_id = batch
+            .last()
+            .map(|e| e.event.id.to_string())
+            .unwrap_or_default();
         let Some(last) = batch.last().map(|e| e.pos) else {
             // Caught up: wait for the journal to grow, a replay request (polled), or shutdown.
             let head_pos = head.borrow_and_update().pos;
@@ -265,6 +351,17 @@ pub async fn run<S: Sink>(
                     }),
                 }
             }
+        }
+        // The destination's own record goes first: the local cursor never runs ahead of it.
+        let at = Checkpoint {
+            pos: last,
+            event_id: last_id,
+        };
+        if or_stop(&name, sink.checkpoint(&at), &mut shutdown)
+            .await?
+            .is_none()
+        {
+            return Ok(());
         }
         records.sort_by_key(|r| r.pos);
         let dead = records.len();

@@ -236,15 +236,7 @@ pub struct HttpSinkConfig {
     pub retry: RetryConfig,
 }
 
-/// A configuration mistake, naming the key path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigError {
-    /// Full key path, e.g. `sink[1].retry.max_attempts`.
-    pub key: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
+pub use crate::ConfigError;
 
 impl HttpSinkConfig {
     /// Default `timeout_ms`.

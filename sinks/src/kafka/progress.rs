@@ -1,0 +1,259 @@
+//! The progress record and the read-back that make Kafka delivery exactly once.
+//!
+//! After every batch is acknowledged, the sink writes a progress record to a
+//! compacted topic (key = sink name): the journal position the batch covers
+//! and, per topic it writes, the partition count and the next offset of each
+//! partition it has written. On start, and after any producer failure, it
+//! reads that record back, then reads every partition from the recorded
+//! offset to its end: what is there was written after the record, so those
+//! deliveries are skipped, by `pgcdc-event-id`, when they come round again.
+//!
+//! The read-back reads one topic at a time, because librdkafka reports the end
+//! of a partition by partition number only.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+/// Header naming the delivery (event id, `.N` for later transform outputs).
+pub const H_EVENT_ID: &str = "pgcdc-event-id";
+/// Header with the commit LSN.
+pub const H_LSN: &str = "pgcdc-lsn";
+/// Header with `schema.table`.
+pub const H_TABLE: &str = "pgcdc-table";
+/// Header with the operation (`insert`, `update`, ...).
+pub const H_OP: &str = "pgcdc-op";
+/// Header with the writing sink's name: the read-back's proof that pgcdc wrote a record.
+pub const H_SINK: &str = "pgcdc-sink";
+
+/// One sink's progress record (the value in the progress topic).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Format version.
+    pub version: u32,
+    /// Journal position covered: every event up to it is in Kafka.
+    pub pos: i64,
+    /// Id of the journal event at `pos`.
+    pub event_id: String,
+    /// Topics this sink writes.
+    pub topics: BTreeMap<String, TopicProgress>,
+}
+
+/// What a progress record says of one topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicProgress {
+    /// Partition count when pgcdc first wrote it (a change is refused).
+    pub partitions: i32,
+    /// Next offset per partition: everything before it was there when the record was written.
+    pub next: BTreeMap<i32, i64>,
+}
+
+/// Identity of one record pgcdc writes: delivery id, and whether it is a tombstone.
+pub type RecordId = (String, bool);
+
+/// Why a read-back failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBackError {
+    /// The broker did not answer in time or failed; worth retrying.
+    #[error("reading back {what}: {message}")]
+    Transient {
+        /// What was being read.
+        what: String,
+        /// The error.
+        message: String,
+    },
+    /// Something another writer or an operator did; retrying cannot help.
+    #[error("{0}")]
+    Definite(String),
+}
+
+/// A consumer for the read-back: manual assignment, no group, every record.
+pub fn consumer(base: &ClientConfig) -> Result<BaseConsumer, ReadBackError> {
+    let mut cfg = base.clone();
+    cfg.set("group.id", "pgcdc-read-back")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "error")
+        .set("isolation.level", "read_uncommitted")
+        .set("allow.auto.create.topics", "false");
+    cfg.create().map_err(|e| ReadBackError::Transient {
+        what: "the Kafka consumer".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads `partitions` of `topic` from their start offsets to their ends, calling
+/// `visit` for each record. Fails if the broker does not let it progress for `stall`.
+pub fn read_to_end(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[(i32, Offset)],
+    stall: Duration,
+    mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), ReadBackError>,
+) -> Result<(), ReadBackError> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let transient = |message: String| ReadBackError::Transient {
+        what: format!("topic {topic}"),
+        message,
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (p, offset) in partitions {
+        tpl.add_partition_offset(topic, *p, *offset)
+            .map_err(|e| transient(e.to_string()))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| transient(e.to_string()))?;
+    let mut open: HashSet<i32> = partitions.iter().map(|(p, _)| *p).collect();
+    let mut last_progress = Instant::now();
+    let result = loop {
+        if open.is_empty() {
+            break Ok(());
+        }
+        if last_progress.elapsed() > stall {
+            break Err(transient(format!(
+                "no answer from the broker for {}s (partitions still open: {open:?})",
+                stall.as_secs()
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(msg)) => {
+                last_progress = Instant::now();
+                visit(&msg)?;
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                last_progress = Instant::now();
+                open.remove(&p);
+            }
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text.contains("Offset out of range") || text.contains("OffsetOutOfRange") {
+                    break Err(ReadBackError::Definite(format!(
+                        "topic {topic}: a partition ends before the offset pgcdc recorded in its progress \
+                         record ({text}): the broker lost records it had acknowledged, or the topic was \
+                         deleted and re-created. pgcdc cannot tell what consumers saw; restore the topic, \
+                         or delete this sink's progress record and reset its checkpoint to re-send"
+                    )));
+                }
+                break Err(transient(text));
+            }
+        }
+    };
+    if let Err(e) = consumer.unassign() {
+        tracing::debug!(topic, error = %e, "unassign after read-back failed");
+    }
+    result
+}
+
+/// The header `name` of `msg` as text.
+pub fn header<'a>(msg: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Reads the last progress record of `sink` from `progress_topic` (partitions `0..n`).
+pub fn read_progress(
+    consumer: &BaseConsumer,
+    progress_topic: &str,
+    partitions: i32,
+    sink: &str,
+    stall: Duration,
+) -> Result<Option<Progress>, ReadBackError> {
+    let parts: Vec<(i32, Offset)> = (0..partitions).map(|p| (p, Offset::Beginning)).collect();
+    let mut last: Option<(i64, Progress)> = None;
+    read_to_end(consumer, progress_topic, &parts, stall, |msg| {
+        if msg.key() != Some(sink.as_bytes()) {
+            return Ok(());
+        }
+        let Some(payload) = msg.payload() else {
+            // A tombstone: an operator deleted this sink's progress.
+            last = None;
+            return Ok(());
+        };
+        let progress: Progress = serde_json::from_slice(payload).map_err(|e| {
+            ReadBackError::Definite(format!(
+                "progress topic {progress_topic}, partition {}, offset {}: the record for sink {sink} \
+                 is not a pgcdc progress record ({e}); another program writes to this topic: give \
+                 the sink its own `progress_topic`",
+                msg.partition(),
+                msg.offset()
+            ))
+        })?;
+        if last.as_ref().is_none_or(|(o, _)| msg.offset() > *o) {
+            last = Some((msg.offset(), progress));
+        }
+        Ok(())
+    })?;
+    Ok(last.map(|(_, p)| p))
+}
+
+/// What a read-back of the written partitions found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Records pgcdc's sink wrote after the progress record.
+    pub ids: HashSet<RecordId>,
+    /// Per partition, the offset after the last record read.
+    pub next: BTreeMap<(String, i32), i64>,
+}
+
+/// Reads every partition of `progress.topics` from its recorded offset to its end,
+/// collecting what `sink` wrote there; a record of any other writer is an error.
+pub fn read_written(
+    consumer: &BaseConsumer,
+    progress: &Progress,
+    sink: &str,
+    stall: Duration,
+) -> Result<Found, ReadBackError> {
+    let mut found = Found::default();
+    for (topic, tp) in &progress.topics {
+        let parts: Vec<(i32, Offset)> = (0..tp.partitions)
+            .map(|p| {
+                let offset = tp.next.get(&p).copied().unwrap_or(0);
+                (p, Offset::Offset(offset))
+            })
+            .collect();
+        read_to_end(consumer, topic, &parts, stall, |msg| {
+            let id = header(msg, H_EVENT_ID);
+            let writer = header(msg, H_SINK);
+            match (id, writer) {
+                (Some(id), Some(w)) if w == sink => {
+                    found
+                        .ids
+                        .insert((id.to_string(), msg.payload().is_none()));
+                    found
+                        .next
+                        .insert((topic.clone(), msg.partition()), msg.offset() + 1);
+                    Ok(())
+                }
+                _ => Err(ReadBackError::Definite(format!(
+                    "topic {topic}, partition {}, offset {} holds a record that sink {sink} did not \
+                     write ({}). pgcdc must be the only writer of the partitions it writes, or it \
+                     cannot deliver exactly once. Stop the other producer; then either delete the \
+                     foreign records' topic and let pgcdc re-send (reset the sink's checkpoint), or \
+                     point the sink at a new topic",
+                    msg.partition(),
+                    msg.offset(),
+                    match (id, writer) {
+                        (None, _) => format!("no {H_EVENT_ID} header"),
+                        (Some(_), Some(w)) => format!("written by sink {w:?}"),
+                        (Some(_), None) => format!("no {H_SINK} header"),
+                    }
+                ))),
+            }
+        })?;
+    }
+    Ok(found)
+}

@@ -1,0 +1,759 @@
+//! The Kafka sink: idempotent producer, progress records and read-back.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use pgcdc_schema::debezium::{self, DebeziumSource};
+use pgcdc_schema::mapping::JqProgram;
+use pgcdc_schema::Op;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+
+use super::config::{Format, KafkaSinkConfig, TopicTemplate};
+use super::progress::{self, Progress, ReadBackError, RecordId, TopicProgress};
+use crate::{Attempt, AttemptOutcome, AuditLog, Checkpoint, ItemResult, Outgoing, Sink, SinkError};
+
+/// How long a read-back or metadata request may go without an answer.
+const STALL: Duration = Duration::from_secs(30);
+/// Default `message.timeout.ms`: how long librdkafka retries one record before
+/// the sink takes over (new producer session, read-back, retry).
+const MESSAGE_TIMEOUT_MS: &str = "30000";
+/// With nothing produced, the progress record still follows the cursor, at most this often.
+const PROGRESS_IDLE_INTERVAL: Duration = Duration::from_secs(5);
+/// Backoff between recovery rounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Why building the sink failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    /// The topic template or key program is invalid.
+    #[error("sink {sink}: {message}")]
+    Config {
+        /// Sink name.
+        sink: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Deployment facts the sink cannot read from its own config.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkContext {
+    /// Source database name (Debezium `source.db`).
+    pub db: String,
+    /// pgcdc's version (Debezium `source.version`).
+    pub version: String,
+    /// The sink has a `transform`: record values are its output, whatever `format` says.
+    pub transformed: bool,
+    /// Where attempts are recorded.
+    pub audit: AuditLog,
+}
+
+/// One Kafka record to write for an item.
+struct Rec {
+    item: usize,
+    id: RecordId,
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    lsn: String,
+    table: String,
+    op: &'static str,
+}
+
+/// Failure of one round, for the whole sink.
+enum Failure {
+    /// Retry after recovery.
+    Transient(String),
+    /// Stop the sink: an operator must act.
+    Definite(String),
+}
+
+impl From<ReadBackError> for Failure {
+    fn from(e: ReadBackError) -> Self {
+        match e {
+            ReadBackError::Transient { .. } => Failure::Transient(e.to_string()),
+            ReadBackError::Definite(m) => Failure::Definite(m),
+        }
+    }
+}
+
+/// Delivers items as Kafka records, exactly once (see the module docs).
+pub struct KafkaSink {
+    name: String,
+    config: KafkaSinkConfig,
+    topic: TopicTemplate,
+    key: Option<JqProgram>,
+    source: DebeziumSource,
+    transformed: bool,
+    audit: AuditLog,
+    base: ClientConfig,
+    producer: Option<FutureProducer>,
+    /// The last progress record written (or read at start).
+    progress: Progress,
+    /// Next offsets acknowledged since `progress` was written.
+    next: BTreeMap<(String, i32), i64>,
+    /// Records the read-back found after the progress record, not yet met again.
+    seen: HashSet<RecordId>,
+    /// Something was produced since the last progress record.
+    dirty: bool,
+    last_progress_write: Instant,
+}
+
+impl KafkaSink {
+    /// Builds the sink; nothing connects until `resume`.
+    pub fn new(
+        name: &str,
+        config: &KafkaSinkConfig,
+        key_prefix: &str,
+        ctx: KafkaSinkContext,
+    ) -> Result<KafkaSink, KafkaSinkError> {
+        let err = |message: String| KafkaSinkError::Config {
+            sink: name.to_string(),
+            message,
+        };
+        let topic = TopicTemplate::parse(&config.topic).map_err(err)?;
+        let key = config
+            .key
+            .as_deref()
+            .map(|src| JqProgram::compile(&format!("{key_prefix}.key"), src))
+            .transpose()
+            .map_err(|e| err(e.to_string()))?;
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", &config.brokers)
+            .set("client.id", format!("pgcdc-{name}"));
+        for (k, v) in &config.librdkafka {
+            base.set(k, v.to_string());
+        }
+        Ok(KafkaSink {
+            name: name.to_string(),
+            config: config.clone(),
+            topic,
+            key,
+            source: DebeziumSource {
+                name: config.server_name.clone(),
+                db: ctx.db,
+                version: ctx.version,
+            },
+            transformed: ctx.transformed,
+            audit: ctx.audit,
+            base,
+            producer: None,
+            progress: Progress::default(),
+            next: BTreeMap::new(),
+            seen: HashSet::new(),
+            dirty: false,
+            last_progress_write: Instant::now(),
+        })
+    }
+
+    fn producer(&mut self) -> Result<FutureProducer, Failure> {
+        if let Some(p) = &self.producer {
+            return Ok(p.clone());
+        }
+        let mut cfg = self.base.clone();
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("allow.auto.create.topics", "false");
+        if cfg.get("message.timeout.ms").is_none() && cfg.get("delivery.timeout.ms").is_none() {
+            cfg.set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
+        }
+        let producer: FutureProducer = cfg.create().map_err(|e| {
+            Failure::Definite(format!(
+                "cannot create the Kafka producer: {e}; check brokers and [sink.librdkafka]"
+            ))
+        })?;
+        self.producer = Some(producer.clone());
+        Ok(producer)
+    }
+
+    /// The records of one item (its tombstone too, after a delete when configured).
+    fn records(&self, index: usize, item: &Outgoing) -> Result<Vec<Rec>, String> {
+        let event = &item.event;
+        let topic = self
+            .topic
+            .render(&event.schema, &event.table, event.trigger.as_deref());
+        super::config::check_topic_name(&topic)?;
+        let key = match &self.key {
+            None => event
+                .key
+                .as_ref()
+                .map(serde_json::to_vec)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            Some(program) => {
+                let input = serde_json::to_value(&**event).map_err(|e| e.to_string())?;
+                let out = program.run(&input).map_err(|e| e.to_string())?;
+                let first = out
+                    .into_iter()
+                    .next()
+                    .ok_or("the key program yielded nothing")?;
+                Some(serde_json::to_vec(&first).map_err(|e| e.to_string())?)
+            }
+        };
+        let value = if !self.transformed && self.config.format == Format::Debezium {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            serde_json::to_vec(&debezium::envelope(event, &self.source, now_ms))
+        } else {
+            serde_json::to_vec(&item.body)
+        }
+        .map_err(|e| e.to_string())?;
+        let id = item.delivery_id();
+        let mut recs = vec![Rec {
+            item: index,
+            id: (id.clone(), false),
+            topic: topic.clone(),
+            key: key.clone(),
+            value: Some(value),
+            lsn: event.lsn.to_string(),
+            table: event.qualified_table(),
+            op: event.op.as_str(),
+        }];
+        if self.config.tombstones && event.op == Op::Delete && key.is_some() {
+            recs.push(Rec {
+                item: index,
+                id: (id, true),
+                topic,
+                key,
+                value: None,
+                lsn: event.lsn.to_string(),
+                table: event.qualified_table(),
+                op: event.op.as_str(),
+            });
+        }
+        Ok(recs)
+    }
+
+    /// Metadata of `topic`: its partition count, or `None` when it does not exist.
+    async fn partition_count(&mut self, topic: &str) -> Result<Option<i32>, Failure> {
+        let producer = self.producer()?;
+        let t = topic.to_string();
+        let md = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&t), STALL).map(|md| {
+                md.topics()
+                    .first()
+                    .map(|mt| (mt.error(), mt.partitions().len() as i32))
+            })
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?
+        .map_err(|e| Failure::Transient(format!("metadata of topic {topic}: {e}")))?;
+        match md {
+            Some((None, n)) if n > 0 => Ok(Some(n)),
+            Some((Some(err), _))
+                if RDKafkaErrorCode::from(err) == RDKafkaErrorCode::UnknownTopicOrPartition =>
+            {
+                Ok(None)
+            }
+            Some((None, _)) | None => Ok(None),
+            Some((Some(err), _)) => Err(Failure::Transient(format!(
+                "metadata of topic {topic}: {}",
+                RDKafkaErrorCode::from(err)
+            ))),
+        }
+    }
+
+    async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        compact: bool,
+    ) -> Result<(), Failure> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .base
+            .create()
+            .map_err(|e| Failure::Transient(format!("Kafka admin client: {e}")))?;
+        let mut new = NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(self.config.replication_factor),
+        );
+        if compact {
+            new = new.set("cleanup.policy", "compact");
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(STALL));
+        let results = admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|e| Failure::Transient(format!("creating topic {topic}: {e}")))?;
+        for r in results {
+            match r {
+                Ok(_) => tracing::info!(sink = %self.name, topic, partitions, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(Failure::Definite(format!(
+                        "cannot create topic {topic}: {code}; create it yourself \
+                         ({partitions} partition(s){})",
+                        if compact {
+                            ", cleanup.policy=compact"
+                        } else {
+                            ""
+                        }
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure every topic of `topics` exists and is in the progress record before
+    /// anything is written to it, so a read-back after a crash covers it.
+    async fn register_topics(&mut self, topics: BTreeSet<String>) -> Result<(), Failure> {
+        let mut added = false;
+        for topic in topics {
+            if self.progress.topics.contains_key(&topic) {
+                continue;
+            }
+            let partitions = match self.partition_count(&topic).await? {
+                Some(n) => n,
+                None if self.config.create_topics => {
+                    self.create_topic(&topic, self.config.partitions, false)
+                        .await?;
+                    self.partition_count(&topic).await?.ok_or_else(|| {
+                        Failure::Transient(format!("topic {topic} not visible after creation"))
+                    })?
+                }
+                None => {
+                    return Err(Failure::Definite(format!(
+                        "topic {topic} does not exist; create it, or set create_topics = true \
+                         on the sink to let pgcdc create it with `partitions` partitions"
+                    )))
+                }
+            };
+            // Records already there are not pgcdc's business: read-backs start at the end.
+            let producer = self.producer()?;
+            let t = topic.clone();
+            let next = tokio::task::spawn_blocking(move || {
+                (0..partitions)
+                    .map(|p| {
+                        producer
+                            .client()
+                            .fetch_watermarks(&t, p, STALL)
+                            .map(|(_, high)| (p, high))
+                    })
+                    .collect::<Result<BTreeMap<i32, i64>, _>>()
+            })
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?
+            .map_err(|e| Failure::Transient(format!("offsets of topic {topic}: {e}")))?;
+            self.progress
+                .topics
+                .insert(topic, TopicProgress { partitions, next });
+            added = true;
+        }
+        if added {
+            let record = self.progress.clone();
+            self.write_progress(&record).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_progress(&mut self, record: &Progress) -> Result<(), Failure> {
+        let producer = self.producer()?;
+        let value = serde_json::to_vec(record).map_err(|e| Failure::Definite(e.to_string()))?;
+        let delivery = producer
+            .send_result(
+                FutureRecord::to(&self.config.progress_topic)
+                    .key(self.name.as_bytes())
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| Failure::Transient(format!("progress record: {e}")))?;
+        match delivery.await {
+            Ok(Ok(_)) => {
+                self.last_progress_write = Instant::now();
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(Failure::Transient(format!("progress record: {e}"))),
+            Err(_) => Err(Failure::Transient(
+                "progress record: producer closed".into(),
+            )),
+        }
+    }
+
+    /// Produces `recs[pending]` in order; one result per pending record.
+    async fn send(
+        &mut self,
+        recs: &[Rec],
+        pending: &[usize],
+    ) -> Result<Vec<Result<(i32, i64), KafkaError>>, Failure> {
+        let topics = pending.iter().map(|&i| recs[i].topic.clone()).collect();
+        self.register_topics(topics).await?;
+        let producer = self.producer()?;
+        let mut futures = Vec::with_capacity(pending.len());
+        for &i in pending {
+            let r = &recs[i];
+            let headers = OwnedHeaders::new_with_capacity(5)
+                .insert(Header {
+                    key: progress::H_EVENT_ID,
+                    value: Some(r.id.0.as_bytes()),
+                })
+                .insert(Header {
+                    key: progress::H_LSN,
+                    value: Some(r.lsn.as_bytes()),
+                })
+                .insert(Header {
+                    key: progress::H_TABLE,
+                    value: Some(r.table.as_bytes()),
+                })
+                .insert(Header {
+                    key: progress::H_OP,
+                    value: Some(r.op.as_bytes()),
+                })
+                .insert(Header {
+                    key: progress::H_SINK,
+                    value: Some(self.name.as_bytes()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&r.topic).headers(headers);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                record = record.payload(v.as_slice());
+            }
+            futures.push(match producer.send_result(record) {
+                Ok(f) => Some(f),
+                Err((e, _)) => {
+                    // The queue is full or the producer failed: the round fails and recovers.
+                    tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
+                    None
+                }
+            });
+        }
+        let mut out = Vec::with_capacity(futures.len());
+        for f in futures {
+            out.push(match f {
+                None => Err(KafkaError::Canceled),
+                Some(f) => match f.await {
+                    Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// After a failed round: which of `failed` the broker has anyway (read back
+    /// from the last progress record's offsets).
+    async fn recover(&mut self) -> Result<HashSet<RecordId>, Failure> {
+        let base = self.base.clone();
+        let record = self.progress.clone();
+        let name = self.name.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let consumer = progress::consumer(&base)?;
+            progress::read_written(&consumer, &record, &name, STALL)
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))??;
+        for (tp, next) in found.next {
+            let e = self.next.entry(tp).or_insert(next);
+            *e = (*e).max(next);
+        }
+        Ok(found.ids)
+    }
+
+    fn audit_attempt(
+        &self,
+        item: &Outgoing,
+        attempt: u32,
+        started: Instant,
+        outcome: AttemptOutcome,
+        error: Option<String>,
+    ) -> Attempt {
+        Attempt {
+            event_id: item.delivery_id(),
+            sink: self.name.clone(),
+            attempt,
+            at: chrono::Utc::now().to_rfc3339(),
+            status: None,
+            error,
+            latency_ms: started.elapsed().as_millis() as u64,
+            outcome,
+        }
+    }
+
+    fn definite(&self, message: String) -> SinkError {
+        SinkError::Definite {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+}
+
+/// Errors that no retry can fix for this record: it goes to the DLQ.
+fn is_record_error(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
+fn backoff(round: u32) -> Duration {
+    let exp = BACKOFF_MIN.saturating_mul(1u32 << round.min(8));
+    exp.min(BACKOFF_MAX)
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
+        let started = Instant::now();
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+        let mut recs = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match self.records(i, item) {
+                Ok(r) => recs.extend(r),
+                Err(error) => results[i] = Some(ItemResult::DeadLettered { error }),
+            }
+        }
+        // Records a read-back found were written before a crash: not again.
+        let mut pending: Vec<usize> = (0..recs.len())
+            .filter(|&i| !self.seen.remove(&recs[i].id))
+            .collect();
+        if pending.len() < recs.len() {
+            tracing::info!(sink = %self.name, skipped = recs.len() - pending.len(), "skipping records already in Kafka (found by the read-back)");
+        }
+        let mut round = 0u32;
+        while !pending.is_empty() {
+            round += 1;
+            let mut failed = Vec::new();
+            let mut last_error = String::new();
+            match self.send(&recs, &pending).await {
+                Err(Failure::Definite(m)) => return Err(self.definite(m)),
+                Err(Failure::Transient(m)) => {
+                    failed = pending.clone();
+                    last_error = m;
+                }
+                Ok(outcomes) => {
+                    for (&i, outcome) in pending.iter().zip(outcomes) {
+                        match outcome {
+                            Ok((partition, offset)) => {
+                                let e = self
+                                    .next
+                                    .entry((recs[i].topic.clone(), partition))
+                                    .or_insert(0);
+                                *e = (*e).max(offset + 1);
+                                self.dirty = true;
+                            }
+                            Err(e) if is_record_error(&e) => {
+                                results[recs[i].item] = Some(ItemResult::DeadLettered {
+                                    error: format!("Kafka refused the record: {e}"),
+                                });
+                            }
+                            Err(e) => {
+                                last_error = e.to_string();
+                                failed.push(i);
+                            }
+                        }
+                    }
+                }
+            }
+            if failed.is_empty() {
+                break;
+            }
+            tracing::warn!(sink = %self.name, round, failed = failed.len(), error = %last_error,
+                "Kafka delivery failed; will start a new producer session, read back what reached the broker, and retry");
+            let mut retrying = BTreeSet::new();
+            for &i in &failed {
+                if retrying.insert(recs[i].item) {
+                    let a = self.audit_attempt(
+                        &items[recs[i].item],
+                        round,
+                        started,
+                        AttemptOutcome::Retrying,
+                        Some(last_error.clone()),
+                    );
+                    self.audit.record(a).await;
+                }
+            }
+            tokio::time::sleep(backoff(round)).await;
+            // A new idempotent session; what the old one had in flight is settled by the read-back.
+            self.producer = None;
+            match self.recover().await {
+                Ok(found) => {
+                    pending = failed
+                        .into_iter()
+                        .filter(|&i| !found.contains(&recs[i].id))
+                        .collect();
+                    self.dirty = true;
+                }
+                Err(Failure::Definite(m)) => return Err(self.definite(m)),
+                Err(Failure::Transient(m)) => {
+                    tracing::warn!(sink = %self.name, error = %m, "read-back failed; retrying");
+                    pending = failed;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, r) in results.into_iter().enumerate() {
+            let r = r.unwrap_or(ItemResult::Delivered);
+            let (outcome, error) = match &r {
+                ItemResult::DeadLettered { error } => (AttemptOutcome::Failed, Some(error.clone())),
+                _ => (AttemptOutcome::Delivered, None),
+            };
+            let a = self.audit_attempt(&items[i], round.max(1), started, outcome, error);
+            self.audit.record(a).await;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn resume(&mut self, local: &Checkpoint) -> Result<Option<Checkpoint>, SinkError> {
+        let mut round = 0u32;
+        loop {
+            match self.try_resume(local).await {
+                Ok(cp) => return Ok(cp),
+                Err(Failure::Definite(m)) => return Err(self.definite(m)),
+                Err(Failure::Transient(m)) => {
+                    round += 1;
+                    tracing::warn!(sink = %self.name, round, error = %m, "cannot read the progress record from Kafka yet; retrying");
+                    self.producer = None;
+                    tokio::time::sleep(backoff(round)).await;
+                }
+            }
+        }
+    }
+
+    async fn checkpoint(&mut self, at: &Checkpoint) -> Result<(), SinkError> {
+        if !self.dirty
+            && (at.pos == self.progress.pos
+                || self.last_progress_write.elapsed() < PROGRESS_IDLE_INTERVAL)
+        {
+            return Ok(());
+        }
+        let mut record = self.progress.clone();
+        record.version = 1;
+        record.pos = at.pos;
+        record.event_id = at.event_id.clone();
+        for ((topic, partition), next) in &self.next {
+            if let Some(tp) = record.topics.get_mut(topic) {
+                tp.next.insert(*partition, *next);
+            }
+        }
+        let mut round = 0u32;
+        loop {
+            match self.write_progress(&record).await {
+                Ok(()) => break,
+                Err(Failure::Definite(m)) => return Err(self.definite(m)),
+                Err(Failure::Transient(m)) => {
+                    round += 1;
+                    tracing::warn!(sink = %self.name, round, error = %m, "cannot write the progress record; retrying");
+                    self.producer = None;
+                    tokio::time::sleep(backoff(round)).await;
+                }
+            }
+        }
+        self.progress = record;
+        self.next.clear();
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+impl KafkaSink {
+    /// For `pgcdc check`: the brokers answer, and a fixed topic exists (or may be created).
+    pub async fn healthcheck(mut self) -> Result<String, String> {
+        let producer = self.producer().map_err(|f| match f {
+            Failure::Transient(m) | Failure::Definite(m) => m,
+        })?;
+        let brokers = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|md| md.brokers().len())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the Kafka brokers do not answer: {e}"))?;
+        let mut detail = format!("Kafka reachable ({brokers} broker(s))");
+        if let Some(topic) = self.topic.literal() {
+            match self.partition_count(&topic).await {
+                Ok(Some(n)) => detail.push_str(&format!(", topic {topic} has {n} partition(s)")),
+                Ok(None) if self.config.create_topics => {
+                    detail.push_str(&format!(", topic {topic} will be created"))
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "topic {topic} does not exist; create it or set create_topics = true"
+                    ))
+                }
+                Err(Failure::Transient(m) | Failure::Definite(m)) => return Err(m),
+            }
+        }
+        Ok(detail)
+    }
+
+    async fn try_resume(&mut self, local: &Checkpoint) -> Result<Option<Checkpoint>, Failure> {
+        let topic = self.config.progress_topic.clone();
+        let partitions = match self.partition_count(&topic).await? {
+            Some(n) => n,
+            None => {
+                self.create_topic(&topic, 1, true).await?;
+                self.partition_count(&topic).await?.ok_or_else(|| {
+                    Failure::Transient(format!("progress topic {topic} not visible after creation"))
+                })?
+            }
+        };
+        let base = self.base.clone();
+        let name = self.name.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let consumer = progress::consumer(&base)?;
+            progress::read_progress(&consumer, &topic, partitions, &name, STALL)
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))??;
+        let Some(stored) = stored else {
+            tracing::info!(sink = %self.name, progress_topic = %self.config.progress_topic, "no progress record yet: starting from the local cursor");
+            // The first record written (at the first topic's registration) says so too.
+            self.progress.pos = local.pos;
+            self.progress.event_id = local.event_id.clone();
+            return Ok(None);
+        };
+        for (t, tp) in &stored.topics {
+            match self.partition_count(t).await? {
+                Some(n) if n == tp.partitions => {}
+                Some(n) => {
+                    return Err(Failure::Definite(format!(
+                        "topic {t} has {n} partitions, but had {} when pgcdc started writing it: keys \
+                         now map to other partitions, so per-key order and the read-back would break. \
+                         Restore the partition count, or write to a new topic (change `topic`) and \
+                         delete this sink's progress record",
+                        tp.partitions
+                    )))
+                }
+                None => {
+                    return Err(Failure::Definite(format!(
+                        "topic {t}, which this sink's progress record lists, no longer exists; \
+                         re-create it, or delete the sink's progress record (a null value for key \
+                         {:?} in {}) to start over",
+                        self.name, self.config.progress_topic
+                    )))
+                }
+            }
+        }
+        self.progress = stored;
+        let found = self.recover().await?;
+        tracing::info!(sink = %self.name, pos = self.progress.pos, found = found.len(),
+            "resuming from the progress record; records found after it will not be written again");
+        self.seen = found;
+        self.dirty = !self.next.is_empty();
+        Ok(Some(Checkpoint {
+            pos: self.progress.pos,
+            event_id: self.progress.event_id.clone(),
+        }))
+    }
+}

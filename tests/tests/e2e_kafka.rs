@@ -1,0 +1,613 @@
+//! End to end: Postgres → pgcdc → Kafka-protocol broker (nisshi) → consumers.
+//! The Debezium shape field by field, keys and partitions as Java clients
+//! compute them, exactly once and per-key order through kill -9 and a broker
+//! outage, the progress record winning over a stale local cursor, and the
+//! stop when another writer's record is found.
+
+mod e2e_fixture;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use e2e_fixture::{spawn_run, start_streaming, stderr_with, SocketAddr};
+use pgcdc_tests::kafka::{produce_foreign, read_topic, Broker, Record};
+use pgcdc_tests::{state_dir, ConfigFile, PgCluster};
+use serde_json::Value;
+
+const TOPIC: &str = "portal.public.permits";
+
+fn kafka_config(url: &str, state: &std::path::Path, brokers: &str, extra: &str) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\ntables = [\"public.permits\"]\n\n[state]\ndir = \"{}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[sink]]\nname = \"kafka\"\ntype = \"kafka\"\ntables = [\"public.permits\"]\n\
+         brokers = \"{brokers}\"\ntopic = \"portal.{{schema}}.{{table}}\"\n{extra}",
+        state.display()
+    )
+}
+
+async fn permits_table(pg: &PgCluster) -> anyhow::Result<()> {
+    pg.batch(
+        "CREATE TABLE permits (id int8 PRIMARY KEY, status text NOT NULL, version int NOT NULL, \
+         fee numeric(10,2), issued timestamptz)",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until `topic` holds at least `n` records; returns them.
+async fn wait_records(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    p: &mut pgcdc_tests::Pgcdc,
+    limit: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let b = brokers.to_string();
+        let t = topic.to_string();
+        let records = tokio::task::spawn_blocking(move || read_topic(&b, &t))
+            .await?
+            .unwrap_or_default();
+        if records.len() >= n {
+            return Ok(records);
+        }
+        if p.has_exited() {
+            bail!(
+                "pgcdc exited with {} of {n} records in {topic}; stderr:\n{}",
+                records.len(),
+                p.stderr_tail(30)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {n} records in {topic} after {limit:?}; stderr:\n{}",
+                records.len(),
+                p.stderr_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn json(r: &Record) -> anyhow::Result<Value> {
+    serde_json::from_str(
+        r.value
+            .as_deref()
+            .context("tombstone where a value was expected")?,
+    )
+    .context("record value is not JSON")
+}
+
+/// Kafka's Java `murmur2` (used by `murmur2_random`), for partition agreement.
+fn murmur2(data: &[u8]) -> i32 {
+    let seed: u32 = 0x9747_b28c;
+    let m: u32 = 0x5bd1_e995;
+    let r = 24;
+    let len = data.len() as u32;
+    let mut h: u32 = seed ^ len;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(m);
+        k ^= k >> r;
+        k = k.wrapping_mul(m);
+        h = h.wrapping_mul(m);
+        h ^= k;
+    }
+    match tail.len() {
+        3 => {
+            h ^= (tail[2] as u32) << 16;
+            h ^= (tail[1] as u32) << 8;
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(m);
+        }
+        2 => {
+            h ^= (tail[1] as u32) << 8;
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(m);
+        }
+        1 => {
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(m);
+        }
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(m);
+    h ^= h >> 15;
+    h as i32
+}
+
+fn java_partition(key: &str, partitions: i32) -> i32 {
+    (murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_records_keys_headers_partitions_and_tombstones() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&kafka_config(
+        &pg.url(),
+        state.path(),
+        &broker.bootstrap(),
+        "create_topics = true\npartitions = 3\ntombstones = true\nserver_name = \"portal\"\n",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch(
+        "INSERT INTO permits VALUES (1, 'pending', 1, 12.50, '2026-11-26 10:00:00+00'), \
+         (2, 'pending', 1, NULL, NULL), (3, 'pending', 1, NULL, NULL); \
+         UPDATE permits SET status = 'approved', version = 2 WHERE id = 1; \
+         DELETE FROM permits WHERE id = 2;",
+    )
+    .await?;
+    // 3 inserts + 1 update + 1 delete + its tombstone.
+    let records = wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        6,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(records.len() == 6, "expected 6 records, got {records:#?}");
+    let xid: i64 = pg.query_scalar("SELECT txid_current()::int8").await?;
+
+    for r in &records {
+        let key = r.key.as_deref().context("record without key")?;
+        ensure!(
+            r.partition == java_partition(key, 3),
+            "key {key} is in partition {} but Java's murmur2 puts it in {}",
+            r.partition,
+            java_partition(key, 3)
+        );
+        for h in ["pgcdc-event-id", "pgcdc-lsn", "pgcdc-table", "pgcdc-op"] {
+            ensure!(r.headers.contains_key(h), "record lacks header {h}: {r:?}");
+        }
+        ensure!(r.headers["pgcdc-table"] == "public.permits");
+    }
+    let by_key = |k: &str| -> Vec<&Record> {
+        records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(k))
+            .collect()
+    };
+    // Key 1: insert then update, in order, in one partition.
+    let one = by_key("{\"id\":1}");
+    ensure!(one.len() == 2, "key 1: {one:?}");
+    let ins = json(one[0])?;
+    let upd = json(one[1])?;
+    ensure!(
+        ins["op"] == "c" && upd["op"] == "u",
+        "ops: {} {}",
+        ins["op"],
+        upd["op"]
+    );
+    ensure!(ins["before"].is_null());
+    ensure!(ins["after"]["id"] == 1 && ins["after"]["status"] == "pending");
+    ensure!(
+        ins["after"]["fee"] == "12.50",
+        "numeric as string: {}",
+        ins["after"]["fee"]
+    );
+    ensure!(
+        ins["after"]["issued"] == "2026-11-26T10:00:00.000000Z",
+        "timestamptz: {}",
+        ins["after"]["issued"]
+    );
+    ensure!(upd["after"]["status"] == "approved" && upd["after"]["version"] == 2);
+    let src = &upd["source"];
+    ensure!(src["connector"] == "postgresql", "source: {src}");
+    ensure!(src["name"] == "portal");
+    ensure!(src["db"] == "postgres");
+    ensure!(src["schema"] == "public" && src["table"] == "permits");
+    ensure!(src["snapshot"] == "false");
+    ensure!(
+        src["txId"].as_i64().is_some_and(|x| x > 0 && x < xid),
+        "txId: {}",
+        src["txId"]
+    );
+    ensure!(
+        src["lsn"].as_u64().is_some_and(|l| l > 0),
+        "lsn: {}",
+        src["lsn"]
+    );
+    ensure!(
+        src["ts_ms"].as_i64().is_some_and(|t| t > 1_700_000_000_000),
+        "ts_ms: {}",
+        src["ts_ms"]
+    );
+    ensure!(upd["ts_ms"].as_i64() >= src["ts_ms"].as_i64());
+    ensure!(upd.get("transaction").is_some_and(Value::is_null));
+    ensure!(one[1].headers["pgcdc-op"] == "update");
+    // The event id header is the native event's id; the LSN header is the commit LSN.
+    ensure!(one[1].headers["pgcdc-lsn"].contains('/'));
+    // Key 2: insert, delete (before = key), then a tombstone with the same key.
+    let two = by_key("{\"id\":2}");
+    ensure!(two.len() == 3, "key 2: {two:?}");
+    let del = json(two[1])?;
+    ensure!(
+        del["op"] == "d" && del["after"].is_null() && del["before"]["id"] == 2,
+        "delete: {del}"
+    );
+    ensure!(
+        two[2].value.is_none(),
+        "no tombstone after the delete: {:?}",
+        two[2]
+    );
+    ensure!(two[2].headers["pgcdc-event-id"] == two[1].headers["pgcdc-event-id"]);
+
+    // What an independent client (confluent-kafka, librdkafka from its wheel) sees.
+    let out = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kafka_consume.py"
+        ))
+        .args([&broker.bootstrap(), TOPIC])
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "kafka_consume.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        lines.len() == 6,
+        "confluent-kafka saw {} records",
+        lines.len()
+    );
+    let ops: Vec<String> = lines
+        .iter()
+        .filter(|l| l["key"] == "{\"id\":1}")
+        .map(|l| l["op"].as_str().unwrap_or("").to_string())
+        .collect();
+    ensure!(ops == ["c", "u"], "confluent-kafka, key 1 ops: {ops:?}");
+    p.terminate()?;
+    ensure!(p
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some_and(|s| s.success()));
+    Ok(())
+}
+
+const ROWS: i64 = 10_000;
+const UPDATES_PER_ROW: i64 = 4;
+/// Rows per transaction: 10k inserts + 40k updates = 50k changes in 500 transactions.
+const PER_TXN: i64 = 100;
+
+/// Inserts `ROWS` permits, then updates each `UPDATES_PER_ROW` times (version 1..=5).
+fn start_load(addr: SocketAddr, pace: Duration) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let client = addr.connect().await?;
+        for from in (1..=ROWS).step_by(PER_TXN as usize) {
+            let to = from + PER_TXN - 1;
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series({from}, {to}) g"
+                ))
+                .await?;
+            tokio::time::sleep(pace).await;
+        }
+        for round in 0..UPDATES_PER_ROW {
+            for from in (1..=ROWS).step_by(PER_TXN as usize) {
+                let to = from + PER_TXN - 1;
+                client
+                    .batch_execute(&format!(
+                        "UPDATE permits SET version = version + 1, status = 'v{round}' \
+                         WHERE id BETWEEN {from} AND {to}"
+                    ))
+                    .await?;
+                tokio::time::sleep(pace).await;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Every (id, version) exactly once, and per key in version order (offset order).
+fn assert_exactly_once_in_order(records: &[Record]) -> anyhow::Result<()> {
+    let mut versions: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut partition_of: HashMap<i64, i32> = HashMap::new();
+    for r in records {
+        let v = json(r)?;
+        let id = v["after"]["id"].as_i64().context("after.id")?;
+        let version = v["after"]["version"].as_i64().context("after.version")?;
+        versions.entry(id).or_default().push(version);
+        let p = *partition_of.entry(id).or_insert(r.partition);
+        ensure!(
+            p == r.partition,
+            "key {id} in partitions {p} and {}",
+            r.partition
+        );
+    }
+    ensure!(
+        versions.len() as i64 == ROWS,
+        "{} keys of {ROWS}",
+        versions.len()
+    );
+    let expected: Vec<i64> = (1..=UPDATES_PER_ROW + 1).collect();
+    let bad: BTreeMap<i64, &Vec<i64>> = versions
+        .iter()
+        .filter(|(_, v)| **v != expected)
+        .map(|(k, v)| (*k, v))
+        .take(5)
+        .collect();
+    ensure!(
+        bad.is_empty(),
+        "keys not seen exactly once per version in order (expected {expected:?}): {bad:?}"
+    );
+    Ok(())
+}
+
+async fn load_setup(
+    partitions: i32,
+) -> anyhow::Result<(Broker, PgCluster, tempfile::TempDir, ConfigFile)> {
+    let broker = Broker::start().await?;
+    broker.create_topic(TOPIC, partitions)?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&kafka_config(
+        &pg.url(),
+        state.path(),
+        &broker.bootstrap(),
+        "",
+    ))?;
+    Ok((broker, pg, state, cfg))
+}
+
+const TOTAL: usize = (ROWS * (UPDATES_PER_ROW + 1)) as usize;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_during_load_every_change_exactly_once_in_key_order() -> anyhow::Result<()> {
+    let (broker, pg, _state, cfg) = load_setup(3).await?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let load = start_load(SocketAddr::of(&pg), Duration::from_millis(15));
+    for round in 1..=3usize {
+        // Let some records through, then kill mid-delivery.
+        wait_records(
+            &broker.bootstrap(),
+            TOPIC,
+            round * TOTAL / 6,
+            &mut p,
+            Duration::from_secs(120),
+        )
+        .await?;
+        p.kill9()?;
+        ensure!(p.wait_exit(Duration::from_secs(10)).await.is_some());
+        p = start_streaming(&pg, &cfg).await?;
+    }
+    load.await??;
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        TOTAL,
+        &mut p,
+        Duration::from_secs(240),
+    )
+    .await?;
+    // Give a duplicate, if any, the time to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = {
+        let b = broker.bootstrap();
+        tokio::task::spawn_blocking(move || read_topic(&b, TOPIC)).await??
+    };
+    let resumed = stderr_with(&p, &["resuming from the progress record"]).await;
+    ensure!(
+        resumed.contains("resuming from the progress record"),
+        "no resume logged:\n{resumed}"
+    );
+    assert_exactly_once_in_order(&records)?;
+    ensure!(
+        records.len() == TOTAL,
+        "{} records for {TOTAL} changes",
+        records.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let (broker, pg, _state, cfg) = load_setup(2).await?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let load = start_load(SocketAddr::of(&pg), Duration::from_millis(10));
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        TOTAL / 5,
+        &mut p,
+        Duration::from_secs(120),
+    )
+    .await?;
+    broker.cut();
+    // The reader keeps journaling while Kafka is away.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    ensure!(
+        !p.has_exited(),
+        "pgcdc exited during the outage:\n{}",
+        p.stderr_tail(30)
+    );
+    broker.restore();
+    load.await??;
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        TOTAL,
+        &mut p,
+        Duration::from_secs(240),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = {
+        let b = broker.bootstrap();
+        tokio::task::spawn_blocking(move || read_topic(&b, TOPIC)).await??
+    };
+    assert_exactly_once_in_order(&records)?;
+    ensure!(
+        records.len() == TOTAL,
+        "{} records for {TOTAL} changes",
+        records.len()
+    );
+    let log = stderr_with(&p, &["Kafka delivery failed"]).await;
+    ensure!(
+        log.contains("Kafka delivery failed") || log.contains("retrying"),
+        "the outage went unnoticed:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    broker.create_topic(TOPIC, 1)?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&kafka_config(
+        &pg.url(),
+        state.path(),
+        &broker.bootstrap(),
+        "",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch(
+        "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(1, 500) g",
+    )
+    .await?;
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        500,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
+    p.terminate()?;
+    ensure!(p
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some_and(|s| s.success()));
+    // The local cursor goes back to the start, as a restored backup of the state dir would.
+    let conn = rusqlite::Connection::open(state.path().join("journal.db"))?;
+    let moved = conn.execute("UPDATE cursors SET pos = 0 WHERE sink = 'kafka'", [])?;
+    ensure!(moved == 1, "no cursor row for sink kafka");
+    drop(conn);
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch(
+        "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(501, 600) g",
+    )
+    .await?;
+    let records = wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        600,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = {
+        let b = broker.bootstrap();
+        let again = tokio::task::spawn_blocking(move || read_topic(&b, TOPIC)).await??;
+        if again.len() > records.len() {
+            again
+        } else {
+            records
+        }
+    };
+    ensure!(
+        records.len() == 600,
+        "{} records for 600 inserts: the stale cursor re-sent",
+        records.len()
+    );
+    let log = stderr_with(&p, &["local cursor is stale"]).await;
+    ensure!(
+        log.contains("local cursor is stale"),
+        "no stale-cursor notice:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_record_in_a_written_partition_stops_pgcdc() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    broker.create_topic(TOPIC, 1)?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&kafka_config(
+        &pg.url(),
+        state.path(),
+        &broker.bootstrap(),
+        "",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch("INSERT INTO permits VALUES (1, 'pending', 1, NULL, NULL)")
+        .await?;
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        1,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
+    p.terminate()?;
+    ensure!(p.wait_exit(Duration::from_secs(20)).await.is_some());
+    produce_foreign(
+        &broker.bootstrap(),
+        TOPIC,
+        "{\"id\":1}",
+        "{\"not\":\"pgcdc\"}",
+    )?;
+    let mut p = spawn_run(&cfg)?;
+    let status = p
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .context("pgcdc did not stop on the foreign record")?;
+    ensure!(!status.success());
+    let log = stderr_with(&p, &["did not write", "only writer"]).await;
+    ensure!(
+        log.contains(TOPIC) && log.contains("did not write") && log.contains("only writer"),
+        "error does not say what was found and what to do:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_topic_is_named_unless_create_topics() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&kafka_config(
+        &pg.url(),
+        state.path(),
+        &broker.bootstrap(),
+        "",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch("INSERT INTO permits VALUES (1, 'pending', 1, NULL, NULL)")
+        .await?;
+    let status = p
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .context("pgcdc did not stop on the missing topic")?;
+    ensure!(!status.success());
+    let log = stderr_with(&p, &["does not exist", "create_topics"]).await;
+    ensure!(
+        log.contains(&format!("topic {TOPIC} does not exist"))
+            && log.contains("create_topics = true"),
+        "error does not name the topic and the fix:\n{log}"
+    );
+    Ok(())
+}
