@@ -8,8 +8,10 @@
 //! string`, `time.precision.mode = isostring` and `binary.handling.mode =
 //! base64`.
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
+use crate::event::Row;
 use crate::{ChangeEvent, Op};
 
 /// What Debezium writes for a TOAST column that was not sent (its
@@ -38,62 +40,119 @@ pub fn op_code(op: Op) -> &'static str {
     }
 }
 
-/// The envelope of `event`; `now_ms` is the top-level `ts_ms` (processing time).
+/// The envelope of `event` as a JSON value; `now_ms` is the top-level `ts_ms`
+/// (processing time).
 pub fn envelope(event: &ChangeEvent, source: &DebeziumSource, now_ms: i64) -> Value {
-    let commit_us = event
-        .commit_time
-        .as_deref()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.timestamp_micros());
-    let after = event.new.as_ref().map(|new| {
-        if event.unchanged_toast.is_empty() {
-            Value::Object(new.clone())
-        } else {
-            // Debezium keeps the column and puts its placeholder where the value was.
-            let mut row = Map::with_capacity(new.len() + event.unchanged_toast.len());
-            row.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
-            for col in &event.unchanged_toast {
-                row.insert(col.clone(), Value::from(UNAVAILABLE_VALUE));
-            }
-            Value::Object(row)
+    serde_json::to_value(Envelope::new(event, source, now_ms)).unwrap_or(Value::Null)
+}
+
+/// The envelope of `event`, serialized straight from the event (no intermediate value).
+pub fn to_vec(
+    event: &ChangeEvent,
+    source: &DebeziumSource,
+    now_ms: i64,
+) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&Envelope::new(event, source, now_ms))
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    before: Option<&'a Row>,
+    after: Option<After<'a>>,
+    source: Source<'a>,
+    op: &'static str,
+    ts_ms: i64,
+    ts_us: i64,
+    ts_ns: i64,
+    transaction: Option<()>,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    version: &'a str,
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: Option<i64>,
+    ts_us: Option<i64>,
+    ts_ns: Option<i64>,
+    snapshot: &'static str,
+    db: &'a str,
+    sequence: String,
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "txId")]
+    tx_id: Option<u32>,
+    lsn: u64,
+    xmin: Option<()>,
+}
+
+/// `after`: the new row, with Debezium's placeholder for each unchanged TOAST column.
+struct After<'a> {
+    row: &'a Row,
+    toast: &'a [String],
+}
+
+impl Serialize for After<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.row.len() + self.toast.len()))?;
+        for (k, v) in self.row {
+            map.serialize_entry(k, v)?;
         }
-    });
-    let snapshot = if event.op == Op::Read {
-        "true"
-    } else {
-        "false"
-    };
-    json!({
-        "before": event.old.clone().map(Value::Object),
-        "after": after,
-        "source": {
-            "version": source.version,
-            "connector": "postgresql",
-            "name": source.name,
-            "ts_ms": commit_us.map(|us| us / 1000),
-            "ts_us": commit_us,
-            "ts_ns": commit_us.map(|us| us.saturating_mul(1000)),
-            "snapshot": snapshot,
-            "db": source.db,
-            "sequence": Value::from(format!("[null,\"{}\"]", event.lsn.0)),
-            "schema": event.schema,
-            "table": event.table,
-            "txId": event.xid,
-            "lsn": event.lsn.0,
-            "xmin": Value::Null,
-        },
-        "op": op_code(event.op),
-        "ts_ms": now_ms,
-        "ts_us": now_ms.saturating_mul(1000),
-        "ts_ns": now_ms.saturating_mul(1_000_000),
-        "transaction": Value::Null,
-    })
+        for col in self.toast {
+            map.serialize_entry(col, UNAVAILABLE_VALUE)?;
+        }
+        map.end()
+    }
+}
+
+impl<'a> Envelope<'a> {
+    fn new(event: &'a ChangeEvent, source: &'a DebeziumSource, now_ms: i64) -> Envelope<'a> {
+        let commit_us = event
+            .commit_time
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros());
+        Envelope {
+            before: event.old.as_ref(),
+            after: event.new.as_ref().map(|row| After {
+                row,
+                toast: &event.unchanged_toast,
+            }),
+            source: Source {
+                version: &source.version,
+                connector: "postgresql",
+                name: &source.name,
+                ts_ms: commit_us.map(|us| us / 1000),
+                ts_us: commit_us,
+                ts_ns: commit_us.map(|us| us.saturating_mul(1000)),
+                snapshot: if event.op == Op::Read {
+                    "true"
+                } else {
+                    "false"
+                },
+                db: &source.db,
+                sequence: format!("[null,\"{}\"]", event.lsn.0),
+                schema: &event.schema,
+                table: &event.table,
+                tx_id: event.xid,
+                lsn: event.lsn.0,
+                xmin: None,
+            },
+            op: op_code(event.op),
+            ts_ms: now_ms,
+            ts_us: now_ms.saturating_mul(1000),
+            ts_ns: now_ms.saturating_mul(1_000_000),
+            transaction: None,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{EventId, Lsn};
+    use serde_json::{json, Map};
 
     fn row(pairs: &[(&str, Value)]) -> Map<String, Value> {
         pairs

@@ -96,6 +96,18 @@ pub trait Sink: Send + 'static {
         items: &[Outgoing],
     ) -> impl Future<Output = Result<Vec<ItemResult>, SinkError>> + Send;
 
+    /// How many journal events the runner reads per batch for this sink.
+    fn batch_size(&self) -> usize {
+        1_000
+    }
+
+    /// Whether items need `body` when there is no transform (the native event as
+    /// JSON). A sink that renders its own format from `event` says no, and the
+    /// runner leaves `body` null.
+    fn wants_native_body(&self) -> bool {
+        true
+    }
+
     /// Where the destination itself says delivery stands, if it keeps its own
     /// record (Kafka's progress topic). The runner resumes there instead of at
     /// its local cursor (`local`). Called once, before the first `deliver`.
@@ -114,6 +126,11 @@ pub trait Sink: Send + 'static {
         at: &Checkpoint,
     ) -> impl Future<Output = Result<(), SinkError>> + Send {
         let _ = at;
+        async { Ok(()) }
+    }
+
+    /// Called once when the runner stops cleanly between batches (shutdown).
+    fn close(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
         async { Ok(()) }
     }
 }

@@ -15,9 +15,6 @@ use tokio::sync::watch;
 use super::plan::{Mapped, SinkPlan};
 use crate::journal::{DlqRecord, DlqState, JournalError, JournalHead, JournalReader};
 
-/// Events read from the journal per batch.
-pub const BATCH: usize = 1_000;
-
 /// After a shutdown request, how long a batch in delivery may take to finish
 /// (an endpoint that is down would otherwise hold the process forever). The
 /// batch is then abandoned: its cursor has not moved, so it is delivered again
@@ -122,6 +119,18 @@ fn check_len(name: &str, results: &[ItemResult], items: usize) -> Result<(), Run
     }
 }
 
+/// A clean stop between batches: the sink makes its own record final.
+async fn close<S: Sink>(sink: &mut S) -> Result<(), RunnerError> {
+    let name = sink.name().to_string();
+    match tokio::time::timeout(SHUTDOWN_GRACE, sink.close()).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!(sink = %name, "the sink did not close within the grace period");
+            Ok(())
+        }
+    }
+}
+
 /// Where to resume when the sink says it has delivered through `at`; `known` is
 /// the id of the journal event at `at.pos`, if the journal holds it.
 fn resume_cursor(
@@ -179,6 +188,8 @@ pub async fn run<S: Sink>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunnerError> {
     let name = sink.name().to_string();
+    let batch_size = sink.batch_size().max(1);
+    let plan = plan.with_native_body(sink.wants_native_body());
     let reader = JournalReader::open(&state_dir, true)?;
     let sink_name = name.clone();
     let (mut reader, state) = blocking(&name, reader, move |r| r.cursor_state(&sink_name)).await?;
@@ -202,7 +213,7 @@ pub async fn run<S: Sink>(
     let _running = crate::admin::health().sink_running(&name);
     loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return close(&mut sink).await;
         }
         // An operator's checkpoint reset (CLI or admin API) bumps the generation.
         let sink_name = name.clone();
@@ -215,7 +226,7 @@ pub async fn run<S: Sink>(
         // Replays an operator asked for go first, in DLQ order.
         let sink_name = name.clone();
         let (r, replay) = blocking(&name, reader, move |r| {
-            r.dlq_replay_batch(&sink_name, BATCH)
+            r.dlq_replay_batch(&sink_name, batch_size)
         })
         .await?;
         reader = r;
@@ -249,7 +260,7 @@ pub async fn run<S: Sink>(
         }
 
         let from = cursor;
-        let (r, batch) = blocking(&name, reader, move |r| r.read_after(from, BATCH)).await?;
+        let (r, batch) = blocking(&name, reader, move |r| r.read_after(from, batch_size)).await?;
         reader = r;
         let last_id = batch
             .last()
@@ -263,7 +274,7 @@ pub async fn run<S: Sink>(
             }
             tokio::select! {
                 changed = head.changed() => if changed.is_err() { return Ok(()) },
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return close(&mut sink).await,
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             }
             continue;

@@ -24,6 +24,13 @@ const STALL: Duration = Duration::from_secs(30);
 const MESSAGE_TIMEOUT_MS: &str = "30000";
 /// With nothing produced, the progress record still follows the cursor, at most this often.
 const PROGRESS_IDLE_INTERVAL: Duration = Duration::from_secs(5);
+/// While records flow, a progress record is written at most this often (each costs a
+/// round trip), or after `PROGRESS_MAX_RECORDS` records: that bounds what a read-back
+/// reads and keeps in memory.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+const PROGRESS_MAX_RECORDS: usize = 100_000;
+/// Journal events per batch: large batches keep the producer's pipeline full.
+const BATCH_SIZE: usize = 5_000;
 /// Backoff between recovery rounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -102,7 +109,13 @@ pub struct KafkaSink {
     seen: HashSet<RecordId>,
     /// Something was produced since the last progress record.
     dirty: bool,
+    /// Records acknowledged since the last progress record.
+    since_progress: usize,
     last_progress_write: Instant,
+    /// The last position the runner settled (for the final record at shutdown).
+    last_at: Option<Checkpoint>,
+    /// When the batch in delivery started, RFC 3339 (for audit records).
+    batch_started_at: String,
 }
 
 impl KafkaSink {
@@ -148,7 +161,10 @@ impl KafkaSink {
             next: BTreeMap::new(),
             seen: HashSet::new(),
             dirty: false,
+            since_progress: 0,
             last_progress_write: Instant::now(),
+            batch_started_at: String::new(),
+            last_at: None,
         })
     }
 
@@ -199,7 +215,7 @@ impl KafkaSink {
         };
         let value = if !self.transformed && self.config.format == Format::Debezium {
             let now_ms = chrono::Utc::now().timestamp_millis();
-            serde_json::to_vec(&debezium::envelope(event, &self.source, now_ms))
+            debezium::to_vec(event, &self.source, now_ms)
         } else {
             serde_json::to_vec(&item.body)
         }
@@ -426,6 +442,7 @@ impl KafkaSink {
                 }
             });
         }
+        let enqueued = Instant::now();
         let mut out = Vec::with_capacity(futures.len());
         for f in futures {
             out.push(match f {
@@ -437,6 +454,7 @@ impl KafkaSink {
                 },
             });
         }
+        tracing::debug!(sink = %self.name, records = out.len(), acks_ms = enqueued.elapsed().as_millis() as u64, "batch acknowledged");
         Ok(out)
     }
 
@@ -512,6 +530,7 @@ impl Sink for KafkaSink {
 
     async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
         let started = Instant::now();
+        self.batch_started_at = chrono::Utc::now().to_rfc3339();
         let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
         let mut recs = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
@@ -548,6 +567,7 @@ impl Sink for KafkaSink {
                                     .or_insert(0);
                                 *e = (*e).max(offset + 1);
                                 self.dirty = true;
+                                self.since_progress += 1;
                             }
                             Err(e) if is_record_error(&e) => {
                                 results[recs[i].item] = Some(ItemResult::DeadLettered {
@@ -628,22 +648,52 @@ impl Sink for KafkaSink {
         }
     }
 
-    async fn checkpoint(&mut self, at: &Checkpoint) -> Result<(), SinkError> {
-        if !self.dirty
-            && (at.pos == self.progress.pos
-                || self.last_progress_write.elapsed() < PROGRESS_IDLE_INTERVAL)
-        {
+    fn batch_size(&self) -> usize {
+        BATCH_SIZE
+    }
+
+    fn wants_native_body(&self) -> bool {
+        self.config.format == Format::Native
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        let Some(at) = self.last_at.clone() else {
+            return Ok(());
+        };
+        if !self.dirty && at.pos == self.progress.pos {
             return Ok(());
         }
-        let mut record = self.progress.clone();
-        record.version = 1;
-        record.pos = at.pos;
-        record.event_id = at.event_id.clone();
-        for ((topic, partition), next) in &self.next {
-            if let Some(tp) = record.topics.get_mut(topic) {
-                tp.next.insert(*partition, *next);
+        // One attempt: a restart reads back whatever this record would have covered.
+        let record = self.progress_at(&at);
+        match self.write_progress(&record).await {
+            Ok(()) => {
+                self.progress = record;
+                self.next.clear();
+                self.dirty = false;
+                tracing::info!(sink = %self.name, pos = at.pos, "final progress record written");
+            }
+            Err(Failure::Transient(m) | Failure::Definite(m)) => {
+                tracing::warn!(sink = %self.name, error = %m, "cannot write the final progress record; the next start reads back further");
             }
         }
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, at: &Checkpoint) -> Result<(), SinkError> {
+        self.last_at = Some(at.clone());
+        // The local cursor may run ahead of the progress record: on restart the record
+        // wins, and the read-back skips what was written since (see module docs).
+        let due = if self.dirty {
+            self.last_progress_write.elapsed() >= PROGRESS_INTERVAL
+                || self.since_progress >= PROGRESS_MAX_RECORDS
+        } else {
+            at.pos != self.progress.pos
+                && self.last_progress_write.elapsed() >= PROGRESS_IDLE_INTERVAL
+        };
+        if !due {
+            return Ok(());
+        }
+        let record = self.progress_at(at);
         let mut round = 0u32;
         loop {
             match self.write_progress(&record).await {
@@ -660,11 +710,26 @@ impl Sink for KafkaSink {
         self.progress = record;
         self.next.clear();
         self.dirty = false;
+        self.since_progress = 0;
         Ok(())
     }
 }
 
 impl KafkaSink {
+    /// The progress record for `at`: the last one plus the offsets acknowledged since.
+    fn progress_at(&self, at: &Checkpoint) -> Progress {
+        let mut record = self.progress.clone();
+        record.version = 1;
+        record.pos = at.pos;
+        record.event_id = at.event_id.clone();
+        for ((topic, partition), next) in &self.next {
+            if let Some(tp) = record.topics.get_mut(topic) {
+                tp.next.insert(*partition, *next);
+            }
+        }
+        record
+    }
+
     /// For `pgcdc check`: the brokers answer, and a fixed topic exists (or may be created).
     pub async fn healthcheck(mut self) -> Result<String, String> {
         let producer = self.producer().map_err(|f| match f {

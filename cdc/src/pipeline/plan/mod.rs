@@ -83,6 +83,8 @@ pub struct SinkPlan {
     everything: bool,
     filter: Option<JqProgram>,
     transform: Option<JqProgram>,
+    /// Without a transform, items carry no body (the sink renders from the event).
+    no_native_body: bool,
 }
 
 /// What the plan made of one event.
@@ -122,7 +124,14 @@ impl SinkPlan {
             everything: sink.tables.is_empty() && sink.events.is_empty(),
             filter: compile("filter", &sink.filter)?,
             transform: compile("transform", &sink.transform)?,
+            no_native_body: false,
         })
+    }
+
+    /// Whether items without a transform carry the native event as `body`.
+    pub fn with_native_body(mut self, native: bool) -> SinkPlan {
+        self.no_native_body = !native;
+        self
     }
 
     /// A plan delivering every change unchanged (tests, stdout default).
@@ -154,6 +163,15 @@ impl SinkPlan {
         if !selected {
             return Ok(Mapped::NotSelected);
         }
+        if self.no_native_body && self.transform.is_none() && self.filter.is_none() {
+            // The sink renders its own format from the event: no JSON value needed.
+            return Ok(Mapped::Items(vec![Outgoing {
+                row: row_identity(&event),
+                event: Arc::new(event),
+                body: serde_json::Value::Null,
+                part: 0,
+            }]));
+        }
         let input = match input {
             Some(v) => v,
             None => serde_json::to_value(&event).unwrap_or_default(),
@@ -167,6 +185,7 @@ impl SinkPlan {
         let event = Arc::new(event);
         let bodies = match &self.transform {
             Some(t) => t.run(&input)?,
+            None if self.no_native_body => vec![serde_json::Value::Null],
             None => vec![input],
         };
         if bodies.is_empty() {

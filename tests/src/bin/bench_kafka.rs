@@ -1,0 +1,355 @@
+//! Kafka delivery benchmark: pgcdc's Kafka sink against a plain librdkafka
+//! producer, both writing to the same nisshi broker in the same run.
+//!
+//! 1. Journal → broker: the broker is cut off while Postgres commits `ROWS`
+//!    inserts, so they wait in pgcdc's journal; then it is restored and the
+//!    sink's cursor is timed from its first move to the journal head.
+//! 2. Plain producer: the records pgcdc wrote (same keys, values, headers)
+//!    are produced again to another topic by an rdkafka `FutureProducer` with
+//!    the same settings (idempotent, acks=all, murmur2_random), all sent, then
+//!    all acks awaited.
+//! 3. Latency at a steady 1,000 changes/s: 10 single-row transactions every
+//!    10 ms for 15 s; latency = consumer receipt − the commit time in the
+//!    record (`source.ts_us`), an upper bound of commit-to-ack.
+//!
+//! Run: `scripts/bench-kafka` (builds pgcdc and this binary in release mode).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pgcdc_tests::kafka::{read_topic, Broker};
+use pgcdc_tests::{state_dir, ConfigFile, PgCluster, Pgcdc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const ROWS: i64 = 100_000;
+const TOPIC: &str = "bench.public.permits";
+
+fn config(pg: &PgCluster, state: &Path, brokers: &str) -> String {
+    format!(
+        r#"
+[source]
+url = "{}"
+tables = ["public.permits"]
+[state]
+dir = "{}"
+[admin]
+listen = "127.0.0.1:0"
+[[sink]]
+name = "kafka"
+type = "kafka"
+tables = ["public.permits"]
+brokers = "{brokers}"
+topic = "bench.{{schema}}.{{table}}"
+"#,
+        pg.url(),
+        state.display()
+    )
+}
+
+async fn wait_streaming(pg: &PgCluster, p: &mut Pgcdc) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active: Option<i32> = pg
+            .client()
+            .await?
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcdc'",
+                &[],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        if active.is_some() {
+            return Ok(());
+        }
+        if p.has_exited() || Instant::now() > deadline {
+            bail!("pgcdc did not start streaming:\n{}", p.stderr_tail(20));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (journal head, the sink's cursor) read from the state dir.
+fn journal_positions(state: &Path) -> anyhow::Result<(i64, i64)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        state.join("journal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let head: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| r.get(0))?;
+    let cursor: i64 = conn
+        .query_row("SELECT pos FROM cursors WHERE sink = 'kafka'", [], |r| {
+            r.get(0)
+        })
+        .unwrap_or(0);
+    Ok((head, cursor))
+}
+
+async fn table(pg: &PgCluster) -> anyhow::Result<()> {
+    pg.batch(
+        "CREATE TABLE permits (id int8 PRIMARY KEY, status text, applicant text, fee numeric, \
+         updated_at timestamptz DEFAULT now())",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Journal → broker changes/s, and the records pgcdc wrote.
+async fn pgcdc_throughput(
+    broker: &Broker,
+) -> anyhow::Result<(f64, Vec<pgcdc_tests::kafka::Record>)> {
+    broker.create_topic(TOPIC, 3)?;
+    let pg = PgCluster::new().await?;
+    table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config(&pg, state.path(), &broker.bootstrap()))?;
+    broker.cut();
+    let mut p = Pgcdc::spawn(&["run", "--config", &cfg.arg()], &[])?;
+    wait_streaming(&pg, &mut p).await?;
+    pg.batch(&format!(
+        "INSERT INTO permits (id, status, applicant, fee) \
+         SELECT g, 'pending', 'applicant ' || g, 125.50 FROM generate_series(1, {ROWS}) g"
+    ))
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while journal_positions(state.path())?.0 < ROWS {
+        if Instant::now() > deadline || p.has_exited() {
+            bail!("the journal did not fill:\n{}", p.stderr_tail(20));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.restore();
+    let (mut t0, mut c0) = (None, 0);
+    let t1 = loop {
+        let (head, cursor) = journal_positions(state.path())?;
+        if cursor > 0 && t0.is_none() {
+            t0 = Some(Instant::now());
+            c0 = cursor;
+        }
+        if cursor >= head {
+            break Instant::now();
+        }
+        if Instant::now() > deadline || p.has_exited() {
+            bail!("the sink did not catch up:\n{}", p.stderr_tail(20));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let t0 = t0.context("cursor never moved")?;
+    let rate = (ROWS - c0) as f64 / t1.duration_since(t0).as_secs_f64();
+    p.terminate()?;
+    p.wait_exit(Duration::from_secs(20)).await;
+    let b = broker.bootstrap();
+    let records = tokio::task::spawn_blocking(move || read_topic(&b, TOPIC)).await??;
+    Ok((rate, records))
+}
+
+/// The same records through a plain idempotent producer: records/s.
+async fn plain_producer(
+    broker: &Broker,
+    records: &[pgcdc_tests::kafka::Record],
+) -> anyhow::Result<f64> {
+    let topic = "bench.plain";
+    broker.create_topic(topic, 3)?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .create()?;
+    let started = Instant::now();
+    let mut futures = Vec::with_capacity(records.len());
+    for r in records {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut rec: FutureRecord<'_, str, str> = FutureRecord::to(topic).headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        if let Some(v) = &r.value {
+            rec = rec.payload(v);
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    futures.push(f);
+                    break;
+                }
+                Err((_, back)) => {
+                    // Queue full: let acks drain.
+                    rec = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+    for f in futures {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn latency(broker: &Broker) -> anyhow::Result<(f64, f64, f64, usize)> {
+    let topic = "lat.public.permits";
+    broker.create_topic(topic, 3)?;
+    let pg = PgCluster::new().await?;
+    table(&pg).await?;
+    let state = state_dir()?;
+    // Its own progress topic: the throughput run's progress record is for another journal.
+    let text = config(&pg, state.path(), &broker.bootstrap())
+        .replace("bench.{schema}", "lat.{schema}")
+        + "progress_topic = \"lat.progress\"\n";
+    let cfg = ConfigFile::new(&text)?;
+    let mut p = Pgcdc::spawn(&["run", "--config", &cfg.arg()], &[])?;
+    wait_streaming(&pg, &mut p).await?;
+    // Steady state: the sink has read its progress record and is delivering.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.stderr().contains("sink runner started") {
+        if Instant::now() > deadline || p.has_exited() {
+            bail!("the Kafka sink did not start:\n{}", p.stderr_tail(20));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A live consumer from the start of the (empty) topic.
+    let bootstrap = broker.bootstrap();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<usize>();
+    let consumer_thread = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "bench")
+            .set("fetch.wait.max.ms", "5")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for part in 0..3 {
+            tpl.add_partition_offset(topic, part, Offset::Beginning)?;
+        }
+        c.assign(&tpl)?;
+        let mut lat = Vec::new();
+        let mut expected = usize::MAX;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while lat.len() < expected {
+            if Instant::now() > deadline {
+                bail!("only {} records arrived", lat.len());
+            }
+            if let Ok(n) = stop_rx.try_recv() {
+                expected = n;
+            }
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                let now_us = chrono::Utc::now().timestamp_micros();
+                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+                let commit_us = v["source"]["ts_us"].as_i64().context("source.ts_us")?;
+                lat.push((now_us - commit_us) as f64 / 1000.0);
+            }
+        }
+        Ok(lat)
+    });
+    let client = pg.client().await?;
+    let stmt = client
+        .prepare("INSERT INTO permits (id, status) VALUES ($1, 'approved')")
+        .await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let started = Instant::now();
+    let mut id: i64 = 0;
+    while started.elapsed() < Duration::from_secs(15) {
+        tick.tick().await;
+        for _ in 0..10 {
+            id += 1;
+            client.execute(&stmt, &[&id]).await?;
+        }
+    }
+    let sent = id as usize;
+    let offered = sent as f64 / started.elapsed().as_secs_f64();
+    stop_tx.send(sent)?;
+    let mut lat = tokio::task::spawn_blocking(move || consumer_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+    lat.sort_by(f64::total_cmp);
+    p.terminate()?;
+    p.wait_exit(Duration::from_secs(20)).await;
+    let mut acked = commit_to_ack(state.path())?;
+    let slow: Vec<(usize, f64)> = acked
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, l)| *l > 100.0)
+        .collect();
+    println!(
+        "changes acked after > 100 ms: {} (positions {:?} .. {:?})",
+        slow.len(),
+        slow.first(),
+        slow.last()
+    );
+    acked.sort_by(f64::total_cmp);
+    println!(
+        "latency commit -> ack (pgcdc's audit: batch start + latency) ({} changes): p50 {:.1} ms, p99 {:.1} ms",
+        acked.len(),
+        percentile(&acked, 0.5),
+        percentile(&acked, 0.99)
+    );
+    Ok((percentile(&lat, 0.5), percentile(&lat, 0.99), offered, sent))
+}
+
+/// Commit-to-ack per change, from pgcdc's audit (attempt start + latency) and journal.
+fn commit_to_ack(state: &Path) -> anyhow::Result<Vec<f64>> {
+    let conn = rusqlite::Connection::open_with_flags(
+        state.join("journal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stmt = conn.prepare(
+        "SELECT a.at, a.latency_ms, json_extract(e.payload, '$.commit_time') FROM audit a \
+         JOIN events e ON json_extract(e.payload, '$.id') = a.event_id WHERE a.outcome = 'delivered' \
+         ORDER BY e.pos",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (at, latency_ms, commit) = row?;
+        let at = chrono::DateTime::parse_from_rfc3339(&at)?.timestamp_micros();
+        let commit = chrono::DateTime::parse_from_rfc3339(&commit)?.timestamp_micros();
+        out.push((at + latency_ms * 1000 - commit) as f64 / 1000.0);
+    }
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    println!(
+        "pgcdc Kafka delivery benchmark ({ROWS} changes, nisshi in-memory broker, 3 partitions)"
+    );
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
+        let (p50, p99, offered, n) = latency(&broker).await?;
+        println!("latency commit -> consumer receipt at {offered:.0} changes/s ({n} changes): p50 {p50:.1} ms, p99 {p99:.1} ms");
+        return Ok(());
+    }
+    let (rate, records) = pgcdc_throughput(&broker).await?;
+    println!(
+        "pgcdc journal -> broker acked: {rate:>9.0} changes/s ({} records)",
+        records.len()
+    );
+    let plain = plain_producer(&broker, &records).await?;
+    println!("plain rdkafka producer:        {plain:>9.0} records/s (same records, same settings)");
+    println!("ratio pgcdc / plain:           {:>9.2}", rate / plain);
+    let (p50, p99, offered, n) = latency(&broker).await?;
+    println!("latency commit -> consumer receipt at {offered:.0} changes/s ({n} changes): p50 {p50:.1} ms, p99 {p99:.1} ms");
+    Ok(())
+}
