@@ -620,3 +620,48 @@ async fn a_missing_topic_is_named_unless_create_topics() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_the_broker_and_refuses_managed_options() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    broker.create_topic("fixed.topic", 2)?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let text = kafka_config(&pg.url(), state.path(), &broker.bootstrap(), "")
+        .replace("portal.{schema}.{table}", "fixed.topic");
+    let cfg = ConfigFile::new(&text)?;
+    let (code, out, err) = e2e_fixture::pgcdc_output(&["check", "--config", &cfg.arg()]).await?;
+    ensure!(code == 0, "check failed ({code}):\n{out}\n{err}");
+    ensure!(
+        out.contains("ok    sink kafka: Kafka reachable")
+            && out.contains("topic fixed.topic has 2 partition(s)"),
+        "check output:\n{out}"
+    );
+    broker.cut();
+    let (code, out, _) = e2e_fixture::pgcdc_output(&["check", "--config", &cfg.arg()]).await?;
+    ensure!(
+        code == 1,
+        "check with the broker cut off exited {code}:\n{out}"
+    );
+    ensure!(
+        out.contains("FAIL  sink kafka") && out.contains("brokers"),
+        "check output:\n{out}"
+    );
+    broker.restore();
+
+    let managed = ConfigFile::new(&format!(
+        "{text}\n[sink.librdkafka]\n\"enable.idempotence\" = false\n"
+    ))?;
+    let (code, _, err) = e2e_fixture::pgcdc_output(&["check", "--config", &managed.arg()]).await?;
+    ensure!(
+        code == 2,
+        "a managed librdkafka option was accepted ({code})"
+    );
+    ensure!(
+        err.contains("sink[0].librdkafka.\"enable.idempotence\"")
+            && err.contains("managed by pgcdc"),
+        "error does not name the key:\n{err}"
+    );
+    Ok(())
+}

@@ -14,6 +14,7 @@
 //! `pgcdc-sink` header. Partition counts are recorded, and a change is refused.
 
 mod config;
+mod context;
 pub mod progress;
 mod sink;
 

@@ -18,6 +18,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::context::SinkContext;
 use serde::{Deserialize, Serialize};
 
 /// Header naming the delivery (event id, `.N` for later transform outputs).
@@ -72,8 +74,11 @@ pub enum ReadBackError {
     Definite(String),
 }
 
+/// The read-back's consumer type.
+pub type ReadBackConsumer = BaseConsumer<SinkContext>;
+
 /// A consumer for the read-back: manual assignment, no group, every record.
-pub fn consumer(base: &ClientConfig) -> Result<BaseConsumer, ReadBackError> {
+pub fn consumer(base: &ClientConfig, sink: &str) -> Result<ReadBackConsumer, ReadBackError> {
     let mut cfg = base.clone();
     cfg.set("group.id", "pgcdc-read-back")
         .set("enable.auto.commit", "false")
@@ -82,7 +87,10 @@ pub fn consumer(base: &ClientConfig) -> Result<BaseConsumer, ReadBackError> {
         .set("auto.offset.reset", "error")
         .set("isolation.level", "read_uncommitted")
         .set("allow.auto.create.topics", "false");
-    cfg.create().map_err(|e| ReadBackError::Transient {
+    cfg.create_with_context(SinkContext {
+        sink: sink.to_string(),
+    })
+    .map_err(|e| ReadBackError::Transient {
         what: "the Kafka consumer".into(),
         message: e.to_string(),
     })
@@ -91,7 +99,7 @@ pub fn consumer(base: &ClientConfig) -> Result<BaseConsumer, ReadBackError> {
 /// Reads `partitions` of `topic` from their start offsets to their ends, calling
 /// `visit` for each record. Fails if the broker does not let it progress for `stall`.
 pub fn read_to_end(
-    consumer: &BaseConsumer,
+    consumer: &ReadBackConsumer,
     topic: &str,
     partitions: &[(i32, Offset)],
     stall: Duration,
@@ -166,7 +174,7 @@ pub fn header<'a>(msg: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) ->
 
 /// Reads the last progress record of `sink` from `progress_topic` (partitions `0..n`).
 pub fn read_progress(
-    consumer: &BaseConsumer,
+    consumer: &ReadBackConsumer,
     progress_topic: &str,
     partitions: i32,
     sink: &str,
@@ -212,7 +220,7 @@ pub struct Found {
 /// Reads every partition of `progress.topics` from its recorded offset to its end,
 /// collecting what `sink` wrote there; a record of any other writer is an error.
 pub fn read_written(
-    consumer: &BaseConsumer,
+    consumer: &ReadBackConsumer,
     progress: &Progress,
     sink: &str,
     stall: Duration,

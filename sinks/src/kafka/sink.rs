@@ -7,13 +7,13 @@ use pgcdc_schema::debezium::{self, DebeziumSource};
 use pgcdc_schema::mapping::JqProgram;
 use pgcdc_schema::Op;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
 use super::config::{Format, KafkaSinkConfig, TopicTemplate};
+use super::context::SinkContext;
 use super::progress::{self, Progress, ReadBackError, RecordId, TopicProgress};
 use crate::{Attempt, AttemptOutcome, AuditLog, Checkpoint, ItemResult, Outgoing, Sink, SinkError};
 
@@ -100,7 +100,7 @@ pub struct KafkaSink {
     transformed: bool,
     audit: AuditLog,
     base: ClientConfig,
-    producer: Option<FutureProducer>,
+    producer: Option<FutureProducer<SinkContext>>,
     /// The last progress record written (or read at start).
     progress: Progress,
     /// Next offsets acknowledged since `progress` was written.
@@ -168,7 +168,7 @@ impl KafkaSink {
         })
     }
 
-    fn producer(&mut self) -> Result<FutureProducer, Failure> {
+    fn producer(&mut self) -> Result<FutureProducer<SinkContext>, Failure> {
         if let Some(p) = &self.producer {
             return Ok(p.clone());
         }
@@ -180,11 +180,12 @@ impl KafkaSink {
         if cfg.get("message.timeout.ms").is_none() && cfg.get("delivery.timeout.ms").is_none() {
             cfg.set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
         }
-        let producer: FutureProducer = cfg.create().map_err(|e| {
-            Failure::Definite(format!(
-                "cannot create the Kafka producer: {e}; check brokers and [sink.librdkafka]"
-            ))
-        })?;
+        let producer: FutureProducer<SinkContext> =
+            cfg.create_with_context(self.context()).map_err(|e| {
+                Failure::Definite(format!(
+                    "cannot create the Kafka producer: {e}; check brokers and [sink.librdkafka]"
+                ))
+            })?;
         self.producer = Some(producer.clone());
         Ok(producer)
     }
@@ -281,9 +282,9 @@ impl KafkaSink {
         partitions: i32,
         compact: bool,
     ) -> Result<(), Failure> {
-        let admin: AdminClient<DefaultClientContext> = self
+        let admin: AdminClient<SinkContext> = self
             .base
-            .create()
+            .create_with_context(self.context())
             .map_err(|e| Failure::Transient(format!("Kafka admin client: {e}")))?;
         let mut new = NewTopic::new(
             topic,
@@ -465,7 +466,7 @@ impl KafkaSink {
         let record = self.progress.clone();
         let name = self.name.clone();
         let found = tokio::task::spawn_blocking(move || {
-            let consumer = progress::consumer(&base)?;
+            let consumer = progress::consumer(&base, &name)?;
             progress::read_written(&consumer, &record, &name, STALL)
         })
         .await
@@ -716,6 +717,12 @@ impl Sink for KafkaSink {
 }
 
 impl KafkaSink {
+    fn context(&self) -> SinkContext {
+        SinkContext {
+            sink: self.name.clone(),
+        }
+    }
+
     /// The progress record for `at`: the last one plus the offsets acknowledged since.
     fn progress_at(&self, at: &Checkpoint) -> Progress {
         let mut record = self.progress.clone();
@@ -776,7 +783,7 @@ impl KafkaSink {
         let base = self.base.clone();
         let name = self.name.clone();
         let stored = tokio::task::spawn_blocking(move || {
-            let consumer = progress::consumer(&base)?;
+            let consumer = progress::consumer(&base, &name)?;
             progress::read_progress(&consumer, &topic, partitions, &name, STALL)
         })
         .await

@@ -1,0 +1,46 @@
+//! librdkafka's logs and client errors, routed to `tracing` at levels an
+//! operator can live with, and named by sink.
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+
+/// The client context of every librdkafka handle a Kafka sink opens.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// Sink name, for log fields.
+    pub sink: String,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // The read-back consumer shares the sink's pass-through options, many of them
+        // producer-only: librdkafka's warning about each is noise.
+        let config_noise = message.contains("is a producer property")
+            || message.contains("is a consumer property");
+        match level {
+            _ if config_noise => tracing::debug!(sink = %self.sink, fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::warn!(sink = %self.sink, fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::info!(sink = %self.sink, fac, "librdkafka: {message}")
+            }
+            _ => tracing::debug!(sink = %self.sink, fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            // The read-back asks for these: they mark the end of a partition.
+            KafkaError::PartitionEOF(_) => {}
+            _ => tracing::warn!(sink = %self.sink, "Kafka client: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for SinkContext {}
