@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::journal::{JournalError, JournalReader};
 
 /// Attempts written per SQLite transaction.
-const BATCH: usize = 1_000;
+const BATCH: usize = 5_000;
 /// Capacity of the sinks → audit queue.
 pub const QUEUE_CAPACITY: usize = 8_192;
 
@@ -39,10 +39,18 @@ pub async fn run(
                     return Ok(());
                 }
                 let mut batch: Vec<Attempt> = std::mem::take(&mut buf);
+                // Sinks stamp every item of a batch with the same time: normalize each
+                // distinct value once.
+                let mut last: Option<(String, String)> = None;
                 for a in &mut batch {
                     crate::metrics::attempt(a);
-                    if let Some(t) = normalize_time(&a.at) {
-                        a.at = t;
+                    match &last {
+                        Some((raw, norm)) if *raw == a.at => a.at.clone_from(norm),
+                        _ => {
+                            if let Some(t) = normalize_time(&a.at) {
+                                last = Some((std::mem::replace(&mut a.at, t.clone()), t));
+                            }
+                        }
                     }
                 }
                 reader = tokio::task::spawn_blocking(move || reader.audit_insert(&batch).map(|()| reader))

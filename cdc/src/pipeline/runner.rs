@@ -13,7 +13,7 @@ use pgcdc_sinks::{
 use tokio::sync::watch;
 
 use super::plan::{Mapped, SinkPlan};
-use crate::journal::{DlqRecord, DlqState, JournalError, JournalHead, JournalReader};
+use crate::journal::{DlqRecord, DlqState, JournalError, JournalHead, JournalReader, StoredEvent};
 
 /// After a shutdown request, how long a batch in delivery may take to finish
 /// (an endpoint that is down would otherwise hold the process forever). The
@@ -119,6 +119,56 @@ fn check_len(name: &str, results: &[ItemResult], items: usize) -> Result<(), Run
     }
 }
 
+/// A read of the next batch: the reader comes back with the result.
+type PrefetchTask =
+    tokio::task::JoinHandle<(JournalReader, Result<Vec<StoredEvent>, JournalError>)>;
+
+/// The next batch, read on a second journal connection while the sink delivers.
+struct Prefetch {
+    reader: Option<JournalReader>,
+    pending: Option<(i64, PrefetchTask)>,
+}
+
+impl Prefetch {
+    fn new(reader: JournalReader) -> Prefetch {
+        Prefetch {
+            reader: Some(reader),
+            pending: None,
+        }
+    }
+
+    /// Starts reading the batch after `from`.
+    fn start(&mut self, from: i64, limit: usize) {
+        if let Some(reader) = self.reader.take() {
+            self.pending = Some((
+                from,
+                tokio::task::spawn_blocking(move || {
+                    let out = reader.read_after(from, limit);
+                    (reader, out)
+                }),
+            ));
+        }
+    }
+
+    /// The prefetched batch, if one was read after `from` (a reset makes it stale)
+    /// and is not empty (the journal may have grown since).
+    async fn take(
+        &mut self,
+        sink: &str,
+        from: i64,
+    ) -> Result<Option<Vec<StoredEvent>>, RunnerError> {
+        let Some((at, handle)) = self.pending.take() else {
+            return Ok(None);
+        };
+        let (reader, out) = handle
+            .await
+            .map_err(|e| RunnerError::Task(sink.to_string(), e.to_string()))?;
+        self.reader = Some(reader);
+        let batch = out?;
+        Ok((at == from && !batch.is_empty()).then_some(batch))
+    }
+}
+
 /// A clean stop between batches: the sink makes its own record final.
 async fn close<S: Sink>(sink: &mut S) -> Result<(), RunnerError> {
     let name = sink.name().to_string();
@@ -191,6 +241,8 @@ pub async fn run<S: Sink>(
     let batch_size = sink.batch_size().max(1);
     let plan = plan.with_native_body(sink.wants_native_body());
     let reader = JournalReader::open(&state_dir, true)?;
+    // A second connection reads the next batch while the sink delivers this one.
+    let mut prefetch = Prefetch::new(JournalReader::open(&state_dir, false)?);
     let sink_name = name.clone();
     let (mut reader, state) = blocking(&name, reader, move |r| r.cursor_state(&sink_name)).await?;
     let (mut cursor, mut generation) = (state.pos, state.generation);
@@ -260,8 +312,18 @@ pub async fn run<S: Sink>(
         }
 
         let from = cursor;
-        let (r, batch) = blocking(&name, reader, move |r| r.read_after(from, batch_size)).await?;
-        reader = r;
+        let batch = match prefetch.take(&name, from).await? {
+            Some(batch) => batch,
+            None => {
+                let (r, batch) =
+                    blocking(&name, reader, move |r| r.read_after(from, batch_size)).await?;
+                reader = r;
+                batch
+            }
+        };
+        if let Some(last) = batch.last() {
+            prefetch.start(last.pos, batch_size);
+        }
         let last_id = batch
             .last()
             .map(|e| e.event.id.to_string())
