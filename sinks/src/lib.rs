@@ -142,4 +142,8 @@ pub struct Checkpoint {
     pub pos: i64,
     /// Id of the journal event at `pos` (empty for 0), so a different journal is noticed.
     pub event_id: String,
+    /// The cursor's generation: an operator's checkpoint reset raises it, and a
+    /// destination's record from an older generation no longer wins.
+    #[serde(default)]
+    pub generation: i64,
 }

@@ -665,3 +665,73 @@ async fn check_reports_the_broker_and_refuses_managed_options() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_reset_while_stopped_wins_over_the_progress_record() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    broker.create_topic(TOPIC, 1)?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&kafka_config(
+        &pg.url(),
+        state.path(),
+        &broker.bootstrap(),
+        "",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch(
+        "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(1, 50) g",
+    )
+    .await?;
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        50,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
+    p.terminate()?;
+    ensure!(p
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some_and(|s| s.success()));
+    // Stopped: rewind the sink to the start of the journal.
+    let (code, out, err) = e2e_fixture::pgcdc_output(&[
+        "checkpoint",
+        "reset",
+        "--config",
+        &cfg.arg(),
+        "--sink",
+        "kafka",
+        "--time",
+        "2000-01-01T00:00:00Z",
+    ])
+    .await?;
+    ensure!(code == 0, "reset: {out}{err}");
+    let mut p = start_streaming(&pg, &cfg).await?;
+    // The operator asked for the 50 again: 100 records, the second 50 a re-send.
+    let records = wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        100,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r.headers["pgcdc-event-id"].as_str())
+        .collect();
+    ensure!(
+        ids[..50] == ids[50..100],
+        "the re-send is not the same 50 events in order"
+    );
+    let log = stderr_with(&p, &["checkpoint was reset"]).await;
+    ensure!(
+        log.contains("checkpoint was reset"),
+        "no reset notice:\n{log}"
+    );
+    Ok(())
+}

@@ -252,6 +252,7 @@ pub async fn run<S: Sink>(
     let local = Checkpoint {
         pos: cursor,
         event_id: local_id.unwrap_or_default(),
+        generation,
     };
     let Some(resumed) = or_stop(&name, sink.resume(&local), &mut shutdown).await? else {
         return Ok(());
@@ -429,6 +430,7 @@ pub async fn run<S: Sink>(
         let at = Checkpoint {
             pos: last,
             event_id: last_id,
+            generation,
         };
         if or_stop(&name, sink.checkpoint(&at), &mut shutdown)
             .await?

@@ -42,6 +42,10 @@ pub struct Progress {
     pub pos: i64,
     /// Id of the journal event at `pos`.
     pub event_id: String,
+    /// The local cursor's generation when the record was written (a checkpoint reset
+    /// raises it: then the reset position wins over this record).
+    #[serde(default)]
+    pub generation: i64,
     /// Topics this sink writes.
     pub topics: BTreeMap<String, TopicProgress>,
 }

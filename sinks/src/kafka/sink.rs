@@ -729,6 +729,7 @@ impl KafkaSink {
         record.version = 1;
         record.pos = at.pos;
         record.event_id = at.event_id.clone();
+        record.generation = at.generation;
         for ((topic, partition), next) in &self.next {
             if let Some(tp) = record.topics.get_mut(topic) {
                 tp.next.insert(*partition, *next);
@@ -793,6 +794,7 @@ impl KafkaSink {
             // The first record written (at the first topic's registration) says so too.
             self.progress.pos = local.pos;
             self.progress.event_id = local.event_id.clone();
+            self.progress.generation = local.generation;
             return Ok(None);
         };
         for (t, tp) in &stored.topics {
@@ -817,8 +819,20 @@ impl KafkaSink {
                 }
             }
         }
+        let reset = stored.generation < local.generation;
         self.progress = stored;
         let found = self.recover().await?;
+        if reset {
+            // An operator reset the checkpoint after this record: re-send from there,
+            // records already in Kafka included. The offsets stay, for later read-backs.
+            tracing::info!(sink = %self.name, from = local.pos, recorded = self.progress.pos,
+                "the checkpoint was reset after the last progress record; resuming at the reset position");
+            self.progress.pos = local.pos;
+            self.progress.event_id = local.event_id.clone();
+            self.progress.generation = local.generation;
+            self.dirty = true;
+            return Ok(None);
+        }
         tracing::info!(sink = %self.name, pos = self.progress.pos, found = found.len(),
             "resuming from the progress record; records found after it will not be written again");
         self.seen = found;
@@ -826,6 +840,7 @@ impl KafkaSink {
         Ok(Some(Checkpoint {
             pos: self.progress.pos,
             event_id: self.progress.event_id.clone(),
+            generation: self.progress.generation,
         }))
     }
 }
