@@ -33,7 +33,7 @@ const PROGRESS_MAX_RECORDS: usize = 100_000;
 const BATCH_SIZE: usize = 5_000;
 /// Backoff between recovery rounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Why building the sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -603,7 +603,7 @@ impl Sink for KafkaSink {
             }
             tokio::time::sleep(backoff(round)).await;
             // A new idempotent session; what the old one had in flight is settled by the read-back.
-            self.producer = None;
+            self.drop_producer();
             match self.recover().await {
                 Ok(found) => {
                     pending = failed
@@ -642,7 +642,7 @@ impl Sink for KafkaSink {
                 Err(Failure::Transient(m)) => {
                     round += 1;
                     tracing::warn!(sink = %self.name, round, error = %m, "cannot read the progress record from Kafka yet; retrying");
-                    self.producer = None;
+                    self.drop_producer();
                     tokio::time::sleep(backoff(round)).await;
                 }
             }
@@ -703,7 +703,7 @@ impl Sink for KafkaSink {
                 Err(Failure::Transient(m)) => {
                     round += 1;
                     tracing::warn!(sink = %self.name, round, error = %m, "cannot write the progress record; retrying");
-                    self.producer = None;
+                    self.drop_producer();
                     tokio::time::sleep(backoff(round)).await;
                 }
             }
@@ -720,6 +720,14 @@ impl KafkaSink {
     fn context(&self) -> SinkContext {
         SinkContext {
             sink: self.name.clone(),
+        }
+    }
+
+    /// Ends the producer session. Dropping a producer purges and flushes for up to
+    /// 500 ms, so that happens off the async workers.
+    fn drop_producer(&mut self) {
+        if let Some(p) = self.producer.take() {
+            drop(tokio::task::spawn_blocking(move || drop(p)));
         }
     }
 
