@@ -182,7 +182,7 @@ fn open_conn(
         source,
     };
     let conn = Connection::open_with_flags(&path, flags).map_err(err)?;
-    conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+    conn.busy_handler(Some(wait_for_lock)).map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(err)?;
     let synchronous = match durability {
@@ -228,6 +228,19 @@ pub struct JournalWriter {
     last: Option<(u64, u32)>,
     head: JournalHead,
     tracking: OldTracking,
+}
+
+/// While another connection holds the write lock: retry every 250 µs for up to
+/// 30 s. SQLite's own busy timeout sleeps in steps of up to 100 ms, which a
+/// runner's cursor commit would wait out behind a few milliseconds of audit writes.
+fn wait_for_lock(tries: i32) -> bool {
+    const STEP: Duration = Duration::from_micros(250);
+    const LIMIT: i32 = 120_000; // 30 s
+    if tries >= LIMIT {
+        return false;
+    }
+    std::thread::sleep(STEP);
+    true
 }
 
 impl JournalWriter {
