@@ -9,7 +9,7 @@ use pgcdc_schema::Op;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
 use super::config::{Format, KafkaSinkConfig, TopicTemplate};
@@ -31,6 +31,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 const PROGRESS_MAX_RECORDS: usize = 100_000;
 /// Journal events per batch: large batches keep the producer's pipeline full.
 const BATCH_SIZE: usize = 5_000;
+/// Items rendered before they are handed to the producer, within a batch.
+const RENDER_CHUNK: usize = 500;
 /// Backoff between recovery rounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -399,6 +401,16 @@ impl KafkaSink {
         recs: &[Rec],
         pending: &[usize],
     ) -> Result<Vec<Result<(i32, i64), KafkaError>>, Failure> {
+        let futures = self.enqueue(recs, pending).await?;
+        Ok(self.await_all(futures).await)
+    }
+
+    /// Hands `recs[pending]` to the producer, in order (new topics registered first).
+    async fn enqueue(
+        &mut self,
+        recs: &[Rec],
+        pending: &[usize],
+    ) -> Result<Vec<Option<DeliveryFuture>>, Failure> {
         let topics = pending.iter().map(|&i| recs[i].topic.clone()).collect();
         self.register_topics(topics).await?;
         let producer = self.producer()?;
@@ -443,6 +455,14 @@ impl KafkaSink {
                 }
             });
         }
+        Ok(futures)
+    }
+
+    /// The acknowledgements of enqueued records, in order.
+    async fn await_all(
+        &self,
+        futures: Vec<Option<DeliveryFuture>>,
+    ) -> Vec<Result<(i32, i64), KafkaError>> {
         let enqueued = Instant::now();
         let mut out = Vec::with_capacity(futures.len());
         for f in futures {
@@ -456,7 +476,7 @@ impl KafkaSink {
             });
         }
         tracing::debug!(sink = %self.name, records = out.len(), acks_ms = enqueued.elapsed().as_millis() as u64, "batch acknowledged");
-        Ok(out)
+        out
     }
 
     /// After a failed round: which of `failed` the broker has anyway (read back
@@ -534,25 +554,57 @@ impl Sink for KafkaSink {
         self.batch_started_at = chrono::Utc::now().to_rfc3339();
         let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
         let mut recs = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            match self.records(i, item) {
-                Ok(r) => recs.extend(r),
-                Err(error) => results[i] = Some(ItemResult::DeadLettered { error }),
+        // Round 1 renders and enqueues chunk by chunk, so the broker works on the first
+        // records while the rest are rendered.
+        let mut pending = Vec::with_capacity(items.len());
+        let mut futures = Vec::with_capacity(items.len());
+        let mut enqueue_error: Option<String> = None;
+        let mut skipped = 0usize;
+        for chunk in (0..items.len()).collect::<Vec<_>>().chunks(RENDER_CHUNK) {
+            let from = recs.len();
+            for &i in chunk {
+                match self.records(i, &items[i]) {
+                    Ok(r) => recs.extend(r),
+                    Err(error) => results[i] = Some(ItemResult::DeadLettered { error }),
+                }
             }
+            // Records a read-back found were written before a crash: not again.
+            let chunk_pending: Vec<usize> = (from..recs.len())
+                .filter(|&i| !self.seen.remove(&recs[i].id))
+                .collect();
+            skipped += recs.len() - from - chunk_pending.len();
+            if enqueue_error.is_none() {
+                match self.enqueue(&recs, &chunk_pending).await {
+                    Ok(f) => futures.extend(f),
+                    Err(Failure::Definite(m)) => return Err(self.definite(m)),
+                    Err(Failure::Transient(m)) => enqueue_error = Some(m),
+                }
+            }
+            pending.extend(chunk_pending);
         }
-        // Records a read-back found were written before a crash: not again.
-        let mut pending: Vec<usize> = (0..recs.len())
-            .filter(|&i| !self.seen.remove(&recs[i].id))
-            .collect();
-        if pending.len() < recs.len() {
-            tracing::info!(sink = %self.name, skipped = recs.len() - pending.len(), "skipping records already in Kafka (found by the read-back)");
+        if skipped > 0 {
+            tracing::info!(sink = %self.name, skipped, "skipping records already in Kafka (found by the read-back)");
         }
+        let mut first_round = Some((self.await_all(futures).await, enqueue_error));
         let mut round = 0u32;
         while !pending.is_empty() {
             round += 1;
             let mut failed = Vec::new();
             let mut last_error = String::new();
-            match self.send(&recs, &pending).await {
+            let sent = match first_round.take() {
+                Some((mut outcomes, error)) => {
+                    // Records after an enqueue failure were never handed over.
+                    if let Some(m) = &error {
+                        last_error = m.clone();
+                    }
+                    while outcomes.len() < pending.len() {
+                        outcomes.push(Err(KafkaError::Canceled));
+                    }
+                    Ok(outcomes)
+                }
+                None => self.send(&recs, &pending).await,
+            };
+            match sent {
                 Err(Failure::Definite(m)) => return Err(self.definite(m)),
                 Err(Failure::Transient(m)) => {
                     failed = pending.clone();
@@ -576,7 +628,9 @@ impl Sink for KafkaSink {
                                 });
                             }
                             Err(e) => {
-                                last_error = e.to_string();
+                                if last_error.is_empty() || !matches!(e, KafkaError::Canceled) {
+                                    last_error = e.to_string();
+                                }
                                 failed.push(i);
                             }
                         }
