@@ -6,16 +6,17 @@ use std::time::{Duration, Instant};
 use pgcdc_schema::debezium::{self, DebeziumSource};
 use pgcdc_schema::mapping::JqProgram;
 use pgcdc_schema::Op;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use super::config::{Format, KafkaSinkConfig, TopicTemplate};
 use super::context::SinkContext;
-use super::progress::{self, Progress, ReadBackError, RecordId, TopicProgress};
+use super::progress::{self, Progress, ReadBackError, RecordId};
 use crate::{Attempt, AttemptOutcome, AuditLog, Checkpoint, ItemResult, Outgoing, Sink, SinkError};
+
+mod topics;
 
 /// How long a read-back or metadata request may go without an answer.
 const STALL: Duration = Duration::from_secs(30);
@@ -247,130 +248,6 @@ impl KafkaSink {
             });
         }
         Ok(recs)
-    }
-
-    /// Metadata of `topic`: its partition count, or `None` when it does not exist.
-    async fn partition_count(&mut self, topic: &str) -> Result<Option<i32>, Failure> {
-        let producer = self.producer()?;
-        let t = topic.to_string();
-        let md = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(&t), STALL).map(|md| {
-                md.topics()
-                    .first()
-                    .map(|mt| (mt.error(), mt.partitions().len() as i32))
-            })
-        })
-        .await
-        .map_err(|e| Failure::Transient(e.to_string()))?
-        .map_err(|e| Failure::Transient(format!("metadata of topic {topic}: {e}")))?;
-        match md {
-            Some((None, n)) if n > 0 => Ok(Some(n)),
-            Some((Some(err), _))
-                if RDKafkaErrorCode::from(err) == RDKafkaErrorCode::UnknownTopicOrPartition =>
-            {
-                Ok(None)
-            }
-            Some((None, _)) | None => Ok(None),
-            Some((Some(err), _)) => Err(Failure::Transient(format!(
-                "metadata of topic {topic}: {}",
-                RDKafkaErrorCode::from(err)
-            ))),
-        }
-    }
-
-    async fn create_topic(
-        &self,
-        topic: &str,
-        partitions: i32,
-        compact: bool,
-    ) -> Result<(), Failure> {
-        let admin: AdminClient<SinkContext> = self
-            .base
-            .create_with_context(self.context())
-            .map_err(|e| Failure::Transient(format!("Kafka admin client: {e}")))?;
-        let mut new = NewTopic::new(
-            topic,
-            partitions,
-            TopicReplication::Fixed(self.config.replication_factor),
-        );
-        if compact {
-            new = new.set("cleanup.policy", "compact");
-        }
-        let opts = AdminOptions::new().operation_timeout(Some(STALL));
-        let results = admin
-            .create_topics([&new], &opts)
-            .await
-            .map_err(|e| Failure::Transient(format!("creating topic {topic}: {e}")))?;
-        for r in results {
-            match r {
-                Ok(_) => tracing::info!(sink = %self.name, topic, partitions, "created topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => {
-                    return Err(Failure::Definite(format!(
-                        "cannot create topic {topic}: {code}; create it yourself \
-                         ({partitions} partition(s){})",
-                        if compact {
-                            ", cleanup.policy=compact"
-                        } else {
-                            ""
-                        }
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes sure every topic of `topics` exists and is in the progress record before
-    /// anything is written to it, so a read-back after a crash covers it.
-    async fn register_topics(&mut self, topics: BTreeSet<String>) -> Result<(), Failure> {
-        let mut added = false;
-        for topic in topics {
-            if self.progress.topics.contains_key(&topic) {
-                continue;
-            }
-            let partitions = match self.partition_count(&topic).await? {
-                Some(n) => n,
-                None if self.config.create_topics => {
-                    self.create_topic(&topic, self.config.partitions, false)
-                        .await?;
-                    self.partition_count(&topic).await?.ok_or_else(|| {
-                        Failure::Transient(format!("topic {topic} not visible after creation"))
-                    })?
-                }
-                None => {
-                    return Err(Failure::Definite(format!(
-                        "topic {topic} does not exist; create it, or set create_topics = true \
-                         on the sink to let pgcdc create it with `partitions` partitions"
-                    )))
-                }
-            };
-            // Records already there are not pgcdc's business: read-backs start at the end.
-            let producer = self.producer()?;
-            let t = topic.clone();
-            let next = tokio::task::spawn_blocking(move || {
-                (0..partitions)
-                    .map(|p| {
-                        producer
-                            .client()
-                            .fetch_watermarks(&t, p, STALL)
-                            .map(|(_, high)| (p, high))
-                    })
-                    .collect::<Result<BTreeMap<i32, i64>, _>>()
-            })
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))?
-            .map_err(|e| Failure::Transient(format!("offsets of topic {topic}: {e}")))?;
-            self.progress
-                .topics
-                .insert(topic, TopicProgress { partitions, next });
-            added = true;
-        }
-        if added {
-            let record = self.progress.clone();
-            self.write_progress(&record).await?;
-        }
-        Ok(())
     }
 
     async fn write_progress(&mut self, record: &Progress) -> Result<(), Failure> {
@@ -798,38 +675,6 @@ impl KafkaSink {
             }
         }
         record
-    }
-
-    /// For `pgcdc check`: the brokers answer, and a fixed topic exists (or may be created).
-    pub async fn healthcheck(mut self) -> Result<String, String> {
-        let producer = self.producer().map_err(|f| match f {
-            Failure::Transient(m) | Failure::Definite(m) => m,
-        })?;
-        let brokers = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(10))
-                .map(|md| md.brokers().len())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("the Kafka brokers do not answer: {e}"))?;
-        let mut detail = format!("Kafka reachable ({brokers} broker(s))");
-        if let Some(topic) = self.topic.literal() {
-            match self.partition_count(&topic).await {
-                Ok(Some(n)) => detail.push_str(&format!(", topic {topic} has {n} partition(s)")),
-                Ok(None) if self.config.create_topics => {
-                    detail.push_str(&format!(", topic {topic} will be created"))
-                }
-                Ok(None) => {
-                    return Err(format!(
-                        "topic {topic} does not exist; create it or set create_topics = true"
-                    ))
-                }
-                Err(Failure::Transient(m) | Failure::Definite(m)) => return Err(m),
-            }
-        }
-        Ok(detail)
     }
 
     async fn try_resume(&mut self, local: &Checkpoint) -> Result<Option<Checkpoint>, Failure> {
