@@ -751,3 +751,107 @@ impl KafkaSink {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgcdc_schema::{ChangeEvent, EventId, Lsn};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn sink(extra: &str, transformed: bool) -> KafkaSink {
+        let text = format!("brokers = \"127.0.0.1:1\"\n{extra}");
+        let value: toml::Value = toml::from_str(&text).unwrap_or(toml::Value::Boolean(false));
+        let config: KafkaSinkConfig =
+            serde::Deserialize::deserialize(value).unwrap_or_else(|e| panic!("{e}"));
+        let ctx = KafkaSinkContext {
+            db: "portal".into(),
+            version: "test".into(),
+            transformed,
+            audit: AuditLog::disabled(),
+        };
+        KafkaSink::new("k", &config, "sink[0]", ctx).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn item(op: Op, body: serde_json::Value) -> Outgoing {
+        let row = |v: serde_json::Value| v.as_object().cloned();
+        let event = ChangeEvent {
+            id: EventId::from_position(Lsn(0x10), 2),
+            op,
+            schema: "public".into(),
+            table: "permits".into(),
+            key: row(json!({"id": 7})),
+            old: row(json!({"id": 7})),
+            new: (op != Op::Delete)
+                .then(|| row(json!({"id": 7, "status": "approved"})))
+                .flatten(),
+            trigger: Some("permitApproved".into()),
+            lsn: Lsn(0x10),
+            xid: Some(5),
+            commit_time: Some("2026-11-26T10:00:00Z".into()),
+            unchanged_toast: vec![],
+        };
+        Outgoing {
+            event: Arc::new(event),
+            body,
+            part: 0,
+            row: "public.permits{\"id\":7}".into(),
+        }
+    }
+
+    fn text(b: &Option<Vec<u8>>) -> String {
+        String::from_utf8_lossy(b.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    #[test]
+    fn default_record_is_debezium_keyed_by_primary_key() {
+        let s = sink("topic = \"portal.{schema}.{table}\"\n", false);
+        let recs = s
+            .records(0, &item(Op::Update, serde_json::Value::Null))
+            .unwrap_or_default();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].topic, "portal.public.permits");
+        assert_eq!(text(&recs[0].key), "{\"id\":7}");
+        let v: serde_json::Value = serde_json::from_str(&text(&recs[0].value)).unwrap_or_default();
+        assert_eq!(v["op"], "u");
+        assert_eq!(v["source"]["db"], "portal");
+        assert_eq!(recs[0].id, ("0000000000000010-00000002".to_string(), false));
+    }
+
+    #[test]
+    fn key_program_trigger_topic_and_tombstone() {
+        let s = sink(
+            "topic = \"permits.{trigger}\"\nkey = '.new.status // .key.id'\ntombstones = true\n",
+            false,
+        );
+        let recs = s
+            .records(0, &item(Op::Update, serde_json::Value::Null))
+            .unwrap_or_default();
+        assert_eq!(recs[0].topic, "permits.permitApproved");
+        assert_eq!(text(&recs[0].key), "\"approved\"");
+        let recs = s
+            .records(0, &item(Op::Delete, serde_json::Value::Null))
+            .unwrap_or_default();
+        assert_eq!(recs.len(), 2, "a delete is followed by a tombstone");
+        assert_eq!(text(&recs[1].key), "7");
+        assert!(recs[1].value.is_none());
+        assert_eq!(recs[1].id.1, true);
+    }
+
+    #[test]
+    fn native_format_and_transform_output_are_sent_as_given() {
+        let s = sink("format = \"native\"\n", false);
+        let body = json!({"id": "0000000000000010-00000002", "op": "update"});
+        let recs = s
+            .records(0, &item(Op::Update, body.clone()))
+            .unwrap_or_default();
+        assert_eq!(text(&recs[0].value), body.to_string());
+        assert!(s.wants_native_body());
+        let t = sink("", true);
+        assert!(!t.wants_native_body());
+        let recs = t
+            .records(0, &item(Op::Update, json!({"registryId": 7})))
+            .unwrap_or_default();
+        assert_eq!(text(&recs[0].value), "{\"registryId\":7}");
+    }
+}
