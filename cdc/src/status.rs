@@ -6,7 +6,7 @@ use pgcdc_schema::Lsn;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::journal::{DlqEntry, JournalError, JournalHead, JournalReader};
+use crate::journal::{DlqEntry, JournalError, JournalHead, JournalReader, ResyncInfo};
 use crate::replication::connect_sql;
 use crate::source;
 
@@ -20,7 +20,12 @@ pub struct JournalStatus {
     pub bytes: u64,
     /// Each configured sink's cursor, lag and DLQ size.
     pub sinks: Vec<SinkStatus>,
+    /// Queued and running resyncs (and snapshots), and the latest finished ones.
+    pub resyncs: Vec<ResyncInfo>,
 }
+
+/// Finished resyncs the status still shows.
+const RECENT_RESYNCS: usize = 5;
 
 /// One sink's line of the status.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -64,6 +69,7 @@ pub fn read_journal(
         head,
         bytes: journal.size_bytes(),
         sinks,
+        resyncs: journal.resyncs(RECENT_RESYNCS)?,
     })
 }
 
@@ -114,6 +120,7 @@ pub async fn status_json(config: &Config, journal: JournalStatus) -> Value {
             "bytes": journal.bytes,
         },
         "sinks": journal.sinks,
+        "resyncs": journal.resyncs,
     })
 }
 

@@ -6,7 +6,9 @@
 use pgcdc_schema::Lsn;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::journal::{JournalEntry, JournalError, JournalHead, JournalWriter};
+use crate::journal::{
+    JournalEntry, JournalError, JournalHead, JournalWriter, ResyncChunk, ResyncProgress,
+};
 
 /// What the reader asks of the journal, in stream order.
 #[derive(Debug)]
@@ -18,6 +20,8 @@ pub enum JournalCommand {
     Confirm(Lsn),
     /// Reply once everything sent before is durable.
     Sync(oneshot::Sender<JournalHead>),
+    /// Append a resync chunk's read events with its progress; reply once durable.
+    Resync(Box<ResyncChunk>, oneshot::Sender<()>),
 }
 
 /// Most commands written in one SQLite transaction: bounds memory and latency.
@@ -38,15 +42,28 @@ pub fn run(
     retention: std::time::Duration,
 ) -> Result<(), JournalError> {
     let mut last_prune = std::time::Instant::now();
-    let mut entries: Vec<JournalEntry> = Vec::with_capacity(MAX_BATCH);
+    let mut entries: Vec<(JournalEntry, Option<String>)> = Vec::with_capacity(MAX_BATCH);
     let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
+    let mut chunks_done: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut progress: Vec<ResyncProgress> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut confirm: Option<Lsn> = None;
-        let mut take = |cmd: JournalCommand, entries: &mut Vec<JournalEntry>| match cmd {
-            JournalCommand::Change(e) => entries.push(*e),
-            JournalCommand::Confirm(lsn) => confirm = confirm.max(Some(lsn)),
-            JournalCommand::Sync(reply) => syncs.push(reply),
-        };
+        let mut take =
+            |cmd: JournalCommand, entries: &mut Vec<(JournalEntry, Option<String>)>| match cmd {
+                JournalCommand::Change(e) => entries.push((*e, None)),
+                JournalCommand::Confirm(lsn) => confirm = confirm.max(Some(lsn)),
+                JournalCommand::Sync(reply) => syncs.push(reply),
+                JournalCommand::Resync(chunk, reply) => {
+                    let ResyncChunk {
+                        entries: rows,
+                        target,
+                        progress: p,
+                    } = *chunk;
+                    entries.extend(rows.into_iter().map(|e| (e, target.clone())));
+                    progress.push(p);
+                    chunks_done.push(reply);
+                }
+            };
         take(first, &mut entries);
         let mut taken = 1;
         while taken < MAX_BATCH {
@@ -56,7 +73,10 @@ pub fn run(
             }
             taken += 1;
         }
-        let outcome = writer.append(&entries, confirm)?;
+        let refs: Vec<(&JournalEntry, Option<&str>)> =
+            entries.iter().map(|(e, t)| (e, t.as_deref())).collect();
+        let outcome = writer.append_with(&refs, confirm, &progress)?;
+        progress.clear();
         if outcome.skipped > 0 {
             tracing::debug!(
                 skipped = outcome.skipped,
@@ -68,6 +88,9 @@ pub fn run(
         head_tx.send_replace(head);
         for reply in syncs.drain(..) {
             let _ = reply.send(head);
+        }
+        for reply in chunks_done.drain(..) {
+            let _ = reply.send(());
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();

@@ -17,6 +17,7 @@ pub mod journal_thread;
 pub mod plan;
 pub mod reader;
 pub mod runner;
+pub mod watermark;
 
 use std::time::Duration;
 
@@ -149,6 +150,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         }
     }
 
+    // Resyncs (and a snapshot continued after a restart) run beside the reader.
+    let windows = watermark::Windows::default();
+    let resync_task = tokio::spawn(source::resync::run(
+        url.clone(),
+        state_dir.clone(),
+        windows.clone(),
+        stop_rx.clone(),
+    ));
     let reader_cfg = reader::ReaderConfig {
         url,
         slot: config.source.slot.clone(),
@@ -156,6 +165,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         tables: config.tables().into_iter().collect(),
         status_interval: Duration::from_secs(1),
         heartbeat: config.source.heartbeat(),
+        windows: windows.clone(),
     };
     let mut reader = tokio::spawn(reader::run(
         reader_cfg,
@@ -185,6 +195,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         }
     }
     let _ = stop_tx.send(true);
+    match resync_task.await {
+        Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
+        Err(e) if failure.is_none() => failure = Some(anyhow!("resync task failed: {e}")),
+        _ => {}
+    }
     if !reader_done {
         match reader.await {
             Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),

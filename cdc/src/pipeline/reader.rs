@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
 use super::journal_thread::JournalCommand;
+use super::watermark::{self, Watermark, Windows};
 use crate::config::TableName;
-use crate::journal::JournalHead;
+use crate::journal::{JournalHead, ResyncChunk, ResyncProgress};
 use crate::pgoutput::{self, Message};
 use crate::replication::{
     connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl,
@@ -75,6 +76,8 @@ pub struct ReaderConfig {
     pub status_interval: Duration,
     /// Interval of WAL heartbeat messages (None: off).
     pub heartbeat: Option<Duration>,
+    /// The resync window the watermarks in the stream refer to.
+    pub windows: Windows,
 }
 
 /// Silence after which a status update asks the server for a reply.
@@ -280,15 +283,79 @@ async fn handle(
         Message::Truncate { relation_ids, .. } => {
             for id in relation_ids {
                 if let Some(entry) = builder.truncate(id).map_err(change_err)? {
+                    cfg.windows.on_change(&entry.event);
                     send(journal, JournalCommand::Change(Box::new(entry))).await?;
                 }
+            }
+            None
+        }
+        Message::Message {
+            prefix, content, ..
+        } if prefix == watermark::PREFIX => {
+            if let Watermark::High(window) = cfg.windows.on_message(&content) {
+                journal_chunk(window, builder, journal)
+                    .await
+                    .map_err(|e| match e {
+                        ChunkError::Change(source) => change_err(source),
+                        ChunkError::Reader(e) => e,
+                    })?;
             }
             None
         }
         Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => None,
     };
     if let Some(entry) = entry {
+        cfg.windows.on_change(&entry.event);
         send(journal, JournalCommand::Change(Box::new(entry))).await?;
     }
     Ok(())
+}
+
+enum ChunkError {
+    Change(ChangeError),
+    Reader(ReaderError),
+}
+
+/// At a high watermark: journals the chunk rows no change touched inside the window,
+/// as read events of the watermark's transaction, with the resync's progress.
+async fn journal_chunk(
+    mut window: Box<watermark::Window>,
+    builder: &mut ChangeBuilder,
+    journal: &mpsc::Sender<JournalCommand>,
+) -> Result<(), ChunkError> {
+    let rows = window.surviving_rows();
+    let mut entries = Vec::with_capacity(rows.len());
+    for (key, row) in rows {
+        entries.push(
+            builder
+                .read(window.resync_id, &window.table, key, row)
+                .map_err(ChunkError::Change)?,
+        );
+    }
+    let (last_key, done) = window
+        .rows
+        .as_ref()
+        .map_or((None, false), |c| (c.last_key.clone(), c.done));
+    crate::metrics::metrics()
+        .resync_rows
+        .inc_by(entries.len() as u64);
+    tracing::debug!(resync = window.resync_id, table = %window.table, rows = entries.len(), "resync chunk journaled");
+    let progress = ResyncProgress {
+        id: window.resync_id,
+        last_key,
+        rows: entries.len() as i64,
+        done,
+    };
+    let reply = match window.done.take() {
+        Some(reply) => reply,
+        None => oneshot::channel().0,
+    };
+    let chunk = ResyncChunk {
+        entries,
+        target: window.target.clone(),
+        progress,
+    };
+    send(journal, JournalCommand::Resync(Box::new(chunk), reply))
+        .await
+        .map_err(ChunkError::Reader)
 }

@@ -6,6 +6,7 @@
 //! database, which `run` retries.
 
 pub mod catalog;
+pub mod resync;
 
 use std::time::Duration;
 
