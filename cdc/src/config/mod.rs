@@ -277,7 +277,7 @@ impl SourceConfig {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotMode {
-    /// Copy existing rows before streaming (not built yet: refused by `validate`).
+    /// Copy existing rows (as `read` events) when the slot is created, then stream.
     Initial,
     /// Stream changes from the slot's creation on.
     #[default]
@@ -512,13 +512,6 @@ impl Config {
         }
         for (i, t) in self.source.tables.iter().enumerate() {
             TableName::parse(t).map_err(|m| key_err(format!("source.tables[{i}]"), m))?;
-        }
-        if self.source.snapshot == SnapshotMode::Initial {
-            return Err(key_err(
-                "source.snapshot",
-                "\"initial\" is not built yet in this version; set snapshot = \"never\" \
-                 (changes are captured from the slot's creation on)",
-            ));
         }
         humantime::parse_duration(&self.source.heartbeat).map_err(|e| {
             key_err(

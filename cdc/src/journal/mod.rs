@@ -288,6 +288,11 @@ impl JournalWriter {
         self.tracking = tracking;
     }
 
+    /// (commit LSN, seq) of the last journaled change: later entries must sort after it.
+    pub fn last_position(&self) -> Option<(u64, u32)> {
+        self.last
+    }
+
     /// What is durable now.
     pub fn head(&self) -> JournalHead {
         self.head

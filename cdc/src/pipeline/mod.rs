@@ -29,7 +29,7 @@ use pgcdc_sinks::{AuditLog, Outgoing};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SinkKind, SnapshotMode};
 use crate::journal::{JournalHead, JournalWriter};
 use crate::replication::{connect_sql, ReplicationConnection};
 use crate::source;
@@ -100,8 +100,30 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     {
         writer.set_meta("created_publication", &config.source.publication)?;
     }
-    if source::ensure_slot(&config, &client, &mut conn).await? {
+    // Queued before the slot exists: a crash after its creation leaves the snapshot
+    // queued, and the resync driver finishes it with watermarks.
+    let initial = config.source.snapshot == SnapshotMode::Initial;
+    if initial
+        && source::slot_info(&client, &config.source.slot)
+            .await?
+            .is_none()
+    {
+        source::snapshot::queue(&config, &state_dir)?;
+    }
+    if let Some(created) = source::ensure_slot(&config, &client, &mut conn, initial).await? {
         writer.set_meta("created_slot", &config.source.slot)?;
+        if let (true, Some(name)) = (initial, created.snapshot_name.as_deref()) {
+            // The exported snapshot lives as long as `conn` stays open and idle.
+            let rows = source::snapshot::copy(
+                &url,
+                name,
+                pgcdc_schema::Lsn(created.consistent_point),
+                &mut writer,
+                &state_dir,
+            )
+            .await?;
+            tracing::info!(rows, "initial snapshot journaled");
+        }
     }
     conn.close().await;
     drop(client);

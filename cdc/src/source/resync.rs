@@ -60,12 +60,12 @@ impl From<tokio_postgres::Error> for ResyncError {
 }
 
 /// A table's shape as a chunk query needs it.
-struct TableShape {
+pub(crate) struct TableShape {
     columns: Vec<(String, pgcdc_schema::value::PgType)>,
     key: Vec<String>,
 }
 
-async fn with_journal<T: Send + 'static>(
+pub(crate) async fn with_journal<T: Send + 'static>(
     dir: PathBuf,
     f: impl FnOnce(&mut JournalReader) -> Result<T, JournalError> + Send + 'static,
 ) -> Result<T, ResyncError> {
@@ -113,7 +113,10 @@ pub async fn run(
     }
 }
 
-async fn shape(catalog: &mut Catalog, table: &TableName) -> Result<TableShape, ResyncError> {
+pub(crate) async fn shape(
+    catalog: &mut Catalog,
+    table: &TableName,
+) -> Result<TableShape, ResyncError> {
     let oid: Option<u32> = catalog
         .client()
         .query_opt(
@@ -153,7 +156,7 @@ async fn shape(catalog: &mut Catalog, table: &TableName) -> Result<TableShape, R
 
 /// The chunk query: the next `CHUNK_ROWS` rows after `$1` (the last key, JSON of text
 /// values, parsed by the columns' own input functions) in key order.
-fn chunk_sql(
+pub(crate) fn chunk_sql(
     table: &TableName,
     shape: &TableShape,
     where_sql: Option<&str>,
@@ -205,7 +208,7 @@ async fn emit(client: &tokio_postgres::Client, content: &str) -> Result<(), Resy
 }
 
 /// Selects one chunk: decoded rows (as the stream decodes them) and the raw last key.
-async fn select_chunk(
+pub(crate) async fn select_chunk(
     client: &tokio_postgres::Client,
     sql: &str,
     shape: &TableShape,
