@@ -121,7 +121,26 @@ pub async fn status_json(config: &Config, journal: JournalStatus) -> Value {
         },
         "sinks": journal.sinks,
         "resyncs": journal.resyncs,
+        "schedules": schedules_json(config, chrono::Utc::now()),
     })
+}
+
+/// Each `[[schedule]]` with its next run time.
+pub fn schedules_json(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Value {
+    config
+        .schedule
+        .iter()
+        .map(|s| {
+            json!({
+                "cron": s.cron,
+                "time_zone": s.time_zone,
+                "table": s.resync.table,
+                "sink": s.resync.sink,
+                "where": s.resync.where_sql,
+                "next_run": s.next_after(now).map(|t| t.to_rfc3339()),
+            })
+        })
+        .collect()
 }
 
 /// One DLQ item as `pgcdc dlq list --json` and `GET /api/sinks/{sink}/dlq` show it.

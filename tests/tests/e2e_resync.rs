@@ -206,3 +206,40 @@ async fn cancel_stops_a_resync() -> anyhow::Result<()> {
     ensure!(code != 0 && err.contains("source.tables"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_fires_and_status_shows_its_next_run() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", 50).await?;
+    let state = state_dir()?;
+    let extra = "\n[[schedule]]\ncron = \"*/2 * * * * *\"\ntime_zone = \"Europe/Berlin\"\n\
+                 resync = { table = \"public.items\", sink = \"out\", where = \"id <= 40\" }\n";
+    let cfg = ConfigFile::new(&config_toml(&pg.url(), &tables(), state.path(), extra))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let s = status_json(&cfg).await?;
+    let next = s["schedules"][0]["next_run"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        chrono::DateTime::parse_from_rfc3339(&next).is_ok(),
+        "no next run in status: {s}"
+    );
+    let mut view = View::of("items");
+    // Only rows matching `where` are read.
+    view.drain_until(
+        &mut p,
+        Duration::from_secs(60),
+        "40 rows read by the schedule",
+        |v| v.rows.len() == 40,
+    )
+    .await?;
+    ensure!(
+        view.rows.keys().all(|id| *id <= 40),
+        "{:?}",
+        view.rows.keys().last()
+    );
+    let log = p.stderr();
+    ensure!(log.contains("scheduled resync queued"), "{log}");
+    Ok(())
+}

@@ -257,6 +257,16 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
             sink["dlq_events"]
         );
     }
+    for s in status["schedules"].as_array().into_iter().flatten() {
+        println!(
+            "schedule \"{}\" ({}): resync {} for {}, next run {}",
+            s["cron"].as_str().unwrap_or("?"),
+            s["time_zone"].as_str().unwrap_or("UTC"),
+            s["table"].as_str().unwrap_or("?"),
+            s["sink"].as_str().unwrap_or("every sink"),
+            s["next_run"].as_str().unwrap_or("never"),
+        );
+    }
     for r in status["resyncs"].as_array().into_iter().flatten() {
         println!(
             "{} {} of {} for {}: {}, {} rows in {} chunks{}",

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::replication::SourceUrl;
 
+mod schedule;
+pub use schedule::{ScheduleConfig, ScheduledResync};
+
 /// A configuration problem, with the key path it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -73,6 +76,9 @@ pub struct Config {
     /// Named state transitions.
     #[serde(default)]
     pub trigger: Vec<TriggerConfig>,
+    /// Resyncs on a cron schedule.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleConfig>,
     /// Delivery destinations (parsed separately: common keys + per-type keys).
     #[serde(skip)]
     pub sink: Vec<SinkConfig>,
@@ -541,6 +547,7 @@ impl Config {
             )
         })?;
         self.admin.validate()?;
+        schedule::validate(self)?;
         let source_tables = self.tables();
         let mut trigger_names = HashSet::new();
         for (i, t) in self.trigger.iter().enumerate() {

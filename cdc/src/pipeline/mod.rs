@@ -17,6 +17,7 @@ pub mod journal_thread;
 pub mod plan;
 pub mod reader;
 pub mod runner;
+pub mod scheduler;
 pub mod watermark;
 
 use std::time::Duration;
@@ -180,6 +181,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         windows.clone(),
         stop_rx.clone(),
     ));
+    let scheduler_task = tokio::spawn(scheduler::run(
+        config.clone(),
+        state_dir.clone(),
+        stop_rx.clone(),
+    ));
     let reader_cfg = reader::ReaderConfig {
         url,
         slot: config.source.slot.clone(),
@@ -217,6 +223,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         }
     }
     let _ = stop_tx.send(true);
+    let _ = scheduler_task.await;
     match resync_task.await {
         Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
         Err(e) if failure.is_none() => failure = Some(anyhow!("resync task failed: {e}")),
