@@ -18,6 +18,8 @@ pub struct JournalStatus {
     pub head: JournalHead,
     /// Journal files on disk.
     pub bytes: u64,
+    /// Live data in the journal (what `journal.max_bytes` limits).
+    pub used_bytes: u64,
     /// Each configured sink's cursor, lag and DLQ size.
     pub sinks: Vec<SinkStatus>,
     /// Queued and running resyncs (and snapshots), and the latest finished ones.
@@ -68,6 +70,7 @@ pub fn read_journal(
     Ok(JournalStatus {
         head,
         bytes: journal.size_bytes(),
+        used_bytes: journal.used_bytes()?,
         sinks,
         resyncs: journal.resyncs(RECENT_RESYNCS)?,
     })
@@ -118,6 +121,9 @@ pub async fn status_json(config: &Config, journal: JournalStatus) -> Value {
             "head": journal.head.pos,
             "confirmed_lsn": journal.head.confirmed_lsn.to_string(),
             "bytes": journal.bytes,
+            "used_bytes": journal.used_bytes,
+            "max_bytes": config.journal.max_bytes,
+            "reader_paused": config.journal.max_bytes.is_some_and(|m| journal.used_bytes >= m),
         },
         "sinks": journal.sinks,
         "resyncs": journal.resyncs,

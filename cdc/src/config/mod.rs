@@ -91,6 +91,10 @@ pub struct JournalConfig {
     /// Entries every sink has passed are removed once older than this, e.g. "7d".
     #[serde(default = "JournalConfig::default_retention")]
     pub retention: String,
+    /// Past this many bytes of live journal data the reader pauses (Postgres keeps
+    /// the WAL) until pruning makes room. None: no limit.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 impl JournalConfig {
@@ -109,6 +113,7 @@ impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             retention: Self::default_retention(),
+            max_bytes: None,
         }
     }
 }
@@ -548,6 +553,12 @@ impl Config {
         })?;
         self.admin.validate()?;
         schedule::validate(self)?;
+        if self.journal.max_bytes == Some(0) {
+            return Err(key_err(
+                "journal.max_bytes",
+                "0 would pause the reader for good; give a size in bytes, e.g. 10000000000, or leave it out",
+            ));
+        }
         let source_tables = self.tables();
         let mut trigger_names = HashSet::new();
         for (i, t) in self.trigger.iter().enumerate() {

@@ -236,6 +236,16 @@ fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT (p.page_count - f.freelist_count) * s.page_size \
+         FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+}
+
 fn read_head(conn: &Connection) -> rusqlite::Result<JournalHead> {
     let pos: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| r.get(0))?;
     let confirmed = meta_get(conn, "confirmed_lsn")?
@@ -286,6 +296,12 @@ impl JournalWriter {
     /// Remember these columns per table to fill `.old` (see `row_state`).
     pub fn set_old_tracking(&mut self, tracking: OldTracking) {
         self.tracking = tracking;
+    }
+
+    /// Bytes of live data in the journal file (pages in use; freed pages do not count,
+    /// so pruning makes room even though the file does not shrink).
+    pub fn used_bytes(&self) -> Result<u64, JournalError> {
+        used_bytes(&self.conn).map_err(|source| self.sqlite(source))
     }
 
     /// (commit LSN, seq) of the last journaled change: later entries must sort after it.
@@ -601,6 +617,11 @@ impl JournalReader {
             });
         }
         Ok(out)
+    }
+
+    /// Bytes of live data in the journal (see [`JournalWriter::used_bytes`]).
+    pub fn used_bytes(&self) -> Result<u64, JournalError> {
+        used_bytes(&self.conn).map_err(|e| self.sqlite(e))
     }
 
     /// Size of the journal files on disk, in bytes.

@@ -3,6 +3,9 @@
 //! new durable head (which the reader reports to the slot and the sink
 //! runners wait on).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use pgcdc_schema::Lsn;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -34,13 +37,46 @@ pub const QUEUE_CAPACITY: usize = 8_192;
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 const PRUNE_LIMIT: usize = 50_000;
 
+/// How full the journal is, against `journal.max_bytes`: the writer measures, the
+/// reader pauses while it is full.
+#[derive(Debug, Default)]
+pub struct JournalFill {
+    used: AtomicU64,
+    max: Option<u64>,
+}
+
+impl JournalFill {
+    /// A fill gauge with this limit (None: never full).
+    pub fn new(max: Option<u64>) -> Self {
+        JournalFill {
+            used: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// Whether the journal holds `max_bytes` or more.
+    pub fn is_full(&self) -> bool {
+        self.max
+            .is_some_and(|max| self.used.load(Ordering::Relaxed) >= max)
+    }
+
+    fn measure(&self, writer: &JournalWriter) -> Result<(), JournalError> {
+        if self.max.is_some() {
+            self.used.store(writer.used_bytes()?, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 /// Runs the writer until the command queue closes. Blocking: run on its own thread.
 pub fn run(
     mut writer: JournalWriter,
     mut rx: mpsc::Receiver<JournalCommand>,
     head_tx: watch::Sender<JournalHead>,
     retention: std::time::Duration,
+    fill: Arc<JournalFill>,
 ) -> Result<(), JournalError> {
+    fill.measure(&writer)?;
     let mut last_prune = std::time::Instant::now();
     let mut entries: Vec<(JournalEntry, Option<String>)> = Vec::with_capacity(MAX_BATCH);
     let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
@@ -92,7 +128,9 @@ pub fn run(
         for reply in chunks_done.drain(..) {
             let _ = reply.send(());
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        fill.measure(&writer)?;
+        // A full journal prunes at every wake-up (the paused reader syncs every second).
+        if last_prune.elapsed() >= PRUNE_EVERY || fill.is_full() {
             last_prune = std::time::Instant::now();
             let cutoff = chrono::Utc::now().timestamp_micros() - retention.as_micros() as i64;
             let removed = writer.prune(cutoff, PRUNE_LIMIT)?;
@@ -101,6 +139,7 @@ pub fn run(
                     removed,
                     "pruned journal entries past retention that every sink has passed"
                 );
+                fill.measure(&writer)?;
             }
         }
     }

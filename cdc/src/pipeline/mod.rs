@@ -132,9 +132,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
     let retention = config.journal.retention();
     let (journal_tx, journal_rx) = mpsc::channel(journal_thread::QUEUE_CAPACITY);
+    let fill = std::sync::Arc::new(journal_thread::JournalFill::new(config.journal.max_bytes));
+    let writer_fill = fill.clone();
     let writer_thread = std::thread::Builder::new()
         .name("pgcdc-journal".into())
-        .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention))
+        .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention, writer_fill))
         .context("cannot start the journal thread")?;
 
     let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
@@ -194,6 +196,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         status_interval: Duration::from_secs(1),
         heartbeat: config.source.heartbeat(),
         windows: windows.clone(),
+        fill,
     };
     let mut reader = tokio::spawn(reader::run(
         reader_cfg,

@@ -78,6 +78,8 @@ pub struct ReaderConfig {
     pub heartbeat: Option<Duration>,
     /// The resync window the watermarks in the stream refer to.
     pub windows: Windows,
+    /// The journal's fill against `journal.max_bytes`: the reader pauses while full.
+    pub fill: std::sync::Arc<super::journal_thread::JournalFill>,
 }
 
 /// Silence after which a status update asks the server for a reply.
@@ -164,7 +166,18 @@ async fn session(
     let mut heartbeat = tokio::time::interval(cfg.heartbeat.unwrap_or(Duration::from_secs(3600)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat_on = cfg.heartbeat.is_some();
+    let mut was_paused = false;
     loop {
+        let paused = cfg.fill.is_full();
+        if paused != was_paused {
+            was_paused = paused;
+            crate::admin::health().set_reader_paused(paused);
+            if paused {
+                tracing::warn!("journal.max_bytes reached: the reader pauses (Postgres keeps the WAL) until pruning makes room; sinks that lag hold the journal");
+            } else {
+                tracing::info!("the journal has room again: the reader resumes");
+            }
+        }
         tokio::select! {
             _ = shutdown.changed() => {
                 // Finish what is in hand: wait for the journal, confirm it, leave.
@@ -187,6 +200,11 @@ async fn session(
                 }
             }
             _ = ticker.tick() => {
+                if paused {
+                    // Our own silence, not the server's; wake the writer to prune and re-measure.
+                    last_heard = Instant::now();
+                    sync(journal).await?;
+                }
                 let silent = last_heard.elapsed();
                 if silent > SERVER_SILENCE_LIMIT {
                     // A server that vanished without closing the socket: reconnect.
@@ -200,7 +218,7 @@ async fn session(
                 let ping = silent > SERVER_PING_AFTER;
                 stream.send_status(received.max(durable), durable, durable, ping).await?;
             }
-            msg = stream.next_message() => {
+            msg = stream.next_message(), if !paused => {
                 last_heard = Instant::now();
                 let Some(msg) = msg? else {
                     return Err(ReplicationError::Io(std::io::Error::new(
