@@ -216,7 +216,7 @@ fn open_conn(
             |r| r.get(0),
         )
         .map_err(err)?;
-    if !has_target && !read_only {
+    if !has_target {
         conn.execute_batch("ALTER TABLE events ADD COLUMN target TEXT")
             .map_err(err)?;
     }

@@ -75,7 +75,17 @@ pub async fn copy(
     let mut total = 0u64;
     for resync in queued {
         let table = TableName::parse(&resync.table).map_err(ResyncError::Definite)?;
-        let shape = shape(&mut catalog, &table).await?;
+        // A table that cannot be copied (no primary key, gone) fails its own resync,
+        // visible in `status`; the other tables and the stream go on.
+        let shape = match shape(&mut catalog, &table).await {
+            Ok(shape) => shape,
+            Err(ResyncError::Definite(why)) => {
+                tracing::error!(table = %table, error = %why, "cannot snapshot this table");
+                JournalReader::open(state_dir, true)?.fail_resync(resync.id, &why)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut last_key = resync.last_key.clone();
         let started = std::time::Instant::now();
         let mut rows_in_table = 0u64;
