@@ -16,6 +16,9 @@ use serde_json::Value;
 /// Rows in the resynced table (several chunks of 2000).
 const ROWS: i64 = 10_000;
 
+/// A `--where` that is true for every row and slows the chunk SELECT down.
+const SLOW_WHERE: &str = "(SELECT true FROM pg_sleep(0.0001 + 0 * id))";
+
 fn tables() -> [&'static str; 2] {
     ["public.items", "public.fence"]
 }
@@ -60,6 +63,9 @@ async fn resync_during_writes_equals_table_and_reaches_only_its_sink() -> anyhow
     let mut view = View::of("items");
 
     let writer = Writer::start(&pg, "items", ROWS + 500).await?;
+    // The `where` sleeps a little per row: each chunk's SELECT then takes about 0.2 s,
+    // so many writes commit inside its watermark window, after the SELECT's snapshot.
+    // Without the window's filtering those rows would reach the sink stale.
     let (code, out, err) = pgcdc_output(&[
         "resync",
         "--config",
@@ -68,6 +74,8 @@ async fn resync_during_writes_equals_table_and_reaches_only_its_sink() -> anyhow
         "public.items",
         "--sink",
         "out",
+        "--where",
+        SLOW_WHERE,
     ])
     .await?;
     ensure!(code == 0, "resync: {out}{err}");
