@@ -251,3 +251,61 @@ async fn a_schedule_fires_and_status_shows_its_next_run() -> anyhow::Result<()> 
     ensure!(log.contains("scheduled resync queued"), "{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_starts_and_cancels_a_running_resync() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", ROWS).await?;
+    let state = state_dir()?;
+    let port = pgcdc_tests::free_port()?;
+    let toml = config_toml(&pg.url(), &tables(), state.path(), "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = ConfigFile::new(&toml)?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let body = serde_json::json!({ "table": "public.items", "where": SLOW_WHERE }).to_string();
+    let r = http
+        .post(format!("{base}/api/resync"))
+        .body(body.clone())
+        .send()
+        .await?;
+    let (code, text) = (r.status().as_u16(), r.text().await?);
+    ensure!(
+        code == 200 && text.contains("\"state\":\"pending\""),
+        "{code} {text}"
+    );
+    let r = http
+        .post(format!("{base}/api/resync"))
+        .body(body)
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 409, "a duplicate must be refused");
+    let mut view = View::of("items");
+    view.drain_until(&mut p, Duration::from_secs(60), "the first chunk", |v| {
+        v.reads > 0
+    })
+    .await?;
+    let r = http
+        .delete(format!("{base}/api/resync/public.items"))
+        .send()
+        .await?;
+    let (code, text) = (r.status().as_u16(), r.text().await?);
+    ensure!(code == 200 && text.contains("cancelled"), "{code} {text}");
+    // The chunk in hand may still land; then nothing more.
+    view.drain_until(&mut p, Duration::from_secs(3), "", |_| false)
+        .await
+        .ok();
+    let reads = view.reads;
+    view.drain_until(&mut p, Duration::from_secs(3), "", |_| false)
+        .await
+        .ok();
+    let r = resync_state(&cfg).await?;
+    ensure!(r["state"] == "cancelled", "{r}");
+    ensure!(
+        view.reads == reads && reads < ROWS as u64,
+        "reads went on after cancel: {reads} then {}",
+        view.reads
+    );
+    Ok(())
+}
