@@ -143,3 +143,41 @@ async fn kill9_during_snapshot_resumes_with_watermarks_and_stays_exact() -> anyh
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_rows_seed_old_for_the_first_update() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", 10).await?;
+    let state = state_dir()?;
+    // The trigger reads `.old.v`, so the journal remembers `v` per row; with the default
+    // REPLICA IDENTITY, Postgres sends no old row: `.old` comes from the snapshot's rows.
+    let extra =
+        "\n[[trigger]]\nname = \"changed\"\ntable = \"public.items\"\nwhen = '.old.v != .new.v'\n";
+    let toml = config_toml(
+        &pg.url(),
+        &["public.items", "public.fence"],
+        state.path(),
+        extra,
+    )
+    .replace("tables = [", "snapshot = \"initial\"\ntables = [");
+    let cfg = ConfigFile::new(&toml)?;
+    let mut p = spawn_run(&cfg)?;
+    wait_streaming(&pg, &mut p).await?;
+    let mut view = View::of("items");
+    view.drain_until(&mut p, Duration::from_secs(60), "10 snapshot rows", |v| {
+        v.reads == 10
+    })
+    .await?;
+    pg.batch("UPDATE items SET v = 7 WHERE id = 3").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        ensure!(Instant::now() < deadline, "no update event");
+        if let Some(line) = p.next_line(Duration::from_millis(200)).await {
+            let e: serde_json::Value = serde_json::from_str(&line)?;
+            if e["op"] == "update" {
+                ensure!(e["old"]["v"] == 0 && e["new"]["v"] == 7, "{e}");
+                return Ok(());
+            }
+        }
+    }
+}
