@@ -42,6 +42,8 @@ pub struct Metrics {
     pub slot_wal_status: Family<Labels, Gauge>,
     /// Journal files on disk.
     pub journal_bytes: Gauge,
+    /// 1 while the reader is paused on a full journal.
+    pub reader_paused: Gauge,
     /// WAL position up to which the journal is durable.
     pub journal_head_lsn: Gauge,
     /// Journal position of the last entry.
@@ -84,6 +86,7 @@ impl Metrics {
             slot_safe_wal_bytes: Gauge::default(),
             slot_wal_status: Family::default(),
             journal_bytes: Gauge::default(),
+            reader_paused: Gauge::default(),
             journal_head_lsn: Gauge::default(),
             journal_head_position: Gauge::default(),
             replication_connected: Gauge::default(),
@@ -136,6 +139,11 @@ impl Metrics {
             "pgcdc_replication_connected",
             "1 while the replication stream is connected",
             m.replication_connected.clone(),
+        );
+        r.register(
+            "pgcdc_reader_paused",
+            "1 while the reader is paused because the journal reached journal.max_bytes",
+            m.reader_paused.clone(),
         );
         r.register(
             "pgcdc_sink_lag_events",

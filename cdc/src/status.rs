@@ -6,7 +6,7 @@ use pgcdc_schema::Lsn;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::journal::{DlqEntry, JournalError, JournalHead, JournalReader};
+use crate::journal::{DlqEntry, JournalError, JournalHead, JournalReader, ResyncInfo};
 use crate::replication::connect_sql;
 use crate::source;
 
@@ -18,9 +18,16 @@ pub struct JournalStatus {
     pub head: JournalHead,
     /// Journal files on disk.
     pub bytes: u64,
+    /// Live data in the journal (what `journal.max_bytes` limits).
+    pub used_bytes: u64,
     /// Each configured sink's cursor, lag and DLQ size.
     pub sinks: Vec<SinkStatus>,
+    /// Queued and running resyncs (and snapshots), and the latest finished ones.
+    pub resyncs: Vec<ResyncInfo>,
 }
+
+/// Finished resyncs the status still shows.
+const RECENT_RESYNCS: usize = 5;
 
 /// One sink's line of the status.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -63,7 +70,9 @@ pub fn read_journal(
     Ok(JournalStatus {
         head,
         bytes: journal.size_bytes(),
+        used_bytes: journal.used_bytes()?,
         sinks,
+        resyncs: journal.resyncs(RECENT_RESYNCS)?,
     })
 }
 
@@ -112,9 +121,32 @@ pub async fn status_json(config: &Config, journal: JournalStatus) -> Value {
             "head": journal.head.pos,
             "confirmed_lsn": journal.head.confirmed_lsn.to_string(),
             "bytes": journal.bytes,
+            "used_bytes": journal.used_bytes,
+            "max_bytes": config.journal.max_bytes,
+            "reader_paused": config.journal.max_bytes.is_some_and(|m| journal.used_bytes >= m),
         },
         "sinks": journal.sinks,
+        "resyncs": journal.resyncs,
+        "schedules": schedules_json(config, chrono::Utc::now()),
     })
+}
+
+/// Each `[[schedule]]` with its next run time.
+pub fn schedules_json(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Value {
+    config
+        .schedule
+        .iter()
+        .map(|s| {
+            json!({
+                "cron": s.cron,
+                "time_zone": s.time_zone,
+                "table": s.resync.table,
+                "sink": s.resync.sink,
+                "where": s.resync.where_sql,
+                "next_run": s.next_after(now).map(|t| t.to_rfc3339()),
+            })
+        })
+        .collect()
 }
 
 /// One DLQ item as `pgcdc dlq list --json` and `GET /api/sinks/{sink}/dlq` show it.

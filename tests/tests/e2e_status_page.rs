@@ -488,7 +488,7 @@ async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
         })
         .await?;
     let resync = b.text_of("#resync-status").await?.unwrap_or_default();
-    ensure!(resync.contains("not available in this version"), "{resync}");
+    ensure!(resync.contains("No resync yet"), "{resync}");
 
     b.screenshot(&target_dir().join("status-page-dlq.png"))
         .await?;

@@ -36,8 +36,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/sinks/{sink}/dlq/drop", post(dlq_drop))
         .route("/api/audit", get(audit))
         .route("/api/sinks/{sink}/checkpoint", post(checkpoint))
-        .route("/api/resync", post(not_built))
-        .route("/api/resync/{table}", delete(not_built))
+        .route("/api/resync", post(resync_request))
+        .route("/api/resync/{table}", delete(resync_cancel))
         .fallback(not_found)
         .with_state(state)
 }
@@ -281,15 +281,73 @@ async fn audit(
         .map_err(|e| ApiError::Internal(format!("cannot encode audit records: {e}")))
 }
 
-/// Resync belongs to later work; the routes exist so clients get a clear answer
-/// instead of a 404.
-async fn not_built(State(state): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Body of `POST /api/resync`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResyncRequest {
+    table: String,
+    sink: Option<String>,
+    #[serde(rename = "where")]
+    where_sql: Option<String>,
+}
+
+async fn resync_request(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    const EXPECTED: &str = r#"send {"table": "public.permits", "sink": "registry", "where": "..."} (sink and where optional)"#;
     authorize(&state, headers.get(header::AUTHORIZATION))?;
-    Err(ApiError::NotImplemented(
-        "resync is not available in this version; to re-deliver what the journal still \
-         holds, reset the sink's checkpoint (POST /api/sinks/{sink}/checkpoint)"
-            .to_string(),
-    ))
+    let req: ResyncRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid body ({e}); {EXPECTED}")))?;
+    let table = crate::cli::resync::validate(&state.config, &req.table, req.sink.as_deref())
+        .map_err(ApiError::BadRequest)?;
+    let info = state
+        .with_journal(move |j| {
+            j.request_resync(
+                crate::journal::ResyncKind::Resync,
+                &table,
+                req.sink.as_deref(),
+                req.where_sql.as_deref(),
+            )
+            .map_err(|e| match e {
+                crate::journal::ResyncRequestError::Journal(e) => e.into(),
+                e => ApiError::Conflict(e.to_string()),
+            })
+        })
+        .await?;
+    tracing::warn!(resync = info.id, table = %info.table, sink = ?info.sink, "resync requested through the admin API");
+    serde_json::to_value(info)
+        .map(Json)
+        .map_err(|e| ApiError::Internal(format!("cannot encode the resync: {e}")))
+}
+
+/// Query of `DELETE /api/resync/{table}`.
+#[derive(Debug, Deserialize)]
+struct ResyncCancelQuery {
+    sink: Option<String>,
+}
+
+async fn resync_cancel(
+    State(state): State<Shared>,
+    Path(table): Path<String>,
+    Query(q): Query<ResyncCancelQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, headers.get(header::AUTHORIZATION))?;
+    let table = crate::cli::resync::validate(&state.config, &table, q.sink.as_deref())
+        .map_err(ApiError::BadRequest)?;
+    let t = table.clone();
+    let ids = state
+        .with_journal(move |j| Ok(j.cancel_resync(&t, q.sink.as_deref())?))
+        .await?;
+    if ids.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no queued or running resync of {table}"
+        )));
+    }
+    tracing::warn!(table = %table, ids = ?ids, "resync cancelled through the admin API");
+    Ok(Json(json!({ "table": table, "cancelled": ids })))
 }
 
 async fn not_found() -> ApiError {

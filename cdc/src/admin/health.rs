@@ -16,6 +16,8 @@ pub struct Health {
     sinks: Mutex<BTreeMap<String, bool>>,
     /// Problems seen by the slot poller: the slot's WAL safety, sinks blocked too long.
     warnings: Mutex<Vec<String>>,
+    /// The reader is paused on a full journal (`journal.max_bytes`).
+    reader_paused: AtomicBool,
 }
 
 static HEALTH: LazyLock<Health> = LazyLock::new(Health::default);
@@ -90,6 +92,19 @@ impl Health {
             .collect()
     }
 
+    /// Records whether the reader is paused on a full journal.
+    pub fn set_reader_paused(&self, paused: bool) {
+        self.reader_paused.store(paused, Ordering::SeqCst);
+        crate::metrics::metrics()
+            .reader_paused
+            .set(i64::from(paused));
+    }
+
+    /// Whether the reader is paused on a full journal.
+    pub fn is_reader_paused(&self) -> bool {
+        self.reader_paused.load(Ordering::SeqCst)
+    }
+
     /// Replaces the poller's current warnings (slot WAL safety, blocked sinks).
     pub fn set_warnings(&self, warnings: Vec<String>) {
         *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
@@ -102,6 +117,13 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        if self.is_reader_paused() {
+            reasons.push(
+                "the reader is paused: the journal reached journal.max_bytes (Postgres keeps the WAL); \
+                 let lagging sinks catch up, shorten journal.retention or raise journal.max_bytes"
+                    .to_string(),
+            );
+        }
         if !self.is_replication_connected() {
             reasons.push(
                 "the replication stream is not connected (pgcdc reconnects by itself; \

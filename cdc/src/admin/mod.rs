@@ -68,9 +68,6 @@ pub(crate) enum ApiError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
-    /// 501.
-    #[error("{0}")]
-    NotImplemented(String),
     /// 500.
     #[error("{0}")]
     Internal(String),
@@ -90,7 +87,6 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = Json(serde_json::json!({ "error": self.to_string() }));
@@ -114,13 +110,13 @@ impl AdminState {
     /// Runs `f` on the API's journal handle on a blocking thread.
     pub(crate) async fn with_journal<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&JournalReader) -> Result<T, ApiError> + Send + 'static,
+        f: impl FnOnce(&mut JournalReader) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let state = self.clone();
         tokio::task::spawn_blocking(move || {
             // A panic in an earlier request leaves the connection itself usable.
-            let journal = state.journal.lock().unwrap_or_else(|e| e.into_inner());
-            f(&journal)
+            let mut journal = state.journal.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut journal)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("journal task failed: {e}")))?

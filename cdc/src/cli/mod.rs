@@ -1,6 +1,7 @@
 //! Command-line interface: `pgcdc run | check | status | dlq | audit`.
 
 pub mod operator;
+pub mod resync;
 
 use std::path::PathBuf;
 
@@ -70,6 +71,8 @@ pub enum Command {
     Checkpoint(operator::CheckpointCommand),
     /// Drop the slot and the publication that pgcdc created (not ones it found).
     Teardown(operator::TeardownArgs),
+    /// Re-send a table's current rows to one sink or all, while streaming goes on.
+    Resync(resync::ResyncArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -105,6 +108,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit(args) => operator::audit(args),
         Command::Checkpoint(cmd) => operator::checkpoint(cmd),
         Command::Teardown(args) => operator::teardown(args).await,
+        Command::Resync(args) => resync::resync(args),
     }
 }
 
@@ -273,6 +277,32 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
             sink["lag_events"],
             sink["lag_seconds"].as_f64().unwrap_or(0.0),
             sink["dlq_events"]
+        );
+    }
+    for s in status["schedules"].as_array().into_iter().flatten() {
+        println!(
+            "schedule \"{}\" ({}): resync {} for {}, next run {}",
+            s["cron"].as_str().unwrap_or("?"),
+            s["time_zone"].as_str().unwrap_or("UTC"),
+            s["table"].as_str().unwrap_or("?"),
+            s["sink"].as_str().unwrap_or("every sink"),
+            s["next_run"].as_str().unwrap_or("never"),
+        );
+    }
+    for r in status["resyncs"].as_array().into_iter().flatten() {
+        println!(
+            "{} {} of {} for {}: {}, {} rows in {} chunks{}",
+            r["kind"].as_str().unwrap_or("resync"),
+            r["id"],
+            r["table"].as_str().unwrap_or("?"),
+            r["sink"].as_str().unwrap_or("every sink"),
+            r["state"].as_str().unwrap_or("?"),
+            r["rows"],
+            r["chunks"],
+            r["error"]
+                .as_str()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         );
     }
     Ok(0)

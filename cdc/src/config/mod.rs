@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::replication::SourceUrl;
 
+mod schedule;
+pub use schedule::{ScheduleConfig, ScheduledResync};
+
 /// A configuration problem, with the key path it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -73,6 +76,9 @@ pub struct Config {
     /// Named state transitions.
     #[serde(default)]
     pub trigger: Vec<TriggerConfig>,
+    /// Resyncs on a cron schedule.
+    #[serde(default)]
+    pub schedule: Vec<ScheduleConfig>,
     /// Delivery destinations (parsed separately: common keys + per-type keys).
     #[serde(skip)]
     pub sink: Vec<SinkConfig>,
@@ -85,6 +91,10 @@ pub struct JournalConfig {
     /// Entries every sink has passed are removed once older than this, e.g. "7d".
     #[serde(default = "JournalConfig::default_retention")]
     pub retention: String,
+    /// Past this many bytes of live journal data the reader pauses (Postgres keeps
+    /// the WAL) until pruning makes room. None: no limit.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 impl JournalConfig {
@@ -103,6 +113,7 @@ impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             retention: Self::default_retention(),
+            max_bytes: None,
         }
     }
 }
@@ -277,7 +288,7 @@ impl SourceConfig {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotMode {
-    /// Copy existing rows before streaming (not built yet: refused by `validate`).
+    /// Copy existing rows (as `read` events) when the slot is created, then stream.
     Initial,
     /// Stream changes from the slot's creation on.
     #[default]
@@ -530,13 +541,6 @@ impl Config {
         for (i, t) in self.source.tables.iter().enumerate() {
             TableName::parse(t).map_err(|m| key_err(format!("source.tables[{i}]"), m))?;
         }
-        if self.source.snapshot == SnapshotMode::Initial {
-            return Err(key_err(
-                "source.snapshot",
-                "\"initial\" is not built yet in this version; set snapshot = \"never\" \
-                 (changes are captured from the slot's creation on)",
-            ));
-        }
         humantime::parse_duration(&self.source.heartbeat).map_err(|e| {
             key_err(
                 "source.heartbeat",
@@ -565,6 +569,13 @@ impl Config {
             )
         })?;
         self.admin.validate()?;
+        schedule::validate(self)?;
+        if self.journal.max_bytes == Some(0) {
+            return Err(key_err(
+                "journal.max_bytes",
+                "0 would pause the reader for good; give a size in bytes, e.g. 10000000000, or leave it out",
+            ));
+        }
         let source_tables = self.tables();
         let mut trigger_names = HashSet::new();
         for (i, t) in self.trigger.iter().enumerate() {

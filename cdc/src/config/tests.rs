@@ -104,9 +104,9 @@ fn bad_values_are_explained() {
     assert!(e.contains("source.url"), "{e}");
     let e = err(&GOOD.replace(
         "url = \"${PG_URL}\"",
-        "url = \"${PG_URL}\"\nsnapshot = \"initial\"",
+        "url = \"${PG_URL}\"\nsnapshot = \"sometimes\"",
     ));
-    assert!(e.contains("source.snapshot") && e.contains("never"), "{e}");
+    assert!(e.contains("snapshot"), "{e}");
 }
 
 #[test]

@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER NOT NULL,
     commit_time_us INTEGER,
     tbl TEXT NOT NULL,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    target TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -120,6 +121,19 @@ pub struct StoredEvent {
     pub pos: i64,
     /// The event.
     pub event: ChangeEvent,
+    /// Only this sink receives it (a targeted resync); None: every sink.
+    pub target: Option<String>,
+}
+
+/// What one journal transaction writes besides streamed changes: resync chunks.
+#[derive(Debug, Clone, Default)]
+pub struct ResyncChunk {
+    /// The chunk's `read` events.
+    pub entries: Vec<JournalEntry>,
+    /// Only this sink receives them (None: every sink).
+    pub target: Option<String>,
+    /// Progress recorded in the same transaction.
+    pub progress: ResyncProgress,
 }
 
 /// How far the journal is durable.
@@ -193,6 +207,19 @@ fn open_conn(
         .map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
     conn.execute_batch(row_state::SCHEMA).map_err(err)?;
+    conn.execute_batch(resync::SCHEMA).map_err(err)?;
+    // Journals made before resync have no `target` column (NULL: every sink).
+    let has_target: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('events') WHERE name = 'target'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if !has_target {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN target TEXT")
+            .map_err(err)?;
+    }
     Ok((conn, path))
 }
 
@@ -207,6 +234,16 @@ fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
         params![key, value],
     )?;
     Ok(())
+}
+
+fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT (p.page_count - f.freelist_count) * s.page_size \
+         FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
 }
 
 fn read_head(conn: &Connection) -> rusqlite::Result<JournalHead> {
@@ -274,6 +311,17 @@ impl JournalWriter {
         self.tracking = tracking;
     }
 
+    /// Bytes of live data in the journal file (pages in use; freed pages do not count,
+    /// so pruning makes room even though the file does not shrink).
+    pub fn used_bytes(&self) -> Result<u64, JournalError> {
+        used_bytes(&self.conn).map_err(|source| self.sqlite(source))
+    }
+
+    /// (commit LSN, seq) of the last journaled change: later entries must sort after it.
+    pub fn last_position(&self) -> Option<(u64, u32)> {
+        self.last
+    }
+
     /// What is durable now.
     pub fn head(&self) -> JournalHead {
         self.head
@@ -318,6 +366,18 @@ impl JournalWriter {
         entries: &[JournalEntry],
         confirm: Option<Lsn>,
     ) -> Result<AppendOutcome, JournalError> {
+        let all: Vec<(&JournalEntry, Option<&str>)> = entries.iter().map(|e| (e, None)).collect();
+        self.append_with(&all, confirm, &[])
+    }
+
+    /// Like [`JournalWriter::append`], with a target sink per entry and resync progress
+    /// written in the same transaction.
+    pub fn append_with(
+        &mut self,
+        entries: &[(&JournalEntry, Option<&str>)],
+        confirm: Option<Lsn>,
+        progress: &[ResyncProgress],
+    ) -> Result<AppendOutcome, JournalError> {
         let mut outcome = AppendOutcome::default();
         // IMMEDIATE: take the write lock up front (waiting on busy_timeout). A deferred
         // transaction that reads row state before writing fails at once with
@@ -334,14 +394,14 @@ impl JournalWriter {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO events(pos, commit_lsn, seq, commit_time_us, tbl, payload) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO events(pos, commit_lsn, seq, commit_time_us, tbl, payload, target) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(|source| JournalError::Sqlite {
                     path: self.path.clone(),
                     source,
                 })?;
-            for entry in entries {
+            for &(entry, target) in entries {
                 let position = (entry.event.lsn.0, entry.seq);
                 if last.is_some_and(|l| position <= l) {
                     outcome.skipped += 1;
@@ -374,7 +434,8 @@ impl JournalWriter {
                         position.1,
                         entry.commit_time_unix_us,
                         entry.event.qualified_table(),
-                        payload
+                        payload,
+                        target
                     ])
                     .map_err(|source| JournalError::Sqlite {
                         path: self.path.clone(),
@@ -383,6 +444,12 @@ impl JournalWriter {
                 last = Some(position);
                 outcome.appended += 1;
             }
+        }
+        for p in progress {
+            resync::apply_progress(&tx, p).map_err(|source| JournalError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
         }
         let mut confirmed = self.head.confirmed_lsn;
         if let Some(c) = confirm.filter(|c| *c > confirmed) {
@@ -479,19 +546,25 @@ impl JournalReader {
     pub fn read_after(&self, pos: i64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT pos, payload FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2")
+            .prepare_cached(
+                "SELECT pos, payload, target FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2",
+            )
             .map_err(|e| self.sqlite(e))?;
         let rows = stmt
             .query_map(params![pos, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
             })
             .map_err(|e| self.sqlite(e))?;
         let mut out = Vec::with_capacity(limit.min(4096));
         for row in rows {
-            let (pos, payload) = row.map_err(|e| self.sqlite(e))?;
+            let (pos, payload, target) = row.map_err(|e| self.sqlite(e))?;
             let event = serde_json::from_str(&payload)
                 .map_err(|source| JournalError::Corrupt { pos, source })?;
-            out.push(StoredEvent { pos, event });
+            out.push(StoredEvent { pos, event, target });
         }
         Ok(out)
     }
@@ -580,6 +653,11 @@ impl JournalReader {
         Ok(out)
     }
 
+    /// Bytes of live data in the journal (see [`JournalWriter::used_bytes`]).
+    pub fn used_bytes(&self) -> Result<u64, JournalError> {
+        used_bytes(&self.conn).map_err(|e| self.sqlite(e))
+    }
+
     /// Size of the journal files on disk, in bytes.
     pub fn size_bytes(&self) -> u64 {
         let wal = self.path.with_extension("db-wal");
@@ -595,6 +673,8 @@ mod audit;
 mod checkpoint;
 mod dlq;
 pub use checkpoint::{CursorState, ResetError, ResetTarget};
+mod resync;
+pub use resync::{ResyncInfo, ResyncKind, ResyncProgress, ResyncRequestError};
 mod row_state;
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use row_state::{OldTracking, Tracked};

@@ -3,10 +3,15 @@
 //! new durable head (which the reader reports to the slot and the sink
 //! runners wait on).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use pgcdc_schema::Lsn;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::journal::{JournalEntry, JournalError, JournalHead, JournalWriter};
+use crate::journal::{
+    JournalEntry, JournalError, JournalHead, JournalWriter, ResyncChunk, ResyncProgress,
+};
 
 /// What the reader asks of the journal, in stream order.
 #[derive(Debug)]
@@ -18,6 +23,8 @@ pub enum JournalCommand {
     Confirm(Lsn),
     /// Reply once everything sent before is durable.
     Sync(oneshot::Sender<JournalHead>),
+    /// Append a resync chunk's read events with its progress; reply once durable.
+    Resync(Box<ResyncChunk>, oneshot::Sender<()>),
 }
 
 /// Most commands written in one SQLite transaction: bounds memory and latency.
@@ -30,23 +37,69 @@ pub const QUEUE_CAPACITY: usize = 8_192;
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 const PRUNE_LIMIT: usize = 50_000;
 
+/// How full the journal is, against `journal.max_bytes`: the writer measures, the
+/// reader pauses while it is full.
+#[derive(Debug, Default)]
+pub struct JournalFill {
+    used: AtomicU64,
+    max: Option<u64>,
+}
+
+impl JournalFill {
+    /// A fill gauge with this limit (None: never full).
+    pub fn new(max: Option<u64>) -> Self {
+        JournalFill {
+            used: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// Whether the journal holds `max_bytes` or more.
+    pub fn is_full(&self) -> bool {
+        self.max
+            .is_some_and(|max| self.used.load(Ordering::Relaxed) >= max)
+    }
+
+    fn measure(&self, writer: &JournalWriter) -> Result<(), JournalError> {
+        if self.max.is_some() {
+            self.used.store(writer.used_bytes()?, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 /// Runs the writer until the command queue closes. Blocking: run on its own thread.
 pub fn run(
     mut writer: JournalWriter,
     mut rx: mpsc::Receiver<JournalCommand>,
     head_tx: watch::Sender<JournalHead>,
     retention: std::time::Duration,
+    fill: Arc<JournalFill>,
 ) -> Result<(), JournalError> {
+    fill.measure(&writer)?;
     let mut last_prune = std::time::Instant::now();
-    let mut entries: Vec<JournalEntry> = Vec::with_capacity(MAX_BATCH);
+    let mut entries: Vec<(JournalEntry, Option<String>)> = Vec::with_capacity(MAX_BATCH);
     let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
+    let mut chunks_done: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut progress: Vec<ResyncProgress> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut confirm: Option<Lsn> = None;
-        let mut take = |cmd: JournalCommand, entries: &mut Vec<JournalEntry>| match cmd {
-            JournalCommand::Change(e) => entries.push(*e),
-            JournalCommand::Confirm(lsn) => confirm = confirm.max(Some(lsn)),
-            JournalCommand::Sync(reply) => syncs.push(reply),
-        };
+        let mut take =
+            |cmd: JournalCommand, entries: &mut Vec<(JournalEntry, Option<String>)>| match cmd {
+                JournalCommand::Change(e) => entries.push((*e, None)),
+                JournalCommand::Confirm(lsn) => confirm = confirm.max(Some(lsn)),
+                JournalCommand::Sync(reply) => syncs.push(reply),
+                JournalCommand::Resync(chunk, reply) => {
+                    let ResyncChunk {
+                        entries: rows,
+                        target,
+                        progress: p,
+                    } = *chunk;
+                    entries.extend(rows.into_iter().map(|e| (e, target.clone())));
+                    progress.push(p);
+                    chunks_done.push(reply);
+                }
+            };
         take(first, &mut entries);
         let mut taken = 1;
         while taken < MAX_BATCH {
@@ -56,7 +109,10 @@ pub fn run(
             }
             taken += 1;
         }
-        let outcome = writer.append(&entries, confirm)?;
+        let refs: Vec<(&JournalEntry, Option<&str>)> =
+            entries.iter().map(|(e, t)| (e, t.as_deref())).collect();
+        let outcome = writer.append_with(&refs, confirm, &progress)?;
+        progress.clear();
         if outcome.skipped > 0 {
             tracing::debug!(
                 skipped = outcome.skipped,
@@ -69,7 +125,12 @@ pub fn run(
         for reply in syncs.drain(..) {
             let _ = reply.send(head);
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        for reply in chunks_done.drain(..) {
+            let _ = reply.send(());
+        }
+        fill.measure(&writer)?;
+        // A full journal prunes at every wake-up (the paused reader syncs every second).
+        if last_prune.elapsed() >= PRUNE_EVERY || fill.is_full() {
             last_prune = std::time::Instant::now();
             let cutoff = chrono::Utc::now().timestamp_micros() - retention.as_micros() as i64;
             let removed = writer.prune(cutoff, PRUNE_LIMIT)?;
@@ -78,6 +139,7 @@ pub fn run(
                     removed,
                     "pruned journal entries past retention that every sink has passed"
                 );
+                fill.measure(&writer)?;
             }
         }
     }

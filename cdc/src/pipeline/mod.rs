@@ -17,6 +17,8 @@ pub mod journal_thread;
 pub mod plan;
 pub mod reader;
 pub mod runner;
+pub mod scheduler;
+pub mod watermark;
 
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ use pgcdc_sinks::{AuditLog, Outgoing};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SinkKind, SnapshotMode};
 use crate::journal::{JournalHead, JournalWriter};
 use crate::replication::{connect_sql, ReplicationConnection};
 use crate::source;
@@ -100,8 +102,30 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     {
         writer.set_meta("created_publication", &config.source.publication)?;
     }
-    if source::ensure_slot(&config, &client, &mut conn).await? {
+    // Queued before the slot exists: a crash after its creation leaves the snapshot
+    // queued, and the resync driver finishes it with watermarks.
+    let initial = config.source.snapshot == SnapshotMode::Initial;
+    if initial
+        && source::slot_info(&client, &config.source.slot)
+            .await?
+            .is_none()
+    {
+        source::snapshot::queue(&config, &state_dir)?;
+    }
+    if let Some(created) = source::ensure_slot(&config, &client, &mut conn, initial).await? {
         writer.set_meta("created_slot", &config.source.slot)?;
+        if let (true, Some(name)) = (initial, created.snapshot_name.as_deref()) {
+            // The exported snapshot lives as long as `conn` stays open and idle.
+            let rows = source::snapshot::copy(
+                &url,
+                name,
+                pgcdc_schema::Lsn(created.consistent_point),
+                &mut writer,
+                &state_dir,
+            )
+            .await?;
+            tracing::info!(rows, "initial snapshot journaled");
+        }
     }
     conn.close().await;
     drop(client);
@@ -109,9 +133,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
     let retention = config.journal.retention();
     let (journal_tx, journal_rx) = mpsc::channel(journal_thread::QUEUE_CAPACITY);
+    let fill = std::sync::Arc::new(journal_thread::JournalFill::new(config.journal.max_bytes));
+    let writer_fill = fill.clone();
     let writer_thread = std::thread::Builder::new()
         .name("pgcdc-journal".into())
-        .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention))
+        .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention, writer_fill))
         .context("cannot start the journal thread")?;
 
     let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
@@ -161,6 +187,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         }
     }
 
+    // Resyncs (and a snapshot continued after a restart) run beside the reader.
+    let windows = watermark::Windows::default();
+    let resync_task = tokio::spawn(source::resync::run(
+        url.clone(),
+        state_dir.clone(),
+        windows.clone(),
+        stop_rx.clone(),
+    ));
+    let scheduler_task = tokio::spawn(scheduler::run(
+        config.clone(),
+        state_dir.clone(),
+        stop_rx.clone(),
+    ));
     let reader_cfg = reader::ReaderConfig {
         url,
         slot: config.source.slot.clone(),
@@ -168,6 +207,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         tables: config.tables().into_iter().collect(),
         status_interval: Duration::from_secs(1),
         heartbeat: config.source.heartbeat(),
+        windows: windows.clone(),
+        fill,
     };
     let mut reader = tokio::spawn(reader::run(
         reader_cfg,
@@ -197,6 +238,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         }
     }
     let _ = stop_tx.send(true);
+    let _ = scheduler_task.await;
+    match resync_task.await {
+        Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
+        Err(e) if failure.is_none() => failure = Some(anyhow!("resync task failed: {e}")),
+        _ => {}
+    }
     if !reader_done {
         match reader.await {
             Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),

@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
 use super::journal_thread::JournalCommand;
+use super::watermark::{self, Watermark, Windows};
 use crate::config::TableName;
-use crate::journal::JournalHead;
+use crate::journal::{JournalHead, ResyncChunk, ResyncProgress};
 use crate::pgoutput::{self, Message};
 use crate::replication::{
     connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl,
@@ -75,6 +76,10 @@ pub struct ReaderConfig {
     pub status_interval: Duration,
     /// Interval of WAL heartbeat messages (None: off).
     pub heartbeat: Option<Duration>,
+    /// The resync window the watermarks in the stream refer to.
+    pub windows: Windows,
+    /// The journal's fill against `journal.max_bytes`: the reader pauses while full.
+    pub fill: std::sync::Arc<super::journal_thread::JournalFill>,
 }
 
 /// Silence after which a status update asks the server for a reply.
@@ -161,7 +166,18 @@ async fn session(
     let mut heartbeat = tokio::time::interval(cfg.heartbeat.unwrap_or(Duration::from_secs(3600)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat_on = cfg.heartbeat.is_some();
+    let mut was_paused = false;
     loop {
+        let paused = cfg.fill.is_full();
+        if paused != was_paused {
+            was_paused = paused;
+            crate::admin::health().set_reader_paused(paused);
+            if paused {
+                tracing::warn!("journal.max_bytes reached: the reader pauses (Postgres keeps the WAL) until pruning makes room; sinks that lag hold the journal");
+            } else {
+                tracing::info!("the journal has room again: the reader resumes");
+            }
+        }
         tokio::select! {
             _ = shutdown.changed() => {
                 // Finish what is in hand: wait for the journal, confirm it, leave.
@@ -184,6 +200,11 @@ async fn session(
                 }
             }
             _ = ticker.tick() => {
+                if paused {
+                    // Our own silence, not the server's; wake the writer to prune and re-measure.
+                    last_heard = Instant::now();
+                    sync(journal).await?;
+                }
                 let silent = last_heard.elapsed();
                 if silent > SERVER_SILENCE_LIMIT {
                     // A server that vanished without closing the socket: reconnect.
@@ -197,7 +218,7 @@ async fn session(
                 let ping = silent > SERVER_PING_AFTER;
                 stream.send_status(received.max(durable), durable, durable, ping).await?;
             }
-            msg = stream.next_message() => {
+            msg = stream.next_message(), if !paused => {
                 last_heard = Instant::now();
                 let Some(msg) = msg? else {
                     return Err(ReplicationError::Io(std::io::Error::new(
@@ -280,15 +301,79 @@ async fn handle(
         Message::Truncate { relation_ids, .. } => {
             for id in relation_ids {
                 if let Some(entry) = builder.truncate(id).map_err(change_err)? {
+                    cfg.windows.on_change(&entry.event);
                     send(journal, JournalCommand::Change(Box::new(entry))).await?;
                 }
+            }
+            None
+        }
+        Message::Message {
+            prefix, content, ..
+        } if prefix == watermark::PREFIX => {
+            if let Watermark::High(window) = cfg.windows.on_message(&content) {
+                journal_chunk(window, builder, journal)
+                    .await
+                    .map_err(|e| match e {
+                        ChunkError::Change(source) => change_err(source),
+                        ChunkError::Reader(e) => e,
+                    })?;
             }
             None
         }
         Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => None,
     };
     if let Some(entry) = entry {
+        cfg.windows.on_change(&entry.event);
         send(journal, JournalCommand::Change(Box::new(entry))).await?;
     }
     Ok(())
+}
+
+enum ChunkError {
+    Change(ChangeError),
+    Reader(ReaderError),
+}
+
+/// At a high watermark: journals the chunk rows no change touched inside the window,
+/// as read events of the watermark's transaction, with the resync's progress.
+async fn journal_chunk(
+    mut window: Box<watermark::Window>,
+    builder: &mut ChangeBuilder,
+    journal: &mpsc::Sender<JournalCommand>,
+) -> Result<(), ChunkError> {
+    let rows = window.surviving_rows();
+    let mut entries = Vec::with_capacity(rows.len());
+    for (key, row) in rows {
+        entries.push(
+            builder
+                .read(window.resync_id, &window.table, key, row)
+                .map_err(ChunkError::Change)?,
+        );
+    }
+    let (last_key, done) = window
+        .rows
+        .as_ref()
+        .map_or((None, false), |c| (c.last_key.clone(), c.done));
+    crate::metrics::metrics()
+        .resync_rows
+        .inc_by(entries.len() as u64);
+    tracing::debug!(resync = window.resync_id, table = %window.table, rows = entries.len(), "resync chunk journaled");
+    let progress = ResyncProgress {
+        id: window.resync_id,
+        last_key,
+        rows: entries.len() as i64,
+        done,
+    };
+    let reply = match window.done.take() {
+        Some(reply) => reply,
+        None => oneshot::channel().0,
+    };
+    let chunk = ResyncChunk {
+        entries,
+        target: window.target.clone(),
+        progress,
+    };
+    send(journal, JournalCommand::Resync(Box::new(chunk), reply))
+        .await
+        .map_err(ChunkError::Reader)
 }

@@ -345,6 +345,10 @@ pub async fn run<S: Sink>(
         let mut items = Vec::new();
         let mut positions = Vec::new();
         for stored in batch {
+            // A targeted resync's rows are for one sink only.
+            if stored.target.as_deref().is_some_and(|t| t != name) {
+                continue;
+            }
             let id = stored.event.id.to_string();
             match plan.map(stored.event) {
                 Ok(Mapped::NotSelected) => {}

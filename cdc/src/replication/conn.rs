@@ -240,7 +240,8 @@ impl ReplicationConnection {
         })
     }
 
-    /// START_REPLICATION SLOT "slot" LOGICAL X/Y (proto_version '1', publication_names '"pub"').
+    /// START_REPLICATION SLOT "slot" LOGICAL X/Y (proto_version '1', publication_names '"pub"',
+    /// messages 'true'): logical messages carry the resync watermarks (PostgreSQL 14+).
     pub async fn start_replication(
         mut self,
         slot: &str,
@@ -248,7 +249,7 @@ impl ReplicationConnection {
         publication: &str,
     ) -> Result<ReplicationStream, ReplicationError> {
         let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')",
             quote_ident(slot)?,
             frame::format_lsn(start_lsn),
             quote_literal(&quote_ident(publication)?)

@@ -27,6 +27,11 @@ impl Catalog {
         }
     }
 
+    /// The connection, for other look-ups on the same session.
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
     /// The decoding kind of the type with this OID.
     pub async fn resolve_type(&mut self, oid: u32) -> Result<PgType, ReplicationError> {
         if let Some(t) = PgType::from_builtin_oid(oid) {

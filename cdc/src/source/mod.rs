@@ -6,6 +6,8 @@
 //! database, which `run` retries.
 
 pub mod catalog;
+pub mod resync;
+pub mod snapshot;
 
 use std::time::Duration;
 
@@ -473,11 +475,14 @@ pub async fn ensure_slot(
     config: &Config,
     client: &Client,
     conn: &mut ReplicationConnection,
-) -> Result<bool, ReplicationError> {
+    export_snapshot: bool,
+) -> Result<Option<crate::replication::CreatedSlot>, ReplicationError> {
     if slot_info(client, &config.source.slot).await?.is_some() {
-        return Ok(false);
+        return Ok(None);
     }
-    let created = conn.create_logical_slot(&config.source.slot, false).await?;
+    let created = conn
+        .create_logical_slot(&config.source.slot, export_snapshot)
+        .await?;
     tracing::info!(slot = %config.source.slot, consistent_point = %pgcdc_schema::Lsn(created.consistent_point), "created replication slot");
-    Ok(true)
+    Ok(Some(created))
 }

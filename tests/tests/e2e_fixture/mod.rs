@@ -15,6 +15,8 @@ use anyhow::{bail, ensure, Context};
 use pgcdc_tests::{pgcdc_bin, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
 use serde_json::Value;
 
+pub mod view;
+
 /// Config text with one stdout sink named `out` (plus `extra` appended verbatim);
 /// the admin API on an ephemeral port, since tests run in parallel.
 pub fn config_toml(url: &str, tables: &[&str], state: &Path, extra: &str) -> String {

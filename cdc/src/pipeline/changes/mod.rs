@@ -291,12 +291,58 @@ impl ChangeBuilder {
         })
     }
 
+    /// A row read by a resync chunk, journaled in the current (high watermark)
+    /// transaction. Its id comes from the resync, the table and the key, so a chunk
+    /// read again after a restart gives its rows the same ids.
+    pub fn read(
+        &mut self,
+        resync_id: i64,
+        table: &TableName,
+        key: Row,
+        row: Row,
+    ) -> Result<JournalEntry, ChangeError> {
+        let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
+        let seq = txn.next_seq;
+        txn.next_seq += 1;
+        Ok(JournalEntry {
+            seq,
+            commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
+            event: ChangeEvent {
+                id: read_event_id(resync_id, table, &key),
+                op: Op::Read,
+                schema: table.schema.clone(),
+                table: table.table.clone(),
+                key: Some(key),
+                old: None,
+                new: Some(row),
+                trigger: None,
+                lsn: txn.commit_lsn,
+                xid: None,
+                commit_time: Some(txn.commit_time_text.clone()),
+                unchanged_toast: Vec::new(),
+            },
+        })
+    }
+
     /// TRUNCATE of one relation.
     pub fn truncate(&mut self, relation_id: u32) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |_, _| {
             Ok((Op::Truncate, None, None, None, Vec::new()))
         })
     }
+}
+
+/// Id of a resync's (or snapshot's) `read` event: `R` + the resync id + the first 32 hex
+/// digits of SHA-256 over `schema.table` and the key JSON.
+pub fn read_event_id(resync_id: i64, table: &TableName, key: &Row) -> EventId {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(table.to_string().as_bytes());
+    hash.update([0u8]);
+    hash.update(serde_json::to_string(key).unwrap_or_default().as_bytes());
+    let digest = hash.finalize();
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    EventId::from_string(format!("R{resync_id:08X}-{hex}"))
 }
 
 #[cfg(test)]

@@ -835,7 +835,7 @@ mod tests {
         assert_eq!(recs.len(), 2, "a delete is followed by a tombstone");
         assert_eq!(text(&recs[1].key), "7");
         assert!(recs[1].value.is_none());
-        assert_eq!(recs[1].id.1, true);
+        assert!(recs[1].id.1);
     }
 
     #[test]

@@ -1,0 +1,325 @@
+//! The resync driver: the SQL half of the watermark algorithm (see
+//! `pipeline::watermark` for the reader's half). It polls the journal for
+//! the next queued resync, then per chunk: opens a window, writes the low
+//! watermark, SELECTs the next rows by primary-key range (no lock: a plain
+//! READ COMMITTED query), hands them to the window, writes the high
+//! watermark and waits until the reader has journaled the chunk.
+//!
+//! Transient (retry the chunk): connection loss, a window the reader did not
+//! close in time. Definite (the resync is marked failed, with the reason): a
+//! missing table, a table without primary key, a `where` that does not parse.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgcdc_schema::event::Row;
+use pgcdc_schema::value::decode_text;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::{quote_ident, TableName};
+use crate::journal::{JournalError, JournalReader, ResyncInfo};
+use crate::pipeline::watermark::{self, ChunkRows, Window, Windows};
+use crate::replication::{connect_sql, ReplicationError, SourceUrl};
+use crate::source::catalog::Catalog;
+
+/// Rows per chunk: bounds the memory of a window and the size of one journal write.
+pub const CHUNK_ROWS: i64 = 2_000;
+
+/// How often the journal is polled for new or cancelled resyncs.
+const POLL: Duration = Duration::from_secs(1);
+
+/// How long the reader may take to reach a chunk's high watermark before the chunk
+/// is tried again (a reader paused on a full journal, or far behind).
+const WINDOW_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a resync could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    /// The journal failed (definite for pgcdc).
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The source failed; the chunk is retried.
+    #[error("source: {0}")]
+    Source(#[from] ReplicationError),
+    /// The request cannot be carried out as given.
+    #[error("{0}")]
+    Definite(String),
+}
+
+impl From<tokio_postgres::Error> for ResyncError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // Errors the server reports about our query (bad `where`, missing column)
+        // will not go away by retrying; connection errors will.
+        match e.code() {
+            Some(code) if !code.code().starts_with("08") && !code.code().starts_with("57") => {
+                ResyncError::Definite(crate::source::sql_message(&e))
+            }
+            _ => ResyncError::Source(ReplicationError::Sql(e)),
+        }
+    }
+}
+
+/// A table's shape as a chunk query needs it.
+pub(crate) struct TableShape {
+    columns: Vec<(String, pgcdc_schema::value::PgType)>,
+    key: Vec<String>,
+}
+
+pub(crate) async fn with_journal<T: Send + 'static>(
+    dir: PathBuf,
+    f: impl FnOnce(&mut JournalReader) -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, ResyncError> {
+    tokio::task::spawn_blocking(move || {
+        let mut reader = JournalReader::open(&dir, true)?;
+        f(&mut reader)
+    })
+    .await
+    .map_err(|e| ResyncError::Definite(format!("journal task failed: {e}")))?
+    .map_err(ResyncError::from)
+}
+
+/// Runs queued resyncs one after another until `shutdown`.
+pub async fn run(
+    url: SourceUrl,
+    state_dir: PathBuf,
+    windows: Windows,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ResyncError> {
+    let mut backoff = POLL;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let next = with_journal(state_dir.clone(), |j| j.next_resync()).await?;
+        if let Some(resync) = next {
+            match one(&url, &state_dir, &windows, &resync, &mut shutdown).await {
+                Ok(()) => backoff = POLL,
+                Err(ResyncError::Definite(why)) => {
+                    tracing::error!(resync = resync.id, table = %resync.table, error = %why, "resync failed");
+                    let id = resync.id;
+                    with_journal(state_dir.clone(), move |j| j.fail_resync(id, &why)).await?;
+                }
+                Err(ResyncError::Journal(e)) => return Err(ResyncError::Journal(e)),
+                Err(e) => {
+                    tracing::warn!(resync = resync.id, error = %e, retry_in_s = backoff.as_secs(), "resync interrupted; retrying the chunk");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+pub(crate) async fn shape(
+    catalog: &mut Catalog,
+    table: &TableName,
+) -> Result<TableShape, ResyncError> {
+    let oid: Option<u32> = catalog
+        .client()
+        .query_opt(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.table],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let oid = oid.ok_or_else(|| {
+        ResyncError::Definite(format!(
+            "table {table} does not exist at the source; check the name (schema.table)"
+        ))
+    })?;
+    let rows = catalog
+        .client()
+        .query(
+            "SELECT attname::text, atttypid FROM pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await?;
+    let mut columns = Vec::with_capacity(rows.len());
+    for r in rows {
+        let name: String = r.get(0);
+        let kind = catalog.resolve_type(r.get(1)).await?;
+        columns.push((name, kind));
+    }
+    let key = catalog.primary_key(oid).await?;
+    if key.is_empty() {
+        return Err(ResyncError::Definite(format!(
+            "table {table} has no primary key: resync reads by key ranges; add a primary key"
+        )));
+    }
+    Ok(TableShape { columns, key })
+}
+
+/// The chunk query: the next `CHUNK_ROWS` rows after `$1` (the last key, JSON of text
+/// values, parsed by the columns' own input functions) in key order.
+pub(crate) fn chunk_sql(
+    table: &TableName,
+    shape: &TableShape,
+    where_sql: Option<&str>,
+    after: bool,
+) -> Result<String, ResyncError> {
+    let q = |s: &str| -> Result<String, ResyncError> { Ok(quote_ident(s)) };
+    let mut cols = Vec::with_capacity(shape.columns.len());
+    for (c, _) in &shape.columns {
+        cols.push(format!("t.{}::text", q(c)?));
+    }
+    let mut key_t = Vec::new();
+    let mut key_r = Vec::new();
+    for k in &shape.key {
+        key_t.push(format!("t.{}", q(k)?));
+        key_r.push(format!("r.{}", q(k)?));
+    }
+    let rel = format!("{}.{}", q(&table.schema)?, q(&table.table)?);
+    let mut conds = Vec::new();
+    if after {
+        conds.push(format!(
+            "ROW({}) > (SELECT {} FROM json_populate_record(NULL::{rel}, $1::text::json) r)",
+            key_t.join(", "),
+            key_r.join(", ")
+        ));
+    }
+    if let Some(w) = where_sql.filter(|w| !w.trim().is_empty()) {
+        conds.push(format!("({w})"));
+    }
+    let where_clause = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    Ok(format!(
+        "SELECT {} FROM {rel} t{where_clause} ORDER BY {} LIMIT {CHUNK_ROWS}",
+        cols.join(", "),
+        key_t.join(", ")
+    ))
+}
+
+async fn emit(client: &tokio_postgres::Client, content: &str) -> Result<(), ResyncError> {
+    client
+        .execute(
+            "SELECT pg_logical_emit_message(true, $1, $2)",
+            &[&watermark::PREFIX, &content],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Selects one chunk: decoded rows (as the stream decodes them) and the raw last key.
+pub(crate) async fn select_chunk(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    shape: &TableShape,
+    after: Option<&String>,
+) -> Result<ChunkRows, ResyncError> {
+    let rows = match after {
+        Some(k) => client.query(sql, &[k]).await?,
+        None => client.query(sql, &[]).await?,
+    };
+    let mut out = ChunkRows {
+        rows: Vec::with_capacity(rows.len()),
+        last_key: None,
+        done: (rows.len() as i64) < CHUNK_ROWS,
+    };
+    let mut raw_key = serde_json::Map::new();
+    for r in &rows {
+        let mut row = Row::new();
+        raw_key.clear();
+        for (i, (name, kind)) in shape.columns.iter().enumerate() {
+            let text: Option<String> = r.try_get(i).map_err(ResyncError::from)?;
+            if shape.key.contains(name) {
+                raw_key.insert(name.clone(), serde_json::json!(text));
+            }
+            let value = match text {
+                Some(t) => decode_text(kind, &t),
+                None => serde_json::Value::Null,
+            };
+            row.insert(name.clone(), value);
+        }
+        let key: Row = shape
+            .key
+            .iter()
+            .map(|k| (k.clone(), row.get(k).cloned().unwrap_or_default()))
+            .collect();
+        out.rows.push((key, row));
+    }
+    if !rows.is_empty() {
+        out.last_key = Some(serde_json::Value::Object(raw_key).to_string());
+    }
+    Ok(out)
+}
+
+async fn one(
+    url: &SourceUrl,
+    state_dir: &std::path::Path,
+    windows: &Windows,
+    resync: &ResyncInfo,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ResyncError> {
+    let table = TableName::parse(&resync.table).map_err(ResyncError::Definite)?;
+    let mut catalog = Catalog::new(connect_sql(url).await?);
+    let shape = shape(&mut catalog, &table).await?;
+    let client = catalog.client();
+    tracing::info!(resync = resync.id, kind = %resync.kind, table = %table, sink = ?resync.sink, from = ?resync.last_key, "resync running");
+    loop {
+        // Re-read: a cancel, or progress made by the reader since.
+        let id = resync.id;
+        let current = with_journal(state_dir.to_path_buf(), move |j| j.resync(id)).await?;
+        let Some(current) = current.filter(|r| r.state == "pending" || r.state == "running") else {
+            tracing::info!(resync = resync.id, "resync finished or cancelled");
+            return Ok(());
+        };
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let sql = chunk_sql(
+            &table,
+            &shape,
+            current.r#where.as_deref(),
+            current.last_key.is_some(),
+        )?;
+        let token = format!(
+            "{}.{}.{}",
+            resync.id,
+            current.chunks,
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        let (done_tx, done_rx) = oneshot::channel();
+        windows.open(Window::new(
+            token.clone(),
+            resync.id,
+            table.clone(),
+            current.sink.clone(),
+            done_tx,
+        ));
+        let attempt = async {
+            emit(client, &format!("low:{token}")).await?;
+            let rows = select_chunk(client, &sql, &shape, current.last_key.as_ref()).await?;
+            if !windows.set_rows(&token, rows) {
+                return Err(ResyncError::Definite("the resync window was closed".into()));
+            }
+            emit(client, &format!("high:{token}")).await
+        };
+        if let Err(e) = attempt.await {
+            windows.close(&token);
+            return Err(e);
+        }
+        tokio::select! {
+            r = tokio::time::timeout(WINDOW_TIMEOUT, done_rx) => match r {
+                Ok(Ok(())) => {}
+                // The window was replaced or dropped (reader restarted): retry the chunk.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    windows.close(&token);
+                    tracing::warn!(resync = resync.id, "the reader did not reach the chunk's high watermark in time; retrying the chunk");
+                }
+            },
+            _ = shutdown.changed() => {
+                windows.close(&token);
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The initial snapshot (`source.snapshot = "initial"`): when pgcdc creates
+//! the slot, it exports the slot's snapshot and copies every table under
+//! `SET TRANSACTION SNAPSHOT`, chunk by chunk in primary-key order, as `read`
+//! events journaled ahead of the stream (positions just before the slot's
+//! consistent point). Each row is in the snapshot or in the stream, never
+//! both missing, never stale.
+//!
+//! Each table is a resync of kind `snapshot`, queued *before* the slot is
+//! created and advanced per chunk in the journal transaction of the chunk's
+//! rows. The exported snapshot dies with the replication connection, so after
+//! a crash the tables' remaining chunks are read by the resync driver with
+//! watermarks (`source::resync`), which is just as exact.
+
+use std::path::Path;
+
+use pgcdc_schema::{ChangeEvent, Lsn, Op};
+
+use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
+use crate::config::{Config, TableName};
+use crate::journal::{
+    JournalEntry, JournalReader, JournalWriter, ResyncKind, ResyncProgress, ResyncRequestError,
+};
+use crate::pipeline::changes::read_event_id;
+use crate::replication::{connect_sql, SourceUrl};
+use crate::source::catalog::Catalog;
+
+/// Queues one snapshot resync per captured table (kept if already queued). Called
+/// before the slot is created: a crash after creating it leaves the work queued.
+pub fn queue(config: &Config, state_dir: &Path) -> Result<(), ResyncError> {
+    let mut journal = JournalReader::open(state_dir, true)?;
+    let mut tables: Vec<String> = config.tables().iter().map(|t| t.to_string()).collect();
+    tables.sort();
+    for table in tables {
+        match journal.request_resync(ResyncKind::Snapshot, &table, None, None) {
+            Ok(_) | Err(ResyncRequestError::AlreadyActive { .. }) => {}
+            Err(ResyncRequestError::Journal(e)) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Copies the queued snapshot tables under the exported `snapshot`, journaling each
+/// chunk with its progress. Returns the rows copied.
+pub async fn copy(
+    url: &SourceUrl,
+    snapshot: &str,
+    consistent_point: Lsn,
+    writer: &mut JournalWriter,
+    state_dir: &Path,
+) -> Result<u64, ResyncError> {
+    let journal = JournalReader::open(state_dir, true)?;
+    let queued: Vec<_> = journal
+        .resyncs(0)?
+        .into_iter()
+        .filter(|r| r.kind == "snapshot" && (r.state == "pending" || r.state == "running"))
+        .collect();
+    drop(journal);
+    let mut catalog = Catalog::new(connect_sql(url).await?);
+    catalog
+        .client()
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            crate::config::quote_literal(snapshot)
+        ))
+        .await?;
+    // Snapshot rows sort before every streamed change (those commit at or after the
+    // consistent point) and after anything already journaled.
+    let floor = (consistent_point.0.saturating_sub(1), 0u32);
+    let (lsn, mut seq) = match writer.last_position() {
+        Some(last) if last >= floor => (last.0, last.1.saturating_add(1)),
+        _ => floor,
+    };
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let now_text = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut total = 0u64;
+    for resync in queued {
+        let table = TableName::parse(&resync.table).map_err(ResyncError::Definite)?;
+        // A table that cannot be copied (no primary key, gone) fails its own resync,
+        // visible in `status`; the other tables and the stream go on.
+        let shape = match shape(&mut catalog, &table).await {
+            Ok(shape) => shape,
+            Err(ResyncError::Definite(why)) => {
+                tracing::error!(table = %table, error = %why, "cannot snapshot this table");
+                JournalReader::open(state_dir, true)?.fail_resync(resync.id, &why)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut last_key = resync.last_key.clone();
+        let started = std::time::Instant::now();
+        let mut rows_in_table = 0u64;
+        loop {
+            let sql = chunk_sql(&table, &shape, None, last_key.is_some())?;
+            let chunk = select_chunk(catalog.client(), &sql, &shape, last_key.as_ref()).await?;
+            let mut entries = Vec::with_capacity(chunk.rows.len());
+            for (key, row) in chunk.rows {
+                entries.push(JournalEntry {
+                    seq,
+                    commit_time_unix_us: Some(now_us),
+                    event: ChangeEvent {
+                        id: read_event_id(resync.id, &table, &key),
+                        op: Op::Read,
+                        schema: table.schema.clone(),
+                        table: table.table.clone(),
+                        key: Some(key),
+                        old: None,
+                        new: Some(row),
+                        trigger: None,
+                        lsn: Lsn(lsn),
+                        xid: None,
+                        commit_time: Some(now_text.clone()),
+                        unchanged_toast: Vec::new(),
+                    },
+                });
+                seq = seq.checked_add(1).ok_or_else(|| {
+                    ResyncError::Definite(
+                        "more than 4 billion snapshot rows; use snapshot = \"never\" and `pgcdc resync` per table".into(),
+                    )
+                })?;
+            }
+            let n = entries.len() as i64;
+            let progress = ResyncProgress {
+                id: resync.id,
+                last_key: chunk.last_key.clone(),
+                rows: n,
+                done: chunk.done,
+            };
+            let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
+            writer.append_with(&refs, None, &[progress])?;
+            crate::metrics::metrics().resync_rows.inc_by(n as u64);
+            rows_in_table += n as u64;
+            if chunk.done {
+                break;
+            }
+            last_key = chunk.last_key;
+        }
+        total += rows_in_table;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(table = %table, rows = rows_in_table, seconds = secs, rows_per_s = (rows_in_table as f64 / secs.max(1e-6)) as u64, "snapshot of table journaled");
+    }
+    catalog.client().batch_execute("COMMIT").await?;
+    Ok(total)
+}

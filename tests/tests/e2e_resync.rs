@@ -1,0 +1,311 @@
+//! End to end: online resync (watermark chunks) while writers update, delete
+//! and insert rows: the stdout sink's view equals the table; a targeted resync
+//! reaches only its sink; kill -9 mid-resync resumes at the chunk; cancel works.
+
+mod e2e_fixture;
+
+use std::time::Duration;
+
+use anyhow::ensure;
+use e2e_fixture::view::{create_tables, View, Writer};
+use e2e_fixture::{config_toml, pgcdc_output, spawn_run, start_streaming, status_json};
+use pgcdc_tests::http_receiver::Receiver;
+use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
+use serde_json::Value;
+
+/// Rows in the resynced table (several chunks of 2000).
+const ROWS: i64 = 10_000;
+
+/// A `--where` that is true for every row and slows the chunk SELECT down.
+const SLOW_WHERE: &str = "(SELECT true FROM pg_sleep(0.0001 + 0 * id))";
+
+fn tables() -> [&'static str; 2] {
+    ["public.items", "public.fence"]
+}
+
+async fn resync_state(cfg: &ConfigFile) -> anyhow::Result<Value> {
+    let s = status_json(cfg).await?;
+    Ok(s["resyncs"].get(0).cloned().unwrap_or(Value::Null))
+}
+
+/// Reads stdout until the newest resync is `done` (checked every 200 lines or 0.5 s).
+async fn until_done(view: &mut View, p: &mut Pgcdc, cfg: &ConfigFile) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let r = resync_state(cfg).await?;
+        if r["state"] == "done" {
+            return Ok(());
+        }
+        ensure!(r["state"] != "failed", "resync failed: {r}");
+        ensure!(std::time::Instant::now() < deadline, "resync not done: {r}");
+        let mut n = 0;
+        view.drain_until(p, Duration::from_secs(30), "stdout", |_| {
+            n += 1;
+            n > 200
+        })
+        .await
+        .or_else(|e| if p.has_exited() { Err(e) } else { Ok(()) })?;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resync_during_writes_equals_table_and_reaches_only_its_sink() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", ROWS).await?;
+    let rx = Receiver::start().await?;
+    let state = state_dir()?;
+    let extra = format!(
+        "[[sink]]\nname = \"other\"\ntype = \"http\"\nurl = \"{}\"\n",
+        rx.url()
+    );
+    let cfg = ConfigFile::new(&config_toml(&pg.url(), &tables(), state.path(), &extra))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let mut view = View::of("items");
+
+    let writer = Writer::start(&pg, "items", ROWS + 500).await?;
+    // The `where` sleeps a little per row: each chunk's SELECT then takes about 0.2 s,
+    // so many writes commit inside its watermark window, after the SELECT's snapshot.
+    // Without the window's filtering those rows would reach the sink stale.
+    let (code, out, err) = pgcdc_output(&[
+        "resync",
+        "--config",
+        &cfg.arg(),
+        "--table",
+        "public.items",
+        "--sink",
+        "out",
+        "--where",
+        SLOW_WHERE,
+    ])
+    .await?;
+    ensure!(code == 0, "resync: {out}{err}");
+    // A second request for the same table and sink is refused while the first runs.
+    let (code, _, err) = pgcdc_output(&[
+        "resync",
+        "--config",
+        &cfg.arg(),
+        "--table",
+        "public.items",
+        "--sink",
+        "out",
+    ])
+    .await?;
+    ensure!(
+        code != 0 && err.contains("already"),
+        "duplicate accepted: {err}"
+    );
+    until_done(&mut view, &mut p, &cfg).await?;
+    let writes = writer.stop().await?;
+    view.fence(&pg, &mut p).await?;
+    view.assert_equals_table(&pg).await?;
+    ensure!(view.reads > 0, "no read events");
+    let r = resync_state(&cfg).await?;
+    ensure!(r["chunks"].as_i64().unwrap_or(0) >= ROWS / 2_000, "{r}");
+    eprintln!(
+        "resync: {} reads, {writes} concurrent writes, {r}",
+        view.reads
+    );
+
+    // The http sink got the streamed changes but none of the targeted read events.
+    wait_until_msg(
+        Duration::from_secs(60),
+        "the http sink sees the fence",
+        || async { rx.requests().iter().any(|r| r.json()["table"] == "fence") },
+    )
+    .await;
+    let reads = rx
+        .requests()
+        .iter()
+        .filter(|r| r.json()["op"] == "read")
+        .count();
+    ensure!(
+        reads == 0,
+        "sink 'other' received {reads} read events of a resync for 'out'"
+    );
+
+    // Read event ids are stable per (resync, table, key) and look like R<id>-<hash>.
+    p.terminate()?;
+    ensure!(p
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some_and(|s| s.success()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_during_resync_resumes_at_the_chunk_and_stays_exact() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", 2 * ROWS).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config_toml(&pg.url(), &tables(), state.path(), ""))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let mut view = View::of("items");
+    let writer = Writer::start(&pg, "items", 2 * ROWS).await?;
+    // Through the admin API this time (the port is ephemeral: read it from the log).
+    let (code, out, err) =
+        pgcdc_output(&["resync", "--config", &cfg.arg(), "--table", "public.items"]).await?;
+    ensure!(code == 0, "resync: {out}{err}");
+    // Kill once a few chunks are journaled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = resync_state(&cfg).await?;
+        if r["chunks"].as_i64().unwrap_or(0) >= 2 {
+            ensure!(r["state"] == "running", "finished before the kill: {r}");
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "no progress: {r}");
+        let mut n = 0;
+        let _ = view
+            .drain_until(&mut p, Duration::from_millis(300), "", |_| {
+                n += 1;
+                n > 100
+            })
+            .await;
+    }
+    p.kill9()?;
+    let _ = p.wait_exit(Duration::from_secs(10)).await;
+    // Drain what the dead process printed.
+    while let Some(line) = p.next_line(Duration::from_millis(200)).await {
+        view.apply(&line)?;
+    }
+    let before = resync_state(&cfg).await?;
+    let mut p = spawn_run(&cfg)?;
+    until_done(&mut view, &mut p, &cfg).await?;
+    writer.stop().await?;
+    view.fence(&pg, &mut p).await?;
+    view.assert_equals_table(&pg).await?;
+    let after = resync_state(&cfg).await?;
+    // Resumed, not restarted: chunks before the kill were not read again.
+    ensure!(
+        after["chunks"].as_i64() <= Some(2 * ROWS / 2_000 + 1),
+        "before kill {before}, after {after}"
+    );
+    let log = p.stderr();
+    ensure!(log.contains("resync running"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_resync() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", 10).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config_toml(&pg.url(), &tables(), state.path(), ""))?;
+    // Stopped pgcdc: the request waits in the journal; cancel it there.
+    let mut p = start_streaming(&pg, &cfg).await?;
+    p.terminate()?;
+    let _ = p.wait_exit(Duration::from_secs(20)).await;
+    let (code, out, err) =
+        pgcdc_output(&["resync", "--config", &cfg.arg(), "--table", "public.items"]).await?;
+    ensure!(code == 0, "{out}{err}");
+    let (code, out, err) = pgcdc_output(&[
+        "resync",
+        "--config",
+        &cfg.arg(),
+        "--table",
+        "public.items",
+        "--cancel",
+    ])
+    .await?;
+    ensure!(code == 0 && out.contains("cancelled"), "{out}{err}");
+    ensure!(resync_state(&cfg).await?["state"] == "cancelled");
+    let (code, _, err) =
+        pgcdc_output(&["resync", "--config", &cfg.arg(), "--table", "public.nope"]).await?;
+    ensure!(code != 0 && err.contains("source.tables"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_fires_and_status_shows_its_next_run() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", 50).await?;
+    let state = state_dir()?;
+    let extra = "\n[[schedule]]\ncron = \"*/2 * * * * *\"\ntime_zone = \"Europe/Berlin\"\n\
+                 resync = { table = \"public.items\", sink = \"out\", where = \"id <= 40\" }\n";
+    let cfg = ConfigFile::new(&config_toml(&pg.url(), &tables(), state.path(), extra))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let s = status_json(&cfg).await?;
+    let next = s["schedules"][0]["next_run"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        chrono::DateTime::parse_from_rfc3339(&next).is_ok(),
+        "no next run in status: {s}"
+    );
+    let mut view = View::of("items");
+    // Only rows matching `where` are read.
+    view.drain_until(
+        &mut p,
+        Duration::from_secs(60),
+        "40 rows read by the schedule",
+        |v| v.rows.len() == 40,
+    )
+    .await?;
+    ensure!(
+        view.rows.keys().all(|id| *id <= 40),
+        "{:?}",
+        view.rows.keys().last()
+    );
+    let log = p.stderr();
+    ensure!(log.contains("scheduled resync queued"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_starts_and_cancels_a_running_resync() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", ROWS).await?;
+    let state = state_dir()?;
+    let port = pgcdc_tests::free_port()?;
+    let toml = config_toml(&pg.url(), &tables(), state.path(), "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = ConfigFile::new(&toml)?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let body = serde_json::json!({ "table": "public.items", "where": SLOW_WHERE }).to_string();
+    let r = http
+        .post(format!("{base}/api/resync"))
+        .body(body.clone())
+        .send()
+        .await?;
+    let (code, text) = (r.status().as_u16(), r.text().await?);
+    ensure!(
+        code == 200 && text.contains("\"state\":\"pending\""),
+        "{code} {text}"
+    );
+    let r = http
+        .post(format!("{base}/api/resync"))
+        .body(body)
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 409, "a duplicate must be refused");
+    let mut view = View::of("items");
+    view.drain_until(&mut p, Duration::from_secs(60), "the first chunk", |v| {
+        v.reads > 0
+    })
+    .await?;
+    let r = http
+        .delete(format!("{base}/api/resync/public.items"))
+        .send()
+        .await?;
+    let (code, text) = (r.status().as_u16(), r.text().await?);
+    ensure!(code == 200 && text.contains("cancelled"), "{code} {text}");
+    // The chunk in hand may still land; then nothing more.
+    view.drain_until(&mut p, Duration::from_secs(3), "", |_| false)
+        .await
+        .ok();
+    let reads = view.reads;
+    view.drain_until(&mut p, Duration::from_secs(3), "", |_| false)
+        .await
+        .ok();
+    let r = resync_state(&cfg).await?;
+    ensure!(r["state"] == "cancelled", "{r}");
+    ensure!(
+        view.reads == reads && reads < ROWS as u64,
+        "reads went on after cancel: {reads} then {}",
+        view.reads
+    );
+    Ok(())
+}
