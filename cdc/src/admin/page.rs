@@ -58,7 +58,7 @@ mod tests {
             "dataset.action",
             "Bearer ",
             "sessionStorage",
-            "not available in this version",
+            "resync-list",
         ] {
             assert!(STATUS_PAGE.contains(needle), "the page lacks {needle:?}");
         }

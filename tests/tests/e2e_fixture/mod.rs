@@ -56,7 +56,11 @@ pub async fn slot_active_pid(pg: &PgCluster, slot: &str) -> Option<i32> {
 pub async fn wait_streaming(pg: &PgCluster, p: &mut Pgcdc) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if slot_active_pid(pg, "pgcdc").await.is_some() {
+        // The slot is also active while pgcdc creates it, on a short-lived connection:
+        // streaming is when the reader says so and holds the slot.
+        if p.stderr().contains("replication started")
+            && slot_active_pid(pg, "pgcdc").await.is_some()
+        {
             return Ok(());
         }
         if p.has_exited() {
