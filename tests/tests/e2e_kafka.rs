@@ -436,7 +436,6 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
         Duration::from_secs(120),
     )
     .await?;
-    eprintln!("DEBUG cut at load finished={}", load.is_finished());
     broker.cut();
     // The reader keeps journaling while Kafka is away.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -476,17 +475,7 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    broker.create_topic(TOPIC, 1)?;
-    let pg = PgCluster::new().await?;
-    permits_table(&pg).await?;
-    let state = state_dir()?;
-    let cfg = ConfigFile::new(&kafka_config(
-        &pg.url(),
-        state.path(),
-        &broker.bootstrap(),
-        "",
-    ))?;
+    let (broker, pg, state, cfg) = load_setup(1).await?;
     let mut p = start_streaming(&pg, &cfg).await?;
     pg.batch(
         "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(1, 500) g",
@@ -548,17 +537,7 @@ async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_foreign_record_in_a_written_partition_stops_pgcdc() -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    broker.create_topic(TOPIC, 1)?;
-    let pg = PgCluster::new().await?;
-    permits_table(&pg).await?;
-    let state = state_dir()?;
-    let cfg = ConfigFile::new(&kafka_config(
-        &pg.url(),
-        state.path(),
-        &broker.bootstrap(),
-        "",
-    ))?;
+    let (broker, pg, _state, cfg) = load_setup(1).await?;
     let mut p = start_streaming(&pg, &cfg).await?;
     pg.batch("INSERT INTO permits VALUES (1, 'pending', 1, NULL, NULL)")
         .await?;
@@ -668,17 +647,7 @@ async fn check_reports_the_broker_and_refuses_managed_options() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_reset_while_stopped_wins_over_the_progress_record() -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    broker.create_topic(TOPIC, 1)?;
-    let pg = PgCluster::new().await?;
-    permits_table(&pg).await?;
-    let state = state_dir()?;
-    let cfg = ConfigFile::new(&kafka_config(
-        &pg.url(),
-        state.path(),
-        &broker.bootstrap(),
-        "",
-    ))?;
+    let (broker, pg, _state, cfg) = load_setup(1).await?;
     let mut p = start_streaming(&pg, &cfg).await?;
     pg.batch(
         "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(1, 50) g",

@@ -151,38 +151,21 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let mut runners = JoinSet::new();
     for (i, sink) in config.sink.iter().enumerate() {
         let plan = plan::SinkPlan::compile(i, sink, &triggers)?;
+        let spawn = Spawner {
+            audit: &audit,
+            state_dir: &state_dir,
+            head: &head_rx,
+            stop: &stop_rx,
+        };
         match &sink.kind {
-            SinkKind::Stdout => {
-                runners.spawn(runner::run(
-                    StdoutSink::new(&sink.name),
-                    plan,
-                    audit.clone(),
-                    state_dir.clone(),
-                    head_rx.clone(),
-                    stop_rx.clone(),
-                ));
-            }
+            SinkKind::Stdout => spawn.runner(&mut runners, StdoutSink::new(&sink.name), plan),
             SinkKind::Http(http) => {
                 let sink_impl = build_http_sink(i, &sink.name, http, audit.clone())?;
-                runners.spawn(runner::run(
-                    sink_impl,
-                    plan,
-                    audit.clone(),
-                    state_dir.clone(),
-                    head_rx.clone(),
-                    stop_rx.clone(),
-                ));
+                spawn.runner(&mut runners, sink_impl, plan)
             }
             SinkKind::Kafka(kafka) => {
                 let sink_impl = build_kafka_sink(i, sink, kafka, &url.dbname, audit.clone())?;
-                runners.spawn(runner::run(
-                    sink_impl,
-                    plan,
-                    audit.clone(),
-                    state_dir.clone(),
-                    head_rx.clone(),
-                    stop_rx.clone(),
-                ));
+                spawn.runner(&mut runners, sink_impl, plan)
             }
         }
     }
@@ -275,6 +258,32 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// What every sink runner shares.
+struct Spawner<'a> {
+    audit: &'a AuditLog,
+    state_dir: &'a std::path::Path,
+    head: &'a watch::Receiver<JournalHead>,
+    stop: &'a watch::Receiver<bool>,
+}
+
+impl Spawner<'_> {
+    fn runner<S: pgcdc_sinks::Sink>(
+        &self,
+        runners: &mut JoinSet<Result<(), runner::RunnerError>>,
+        sink: S,
+        plan: plan::SinkPlan,
+    ) {
+        runners.spawn(runner::run(
+            sink,
+            plan,
+            self.audit.clone(),
+            self.state_dir.to_path_buf(),
+            self.head.clone(),
+            self.stop.clone(),
+        ));
     }
 }
 
