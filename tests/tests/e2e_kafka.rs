@@ -286,9 +286,19 @@ const PER_TXN: i64 = 100;
 
 /// Inserts `ROWS` permits, then updates each `UPDATES_PER_ROW` times (version 1..=5).
 fn start_load(addr: SocketAddr, pace: Duration) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    load_part(addr, pace, true, 0..UPDATES_PER_ROW)
+}
+
+/// The inserts (if `inserts`), then update rounds `rounds`, in one task.
+fn load_part(
+    addr: SocketAddr,
+    pace: Duration,
+    inserts: bool,
+    rounds: std::ops::Range<i64>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
         let client = addr.connect().await?;
-        for from in (1..=ROWS).step_by(PER_TXN as usize) {
+        for from in (1..=ROWS).step_by(PER_TXN as usize).filter(|_| inserts) {
             let to = from + PER_TXN - 1;
             client
                 .batch_execute(&format!(
@@ -297,7 +307,7 @@ fn start_load(addr: SocketAddr, pace: Duration) -> tokio::task::JoinHandle<anyho
                 .await?;
             tokio::time::sleep(pace).await;
         }
-        for round in 0..UPDATES_PER_ROW {
+        for round in rounds {
             for from in (1..=ROWS).step_by(PER_TXN as usize) {
                 let to = from + PER_TXN - 1;
                 client
@@ -427,7 +437,9 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
         "[sink.librdkafka]\n\"message.timeout.ms\" = 2000\n",
     ))?;
     let mut p = start_streaming(&pg, &cfg).await?;
-    let load = start_load(SocketAddr::of(&pg), Duration::from_millis(10));
+    // Inserts and two update rounds before the outage, two more during it, so
+    // changes are journaled and their deliveries time out while Kafka is away.
+    load_part(SocketAddr::of(&pg), Duration::from_millis(5), true, 0..2).await??;
     wait_records(
         &broker.bootstrap(),
         TOPIC,
@@ -437,6 +449,12 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
     )
     .await?;
     broker.cut();
+    let load = load_part(
+        SocketAddr::of(&pg),
+        Duration::from_millis(5),
+        false,
+        2..UPDATES_PER_ROW,
+    );
     // The reader keeps journaling while Kafka is away.
     tokio::time::sleep(Duration::from_secs(6)).await;
     ensure!(
@@ -467,7 +485,7 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
     );
     let log = stderr_with(&p, &["Kafka delivery failed"]).await;
     ensure!(
-        log.contains("Kafka delivery failed") || log.contains("retrying"),
+        log.contains("Kafka delivery failed"),
         "the outage went unnoticed:\n{log}"
     );
     Ok(())

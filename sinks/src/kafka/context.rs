@@ -4,7 +4,7 @@
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 /// The client context of every librdkafka handle a Kafka sink opens.
 #[derive(Debug, Clone)]
@@ -35,10 +35,11 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            // The read-back asks for these: they mark the end of a partition.
-            KafkaError::PartitionEOF(_) => {}
-            _ => tracing::warn!(sink = %self.sink, "Kafka client: {reason}"),
+        // The read-back asks for these: they mark the end of a partition.
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
+            tracing::warn!(sink = %self.sink, "Kafka client: {reason}");
         }
     }
 }
