@@ -42,17 +42,7 @@ pub struct DlqArgs {
 }
 
 fn open(config: &Config, sink: &str) -> anyhow::Result<JournalReader> {
-    if !config.sink.iter().any(|s| s.name() == sink) {
-        anyhow::bail!(
-            "no sink named {sink:?} in the config; sinks: {}",
-            config
-                .sink
-                .iter()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    config.check_sink(sink).map_err(anyhow::Error::msg)?;
     Ok(JournalReader::open(&config.state.dir, false)?)
 }
 

@@ -38,17 +38,7 @@ pub fn validate(config: &Config, table: &str, sink: Option<&str>) -> Result<Stri
         ));
     }
     if let Some(sink) = sink {
-        if !config.sink.iter().any(|s| s.name() == sink) {
-            return Err(format!(
-                "no sink named {sink:?} in the config; sinks: {}",
-                config
-                    .sink
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+        config.check_sink(sink)?;
     }
     Ok(name.to_string())
 }

@@ -657,6 +657,18 @@ impl Config {
         Ok(())
     }
 
+    /// `Err` naming the configured sinks when none is called `sink`.
+    pub fn check_sink(&self, sink: &str) -> Result<(), String> {
+        if self.sink.iter().any(|s| s.name() == sink) {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.sink.iter().map(|s| s.name()).collect();
+        Err(format!(
+            "no sink named {sink:?} in the config; sinks: {}",
+            names.join(", ")
+        ))
+    }
+
     /// The source tables, parsed.
     pub fn tables(&self) -> Vec<TableName> {
         self.source

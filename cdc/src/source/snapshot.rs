@@ -13,14 +13,14 @@
 
 use std::path::Path;
 
-use pgcdc_schema::{ChangeEvent, Lsn, Op};
+use pgcdc_schema::Lsn;
 
 use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
 use crate::config::{Config, TableName};
 use crate::journal::{
     JournalEntry, JournalReader, JournalWriter, ResyncKind, ResyncProgress, ResyncRequestError,
 };
-use crate::pipeline::changes::read_event_id;
+use crate::pipeline::changes::read_event;
 use crate::replication::{connect_sql, SourceUrl};
 use crate::source::catalog::Catalog;
 
@@ -97,20 +97,7 @@ pub async fn copy(
                 entries.push(JournalEntry {
                     seq,
                     commit_time_unix_us: Some(now_us),
-                    event: ChangeEvent {
-                        id: read_event_id(resync.id, &table, &key),
-                        op: Op::Read,
-                        schema: table.schema.clone(),
-                        table: table.table.clone(),
-                        key: Some(key),
-                        old: None,
-                        new: Some(row),
-                        trigger: None,
-                        lsn: Lsn(lsn),
-                        xid: None,
-                        commit_time: Some(now_text.clone()),
-                        unchanged_toast: Vec::new(),
-                    },
+                    event: read_event(resync.id, &table, key, row, Lsn(lsn), now_text.clone()),
                 });
                 seq = seq.checked_add(1).ok_or_else(|| {
                     ResyncError::Definite(

@@ -307,20 +307,14 @@ impl ChangeBuilder {
         Ok(JournalEntry {
             seq,
             commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
-            event: ChangeEvent {
-                id: read_event_id(resync_id, table, &key),
-                op: Op::Read,
-                schema: table.schema.clone(),
-                table: table.table.clone(),
-                key: Some(key),
-                old: None,
-                new: Some(row),
-                trigger: None,
-                lsn: txn.commit_lsn,
-                xid: None,
-                commit_time: Some(txn.commit_time_text.clone()),
-                unchanged_toast: Vec::new(),
-            },
+            event: read_event(
+                resync_id,
+                table,
+                key,
+                row,
+                txn.commit_lsn,
+                txn.commit_time_text.clone(),
+            ),
         })
     }
 
@@ -329,6 +323,31 @@ impl ChangeBuilder {
         self.entry(relation_id, |_, _| {
             Ok((Op::Truncate, None, None, None, Vec::new()))
         })
+    }
+}
+
+/// A row read by a resync or snapshot, as a `read` event.
+pub fn read_event(
+    resync_id: i64,
+    table: &TableName,
+    key: Row,
+    row: Row,
+    lsn: Lsn,
+    commit_time: String,
+) -> ChangeEvent {
+    ChangeEvent {
+        id: read_event_id(resync_id, table, &key),
+        op: Op::Read,
+        schema: table.schema.clone(),
+        table: table.table.clone(),
+        key: Some(key),
+        old: None,
+        new: Some(row),
+        trigger: None,
+        lsn,
+        xid: None,
+        commit_time: Some(commit_time),
+        unchanged_toast: Vec::new(),
     }
 }
 

@@ -119,6 +119,8 @@ pub struct KafkaSink {
     last_at: Option<Checkpoint>,
     /// When the batch in delivery started, RFC 3339 (for audit records).
     batch_started_at: String,
+    /// The same instant in Unix ms (Debezium's top-level `ts_ms`).
+    batch_started_ms: i64,
 }
 
 impl KafkaSink {
@@ -167,6 +169,7 @@ impl KafkaSink {
             since_progress: 0,
             last_progress_write: Instant::now(),
             batch_started_at: String::new(),
+            batch_started_ms: 0,
             last_at: None,
         })
     }
@@ -218,8 +221,7 @@ impl KafkaSink {
             }
         };
         let value = if !self.transformed && self.config.format == Format::Debezium {
-            let now_ms = chrono::Utc::now().timestamp_millis();
-            debezium::to_vec(event, &self.source, now_ms)
+            debezium::to_vec(event, &self.source, self.batch_started_ms)
         } else {
             serde_json::to_vec(&item.body)
         }
@@ -288,7 +290,13 @@ impl KafkaSink {
         recs: &[Rec],
         pending: &[usize],
     ) -> Result<Vec<Option<DeliveryFuture>>, Failure> {
-        let topics = pending.iter().map(|&i| recs[i].topic.clone()).collect();
+        // Only topics not yet in the progress record (almost always none) are collected.
+        let topics: BTreeSet<String> = pending
+            .iter()
+            .map(|&i| &recs[i].topic)
+            .filter(|t| !self.progress.topics.contains_key(*t))
+            .cloned()
+            .collect();
         self.register_topics(topics).await?;
         let producer = self.producer()?;
         let mut futures = Vec::with_capacity(pending.len());
@@ -428,7 +436,9 @@ impl Sink for KafkaSink {
 
     async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
         let started = Instant::now();
-        self.batch_started_at = chrono::Utc::now().to_rfc3339();
+        let now = chrono::Utc::now();
+        self.batch_started_at = now.to_rfc3339();
+        self.batch_started_ms = now.timestamp_millis();
         let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
         let mut recs = Vec::with_capacity(items.len());
         // Round 1 renders and enqueues chunk by chunk, so the broker works on the first
