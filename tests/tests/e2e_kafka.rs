@@ -72,6 +72,40 @@ async fn wait_records(
     }
 }
 
+/// Every record of `TOPIC` once pgcdc has had 2 s more to write a duplicate, if it would.
+async fn settled_records(broker: &Broker) -> anyhow::Result<Vec<Record>> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = broker.bootstrap();
+    Ok(tokio::task::spawn_blocking(move || read_topic(&b, TOPIC)).await??)
+}
+
+/// Runs pgcdc until `rows` rows inserted by `insert` are in `TOPIC`, then stops it
+/// with SIGTERM (a clean stop, which writes the final progress record).
+async fn deliver_and_stop(
+    pg: &PgCluster,
+    broker: &Broker,
+    cfg: &ConfigFile,
+    insert: &str,
+    rows: usize,
+) -> anyhow::Result<()> {
+    let mut p = start_streaming(pg, cfg).await?;
+    pg.batch(insert).await?;
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        rows,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
+    p.terminate()?;
+    ensure!(p
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some_and(|s| s.success()));
+    Ok(())
+}
+
 fn json(r: &Record) -> anyhow::Result<Value> {
     serde_json::from_str(
         r.value
@@ -406,11 +440,7 @@ async fn kill9_during_load_every_change_exactly_once_in_key_order() -> anyhow::R
     )
     .await?;
     // Give a duplicate, if any, the time to show up.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let records = {
-        let b = broker.bootstrap();
-        tokio::task::spawn_blocking(move || read_topic(&b, TOPIC)).await??
-    };
+    let records = settled_records(&broker).await?;
     let resumed = stderr_with(&p, &["resuming from the progress record"]).await;
     ensure!(
         resumed.contains("resuming from the progress record"),
@@ -472,11 +502,7 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
         Duration::from_secs(240),
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let records = {
-        let b = broker.bootstrap();
-        tokio::task::spawn_blocking(move || read_topic(&b, TOPIC)).await??
-    };
+    let records = settled_records(&broker).await?;
     assert_exactly_once_in_order(&records)?;
     ensure!(
         records.len() == TOTAL,
@@ -494,24 +520,14 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()> {
     let (broker, pg, state, cfg) = load_setup(1).await?;
-    let mut p = start_streaming(&pg, &cfg).await?;
-    pg.batch(
+    deliver_and_stop(
+        &pg,
+        &broker,
+        &cfg,
         "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(1, 500) g",
-    )
-    .await?;
-    wait_records(
-        &broker.bootstrap(),
-        TOPIC,
         500,
-        &mut p,
-        Duration::from_secs(60),
     )
     .await?;
-    p.terminate()?;
-    ensure!(p
-        .wait_exit(Duration::from_secs(20))
-        .await
-        .is_some_and(|s| s.success()));
     // The local cursor goes back to the start, as a restored backup of the state dir would.
     let conn = rusqlite::Connection::open(state.path().join("journal.db"))?;
     let moved = conn.execute("UPDATE cursors SET pos = 0 WHERE sink = 'kafka'", [])?;
@@ -522,7 +538,7 @@ async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()>
         "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(501, 600) g",
     )
     .await?;
-    let records = wait_records(
+    wait_records(
         &broker.bootstrap(),
         TOPIC,
         600,
@@ -530,16 +546,7 @@ async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()>
         Duration::from_secs(60),
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let records = {
-        let b = broker.bootstrap();
-        let again = tokio::task::spawn_blocking(move || read_topic(&b, TOPIC)).await??;
-        if again.len() > records.len() {
-            again
-        } else {
-            records
-        }
-    };
+    let records = settled_records(&broker).await?;
     ensure!(
         records.len() == 600,
         "{} records for 600 inserts: the stale cursor re-sent",
@@ -556,19 +563,14 @@ async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn a_foreign_record_in_a_written_partition_stops_pgcdc() -> anyhow::Result<()> {
     let (broker, pg, _state, cfg) = load_setup(1).await?;
-    let mut p = start_streaming(&pg, &cfg).await?;
-    pg.batch("INSERT INTO permits VALUES (1, 'pending', 1, NULL, NULL)")
-        .await?;
-    wait_records(
-        &broker.bootstrap(),
-        TOPIC,
+    deliver_and_stop(
+        &pg,
+        &broker,
+        &cfg,
+        "INSERT INTO permits VALUES (1, 'pending', 1, NULL, NULL)",
         1,
-        &mut p,
-        Duration::from_secs(60),
     )
     .await?;
-    p.terminate()?;
-    ensure!(p.wait_exit(Duration::from_secs(20)).await.is_some());
     produce_foreign(
         &broker.bootstrap(),
         TOPIC,
@@ -666,24 +668,14 @@ async fn check_reports_the_broker_and_refuses_managed_options() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_reset_while_stopped_wins_over_the_progress_record() -> anyhow::Result<()> {
     let (broker, pg, _state, cfg) = load_setup(1).await?;
-    let mut p = start_streaming(&pg, &cfg).await?;
-    pg.batch(
+    deliver_and_stop(
+        &pg,
+        &broker,
+        &cfg,
         "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(1, 50) g",
-    )
-    .await?;
-    wait_records(
-        &broker.bootstrap(),
-        TOPIC,
         50,
-        &mut p,
-        Duration::from_secs(60),
     )
     .await?;
-    p.terminate()?;
-    ensure!(p
-        .wait_exit(Duration::from_secs(20))
-        .await
-        .is_some_and(|s| s.success()));
     // Stopped: rewind the sink to the start of the journal.
     let (code, out, err) = e2e_fixture::pgcdc_output(&[
         "checkpoint",

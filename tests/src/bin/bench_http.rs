@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgcdc_tests::http_receiver::Receiver;
-use pgcdc_tests::{state_dir, ConfigFile, PgCluster, Pgcdc};
+use pgcdc_tests::{state_dir, wait_streaming, ConfigFile, PgCluster, Pgcdc};
 
 const ROWS: usize = 20_000;
 
@@ -34,28 +34,6 @@ concurrency = {concurrency}
         pg.url(),
         state.display()
     )
-}
-
-async fn wait_streaming(pg: &PgCluster, p: &mut Pgcdc) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let active: Option<i32> = pg
-            .client()
-            .await?
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcdc'",
-                &[],
-            )
-            .await?
-            .and_then(|r| r.get(0));
-        if active.is_some() {
-            return Ok(());
-        }
-        if p.has_exited() || Instant::now() > deadline {
-            bail!("pgcdc did not start streaming:\n{}", p.stderr_tail(20));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn wait_for(rx: &Receiver, n: usize, p: &Pgcdc) -> anyhow::Result<()> {

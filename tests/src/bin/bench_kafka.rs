@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgcdc_tests::kafka::{read_topic, Broker};
-use pgcdc_tests::{state_dir, ConfigFile, PgCluster, Pgcdc};
+use pgcdc_tests::{state_dir, wait_streaming, ConfigFile, PgCluster, Pgcdc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -48,28 +48,6 @@ topic = "bench.{{schema}}.{{table}}"
         pg.url(),
         state.display()
     )
-}
-
-async fn wait_streaming(pg: &PgCluster, p: &mut Pgcdc) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let active: Option<i32> = pg
-            .client()
-            .await?
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcdc'",
-                &[],
-            )
-            .await?
-            .and_then(|r| r.get(0));
-        if active.is_some() {
-            return Ok(());
-        }
-        if p.has_exited() || Instant::now() > deadline {
-            bail!("pgcdc did not start streaming:\n{}", p.stderr_tail(20));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// (journal head, the sink's cursor) read from the state dir.
