@@ -90,9 +90,20 @@ impl Pgcdc {
         let (tx, lines) = mpsc::channel(STDOUT_CHANNEL_CAPACITY);
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(async move {
-                let mut reader = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if tx.send(line).await.is_err() {
+                let mut reader = BufReader::new(stdout);
+                let mut buf = String::new();
+                loop {
+                    buf.clear();
+                    match reader.read_line(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    // Only whole lines count: a process killed mid-write (kill -9)
+                    // leaves a fragment without its newline, which no reader would accept.
+                    let Some(line) = buf.strip_suffix('\n') else {
+                        break;
+                    };
+                    if tx.send(line.to_string()).await.is_err() {
                         break;
                     }
                 }
