@@ -308,6 +308,21 @@ impl StateConfig {
     fn default_dir() -> PathBuf {
         PathBuf::from("./pgcdc-data")
     }
+
+    /// Takes a relative `dir` from the directory of the config file `config_path`, not
+    /// from wherever pgcdc is started: a journal that depends on the working directory
+    /// is a different (new, empty) journal when started from elsewhere.
+    fn resolve_dir(&mut self, config_path: &Path) {
+        if self.dir.is_absolute() {
+            return;
+        }
+        let base = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let joined = base.join(&self.dir);
+        self.dir = std::path::absolute(&joined).unwrap_or(joined);
+    }
 }
 
 impl Default for StateConfig {
@@ -483,7 +498,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path, &|name| std::env::var(name).ok())
+        let mut config = Self::parse(&text, path, &|name| std::env::var(name).ok())?;
+        config.state.resolve_dir(path);
+        Ok(config)
     }
 
     /// Parses config text; `env` looks up variables (injected for tests).

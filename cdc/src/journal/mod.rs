@@ -42,6 +42,15 @@ pub enum JournalError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The journal file was removed or replaced while pgcdc had it open: what this
+    /// process writes no longer reaches the file the next start reads.
+    #[error("journal {path}: {message}")]
+    Replaced {
+        /// The journal file.
+        path: PathBuf,
+        /// What happened and what to do.
+        message: String,
+    },
     /// An entry could not be (de)serialized.
     #[error("journal entry at pos {pos}: {source}")]
     Corrupt {
@@ -106,6 +115,10 @@ CREATE INDEX IF NOT EXISTS audit_sink_at ON audit(sink, at);
 /// One change to append: its ordinal in the transaction and the event.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
+    /// The captured table this change belongs to, `schema.table` as `source.tables` names
+    /// it: sinks and triggers route by it, so a renamed table reaches the same sinks
+    /// while its events carry the new name.
+    pub table: String,
     /// Ordinal of the change in its transaction.
     pub seq: u32,
     /// Commit time in Unix microseconds (for lag and time-based resets).
@@ -123,6 +136,8 @@ pub struct StoredEvent {
     pub event: ChangeEvent,
     /// Only this sink receives it (a targeted resync); None: every sink.
     pub target: Option<String>,
+    /// The captured table it belongs to (see [`JournalEntry::table`]).
+    pub table: String,
 }
 
 /// What one journal transaction writes besides streamed changes: resync chunks.
@@ -236,6 +251,22 @@ fn meta_set(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn meta_prefixed(conn: &Connection, prefix: &str) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+    )?;
+    let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// The identity of a file on disk (device, inode): a file removed or replaced under
+/// an open connection has another one, or none.
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
 fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     conn.query_row(
         "SELECT (p.page_count - f.freelist_count) * s.page_size \
@@ -265,6 +296,8 @@ pub struct JournalWriter {
     last: Option<(u64, u32)>,
     head: JournalHead,
     tracking: OldTracking,
+    /// (device, inode) of the file at open: checked before each durable head is published.
+    file: (u64, u64),
 }
 
 /// While another connection holds the write lock: retry every 250 µs for up to
@@ -297,12 +330,17 @@ impl JournalWriter {
             .optional()
             .map_err(err)?;
         let head = read_head(&conn).map_err(err)?;
+        let file = file_identity(&path).map_err(|e| JournalError::StateDir {
+            path: dir.to_path_buf(),
+            message: format!("cannot stat {JOURNAL_FILE} after opening it ({e})"),
+        })?;
         Ok(JournalWriter {
             conn,
             path,
             last,
             head,
             tracking: OldTracking::new(),
+            file,
         })
     }
 
@@ -335,6 +373,39 @@ impl JournalWriter {
     /// Writes a metadata value (durably, on its own).
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), JournalError> {
         meta_set(&self.conn, key, value).map_err(|source| self.sqlite(source))
+    }
+
+    /// Metadata entries whose key starts with `prefix`, by key.
+    pub(crate) fn meta_prefixed(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, JournalError> {
+        meta_prefixed(&self.conn, prefix).map_err(|source| self.sqlite(source))
+    }
+
+    /// Whether the file at the journal's path is still the one this writer opened. A
+    /// journal deleted (`rm journal.db*`, the state dir moved) or replaced while pgcdc
+    /// runs keeps taking writes through the open descriptor, but the next start would
+    /// read another file: nothing more may be confirmed to the slot.
+    pub(crate) fn check_file(&self) -> Result<(), JournalError> {
+        let replaced = |what: String| {
+            JournalError::Replaced {
+            path: self.path.clone(),
+            message: format!(
+                "{what} while pgcdc was writing it; pgcdc stops before confirming anything more to the \
+                 replication slot. Put the journal back (restore the state dir) or, to start over on \
+                 purpose, see \"journal and slot\" in the README"
+            ),
+        }
+        };
+        match file_identity(&self.path) {
+            Ok(id) if id == self.file => Ok(()),
+            Ok(_) => Err(replaced("the file was replaced by another one".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(replaced(
+                "the file was removed (or its directory moved)".into(),
+            )),
+            Err(e) => Err(replaced(format!("the file cannot be checked ({e})"))),
+        }
     }
 
     fn sqlite(&self, source: rusqlite::Error) -> JournalError {
@@ -408,14 +479,14 @@ impl JournalWriter {
                     continue;
                 }
                 let filled;
-                let event = if self.tracking.contains_key(&entry.event.qualified_table()) {
+                let event = if self.tracking.contains_key(&entry.table) {
                     let mut event = entry.event.clone();
-                    row_state::apply(&tx, &self.tracking, &mut event).map_err(|source| {
-                        JournalError::Sqlite {
+                    row_state::apply(&tx, &self.tracking, &entry.table, &mut event).map_err(
+                        |source| JournalError::Sqlite {
                             path: self.path.clone(),
                             source,
-                        }
-                    })?;
+                        },
+                    )?;
                     filled = event;
                     &filled
                 } else {
@@ -433,7 +504,7 @@ impl JournalWriter {
                         position.0 as i64,
                         position.1,
                         entry.commit_time_unix_us,
-                        entry.event.qualified_table(),
+                        entry.table,
                         payload,
                         target
                     ])
@@ -542,12 +613,20 @@ impl JournalReader {
         meta_get(&self.conn, key).map_err(|e| self.sqlite(e))
     }
 
+    /// Metadata entries whose key starts with `prefix`, by key.
+    pub(crate) fn meta_prefixed(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, JournalError> {
+        meta_prefixed(&self.conn, prefix).map_err(|e| self.sqlite(e))
+    }
+
     /// Up to `limit` events after `pos`, in journal order (optionally only of `tables`).
     pub fn read_after(&self, pos: i64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT pos, payload, target FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2",
+                "SELECT pos, payload, target, tbl FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2",
             )
             .map_err(|e| self.sqlite(e))?;
         let rows = stmt
@@ -556,15 +635,21 @@ impl JournalReader {
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
                 ))
             })
             .map_err(|e| self.sqlite(e))?;
         let mut out = Vec::with_capacity(limit.min(4096));
         for row in rows {
-            let (pos, payload, target) = row.map_err(|e| self.sqlite(e))?;
+            let (pos, payload, target, table) = row.map_err(|e| self.sqlite(e))?;
             let event = serde_json::from_str(&payload)
                 .map_err(|source| JournalError::Corrupt { pos, source })?;
-            out.push(StoredEvent { pos, event, target });
+            out.push(StoredEvent {
+                pos,
+                event,
+                target,
+                table,
+            });
         }
         Ok(out)
     }

@@ -53,10 +53,10 @@ fn pick(tracked: &Tracked, row: &Row, key: &Row) -> Row {
 pub(super) fn apply(
     tx: &Transaction<'_>,
     tracking: &OldTracking,
+    table: &str,
     event: &mut ChangeEvent,
 ) -> rusqlite::Result<()> {
-    let table = event.qualified_table();
-    let Some(tracked) = tracking.get(&table) else {
+    let Some(tracked) = tracking.get(table) else {
         return Ok(());
     };
     if event.op == Op::Truncate {

@@ -6,6 +6,7 @@ use crate::journal::{ResetError, ResetTarget};
 
 fn entry(lsn: u64, seq: u32) -> JournalEntry {
     JournalEntry {
+        table: "public.permits".into(),
         seq,
         commit_time_unix_us: Some(1_700_000_000_000_000 + lsn as i64),
         event: ChangeEvent {
@@ -310,5 +311,46 @@ fn checkpoint_resets_move_one_cursor_and_respect_retention() -> Result<(), Reset
         .err();
     assert!(e.is_some_and(|e| e.to_string().contains("resync")));
     assert_eq!(r.reset_cursor("a", ResetTarget::Lsn(Lsn(20)))?.pos, 2);
+    Ok(())
+}
+
+#[test]
+fn a_removed_or_replaced_journal_file_is_noticed() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: "tmp".into(),
+        message: e.to_string(),
+    })?;
+    let w = JournalWriter::open(dir.path())?;
+    w.check_file()?;
+    let path = dir.path().join(JOURNAL_FILE);
+    let _ = std::fs::remove_file(&path);
+    assert!(matches!(w.check_file(), Err(JournalError::Replaced { .. })));
+    let _ = std::fs::write(&path, b"");
+    let err = w
+        .check_file()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("replaced"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn entries_keep_the_captured_tables_name_beside_the_events_name() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: "tmp".into(),
+        message: e.to_string(),
+    })?;
+    let mut w = JournalWriter::open(dir.path())?;
+    let mut e = entry(0x10, 0);
+    e.event.table = "permits_v2".into();
+    w.append(&[e], None)?;
+    let r = JournalReader::open(dir.path(), false)?;
+    let got = r.read_after(0, 10)?;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].table.as_str(), got[0].event.table.as_str()),
+        ("public.permits", "permits_v2")
+    );
     Ok(())
 }

@@ -2,6 +2,10 @@
 //! batches, writes each batch in one SQLite transaction, then publishes the
 //! new durable head (which the reader reports to the slot and the sink
 //! runners wait on).
+//!
+//! Before each head is published the journal file is checked to still be the
+//! one that was opened: a journal removed or replaced under a running pgcdc
+//! stops it before anything more is confirmed to the slot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +29,8 @@ pub enum JournalCommand {
     Sync(oneshot::Sender<JournalHead>),
     /// Append a resync chunk's read events with its progress; reply once durable.
     Resync(Box<ResyncChunk>, oneshot::Sender<()>),
+    /// Check that the journal file is still the one open (sent every second).
+    Check,
 }
 
 /// Most commands written in one SQLite transaction: bounds memory and latency.
@@ -99,6 +105,7 @@ pub fn run(
                     progress.push(p);
                     chunks_done.push(reply);
                 }
+                JournalCommand::Check => {}
             };
         take(first, &mut entries);
         let mut taken = 1;
@@ -111,7 +118,12 @@ pub fn run(
         }
         let refs: Vec<(&JournalEntry, Option<&str>)> =
             entries.iter().map(|(e, t)| (e, t.as_deref())).collect();
-        let outcome = writer.append_with(&refs, confirm, &progress)?;
+        let outcome = if refs.is_empty() && progress.is_empty() && confirm.is_none() {
+            // A sync or a check alone: nothing to write.
+            Default::default()
+        } else {
+            writer.append_with(&refs, confirm, &progress)?
+        };
         progress.clear();
         if outcome.skipped > 0 {
             tracing::debug!(
@@ -120,6 +132,10 @@ pub fn run(
             );
         }
         entries.clear();
+        // Written to a file the next start will not read? Then stop before the reader can
+        // report it to the slot (the replies below are never sent; the reader sees the
+        // writer gone and pgcdc exits with this error).
+        writer.check_file()?;
         let head = writer.head();
         head_tx.send_replace(head);
         for reply in syncs.drain(..) {

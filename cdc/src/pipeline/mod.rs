@@ -13,6 +13,7 @@
 
 pub mod audit_writer;
 pub mod changes;
+mod journal_guard;
 pub mod journal_thread;
 pub mod plan;
 pub mod reader;
@@ -47,6 +48,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let state_dir = config.state.dir.clone();
     let triggers = plan::compile_triggers(&config)?;
     let mut writer = JournalWriter::open(&state_dir)?;
+    let prior = journal_guard::Prior::read(&writer)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));
     // Up before preflight, so /healthz answers while pgcdc waits on the source.
     let _admin = crate::admin::start(config.clone()).await?;
@@ -102,18 +104,37 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     {
         writer.set_meta("created_publication", &config.source.publication)?;
     }
+    let capture = source::identity::capture(&config, &client, &mut writer).await?;
+    let slot_confirmed = source::slot_info(&client, &config.source.slot)
+        .await?
+        .map(|s| {
+            s.confirmed_flush_lsn
+                .and_then(|l| l.parse::<pgcdc_schema::Lsn>().ok())
+                .unwrap_or_default()
+        });
+    let slot_plan = journal_guard::check(
+        &mut writer,
+        prior,
+        &state_dir,
+        &config.source.slot,
+        slot_confirmed,
+    )?;
     // Queued before the slot exists: a crash after its creation leaves the snapshot
     // queued, and the resync driver finishes it with watermarks.
     let initial = config.source.snapshot == SnapshotMode::Initial;
-    if initial
-        && source::slot_info(&client, &config.source.slot)
-            .await?
-            .is_none()
-    {
-        source::snapshot::queue(&config, &state_dir)?;
+    if slot_plan == journal_guard::SlotPlan::Create {
+        if initial {
+            source::snapshot::queue(&config, &state_dir)?;
+        }
+        journal_guard::creating(&mut writer, &config.source.slot)?;
     }
     if let Some(created) = source::ensure_slot(&config, &client, &mut conn, initial).await? {
         writer.set_meta("created_slot", &config.source.slot)?;
+        journal_guard::created(
+            &mut writer,
+            &config.source.slot,
+            pgcdc_schema::Lsn(created.consistent_point),
+        )?;
         if let (true, Some(name)) = (initial, created.snapshot_name.as_deref()) {
             // The exported snapshot lives as long as `conn` stays open and idle.
             let rows = source::snapshot::copy(
@@ -187,7 +208,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         url,
         slot: config.source.slot.clone(),
         publication: config.source.publication.clone(),
-        tables: config.tables().into_iter().collect(),
+        capture,
         status_interval: Duration::from_secs(1),
         heartbeat: config.source.heartbeat(),
         windows: windows.clone(),

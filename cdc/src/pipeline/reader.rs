@@ -2,11 +2,17 @@
 //! capped exponential backoff), decoding pgoutput into journal commands and
 //! reporting to the slot only what the journal holds durably.
 //!
+//! Relations are matched by OID (see `source::identity`): a captured table
+//! renamed keeps being captured, its events carry the new name. A relation the
+//! stream describes that is neither captured nor one of the publication's other
+//! tables known at start stops the reader: skipping it would let the slot be
+//! confirmed past changes that were never journaled.
+//!
 //! Transient (reconnect): socket errors, server shutdown, a slot still held
 //! by our previous, dying walsender. Definite (stop): auth, TLS, protocol
-//! violations, decode errors, a missing slot or publication.
+//! violations, decode errors, a missing slot or publication, a relation that
+//! cannot be placed.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use pgcdc_schema::Lsn;
@@ -22,6 +28,7 @@ use crate::replication::{
     connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl,
 };
 use crate::source::catalog::Catalog;
+use crate::source::identity::Capture;
 
 /// Why the reader stopped.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +51,25 @@ pub enum ReaderError {
         lsn: Lsn,
         /// Why.
         source: ChangeError,
+    },
+    /// The stream described a relation that is neither captured nor known to be skipped.
+    #[error(
+        "the stream at {lsn} carries changes of table {table} (OID {oid}), which publication \
+         {publication} did not hold when pgcdc started and which is not a captured table; pgcdc \
+         stops rather than skip changes it cannot place (nothing past them is confirmed to the slot) \
+         — fix: add it to source.tables if it should be captured; otherwise restart pgcdc: the \
+         publication's tables are then looked up again (a captured table re-created under its \
+         configured name is captured, other tables are listed and skipped)"
+    )]
+    UnplacedRelation {
+        /// Where.
+        lsn: Lsn,
+        /// The relation's OID.
+        oid: u32,
+        /// Its name.
+        table: TableName,
+        /// The publication.
+        publication: String,
     },
     /// The journal thread is gone (it logs its own error).
     #[error("the journal writer stopped")]
@@ -70,8 +96,8 @@ pub struct ReaderConfig {
     pub slot: String,
     /// Publication name.
     pub publication: String,
-    /// Tables captured.
-    pub tables: HashSet<TableName>,
+    /// What is captured, by relation OID (resolved at start).
+    pub(crate) capture: Capture,
     /// Interval of standby status updates.
     pub status_interval: Duration,
     /// Interval of WAL heartbeat messages (None: off).
@@ -105,13 +131,26 @@ pub async fn run(
 ) -> Result<(), ReaderError> {
     let mut backoff = BACKOFF_INITIAL;
     let mut builder = ChangeBuilder::default();
+    // Names as last seen and partitions found while running outlive a reconnect.
+    let mut capture = cfg.capture.clone();
     loop {
         builder.reset();
         let started = Instant::now();
-        let err = match session(&cfg, &mut builder, &journal, &mut head, &mut shutdown).await {
+        let mut state = SessionState {
+            builder: &mut builder,
+            capture: &mut capture,
+        };
+        let err = match session(&cfg, &mut state, &journal, &mut head, &mut shutdown).await {
             Ok(SessionEnd::Shutdown) => return Ok(()),
             Err(e) if e.is_transient() => e,
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Said here as well: the sink runners end with the reader (the journal
+                // closes), and the supervisor may report one of them first.
+                if !matches!(e, ReaderError::JournalGone) {
+                    tracing::error!(error = %e, "the reader stops");
+                }
+                return Err(e);
+            }
         };
         if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_INITIAL;
@@ -141,9 +180,16 @@ async fn sync(journal: &mpsc::Sender<JournalCommand>) -> Result<JournalHead, Rea
     rx.await.map_err(|_| ReaderError::JournalGone)
 }
 
+/// What the reader keeps across messages: the decoder's relations and transaction,
+/// and the captured relations.
+struct SessionState<'a> {
+    builder: &'a mut ChangeBuilder,
+    capture: &'a mut Capture,
+}
+
 async fn session(
     cfg: &ReaderConfig,
-    builder: &mut ChangeBuilder,
+    state: &mut SessionState<'_>,
     journal: &mpsc::Sender<JournalCommand>,
     head: &mut watch::Receiver<JournalHead>,
     shutdown: &mut watch::Receiver<bool>,
@@ -200,6 +246,9 @@ async fn session(
                 }
             }
             _ = ticker.tick() => {
+                // Lets the journal thread check its file even when nothing is written;
+                // a full queue means it is busy and checks at every batch anyway.
+                let _ = journal.try_send(JournalCommand::Check);
                 if paused {
                     // Our own silence, not the server's; wake the writer to prune and re-measure.
                     last_heard = Instant::now();
@@ -231,13 +280,13 @@ async fn session(
                         received = received.max(wal_end);
                         let message = pgoutput::decode_bytes(&data)
                             .map_err(|source| ReaderError::Decode { lsn: Lsn(wal_start), source })?;
-                        handle(message, Lsn(wal_start), builder, &mut catalog, cfg, journal).await?;
+                        handle(message, Lsn(wal_start), state, &mut catalog, cfg, journal).await?;
                         // Waiting on a full journal queue is not server silence.
                         last_heard = Instant::now();
                     }
                     ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                         received = received.max(wal_end);
-                        if !builder.in_transaction() {
+                        if !state.builder.in_transaction() {
                             // Nothing of ours is pending before wal_end: let the slot move
                             // past other tables' and databases' traffic.
                             send(journal, JournalCommand::Confirm(Lsn(wal_end))).await?;
@@ -256,11 +305,12 @@ async fn session(
 async fn handle(
     message: Message,
     at: Lsn,
-    builder: &mut ChangeBuilder,
+    state: &mut SessionState<'_>,
     catalog: &mut Catalog,
     cfg: &ReaderConfig,
     journal: &mpsc::Sender<JournalCommand>,
 ) -> Result<(), ReaderError> {
+    let builder = &mut *state.builder;
     let change_err = |source| ReaderError::Change { lsn: at, source };
     let entry = match message {
         Message::Begin {
@@ -282,7 +332,8 @@ async fn handle(
                 kinds.push(catalog.resolve_type(c.type_oid).await?);
             }
             let pk = catalog.primary_key(rel.id).await?;
-            builder.relation(rel.id, RelationInfo::new(&rel, kinds, &pk, &cfg.tables));
+            let identity = place_relation(&rel, at, state.capture, catalog, cfg).await?;
+            builder.relation(rel.id, RelationInfo::new(&rel, kinds, &pk, identity));
             None
         }
         Message::Insert { relation_id, new } => {
@@ -327,6 +378,48 @@ async fn handle(
         send(journal, JournalCommand::Change(Box::new(entry))).await?;
     }
     Ok(())
+}
+
+/// The captured table a Relation message belongs to (None: one of the publication's
+/// other tables), matched by OID; a rename is warned about once per new name.
+async fn place_relation(
+    rel: &crate::pgoutput::Relation,
+    at: Lsn,
+    capture: &mut Capture,
+    catalog: &Catalog,
+    cfg: &ReaderConfig,
+) -> Result<Option<TableName>, ReaderError> {
+    let now = TableName {
+        schema: rel.namespace.clone(),
+        table: rel.name.clone(),
+    };
+    if let Some(identity) = capture.tables.get(&rel.id).cloned() {
+        if let Some(before) = capture.names.get(&rel.id).filter(|b| **b != now) {
+            tracing::warn!(table = %identity, from = %before, to = %now, oid = rel.id,
+                "captured table renamed: it stays captured (matched by OID), its events now carry the new name and reach the same sinks and triggers; update source.tables (and sinks' and triggers' table names) to the new name");
+        }
+        capture.names.insert(rel.id, now);
+        return Ok(Some(identity));
+    }
+    if capture.skipped.contains(&rel.id) {
+        return Ok(None);
+    }
+    // Not known at start: a partition attached to a captured table since, or else
+    // something that cannot be placed.
+    for ancestor in catalog.partition_ancestors(rel.id).await? {
+        if let Some(identity) = capture.tables.get(&ancestor).cloned() {
+            tracing::info!(table = %identity, partition = %now, oid = rel.id, "new partition of a captured table: captured");
+            capture.tables.insert(rel.id, identity.clone());
+            capture.names.insert(rel.id, now);
+            return Ok(Some(identity));
+        }
+    }
+    Err(ReaderError::UnplacedRelation {
+        lsn: at,
+        oid: rel.id,
+        table: now,
+        publication: cfg.publication.clone(),
+    })
 }
 
 enum ChunkError {

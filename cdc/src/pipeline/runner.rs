@@ -350,7 +350,7 @@ pub async fn run<S: Sink>(
                 continue;
             }
             let id = stored.event.id.to_string();
-            match plan.map(stored.event) {
+            match plan.map_as(stored.event, &stored.table) {
                 Ok(Mapped::NotSelected) => {}
                 Ok(Mapped::Skipped(event)) => {
                     audit

@@ -88,6 +88,19 @@ impl Catalog {
             .map(|_| ())
     }
 
+    /// OIDs of the partitioned tables this table is a partition of, nearest first
+    /// (empty for a table that is no partition).
+    pub async fn partition_ancestors(&self, table_oid: u32) -> Result<Vec<u32>, ReplicationError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT relid::oid FROM pg_partition_ancestors($1::oid::regclass) WHERE relid::oid <> $1::oid",
+                &[&table_oid],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, u32>(0)).collect())
+    }
+
     /// Primary key column names of the table, in key order (empty when it has none).
     pub async fn primary_key(&self, table_oid: u32) -> Result<Vec<String>, ReplicationError> {
         let rows = self

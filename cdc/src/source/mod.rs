@@ -6,9 +6,11 @@
 //! database, which `run` retries.
 
 pub mod catalog;
+pub(crate) mod identity;
 pub mod resync;
 pub mod snapshot;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -164,30 +166,87 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
         Err(e) => checks.push(fail("role", sql_message(&e), "check the source connection")),
     }
 
+    // Tables are matched by identity: a captured table renamed since the journal
+    // remembered its OID is still the configured one.
+    let remembered = identity::remembered_in(&config.state.dir);
+    let published = identity::publication_tables(client, &src.publication)
+        .await
+        .map_err(|e| sql_message(&e));
     let mut all_owned = true;
+    let mut resolved: Vec<(TableName, Option<u32>)> = Vec::new();
     for table in config.tables() {
-        let (check, owned) = check_table(client, &table).await;
+        let remembered = remembered.get(&table).copied();
+        let in_publication = published.as_ref().ok().and_then(Option::as_ref);
+        let (check, owned, oid) =
+            match identity::resolve(client, &table, remembered, in_publication).await {
+                Ok(found) => {
+                    let (check, owned) = check_table(client, &table, found.as_ref()).await;
+                    (check, owned, found.map(|f| f.oid))
+                }
+                Err(e) => (
+                    fail(
+                        format!("table {table}"),
+                        sql_message(&e),
+                        "check the source connection",
+                    ),
+                    false,
+                    None,
+                ),
+            };
         all_owned &= owned;
         checks.push(check);
+        resolved.push((table, oid));
     }
 
-    checks.push(check_publication(config, client, all_owned || superuser).await);
+    checks.push(
+        check_publication(
+            config,
+            client,
+            all_owned || superuser,
+            published.as_ref().map(Option::as_ref),
+            &resolved,
+        )
+        .await,
+    );
     checks.extend(check_slot(client, &src.slot).await);
     checks
 }
 
-async fn check_table(client: &Client, table: &TableName) -> (Check, bool) {
+/// Checks a configured table, found (by identity, see `identity`) or not.
+async fn check_table(
+    client: &Client,
+    table: &TableName,
+    found: Option<&identity::ResolvedTable>,
+) -> (Check, bool) {
     let name = format!("table {table}");
+    let Some(found) = found else {
+        return (
+            fail(
+                name,
+                format!("table {table} does not exist (or is not a table)"),
+                "create it, or remove it from source.tables (if it was renamed, write its new name)",
+            ),
+            false,
+        );
+    };
     let row = client
         .query_opt(
             "SELECT c.relreplident::text, has_table_privilege(c.oid, 'SELECT'), \
              EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
              pg_has_role(current_user, c.relowner, 'USAGE') \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-            &[&table.schema, &table.table],
+             FROM pg_class c WHERE c.oid = $1",
+            &[&found.oid],
         )
         .await;
+    // The checks below speak of the table by the name it has now.
+    // (`run` logs the rename as a warning when it resolves the tables again.)
+    let renamed = found.renamed().then(|| {
+        format!(
+            "; renamed to {} (OID {}), still captured — update source.tables to the new name",
+            found.current, found.oid
+        )
+    });
+    let table = &found.current;
     let row = match row {
         Ok(Some(row)) => row,
         Ok(None) => {
@@ -222,7 +281,13 @@ async fn check_table(client: &Client, table: &TableName) -> (Check, bool) {
         );
     }
     let check = match identity.as_str() {
-        "d" if has_pk => ok(name, "primary key, replica identity default"),
+        "d" if has_pk => ok(
+            name,
+            format!(
+                "primary key, replica identity default{}",
+                renamed.as_deref().unwrap_or_default()
+            ),
+        ),
         "d" => fail(
             name,
             format!("{table} has no primary key, so updates and deletes cannot be identified"),
@@ -236,13 +301,27 @@ async fn check_table(client: &Client, table: &TableName) -> (Check, bool) {
             format!("{table} has REPLICA IDENTITY NOTHING: updates and deletes carry no key"),
             format!("ALTER TABLE {} REPLICA IDENTITY DEFAULT (with a primary key) or FULL", table.quoted()),
         ),
-        "f" => ok(name, "replica identity full"),
-        _ => ok(name, "replica identity index"),
+        "f" => ok(
+            name,
+            format!("replica identity full{}", renamed.as_deref().unwrap_or_default()),
+        ),
+        _ => ok(
+            name,
+            format!("replica identity index{}", renamed.as_deref().unwrap_or_default()),
+        ),
     };
     (check, owned)
 }
 
-async fn check_publication(config: &Config, client: &Client, can_create: bool) -> Check {
+/// `published`: the publication's tables by OID (None: no publication; Err: the query
+/// failed); `resolved`: each configured table's OID, when it was found.
+async fn check_publication(
+    config: &Config,
+    client: &Client,
+    can_create: bool,
+    published: Result<Option<&HashMap<u32, TableName>>, &String>,
+    resolved: &[(TableName, Option<u32>)],
+) -> Check {
     let publication = &config.source.publication;
     let name = format!("publication {publication}");
     let row = client
@@ -275,26 +354,16 @@ async fn check_publication(config: &Config, client: &Client, can_create: bool) -
                     ),
                 );
             }
-            let covered = client
-                .query(
-                    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-                    &[publication],
-                )
-                .await;
-            let covered: Vec<TableName> = match covered {
-                Ok(rows) => rows
-                    .iter()
-                    .map(|r| TableName {
-                        schema: r.get(0),
-                        table: r.get(1),
-                    })
-                    .collect(),
-                Err(e) => return fail(name, sql_message(&e), "check the source connection"),
+            let covered = match published {
+                Ok(Some(covered)) => covered,
+                Ok(None) => return fail(name, format!("publication {publication} vanished during the checks"), "run the check again"),
+                Err(e) => return fail(name, e.clone(), "check the source connection"),
             };
-            let missing: Vec<TableName> = config
-                .tables()
-                .into_iter()
-                .filter(|t| !covered.contains(t))
+            // By identity: a renamed table whose OID is still published is covered.
+            let missing: Vec<TableName> = resolved
+                .iter()
+                .filter(|(_, oid)| !oid.is_some_and(|oid| covered.contains_key(&oid)))
+                .map(|(t, _)| t.clone())
                 .collect();
             if missing.is_empty() {
                 ok(name, "covers every table")

@@ -95,6 +95,7 @@ pub async fn copy(
             let mut entries = Vec::with_capacity(chunk.rows.len());
             for (key, row) in chunk.rows {
                 entries.push(JournalEntry {
+                    table: table.to_string(),
                     seq,
                     commit_time_unix_us: Some(now_us),
                     event: read_event(resync.id, &table, key, row, Lsn(lsn), now_text.clone()),

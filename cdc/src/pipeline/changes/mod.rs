@@ -4,7 +4,7 @@
 //! Kept free of I/O except the catalog look-up on a Relation message, so the
 //! mapping rules are unit-tested on constructed messages.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use pgcdc_schema::event::{pg_micros_to_rfc3339, pg_micros_to_unix_micros, Row};
 use pgcdc_schema::value::{decode_text, PgType};
@@ -24,17 +24,19 @@ pub struct RelationInfo {
     pub columns: Vec<(String, PgType)>,
     /// Indices of the key columns (primary key, else the replica identity columns).
     pub key: Vec<usize>,
-    /// Whether this table is captured (in `source.tables`).
-    pub captured: bool,
+    /// The captured table (as `source.tables` names it) this relation's changes belong
+    /// to, matched by OID; None: a table of the publication that pgcdc does not capture.
+    pub identity: Option<TableName>,
 }
 
 impl RelationInfo {
-    /// Builds the info from a Relation message, the resolved column kinds and the primary key.
+    /// Builds the info from a Relation message, the resolved column kinds, the primary key
+    /// and the captured table the relation's OID belongs to.
     pub fn new(
         rel: &Relation,
         kinds: Vec<PgType>,
         primary_key: &[String],
-        captured: &HashSet<TableName>,
+        identity: Option<TableName>,
     ) -> Self {
         let name = TableName {
             schema: rel.namespace.clone(),
@@ -60,7 +62,7 @@ impl RelationInfo {
                 .collect();
         }
         RelationInfo {
-            captured: captured.contains(&name),
+            identity,
             name,
             columns,
             key,
@@ -203,11 +205,12 @@ impl ChangeBuilder {
             .relations
             .get(&relation_id)
             .ok_or(ChangeError::UnknownRelation(relation_id))?;
-        if !info.captured {
+        let Some(identity) = &info.identity else {
             return Ok(None);
-        }
+        };
         let (op, key, old, new, unchanged_toast) = build(self, info)?;
         Ok(Some(JournalEntry {
+            table: identity.to_string(),
             seq,
             commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
             event: ChangeEvent {
@@ -305,6 +308,7 @@ impl ChangeBuilder {
         let seq = txn.next_seq;
         txn.next_seq += 1;
         Ok(JournalEntry {
+            table: table.to_string(),
             seq,
             commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
             event: read_event(

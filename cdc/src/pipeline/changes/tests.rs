@@ -28,11 +28,10 @@ fn relation(id: u32, name: &str, identity: ReplicaIdentity, key_flags: [bool; 3]
 }
 
 fn builder() -> ChangeBuilder {
-    let captured: HashSet<TableName> = [TableName {
+    let captured = Some(TableName {
         schema: "public".into(),
         table: "permits".into(),
-    }]
-    .into();
+    });
     let mut b = ChangeBuilder::default();
     let kinds = vec![PgType::Int4, PgType::Text, PgType::Text];
     let rel = relation(
@@ -43,7 +42,7 @@ fn builder() -> ChangeBuilder {
     );
     b.relation(
         PERMITS,
-        RelationInfo::new(&rel, kinds.clone(), &["id".to_string()], &captured),
+        RelationInfo::new(&rel, kinds.clone(), &["id".to_string()], captured),
     );
     let rel = relation(
         OTHER,
@@ -51,7 +50,7 @@ fn builder() -> ChangeBuilder {
         ReplicaIdentity::Default,
         [true, false, false],
     );
-    b.relation(OTHER, RelationInfo::new(&rel, kinds, &[], &captured));
+    b.relation(OTHER, RelationInfo::new(&rel, kinds, &[], None));
     b
 }
 
@@ -130,11 +129,10 @@ fn unchanged_toast_is_listed_not_null() {
 
 #[test]
 fn delete_with_default_identity_has_key_only_old() {
-    let captured: HashSet<TableName> = [TableName {
+    let captured = Some(TableName {
         schema: "public".into(),
         table: "permits".into(),
-    }]
-    .into();
+    });
     let mut b = ChangeBuilder::default();
     let rel = relation(
         PERMITS,
@@ -148,7 +146,7 @@ fn delete_with_default_identity_has_key_only_old() {
             &rel,
             vec![PgType::Int4, PgType::Text, PgType::Text],
             &["id".into()],
-            &captured,
+            captured,
         ),
     );
     b.begin(0x100, 1, 0);
@@ -209,4 +207,38 @@ fn inconsistent_streams_are_errors() {
             ..
         })
     ));
+}
+
+#[test]
+fn a_renamed_relation_keeps_its_identity_and_carries_its_new_name() {
+    let mut b = ChangeBuilder::default();
+    let rel = relation(
+        PERMITS,
+        "permits_v2",
+        ReplicaIdentity::Default,
+        [true, false, false],
+    );
+    let identity = Some(TableName {
+        schema: "public".into(),
+        table: "permits".into(),
+    });
+    b.relation(
+        PERMITS,
+        RelationInfo::new(
+            &rel,
+            vec![PgType::Int4, PgType::Text, PgType::Text],
+            &["id".into()],
+            identity,
+        ),
+    );
+    b.begin(0x100, 1, 0);
+    let e = b
+        .insert(PERMITS, &tuple(vec![text("1"), text("x"), Datum::Null]))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("insert"));
+    assert_eq!(
+        (e.table.as_str(), e.event.table.as_str()),
+        ("public.permits", "permits_v2")
+    );
 }

@@ -142,15 +142,26 @@ impl SinkPlan {
         }
     }
 
-    /// Selects and maps one event.
-    pub fn map(&self, mut event: ChangeEvent) -> Result<Mapped, MappingError> {
-        let table = TableName {
+    /// Selects and maps one event of the table it names.
+    pub fn map(&self, event: ChangeEvent) -> Result<Mapped, MappingError> {
+        let table = event.qualified_table();
+        self.map_as(event, &table)
+    }
+
+    /// Selects and maps one event of the captured table `table` (`schema.table` as
+    /// `source.tables` names it; the journal's `tbl`). A renamed table's events carry
+    /// the new name but are routed by that identity, so they reach the same sinks and
+    /// triggers; a config already updated to the new name matches it too.
+    pub fn map_as(&self, mut event: ChangeEvent, table: &str) -> Result<Mapped, MappingError> {
+        let named = TableName {
             schema: event.schema.clone(),
             table: event.table.clone(),
         };
-        let mut selected = self.everything || self.tables.contains(&table);
+        let table = TableName::parse(table).unwrap_or_else(|_| named.clone());
+        let ours = |t: &TableName| *t == table || *t == named;
+        let mut selected = self.everything || self.tables.iter().any(ours);
         let mut input = None;
-        for t in self.triggers.iter().filter(|t| t.table == table) {
+        for t in self.triggers.iter().filter(|t| ours(&t.table)) {
             let value =
                 input.get_or_insert_with(|| serde_json::to_value(&event).unwrap_or_default());
             if t.when.test(value)? {
@@ -163,10 +174,13 @@ impl SinkPlan {
         if !selected {
             return Ok(Mapped::NotSelected);
         }
+        // Rows are ordered by identity, so one row's changes on both sides of a rename
+        // stay in order.
+        let row = row_key(&table, &event);
         if self.no_native_body && self.transform.is_none() && self.filter.is_none() {
             // The sink renders its own format from the event: no JSON value needed.
             return Ok(Mapped::Items(vec![Outgoing {
-                row: row_identity(&event),
+                row,
                 event: Arc::new(event),
                 body: serde_json::Value::Null,
                 part: 0,
@@ -181,7 +195,6 @@ impl SinkPlan {
                 return Ok(Mapped::NotSelected);
             }
         }
-        let row = row_identity(&event);
         let event = Arc::new(event);
         let bodies = match &self.transform {
             Some(t) => t.run(&input)?,
@@ -207,13 +220,13 @@ impl SinkPlan {
 }
 
 /// `schema.table` + key JSON: items with the same identity are delivered in order.
-pub fn row_identity(event: &ChangeEvent) -> String {
+fn row_key(table: &TableName, event: &ChangeEvent) -> String {
     let key = event
         .key
         .as_ref()
         .map(|k| serde_json::to_string(k).unwrap_or_default())
         .unwrap_or_default();
-    format!("{}.{}{}", event.schema, event.table, key)
+    format!("{}.{}{}", table.schema, table.table, key)
 }
 
 #[cfg(test)]

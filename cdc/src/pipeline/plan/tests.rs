@@ -181,3 +181,42 @@ transform = '.new.status + 1'
     );
     assert_eq!(tracking.get("public.other"), None);
 }
+
+#[test]
+fn a_renamed_tables_events_route_by_the_configured_name() {
+    let c = config(
+        r#"
+[[sink]]
+name = "registry"
+type = "stdout"
+events = ["permitApproved"]
+transform = '{id: .new.id, table: .table, event: .trigger}'
+
+[[sink]]
+name = "all"
+type = "stdout"
+tables = ["public.permits"]
+transform = '.table'
+"#,
+    );
+    let approve = event(
+        "permits_v2",
+        Op::Update,
+        Some(json!({"id": 1, "status": "review"})),
+        json!({"id": 1, "status": "approved"}),
+    );
+    let m = plan(&c, 0)
+        .map_as(approve.clone(), "public.permits")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        bodies(m),
+        [json!({"id": 1, "table": "permits_v2", "event": "permitApproved"})]
+    );
+    let m = plan(&c, 1)
+        .map_as(approve.clone(), "public.permits")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bodies(m), [json!("permits_v2")]);
+    // Without the identity, the new name matches nothing configured.
+    let m = plan(&c, 1).map(approve).unwrap_or_else(|e| panic!("{e}"));
+    assert!(bodies(m).is_empty());
+}
