@@ -153,3 +153,19 @@ fn expressions_urls_and_sink_keys_are_checked_before_anything_connects() {
     ));
     assert!(e.contains("trigger[0].table"), "{e}");
 }
+
+#[test]
+fn a_relative_state_dir_is_taken_from_the_config_files_directory() {
+    let mut state = StateConfig::default();
+    state.resolve_dir(Path::new("/etc/pgcdc/pgcdc.toml"));
+    assert_eq!(state.dir, Path::new("/etc/pgcdc/pgcdc-data"));
+    let mut state = StateConfig {
+        dir: PathBuf::from("/var/lib/pgcdc"),
+    };
+    state.resolve_dir(Path::new("/etc/pgcdc/pgcdc.toml"));
+    assert_eq!(state.dir, Path::new("/var/lib/pgcdc"));
+    // A bare file name: the working directory, made absolute.
+    let mut state = StateConfig::default();
+    state.resolve_dir(Path::new("pgcdc.toml"));
+    assert!(state.dir.is_absolute() && state.dir.ends_with("pgcdc-data"));
+}
