@@ -207,3 +207,16 @@ mod tests {
         assert_eq!(back, ev);
     }
 }
+
+/// Parses JSON that pgcdc wrote itself (journal payloads, DLQ items, remembered
+/// rows). Their nesting is bounded when values are decoded
+/// ([`crate::value::MAX_JSON_DEPTH`] plus the event's own few levels), so
+/// serde_json's default limit of 128 levels, which would refuse a stored
+/// document that was accepted when it was decoded, is off.
+pub fn from_stored_json<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}

@@ -196,7 +196,7 @@ pub fn decode_text(ty: &PgType, text: &str) -> Value {
         PgType::Timestamp => decode_timestamp(text).map(Value::String),
         PgType::TimestampTz => decode_timestamptz(text).map(Value::String),
         PgType::TimeTz => decode_timetz(text).map(Value::String),
-        PgType::Json | PgType::Jsonb => serde_json::from_str::<Value>(text).ok(),
+        PgType::Json | PgType::Jsonb => Some(decode_json(text)),
         PgType::Bytea => decode_bytea_hex(text).map(Value::String),
         PgType::Array(elem) => array::decode_array(elem, text),
         // Numeric and money stay text so no precision or currency format is lost;
@@ -211,6 +211,70 @@ pub fn decode_text(ty: &PgType, text: &str) -> Value {
         | PgType::Other => None,
     };
     decoded.unwrap_or_else(|| Value::String(text.to_owned()))
+}
+
+/// Deepest json/jsonb nesting pgcdc turns into a JSON value. Postgres accepts
+/// about 10,000 levels (bounded by its `max_stack_depth`); every later step
+/// (jq, serialisation, drop) recurses per level on threads with 2 MiB stacks.
+pub const MAX_JSON_DEPTH: usize = 512;
+
+/// Key of the object that stands for a json/jsonb value pgcdc cannot represent.
+pub const UNREPRESENTABLE_KEY: &str = "__pgcdc_unrepresentable";
+
+/// json/jsonb text as a JSON value: numbers exact (arbitrary precision, so
+/// `123456789012345678901234567890`, `3.14159265358979323846` and `1e400` keep
+/// their digits), and never turned into a string. Text nested deeper than
+/// [`MAX_JSON_DEPTH`] (or, impossibly for Postgres output, not JSON) becomes
+/// `{"__pgcdc_unrepresentable": why, "text": the original text}`.
+fn decode_json(text: &str) -> Value {
+    let depth = json_depth(text);
+    if depth <= MAX_JSON_DEPTH {
+        let mut de = serde_json::Deserializer::from_str(text);
+        // Depth is checked above; serde_json's own limit (128) is too low for real documents.
+        de.disable_recursion_limit();
+        let parsed = serde::Deserialize::deserialize(&mut de).and_then(|v: Value| {
+            de.end()?;
+            Ok(v)
+        });
+        if let Ok(v) = parsed {
+            return v;
+        }
+    }
+    let why = if depth > MAX_JSON_DEPTH {
+        format!("json nested {depth} levels deep; pgcdc represents at most {MAX_JSON_DEPTH}")
+    } else {
+        "not valid JSON".to_owned()
+    };
+    let mut o = serde_json::Map::with_capacity(2);
+    o.insert(UNREPRESENTABLE_KEY.to_owned(), Value::String(why));
+    o.insert("text".to_owned(), Value::String(text.to_owned()));
+    Value::Object(o)
+}
+
+/// Deepest nesting of `[`/`{` outside strings.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn decode_bool(text: &str) -> Option<Value> {

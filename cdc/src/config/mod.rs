@@ -765,13 +765,32 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Replaces `${VAR}` (and `${VAR:-default}`) in every string value.
+/// Whether the string at `path` is a jq program. Programs are taken verbatim: `env`
+/// is removed from jq so that payloads never see the environment, and substituting
+/// `${VAR}` into a program would hand it over all the same.
+fn is_jq_program(path: &str) -> bool {
+    let Some((head, last)) = path.rsplit_once('.') else {
+        return false;
+    };
+    let table = head.split('[').next().unwrap_or(head);
+    let indexed = head.ends_with(']') && !head[table.len()..].contains('.');
+    indexed
+        && match table {
+            "trigger" => last == "when",
+            "sink" => matches!(last, "filter" | "transform" | "key"),
+            _ => false,
+        }
+}
+
+/// Replaces `${VAR}` (and `${VAR:-default}`) in every string value except jq
+/// programs; `$${` is a literal `${`.
 fn substitute_env(
     value: &mut toml::Value,
     path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match value {
+        toml::Value::String(_) if is_jq_program(path) => {}
         toml::Value::String(s) if s.contains("${") => {
             *s = expand(s, path, env)?;
         }
@@ -807,12 +826,19 @@ fn expand(
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
+        if start > 0 && rest.as_bytes()[start - 1] == b'$' {
+            // `$${` is the escape for a literal `${`.
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or_else(|| {
             key_err(
                 path,
-                "unterminated ${...}: write ${NAME} to use an environment variable",
+                "unterminated ${...}: write ${NAME} to use an environment variable, or $${ for a literal ${",
             )
         })?;
         let expr = &after[..end];

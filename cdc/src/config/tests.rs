@@ -168,4 +168,42 @@ fn a_relative_state_dir_is_taken_from_the_config_files_directory() {
     let mut state = StateConfig::default();
     state.resolve_dir(Path::new("pgcdc.toml"));
     assert!(state.dir.is_absolute() && state.dir.ends_with("pgcdc-data"));
+fn dollar_dollar_brace_is_a_literal() {
+    let c = parse(&GOOD.replace("dir = \"/tmp/x\"", "dir = \"/tmp/$${PG_URL}\""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.state.dir, Path::new("/tmp/${PG_URL}"));
+    let e = err(&GOOD.replace("dir = \"/tmp/x\"", "dir = \"/tmp/${x\""));
+    assert!(e.contains("$${"), "{e}");
+}
+
+#[test]
+fn jq_programs_are_taken_verbatim() {
+    let text = format!(
+        "{GOOD}\n[[trigger]]\nname = \"t\"\ntable = \"public.permits\"\n\
+         when = '.new.note == \"${{PG_URL}}\"'\n\n\
+         [[sink]]\nname = \"h\"\ntype = \"stdout\"\n\
+         transform = '{{a: \"cost ${{5}}\", b: \"${{HOME}}\"}}'\n\
+         filter = '.new.x != \"${{PG_URL}}\"'\n"
+    );
+    let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.trigger[0].when, ".new.note == \"${PG_URL}\"");
+    assert_eq!(
+        c.sink[1].transform.as_deref(),
+        Some("{a: \"cost ${5}\", b: \"${HOME}\"}")
+    );
+    assert_eq!(c.sink[1].filter.as_deref(), Some(".new.x != \"${PG_URL}\""));
+    // Everywhere else, `${VAR}` is still substituted.
+    assert!(c.source.url.expose().contains("secret@"));
+}
+
+#[test]
+fn program_paths_are_recognised() {
+    assert!(is_jq_program("sink[3].transform"));
+    assert!(is_jq_program("sink[0].filter"));
+    assert!(is_jq_program("sink[0].key"));
+    assert!(is_jq_program("trigger[12].when"));
+    assert!(!is_jq_program("sink[0].url"));
+    assert!(!is_jq_program("sink[0].headers.transform"));
+    assert!(!is_jq_program("source.url"));
+    assert!(!is_jq_program("trigger[0].table"));
 }

@@ -130,7 +130,7 @@ impl JournalReader {
         for row in rows {
             let (id, delivery_id, row_key, pos, item, state, error, replay, created_at) =
                 row.map_err(|e| self.sqlite(e))?;
-            let item = serde_json::from_str(&item)
+            let item = pgcdc_schema::event::from_stored_json(&item)
                 .map_err(|source| JournalError::Corrupt { pos, source })?;
             out.push(DlqEntry {
                 id,

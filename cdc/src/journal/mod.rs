@@ -642,7 +642,7 @@ impl JournalReader {
         let mut out = Vec::with_capacity(limit.min(4096));
         for row in rows {
             let (pos, payload, target, table) = row.map_err(|e| self.sqlite(e))?;
-            let event = serde_json::from_str(&payload)
+            let event = pgcdc_schema::event::from_stored_json(&payload)
                 .map_err(|source| JournalError::Corrupt { pos, source })?;
             out.push(StoredEvent {
                 pos,

@@ -74,7 +74,7 @@ pub(super) fn apply(
             |r| r.get::<_, String>(0),
         )
         .optional()?
-        .and_then(|s| serde_json::from_str(&s).ok());
+        .and_then(|s| pgcdc_schema::event::from_stored_json(&s).ok());
 
     // Postgres' old row is complete with REPLICA IDENTITY FULL; otherwise it is absent
     // (update) or the key only (delete, key change): merge what we remember under it.

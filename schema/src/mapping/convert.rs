@@ -14,7 +14,7 @@ pub(crate) fn from_json(v: &Value) -> Val {
         } else if let Some(u) = n.as_u64() {
             Num::from_integral(u)
         } else {
-            Num::Float(n.as_f64().unwrap_or(f64::NAN))
+            exact_num(n.as_str())
         }),
         Value::String(s) => Val::from(s.clone()),
         Value::Array(a) => a.iter().map(from_json).collect(),
@@ -23,6 +23,17 @@ pub(crate) fn from_json(v: &Value) -> Val {
                 .map(|(k, v)| (Val::from(k.clone()), from_json(v)))
                 .collect(),
         ),
+    }
+}
+
+/// A number beyond i64/u64 as jq sees it: a big integer, or a decimal literal that
+/// jaq keeps verbatim until arithmetic touches it (as jq 1.7 does), so a value that
+/// passes through a transform keeps every digit.
+fn exact_num(text: &str) -> Num {
+    let integral = text.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'));
+    match integral.then(|| Num::from_str_radix(text, 10)).flatten() {
+        Some(n) => n,
+        None => Num::Dec(jaq_json::Rc::new(text.to_owned())),
     }
 }
 
@@ -54,8 +65,8 @@ fn num_to_json(n: &Num) -> Value {
     match n {
         Num::Int(i) => Value::Number(Number::from(*i as i64)),
         Num::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        // Big integers and decimal literals: serde_json (without arbitrary
-        // precision) keeps what fits in u64/i64/f64.
+        // Big integers and decimal literals keep their digits (serde_json's
+        // arbitrary precision); what is not JSON number syntax becomes a float.
         Num::BigInt(_) | Num::Dec(_) => match n.to_string().parse::<Number>() {
             Ok(num) => Value::Number(num),
             Err(_) => n

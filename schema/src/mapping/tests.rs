@@ -169,7 +169,11 @@ fn mapping_std_library() {
         (".new | has(\"status\")", json!(true)),
         ("[.new | keys[]] | length", json!(4)),
         (".new.status | ascii_downcase", json!("approved")),
-        (".new.amount | tonumber", json!(12.5)),
+        // The decimal literal keeps its digits (as in jq 1.7): money stays exact.
+        (
+            ".new.amount | tonumber",
+            serde_json::from_str("12.50").unwrap_or(Value::Null),
+        ),
         (".new.id | tostring", json!("7")),
         (".new.status | test(\"^app\"; \"i\")", json!(true)),
         ("[.new[] | select(type == \"number\")]", json!([7])),

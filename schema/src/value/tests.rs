@@ -1,6 +1,6 @@
 use serde_json::{json, Value};
 
-use super::{decode_text, PgType};
+use super::{decode_text, PgType, MAX_JSON_DEPTH};
 
 fn arr(elem: PgType) -> PgType {
     PgType::Array(Box::new(elem))
@@ -243,7 +243,65 @@ fn json_and_jsonb_are_parsed() {
     );
     assert_eq!(decode_text(&PgType::Json, "42"), json!(42));
     assert_eq!(decode_text(&PgType::Json, "\"s\""), json!("s"));
-    assert_eq!(decode_text(&PgType::Json, "{bad"), s("{bad"));
+    // Postgres never sends invalid JSON; if it did, the event says so explicitly.
+    assert_eq!(
+        decode_text(&PgType::Json, "{bad"),
+        json!({"__pgcdc_unrepresentable": "not valid JSON", "text": "{bad"})
+    );
+}
+
+#[test]
+fn json_numbers_are_exact_and_stay_numbers() {
+    let cases = [
+        r#"{"big":123456789012345678901234567890}"#,
+        r#"{"p":3.14159265358979323846}"#,
+        // What `json` (not jsonb, which expands it to 401 digits) sends for 1e400.
+        r#"{"n":1e+400}"#,
+        r#"{"neg":-98765432109876543210.000000000000000001}"#,
+        r#"[0.1,1e+2,-0,18446744073709551616]"#,
+    ];
+    for text in cases {
+        let v = decode_text(&PgType::Jsonb, text);
+        assert_eq!(serde_json::to_string(&v).ok().as_deref(), Some(text), "{text}");
+        let first = match &v {
+            Value::Object(o) => o.values().next().cloned(),
+            Value::Array(a) => a.first().cloned(),
+            _ => None,
+        };
+        assert!(matches!(first, Some(Value::Number(_))), "{text}: {v}");
+    }
+}
+
+#[test]
+fn deep_json_is_kept_up_to_the_limit_then_marked() {
+    let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    for depth in [129, 300, MAX_JSON_DEPTH] {
+        let text = nested(depth);
+        // Checked on a thread with the stack size tokio gives its workers.
+        let out = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let v = decode_text(&PgType::Jsonb, &text);
+                let back = serde_json::to_string(&v).unwrap_or_default();
+                let jq = crate::mapping::JqProgram::compile("t", ".")
+                    .ok()
+                    .and_then(|p| p.run(&v).ok())
+                    .map(|outs| outs.len());
+                (back == text, v.is_array(), jq)
+            })
+            .ok()
+            .and_then(|h| h.join().ok());
+        assert_eq!(out, Some((true, true, Some(1))), "depth {depth}");
+    }
+    let deep = nested(MAX_JSON_DEPTH + 1);
+    let v = decode_text(&PgType::Jsonb, &deep);
+    assert_eq!(v["text"], json!(deep));
+    assert!(v["__pgcdc_unrepresentable"]
+        .as_str()
+        .is_some_and(|why| why.contains("513 levels")));
+    // Brackets inside strings do not count.
+    let v = decode_text(&PgType::Jsonb, &format!("[\"{}\"]", "[".repeat(5000)));
+    assert!(v.is_array());
 }
 
 #[test]

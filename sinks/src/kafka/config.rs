@@ -205,8 +205,72 @@ impl KafkaSinkConfig {
                 ));
             }
         }
+        // librdkafka checks names and values without connecting; its message quotes
+        // the value, which may be a password, so only the key is named.
+        let mut probe = rdkafka::ClientConfig::new();
+        for (k, v) in &self.librdkafka {
+            probe.set(k, v.to_string());
+        }
+        if let Err(e) = probe.create_native_config() {
+            let key = match &e {
+                rdkafka::error::KafkaError::ClientConfig(_, _, key, _) => key.clone(),
+                _ => String::new(),
+            };
+            return Err(err(
+                &format!("librdkafka.\"{key}\""),
+                format!(
+                    "librdkafka refuses it: {} (the value is not shown); see librdkafka's \
+                     CONFIGURATION.md for the property names and values it takes",
+                    self.redact_kafka_error(&e)
+                ),
+            ));
+        }
         Ok(())
     }
+
+    /// A librdkafka error as text safe to log: a configuration error names the
+    /// property but never its value, and the values of pass-through properties
+    /// whose names say they are secret are masked in any other message.
+    pub(crate) fn redact_kafka_error(&self, e: &rdkafka::error::KafkaError) -> String {
+        let text = match e {
+            rdkafka::error::KafkaError::ClientConfig(_, desc, key, value) => {
+                let desc = if value.is_empty() {
+                    desc.clone()
+                } else {
+                    desc.replace(value.as_str(), "***")
+                };
+                format!("property \"{key}\": {desc}")
+            }
+            other => other.to_string(),
+        };
+        self.redact(text)
+    }
+
+    /// Masks the values of secret pass-through properties in `text`.
+    pub(crate) fn redact(&self, mut text: String) -> String {
+        for value in self.secret_values() {
+            text = text.replace(&value, "***");
+        }
+        text
+    }
+
+    /// The values of pass-through properties whose names say they are secret.
+    pub(crate) fn secret_values(&self) -> Vec<String> {
+        self.librdkafka
+            .iter()
+            .filter(|(key, _)| is_secret_property(key))
+            .map(|(_, value)| value.to_string())
+            .filter(|value| !value.is_empty())
+            .collect()
+    }
+}
+
+/// Whether a librdkafka property's value must never be printed.
+fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token", "key", "credential", "oauthbearer.config"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 /// A parsed `topic` template.
@@ -351,5 +415,35 @@ mod tests {
         assert!(c.validate("sink[0]", true).is_ok());
         let bad = parse("brokers = \"b:9092\"\ntopic = \"a topic\"\n");
         assert!(bad.validate("sink[0]", false).is_err());
+    }
+
+    #[test]
+    fn refused_librdkafka_values_are_never_printed() {
+        for (key, value) in [
+            ("sasl.pasword", "hunter2-typo"),
+            ("sasl.jaas.config", "org.apache.kafka.common.security.plain.PlainLoginModule required username=\\\"u\\\" password=\\\"hunter2-jaas\\\";"),
+            ("linger.ms", "hunter2-not-a-number"),
+        ] {
+            let c = parse(&format!(
+                "brokers = \"b:9092\"\n[librdkafka]\n\"{key}\" = \"{value}\"\n"
+            ));
+            let e = c
+                .validate("sink[0]", false)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.starts_with(&format!("sink[0].librdkafka.\"{key}\": librdkafka refuses it")), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_values_are_masked_in_messages() {
+        let c = parse(
+            "brokers = \"b:9092\"\n[librdkafka]\n\"sasl.password\" = \"s3cr3t-pw\"\n\"sasl.username\" = \"alice\"\n",
+        );
+        assert!(c.validate("sink[0]", false).is_ok());
+        let masked = c.redact("auth failed for alice with s3cr3t-pw".into());
+        assert_eq!(masked, "auth failed for alice with ***");
     }
 }

@@ -11,10 +11,26 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 pub struct SinkContext {
     /// Sink name, for log fields.
     pub sink: String,
+    /// Values of secret pass-through properties, masked in every message.
+    pub masks: std::sync::Arc<Vec<String>>,
+}
+
+impl SinkContext {
+    /// `text` with every secret value masked.
+    pub(crate) fn mask(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for m in self.masks.iter() {
+            if text.contains(m.as_str()) {
+                text = text.replace(m.as_str(), "***");
+            }
+        }
+        text
+    }
 }
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let message = &self.mask(message);
         // The read-back consumer shares the sink's pass-through options, many of them
         // producer-only: librdkafka's warning about each is noise.
         let config_noise = message.contains("is a producer property")
@@ -35,6 +51,7 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        let reason = &self.mask(reason);
         // The read-back asks for these: they mark the end of a partition.
         let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);

@@ -82,7 +82,7 @@ pub enum ReadBackError {
 pub type ReadBackConsumer = BaseConsumer<SinkContext>;
 
 /// A consumer for the read-back: manual assignment, no group, every record.
-pub fn consumer(base: &ClientConfig, sink: &str) -> Result<ReadBackConsumer, ReadBackError> {
+pub fn consumer(base: &ClientConfig, ctx: SinkContext) -> Result<ReadBackConsumer, ReadBackError> {
     let mut cfg = base.clone();
     cfg.set("group.id", "pgcdc-read-back")
         .set("enable.auto.commit", "false")
@@ -91,13 +91,12 @@ pub fn consumer(base: &ClientConfig, sink: &str) -> Result<ReadBackConsumer, Rea
         .set("auto.offset.reset", "error")
         .set("isolation.level", "read_uncommitted")
         .set("allow.auto.create.topics", "false");
-    cfg.create_with_context(SinkContext {
-        sink: sink.to_string(),
-    })
-    .map_err(|e| ReadBackError::Transient {
-        what: "the Kafka consumer".into(),
-        message: e.to_string(),
-    })
+    let masked = ctx.clone();
+    cfg.create_with_context(ctx)
+        .map_err(|e| ReadBackError::Transient {
+            what: "the Kafka consumer".into(),
+            message: masked.mask(&e.to_string()),
+        })
 }
 
 /// Reads `partitions` of `topic` from their start offsets to their ends, calling

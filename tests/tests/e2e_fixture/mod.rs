@@ -68,10 +68,20 @@ pub async fn pgcdc_output(args: &[&str]) -> anyhow::Result<(i32, String, String)
 
 /// Runs any program to completion with a 60 s limit: (exit code, stdout, stderr).
 pub async fn run_output(bin: &Path, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    run_output_env(bin, args, &[]).await
+}
+
+/// [`run_output`] with extra environment variables.
+pub async fn run_output_env(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(i32, String, String)> {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .output(),
     )

@@ -103,6 +103,8 @@ pub struct KafkaSink {
     transformed: bool,
     audit: AuditLog,
     base: ClientConfig,
+    /// Values of secret pass-through properties (masked in librdkafka's messages).
+    masks: std::sync::Arc<Vec<String>>,
     producer: Option<FutureProducer<SinkContext>>,
     /// The last progress record written (or read at start).
     progress: Progress,
@@ -160,6 +162,7 @@ impl KafkaSink {
             },
             transformed: ctx.transformed,
             audit: ctx.audit,
+            masks: std::sync::Arc::new(config.secret_values()),
             base,
             producer: None,
             progress: Progress::default(),
@@ -189,7 +192,8 @@ impl KafkaSink {
         let producer: FutureProducer<SinkContext> =
             cfg.create_with_context(self.context()).map_err(|e| {
                 Failure::Definite(format!(
-                    "cannot create the Kafka producer: {e}; check brokers and [sink.librdkafka]"
+                    "cannot create the Kafka producer: {}; check brokers and [sink.librdkafka]",
+                    self.config.redact_kafka_error(&e)
                 ))
             })?;
         self.producer = Some(producer.clone());
@@ -370,8 +374,9 @@ impl KafkaSink {
         let base = self.base.clone();
         let record = self.progress.clone();
         let name = self.name.clone();
+        let ctx = self.context();
         let found = tokio::task::spawn_blocking(move || {
-            let consumer = progress::consumer(&base, &name)?;
+            let consumer = progress::consumer(&base, ctx)?;
             progress::read_written(&consumer, &record, &name, STALL)
         })
         .await
@@ -661,6 +666,7 @@ impl KafkaSink {
     fn context(&self) -> SinkContext {
         SinkContext {
             sink: self.name.clone(),
+            masks: self.masks.clone(),
         }
     }
 
@@ -700,8 +706,9 @@ impl KafkaSink {
         };
         let base = self.base.clone();
         let name = self.name.clone();
+        let ctx = self.context();
         let stored = tokio::task::spawn_blocking(move || {
-            let consumer = progress::consumer(&base, &name)?;
+            let consumer = progress::consumer(&base, ctx)?;
             progress::read_progress(&consumer, &topic, partitions, &name, STALL)
         })
         .await

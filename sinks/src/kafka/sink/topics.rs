@@ -83,7 +83,12 @@ impl KafkaSink {
         let admin: AdminClient<SinkContext> = self
             .base
             .create_with_context(self.context())
-            .map_err(|e| Failure::Transient(format!("Kafka admin client: {e}")))?;
+            .map_err(|e| {
+                Failure::Transient(format!(
+                    "Kafka admin client: {}",
+                    self.config.redact_kafka_error(&e)
+                ))
+            })?;
         let mut new = NewTopic::new(
             topic,
             partitions,
