@@ -168,6 +168,9 @@ fn a_relative_state_dir_is_taken_from_the_config_files_directory() {
     let mut state = StateConfig::default();
     state.resolve_dir(Path::new("pgcdc.toml"));
     assert!(state.dir.is_absolute() && state.dir.ends_with("pgcdc-data"));
+}
+
+#[test]
 fn dollar_dollar_brace_is_a_literal() {
     let c = parse(&GOOD.replace("dir = \"/tmp/x\"", "dir = \"/tmp/$${PG_URL}\""))
         .unwrap_or_else(|e| panic!("{e}"));
