@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use pgcdc_schema::Lsn;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
-use super::journal_thread::JournalCommand;
+use super::journal_thread::{JournalCommand, JournalSender};
 use super::watermark::{self, Watermark, Windows};
 use crate::config::TableName;
 use crate::journal::{JournalHead, ResyncChunk, ResyncProgress};
@@ -99,7 +99,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Streams until `shutdown`; reconnects after transient failures.
 pub async fn run(
     cfg: ReaderConfig,
-    journal: mpsc::Sender<JournalCommand>,
+    journal: JournalSender,
     mut head: watch::Receiver<JournalHead>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReaderError> {
@@ -125,17 +125,14 @@ pub async fn run(
     }
 }
 
-async fn send(
-    journal: &mpsc::Sender<JournalCommand>,
-    cmd: JournalCommand,
-) -> Result<(), ReaderError> {
+async fn send(journal: &JournalSender, cmd: JournalCommand) -> Result<(), ReaderError> {
     journal
         .send(cmd)
         .await
         .map_err(|_| ReaderError::JournalGone)
 }
 
-async fn sync(journal: &mpsc::Sender<JournalCommand>) -> Result<JournalHead, ReaderError> {
+async fn sync(journal: &JournalSender) -> Result<JournalHead, ReaderError> {
     let (tx, rx) = oneshot::channel();
     send(journal, JournalCommand::Sync(tx)).await?;
     rx.await.map_err(|_| ReaderError::JournalGone)
@@ -144,7 +141,7 @@ async fn sync(journal: &mpsc::Sender<JournalCommand>) -> Result<JournalHead, Rea
 async fn session(
     cfg: &ReaderConfig,
     builder: &mut ChangeBuilder,
-    journal: &mpsc::Sender<JournalCommand>,
+    journal: &JournalSender,
     head: &mut watch::Receiver<JournalHead>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, ReaderError> {
@@ -259,7 +256,7 @@ async fn handle(
     builder: &mut ChangeBuilder,
     catalog: &mut Catalog,
     cfg: &ReaderConfig,
-    journal: &mpsc::Sender<JournalCommand>,
+    journal: &JournalSender,
 ) -> Result<(), ReaderError> {
     let change_err = |source| ReaderError::Change { lsn: at, source };
     let entry = match message {
@@ -339,7 +336,7 @@ enum ChunkError {
 async fn journal_chunk(
     mut window: Box<watermark::Window>,
     builder: &mut ChangeBuilder,
-    journal: &mpsc::Sender<JournalCommand>,
+    journal: &JournalSender,
 ) -> Result<(), ChunkError> {
     let rows = window.surviving_rows();
     let mut entries = Vec::with_capacity(rows.len());
