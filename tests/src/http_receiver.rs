@@ -1,7 +1,8 @@
 //! An HTTP receiver for sink tests: records every request and answers per a
 //! programmable script (status bursts, 429 + Retry-After, slow answers,
-//! connection resets, a failure for chosen bodies), plus an OAuth2 token
-//! endpoint at `/oauth/token` whose tokens the API can require.
+//! connection resets, a failure for chosen bodies, an endless or huge
+//! response body), plus an OAuth2 token endpoint at `/oauth/token` whose
+//! tokens the API can require.
 //!
 //! Built on hyper directly (not axum): a reset needs the connection itself,
 //! which a per-connection task can drop without answering.
@@ -9,13 +10,16 @@
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -43,6 +47,14 @@ pub enum Mode {
         status: u16,
         /// Which bodies fail.
         when: BodyPredicate,
+    },
+    /// `status` with a chunked body of `bytes` bytes of JSON-ish filler, sent as
+    /// fast as the client reads (`u64::MAX`: endless). See `body_bytes_sent`.
+    HugeBody {
+        /// The status.
+        status: u16,
+        /// Body length.
+        bytes: u64,
     },
 }
 
@@ -83,6 +95,8 @@ struct OAuthState {
     expires_in: u64,
     issued: usize,
     valid: HashSet<String>,
+    /// Answer the token endpoint with a 200 and a body this long instead of a token.
+    huge_body: Option<u64>,
 }
 
 struct State {
@@ -92,6 +106,8 @@ struct State {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     oauth: Mutex<OAuthState>,
+    /// Bytes of `HugeBody` bodies handed to the connection so far.
+    body_bytes_sent: Arc<AtomicU64>,
 }
 
 /// Locks a mutex even if a panicking test thread poisoned it.
@@ -169,6 +185,7 @@ impl Receiver {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             oauth: Mutex::new(OAuthState::default()),
+            body_bytes_sent: Arc::new(AtomicU64::new(0)),
         });
         let accept_state = state.clone();
         let tls_enabled = tls.is_some();
@@ -259,6 +276,18 @@ impl Receiver {
         lock(&self.state.oauth).valid.clear();
     }
 
+    /// With `Some(bytes)`, the token endpoint answers 200 with a body of this many
+    /// bytes instead of a token; `None` goes back to issuing tokens.
+    pub fn huge_token_response(&self, bytes: Option<u64>) {
+        lock(&self.state.oauth).huge_body = bytes;
+    }
+
+    /// Bytes of huge response bodies (`Mode::HugeBody`, `huge_token_response`) the
+    /// receiver has handed to its connections so far: what the client was sent.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.state.body_bytes_sent.load(Ordering::SeqCst)
+    }
+
     /// Tokens issued so far.
     pub fn token_issuances(&self) -> usize {
         lock(&self.state.oauth).issued
@@ -291,17 +320,61 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn reply(status: u16, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+type Body = BoxBody<Bytes, Infallible>;
+
+fn reply(status: u16, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r
+}
+
+/// A response with a chunked body of `bytes` bytes (no Content-Length).
+fn huge_reply(status: u16, bytes: u64, sent: Arc<AtomicU64>) -> Response<Body> {
+    let body = HugeBody {
+        left: bytes,
+        chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        sent,
+    };
+    let mut r = Response::new(body.boxed());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+/// Filler as fast as the connection takes it; hyper polls for more only when
+/// the socket has room, so `sent` tracks what the client has been able to read.
+struct HugeBody {
+    left: u64,
+    chunk: Bytes,
+    sent: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for HugeBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64);
+        self.left -= n;
+        self.sent.fetch_add(n, Ordering::SeqCst);
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
 }
 
 async fn handle(
     state: Arc<State>,
     abort: Arc<Notify>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -377,11 +450,17 @@ async fn handle(
                 reply(200, "{}")
             }
         }
+        Mode::HugeBody { status, bytes } => {
+            huge_reply(status, bytes, state.body_bytes_sent.clone())
+        }
     })
 }
 
-fn issue_token(state: &State) -> Response<Full<Bytes>> {
+fn issue_token(state: &State) -> Response<Body> {
     let mut oauth = lock(&state.oauth);
+    if let Some(bytes) = oauth.huge_body {
+        return huge_reply(200, bytes, state.body_bytes_sent.clone());
+    }
     oauth.issued += 1;
     let token = format!("tok-{}", oauth.issued);
     oauth.valid.insert(token.clone());
@@ -390,7 +469,7 @@ fn issue_token(state: &State) -> Response<Full<Bytes>> {
         "token_type": "Bearer",
         "expires_in": oauth.expires_in,
     });
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),

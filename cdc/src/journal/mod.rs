@@ -5,7 +5,7 @@
 //! ```text
 //!  reader ──JournalWriter::append (one SQLite txn per batch, fsync)──▶ events
 //!                                  └─ meta.confirmed_lsn (same txn) ──▶ slot feedback
-//!  sink runner ◀── JournalReader::read_after(cursor) ── events
+//!  sink runner ◀── JournalReader::read_batch(cursor) ── events
 //!  sink runner ──JournalReader::advance_cursor (monotonic)──▶ cursors
 //! ```
 //!
@@ -621,29 +621,46 @@ impl JournalReader {
         meta_prefixed(&self.conn, prefix).map_err(|e| self.sqlite(e))
     }
 
-    /// Up to `limit` events after `pos`, in journal order (optionally only of `tables`).
+    /// Up to `limit` events after `pos`, in journal order.
     pub fn read_after(&self, pos: i64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
+        self.read_batch(pos, limit, usize::MAX)
+    }
+
+    /// Up to `limit` events after `pos`, in journal order, stopping before the one
+    /// that would take their stored JSON past `max_bytes`; the first event always
+    /// comes, however large, so one huge row passes alone.
+    pub fn read_batch(
+        &self,
+        pos: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT pos, payload, target, tbl FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2",
             )
             .map_err(|e| self.sqlite(e))?;
-        let rows = stmt
-            .query_map(params![pos, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })
+        let mut rows = stmt
+            .query(params![pos, limit as i64])
             .map_err(|e| self.sqlite(e))?;
         let mut out = Vec::with_capacity(limit.min(4096));
-        for row in rows {
-            let (pos, payload, target, table) = row.map_err(|e| self.sqlite(e))?;
-            let event = pgcdc_schema::event::from_stored_json(&payload)
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
+            let pos: i64 = row.get(0).map_err(|e| self.sqlite(e))?;
+            // Parsed from SQLite's own buffer: no copy of the payload text.
+            let payload = row.get_ref(1).map_err(|e| self.sqlite(e))?;
+            let payload = payload
+                .as_str()
+                .map_err(|e| self.sqlite(rusqlite::Error::from(e)))?;
+            bytes = bytes.saturating_add(payload.len());
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            let event = pgcdc_schema::event::from_stored_json(payload)
                 .map_err(|source| JournalError::Corrupt { pos, source })?;
+            let target: Option<String> = row.get(2).map_err(|e| self.sqlite(e))?;
+            let table: String = row.get(3).map_err(|e| self.sqlite(e))?;
             out.push(StoredEvent {
                 pos,
                 event,

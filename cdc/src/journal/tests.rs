@@ -354,3 +354,36 @@ fn entries_keep_the_captured_tables_name_beside_the_events_name() -> Result<(), 
     );
     Ok(())
 }
+
+#[test]
+fn read_batch_stops_at_its_byte_budget_but_returns_one_event() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    let big = |seq: u32| {
+        let mut e = entry(100, seq);
+        let mut row = Map::new();
+        row.insert("v".into(), serde_json::Value::String("x".repeat(10_000)));
+        e.event.new = Some(row);
+        e
+    };
+    let mut w = JournalWriter::open(dir.path())?;
+    w.append(&[big(0), big(1), big(2), big(3)], None)?;
+    let r = JournalReader::open(dir.path(), false)?;
+    // Each event's JSON is a little over 10 kB: two fit in 25 kB, a third does not.
+    assert_eq!(r.read_batch(0, 100, 25_000)?.len(), 2);
+    assert_eq!(
+        r.read_batch(2, 100, 25_000)?
+            .iter()
+            .map(|e| e.pos)
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+    // One event larger than the whole budget still comes, alone.
+    assert_eq!(r.read_batch(0, 100, 1)?.len(), 1);
+    // The count limit still applies.
+    assert_eq!(r.read_batch(0, 3, usize::MAX)?.len(), 3);
+    assert_eq!(r.read_after(0, 100)?.len(), 4);
+    Ok(())
+}

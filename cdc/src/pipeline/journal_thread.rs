@@ -6,12 +6,20 @@
 //! Before each head is published the journal file is checked to still be the
 //! one that was opened: a journal removed or replaced under a running pgcdc
 //! stops it before anything more is confirmed to the slot.
+//!
+//! Memory: the queue is bounded by commands and by bytes. Each change takes
+//! permits for its estimated size from a byte budget before it is queued and
+//! gives them back once its batch is written, so what waits in the queue or in
+//! the batch being written stays under [`QUEUE_BYTES`] however large the rows
+//! (one row larger than the whole budget waits for an empty queue and goes
+//! alone). A batch also closes at [`BATCH_BYTES`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pgcdc_schema::Lsn;
-use tokio::sync::{mpsc, oneshot, watch};
+use pgcdc_schema::{ChangeEvent, Lsn};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::journal::{
     JournalEntry, JournalError, JournalHead, JournalWriter, ResyncChunk, ResyncProgress,
@@ -38,6 +46,118 @@ pub const MAX_BATCH: usize = 5_000;
 
 /// Capacity of the reader → writer queue.
 pub const QUEUE_CAPACITY: usize = 8_192;
+
+/// Estimated bytes of changes queued for, or in the batch being written by, the
+/// journal thread at most (besides one change larger than this, which goes alone).
+pub const QUEUE_BYTES: usize = 32 << 20;
+
+/// A batch closes once its changes reach this many (estimated) bytes.
+pub const BATCH_BYTES: usize = 8 << 20;
+
+/// A command with the budget it holds until its batch is written.
+#[derive(Debug)]
+struct Queued {
+    cmd: JournalCommand,
+    bytes: usize,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The journal thread has stopped (its own error says why).
+#[derive(Debug)]
+pub struct JournalGone;
+
+/// The reader's end of the command queue (bounded by count and by bytes).
+#[derive(Debug, Clone)]
+pub struct JournalSender {
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
+/// The journal thread's end of the command queue.
+#[derive(Debug)]
+pub struct JournalReceiver {
+    rx: mpsc::Receiver<Queued>,
+}
+
+/// The reader → journal thread queue.
+pub fn queue() -> (JournalSender, JournalReceiver) {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+    (JournalSender { tx, budget }, JournalReceiver { rx })
+}
+
+impl JournalSender {
+    /// Queues `cmd`, first waiting until the byte budget has room for it.
+    pub async fn send(&self, cmd: JournalCommand) -> Result<(), JournalGone> {
+        let bytes = cmd.approx_bytes();
+        let permit = if bytes == 0 {
+            None
+        } else {
+            // Capped at the whole budget: a huge change waits for an empty queue.
+            let want = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+            Some(
+                self.budget
+                    .clone()
+                    .acquire_many_owned(want)
+                    .await
+                    .map_err(|_| JournalGone)?,
+            )
+        };
+        self.tx
+            .send(Queued { cmd, bytes, permit })
+            .await
+            .map_err(|_| JournalGone)
+    }
+
+    /// Queues `cmd` (one that carries no change) unless the queue is full.
+    pub fn try_send(&self, cmd: JournalCommand) -> Result<(), JournalGone> {
+        self.tx
+            .try_send(Queued {
+                cmd,
+                bytes: 0,
+                permit: None,
+            })
+            .map_err(|_| JournalGone)
+    }
+}
+
+impl JournalCommand {
+    /// Rough heap size of the changes this command carries (0 for the others).
+    fn approx_bytes(&self) -> usize {
+        match self {
+            JournalCommand::Change(e) => event_bytes(&e.event),
+            JournalCommand::Resync(chunk, _) => {
+                chunk.entries.iter().map(|e| event_bytes(&e.event)).sum()
+            }
+            JournalCommand::Confirm(_) | JournalCommand::Sync(_) | JournalCommand::Check => 0,
+        }
+    }
+}
+
+/// Rough heap size of an event: its rows' values plus a fixed overhead.
+fn event_bytes(event: &ChangeEvent) -> usize {
+    let rows = [&event.key, &event.old, &event.new];
+    256 + rows
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            row.iter()
+                .map(|(k, v)| k.len() + value_bytes(v))
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+}
+
+/// Rough heap size of a JSON value: each node costs about its in-memory size.
+fn value_bytes(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    NODE + match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(value_bytes).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| 16 + k.len() + value_bytes(v)).sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
 
 /// How often entries past the retention are pruned, and how many at most per round.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -77,7 +197,7 @@ impl JournalFill {
 /// Runs the writer until the command queue closes. Blocking: run on its own thread.
 pub fn run(
     mut writer: JournalWriter,
-    mut rx: mpsc::Receiver<JournalCommand>,
+    mut rx: JournalReceiver,
     head_tx: watch::Sender<JournalHead>,
     retention: std::time::Duration,
     fill: Arc<JournalFill>,
@@ -88,7 +208,9 @@ pub fn run(
     let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
     let mut chunks_done: Vec<oneshot::Sender<()>> = Vec::new();
     let mut progress: Vec<ResyncProgress> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
+    // The batch's budget, given back once it is written.
+    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
+    while let Some(first) = rx.rx.blocking_recv() {
         let mut confirm: Option<Lsn> = None;
         let mut take =
             |cmd: JournalCommand, entries: &mut Vec<(JournalEntry, Option<String>)>| match cmd {
@@ -107,14 +229,17 @@ pub fn run(
                 }
                 JournalCommand::Check => {}
             };
-        take(first, &mut entries);
-        let mut taken = 1;
-        while taken < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(cmd) => take(cmd, &mut entries),
-                Err(_) => break,
-            }
+        let mut batch_bytes = 0usize;
+        let mut queued = Some(first);
+        let mut taken = 0;
+        while let Some(Queued { cmd, bytes, permit }) = queued.take() {
+            batch_bytes += bytes;
+            take(cmd, &mut entries);
+            held.extend(permit);
             taken += 1;
+            if taken < MAX_BATCH && batch_bytes < BATCH_BYTES {
+                queued = rx.rx.try_recv().ok();
+            }
         }
         let refs: Vec<(&JournalEntry, Option<&str>)> =
             entries.iter().map(|(e, t)| (e, t.as_deref())).collect();
@@ -136,6 +261,7 @@ pub fn run(
         // report it to the slot (the replies below are never sent; the reader sees the
         // writer gone and pgcdc exits with this error).
         writer.check_file()?;
+        held.clear();
         let head = writer.head();
         head_tx.send_replace(head);
         for reply in syncs.drain(..) {
@@ -160,4 +286,57 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pgcdc_schema::{EventId, Op};
+    use serde_json::Map;
+
+    use super::*;
+
+    fn change(text_bytes: usize) -> JournalCommand {
+        let mut row = Map::new();
+        row.insert("v".into(), Value::String("x".repeat(text_bytes)));
+        JournalCommand::Change(Box::new(JournalEntry {
+            table: "public.t".into(),
+            seq: 0,
+            commit_time_unix_us: None,
+            event: ChangeEvent {
+                id: EventId::from_position(Lsn(1), 0),
+                op: Op::Insert,
+                schema: "public".into(),
+                table: "t".into(),
+                key: None,
+                old: None,
+                new: Some(row),
+                trigger: None,
+                lsn: Lsn(1),
+                xid: None,
+                commit_time: None,
+                unchanged_toast: vec![],
+            },
+        }))
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_hold_the_reader_back_until_written() {
+        let (tx, mut rx) = queue();
+        // Larger than the whole budget: it goes, alone.
+        assert!(tx.send(change(QUEUE_BYTES + 1)).await.is_ok());
+        // The next change waits for room; commands without rows do not.
+        let next = tokio::time::timeout(Duration::from_millis(200), tx.send(change(10))).await;
+        assert!(next.is_err(), "a change was queued past the byte budget");
+        let (reply, _) = oneshot::channel();
+        let sync =
+            tokio::time::timeout(Duration::from_secs(5), tx.send(JournalCommand::Sync(reply)));
+        assert!(matches!(sync.await, Ok(Ok(()))));
+        // The writer is done with the big one: its budget comes back.
+        let first = rx.rx.recv().await;
+        assert!(first.is_some_and(|q| q.bytes > QUEUE_BYTES));
+        let next = tokio::time::timeout(Duration::from_secs(5), tx.send(change(10))).await;
+        assert!(matches!(next, Ok(Ok(()))));
+    }
 }

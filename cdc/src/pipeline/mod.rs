@@ -29,7 +29,7 @@ use pgcdc_sinks::http::{HttpSink, HttpSinkConfig, Renderer};
 use pgcdc_sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkContext};
 use pgcdc_sinks::stdout::StdoutSink;
 use pgcdc_sinks::{AuditLog, Outgoing};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, SinkKind, SnapshotMode};
@@ -153,7 +153,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
     let retention = config.journal.retention();
-    let (journal_tx, journal_rx) = mpsc::channel(journal_thread::QUEUE_CAPACITY);
+    let (journal_tx, journal_rx) = journal_thread::queue();
     let fill = std::sync::Arc::new(journal_thread::JournalFill::new(config.journal.max_bytes));
     let writer_fill = fill.clone();
     let writer_thread = std::thread::Builder::new()
@@ -179,9 +179,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             stop: &stop_rx,
         };
         match &sink.kind {
-            SinkKind::Stdout => spawn.runner(&mut runners, StdoutSink::new(&sink.name), plan),
+            SinkKind::Stdout => {
+                let sink_impl = StdoutSink::new(&sink.name)
+                    .with_native_body_from_event(sink.transform.is_none());
+                spawn.runner(&mut runners, sink_impl, plan)
+            }
             SinkKind::Http(http) => {
-                let sink_impl = build_http_sink(i, &sink.name, http, audit.clone())?;
+                let sink_impl = build_http_sink(i, &sink.name, http, audit.clone())?
+                    .with_native_body_from_event(sink.transform.is_none());
                 spawn.runner(&mut runners, sink_impl, plan)
             }
             SinkKind::Kafka(kafka) => {

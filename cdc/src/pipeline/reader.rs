@@ -16,10 +16,10 @@
 use std::time::{Duration, Instant};
 
 use pgcdc_schema::Lsn;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
-use super::journal_thread::JournalCommand;
+use super::journal_thread::{JournalCommand, JournalSender};
 use super::watermark::{self, Watermark, Windows};
 use crate::config::TableName;
 use crate::journal::{JournalHead, ResyncChunk, ResyncProgress};
@@ -125,7 +125,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Streams until `shutdown`; reconnects after transient failures.
 pub async fn run(
     cfg: ReaderConfig,
-    journal: mpsc::Sender<JournalCommand>,
+    journal: JournalSender,
     mut head: watch::Receiver<JournalHead>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReaderError> {
@@ -164,17 +164,14 @@ pub async fn run(
     }
 }
 
-async fn send(
-    journal: &mpsc::Sender<JournalCommand>,
-    cmd: JournalCommand,
-) -> Result<(), ReaderError> {
+async fn send(journal: &JournalSender, cmd: JournalCommand) -> Result<(), ReaderError> {
     journal
         .send(cmd)
         .await
         .map_err(|_| ReaderError::JournalGone)
 }
 
-async fn sync(journal: &mpsc::Sender<JournalCommand>) -> Result<JournalHead, ReaderError> {
+async fn sync(journal: &JournalSender) -> Result<JournalHead, ReaderError> {
     let (tx, rx) = oneshot::channel();
     send(journal, JournalCommand::Sync(tx)).await?;
     rx.await.map_err(|_| ReaderError::JournalGone)
@@ -190,7 +187,7 @@ struct SessionState<'a> {
 async fn session(
     cfg: &ReaderConfig,
     state: &mut SessionState<'_>,
-    journal: &mpsc::Sender<JournalCommand>,
+    journal: &JournalSender,
     head: &mut watch::Receiver<JournalHead>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, ReaderError> {
@@ -308,7 +305,7 @@ async fn handle(
     state: &mut SessionState<'_>,
     catalog: &mut Catalog,
     cfg: &ReaderConfig,
-    journal: &mpsc::Sender<JournalCommand>,
+    journal: &JournalSender,
 ) -> Result<(), ReaderError> {
     let builder = &mut *state.builder;
     let change_err = |source| ReaderError::Change { lsn: at, source };
@@ -432,7 +429,7 @@ enum ChunkError {
 async fn journal_chunk(
     mut window: Box<watermark::Window>,
     builder: &mut ChangeBuilder,
-    journal: &mpsc::Sender<JournalCommand>,
+    journal: &JournalSender,
 ) -> Result<(), ChunkError> {
     let rows = window.surviving_rows();
     let mut entries = Vec::with_capacity(rows.len());

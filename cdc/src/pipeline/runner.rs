@@ -21,6 +21,11 @@ use crate::journal::{DlqRecord, DlqState, JournalError, JournalHead, JournalRead
 /// after the restart, with the same idempotency keys.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Stored JSON read per batch at most, besides the sink's count: a batch of large
+/// rows holds this much (times the in-memory size of parsed JSON, and once more
+/// for the prefetched batch), not `batch_size` rows. One larger event goes alone.
+pub const BATCH_BYTES: usize = 8 << 20;
+
 async fn stop_after_grace(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         // The sender is gone: the engine is going away.
@@ -143,7 +148,7 @@ impl Prefetch {
             self.pending = Some((
                 from,
                 tokio::task::spawn_blocking(move || {
-                    let out = reader.read_after(from, limit);
+                    let out = reader.read_batch(from, limit, BATCH_BYTES);
                     (reader, out)
                 }),
             ));
@@ -316,8 +321,10 @@ pub async fn run<S: Sink>(
         let batch = match prefetch.take(&name, from).await? {
             Some(batch) => batch,
             None => {
-                let (r, batch) =
-                    blocking(&name, reader, move |r| r.read_after(from, batch_size)).await?;
+                let (r, batch) = blocking(&name, reader, move |r| {
+                    r.read_batch(from, batch_size, BATCH_BYTES)
+                })
+                .await?;
                 reader = r;
                 batch
             }

@@ -9,9 +9,13 @@ use base64::Engine as _;
 use tokio::sync::Mutex;
 
 use super::config::{AuthConfig, Secret};
+use super::service::read_capped;
 
 /// Refresh an OAuth2 token this long before it expires (less for short-lived tokens).
 const OAUTH2_REFRESH_MARGIN: Duration = Duration::from_secs(30);
+
+/// Most of a token response pgcdc reads; a larger one is refused (it is not a token).
+const TOKEN_RESPONSE_LIMIT: usize = 1024 * 1024;
 
 /// Produces the `Authorization` header value.
 #[derive(Debug)]
@@ -180,13 +184,23 @@ impl OAuth2 {
                 )
             })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            format!(
-                "token response from {} broke: {}",
+        let body = read_capped(response, TOKEN_RESPONSE_LIMIT)
+            .await
+            .map_err(|e| {
+                format!(
+                    "token response from {} broke: {}",
+                    self.token_url,
+                    e.without_url()
+                )
+            })?;
+        if body.truncated && status.is_success() {
+            return Err(format!(
+                "token endpoint {} sent a response larger than {} KiB; a token response is a \
+                 small JSON object: check that auth.token_url points at the OAuth2 token endpoint",
                 self.token_url,
-                e.without_url()
-            )
-        })?;
+                TOKEN_RESPONSE_LIMIT / 1024
+            ));
+        }
         if !status.is_success() {
             // The token endpoint's error body is safe to show; the request's secret is not in it.
             let cut = &body[..body.len().min(256)];

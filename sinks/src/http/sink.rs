@@ -31,6 +31,9 @@ pub struct HttpSink {
     concurrency: usize,
     policy: RetryPolicy,
     audit: AuditLog,
+    /// No transform: the body is the native event, encoded from `Outgoing::event`
+    /// (the runner then builds no second copy of the event as `body`).
+    native_from_event: bool,
 }
 
 /// One request's worth of items, in input order.
@@ -74,7 +77,16 @@ impl HttpSink {
             policy: RetryPolicy::new(&config.retry),
             audit,
             name,
+            native_from_event: false,
         })
+    }
+
+    /// For a sink without a transform: each body is the native event, encoded
+    /// straight from `Outgoing::event`, so items need no `body` (a large row is
+    /// then held once, not twice). With a transform, `body` is what is sent.
+    pub fn with_native_body_from_event(mut self, untransformed: bool) -> Self {
+        self.native_from_event = untransformed;
+        self
     }
 
     /// Renders the URL per item (for a batch: from its first item) instead of `url`.
@@ -346,12 +358,21 @@ impl Sink for HttpSink {
         &self.name
     }
 
+    fn wants_native_body(&self) -> bool {
+        !self.native_from_event
+    }
+
     async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
         let this = &*self;
         let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
         let mut bodies = Vec::with_capacity(items.len());
         for item in items {
-            let bytes = serde_json::to_vec(&item.body).map_err(|e| SinkError::Definite {
+            let encoded = if this.native_from_event {
+                serde_json::to_vec(&*item.event)
+            } else {
+                serde_json::to_vec(&item.body)
+            };
+            let bytes = encoded.map_err(|e| SinkError::Definite {
                 sink: this.name.clone(),
                 message: format!("cannot encode the body of {}: {e}", item.delivery_id()),
             })?;

@@ -10,7 +10,14 @@ pub struct StdoutSink<W = tokio::io::Stdout> {
     name: String,
     out: W,
     buf: Vec<u8>,
+    /// No transform: each line is encoded straight from `Outgoing::event`, so
+    /// items need no `body` (a large row is then held once, not twice).
+    native_from_event: bool,
 }
+
+/// What the line buffer keeps between batches; a batch of large rows grows it,
+/// and it is given back afterwards.
+const BUF_KEEP: usize = 64 * 1024;
 
 impl StdoutSink {
     /// A sink writing to the process' stdout.
@@ -25,8 +32,16 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StdoutSink<W> {
         StdoutSink {
             name: name.into(),
             out,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::with_capacity(BUF_KEEP),
+            native_from_event: false,
         }
+    }
+
+    /// For a sink without a transform: lines are the native event, encoded from
+    /// `Outgoing::event`; with a transform, `body` is what is written.
+    pub fn with_native_body_from_event(mut self, untransformed: bool) -> Self {
+        self.native_from_event = untransformed;
+        self
     }
 
     /// The writer (for tests).
@@ -47,10 +62,19 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
         &self.name
     }
 
+    fn wants_native_body(&self) -> bool {
+        !self.native_from_event
+    }
+
     async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
         self.buf.clear();
         for item in items {
-            serde_json::to_writer(&mut self.buf, &item.body).map_err(|e| {
+            let encoded = if self.native_from_event {
+                serde_json::to_writer(&mut self.buf, &*item.event)
+            } else {
+                serde_json::to_writer(&mut self.buf, &item.body)
+            };
+            encoded.map_err(|e| {
                 self.definite(format!("cannot encode event {}: {e}", item.event.id))
             })?;
             self.buf.push(b'\n');
@@ -60,6 +84,10 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
             self.out.flush().await
         }
         .await;
+        if self.buf.capacity() > BUF_KEEP {
+            self.buf.clear();
+            self.buf.shrink_to(BUF_KEEP);
+        }
         result.map_err(|e| {
             self.definite(format!(
                 "writing to stdout failed: {e}; is the reader of pgcdc's output gone?"
