@@ -18,6 +18,8 @@ pub struct Health {
     warnings: Mutex<Vec<String>>,
     /// The reader is paused on a full journal (`journal.max_bytes`).
     reader_paused: AtomicBool,
+    /// Background task → why it is failing (set while it retries; see `pipeline::supervise`).
+    tasks: Mutex<BTreeMap<&'static str, String>>,
 }
 
 static HEALTH: LazyLock<Health> = LazyLock::new(Health::default);
@@ -110,6 +112,22 @@ impl Health {
         *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
     }
 
+    /// Records that background task `task` fails and retries, and why.
+    pub fn task_failing(&self, task: &'static str, why: &str) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task, why.to_string());
+    }
+
+    /// Background task `task` works again.
+    pub fn task_ok(&self, task: &'static str) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(task);
+    }
+
     /// Why the process is not ready; empty when it is.
     pub fn not_ready_reasons(&self) -> Vec<String> {
         let mut reasons = self
@@ -130,6 +148,11 @@ impl Health {
                  check that the source database is up and the logs for the error)"
                     .to_string(),
             );
+        }
+        for (task, why) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            reasons.push(format!(
+                "the {task} is failing and retried with backoff: {why}"
+            ));
         }
         for (sink, running) in self.sink_states() {
             if !running {
