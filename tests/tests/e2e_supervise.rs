@@ -137,22 +137,18 @@ async fn a_resync_that_runs_out_of_file_descriptors_is_retried_and_completes(
     let code = r.status().as_u16();
     ensure!(code == 200, "resync request: {code} {}", r.text().await?);
     // The driver's journal handle cannot be opened: retried, and /readyz says why.
-    let mut broken = String::new();
     wait_until_msg(
         Duration::from_secs(20),
         "/readyz names the failing resync driver and the fd limit",
-        || {
-            let (http, base, broken) = (&http, &base, &mut broken);
-            async move {
-                let (code, body) = readyz(http, base).await;
-                *broken = body;
-                code == 503
-                    && broken.contains("resync driver")
-                    && broken.contains("too many open files (limit 3)")
-            }
+        || async {
+            let (code, body) = readyz(&http, &base).await;
+            code == 503
+                && body.contains("resync driver")
+                && body.contains("too many open files (limit 3)")
         },
     )
     .await;
+    let (_, broken) = readyz(&http, &base).await;
     eprintln!("while out of descriptors: {broken}");
 
     set_soft_fd_limit(pid, soft).await?;

@@ -32,7 +32,8 @@ use crate::pipeline::supervise::{Backoff, TaskHealth};
 /// The whole request head (request line and headers) must arrive within this; it is
 /// also how long a keep-alive connection may sit idle between requests.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest request head: hyper's read buffer never grows past this (431 beyond).
+/// The largest request head (431 beyond): hyper stops reading a head near this size
+/// (one read may carry its buffer to about twice that), and [`bounded`] checks it exactly.
 pub(crate) const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// The longest URI (414 beyond): the API's paths and queries are short.
 pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
@@ -144,7 +145,7 @@ async fn connection(stream: TcpStream, app: Router, _permit: OwnedSemaphorePermi
     }
 }
 
-/// Middleware: 414 for a long URI, 503 for a request not answered within
+/// Middleware: 414 for a long URI, 431 for a large head, 503 for a request not answered within
 /// [`REQUEST_TIMEOUT`] (the body's reading included).
 pub(crate) async fn bounded(req: Request, next: Next) -> Response {
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
@@ -152,6 +153,22 @@ pub(crate) async fn bounded(req: Request, next: Next) -> Response {
         return error(
             StatusCode::URI_TOO_LONG,
             format!("the URI is {uri_len} bytes; the admin API takes at most {MAX_URI_BYTES}"),
+        );
+    }
+    // hyper stops reading a head at about `MAX_HEAD_BYTES`, but one read may carry it
+    // past; this makes the limit exact.
+    let head_len = uri_len
+        + req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head_len > MAX_HEAD_BYTES {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request head is {head_len} bytes; the admin API takes at most {MAX_HEAD_BYTES}"
+            ),
         );
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
