@@ -162,3 +162,68 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::health;
+    use pgcdc_sinks::AttemptOutcome;
+
+    fn attempt(id: &str) -> Attempt {
+        Attempt {
+            event_id: id.to_string(),
+            sink: "hook".to_string(),
+            attempt: 1,
+            // Now: an older time would be pruned (retention 1 h) by the first prune tick.
+            at: chrono::Utc::now().to_rfc3339(),
+            status: Some(200),
+            error: None,
+            latency_ms: 1,
+            outcome: AttemptOutcome::Delivered,
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_written_is_retried_not_dropped() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // A file where the state dir should be: the journal cannot be opened until it goes.
+        let dir = tmp.path().join("state");
+        std::fs::write(&dir, b"in the way").unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = mpsc::channel(8);
+        let (_stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(run(
+            dir.clone(),
+            rx,
+            Duration::from_secs(3600),
+            stop,
+            TaskHealth::new("audit writer (test)"),
+        ));
+        tx.send(attempt("e1"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let failing = || {
+            health()
+                .not_ready_reasons()
+                .iter()
+                .any(|r| r.contains("audit writer (test)") && r.contains("1 delivery attempts"))
+        };
+        until("/readyz names the failing audit writer", failing).await;
+        std::fs::remove_file(&dir).unwrap_or_else(|e| panic!("{e}"));
+        until("the failure clears once the batch is written", || !failing()).await;
+        drop(tx);
+        task.await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reader = JournalReader::open(&dir, false).unwrap_or_else(|e| panic!("{e}"));
+        let stored = reader.audit_by_event("e1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stored.len(), 1, "{stored:?}");
+    }
+}
