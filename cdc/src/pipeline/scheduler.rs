@@ -116,3 +116,47 @@ async fn queue(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::health;
+
+    #[tokio::test]
+    async fn a_scheduled_resync_that_cannot_be_queued_is_retried_not_lost() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // A file where the state dir should be: the journal cannot be opened until it goes.
+        let dir = tmp.path().join("state");
+        std::fs::write(&dir, b"in the way").unwrap_or_else(|e| panic!("{e}"));
+        let resync = ScheduledResync {
+            table: "public.items".to_string(),
+            sink: None,
+            where_sql: None,
+        };
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let status = TaskHealth::new("scheduler (test)");
+        let d = dir.clone();
+        let task = tokio::spawn(async move { queue(0, &resync, &d, &mut stop, status).await });
+        let failing = || {
+            health()
+                .not_ready_reasons()
+                .iter()
+                .any(|r| r.contains("scheduler (test)") && r.contains("cannot queue"))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !failing() {
+            assert!(std::time::Instant::now() < deadline, "no /readyz reason");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::remove_file(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let queued = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap_or_else(|_| panic!("not queued after the journal came back"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(queued);
+        assert!(!failing());
+        let journal = JournalReader::open(&dir, false).unwrap_or_else(|e| panic!("{e}"));
+        let next = journal.next_resync().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(next.map(|r| r.table), Some("public.items".to_string()));
+    }
+}
