@@ -16,7 +16,11 @@ async fn main() {
         // The soft limit is often 1024 while the hard one is far higher; a server takes
         // what it is allowed (`run` then checks it against what the config needs).
         if let Some((before, after)) = pgcdc::fd_limit::raise_soft_limit() {
-            tracing::debug!(before, after, "open-files soft limit raised to the hard limit");
+            tracing::debug!(
+                before,
+                after,
+                "open-files soft limit raised to the hard limit"
+            );
         }
     }
     let code = match cli::execute(cli).await {

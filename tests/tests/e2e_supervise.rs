@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use e2e_fixture::{config_toml, pgcdc_output, run_output, start_streaming};
 use pgcdc_tests::{
-    free_port, pgcdc_bin, state_dir, wait_streaming, wait_until_msg, ConfigFile, PgCluster,
-    Pgcdc,
+    free_port, pgcdc_bin, state_dir, wait_streaming, wait_until_msg, ConfigFile, PgCluster, Pgcdc,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -106,8 +105,8 @@ fn spawn_limited(limit: u64, args: &[&str]) -> anyhow::Result<Pgcdc> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_resync_that_runs_out_of_file_descriptors_is_retried_and_completes(
-) -> anyhow::Result<()> {
+async fn a_resync_that_runs_out_of_file_descriptors_is_retried_and_completes() -> anyhow::Result<()>
+{
     let pg = PgCluster::new().await?;
     let state = state_dir()?;
     let port = free_port()?;
@@ -209,9 +208,11 @@ async fn flood(
             // Bounded: the test's own deadline; the server's timeouts are shorter.
             let end = Instant::now() + Duration::from_secs(30);
             while Instant::now() < end {
-                match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-                    Ok(Ok(0) | Err(_)) => break,
-                    Ok(Ok(_)) | Err(_) => {}
+                // EOF or a reset ends it; data (an answer) or a quiet second does not.
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await
+                {
+                    break;
                 }
             }
             closed.fetch_add(1, Ordering::SeqCst);
@@ -276,14 +277,8 @@ async fn admin_floods_stay_within_the_connection_cap_and_memory_bounds() -> anyh
         fds_flooded <= fds_before + cap + 8,
         "{fds_flooded} fds open during the flood ({fds_before} before, cap {cap})"
     );
-    let (code, out, err) = pgcdc_output(&[
-        "resync",
-        "--config",
-        &cfg.arg(),
-        "--table",
-        "public.items",
-    ])
-    .await?;
+    let (code, out, err) =
+        pgcdc_output(&["resync", "--config", &cfg.arg(), "--table", "public.items"]).await?;
     ensure!(code == 0, "resync: {out}{err}");
     reads(&mut p, ROWS, Duration::from_secs(30)).await?;
     wait_until_msg(
@@ -354,10 +349,21 @@ async fn admin_floods_stay_within_the_connection_cap_and_memory_bounds() -> anyh
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let code = |r: reqwest::Response| r.status().as_u16();
-    let big = format!(r#"{{"table": "public.items", "pad": "{}"}}"#, "x".repeat(100_000));
-    let r = http.post(format!("{base}/api/resync")).body(big).send().await?;
+    let big = format!(
+        r#"{{"table": "public.items", "pad": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let r = http
+        .post(format!("{base}/api/resync"))
+        .body(big)
+        .send()
+        .await?;
     ensure!(code(r) == 413, "oversized body");
-    let r = http.post(format!("{base}/api/resync")).body("{").send().await?;
+    let r = http
+        .post(format!("{base}/api/resync"))
+        .body("{")
+        .send()
+        .await?;
     ensure!(code(r) == 400, "malformed body");
     let r = http.get(format!("{base}/no/such/thing")).send().await?;
     ensure!(code(r) == 404, "unknown path");
@@ -393,16 +399,14 @@ async fn check_and_run_name_a_too_low_fd_limit() -> anyhow::Result<()> {
             format!("[[sink]]\nname = \"s{i}\"\ntype = \"stdout\"\ntables = [\"public.items\"]\n")
         })
         .collect();
-    let cfg = ConfigFile::new(&config_toml(
-        &url,
-        &["public.items"],
-        state.path(),
-        &sinks,
-    ))?;
+    let cfg = ConfigFile::new(&config_toml(&url, &["public.items"], state.path(), &sinks))?;
 
     let mut check = spawn_limited(256, &["check", "--config", &cfg.arg()])?;
     let status = check.wait_exit(Duration::from_secs(30)).await;
-    let out = check.collect_lines(200, Duration::from_secs(2)).await.join("\n");
+    let out = check
+        .collect_lines(200, Duration::from_secs(2))
+        .await
+        .join("\n");
     ensure!(
         status.is_some_and(|s| s.code() == Some(1)),
         "check must fail: {status:?}\n{out}"
@@ -437,7 +441,10 @@ async fn check_and_run_name_a_too_low_fd_limit() -> anyhow::Result<()> {
     let one = ConfigFile::new(&config_toml(&url, &["public.items"], state.path(), ""))?;
     let mut check = spawn_limited(256, &["check", "--config", &one.arg()])?;
     check.wait_exit(Duration::from_secs(30)).await;
-    let out = check.collect_lines(50, Duration::from_secs(2)).await.join("\n");
+    let out = check
+        .collect_lines(50, Duration::from_secs(2))
+        .await
+        .join("\n");
     ensure!(
         out.lines()
             .any(|l| l.starts_with("ok") && l.contains("file descriptors")),

@@ -215,8 +215,14 @@ mod tests {
     fn the_refusal_is_a_complete_response() {
         let text = std::str::from_utf8(REFUSED).unwrap_or_default();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{text}");
-        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok(), "{body}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{text}"
+        );
+        assert!(
+            serde_json::from_str::<serde_json::Value>(body).is_ok(),
+            "{body}"
+        );
     }
 
     #[test]

@@ -217,13 +217,18 @@ mod tests {
         };
         until("/readyz names the failing audit writer", failing).await;
         std::fs::remove_file(&dir).unwrap_or_else(|e| panic!("{e}"));
-        until("the failure clears once the batch is written", || !failing()).await;
+        until("the failure clears once the batch is written", || {
+            !failing()
+        })
+        .await;
         drop(tx);
         task.await
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e}"));
         let reader = JournalReader::open(&dir, false).unwrap_or_else(|e| panic!("{e}"));
-        let stored = reader.audit_by_event("e1").unwrap_or_else(|e| panic!("{e}"));
+        let stored = reader
+            .audit_by_event("e1")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(stored.len(), 1, "{stored:?}");
     }
 }

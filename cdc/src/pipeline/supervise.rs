@@ -226,7 +226,10 @@ mod tests {
         .await;
         assert_eq!(runs.load(Ordering::SeqCst), 3);
         let reasons = health().not_ready_reasons();
-        assert!(!reasons.iter().any(|r| r.contains("test task")), "{reasons:?}");
+        assert!(
+            !reasons.iter().any(|r| r.contains("test task")),
+            "{reasons:?}"
+        );
     }
 
     #[tokio::test]
