@@ -18,7 +18,7 @@ use pgcdc_tests::{
     free_port, pgcdc_bin, state_dir, wait_streaming, wait_until_msg, ConfigFile, PgCluster, Pgcdc,
 };
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Rows a resync reads.
@@ -76,11 +76,69 @@ async fn reads(p: &mut Pgcdc, n: usize, timeout: Duration) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `/readyz` over `http` (a keep-alive client): (status, body).
-async fn readyz(http: &reqwest::Client, base: &str) -> (u16, String) {
-    match http.get(format!("{base}/readyz")).send().await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
+/// One HTTP/1.1 keep-alive connection, used request after request (a client pool
+/// might open a second connection, which pgcdc cannot accept while out of fds).
+struct KeepAlive {
+    stream: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    async fn connect(port: u16) -> anyhow::Result<KeepAlive> {
+        Ok(KeepAlive {
+            stream: BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?),
+        })
+    }
+
+    /// (status, body), within 5 s.
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        tokio::time::timeout(Duration::from_secs(5), self.exchange(method, path, body))
+            .await
+            .context("no answer in 5 s")?
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: pgcdc\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let code = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("not a status line: {line:?}"))?;
+        let mut len = 0;
+        loop {
+            line.clear();
+            ensure!(
+                self.stream.read_line(&mut line).await? > 0,
+                "closed mid-head"
+            );
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    len = value.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        self.stream.read_exact(&mut body).await?;
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 
@@ -113,47 +171,51 @@ async fn a_resync_that_runs_out_of_file_descriptors_is_retried_and_completes() -
     let cfg = setup(&pg, state.path(), port).await?;
     let mut p = start_streaming(&pg, &cfg).await?;
     let pid = p.pid();
-    let base = format!("http://127.0.0.1:{port}");
     // One keep-alive connection, opened now: while pgcdc is out of descriptors it
-    // cannot accept another.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    // cannot accept another (a client pool might open a second one).
+    let conn = Arc::new(tokio::sync::Mutex::new(KeepAlive::connect(port).await?));
+    let readyz = || {
+        let conn = conn.clone();
+        async move {
+            let mut c = conn.lock().await;
+            c.request("GET", "/readyz", "")
+                .await
+                .unwrap_or_else(|e| (0, e.to_string()))
+        }
+    };
     wait_until_msg(Duration::from_secs(30), "pgcdc ready", || async {
-        readyz(&http, &base).await.0 == 200
+        readyz().await.0 == 200
     })
     .await;
     let (soft, _) = fd_limits(pid)?;
 
     // Every descriptor pgcdc opens from now on fails with EMFILE.
     set_soft_fd_limit(pid, 3).await?;
-    let r = http
-        .post(format!("{base}/api/resync"))
-        .body(r#"{"table": "public.items"}"#)
-        .send()
+    let (code, body) = conn
+        .lock()
+        .await
+        .request("POST", "/api/resync", r#"{"table": "public.items"}"#)
         .await?;
-    let code = r.status().as_u16();
-    ensure!(code == 200, "resync request: {code} {}", r.text().await?);
+    ensure!(code == 200, "resync request: {code} {body}");
     // The driver's journal handle cannot be opened: retried, and /readyz says why.
     wait_until_msg(
         Duration::from_secs(20),
         "/readyz names the failing resync driver and the fd limit",
         || async {
-            let (code, body) = readyz(&http, &base).await;
+            let (code, body) = readyz().await;
             code == 503
                 && body.contains("resync driver")
                 && body.contains("too many open files (limit 3)")
         },
     )
     .await;
-    let (_, broken) = readyz(&http, &base).await;
+    let (_, broken) = readyz().await;
     eprintln!("while out of descriptors: {broken}");
 
     set_soft_fd_limit(pid, soft).await?;
     reads(&mut p, ROWS, Duration::from_secs(60)).await?;
     wait_until_msg(Duration::from_secs(20), "ready again", || async {
-        readyz(&http, &base).await.0 == 200
+        readyz().await.0 == 200
     })
     .await;
     let log = p.stderr();
