@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `pgcdc check` fails and `pgcdc run` refuses to start when the limit is below
-//! `need` plus room for [`ADMIN_MIN_CONNECTIONS`], naming the limit and the fix.
+//! `need` plus room for `ADMIN_MIN_CONNECTIONS` admin connections, naming the limit and the fix.
 //! The counts are estimates with headroom, measured on a running pgcdc.
 //! Any error that is EMFILE is worded the same way by [`explain`].
 

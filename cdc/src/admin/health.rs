@@ -2,7 +2,9 @@
 //!
 //! The reader and each runner hold a guard while they work; dropping it (a
 //! lost connection, a stopped runner, any early return) flips readiness, so
-//! no code path can forget to report that it stopped.
+//! no code path can forget to report that it stopped. Background tasks that
+//! retry a passing error (see `pipeline::supervise`) report it here until they
+//! make progress again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

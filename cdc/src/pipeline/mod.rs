@@ -7,6 +7,9 @@
 //!                                       runner(sink 1) … runner(sink N)
 //! ```
 //!
+//! Beside them, the resync driver, the scheduler and the audit writer run as
+//! background tasks; what their failures do is decided in `supervise`.
+//!
 //! Shutdown (SIGINT/SIGTERM): the reader stops reading, waits until the
 //! journal has everything it sent, reports that to the slot and closes;
 //! each runner finishes the batch in hand. Exit 0.
