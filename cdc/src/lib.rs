@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod fd_limit;
 pub mod journal;
 pub mod metrics;
 pub mod pgoutput;

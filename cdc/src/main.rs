@@ -6,16 +6,27 @@ use clap::Parser;
 /// where glibc malloc cost a third of the CPU time (perf, bench-stream).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use pgcdc::cli::{self, Cli};
+use pgcdc::cli::{self, Cli, Command};
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     cli::init_logging(cli.log_format);
+    if matches!(cli.command, Command::Run { .. }) {
+        // The soft limit is often 1024 while the hard one is far higher; a server takes
+        // what it is allowed (`run` then checks it against what the config needs).
+        if let Some((before, after)) = pgcdc::fd_limit::raise_soft_limit() {
+            tracing::debug!(
+                before,
+                after,
+                "open-files soft limit raised to the hard limit"
+            );
+        }
+    }
     let code = match cli::execute(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", pgcdc::fd_limit::explain(format!("{e:#}")));
             2
         }
     };

@@ -39,6 +39,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/resync", post(resync_request))
         .route("/api/resync/{table}", delete(resync_cancel))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(super::serve::bounded))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            super::serve::MAX_BODY_BYTES,
+        ))
         .with_state(state)
 }
 
@@ -96,6 +100,11 @@ async fn scrape(State(state): State<Shared>) -> Result<Response, ApiError> {
 }
 
 async fn api_status(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let _permit = state
+        .status_permits
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(format!("status permits: {e}")))?;
     let names = state.sink_names.clone();
     let js = state
         .with_journal(move |j| Ok(status::read_journal(j, &names)?))

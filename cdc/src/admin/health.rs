@@ -2,7 +2,9 @@
 //!
 //! The reader and each runner hold a guard while they work; dropping it (a
 //! lost connection, a stopped runner, any early return) flips readiness, so
-//! no code path can forget to report that it stopped.
+//! no code path can forget to report that it stopped. Background tasks that
+//! retry a passing error (see `pipeline::supervise`) report it here until they
+//! make progress again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,8 @@ pub struct Health {
     warnings: Mutex<Vec<String>>,
     /// The reader is paused on a full journal (`journal.max_bytes`).
     reader_paused: AtomicBool,
+    /// Background task → why it is failing (set while it retries; see `pipeline::supervise`).
+    tasks: Mutex<BTreeMap<&'static str, String>>,
 }
 
 static HEALTH: LazyLock<Health> = LazyLock::new(Health::default);
@@ -110,6 +114,22 @@ impl Health {
         *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
     }
 
+    /// Records that background task `task` fails and retries, and why.
+    pub fn task_failing(&self, task: &'static str, why: &str) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task, why.to_string());
+    }
+
+    /// Background task `task` works again.
+    pub fn task_ok(&self, task: &'static str) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(task);
+    }
+
     /// Why the process is not ready; empty when it is.
     pub fn not_ready_reasons(&self) -> Vec<String> {
         let mut reasons = self
@@ -130,6 +150,11 @@ impl Health {
                  check that the source database is up and the logs for the error)"
                     .to_string(),
             );
+        }
+        for (task, why) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            reasons.push(format!(
+                "the {task} is failing and retried with backoff: {why}"
+            ));
         }
         for (sink, running) in self.sink_states() {
             if !running {

@@ -16,6 +16,7 @@
 mod api;
 pub mod health;
 mod page;
+mod serve;
 mod slot_poller;
 
 use std::sync::{Arc, Mutex};
@@ -24,12 +25,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 pub use health::{health, Health};
 
 use crate::config::{AdminConfig, Config, Secret};
 use crate::journal::{JournalError, JournalReader};
+use crate::pipeline::supervise::supervise;
+
+/// `/api/status` requests served at once: each opens a connection to the source, so
+/// this bounds what the admin API can take from Postgres and from the fd limit.
+pub(crate) const STATUS_CONCURRENCY: usize = 4;
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +111,8 @@ pub(crate) struct AdminState {
     journal: Mutex<JournalReader>,
     token: Option<Secret>,
     loopback: bool,
+    /// Permits for `/api/status` ([`STATUS_CONCURRENCY`]).
+    status_permits: Semaphore,
 }
 
 impl AdminState {
@@ -138,6 +147,8 @@ impl AdminState {
 pub struct AdminServer {
     tasks: JoinSet<()>,
     addr: Option<std::net::SocketAddr>,
+    /// Dropped with the server: the supervisors see it as shutdown.
+    _stop: watch::Sender<bool>,
 }
 
 impl AdminServer {
@@ -165,13 +176,21 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
     crate::metrics::metrics().register_sinks(sink_names.iter().map(String::as_str));
     health().expect_sinks(sink_names.iter().map(String::as_str));
 
+    let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(slot_poller::run(Arc::clone(&config)));
+    let poller_config = Arc::clone(&config);
+    tasks.spawn(supervise("slot poller", stopped.clone(), move |_| {
+        slot_poller::run(Arc::clone(&poller_config))
+    }));
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(source) if admin.listen == AdminConfig::DEFAULT_LISTEN => {
             tracing::warn!(%addr, error = %source, "admin API and /metrics not started: the default address is taken; set [admin] listen to a free address");
-            return Ok(AdminServer { tasks, addr: None });
+            return Ok(AdminServer {
+                tasks,
+                addr: None,
+                _stop: stop,
+            });
         }
         Err(source) => return Err(AdminError::Bind { addr, source }),
     };
@@ -181,18 +200,29 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
         journal: Mutex::new(JournalReader::open(&config.state.dir, false)?),
         token: admin.token.clone(),
         loopback: addr.ip().is_loopback(),
+        status_permits: Semaphore::new(STATUS_CONCURRENCY),
         config: config.clone(),
     });
     let app = api::router(state);
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
-    tracing::info!(addr = %local, "admin API listening");
+    let listener = Arc::new(listener);
+    let max_connections = crate::fd_limit::admin_connection_cap(&config);
+    let cap = Arc::new(Semaphore::new(max_connections));
+    // A panic in the accept loop restarts it on the same socket; held connections
+    // keep their permits of the same cap.
+    tasks.spawn(supervise("admin API", stopped, move |status| {
+        serve::serve(
+            listener.clone(),
+            app.clone(),
+            cap.clone(),
+            max_connections,
+            status,
+        )
+    }));
+    tracing::info!(addr = %local, max_connections, "admin API listening");
     Ok(AdminServer {
         tasks,
         addr: Some(local),
+        _stop: stop,
     })
 }
 

@@ -35,9 +35,12 @@ fn blocked_sinks(config: &Config, max: Duration) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Polls until aborted.
-pub(crate) async fn run(config: Arc<Config>) {
-    let Ok(url) = config.source_url() else { return };
+/// Polls until aborted (never an error: it reconnects by itself; the signature is
+/// what `pipeline::supervise` runs, which restarts it should it panic).
+pub(crate) async fn run(config: Arc<Config>) -> Result<(), std::convert::Infallible> {
+    let Ok(url) = config.source_url() else {
+        return Ok(());
+    };
     let slot = config.source.slot.clone();
     let max_lag = config.admin.ready_max_sink_lag();
     let min_safe = config.admin.min_safe_wal_bytes;

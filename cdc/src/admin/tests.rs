@@ -60,6 +60,7 @@ fn state(token: Option<&str>, loopback: bool) -> AdminState {
             serde_json::from_value(serde_json::json!(t)).unwrap_or_else(|e| panic!("{e}"))
         }),
         loopback,
+        status_permits: tokio::sync::Semaphore::new(STATUS_CONCURRENCY),
     }
 }
 

@@ -94,6 +94,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run { config } => {
             let config = Config::load(&config)?;
+            crate::fd_limit::ensure_enough(&config)?;
             let (tx, rx) = watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
@@ -134,6 +135,17 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
         config.source.tables.len()
     );
     let mut failed = 0;
+    match crate::fd_limit::limits() {
+        // `run` raises the soft limit to the hard one, so the hard one is what counts.
+        Some((soft, hard)) => match crate::fd_limit::judge(config, soft, hard) {
+            Ok(detail) => println!("ok    file descriptors: {detail}"),
+            Err(problem) => {
+                failed += 1;
+                println!("FAIL  file descriptors: {problem}");
+            }
+        },
+        None => println!("warn  file descriptors: cannot read the open-files limit (getrlimit)"),
+    }
     let url = config.source_url()?;
     match connect_sql(&url).await {
         Err(e) => {

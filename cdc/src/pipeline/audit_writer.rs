@@ -2,11 +2,13 @@
 //! prunes attempts past the retention once an hour.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pgcdc_sinks::Attempt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use super::supervise::{Backoff, TaskHealth};
 use crate::journal::{JournalError, JournalReader};
 
 /// Attempts written per SQLite transaction.
@@ -23,13 +25,24 @@ pub fn normalize_time(t: &str) -> Option<String> {
     })
 }
 
-/// Runs until every sender is gone.
-pub async fn run(
+/// Runs until every sender is gone. A batch that cannot be written (EMFILE, a lock
+/// held too long) is retried with backoff while the sinks wait on the bounded queue,
+/// so no attempt is dropped; `/readyz` says so meanwhile. Only after `stop`, when a
+/// batch still fails for [`SHUTDOWN_GRACE`], does it give up with the error.
+pub(crate) async fn run(
     state_dir: PathBuf,
     mut rx: mpsc::Receiver<Attempt>,
     retention: Duration,
+    stop: watch::Receiver<bool>,
+    status: TaskHealth,
 ) -> Result<(), JournalError> {
-    let mut reader = JournalReader::open(&state_dir, true)?;
+    let mut writer = Writer {
+        state_dir,
+        reader: None,
+        backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+        stop,
+        status,
+    };
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
     let mut buf = Vec::with_capacity(BATCH);
     loop {
@@ -53,18 +66,169 @@ pub async fn run(
                         }
                     }
                 }
-                reader = tokio::task::spawn_blocking(move || reader.audit_insert(&batch).map(|()| reader))
-                    .await
-                    .map_err(|e| JournalError::StateDir { path: state_dir.clone(), message: format!("audit task failed: {e}") })??;
+                writer.write(batch).await?;
             }
-            _ = prune.tick() => {
-                let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
-                let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-                let n = reader.audit_prune(&cutoff)?;
-                if n > 0 {
-                    tracing::info!(removed = n, "pruned audit records past retention");
+            _ = prune.tick() => writer.prune(retention).await,
+        }
+    }
+}
+
+/// How long a failing batch is retried once pgcdc is stopping.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The audit table's writer: a journal handle, opened (again) on demand.
+struct Writer {
+    state_dir: PathBuf,
+    reader: Option<JournalReader>,
+    backoff: Backoff,
+    stop: watch::Receiver<bool>,
+    status: TaskHealth,
+}
+
+impl Writer {
+    /// Writes `batch`, retrying until it is written (or pgcdc stops and it still fails).
+    async fn write(&mut self, batch: Vec<Attempt>) -> Result<(), JournalError> {
+        // Shared with each try's blocking task, so a retry needs no copy.
+        let batch = Arc::new(batch);
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let (reader, dir, b) = (self.reader.take(), self.state_dir.clone(), batch.clone());
+            let (reader, result) = tokio::task::spawn_blocking(move || {
+                let mut reader = match reader {
+                    Some(r) => r,
+                    None => match JournalReader::open(&dir, true) {
+                        Ok(r) => r,
+                        Err(e) => return (None, Err(e)),
+                    },
+                };
+                let result = reader.audit_insert(&b);
+                (Some(reader), result)
+            })
+            .await
+            .map_err(|e| JournalError::StateDir {
+                path: self.state_dir.clone(),
+                message: format!("audit task failed: {e}"),
+            })?;
+            let e = match result {
+                Ok(()) => {
+                    self.reader = reader;
+                    self.backoff.reset();
+                    self.status.ok();
+                    return Ok(());
+                }
+                // A fresh handle next time: the failure may have left this one unusable.
+                Err(e) => e,
+            };
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if *self.stop.borrow() && since.elapsed() >= SHUTDOWN_GRACE {
+                return Err(e);
+            }
+            let wait = self.backoff.next_delay();
+            let why = crate::fd_limit::explain(e.to_string());
+            self.status.failing(&format!(
+                "{} delivery attempts wait to be recorded: {why}",
+                batch.len()
+            ));
+            tracing::warn!(attempts = batch.len(), error = %why, retry_in_ms = wait.as_millis() as u64, "cannot write delivery attempts to the audit table; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Removes attempts past the retention; a failure waits for the next round.
+    async fn prune(&mut self, retention: Duration) {
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
+        let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let n = reader.audit_prune(&cutoff);
+            (reader, n)
+        })
+        .await;
+        match outcome {
+            Ok((reader, n)) => {
+                self.reader = Some(reader);
+                match n {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "pruned audit records past retention"),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::fd_limit::explain(e.to_string()), "cannot prune the audit table; trying again in an hour")
+                    }
                 }
             }
+            Err(e) => tracing::warn!(error = %e, "audit prune task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::health;
+    use pgcdc_sinks::AttemptOutcome;
+
+    fn attempt(id: &str) -> Attempt {
+        Attempt {
+            event_id: id.to_string(),
+            sink: "hook".to_string(),
+            attempt: 1,
+            // Now: an older time would be pruned (retention 1 h) by the first prune tick.
+            at: chrono::Utc::now().to_rfc3339(),
+            status: Some(200),
+            error: None,
+            latency_ms: 1,
+            outcome: AttemptOutcome::Delivered,
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_written_is_retried_not_dropped() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // A file where the state dir should be: the journal cannot be opened until it goes.
+        let dir = tmp.path().join("state");
+        std::fs::write(&dir, b"in the way").unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = mpsc::channel(8);
+        let (_stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(run(
+            dir.clone(),
+            rx,
+            Duration::from_secs(3600),
+            stop,
+            TaskHealth::new("audit writer (test)"),
+        ));
+        tx.send(attempt("e1"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let failing = || {
+            health()
+                .not_ready_reasons()
+                .iter()
+                .any(|r| r.contains("audit writer (test)") && r.contains("1 delivery attempts"))
+        };
+        until("/readyz names the failing audit writer", failing).await;
+        std::fs::remove_file(&dir).unwrap_or_else(|e| panic!("{e}"));
+        until("the failure clears once the batch is written", || {
+            !failing()
+        })
+        .await;
+        drop(tx);
+        task.await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reader = JournalReader::open(&dir, false).unwrap_or_else(|e| panic!("{e}"));
+        let stored = reader
+            .audit_by_event("e1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stored.len(), 1, "{stored:?}");
     }
 }

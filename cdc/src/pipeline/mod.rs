@@ -7,6 +7,9 @@
 //!                                       runner(sink 1) … runner(sink N)
 //! ```
 //!
+//! Beside them, the resync driver, the scheduler and the audit writer run as
+//! background tasks; what their failures do is decided in `supervise`.
+//!
 //! Shutdown (SIGINT/SIGTERM): the reader stops reading, waits until the
 //! journal has everything it sent, reports that to the slot and closes;
 //! each runner finishes the batch in hand. Exit 0.
@@ -19,6 +22,7 @@ pub mod plan;
 pub mod reader;
 pub mod runner;
 pub mod scheduler;
+pub(crate) mod supervise;
 pub mod watermark;
 
 use std::time::Duration;
@@ -161,14 +165,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention, writer_fill))
         .context("cannot start the journal thread")?;
 
+    // Background tasks and what their failures do: see `supervise`.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
-    let audit_task = tokio::spawn(audit_writer::run(
+    let mut audit_task = tokio::spawn(audit_writer::run(
         state_dir.clone(),
         audit_rx,
         config.audit.retention(),
+        stop_rx.clone(),
+        supervise::TaskHealth::new("audit writer"),
     ));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut runners = JoinSet::new();
     for (i, sink) in config.sink.iter().enumerate() {
         let plan = plan::SinkPlan::compile(i, sink, &triggers)?;
@@ -198,17 +205,35 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     // Resyncs (and a snapshot continued after a restart) run beside the reader.
     let windows = watermark::Windows::default();
-    let resync_task = tokio::spawn(source::resync::run(
-        url.clone(),
-        state_dir.clone(),
-        windows.clone(),
-        stop_rx.clone(),
-    ));
-    let scheduler_task = tokio::spawn(scheduler::run(
-        config.clone(),
-        state_dir.clone(),
-        stop_rx.clone(),
-    ));
+    let resync_task = {
+        let (url, dir, windows, stop) = (
+            url.clone(),
+            state_dir.clone(),
+            windows.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(supervise::supervise(
+            "resync driver",
+            stop_rx.clone(),
+            move |status| {
+                source::resync::run(
+                    url.clone(),
+                    dir.clone(),
+                    windows.clone(),
+                    stop.clone(),
+                    status,
+                )
+            },
+        ))
+    };
+    let scheduler_task = {
+        let (config, dir, stop) = (config.clone(), state_dir.clone(), stop_rx.clone());
+        tokio::spawn(supervise::supervise(
+            "scheduler",
+            stop_rx.clone(),
+            move |status| scheduler::run(config.clone(), dir.clone(), stop.clone(), status),
+        ))
+    };
     let reader_cfg = reader::ReaderConfig {
         url,
         slot: config.source.slot.clone(),
@@ -228,6 +253,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     let mut failure: Option<anyhow::Error> = None;
     let mut reader_done = false;
+    let mut audit_done = false;
     tokio::select! {
         _ = shutdown.changed() => tracing::info!("shutting down: finishing the batch in hand"),
         r = &mut reader => {
@@ -245,14 +271,21 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 Err(e) => anyhow!("sink task failed: {e}"),
             });
         }
+        // It retries passing errors itself; ending while the sinks run would lose
+        // their delivery attempts, so it stops pgcdc.
+        r = &mut audit_task => {
+            audit_done = true;
+            failure = Some(match r {
+                Ok(Ok(())) => anyhow!("the audit writer stopped unexpectedly"),
+                Ok(Err(e)) => anyhow!(e),
+                Err(e) => anyhow!("audit task failed: {e}"),
+            });
+        }
     }
     let _ = stop_tx.send(true);
+    // Supervised: they retry their own failures and end only on shutdown.
     let _ = scheduler_task.await;
-    match resync_task.await {
-        Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
-        Err(e) if failure.is_none() => failure = Some(anyhow!("resync task failed: {e}")),
-        _ => {}
-    }
+    let _ = resync_task.await;
     if !reader_done {
         match reader.await {
             Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
@@ -269,10 +302,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     // Sinks are gone with their audit handles; the audit writer drains and ends.
     drop(audit);
-    match audit_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => failure = failure.or(Some(anyhow!(e))),
-        Err(e) => failure = failure.or(Some(anyhow!("audit task failed: {e}"))),
+    if !audit_done {
+        match audit_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(anyhow!(e))),
+            Err(e) => failure = failure.or(Some(anyhow!("audit task failed: {e}"))),
+        }
     }
     // The reader's sender is gone, so the journal thread drains and ends.
     match tokio::task::spawn_blocking(move || writer_thread.join()).await {

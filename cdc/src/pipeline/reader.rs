@@ -20,6 +20,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
 use super::journal_thread::{JournalCommand, JournalSender};
+use super::supervise::Backoff;
 use super::watermark::{self, Watermark, Windows};
 use crate::config::TableName;
 use crate::journal::{JournalHead, ResyncChunk, ResyncProgress};
@@ -129,7 +130,7 @@ pub async fn run(
     mut head: watch::Receiver<JournalHead>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReaderError> {
-    let mut backoff = BACKOFF_INITIAL;
+    let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
     let mut builder = ChangeBuilder::default();
     // Names as last seen and partitions found while running outlive a reconnect.
     let mut capture = cfg.capture.clone();
@@ -153,14 +154,14 @@ pub async fn run(
             }
         };
         if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_INITIAL;
+            backoff.reset();
         }
-        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "replication connection lost; reconnecting");
+        let wait = backoff.next_delay();
+        tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "replication connection lost; reconnecting");
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return Ok(()),
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

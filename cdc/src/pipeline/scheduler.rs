@@ -3,22 +3,30 @@
 //! warning, while one of the same table and sink is still queued or running).
 //! Runs missed while pgcdc was stopped are not made up: the next one comes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use super::supervise::{Backoff, TaskHealth};
+use crate::config::{Config, ScheduledResync, TableName};
 use crate::journal::{JournalReader, ResyncKind, ResyncRequestError};
 
 /// Longest single sleep: the clock is re-read at least this often (clock changes).
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Fires the schedules until `shutdown`.
-pub async fn run(config: Arc<Config>, state_dir: PathBuf, mut shutdown: watch::Receiver<bool>) {
+/// Fires the schedules until `shutdown` (never an error: the signature is what
+/// `pipeline::supervise` runs, which restarts the scheduler should it panic).
+pub(crate) async fn run(
+    config: Arc<Config>,
+    state_dir: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+    status: TaskHealth,
+) -> Result<(), std::convert::Infallible> {
     if config.schedule.is_empty() {
-        return;
+        return Ok(());
     }
     let mut last = Utc::now();
     loop {
@@ -29,7 +37,7 @@ pub async fn run(config: Arc<Config>, state_dir: PathBuf, mut shutdown: watch::R
             .filter_map(|(i, s)| s.next_after(last).map(|t| (t, i)))
             .min();
         let Some((at, _)) = next else {
-            return;
+            return Ok(());
         };
         let wait = (at - Utc::now())
             .to_std()
@@ -37,7 +45,7 @@ pub async fn run(config: Arc<Config>, state_dir: PathBuf, mut shutdown: watch::R
             .min(MAX_SLEEP);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return Ok(()),
         }
         let now = Utc::now();
         if now < at {
@@ -45,38 +53,110 @@ pub async fn run(config: Arc<Config>, state_dir: PathBuf, mut shutdown: watch::R
         }
         // Every schedule due in (last, now] fires once.
         for (i, s) in config.schedule.iter().enumerate() {
-            if s.next_after(last).is_some_and(|t| t <= now) {
-                let (dir, r) = (state_dir.clone(), s.resync.clone());
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let mut journal = JournalReader::open(&dir, true)?;
-                    journal.request_resync(
-                        ResyncKind::Resync,
-                        &crate::config::TableName::parse(&r.table)
-                            .map(|t| t.to_string())
-                            .unwrap_or(r.table.clone()),
-                        r.sink.as_deref(),
-                        r.where_sql.as_deref(),
-                    )
-                })
-                .await;
-                match outcome {
-                    Ok(Ok(info)) => {
-                        tracing::info!(schedule = i, resync = info.id, table = %info.table, "scheduled resync queued")
-                    }
-                    Ok(Err(ResyncRequestError::AlreadyActive { id, .. })) => {
-                        tracing::warn!(
-                            schedule = i,
-                            resync = id,
-                            "scheduled resync skipped: the previous one is still running"
-                        )
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(schedule = i, error = %e, "cannot queue the scheduled resync")
-                    }
-                    Err(e) => tracing::error!(schedule = i, error = %e, "scheduler task failed"),
-                }
+            if s.next_after(last).is_some_and(|t| t <= now)
+                && !queue(i, &s.resync, &state_dir, &mut shutdown, status).await
+            {
+                return Ok(());
             }
         }
         last = now;
+    }
+}
+
+/// Queues schedule `i`'s resync. A passing journal error (EMFILE, a lock held too
+/// long) is retried with backoff, so a scheduled run is not lost to it; `false`
+/// when shutdown came first.
+async fn queue(
+    i: usize,
+    r: &ScheduledResync,
+    state_dir: &Path,
+    shutdown: &mut watch::Receiver<bool>,
+    status: TaskHealth,
+) -> bool {
+    let table = TableName::parse(&r.table)
+        .map(|t| t.to_string())
+        .unwrap_or(r.table.clone());
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let (dir, r, table) = (state_dir.to_path_buf(), r.clone(), table.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut journal = JournalReader::open(&dir, true)?;
+            journal.request_resync(
+                ResyncKind::Resync,
+                &table,
+                r.sink.as_deref(),
+                r.where_sql.as_deref(),
+            )
+        })
+        .await;
+        let why = match outcome {
+            Ok(Ok(info)) => {
+                status.ok();
+                tracing::info!(schedule = i, resync = info.id, table = %info.table, "scheduled resync queued");
+                return true;
+            }
+            Ok(Err(ResyncRequestError::AlreadyActive { id, .. })) => {
+                status.ok();
+                tracing::warn!(
+                    schedule = i,
+                    resync = id,
+                    "scheduled resync skipped: the previous one is still running"
+                );
+                return true;
+            }
+            Ok(Err(e)) => crate::fd_limit::explain(e.to_string()),
+            Err(e) => format!("scheduler task failed: {e}"),
+        };
+        let wait = backoff.next_delay();
+        status.failing(&format!("schedule {i}: cannot queue its resync: {why}"));
+        tracing::error!(schedule = i, error = %why, retry_in_ms = wait.as_millis() as u64, "cannot queue the scheduled resync; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::health;
+
+    #[tokio::test]
+    async fn a_scheduled_resync_that_cannot_be_queued_is_retried_not_lost() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // A file where the state dir should be: the journal cannot be opened until it goes.
+        let dir = tmp.path().join("state");
+        std::fs::write(&dir, b"in the way").unwrap_or_else(|e| panic!("{e}"));
+        let resync = ScheduledResync {
+            table: "public.items".to_string(),
+            sink: None,
+            where_sql: None,
+        };
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let status = TaskHealth::new("scheduler (test)");
+        let d = dir.clone();
+        let task = tokio::spawn(async move { queue(0, &resync, &d, &mut stop, status).await });
+        let failing = || {
+            health()
+                .not_ready_reasons()
+                .iter()
+                .any(|r| r.contains("scheduler (test)") && r.contains("cannot queue"))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !failing() {
+            assert!(std::time::Instant::now() < deadline, "no /readyz reason");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::remove_file(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let queued = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap_or_else(|_| panic!("not queued after the journal came back"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(queued);
+        assert!(!failing());
+        let journal = JournalReader::open(&dir, false).unwrap_or_else(|e| panic!("{e}"));
+        let next = journal.next_resync().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(next.map(|r| r.table), Some("public.items".to_string()));
     }
 }

@@ -6,7 +6,7 @@
 //! watermark and waits until the reader has journaled the chunk.
 //!
 //! Transient (retry the chunk): connection loss, a window the reader did not
-//! close in time. Definite (the resync is marked failed, with the reason): a
+//! close in time; a journal error ends the driver, whose supervisor restarts it. Definite (the resync is marked failed, with the reason): a
 //! missing table, a table without primary key, a `where` that does not parse.
 
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::{quote_ident, TableName};
 use crate::journal::{JournalError, JournalReader, ResyncInfo};
+use crate::pipeline::supervise::{Backoff, TaskHealth};
 use crate::pipeline::watermark::{self, ChunkRows, Window, Windows};
 use crate::replication::{connect_sql, ReplicationError, SourceUrl};
 use crate::source::catalog::Catalog;
@@ -35,7 +36,7 @@ const WINDOW_TIMEOUT: Duration = Duration::from_secs(120);
 /// Why a resync could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum ResyncError {
-    /// The journal failed (definite for pgcdc).
+    /// The journal failed (EMFILE, a lock held too long): the driver is restarted.
     #[error(transparent)]
     Journal(#[from] JournalError),
     /// The source failed; the chunk is retried.
@@ -78,36 +79,48 @@ pub(crate) async fn with_journal<T: Send + 'static>(
     .map_err(ResyncError::from)
 }
 
-/// Runs queued resyncs one after another until `shutdown`.
-pub async fn run(
+/// Runs queued resyncs one after another until `shutdown`. A source error retries
+/// the chunk here, with backoff; a journal error (EMFILE, a lock held too long) ends
+/// the run, and its supervisor (`pipeline::supervise`) restarts it: the resync
+/// resumes from the progress the journal holds.
+pub(crate) async fn run(
     url: SourceUrl,
     state_dir: PathBuf,
     windows: Windows,
     mut shutdown: watch::Receiver<bool>,
+    status: TaskHealth,
 ) -> Result<(), ResyncError> {
-    let mut backoff = POLL;
+    let mut backoff = Backoff::new(POLL, Duration::from_secs(30));
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
         let next = with_journal(state_dir.clone(), |j| j.next_resync()).await?;
-        if let Some(resync) = next {
-            match one(&url, &state_dir, &windows, &resync, &mut shutdown).await {
-                Ok(()) => backoff = POLL,
+        let mut wait = POLL;
+        match next {
+            None => status.ok(),
+            Some(resync) => match one(&url, &state_dir, &windows, &resync, &mut shutdown).await {
+                Ok(()) => {
+                    backoff.reset();
+                    status.ok();
+                }
                 Err(ResyncError::Definite(why)) => {
                     tracing::error!(resync = resync.id, table = %resync.table, error = %why, "resync failed");
                     let id = resync.id;
                     with_journal(state_dir.clone(), move |j| j.fail_resync(id, &why)).await?;
+                    status.ok();
                 }
                 Err(ResyncError::Journal(e)) => return Err(ResyncError::Journal(e)),
                 Err(e) => {
-                    tracing::warn!(resync = resync.id, error = %e, retry_in_s = backoff.as_secs(), "resync interrupted; retrying the chunk");
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    wait = backoff.next_delay();
+                    let why = crate::fd_limit::explain(e.to_string());
+                    status.failing(&format!("resync {}: {why}", resync.id));
+                    tracing::warn!(resync = resync.id, error = %why, retry_in_ms = wait.as_millis() as u64, "resync interrupted; retrying the chunk");
                 }
-            }
+            },
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return Ok(()),
         }
     }
