@@ -6,7 +6,9 @@ use pgcdc_schema::Lsn;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::journal::{DlqEntry, JournalError, JournalHead, JournalReader, ResyncInfo};
+use crate::journal::{
+    DlqEntry, JournalError, JournalHead, JournalReader, OrphanedCursor, ResyncInfo,
+};
 use crate::replication::connect_sql;
 use crate::source;
 
@@ -24,6 +26,8 @@ pub struct JournalStatus {
     pub sinks: Vec<SinkStatus>,
     /// Queued and running resyncs (and snapshots), and the latest finished ones.
     pub resyncs: Vec<ResyncInfo>,
+    /// Cursors of sinks no longer configured: they hold the journal back.
+    pub orphaned_cursors: Vec<OrphanedCursor>,
 }
 
 /// Finished resyncs the status still shows.
@@ -73,6 +77,7 @@ pub fn read_journal(
         used_bytes: journal.used_bytes()?,
         sinks,
         resyncs: journal.resyncs(RECENT_RESYNCS)?,
+        orphaned_cursors: journal.orphaned_cursors(sink_names)?,
     })
 }
 
@@ -126,6 +131,7 @@ pub async fn status_json(config: &Config, journal: JournalStatus) -> Value {
             "reader_paused": config.journal.max_bytes.is_some_and(|m| journal.used_bytes >= m),
         },
         "sinks": journal.sinks,
+        "orphaned_cursors": journal.orphaned_cursors,
         "resyncs": journal.resyncs,
         "schedules": schedules_json(config, chrono::Utc::now()),
     })

@@ -35,7 +35,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/sinks/{sink}/dlq/replay", post(dlq_replay))
         .route("/api/sinks/{sink}/dlq/drop", post(dlq_drop))
         .route("/api/audit", get(audit))
-        .route("/api/sinks/{sink}/checkpoint", post(checkpoint))
+        .route(
+            "/api/sinks/{sink}/checkpoint",
+            post(checkpoint).delete(checkpoint_drop),
+        )
         .route("/api/resync", post(resync_request))
         .route("/api/resync/{table}", delete(resync_cancel))
         .fallback(not_found)
@@ -240,6 +243,32 @@ async fn checkpoint(
         .await?;
     tracing::warn!(sink = %sink, cursor = cursor.pos, "checkpoint reset through the admin API");
     Ok(Json(json!({ "sink": sink, "cursor": cursor.pos })))
+}
+
+/// `DELETE /api/sinks/{sink}/checkpoint`: drops the cursor of a sink that is no longer
+/// configured (409 while it is).
+async fn checkpoint_drop(
+    State(state): State<Shared>,
+    Path(sink): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, headers.get(header::AUTHORIZATION))?;
+    if let Some(why) = crate::cli::operator::drop_refusal(&state.config, &sink) {
+        return Err(ApiError::Conflict(why));
+    }
+    let s = sink.clone();
+    let dropped = state
+        .with_journal(move |j| Ok::<_, ApiError>(j.drop_cursor(&s)?))
+        .await?;
+    let Some(d) = dropped else {
+        return Err(ApiError::NotFound(format!(
+            "no cursor named {sink:?} in the journal"
+        )));
+    };
+    tracing::warn!(sink = %sink, cursor = d.cursor, dlq_items = d.dlq_items, "orphaned cursor dropped through the admin API");
+    Ok(Json(
+        json!({ "sink": sink, "dropped_cursor": d.cursor, "dropped_dlq_items": d.dlq_items }),
+    ))
 }
 
 /// Query of `GET /api/audit`.

@@ -291,6 +291,14 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
             sink["dlq_events"]
         );
     }
+    for o in status["orphaned_cursors"].as_array().into_iter().flatten() {
+        let name = o["sink"].as_str().unwrap_or("?");
+        println!(
+            "orphaned cursor {name}: sink no longer configured, cursor {}, holds back {} journal entries \
+             — remove it with `pgcdc checkpoint drop --sink {name}`",
+            o["cursor"], o["held_events"],
+        );
+    }
     for s in status["schedules"].as_array().into_iter().flatten() {
         println!(
             "schedule \"{}\" ({}): resync {} for {}, next run {}",

@@ -184,6 +184,30 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
 pub enum CheckpointCommand {
     /// Move one sink's cursor within what the journal holds; other sinks are untouched.
     Reset(CheckpointArgs),
+    /// Remove the cursor (and DLQ items) of a sink no longer in the config, so the
+    /// journal stops keeping entries for it.
+    Drop(CheckpointDropArgs),
+}
+
+/// `pgcdc checkpoint drop` arguments.
+#[derive(Debug, Args)]
+pub struct CheckpointDropArgs {
+    /// Config file.
+    #[arg(long, short)]
+    pub config: std::path::PathBuf,
+    /// Name of the removed sink whose cursor to drop.
+    #[arg(long)]
+    pub sink: String,
+}
+
+/// Why a cursor cannot be dropped, in words for the operator (shared with the admin API).
+pub fn drop_refusal(config: &Config, sink: &str) -> Option<String> {
+    config.sink.iter().any(|s| s.name() == sink).then(|| {
+        format!(
+            "sink {sink} is configured: its cursor is in use. To forget it, remove the sink from \
+             the config first; to re-deliver or skip, use `pgcdc checkpoint reset`"
+        )
+    })
 }
 
 /// `pgcdc checkpoint reset` arguments.
@@ -228,7 +252,10 @@ pub fn reset_target(
 
 /// Runs `pgcdc checkpoint reset`; returns the exit code.
 pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
-    let CheckpointCommand::Reset(args) = cmd;
+    let args = match cmd {
+        CheckpointCommand::Reset(args) => args,
+        CheckpointCommand::Drop(args) => return checkpoint_drop(args),
+    };
     let config = Config::load(&args.config)?;
     let reader = open(&config, &args.sink)?;
     let target = reset_target(args.lsn.as_deref(), args.time.as_deref(), args.latest)?;
@@ -243,6 +270,38 @@ pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
         (head - after.pos).max(0),
     );
     Ok(0)
+}
+
+/// Runs `pgcdc checkpoint drop`; returns the exit code.
+fn checkpoint_drop(args: CheckpointDropArgs) -> anyhow::Result<i32> {
+    let config = Config::load(&args.config)?;
+    if let Some(why) = drop_refusal(&config, &args.sink) {
+        anyhow::bail!(why);
+    }
+    let mut journal = JournalReader::open(&config.state.dir, false)?;
+    match journal.drop_cursor(&args.sink)? {
+        Some(d) => {
+            println!(
+                "sink {}: cursor (at {}) dropped with {} DLQ item(s); the journal prunes past it \
+                 at the next round",
+                args.sink, d.cursor, d.dlq_items
+            );
+            Ok(0)
+        }
+        None => {
+            let orphans = journal.orphaned_cursors(&crate::status::sink_names(&config))?;
+            let names: Vec<&str> = orphans.iter().map(|o| o.sink.as_str()).collect();
+            anyhow::bail!(
+                "no cursor named {:?} in the journal; orphaned cursors: {}",
+                args.sink,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        }
+    }
 }
 
 /// `pgcdc teardown` arguments.

@@ -41,6 +41,29 @@ pub enum ResetError {
     },
 }
 
+/// The cursor of a sink that is no longer configured: it pins the journal, since
+/// pruning keeps everything after the lowest cursor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OrphanedCursor {
+    /// The sink's name.
+    pub sink: String,
+    /// Its cursor.
+    pub cursor: i64,
+    /// Journal entries after its cursor.
+    pub lag_events: i64,
+    /// Entries every configured sink has passed that are kept only for this cursor.
+    pub held_events: i64,
+}
+
+/// What `drop_cursor` removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DroppedCursor {
+    /// The cursor's position when it was dropped.
+    pub cursor: i64,
+    /// DLQ items of the sink removed with it.
+    pub dlq_items: i64,
+}
+
 /// A cursor's position and generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CursorState {
@@ -51,6 +74,71 @@ pub struct CursorState {
 }
 
 impl JournalReader {
+    /// Cursors of sinks not in `configured`, and how much journal each holds back.
+    pub fn orphaned_cursors(
+        &self,
+        configured: &[String],
+    ) -> Result<Vec<OrphanedCursor>, JournalError> {
+        let cursors = self.cursors()?;
+        let head = self.head()?.pos;
+        // Where pruning could go without the orphans: the lowest configured cursor
+        // (a configured sink without a row yet starts at 0 and holds everything).
+        let floor = configured
+            .iter()
+            .map(|name| {
+                cursors
+                    .iter()
+                    .find(|c| &c.sink == name)
+                    .map_or(0, |c| c.pos)
+            })
+            .min()
+            .unwrap_or(head);
+        let mut out = Vec::new();
+        for c in cursors.iter().filter(|c| !configured.contains(&c.sink)) {
+            let held: i64 = if floor > c.pos {
+                self.conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM events WHERE pos > ?1 AND pos <= ?2",
+                        params![c.pos, floor],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| self.sqlite(e))?
+            } else {
+                0
+            };
+            out.push(OrphanedCursor {
+                sink: c.sink.clone(),
+                cursor: c.pos,
+                lag_events: c.lag_events,
+                held_events: held,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes a sink's cursor and its DLQ items, so the journal no longer keeps
+    /// entries for it. None when the sink has no cursor. The caller refuses this for
+    /// a configured sink (its runner would recreate the cursor at the journal start).
+    pub fn drop_cursor(&mut self, sink: &str) -> Result<Option<DroppedCursor>, JournalError> {
+        self.write(|tx, err| {
+            let cursor: Option<i64> = tx
+                .query_row("SELECT pos FROM cursors WHERE sink = ?1", [sink], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(err)?;
+            let Some(cursor) = cursor else {
+                return Ok(None);
+            };
+            tx.execute("DELETE FROM cursors WHERE sink = ?1", [sink])
+                .map_err(err)?;
+            let dlq_items = tx
+                .execute("DELETE FROM dlq WHERE sink = ?1", [sink])
+                .map_err(err)? as i64;
+            Ok(Some(DroppedCursor { cursor, dlq_items }))
+        })
+    }
+
     /// The sink's cursor and its generation (created at the journal start for a new sink).
     pub fn cursor_state(&self, sink: &str) -> Result<CursorState, JournalError> {
         self.cursor(sink)?;

@@ -774,7 +774,7 @@ impl JournalReader {
 mod audit;
 mod checkpoint;
 mod dlq;
-pub use checkpoint::{CursorState, ResetError, ResetTarget};
+pub use checkpoint::{CursorState, DroppedCursor, OrphanedCursor, ResetError, ResetTarget};
 mod resync;
 pub use resync::{ResyncInfo, ResyncKind, ResyncProgress, ResyncRequestError};
 mod row_state;

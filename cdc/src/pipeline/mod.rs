@@ -54,6 +54,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let mut writer = JournalWriter::open(&state_dir)?;
     let prior = journal_guard::Prior::read(&writer)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));
+    warn_orphaned_cursors(&config, &state_dir)?;
     // Up before preflight, so /healthz answers while pgcdc waits on the source.
     let _admin = crate::admin::start(config.clone()).await?;
 
@@ -320,6 +321,25 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Warns about each cursor of a sink that is no longer configured: it pins the
+/// journal (pruning keeps everything after the lowest cursor) until it is dropped.
+fn warn_orphaned_cursors(config: &Config, state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let journal = crate::journal::JournalReader::open(state_dir, false)?;
+    for o in journal.orphaned_cursors(&crate::status::sink_names(config))? {
+        tracing::warn!(
+            sink = %o.sink,
+            cursor = o.cursor,
+            held_events = o.held_events,
+            "the journal keeps a cursor of a sink that is no longer configured, so it cannot \
+             prune past it; drop it with `pgcdc checkpoint drop --sink {}` (or DELETE \
+             /api/sinks/{}/checkpoint) if the sink is gone for good",
+            o.sink,
+            o.sink
+        );
+    }
+    Ok(())
 }
 
 /// What every sink runner shares.

@@ -30,7 +30,10 @@ pub(crate) fn from_json(v: &Value) -> Val {
 /// jaq keeps verbatim until arithmetic touches it (as jq 1.7 does), so a value that
 /// passes through a transform keeps every digit.
 fn exact_num(text: &str) -> Num {
-    let integral = text.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'));
+    let integral = text
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'));
     match integral.then(|| Num::from_str_radix(text, 10)).flatten() {
         Some(n) => n,
         None => Num::Dec(jaq_json::Rc::new(text.to_owned())),

@@ -262,7 +262,11 @@ fn json_numbers_are_exact_and_stay_numbers() {
     ];
     for text in cases {
         let v = decode_text(&PgType::Jsonb, text);
-        assert_eq!(serde_json::to_string(&v).ok().as_deref(), Some(text), "{text}");
+        assert_eq!(
+            serde_json::to_string(&v).ok().as_deref(),
+            Some(text),
+            "{text}"
+        );
         let first = match &v {
             Value::Object(o) => o.values().next().cloned(),
             Value::Array(a) => a.first().cloned(),

@@ -268,9 +268,17 @@ impl KafkaSinkConfig {
 /// Whether a librdkafka property's value must never be printed.
 fn is_secret_property(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "jaas", "token", "key", "credential", "oauthbearer.config"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "key",
+        "credential",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 /// A parsed `topic` template.

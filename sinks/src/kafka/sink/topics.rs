@@ -80,10 +80,8 @@ impl KafkaSink {
         partitions: i32,
         compact: bool,
     ) -> Result<(), Failure> {
-        let admin: AdminClient<SinkContext> = self
-            .base
-            .create_with_context(self.context())
-            .map_err(|e| {
+        let admin: AdminClient<SinkContext> =
+            self.base.create_with_context(self.context()).map_err(|e| {
                 Failure::Transient(format!(
                     "Kafka admin client: {}",
                     self.config.redact_kafka_error(&e)
