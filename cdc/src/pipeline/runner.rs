@@ -449,6 +449,14 @@ pub async fn run<S: Sink>(
         {
             return Ok(());
         }
+        // A DLQ item keeps the body it would have been sent with: items a sink renders
+        // from the event carry none, and a replay after the config changed (a transform
+        // added) must not send an empty body.
+        if !plan.is_transformed() {
+            for r in records.iter_mut().filter(|r| r.item.body.is_null()) {
+                r.item.body = serde_json::to_value(&*r.item.event).unwrap_or_default();
+            }
+        }
         records.sort_by_key(|r| r.pos);
         let dead = records.len();
         let sink_name = name.clone();

@@ -128,6 +128,11 @@ impl SinkPlan {
         })
     }
 
+    /// Whether the sink has a `transform` (else items' bodies are the native event).
+    pub(crate) fn is_transformed(&self) -> bool {
+        self.transform.is_some()
+    }
+
     /// Whether items without a transform carry the native event as `body`.
     pub fn with_native_body(mut self, native: bool) -> SinkPlan {
         self.no_native_body = !native;
