@@ -253,6 +253,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     ));
 
     let mut failure: Option<anyhow::Error> = None;
+    let mut runner_ended = false;
     let mut reader_done = false;
     let mut audit_done = false;
     tokio::select! {
@@ -266,11 +267,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             });
         }
         Some(r) = runners.join_next() => {
-            failure = Some(match r {
-                Ok(Ok(())) => anyhow!("a sink runner stopped unexpectedly"),
-                Ok(Err(e)) => anyhow!(e),
-                Err(e) => anyhow!("sink task failed: {e}"),
-            });
+            failure = match r {
+                // A runner ends by itself when the journal thread is gone, which the
+                // reader's or the writer's own error explains: those are collected
+                // below and win; this is said only when nothing else is.
+                Ok(Ok(())) => {
+                    runner_ended = true;
+                    None
+                }
+                Ok(Err(e)) => Some(anyhow!(e)),
+                Err(e) => Some(anyhow!("sink task failed: {e}")),
+            };
         }
         // It retries passing errors itself; ending while the sinks run would lose
         // their delivery attempts, so it stops pgcdc.
@@ -316,6 +323,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         // The writer's own error says why; the reader only saw it go away.
         Ok(Ok(Err(e))) => failure = Some(anyhow!(e)),
         _ => failure = failure.or(Some(anyhow!("the journal thread panicked"))),
+    }
+    if runner_ended && failure.is_none() {
+        failure = Some(anyhow!("a sink runner stopped unexpectedly"));
     }
     match failure {
         Some(e) => Err(e),
