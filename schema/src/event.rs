@@ -137,6 +137,19 @@ pub fn now_pg_micros() -> i64 {
     chrono::Utc::now().timestamp_micros() - PG_EPOCH_OFFSET_MICROS
 }
 
+/// Parses JSON that pgcdc wrote itself (journal payloads, DLQ items, remembered
+/// rows). Their nesting is bounded when values are decoded
+/// ([`crate::value::MAX_JSON_DEPTH`] plus the event's own few levels), so
+/// serde_json's default limit of 128 levels, which would refuse a stored
+/// document that was accepted when it was decoded, is off.
+pub fn from_stored_json<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,17 +219,4 @@ mod tests {
         let back: ChangeEvent = serde_json::from_value(v).unwrap_or_else(|_| ev.clone());
         assert_eq!(back, ev);
     }
-}
-
-/// Parses JSON that pgcdc wrote itself (journal payloads, DLQ items, remembered
-/// rows). Their nesting is bounded when values are decoded
-/// ([`crate::value::MAX_JSON_DEPTH`] plus the event's own few levels), so
-/// serde_json's default limit of 128 levels, which would refuse a stored
-/// document that was accepted when it was decoded, is off.
-pub fn from_stored_json<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<T> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    de.disable_recursion_limit();
-    let value = T::deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
 }
