@@ -422,9 +422,15 @@ fn mapping_limits_cut_endless_generators_with_the_key() {
     }
     // Conditions and placeholders stop at the outputs they need.
     assert_eq!(endless.test(&json!(null)), Ok(true));
-    assert_eq!(endless.first_outputs(&json!(null), 2).map(|v| v.len()), Ok(2));
+    assert_eq!(
+        endless.first_outputs(&json!(null), 2).map(|v| v.len()),
+        Ok(2)
+    );
     // Exactly the limit is fine.
-    assert_eq!(jq("range(10000)").run(&json!(null)).map(|v| v.len()), Ok(10000));
+    assert_eq!(
+        jq("range(10000)").run(&json!(null)).map(|v| v.len()),
+        Ok(10000)
+    );
 }
 
 #[test]
@@ -450,6 +456,8 @@ fn mapping_evaluate_answers_each_call_in_order() {
         },
     ]);
     assert_eq!(results[0], Ok(vec![json!(2)]));
-    assert!(matches!(&results[1], Err(MappingError::Runtime { message, .. }) if message.contains("no")));
+    assert!(
+        matches!(&results[1], Err(MappingError::Runtime { message, .. }) if message.contains("no"))
+    );
     assert_eq!(results[2], Ok(vec![json!(true)]));
 }

@@ -181,3 +181,56 @@ transform = '.new.status + 1'
     );
     assert_eq!(tracking.get("public.other"), None);
 }
+
+#[test]
+fn a_batch_maps_like_event_by_event_and_reports_each_failure_on_its_event() {
+    let c = config(
+        r#"
+[[sink]]
+name = "registry"
+type = "stdout"
+events = ["permitApproved", "permitRevoked"]
+filter = '.new.id != 3'
+transform = 'if .new.id == 5 then error("five") else {id: .new.id, t: .trigger} end'
+"#,
+    );
+    let p = plan(&c, 0);
+    let update = |id: i64, old: &str, new: &str| {
+        let mut e = event(
+            "permits",
+            Op::Update,
+            Some(json!({"id": id, "status": old})),
+            json!({"id": id, "status": new}),
+        );
+        e.key = json!({"id": id}).as_object().cloned();
+        e
+    };
+    let batch = vec![
+        update(1, "review", "approved"),
+        update(2, "approved", "revoked"),
+        update(3, "review", "approved"),
+        update(4, "approved", "approved"),
+        update(5, "review", "approved"),
+        update(6, "review", "approved"),
+    ];
+    let one_by_one: Vec<String> = batch
+        .iter()
+        .map(|e| format!("{:?}", p.map(e.clone()).map(bodies)))
+        .collect();
+    let batched: Vec<String> = p
+        .map_batch(batch)
+        .into_iter()
+        .map(|r| format!("{:?}", r.map(bodies)))
+        .collect();
+    assert_eq!(batched, one_by_one);
+    assert!(batched[0].contains("permitApproved"), "{}", batched[0]);
+    assert!(batched[1].contains("permitRevoked"), "{}", batched[1]);
+    assert_eq!(batched[2], "Ok([])", "filtered out");
+    assert_eq!(batched[3], "Ok([])", "no trigger fired");
+    assert!(
+        batched[4].contains("sink[0].transform") && batched[4].contains("five"),
+        "{}",
+        batched[4]
+    );
+    assert!(batched[5].contains("\"id\": Number(6)"), "{}", batched[5]);
+}

@@ -22,10 +22,10 @@
 //! This module does process I/O (the exception in this crate) but no async:
 //! callers run it on blocking threads.
 
-mod wire;
-mod worker;
 #[cfg(test)]
 mod tests;
+mod wire;
+mod worker;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -188,18 +188,19 @@ impl Worker {
             })?;
         let tail = Arc::new(Mutex::new(Vec::new()));
         let keep = tail.clone();
-        let stderr_reader = std::thread::Builder::new()
-            .name("jq-stderr".into())
-            .spawn(move || {
-                let mut buf = [0u8; 1024];
-                while let Ok(n @ 1..) = stderr.read(&mut buf) {
-                    if let Ok(mut tail) = keep.lock() {
-                        tail.extend_from_slice(&buf[..n]);
-                        let excess = tail.len().saturating_sub(STDERR_TAIL);
-                        tail.drain(..excess);
+        let stderr_reader =
+            std::thread::Builder::new()
+                .name("jq-stderr".into())
+                .spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                        if let Ok(mut tail) = keep.lock() {
+                            tail.extend_from_slice(&buf[..n]);
+                            let excess = tail.len().saturating_sub(STDERR_TAIL);
+                            tail.drain(..excess);
+                        }
                     }
-                }
-            })?;
+                })?;
         Ok(Worker {
             child,
             stdin: BufWriter::new(stdin),
@@ -298,9 +299,9 @@ impl Worker {
                     message,
                 }),
                 Ok(wire::Reply::Limit(message)) => Err(call.program.limit_error(message)),
-                Err(e) => Err(call.program.limit_error(format!(
-                    "the jq worker's reply cannot be read: {e}"
-                ))),
+                Err(e) => Err(call
+                    .program
+                    .limit_error(format!("the jq worker's reply cannot be read: {e}"))),
             };
             results.push(result);
         }

@@ -113,7 +113,10 @@ fn sandbox_frames_reject_oversized_lengths() {
     let err = wire::read_frame(&mut frame.as_slice()).err();
     assert!(err.is_some_and(|e| e.to_string().contains("over the limit")));
     // A stream cut inside the length is a clean end; inside the payload, an error.
-    assert!(matches!(wire::read_frame(&mut [1u8, 0].as_slice()), Ok(None)));
+    assert!(matches!(
+        wire::read_frame(&mut [1u8, 0].as_slice()),
+        Ok(None)
+    ));
     assert!(wire::read_frame(&mut [5u8, 0, 0, 0, b'{'].as_slice()).is_err());
 }
 
@@ -136,13 +139,9 @@ fn sandbox_explains_a_dead_worker() {
 
 #[test]
 fn sandbox_that_cannot_start_fails_each_call_with_the_key() {
-    let sandbox = Sandbox::new(
-        "/nonexistent/pgcdc-worker",
-        Vec::new(),
-        Limits::DEFAULT,
-    );
-    let program = crate::mapping::JqProgram::compile("sink[2].filter", ".")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let sandbox = Sandbox::new("/nonexistent/pgcdc-worker", Vec::new(), Limits::DEFAULT);
+    let program =
+        crate::mapping::JqProgram::compile("sink[2].filter", ".").unwrap_or_else(|e| panic!("{e}"));
     let input = json!(1);
     let results = sandbox.evaluate(&[JqCall {
         program: &program,
@@ -164,22 +163,15 @@ fn sandbox_kills_a_worker_that_does_not_answer_in_time() {
         timeout_ms: 200,
         ..Limits::DEFAULT
     };
-    let hang = Sandbox::new(
-        "sh",
-        vec!["-c".into(), "exec sleep 30".into()],
-        limits,
-    );
-    let program =
-        crate::mapping::JqProgram::compile("sink[0].transform", ".").unwrap_or_else(|e| panic!("{e}"));
+    let hang = Sandbox::new("sh", vec!["-c".into(), "exec sleep 30".into()], limits);
+    let program = crate::mapping::JqProgram::compile("sink[0].transform", ".")
+        .unwrap_or_else(|e| panic!("{e}"));
     let input = json!(1);
-    let calls = [
-        JqCall {
-            program: &program,
-            input: &input,
-            want: Want::All,
-        };
-        2
-    ];
+    let calls = [JqCall {
+        program: &program,
+        input: &input,
+        want: Want::All,
+    }; 2];
     let started = std::time::Instant::now();
     let results = hang.evaluate(&calls);
     assert!(started.elapsed() < Duration::from_secs(5));

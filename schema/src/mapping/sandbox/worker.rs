@@ -58,7 +58,11 @@ pub fn serve_stdio(limits: Limits) -> i32 {
 
 /// Serves every request of `input` in turn, on this thread (tests).
 #[cfg(test)]
-pub(crate) fn serve(input: &mut impl io::Read, out: &mut impl Write, limits: Limits) -> io::Result<()> {
+pub(crate) fn serve(
+    input: &mut impl io::Read,
+    out: &mut impl Write,
+    limits: Limits,
+) -> io::Result<()> {
     let mut session = Session::new(limits);
     while let Some(frame) = wire::read_frame(input)? {
         session.handle(&frame, out)?;
@@ -81,9 +85,8 @@ impl Session {
     }
 
     fn handle(&mut self, frame: &[u8], out: &mut impl Write) -> io::Result<()> {
-        let request: Request<'_> = serde_json::from_slice(frame).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("bad request: {e}"))
-        })?;
+        let request: Request<'_> = serde_json::from_slice(frame)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad request: {e}")))?;
         for def in request.define {
             let compiled = JqProgram::compile(&def.key, &def.source).map_err(|e| e.to_string());
             self.programs.insert(def.id, compiled);
