@@ -10,8 +10,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use e2e_fixture::{start_streaming, stderr_with};
+use e2e_fixture::{pgcdc_output, start_streaming, stderr_with};
+use pgcdc_tests::http_receiver::Receiver;
 use pgcdc_tests::{free_port, state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
+use serde_json::Value;
 
 const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, v text)";
 
@@ -353,5 +355,79 @@ async fn endless_generator_transform_is_cut_at_max_outputs_with_bounded_memory(
     )
     .await?;
     ensure!(hwm < MAX_RSS_KB, "peak memory {hwm} kB");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_url_placeholder_dead_letters_its_item_and_the_sink_goes_on() -> anyhow::Result<()>
+{
+    let pg = PgCluster::new().await?;
+    pg.batch(TABLE).await?;
+    let rx = Receiver::start().await?;
+    let state = state_dir()?;
+    let port = free_port()?;
+    // Row 1's URL never finishes rendering; row 2's does.
+    let toml = format!(
+        r#"
+[source]
+url = "{url}"
+tables = ["public.items"]
+
+[state]
+dir = "{state}"
+
+[admin]
+listen = "127.0.0.1:{port}"
+
+[jq]
+timeout_ms = 1000
+
+[[sink]]
+name = "hook"
+type = "http"
+tables = ["public.items"]
+url = "{receiver}/{{.new.id | if . == 1 then last(range(1e12)) else . end}}"
+retry = {{ initial_backoff_ms = 50, max_backoff_ms = 200 }}
+"#,
+        url = pg.url(),
+        state = state.path().display(),
+        receiver = rx.url().trim_end_matches('/'),
+    );
+    let cfg = ConfigFile::new(&toml)?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch("INSERT INTO items VALUES (1, 'stuck'), (2, 'fine')")
+        .await?;
+    let event = journaled_id(state.path(), 1).await?;
+    wait_until_msg(Duration::from_secs(30), "row 2 delivered", || async {
+        rx.requests().iter().any(|r| r.path.ends_with("/2"))
+    })
+    .await;
+    ensure!(healthy(port).await, "/healthz answers");
+    let (code, out, err) = pgcdc_output(&[
+        "dlq",
+        "list",
+        "--config",
+        &cfg.arg(),
+        "--sink",
+        "hook",
+        "--json",
+    ])
+    .await?;
+    ensure!(code == 0, "dlq list: {err}");
+    let dlq: Value = serde_json::from_str(&out)?;
+    ensure!(
+        dlq.as_array().map(Vec::len) == Some(1) && dlq[0]["id"].as_str() == Some(event.as_str()),
+        "row 1 is the one dead letter: {dlq:#}"
+    );
+    let error = dlq[0]["error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("sink[0].url") && error.contains("ran longer than 1000 ms"),
+        "the dead letter says why: {error}"
+    );
+    ensure!(
+        !p.has_exited(),
+        "pgcdc keeps running:\n{}",
+        p.stderr_tail(20)
+    );
     Ok(())
 }
