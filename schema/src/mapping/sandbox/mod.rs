@@ -350,6 +350,11 @@ fn explain(how: &str, status: Option<ExitStatus>, stderr: &str) -> String {
                 address space)"
             .to_owned();
     }
+    if stderr.contains("recursion limit exceeded") {
+        return "the event is nested more than 128 levels deep, deeper than the jq worker \
+                reads"
+            .to_owned();
+    }
     let status = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
     let last = stderr.trim().lines().last().unwrap_or("no message");
     format!("the jq worker process died ({how}; {status}): {last}")

@@ -130,6 +130,12 @@ fn sandbox_explains_a_dead_worker() {
     assert!(overflow.contains("recursed too deeply"), "{overflow}");
     let oom = explain("x", None, "memory allocation of 1048576 bytes failed\n");
     assert!(oom.contains("max_memory_mb"), "{oom}");
+    let deep = explain(
+        "its reply pipe closed",
+        None,
+        "pgcdc jq worker: bad request: recursion limit exceeded at line 1 column 130\n",
+    );
+    assert!(deep.contains("128 levels"), "{deep}");
     let other = explain("its reply pipe closed", None, "something odd\n");
     assert!(
         other.contains("died") && other.contains("something odd"),

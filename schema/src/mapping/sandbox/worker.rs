@@ -28,9 +28,12 @@ pub fn serve_stdio(limits: Limits) -> i32 {
             let stdout = io::stdout();
             let mut out = BufWriter::new(stdout.lock());
             for request in rx {
-                if session.handle(&request, &mut out).is_err() {
-                    // The parent stopped reading: it is going away.
-                    return;
+                if let Err(e) = session.handle(&request, &mut out) {
+                    // A request this worker cannot read, or a parent that stopped
+                    // reading: end, so that the parent learns why from stderr
+                    // instead of waiting for replies that never come.
+                    eprintln!("pgcdc jq worker: {e}");
+                    std::process::exit(3);
                 }
             }
         });
