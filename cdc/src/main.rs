@@ -7,9 +7,19 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pgcdc::cli::{self, Cli, Command};
+use pgcdc::pipeline::plan::sandbox;
+
+fn main() {
+    // A jq sandbox worker: no runtime, no logging, nothing on stdout but replies.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == sandbox::WORKER_ARG) {
+        std::process::exit(sandbox::worker_main(args.next().as_deref()));
+    }
+    run();
+}
 
 #[tokio::main]
-async fn main() {
+async fn run() {
     let cli = Cli::parse();
     cli::init_logging(cli.log_format);
     if matches!(cli.command, Command::Run { .. }) {
@@ -30,5 +40,7 @@ async fn main() {
             2
         }
     };
+    // Exits here, not after the runtime's drop, which would wait for blocking
+    // tasks (a jq evaluation runs up to its time limit).
     std::process::exit(code);
 }

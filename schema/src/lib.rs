@@ -6,7 +6,8 @@
 //!  Begin/Commit position (Lsn, seq) ──EventId──▶ ChangeEvent (native event JSON)
 //! ```
 //!
-//! Nothing here touches sockets, files or tokio.
+//! Nothing here touches sockets, files or tokio; the one exception is
+//! `mapping::sandbox`, which runs jq in child processes over pipes.
 
 pub mod debezium;
 pub mod event;

@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 use crate::replication::SourceUrl;
 
+mod jq;
 mod schedule;
+pub use jq::JqConfig;
 pub use schedule::{ScheduleConfig, ScheduledResync};
 
 /// A configuration problem, with the key path it is about.
@@ -79,6 +81,9 @@ pub struct Config {
     /// Resyncs on a cron schedule.
     #[serde(default)]
     pub schedule: Vec<ScheduleConfig>,
+    /// Bounds on jq evaluation.
+    #[serde(default)]
+    pub jq: JqConfig,
     /// Delivery destinations (parsed separately: common keys + per-type keys).
     #[serde(skip)]
     pub sink: Vec<SinkConfig>,
@@ -586,6 +591,7 @@ impl Config {
             )
         })?;
         self.admin.validate()?;
+        self.jq.validate()?;
         schedule::validate(self)?;
         if self.journal.max_bytes == Some(0) {
             return Err(key_err(

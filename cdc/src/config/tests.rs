@@ -210,3 +210,23 @@ fn program_paths_are_recognised() {
     assert!(!is_jq_program("source.url"));
     assert!(!is_jq_program("trigger[0].table"));
 }
+
+#[test]
+fn jq_limits_default_and_are_validated_by_key() {
+    let c = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.jq.limits(), pgcdc_schema::mapping::Limits::DEFAULT);
+    let with = |lines: &str| GOOD.replace("[state]", &format!("[jq]\n{lines}\n\n[state]"));
+    let c = parse(&with("timeout_ms = 250\nmax_outputs = 5")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((c.jq.timeout_ms, c.jq.max_outputs), (250, 5));
+    for (lines, key) in [
+        ("timeout_ms = 0", "jq.timeout_ms"),
+        ("timeout_ms = 600001", "jq.timeout_ms"),
+        ("max_outputs = 0", "jq.max_outputs"),
+        ("max_output_bytes = 10", "jq.max_output_bytes"),
+        ("max_memory_mb = 64", "jq.max_memory_mb"),
+        ("fuel = 3", "fuel"),
+    ] {
+        let e = err(&with(lines));
+        assert!(e.contains(key), "{lines}: {e}");
+    }
+}

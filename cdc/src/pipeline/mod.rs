@@ -48,6 +48,7 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
 /// `shutdown` becomes true.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let config = std::sync::Arc::new(config);
+    plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
     let state_dir = config.state.dir.clone();
     let triggers = plan::compile_triggers(&config)?;
@@ -411,11 +412,13 @@ pub fn build_http_sink(
     let renderer = |template: Template, url: bool| -> Renderer {
         Box::new(move |item: &Outgoing| {
             let input = serde_json::to_value(&*item.event).map_err(|e| e.to_string())?;
-            let rendered = if url {
-                template.render_url(&input)
-            } else {
-                template.render(&input)
-            };
+            let rendered = plan::sandbox::off_executor(|| {
+                if url {
+                    template.render_url(&input)
+                } else {
+                    template.render(&input)
+                }
+            });
             rendered.map_err(|e| e.to_string())
         })
     };

@@ -5,8 +5,10 @@
 //! by an operator run before new events.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use pgcdc_schema::mapping::MappingError;
+use pgcdc_schema::ChangeEvent;
 use pgcdc_sinks::{
     Attempt, AttemptOutcome, AuditLog, Checkpoint, ItemResult, Outgoing, Sink, SinkError,
 };
@@ -63,6 +65,32 @@ async fn or_stop<T>(
     }
 }
 
+/// Selects and maps a batch; `None` when shutdown comes first (the batch is
+/// mapped again after the restart). jq runs on a blocking thread, since an
+/// evaluation may take up to `[jq] timeout_ms` per program run, and shutdown
+/// does not wait for it: whatever a program does, SIGTERM is honoured.
+async fn map_or_stop(
+    name: &str,
+    plan: &Arc<SinkPlan>,
+    events: Vec<(ChangeEvent, String)>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<Result<Mapped, MappingError>>>, RunnerError> {
+    if !plan.runs_jq() {
+        return Ok(Some(plan.map_batch_as(events)));
+    }
+    let plan = Arc::clone(plan);
+    let task = tokio::task::spawn_blocking(move || plan.map_batch_as(events));
+    tokio::select! {
+        mapped = task => mapped
+            .map(Some)
+            .map_err(|e| RunnerError::Task(name.to_string(), e.to_string())),
+        _ = shutdown.wait_for(|stop| *stop) => {
+            tracing::info!(sink = %name, "shutting down while jq runs; the batch is mapped again after restart");
+            Ok(None)
+        }
+    }
+}
+
 /// Why a runner stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -73,17 +101,18 @@ pub enum RunnerError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// A blocking task panicked or was cancelled.
-    #[error("sink {0}: journal task failed: {1}")]
+    #[error("sink {0}: a blocking task (journal or jq) failed: {1}")]
     Task(String, String),
-    /// A trigger, filter or transform failed on an event.
-    #[error("sink {sink}: event {event}: {source}; fix the expression and restart (the event is not lost: the cursor stays before it)")]
+    /// A trigger, filter or transform failed on an event, or went past a `[jq]` limit.
+    #[error("sink {sink}: event {event}: {error}; fix the expression (or raise the [jq] limit it names) and restart (the event is not lost: the cursor stays before it)")]
     Mapping {
         /// Sink.
         sink: String,
         /// Event id.
         event: String,
-        /// The jq error.
-        source: MappingError,
+        /// The jq error, naming the program's config key. Not a `source`:
+        /// the message above already holds it once.
+        error: MappingError,
     },
     /// The destination's own record of progress does not fit this journal.
     #[error("sink {sink}: {message}")]
@@ -244,7 +273,7 @@ pub async fn run<S: Sink>(
 ) -> Result<(), RunnerError> {
     let name = sink.name().to_string();
     let batch_size = sink.batch_size().max(1);
-    let plan = plan.with_native_body(sink.wants_native_body());
+    let plan = Arc::new(plan.with_native_body(sink.wants_native_body()));
     let reader = JournalReader::open(&state_dir, true)?;
     // A second connection reads the next batch while the sink delivers this one.
     let mut prefetch = Prefetch::new(JournalReader::open(&state_dir, false)?);
@@ -351,13 +380,21 @@ pub async fn run<S: Sink>(
         };
         let mut items = Vec::new();
         let mut positions = Vec::new();
+        let mut events = Vec::new();
+        let mut stored_at = Vec::new();
         for stored in batch {
             // A targeted resync's rows are for one sink only.
             if stored.target.as_deref().is_some_and(|t| t != name) {
                 continue;
             }
-            let id = stored.event.id.to_string();
-            match plan.map_as(stored.event, &stored.table) {
+            stored_at.push((stored.pos, stored.event.id.to_string()));
+            events.push((stored.event, stored.table));
+        }
+        let Some(mapped) = map_or_stop(&name, &plan, events, &mut shutdown).await? else {
+            return close(&mut sink).await;
+        };
+        for ((pos, id), result) in stored_at.into_iter().zip(mapped) {
+            match result {
                 Ok(Mapped::NotSelected) => {}
                 Ok(Mapped::Skipped(event)) => {
                     audit
@@ -376,15 +413,15 @@ pub async fn run<S: Sink>(
                 Ok(Mapped::Items(mapped)) => {
                     for item in mapped {
                         items.push(item);
-                        positions.push(stored.pos);
+                        positions.push(pos);
                     }
                 }
-                Err(source) => {
-                    // Deliver what came before the failing event, then stop.
+                Err(error) => {
+                    // Nothing of this batch is delivered: the cursor stays before it.
                     return Err(RunnerError::Mapping {
                         sink: name,
                         event: id,
-                        source,
+                        error,
                     });
                 }
             }

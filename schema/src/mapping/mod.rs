@@ -22,8 +22,20 @@
 //! Errors: a syntax error or an unknown filter/variable is reported by
 //! [`JqProgram::compile`] with the config key and `line:column`; it is a
 //! definite configuration error. An error raised while evaluating (`.a + 1` on
-//! a string, `error("x")`) is [`MappingError::Runtime`]: definite for that
-//! event (the caller dead-letters it), never retried.
+//! a string, `error("x")`) is [`MappingError::Runtime`]; going past a
+//! [`Limits`] bound (time, outputs, output size, memory, recursion depth) is
+//! [`MappingError::Limit`]. Both are definite for that event and never
+//! retried; the caller decides what a failed event means for its sink.
+//!
+//! # Sandbox
+//!
+//! jaq has no fuel, no cancellation and no recursion guard: `def f: 1 + f; f`
+//! overflows the stack (which aborts the whole process), `last(range(1e12))`
+//! never returns, `[repeat(1)]` allocates until the machine is out of memory.
+//! So where [`sandbox::install`] was called (the `pgcdc` binary), every
+//! evaluation runs in a child process (see [`sandbox`]) that can be killed
+//! and replaced; without it (unit tests, config checks) programs run in this
+//! process with only the output limits.
 //!
 //! # jq features that are NOT available
 //!
@@ -54,16 +66,20 @@
 //! - `reduce`/`foreach` continue on every output of the update (jq only on
 //!   the last one).
 //! - Recursive `def`s may only take `$value` arguments; tail calls are not
-//!   optimised (deep recursion overflows the stack: use `recurse`).
+//!   optimised (deep recursion overflows the sandbox's stack and fails the
+//!   event with a [`MappingError::Limit`]: use `recurse`).
 //! - `abs` on a non-number returns it unchanged (jq raises an error).
 
 mod convert;
+mod eval;
 mod old_columns;
+pub mod sandbox;
 mod template;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use jaq_core::load::{self, Arena, File, Loader};
@@ -71,6 +87,7 @@ use jaq_core::{data::JustLut, Compiler, Ctx, Vars};
 use jaq_json::Val;
 use serde_json::Value;
 
+pub use eval::{evaluate, JqCall, Limits, Want};
 pub use template::Template;
 
 /// Longest runtime error message kept: jaq prints offending values, which may
@@ -99,6 +116,15 @@ pub enum MappingError {
         /// The config key holding the expression.
         key: String,
         /// jaq's error, truncated.
+        message: String,
+    },
+    /// Evaluating the expression on one event went past a `[jq]` limit, or
+    /// crashed the sandbox (too deep a recursion, too much memory).
+    #[error("{key}: {message}")]
+    Limit {
+        /// The config key holding the expression.
+        key: String,
+        /// Which limit, and the config key that sets it.
         message: String,
     },
     /// A template is malformed, or a placeholder did not yield one scalar.
@@ -165,6 +191,8 @@ pub struct JqProgram {
 }
 
 struct Compiled {
+    /// Unique in this process: the sandbox's workers cache programs by it.
+    id: u64,
     key: String,
     source: String,
     filter: Filter,
@@ -189,8 +217,10 @@ impl JqProgram {
             position: Position::at(source, offset),
             message,
         })?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(JqProgram {
             inner: Arc::new(Compiled {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 key: key.to_owned(),
                 source: source.to_owned(),
                 filter,
@@ -199,25 +229,16 @@ impl JqProgram {
         })
     }
 
-    /// All outputs (0..n). A runtime error names the key and the jq error.
+    /// All outputs (0..n). A runtime error names the key and the jq error;
+    /// more outputs than [`Limits::max_outputs`] is a [`MappingError::Limit`].
     pub fn run(&self, input: &Value) -> Result<Vec<Value>, MappingError> {
-        let mut out = Vec::new();
-        self.each(input, |v| {
-            out.push(convert::to_json(&v));
-            true
-        })?;
-        Ok(out)
+        self.call(input, Want::All)
     }
 
     /// As a condition: true iff it yields at least one output and the first is neither
     /// false nor null (jq truthiness).
     pub fn test(&self, input: &Value) -> Result<bool, MappingError> {
-        let mut truth = false;
-        self.each(input, |v| {
-            truth = !matches!(v, Val::Null | Val::Bool(false));
-            false
-        })?;
-        Ok(truth)
+        Ok(eval::truth(&self.call(input, Want::Truth)?))
     }
 
     /// The source text.
@@ -235,22 +256,32 @@ impl JqProgram {
         self.inner.old_columns.clone()
     }
 
-    /// Up to `limit` outputs, still as jaq values; for placeholders, which
-    /// need to know "exactly one" without running a generator to its end.
+    /// Up to `limit` outputs; for placeholders, which need to know "exactly
+    /// one" without running a generator to its end.
     pub(crate) fn first_outputs(
         &self,
         input: &Value,
         limit: usize,
     ) -> Result<Vec<Value>, MappingError> {
-        let mut out = Vec::new();
-        self.each(input, |v| {
-            out.push(convert::to_json(&v));
-            out.len() < limit
-        })?;
-        Ok(out)
+        self.call(input, Want::First(limit))
     }
 
-    /// Runs the filter, handing each output to `sink` until it returns false.
+    fn call(&self, input: &Value, want: Want) -> Result<Vec<Value>, MappingError> {
+        let call = JqCall {
+            program: self,
+            input,
+            want,
+        };
+        evaluate(&[call])
+            .pop()
+            .unwrap_or_else(|| Err(self.limit_error("the sandbox returned no result".into())))
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Runs the filter in this process, handing each output to `sink` until it returns false.
     fn each(&self, input: &Value, mut sink: impl FnMut(Val) -> bool) -> Result<(), MappingError> {
         let filter = &self.inner.filter;
         let ctx = Ctx::<JustLut<Val>>::new(&filter.lut, Vars::new([]));
@@ -265,6 +296,13 @@ impl JqProgram {
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn limit_error(&self, message: String) -> MappingError {
+        MappingError::Limit {
+            key: self.inner.key.clone(),
+            message: truncate(message),
+        }
     }
 
     fn runtime_error(&self, exn: jaq_core::Exn<'_, Val>) -> MappingError {
@@ -284,7 +322,7 @@ impl JqProgram {
     }
 }
 
-fn truncate(mut message: String) -> String {
+pub(crate) fn truncate(mut message: String) -> String {
     if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
         message.truncate(cut);
         message.push('…');

@@ -152,6 +152,10 @@ impl Template {
                 key,
                 message: format!("placeholder `{{{placeholder}}}`: {message}"),
             },
+            MappingError::Limit { key, message } => MappingError::Limit {
+                key,
+                message: format!("placeholder `{{{placeholder}}}`: {message}"),
+            },
             other => other,
         })?;
         let fail = |what: &str| {

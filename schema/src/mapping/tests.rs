@@ -412,3 +412,56 @@ fn mapping_bench() {
         println!("{name}: {:.0} evaluations/s", f64::from(n) / secs);
     }
 }
+
+#[test]
+fn mapping_limits_cut_endless_generators_with_the_key() {
+    let endless = jq("repeat(1)");
+    match endless.run(&json!(null)) {
+        Err(MappingError::Limit { key, message }) => {
+            assert_eq!(key, "test.expr");
+            assert!(message.contains("more than 10000 outputs"), "{message}");
+            assert!(message.contains("max_outputs"), "{message}");
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    // Conditions and placeholders stop at the outputs they need.
+    assert_eq!(endless.test(&json!(null)), Ok(true));
+    assert_eq!(
+        endless.first_outputs(&json!(null), 2).map(|v| v.len()),
+        Ok(2)
+    );
+    // Exactly the limit is fine.
+    assert_eq!(
+        jq("range(10000)").run(&json!(null)).map(|v| v.len()),
+        Ok(10000)
+    );
+}
+
+#[test]
+fn mapping_evaluate_answers_each_call_in_order() {
+    let double = jq(".x * 2");
+    let fails = jq("error(\"no\")");
+    let (a, b) = (json!({"x": 1}), json!({"x": 2}));
+    let results = evaluate(&[
+        JqCall {
+            program: &double,
+            input: &a,
+            want: Want::All,
+        },
+        JqCall {
+            program: &fails,
+            input: &a,
+            want: Want::Truth,
+        },
+        JqCall {
+            program: &double,
+            input: &b,
+            want: Want::Truth,
+        },
+    ]);
+    assert_eq!(results[0], Ok(vec![json!(2)]));
+    assert!(
+        matches!(&results[1], Err(MappingError::Runtime { message, .. }) if message.contains("no"))
+    );
+    assert_eq!(results[2], Ok(vec![json!(true)]));
+}

@@ -1,14 +1,19 @@
 //! Per-sink selection and mapping: which events a sink receives (tables,
 //! triggers, filter) and what it sends for each (transform). Pure: no I/O.
 //!
-//! A runtime jq error is definite for the sink: the runner stops with the
-//! event id and the jq message, and the cursor stays before the event, so a
-//! fixed config re-processes it.
+//! A runtime jq error, or an evaluation past a `[jq]` limit (time, outputs,
+//! output size, memory, recursion depth: see `pgcdc_schema::mapping::sandbox`),
+//! is definite for the sink: the runner stops with the event id, the
+//! program's key and the message, and the cursor stays before the event, so a
+//! fixed config (or a raised limit) re-processes it. A batch is mapped in
+//! phases (every trigger test of the batch in one sandbox round trip, then
+//! filters, then transforms), which gives the same outcome as event by event:
+//! the first event in journal order that fails is the one reported.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use pgcdc_schema::mapping::{JqProgram, MappingError, OldColumns};
+use pgcdc_schema::mapping::{evaluate, JqCall, JqProgram, MappingError, OldColumns, Want};
 use pgcdc_schema::ChangeEvent;
 use pgcdc_sinks::Outgoing;
 
@@ -147,81 +152,216 @@ impl SinkPlan {
         }
     }
 
+    /// Whether mapping runs any jq program (trigger, filter or transform).
+    pub fn runs_jq(&self) -> bool {
+        !self.triggers.is_empty() || self.filter.is_some() || self.transform.is_some()
+    }
+
     /// Selects and maps one event of the table it names.
     pub fn map(&self, event: ChangeEvent) -> Result<Mapped, MappingError> {
-        let table = event.qualified_table();
-        self.map_as(event, &table)
+        self.map_batch(vec![event])
+            .pop()
+            .unwrap_or(Ok(Mapped::NotSelected))
     }
 
     /// Selects and maps one event of the captured table `table` (`schema.table` as
     /// `source.tables` names it; the journal's `tbl`). A renamed table's events carry
     /// the new name but are routed by that identity, so they reach the same sinks and
     /// triggers; a config already updated to the new name matches it too.
-    pub fn map_as(&self, mut event: ChangeEvent, table: &str) -> Result<Mapped, MappingError> {
-        let named = TableName {
-            schema: event.schema.clone(),
-            table: event.table.clone(),
-        };
-        let table = TableName::parse(table).unwrap_or_else(|_| named.clone());
-        let ours = |t: &TableName| *t == table || *t == named;
-        let mut selected = self.everything || self.tables.iter().any(ours);
-        let mut input = None;
-        for t in self.triggers.iter().filter(|t| ours(&t.table)) {
-            let value =
-                input.get_or_insert_with(|| serde_json::to_value(&event).unwrap_or_default());
-            if t.when.test(value)? {
-                event.trigger = Some(t.name.clone());
-                selected = true;
-                input = None;
-                break;
-            }
-        }
-        if !selected {
-            return Ok(Mapped::NotSelected);
-        }
-        // Rows are ordered by identity, so one row's changes on both sides of a rename
-        // stay in order.
-        let row = row_key(&table, &event);
-        if self.no_native_body && self.transform.is_none() && self.filter.is_none() {
-            // The sink renders its own format from the event: no JSON value needed.
-            return Ok(Mapped::Items(vec![Outgoing {
-                row,
-                event: Arc::new(event),
-                body: serde_json::Value::Null,
-                part: 0,
-            }]));
-        }
-        let input = match input {
-            Some(v) => v,
-            None => serde_json::to_value(&event).unwrap_or_default(),
-        };
-        if let Some(filter) = &self.filter {
-            if !filter.test(&input)? {
-                return Ok(Mapped::NotSelected);
-            }
-        }
-        let event = Arc::new(event);
-        let bodies = match &self.transform {
-            Some(t) => t.run(&input)?,
-            None if self.no_native_body => vec![serde_json::Value::Null],
-            None => vec![input],
-        };
-        if bodies.is_empty() {
-            return Ok(Mapped::Skipped(event));
-        }
-        Ok(Mapped::Items(
-            bodies
+    pub fn map_as(&self, event: ChangeEvent, table: &str) -> Result<Mapped, MappingError> {
+        self.map_batch_as(vec![(event, table.to_owned())])
+            .pop()
+            .unwrap_or(Ok(Mapped::NotSelected))
+    }
+
+    /// [`SinkPlan::map_batch_as`] for events routed by the table they name.
+    pub fn map_batch(&self, events: Vec<ChangeEvent>) -> Vec<Result<Mapped, MappingError>> {
+        self.map_batch_as(
+            events
                 .into_iter()
-                .enumerate()
-                .map(|(part, body)| Outgoing {
-                    event: Arc::clone(&event),
-                    body,
-                    part: part as u32,
-                    row: row.clone(),
+                .map(|e| {
+                    let table = e.qualified_table();
+                    (e, table)
                 })
                 .collect(),
-        ))
+        )
     }
+
+    /// Selects and maps a batch of (event, captured table), one result per event, in
+    /// order. Blocks while jq runs (in the sandbox, up to its time limit per program
+    /// run): call it off the async executor.
+    pub fn map_batch_as(
+        &self,
+        events: Vec<(ChangeEvent, String)>,
+    ) -> Vec<Result<Mapped, MappingError>> {
+        let mut slots: Vec<Slot<'_>> = events
+            .into_iter()
+            .map(|(event, table)| {
+                let named = TableName {
+                    schema: event.schema.clone(),
+                    table: event.table.clone(),
+                };
+                let table = TableName::parse(&table).unwrap_or_else(|_| named.clone());
+                let ours = |t: &TableName| *t == table || *t == named;
+                let candidates: Vec<&Trigger> =
+                    self.triggers.iter().filter(|t| ours(&t.table)).collect();
+                // Rows are ordered by identity, so one row's changes on both sides of a
+                // rename stay in order.
+                let row = row_key(&table, &event);
+                Slot {
+                    selected: self.everything || self.tables.iter().any(ours),
+                    input: (!candidates.is_empty()).then(|| native(&event)),
+                    candidates,
+                    event,
+                    row,
+                    matched: false,
+                    outcome: None,
+                }
+            })
+            .collect();
+        // The first trigger (in `[[trigger]]` order) whose condition holds names the event.
+        let rounds = slots.iter().map(|s| s.candidates.len()).max().unwrap_or(0);
+        for round in 0..rounds {
+            let asked: Vec<usize> = (0..slots.len())
+                .filter(|&i| slots[i].open() && !slots[i].matched)
+                .filter(|&i| round < slots[i].candidates.len())
+                .collect();
+            let results = run(&slots, &asked, |s| (&s.candidates[round].when, Want::Truth));
+            for (i, result) in asked.into_iter().zip(results) {
+                let slot = &mut slots[i];
+                match result {
+                    Ok(outputs) if truth(&outputs) => {
+                        slot.event.trigger = Some(slot.candidates[round].name.clone());
+                        slot.matched = true;
+                        slot.selected = true;
+                        // `.trigger` is part of what filter and transform see.
+                        slot.input = None;
+                    }
+                    Ok(_) => {}
+                    Err(e) => slot.outcome = Some(Err(e)),
+                }
+            }
+        }
+        // Without jq after the triggers, a sink that renders its own format from
+        // the event needs no JSON value.
+        let needs_input =
+            !(self.no_native_body && self.transform.is_none() && self.filter.is_none());
+        for slot in slots.iter_mut().filter(|s| s.outcome.is_none()) {
+            if !slot.selected {
+                slot.outcome = Some(Ok(Mapped::NotSelected));
+            } else if needs_input && slot.input.is_none() {
+                slot.input = Some(native(&slot.event));
+            }
+        }
+        if let Some(filter) = &self.filter {
+            let asked: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].open()).collect();
+            let results = run(&slots, &asked, |_| (filter, Want::Truth));
+            for (i, result) in asked.into_iter().zip(results) {
+                match result {
+                    Ok(outputs) if truth(&outputs) => {}
+                    Ok(_) => slots[i].outcome = Some(Ok(Mapped::NotSelected)),
+                    Err(e) => slots[i].outcome = Some(Err(e)),
+                }
+            }
+        }
+        let asked: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].open()).collect();
+        let mut bodies: Vec<Option<Result<Vec<serde_json::Value>, MappingError>>> =
+            (0..slots.len()).map(|_| None).collect();
+        if let Some(transform) = &self.transform {
+            let results = run(&slots, &asked, |_| (transform, Want::All));
+            for (i, result) in asked.iter().zip(results) {
+                bodies[*i] = Some(result);
+            }
+        }
+        slots
+            .into_iter()
+            .zip(bodies)
+            .map(|(slot, body)| {
+                if let Some(outcome) = slot.outcome {
+                    return outcome;
+                }
+                let bodies = match body {
+                    Some(result) => result?,
+                    None if self.no_native_body => vec![serde_json::Value::Null],
+                    None => vec![slot.input.unwrap_or_default()],
+                };
+                Ok(items(slot.event, slot.row, bodies))
+            })
+            .collect()
+    }
+}
+
+/// One event of a batch on its way through the plan.
+struct Slot<'p> {
+    event: ChangeEvent,
+    /// Captured table + key: the order key of the event's items.
+    row: String,
+    /// Triggers watching the event's table.
+    candidates: Vec<&'p Trigger>,
+    /// A trigger's condition held.
+    matched: bool,
+    selected: bool,
+    /// The native event as jq sees it, once needed.
+    input: Option<serde_json::Value>,
+    /// Decided: not selected, mapped without jq, or failed.
+    outcome: Option<Result<Mapped, MappingError>>,
+}
+
+impl Slot<'_> {
+    fn open(&self) -> bool {
+        self.outcome.is_none()
+    }
+}
+
+/// Runs one program per asked slot, in one sandbox round trip.
+fn run<'p>(
+    slots: &[Slot<'p>],
+    asked: &[usize],
+    program: impl Fn(&Slot<'p>) -> (&'p JqProgram, Want),
+) -> Vec<Result<Vec<serde_json::Value>, MappingError>> {
+    const NULL: serde_json::Value = serde_json::Value::Null;
+    let calls: Vec<JqCall<'_>> = asked
+        .iter()
+        .map(|&i| {
+            let slot = &slots[i];
+            let (program, want) = program(slot);
+            JqCall {
+                program,
+                input: slot.input.as_ref().unwrap_or(&NULL),
+                want,
+            }
+        })
+        .collect();
+    evaluate(&calls)
+}
+
+fn truth(outputs: &[serde_json::Value]) -> bool {
+    matches!(outputs.first(), Some(serde_json::Value::Bool(true)))
+}
+
+/// The native event, as filters and transforms see it.
+fn native(event: &ChangeEvent) -> serde_json::Value {
+    serde_json::to_value(event).unwrap_or_default()
+}
+
+/// The items of one event: one per body (none: the event is skipped).
+fn items(event: ChangeEvent, row: String, bodies: Vec<serde_json::Value>) -> Mapped {
+    if bodies.is_empty() {
+        return Mapped::Skipped(Arc::new(event));
+    }
+    let event = Arc::new(event);
+    Mapped::Items(
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(part, body)| Outgoing {
+                event: Arc::clone(&event),
+                body,
+                part: part as u32,
+                row: row.clone(),
+            })
+            .collect(),
+    )
 }
 
 /// `schema.table` + key JSON: items with the same identity are delivered in order.
@@ -234,5 +374,6 @@ fn row_key(table: &TableName, event: &ChangeEvent) -> String {
     format!("{}.{}{}", table.schema, table.table, key)
 }
 
+pub mod sandbox;
 #[cfg(test)]
 mod tests;

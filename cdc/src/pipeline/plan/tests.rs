@@ -183,6 +183,134 @@ transform = '.new.status + 1'
 }
 
 #[test]
+fn a_batch_maps_like_event_by_event_and_reports_each_failure_on_its_event() {
+    let c = config(
+        r#"
+[[sink]]
+name = "registry"
+type = "stdout"
+events = ["permitApproved", "permitRevoked"]
+filter = '.new.id != 3'
+transform = 'if .new.id == 5 then error("five") else {id: .new.id, t: .trigger} end'
+"#,
+    );
+    let p = plan(&c, 0);
+    let update = |id: i64, old: &str, new: &str| {
+        let mut e = event(
+            "permits",
+            Op::Update,
+            Some(json!({"id": id, "status": old})),
+            json!({"id": id, "status": new}),
+        );
+        e.key = json!({"id": id}).as_object().cloned();
+        e
+    };
+    let batch = vec![
+        update(1, "review", "approved"),
+        update(2, "approved", "revoked"),
+        update(3, "review", "approved"),
+        update(4, "approved", "approved"),
+        update(5, "review", "approved"),
+        update(6, "review", "approved"),
+    ];
+    let one_by_one: Vec<String> = batch
+        .iter()
+        .map(|e| format!("{:?}", p.map(e.clone()).map(bodies)))
+        .collect();
+    let batched: Vec<String> = p
+        .map_batch(batch)
+        .into_iter()
+        .map(|r| format!("{:?}", r.map(bodies)))
+        .collect();
+    assert_eq!(batched, one_by_one);
+    assert!(batched[0].contains("permitApproved"), "{}", batched[0]);
+    assert!(batched[1].contains("permitRevoked"), "{}", batched[1]);
+    assert_eq!(batched[2], "Ok([])", "filtered out");
+    assert_eq!(batched[3], "Ok([])", "no trigger fired");
+    assert!(
+        batched[4].contains("sink[0].transform") && batched[4].contains("five"),
+        "{}",
+        batched[4]
+    );
+    assert!(batched[5].contains("\"id\": Number(6)"), "{}", batched[5]);
+}
+
+/// Events per second mapped through a trigger and a transform, in this
+/// process and then through the sandbox's worker process (`PGCDC_BIN`,
+/// default `target/release/pgcdc`): the sandbox's cost per event.
+#[test]
+#[ignore = "benchmark: cargo build --release -p pgcdc && \
+            cargo test -p pgcdc --release --lib sandbox_overhead -- --ignored --nocapture"]
+fn sandbox_overhead() {
+    let c = config(
+        r#"
+[[sink]]
+name = "registry"
+type = "stdout"
+events = ["permitApproved"]
+transform = '{registryId: .new.id, validUntil: .new.expiry_date}'
+
+[[sink]]
+name = "copy"
+type = "stdout"
+tables = ["public.permits"]
+transform = '{id: .new.id, status: .new.status}'
+"#,
+    );
+    let events: Vec<ChangeEvent> = (0..100_000i64)
+        .map(|i| {
+            let mut e = event(
+                "permits",
+                Op::Update,
+                Some(json!({"id": i, "status": "review", "expiry_date": "2027-01-31"})),
+                json!({"id": i, "status": if i % 2 == 0 { "approved" } else { "review" },
+                       "expiry_date": "2027-01-31"}),
+            );
+            e.key = json!({"id": i}).as_object().cloned();
+            e
+        })
+        .collect();
+    let measure = |what: &str| {
+        for (name, p) in [
+            ("trigger+transform", plan(&c, 0)),
+            ("transform", plan(&c, 1)),
+        ] {
+            let start = std::time::Instant::now();
+            let mut items = 0usize;
+            for batch in events.chunks(1000) {
+                for m in p.map_batch(batch.to_vec()) {
+                    if let Ok(Mapped::Items(i)) = m {
+                        items += i.len();
+                    }
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{what:>10} {name:>17}: {:>8.0} events/s ({items} items, {:.2} µs/event)",
+                events.len() as f64 / secs,
+                secs * 1e6 / events.len() as f64
+            );
+        }
+    };
+    measure("in-process");
+    let bin = std::env::var("PGCDC_BIN")
+        .unwrap_or_else(|_| format!("{}/../target/release/pgcdc", env!("CARGO_MANIFEST_DIR")));
+    let limits = pgcdc_schema::mapping::Limits::DEFAULT;
+    let args = vec![
+        sandbox::WORKER_ARG.into(),
+        serde_json::to_string(&limits)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into(),
+    ];
+    let installed = pgcdc_schema::mapping::sandbox::install(
+        pgcdc_schema::mapping::sandbox::Sandbox::new(bin, args, limits)
+            .with_env("MIMALLOC_ARENA_RESERVE", "16MiB"),
+    );
+    assert!(installed);
+    measure("sandbox");
+}
+
+#[test]
 fn a_renamed_tables_events_route_by_the_configured_name() {
     let c = config(
         r#"

@@ -216,7 +216,8 @@ impl KafkaSink {
                 .map_err(|e| e.to_string())?,
             Some(program) => {
                 let input = serde_json::to_value(&**event).map_err(|e| e.to_string())?;
-                let out = program.run(&input).map_err(|e| e.to_string())?;
+                // jq may block up to `[jq] timeout_ms` (it runs in pgcdc's sandbox).
+                let out = off_executor(|| program.run(&input)).map_err(|e| e.to_string())?;
                 let first = out
                     .into_iter()
                     .next()
@@ -417,6 +418,16 @@ impl KafkaSink {
 }
 
 /// Errors that no retry can fix for this record: it goes to the DLQ.
+/// Runs `f` (a jq evaluation) without holding up the executor thread's other tasks.
+fn off_executor<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn is_record_error(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
