@@ -32,6 +32,10 @@ fn config_for(url: &str) -> anyhow::Result<(tempfile::TempDir, ConfigFile)> {
 /// `pgcdc check` passes and `pgcdc run` streams a change with `url`; returns
 /// the running process (its walsender is the slot's active pid).
 async fn streams_with(pg: &PgCluster, url: &str, id: i32) -> anyhow::Result<Pgcdc> {
+    // Each run starts from a new state dir: the previous run's slot goes first, or
+    // pgcdc refuses a new journal facing a slot that has moved on (as it must).
+    pg.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+        .await?;
     let (state, cfg) = config_for(url)?;
     let (code, out, err) = pgcdc_output(&["check", "--config", &cfg.arg()]).await?;
     ensure!(code == 0, "check failed ({code}):\n{out}{err}");
