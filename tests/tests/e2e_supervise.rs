@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use e2e_fixture::{config_toml, pgcdc_output, run_output, start_streaming};
+use e2e_fixture::{config_toml, pgcdc_output, run_output, start_streaming, stderr_with};
 use pgcdc_tests::{
     free_port, pgcdc_bin, state_dir, wait_streaming, wait_until_msg, ConfigFile, PgCluster, Pgcdc,
 };
@@ -488,7 +488,8 @@ async fn check_and_run_name_a_too_low_fd_limit() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut run = spawn_limited(256, &["run", "--config", &cfg.arg()])?;
     let status = run.wait_exit(Duration::from_secs(30)).await;
-    let err = run.stderr();
+    // The stderr reader may lag behind the exit.
+    let err = stderr_with(&run, &["limit is 256", "ulimit -n", "LimitNOFILE"]).await;
     ensure!(
         status.is_some_and(|s| s.code() == Some(2)) && started.elapsed() < Duration::from_secs(10),
         "run must refuse at once: {status:?} after {:?}\n{err}",
