@@ -8,8 +8,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use tokio::sync::Mutex;
 
+use super::body::read_capped;
 use super::config::{AuthConfig, Secret};
-use super::service::read_capped;
 
 /// Refresh an OAuth2 token this long before it expires (less for short-lived tokens).
 const OAUTH2_REFRESH_MARGIN: Duration = Duration::from_secs(30);

@@ -22,6 +22,7 @@
 //! later items of the same row in the batch are `Parked`.
 
 mod auth;
+mod body;
 mod config;
 mod retry;
 mod service;

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use super::config::Secret;
+use pgcdc_schema::Secret;
 
 /// The decoded signing key (the base64 part after `whsec_`).
 #[derive(Clone)]
