@@ -14,17 +14,6 @@
 //! journal has everything it sent, reports that to the slot and closes;
 //! each runner finishes the batch in hand. Exit 0.
 
-pub mod audit_writer;
-pub mod changes;
-mod journal_guard;
-pub mod journal_thread;
-pub mod plan;
-pub mod reader;
-pub mod runner;
-pub mod scheduler;
-pub(crate) mod supervise;
-pub mod watermark;
-
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -37,9 +26,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, SinkKind, SnapshotMode};
+use crate::deliver::{audit_writer, plan, runner};
+use crate::ingest::{journal_guard, journal_thread, reader, scheduler, watermark};
 use crate::journal::{JournalHead, JournalWriter};
 use crate::replication::{connect_sql, ReplicationConnection};
 use crate::source;
+use crate::supervise;
 
 /// How long a slot held by a previous (crashed) pgcdc may take to be released.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
@@ -130,7 +122,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let initial = config.source.snapshot == SnapshotMode::Initial;
     if slot_plan == journal_guard::SlotPlan::Create {
         if initial {
-            source::snapshot::queue(&config, &state_dir)?;
+            crate::ingest::snapshot::queue(&config, &state_dir)?;
         }
         journal_guard::creating(&mut writer, &config.source.slot)?;
     }
@@ -143,7 +135,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         )?;
         if let (true, Some(name)) = (initial, created.snapshot_name.as_deref()) {
             // The exported snapshot lives as long as `conn` stays open and idle.
-            let rows = source::snapshot::copy(
+            let rows = crate::ingest::snapshot::copy(
                 &url,
                 name,
                 pgcdc_schema::Lsn(created.consistent_point),
@@ -218,7 +210,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             "resync driver",
             stop_rx.clone(),
             move |status| {
-                source::resync::run(
+                crate::ingest::resync::run(
                     url.clone(),
                     dir.clone(),
                     windows.clone(),

@@ -3,7 +3,7 @@
 //! The reader and each runner hold a guard while they work; dropping it (a
 //! lost connection, a stopped runner, any early return) flips readiness, so
 //! no code path can forget to report that it stopped. Background tasks that
-//! retry a passing error (see `pipeline::supervise`) report it here until they
+//! retry a passing error (see `supervise`) report it here until they
 //! make progress again.
 
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ pub struct Health {
     warnings: Mutex<Vec<String>>,
     /// The reader is paused on a full journal (`journal.max_bytes`).
     reader_paused: AtomicBool,
-    /// Background task → why it is failing (set while it retries; see `pipeline::supervise`).
+    /// Background task → why it is failing (set while it retries; see `supervise`).
     tasks: Mutex<BTreeMap<&'static str, String>>,
 }
 

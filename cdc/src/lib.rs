@@ -3,22 +3,32 @@
 //! ```text
 //!  portal Postgres ──WAL──▶ replication (CopyBoth) ──▶ pgoutput (pure decoder)
 //!                                                          │
-//!                            pipeline::changes (typed ChangeEvent, EventId)
+//!        ingest/: reader ─▶ changes (typed ChangeEvent, EventId) ─▶ journal thread
+//!                 (resync driver, snapshot and watermark windows beside it)
 //!                                                          ▼
-//!                    journal (SQLite, durable) ──▶ slot confirmed_flush_lsn
+//!                    journal/ (SQLite, durable) ──▶ slot confirmed_flush_lsn
 //!                                                          │ per-sink cursor
 //!                                                          ▼
-//!                                           pipeline::runner ──▶ sinks
+//!        deliver/: runner ─▶ plan (triggers, filter, transform; jq sandbox) ─▶ sinks
 //! ```
+//!
+//! `engine` wires the two sides together (startup, tasks, shutdown); `cli/` and
+//! `admin/` sit on top. `ingest/` and `deliver/` never import each other: they
+//! meet at the journal and its head watch.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod deliver;
+pub mod engine;
 pub mod fd_limit;
+pub mod health;
+pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod ops;
 pub mod pgoutput;
-pub mod pipeline;
 pub mod replication;
 pub mod source;
 pub mod status;
+pub(crate) mod supervise;

@@ -7,7 +7,7 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pgcdc::cli::{self, Cli, Command};
-use pgcdc::pipeline::plan::sandbox;
+use pgcdc::deliver::plan::sandbox;
 
 fn main() {
     // A jq sandbox worker: no runtime, no logging, nothing on stdout but replies.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::health;
+use crate::health::health;
 
 /// A task that ran this long before failing is restarted with the first delay again.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);

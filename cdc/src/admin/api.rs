@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authorize, health, AdminState, ApiError};
+use crate::deliver::audit_writer::normalize_time;
 use crate::journal::{DlqError, DlqSelector};
-use crate::pipeline::audit_writer::normalize_time;
 use crate::{metrics, status};
 
 use super::page;
@@ -227,9 +227,8 @@ async fn checkpoint(
     state.known_sink(&sink)?;
     let req: CheckpointRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid body ({e}); {EXPECTED}")))?;
-    let target =
-        crate::cli::operator::reset_target(req.lsn.as_deref(), req.time.as_deref(), req.latest)
-            .map_err(|e| ApiError::BadRequest(format!("{e}; {EXPECTED}")))?;
+    let target = crate::ops::reset_target(req.lsn.as_deref(), req.time.as_deref(), req.latest)
+        .map_err(|e| ApiError::BadRequest(format!("{e}; {EXPECTED}")))?;
     let s = sink.clone();
     let cursor = state
         .with_journal(move |j| {
@@ -253,7 +252,7 @@ async fn checkpoint_drop(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, headers.get(header::AUTHORIZATION))?;
-    if let Some(why) = crate::cli::operator::drop_refusal(&state.config, &sink) {
+    if let Some(why) = crate::ops::drop_refusal(&state.config, &sink) {
         return Err(ApiError::Conflict(why));
     }
     let s = sink.clone();
@@ -338,7 +337,7 @@ async fn resync_request(
     authorize(&state, headers.get(header::AUTHORIZATION))?;
     let req: ResyncRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid body ({e}); {EXPECTED}")))?;
-    let table = crate::cli::resync::validate(&state.config, &req.table, req.sink.as_deref())
+    let table = crate::ops::validate_resync(&state.config, &req.table, req.sink.as_deref())
         .map_err(ApiError::BadRequest)?;
     let info = state
         .with_journal(move |j| {
@@ -373,7 +372,7 @@ async fn resync_cancel(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, headers.get(header::AUTHORIZATION))?;
-    let table = crate::cli::resync::validate(&state.config, &table, q.sink.as_deref())
+    let table = crate::ops::validate_resync(&state.config, &table, q.sink.as_deref())
         .map_err(ApiError::BadRequest)?;
     let t = table.clone();
     let ids = state

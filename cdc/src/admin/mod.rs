@@ -14,7 +14,6 @@
 //! non-loopback `listen` without a token; the check here is the second line).
 
 mod api;
-pub mod health;
 mod page;
 mod serve;
 mod slot_poller;
@@ -28,11 +27,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub use health::{health, Health};
+pub use crate::health::{health, Health};
 
 use crate::config::{AdminConfig, Config, Secret};
 use crate::journal::{JournalError, JournalReader};
-use crate::pipeline::supervise::supervise;
+use crate::supervise::supervise;
 
 /// `/api/status` requests served at once: each opens a connection to the source, so
 /// this bounds what the admin API can take from Postgres and from the fd limit.

@@ -27,7 +27,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::pipeline::supervise::{Backoff, TaskHealth};
+use crate::supervise::{Backoff, TaskHealth};
 
 /// The whole request head (request line and headers) must arrive within this; it is
 /// also how long a keep-alive connection may sit idle between requests.

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::health::health;
 use crate::config::Config;
+use crate::health::health;
 use crate::journal::JournalReader;
 use crate::replication::connect_sql;
 use crate::{metrics, source};
@@ -36,7 +36,7 @@ fn blocked_sinks(config: &Config, max: Duration) -> Vec<(String, f64)> {
 }
 
 /// Polls until aborted (never an error: it reconnects by itself; the signature is
-/// what `pipeline::supervise` runs, which restarts it should it panic).
+/// what `supervise` runs, which restarts it should it panic).
 pub(crate) async fn run(config: Arc<Config>) -> Result<(), std::convert::Infallible> {
     let Ok(url) = config.source_url() else {
         return Ok(());

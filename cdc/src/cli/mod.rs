@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::config::{Config, SinkKind};
 use crate::journal::JournalReader;
 use crate::replication::connect_sql;
-use crate::{pipeline, source, status};
+use crate::{engine, source, status};
 use pgcdc_sinks::AuditLog;
 
 /// Change-data-capture from Postgres to HTTP APIs and Kafka.
@@ -100,7 +100,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 wait_for_signal().await;
                 let _ = tx.send(true);
             });
-            pipeline::run(config, rx).await?;
+            engine::run(config, rx).await?;
             Ok(0)
         }
         Command::Check { config } => check(&Config::load(&config)?).await,
@@ -171,7 +171,7 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
         match &sink.kind {
             SinkKind::Stdout => println!("ok    sink {}: stdout", sink.name),
             SinkKind::Http(http) => {
-                let built = pipeline::build_http_sink(i, &sink.name, http, AuditLog::disabled());
+                let built = engine::build_http_sink(i, &sink.name, http, AuditLog::disabled());
                 let checked = match built {
                     Ok(s) => s.healthcheck().await.map_err(anyhow::Error::from),
                     Err(e) => Err(e),
@@ -188,7 +188,7 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
                 }
             }
             SinkKind::Kafka(kafka) => {
-                let checked = match pipeline::build_kafka_sink(
+                let checked = match engine::build_kafka_sink(
                     i,
                     sink,
                     kafka,

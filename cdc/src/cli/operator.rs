@@ -5,10 +5,9 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
-use pgcdc_schema::Lsn;
 
-use crate::journal::{DlqSelector, JournalReader, ResetTarget};
-use crate::pipeline::audit_writer::normalize_time;
+use crate::deliver::audit_writer::normalize_time;
+use crate::journal::{DlqSelector, JournalReader};
 
 /// `pgcdc dlq` subcommands.
 #[derive(Debug, Subcommand)]
@@ -200,16 +199,6 @@ pub struct CheckpointDropArgs {
     pub sink: String,
 }
 
-/// Why a cursor cannot be dropped, in words for the operator (shared with the admin API).
-pub fn drop_refusal(config: &Config, sink: &str) -> Option<String> {
-    config.sink.iter().any(|s| s.name() == sink).then(|| {
-        format!(
-            "sink {sink} is configured: its cursor is in use. To forget it, remove the sink from \
-             the config first; to re-deliver or skip, use `pgcdc checkpoint reset`"
-        )
-    })
-}
-
 /// `pgcdc checkpoint reset` arguments.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("target").required(true).args(["lsn", "time", "latest"]))]
@@ -231,25 +220,6 @@ pub struct CheckpointArgs {
     pub latest: bool,
 }
 
-/// Parses the operator's target (shared by the CLI and the admin API).
-pub fn reset_target(
-    lsn: Option<&str>,
-    time: Option<&str>,
-    latest: bool,
-) -> anyhow::Result<ResetTarget> {
-    match (lsn, time, latest) {
-        (Some(l), None, false) => Ok(ResetTarget::Lsn(l.parse::<Lsn>()?)),
-        (None, Some(t), false) => {
-            let t = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
-                anyhow::anyhow!("{t:?} is not an RFC 3339 time ({e}), e.g. 2026-11-26T10:00:00Z")
-            })?;
-            Ok(ResetTarget::Time(t.timestamp_micros()))
-        }
-        (None, None, true) => Ok(ResetTarget::Latest),
-        _ => anyhow::bail!("give exactly one target: an LSN, a time, or latest"),
-    }
-}
-
 /// Runs `pgcdc checkpoint reset`; returns the exit code.
 pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
     let args = match cmd {
@@ -258,7 +228,7 @@ pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
     };
     let config = Config::load(&args.config)?;
     let reader = open(&config, &args.sink)?;
-    let target = reset_target(args.lsn.as_deref(), args.time.as_deref(), args.latest)?;
+    let target = crate::ops::reset_target(args.lsn.as_deref(), args.time.as_deref(), args.latest)?;
     let before = reader.cursor_state(&args.sink)?.pos;
     let after = reader.reset_cursor(&args.sink, target)?;
     let head = reader.head()?.pos;
@@ -275,7 +245,7 @@ pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
 /// Runs `pgcdc checkpoint drop`; returns the exit code.
 fn checkpoint_drop(args: CheckpointDropArgs) -> anyhow::Result<i32> {
     let config = Config::load(&args.config)?;
-    if let Some(why) = drop_refusal(&config, &args.sink) {
+    if let Some(why) = crate::ops::drop_refusal(&config, &args.sink) {
         anyhow::bail!(why);
     }
     let mut journal = JournalReader::open(&config.state.dir, false)?;

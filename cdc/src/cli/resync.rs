@@ -4,7 +4,7 @@
 
 use clap::Args;
 
-use crate::config::{Config, TableName};
+use crate::config::Config;
 use crate::journal::{JournalReader, ResyncKind};
 
 /// `pgcdc resync` arguments.
@@ -27,26 +27,11 @@ pub struct ResyncArgs {
     pub cancel: bool,
 }
 
-/// Checks a request against the config: the table must be captured (its changes
-/// must flow through the stream for the watermarks to work) and the sink must exist.
-/// Returns the table as `schema.table`.
-pub fn validate(config: &Config, table: &str, sink: Option<&str>) -> Result<String, String> {
-    let name = TableName::parse(table)?;
-    if !config.tables().contains(&name) {
-        return Err(format!(
-            "table {name} is not in source.tables; add it there (resync works on captured tables)"
-        ));
-    }
-    if let Some(sink) = sink {
-        config.check_sink(sink)?;
-    }
-    Ok(name.to_string())
-}
-
 /// Runs `pgcdc resync`; returns the exit code.
 pub fn resync(args: ResyncArgs) -> anyhow::Result<i32> {
     let config = Config::load(&args.config)?;
-    let table = validate(&config, &args.table, args.sink.as_deref()).map_err(anyhow::Error::msg)?;
+    let table = crate::ops::validate_resync(&config, &args.table, args.sink.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let mut journal = JournalReader::open(&config.state.dir, true)?;
     if args.cancel {
         let ids = journal.cancel_resync(&table, args.sink.as_deref())?;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use pgcdc_sinks::Attempt;
 use tokio::sync::{mpsc, watch};
 
-use super::supervise::{Backoff, TaskHealth};
 use crate::journal::{JournalError, JournalReader};
+use crate::supervise::{Backoff, TaskHealth};
 
 /// Attempts written per SQLite transaction.
 const BATCH: usize = 5_000;
@@ -166,7 +166,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::health;
+    use crate::health::health;
     use pgcdc_sinks::AttemptOutcome;
 
     fn attempt(id: &str) -> Attempt {

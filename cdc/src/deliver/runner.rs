@@ -297,7 +297,7 @@ pub async fn run<S: Sink>(
         cursor = resume_cursor(&name, cursor, &at, known)?;
     }
     tracing::info!(sink = %name, cursor, "sink runner started");
-    let _running = crate::admin::health().sink_running(&name);
+    let _running = crate::health::health().sink_running(&name);
     loop {
         if *shutdown.borrow() {
             return close(&mut sink).await;

@@ -20,16 +20,16 @@ use tokio::sync::{oneshot, watch};
 
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
 use super::journal_thread::{JournalCommand, JournalSender};
-use super::supervise::Backoff;
 use super::watermark::{self, Watermark, Windows};
 use crate::config::TableName;
+use crate::ingest::catalog::Catalog;
 use crate::journal::{JournalHead, ResyncChunk, ResyncProgress};
 use crate::pgoutput::{self, Message};
 use crate::replication::{
     connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl,
 };
-use crate::source::catalog::Catalog;
 use crate::source::identity::Capture;
+use crate::supervise::Backoff;
 
 /// Why the reader stopped.
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +201,7 @@ async fn session(
         .start_replication(&cfg.slot, start.0, &cfg.publication)
         .await?;
     tracing::info!(slot = %cfg.slot, from = %start, "replication started");
-    let _connected = crate::admin::health().replication_connected();
+    let _connected = crate::health::health().replication_connected();
 
     let mut ticker = tokio::time::interval(cfg.status_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,7 +215,7 @@ async fn session(
         let paused = cfg.fill.is_full();
         if paused != was_paused {
             was_paused = paused;
-            crate::admin::health().set_reader_paused(paused);
+            crate::health::health().set_reader_paused(paused);
             if paused {
                 tracing::warn!("journal.max_bytes reached: the reader pauses (Postgres keeps the WAL) until pruning makes room; sinks that lag hold the journal");
             } else {

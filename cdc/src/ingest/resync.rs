@@ -1,5 +1,5 @@
 //! The resync driver: the SQL half of the watermark algorithm (see
-//! `pipeline::watermark` for the reader's half). It polls the journal for
+//! `ingest::watermark` for the reader's half). It polls the journal for
 //! the next queued resync, then per chunk: opens a window, writes the low
 //! watermark, SELECTs the next rows by primary-key range (no lock: a plain
 //! READ COMMITTED query), hands them to the window, writes the high
@@ -17,11 +17,11 @@ use pgcdc_schema::value::decode_text;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{quote_ident, TableName};
+use crate::ingest::catalog::Catalog;
+use crate::ingest::watermark::{self, ChunkRows, Window, Windows};
 use crate::journal::{JournalError, JournalReader, ResyncInfo};
-use crate::pipeline::supervise::{Backoff, TaskHealth};
-use crate::pipeline::watermark::{self, ChunkRows, Window, Windows};
 use crate::replication::{connect_sql, ReplicationError, SourceUrl};
-use crate::source::catalog::Catalog;
+use crate::supervise::{Backoff, TaskHealth};
 
 /// Rows per chunk: bounds the memory of a window and the size of one journal write.
 pub const CHUNK_ROWS: i64 = 2_000;
@@ -81,7 +81,7 @@ pub(crate) async fn with_journal<T: Send + 'static>(
 
 /// Runs queued resyncs one after another until `shutdown`. A source error retries
 /// the chunk here, with backoff; a journal error (EMFILE, a lock held too long) ends
-/// the run, and its supervisor (`pipeline::supervise`) restarts it: the resync
+/// the run, and its supervisor (`supervise`) restarts it: the resync
 /// resumes from the progress the journal holds.
 pub(crate) async fn run(
     url: SourceUrl,

@@ -10,15 +10,15 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use super::supervise::{Backoff, TaskHealth};
 use crate::config::{Config, ScheduledResync, TableName};
 use crate::journal::{JournalReader, ResyncKind, ResyncRequestError};
+use crate::supervise::{Backoff, TaskHealth};
 
 /// Longest single sleep: the clock is re-read at least this often (clock changes).
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Fires the schedules until `shutdown` (never an error: the signature is what
-/// `pipeline::supervise` runs, which restarts the scheduler should it panic).
+/// `supervise` runs, which restarts the scheduler should it panic).
 pub(crate) async fn run(
     config: Arc<Config>,
     state_dir: PathBuf,
@@ -120,7 +120,7 @@ async fn queue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::health;
+    use crate::health::health;
 
     #[tokio::test]
     async fn a_scheduled_resync_that_cannot_be_queued_is_retried_not_lost() {

@@ -9,7 +9,7 @@
 //! created and advanced per chunk in the journal transaction of the chunk's
 //! rows. The exported snapshot dies with the replication connection, so after
 //! a crash the tables' remaining chunks are read by the resync driver with
-//! watermarks (`source::resync`), which is just as exact.
+//! watermarks (`ingest::resync`), which is just as exact.
 
 use std::path::Path;
 
@@ -17,12 +17,12 @@ use pgcdc_schema::Lsn;
 
 use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
 use crate::config::{Config, TableName};
+use crate::ingest::catalog::Catalog;
+use crate::ingest::changes::read_event;
 use crate::journal::{
     JournalEntry, JournalReader, JournalWriter, ResyncKind, ResyncProgress, ResyncRequestError,
 };
-use crate::pipeline::changes::read_event;
 use crate::replication::{connect_sql, SourceUrl};
-use crate::source::catalog::Catalog;
 
 /// Queues one snapshot resync per captured table (kept if already queued). Called
 /// before the slot is created: a crash after creating it leaves the work queued.

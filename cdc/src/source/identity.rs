@@ -18,7 +18,7 @@
 //! Tables of the publication that are not captured (a publication made by the user
 //! can hold more) are skipped, and listed in a warning at start. A relation the
 //! stream describes that is neither captured nor known to be skipped stops the
-//! reader (see `pipeline::reader`): it may be a captured table pgcdc cannot place,
+//! reader (see `ingest::reader`): it may be a captured table pgcdc cannot place,
 //! and skipping it would confirm its changes to the slot without journaling them.
 
 use std::collections::{HashMap, HashSet};

@@ -5,10 +5,7 @@
 //! while any fails. Failures here are definite, except an unreachable
 //! database, which `run` retries.
 
-pub mod catalog;
 pub(crate) mod identity;
-pub mod resync;
-pub mod snapshot;
 
 use std::collections::HashMap;
 use std::time::Duration;

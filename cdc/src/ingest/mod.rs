@@ -1,0 +1,25 @@
+//! WAL -> journal: the reader (replication session, decoding into changes,
+//! the bounded queue to the journal thread), the journal thread and its guard,
+//! the catalog look-ups the decoder needs, and the whole snapshot/resync
+//! machinery (watermark windows, the resync driver, the initial snapshot, the
+//! scheduler that queues resyncs).
+//!
+//! ```text
+//!  ReplicationStream ─▶ reader ─(bounded by count and bytes)─▶ journal thread ─▶ journal
+//!        ▲ status (durable LSN)   │ watermarks                        │ watch(head)
+//!        └────────────────────────┘   ▲                               ▼
+//!                      resync driver ─┘ (chunks between watermarks)  deliver/
+//! ```
+//!
+//! Nothing here imports `deliver/`: the two sides meet at the journal and the
+//! head watch.
+
+pub mod catalog;
+pub mod changes;
+pub(crate) mod journal_guard;
+pub mod journal_thread;
+pub mod reader;
+pub mod resync;
+pub mod scheduler;
+pub mod snapshot;
+pub mod watermark;
