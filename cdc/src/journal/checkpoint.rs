@@ -222,3 +222,21 @@ impl JournalReader {
         Ok(self.cursor_state(sink)?)
     }
 }
+
+/// Moves `sink`'s cursor forward to `pos`, never back, creating it if missing; with
+/// `generation`, only while no operator reset has bumped it since (a batch in flight
+/// cannot overwrite a reset). The one place cursors advance. Returns rows changed.
+pub(super) fn advance_cursor(
+    conn: &rusqlite::Connection,
+    sink: &str,
+    pos: i64,
+    generation: Option<i64>,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO cursors(sink, pos) VALUES (?1, ?2) \
+         ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, \
+         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+         WHERE excluded.pos > cursors.pos AND (?3 IS NULL OR cursors.generation = ?3)",
+        params![sink, pos, generation],
+    )
+}

@@ -205,14 +205,7 @@ impl JournalReader {
                         .map_err(err)?;
                 }
             }
-            tx.execute(
-                "INSERT INTO cursors(sink, pos) VALUES (?1, ?2) \
-             ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, \
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-             WHERE excluded.pos > cursors.pos AND cursors.generation = ?3",
-                params![sink, cursor, generation],
-            )
-            .map_err(err)?;
+            super::checkpoint::advance_cursor(tx, sink, cursor, Some(generation)).map_err(err)?;
             Ok(())
         })
     }

@@ -710,14 +710,7 @@ impl JournalReader {
     /// Moves the sink's cursor forward to `pos` (durably). Moving back is a no-op:
     /// only an operator's reset may rewind a cursor.
     pub fn advance_cursor(&self, sink: &str, pos: i64) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "INSERT INTO cursors(sink, pos) VALUES (?1, ?2) \
-                 ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, \
-                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE excluded.pos > cursors.pos",
-                params![sink, pos],
-            )
-            .map_err(|e| self.sqlite(e))?;
+        checkpoint::advance_cursor(&self.conn, sink, pos, None).map_err(|e| self.sqlite(e))?;
         Ok(())
     }
 
