@@ -137,11 +137,11 @@ pub fn now_pg_micros() -> i64 {
     chrono::Utc::now().timestamp_micros() - PG_EPOCH_OFFSET_MICROS
 }
 
-/// Parses JSON that pgcdc wrote itself (journal payloads, DLQ items, remembered
-/// rows). Their nesting is bounded when values are decoded
-/// ([`crate::value::MAX_JSON_DEPTH`] plus the event's own few levels), so
-/// serde_json's default limit of 128 levels, which would refuse a stored
-/// document that was accepted when it was decoded, is off.
+/// Parses JSON whose nesting is already bounded: json/jsonb values (checked
+/// against [`crate::value::MAX_JSON_DEPTH`] first) and what pgcdc wrote itself
+/// from them (journal payloads, DLQ items, remembered rows: that bound plus the
+/// event's own few levels). serde_json's default limit of 128 levels, which would
+/// refuse a stored document that was accepted when it was decoded, is off.
 pub fn from_stored_json<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<T> {
     let mut de = serde_json::Deserializer::from_str(text);
     de.disable_recursion_limit();

@@ -229,14 +229,8 @@ pub const UNREPRESENTABLE_KEY: &str = "__pgcdc_unrepresentable";
 fn decode_json(text: &str) -> Value {
     let depth = json_depth(text);
     if depth <= MAX_JSON_DEPTH {
-        let mut de = serde_json::Deserializer::from_str(text);
         // Depth is checked above; serde_json's own limit (128) is too low for real documents.
-        de.disable_recursion_limit();
-        let parsed = serde::Deserialize::deserialize(&mut de).and_then(|v: Value| {
-            de.end()?;
-            Ok(v)
-        });
-        if let Ok(v) = parsed {
+        if let Ok(v) = crate::event::from_stored_json::<Value>(text) {
             return v;
         }
     }

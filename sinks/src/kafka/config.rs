@@ -247,11 +247,8 @@ impl KafkaSinkConfig {
     }
 
     /// Masks the values of secret pass-through properties in `text`.
-    pub(crate) fn redact(&self, mut text: String) -> String {
-        for value in self.secret_values() {
-            text = text.replace(&value, "***");
-        }
-        text
+    pub(crate) fn redact(&self, text: String) -> String {
+        super::context::mask(text, &self.secret_values())
     }
 
     /// The values of pass-through properties whose names say they are secret.

@@ -18,14 +18,18 @@ pub struct SinkContext {
 impl SinkContext {
     /// `text` with every secret value masked.
     pub(crate) fn mask(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for m in self.masks.iter() {
-            if text.contains(m.as_str()) {
-                text = text.replace(m.as_str(), "***");
-            }
-        }
-        text
+        mask(text.to_owned(), &self.masks)
     }
+}
+
+/// `text` with every one of `secrets` replaced by `***`.
+pub(crate) fn mask(mut text: String, secrets: &[String]) -> String {
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
+    text
 }
 
 impl ClientContext for SinkContext {
