@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, SinkKind, SnapshotMode};
 use crate::deliver::{audit_writer, plan, runner};
 use crate::ingest::{journal_guard, journal_thread, reader, scheduler, watermark};
-use crate::journal::{JournalHead, JournalWriter};
+use crate::journal::{Access, JournalHead, MetaKey, Store};
 use crate::replication::{connect_sql, ReplicationConnection};
 use crate::source;
 use crate::supervise;
@@ -44,10 +44,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let url = config.source_url()?;
     let state_dir = config.state.dir.clone();
     let triggers = plan::compile_triggers(&config)?;
-    let mut writer = JournalWriter::open(&state_dir)?;
-    let prior = journal_guard::Prior::read(&writer)?;
+    let store = Store::from_config(&config.state);
+    let mut writer = store.writer()?;
+    let prior = journal_guard::Prior::read(&*writer)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));
-    warn_orphaned_cursors(&config, &state_dir)?;
+    warn_orphaned_cursors(&config, &store)?;
     // Up before preflight, so /healthz answers while pgcdc waits on the source.
     let _admin = crate::admin::start(config.clone()).await?;
 
@@ -80,7 +81,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     let mut conn = ReplicationConnection::connect(&url).await?;
     let ident = conn.identify_system().await?;
-    match writer.meta("system_id")? {
+    match writer.meta(&MetaKey::SystemId)? {
         Some(id) if id != ident.systemid => bail!(
             "the journal in {} was written for database system {id}, but the source is system {}; \
              point [state] dir at a new directory for this source",
@@ -88,7 +89,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             ident.systemid
         ),
         Some(_) => {}
-        None => writer.set_meta("system_id", &ident.systemid)?,
+        None => writer.set_meta(&MetaKey::SystemId, &ident.systemid)?,
     }
     if source::ensure_publication(&config, &client)
         .await
@@ -100,9 +101,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             )
         })?
     {
-        writer.set_meta("created_publication", &config.source.publication)?;
+        writer.set_meta(&MetaKey::CreatedPublication, &config.source.publication)?;
     }
-    let capture = source::identity::capture(&config, &client, &mut writer).await?;
+    let capture = source::identity::capture(&config, &client, &mut *writer).await?;
     let slot_confirmed = source::slot_info(&client, &config.source.slot)
         .await?
         .map(|s| {
@@ -111,7 +112,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .unwrap_or_default()
         });
     let slot_plan = journal_guard::check(
-        &mut writer,
+        &mut *writer,
         prior,
         &state_dir,
         &config.source.slot,
@@ -122,14 +123,14 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let initial = config.source.snapshot == SnapshotMode::Initial;
     if slot_plan == journal_guard::SlotPlan::Create {
         if initial {
-            crate::ingest::snapshot::queue(&config, &state_dir)?;
+            crate::ingest::snapshot::queue(&config, &store)?;
         }
-        journal_guard::creating(&mut writer, &config.source.slot)?;
+        journal_guard::creating(&mut *writer, &config.source.slot)?;
     }
     if let Some(created) = source::ensure_slot(&config, &client, &mut conn, initial).await? {
-        writer.set_meta("created_slot", &config.source.slot)?;
+        writer.set_meta(&MetaKey::CreatedSlot, &config.source.slot)?;
         journal_guard::created(
-            &mut writer,
+            &mut *writer,
             &config.source.slot,
             pgcdc_schema::Lsn(created.consistent_point),
         )?;
@@ -139,8 +140,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 &url,
                 name,
                 pgcdc_schema::Lsn(created.consistent_point),
-                &mut writer,
-                &state_dir,
+                &mut *writer,
+                &store,
             )
             .await?;
             tracing::info!(rows, "initial snapshot journaled");
@@ -163,7 +164,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let (stop_tx, stop_rx) = watch::channel(false);
     let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
     let mut audit_task = tokio::spawn(audit_writer::run(
-        state_dir.clone(),
+        store.clone(),
         audit_rx,
         config.audit.retention(),
         stop_rx.clone(),
@@ -175,7 +176,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         let plan = plan::SinkPlan::compile(i, sink, &triggers)?;
         let spawn = Spawner {
             audit: &audit,
-            state_dir: &state_dir,
+            store: &store,
             head: &head_rx,
             stop: &stop_rx,
         };
@@ -200,12 +201,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     // Resyncs (and a snapshot continued after a restart) run beside the reader.
     let windows = watermark::Windows::default();
     let resync_task = {
-        let (url, dir, windows, stop) = (
-            url.clone(),
-            state_dir.clone(),
-            windows.clone(),
-            stop_rx.clone(),
-        );
+        let (url, dir, windows, stop) =
+            (url.clone(), store.clone(), windows.clone(), stop_rx.clone());
         tokio::spawn(supervise::supervise(
             "resync driver",
             stop_rx.clone(),
@@ -221,7 +218,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         ))
     };
     let scheduler_task = {
-        let (config, dir, stop) = (config.clone(), state_dir.clone(), stop_rx.clone());
+        let (config, dir, stop) = (config.clone(), store.clone(), stop_rx.clone());
         tokio::spawn(supervise::supervise(
             "scheduler",
             stop_rx.clone(),
@@ -328,8 +325,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
 /// Warns about each cursor of a sink that is no longer configured: it pins the
 /// journal (pruning keeps everything after the lowest cursor) until it is dropped.
-fn warn_orphaned_cursors(config: &Config, state_dir: &std::path::Path) -> anyhow::Result<()> {
-    let journal = crate::journal::JournalReader::open(state_dir, false)?;
+fn warn_orphaned_cursors(config: &Config, store: &Store) -> anyhow::Result<()> {
+    let journal = store.open(Access::Existing)?;
     for o in journal.orphaned_cursors(&crate::status::sink_names(config))? {
         tracing::warn!(
             sink = %o.sink,
@@ -348,7 +345,7 @@ fn warn_orphaned_cursors(config: &Config, state_dir: &std::path::Path) -> anyhow
 /// What every sink runner shares.
 struct Spawner<'a> {
     audit: &'a AuditLog,
-    state_dir: &'a std::path::Path,
+    store: &'a Store,
     head: &'a watch::Receiver<JournalHead>,
     stop: &'a watch::Receiver<bool>,
 }
@@ -364,7 +361,7 @@ impl Spawner<'_> {
             sink,
             plan,
             self.audit.clone(),
-            self.state_dir.to_path_buf(),
+            self.store.clone(),
             self.head.clone(),
             self.stop.clone(),
         ));

@@ -6,9 +6,7 @@ use pgcdc_schema::Lsn;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::journal::{
-    DlqEntry, JournalError, JournalHead, JournalReader, OrphanedCursor, ResyncInfo,
-};
+use crate::journal::{DlqEntry, JournalError, JournalHead, OrphanedCursor, ResyncInfo, StateStore};
 use crate::replication::connect_sql;
 use crate::source;
 
@@ -50,7 +48,7 @@ pub struct SinkStatus {
 
 /// Reads the journal head and each configured sink's cursor, lag and DLQ size.
 pub fn read_journal(
-    journal: &JournalReader,
+    journal: &dyn StateStore,
     sink_names: &[String],
 ) -> Result<JournalStatus, JournalError> {
     let head = journal.head()?;

@@ -6,7 +6,7 @@
 //!  POST /api/sinks/{sink}/dlq/replay|drop   (bearer admin.token)
 //!        │
 //!        ├─▶ Health (reader + runner guards)      ├─▶ metrics() registry
-//!        └─▶ own JournalReader (spawn_blocking)   └─▶ slot poller (own SQL connection)
+//!        └─▶ own store session (spawn_blocking)   └─▶ slot poller (own SQL connection)
 //! ```
 //!
 //! Mutating endpoints need `Authorization: Bearer <admin.token>`. Without a
@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 pub use crate::health::{health, Health};
 
 use crate::config::{AdminConfig, Config, Secret};
-use crate::journal::{JournalError, JournalReader};
+use crate::journal::{Access, JournalError, StateStore, Store};
 use crate::supervise::supervise;
 
 /// `/api/status` requests served at once: each opens a connection to the source, so
@@ -107,7 +107,7 @@ impl IntoResponse for ApiError {
 pub(crate) struct AdminState {
     config: Arc<Config>,
     sink_names: Vec<String>,
-    journal: Mutex<JournalReader>,
+    journal: Mutex<Box<dyn StateStore>>,
     token: Option<Secret>,
     loopback: bool,
     /// Permits for `/api/status` ([`STATUS_CONCURRENCY`]).
@@ -118,13 +118,13 @@ impl AdminState {
     /// Runs `f` on the API's journal handle on a blocking thread.
     pub(crate) async fn with_journal<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut JournalReader) -> Result<T, ApiError> + Send + 'static,
+        f: impl FnOnce(&mut dyn StateStore) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let state = self.clone();
         tokio::task::spawn_blocking(move || {
             // A panic in an earlier request leaves the connection itself usable.
             let mut journal = state.journal.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut journal)
+            f(&mut **journal)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("journal task failed: {e}")))?
@@ -196,7 +196,7 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
     let local = listener.local_addr().unwrap_or(addr);
     let state = Arc::new(AdminState {
         sink_names,
-        journal: Mutex::new(JournalReader::open(&config.state.dir, false)?),
+        journal: Mutex::new(Store::from_config(&config.state).open(Access::Existing)?),
         token: admin.token.clone(),
         loopback: addr.ip().is_loopback(),
         status_permits: Semaphore::new(STATUS_CONCURRENCY),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::health::health;
-use crate::journal::JournalReader;
+use crate::journal::{Access, Store};
 use crate::replication::connect_sql;
 use crate::{metrics, source};
 
@@ -18,7 +18,7 @@ pub(crate) const POLL_EVERY: Duration = Duration::from_secs(10);
 
 /// Sinks whose oldest pending event is older than `max`, with its age in seconds.
 fn blocked_sinks(config: &Config, max: Duration) -> Vec<(String, f64)> {
-    let Ok(reader) = JournalReader::open(&config.state.dir, false) else {
+    let Ok(reader) = Store::from_config(&config.state).open(Access::Existing) else {
         return Vec::new();
     };
     let now_us = chrono::Utc::now().timestamp_micros();

@@ -50,7 +50,9 @@ fn admin_config_defaults_and_validation() {
 
 fn state(token: Option<&str>, loopback: bool) -> AdminState {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let journal = JournalReader::open(dir.path(), true).unwrap_or_else(|e| panic!("{e}"));
+    let journal = crate::journal::Store::sqlite(dir.path())
+        .open(crate::journal::Access::Create)
+        .unwrap_or_else(|e| panic!("{e}"));
     let c = config("").unwrap_or_else(|e| panic!("{e}"));
     AdminState {
         config: Arc::new(c),

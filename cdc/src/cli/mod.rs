@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::config::{Config, SinkKind};
-use crate::journal::JournalReader;
+use crate::journal::{Access, Store};
 use crate::replication::connect_sql;
 use crate::{engine, source, status};
 use pgcdc_sinks::AuditLog;
@@ -228,9 +228,10 @@ fn origin(url: &str) -> String {
 }
 
 async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
-    let journal = JournalReader::open(&config.state.dir, false)
+    let journal = Store::from_config(&config.state)
+        .open(Access::Existing)
         .with_context(|| format!("cannot open the journal in {}", config.state.dir.display()))?;
-    let journal_status = status::read_journal(&journal, &status::sink_names(config))?;
+    let journal_status = status::read_journal(&*journal, &status::sink_names(config))?;
     let head = journal_status.head;
     let status = status::status_json(config, journal_status).await;
     if as_json {

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::config::Config;
 
 use crate::deliver::audit_writer::normalize_time;
-use crate::journal::{DlqSelector, JournalReader};
+use crate::journal::{Access, DlqSelector, MetaKey, StateStore, Store};
 
 /// `pgcdc dlq` subcommands.
 #[derive(Debug, Subcommand)]
@@ -40,9 +40,9 @@ pub struct DlqArgs {
     pub json: bool,
 }
 
-fn open(config: &Config, sink: &str) -> anyhow::Result<JournalReader> {
+fn open(config: &Config, sink: &str) -> anyhow::Result<Box<dyn StateStore>> {
     config.check_sink(sink).map_err(anyhow::Error::msg)?;
-    Ok(JournalReader::open(&config.state.dir, false)?)
+    Ok(Store::from_config(&config.state).open(Access::Existing)?)
 }
 
 fn selector(args: &DlqArgs) -> anyhow::Result<DlqSelector> {
@@ -96,14 +96,14 @@ pub fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
         }
         DlqCommand::Replay(args) => {
             let config = Config::load(&args.config)?;
-            let reader = open(&config, &args.sink)?;
+            let mut reader = open(&config, &args.sink)?;
             let n = reader.dlq_request_replay(&args.sink, &selector(&args)?)?;
             println!("{n} event(s) of sink {} marked for replay; a running pgcdc delivers them next, in order", args.sink);
             Ok(0)
         }
         DlqCommand::Drop(args) => {
             let config = Config::load(&args.config)?;
-            let reader = open(&config, &args.sink)?;
+            let mut reader = open(&config, &args.sink)?;
             let n = reader.dlq_drop(&args.sink, &selector(&args)?)?;
             println!("{n} event(s) dropped from the DLQ of sink {}", args.sink);
             Ok(0)
@@ -137,7 +137,7 @@ pub struct AuditArgs {
 /// Runs `pgcdc audit`; returns the exit code.
 pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
     let config = Config::load(&args.config)?;
-    let reader = JournalReader::open(&config.state.dir, false)?;
+    let reader = Store::from_config(&config.state).open(Access::Existing)?;
     let attempts = match (&args.event, &args.sink) {
         (Some(id), None) => reader.audit_by_event(id)?,
         (None, Some(sink)) => {
@@ -227,7 +227,7 @@ pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
         CheckpointCommand::Drop(args) => return checkpoint_drop(args),
     };
     let config = Config::load(&args.config)?;
-    let reader = open(&config, &args.sink)?;
+    let mut reader = open(&config, &args.sink)?;
     let target = crate::ops::reset_target(args.lsn.as_deref(), args.time.as_deref(), args.latest)?;
     let before = reader.cursor_state(&args.sink)?.pos;
     let after = reader.reset_cursor(&args.sink, target)?;
@@ -248,7 +248,7 @@ fn checkpoint_drop(args: CheckpointDropArgs) -> anyhow::Result<i32> {
     if let Some(why) = crate::ops::drop_refusal(&config, &args.sink) {
         anyhow::bail!(why);
     }
-    let mut journal = JournalReader::open(&config.state.dir, false)?;
+    let mut journal = Store::from_config(&config.state).open(Access::Existing)?;
     match journal.drop_cursor(&args.sink)? {
         Some(d) => {
             println!(
@@ -290,12 +290,12 @@ pub struct TeardownArgs {
 pub async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
     use crate::config::quote_ident;
     let config = Config::load(&args.config)?;
-    let journal = JournalReader::open(&config.state.dir, false)?;
+    let journal = Store::from_config(&config.state).open(Access::Existing)?;
     let created_slot = journal
-        .meta("created_slot")?
+        .meta(&MetaKey::CreatedSlot)?
         .filter(|s| *s == config.source.slot);
     let created_publication = journal
-        .meta("created_publication")?
+        .meta(&MetaKey::CreatedPublication)?
         .filter(|p| *p == config.source.publication);
     let url = config.source_url()?;
     let client = crate::replication::connect_sql(&url)

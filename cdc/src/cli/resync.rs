@@ -5,7 +5,7 @@
 use clap::Args;
 
 use crate::config::Config;
-use crate::journal::{JournalReader, ResyncKind};
+use crate::journal::{Access, ResyncKind, Store};
 
 /// `pgcdc resync` arguments.
 #[derive(Debug, Args)]
@@ -32,7 +32,7 @@ pub fn resync(args: ResyncArgs) -> anyhow::Result<i32> {
     let config = Config::load(&args.config)?;
     let table = crate::ops::validate_resync(&config, &args.table, args.sink.as_deref())
         .map_err(anyhow::Error::msg)?;
-    let mut journal = JournalReader::open(&config.state.dir, true)?;
+    let mut journal = Store::from_config(&config.state).open(Access::Create)?;
     if args.cancel {
         let ids = journal.cancel_resync(&table, args.sink.as_deref())?;
         if ids.is_empty() {

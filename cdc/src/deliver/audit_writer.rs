@@ -1,14 +1,13 @@
 //! Drains the sinks' delivery attempts into the audit table in batches and
 //! prunes attempts past the retention once an hour.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgcdc_sinks::Attempt;
 use tokio::sync::{mpsc, watch};
 
-use crate::journal::{JournalError, JournalReader};
+use crate::journal::{Access, JournalError, StateStore, Store};
 use crate::supervise::{Backoff, TaskHealth};
 
 /// Attempts written per SQLite transaction.
@@ -30,14 +29,14 @@ pub fn normalize_time(t: &str) -> Option<String> {
 /// so no attempt is dropped; `/readyz` says so meanwhile. Only after `stop`, when a
 /// batch still fails for [`SHUTDOWN_GRACE`], does it give up with the error.
 pub(crate) async fn run(
-    state_dir: PathBuf,
+    store: Store,
     mut rx: mpsc::Receiver<Attempt>,
     retention: Duration,
     stop: watch::Receiver<bool>,
     status: TaskHealth,
 ) -> Result<(), JournalError> {
     let mut writer = Writer {
-        state_dir,
+        store,
         reader: None,
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         stop,
@@ -78,8 +77,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The audit table's writer: a journal handle, opened (again) on demand.
 struct Writer {
-    state_dir: PathBuf,
-    reader: Option<JournalReader>,
+    store: Store,
+    reader: Option<Box<dyn StateStore>>,
     backoff: Backoff,
     stop: watch::Receiver<bool>,
     status: TaskHealth,
@@ -92,11 +91,11 @@ impl Writer {
         let batch = Arc::new(batch);
         let mut failing_since: Option<Instant> = None;
         loop {
-            let (reader, dir, b) = (self.reader.take(), self.state_dir.clone(), batch.clone());
+            let (reader, store, b) = (self.reader.take(), self.store.clone(), batch.clone());
             let (reader, result) = tokio::task::spawn_blocking(move || {
                 let mut reader = match reader {
                     Some(r) => r,
-                    None => match JournalReader::open(&dir, true) {
+                    None => match store.open(Access::Create) {
                         Ok(r) => r,
                         Err(e) => return (None, Err(e)),
                     },
@@ -105,10 +104,7 @@ impl Writer {
                 (Some(reader), result)
             })
             .await
-            .map_err(|e| JournalError::StateDir {
-                path: self.state_dir.clone(),
-                message: format!("audit task failed: {e}"),
-            })?;
+            .map_err(|e| JournalError::Task(format!("audit: {e}")))?;
             let e = match result {
                 Ok(()) => {
                     self.reader = reader;
@@ -143,6 +139,7 @@ impl Writer {
             - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
         let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         let outcome = tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
             let n = reader.audit_prune(&cutoff);
             (reader, n)
         })
@@ -200,7 +197,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let (_stop_tx, stop) = watch::channel(false);
         let task = tokio::spawn(run(
-            dir.clone(),
+            Store::sqlite(&dir),
             rx,
             Duration::from_secs(3600),
             stop,
@@ -225,7 +222,9 @@ mod tests {
         task.await
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let reader = JournalReader::open(&dir, false).unwrap_or_else(|e| panic!("{e}"));
+        let reader = Store::sqlite(&dir)
+            .open(Access::Existing)
+            .unwrap_or_else(|e| panic!("{e}"));
         let stored = reader
             .audit_by_event("e1")
             .unwrap_or_else(|e| panic!("{e}"));

@@ -4,7 +4,6 @@
 //! row with dead letters are parked behind them, in order. Replays requested
 //! by an operator run before new events.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use pgcdc_schema::mapping::MappingError;
@@ -15,7 +14,12 @@ use pgcdc_sinks::{
 use tokio::sync::watch;
 
 use super::plan::{Mapped, SinkPlan};
-use crate::journal::{DlqRecord, DlqState, JournalError, JournalHead, JournalReader, StoredEvent};
+use crate::journal::{
+    Access, DlqRecord, DlqState, JournalError, JournalHead, StateStore, Store, StoredEvent,
+};
+
+/// The runner's session on the state store (moved into each blocking call and back).
+type JournalReader = Box<dyn StateStore>;
 
 /// After a shutdown request, how long a batch in delivery may take to finish
 /// (an endpoint that is down would otherwise hold the process forever). The
@@ -267,16 +271,16 @@ pub async fn run<S: Sink>(
     mut sink: S,
     plan: SinkPlan,
     audit: AuditLog,
-    state_dir: PathBuf,
+    store: Store,
     mut head: watch::Receiver<JournalHead>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunnerError> {
     let name = sink.name().to_string();
     let batch_size = sink.batch_size().max(1);
     let plan = Arc::new(plan.with_native_body(sink.wants_native_body()));
-    let reader = JournalReader::open(&state_dir, true)?;
+    let reader = store.open(Access::Create)?;
     // A second connection reads the next batch while the sink delivers this one.
-    let mut prefetch = Prefetch::new(JournalReader::open(&state_dir, false)?);
+    let mut prefetch = Prefetch::new(store.open(Access::Existing)?);
     let sink_name = name.clone();
     let (mut reader, state) = blocking(&name, reader, move |r| r.cursor_state(&sink_name)).await?;
     let (mut cursor, mut generation) = (state.pos, state.generation);

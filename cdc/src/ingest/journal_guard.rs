@@ -18,7 +18,7 @@
 //! - the recorded slot is gone: a new one is created, with a warning that changes
 //!   since the journal's position are not captured.
 //!
-//! While running, `JournalWriter::check_file` stops pgcdc when the journal file is
+//! While running, `JournalWriter::check_intact` stops pgcdc when the journal file is
 //! removed or replaced, before anything more is confirmed to the slot.
 
 use std::path::Path;
@@ -26,12 +26,7 @@ use std::path::Path;
 use anyhow::bail;
 use pgcdc_schema::Lsn;
 
-use crate::journal::{JournalError, JournalWriter};
-
-/// Meta key: the slot this journal follows.
-const SLOT: &str = "slot";
-/// Meta key: the slot's position when pgcdc created (or adopted) it.
-const SLOT_CREATED_LSN: &str = "slot_created_lsn";
+use crate::journal::{JournalError, JournalWriter, MetaKey};
 
 /// What the journal held when it was opened, before this start wrote to it.
 #[derive(Debug, Clone, Copy)]
@@ -42,9 +37,9 @@ pub(crate) struct Prior {
 
 impl Prior {
     /// Reads it; call before anything is written at start.
-    pub(crate) fn read(writer: &JournalWriter) -> Result<Prior, JournalError> {
-        let fresh = writer.meta("system_id")?.is_none()
-            && writer.meta(SLOT)?.is_none()
+    pub(crate) fn read(writer: &dyn JournalWriter) -> Result<Prior, JournalError> {
+        let fresh = writer.meta(&MetaKey::SystemId)?.is_none()
+            && writer.meta(&MetaKey::Slot)?.is_none()
             && writer.head() == Default::default();
         Ok(Prior { fresh })
     }
@@ -71,15 +66,15 @@ fn fix(slot: &str) -> String {
 /// Checks the journal against the slot (`slot_confirmed`: its `confirmed_flush_lsn`,
 /// None when the slot does not exist) before the slot is used or created.
 pub(crate) fn check(
-    writer: &mut JournalWriter,
+    writer: &mut dyn JournalWriter,
     prior: Prior,
     state_dir: &Path,
     slot: &str,
     slot_confirmed: Option<Lsn>,
 ) -> anyhow::Result<SlotPlan> {
-    let recorded = writer.meta(SLOT)?;
+    let recorded = writer.meta(&MetaKey::Slot)?;
     let created_at = writer
-        .meta(SLOT_CREATED_LSN)?
+        .meta(&MetaKey::SlotCreatedLsn)?
         .and_then(|v| v.parse::<u64>().ok())
         .map(Lsn);
     let head = writer.head();
@@ -124,7 +119,7 @@ pub(crate) fn check(
         // A journal of the previous release (or an interrupted first start): adopt the slot
         // when it is not past the journal.
         _ => {
-            let legacy_created = writer.meta("created_slot")?.as_deref() == Some(slot)
+            let legacy_created = writer.meta(&MetaKey::CreatedSlot)?.as_deref() == Some(slot)
                 && head.confirmed_lsn == Lsn(0);
             if confirmed > head.confirmed_lsn && !legacy_created {
                 bail!(
@@ -142,20 +137,20 @@ pub(crate) fn check(
     Ok(SlotPlan::Use)
 }
 
-fn adopt(writer: &mut JournalWriter, slot: &str, at: Lsn) -> Result<(), JournalError> {
-    writer.set_meta(SLOT, slot)?;
-    writer.set_meta(SLOT_CREATED_LSN, &at.0.to_string())
+fn adopt(writer: &mut dyn JournalWriter, slot: &str, at: Lsn) -> Result<(), JournalError> {
+    writer.set_meta(&MetaKey::Slot, slot)?;
+    writer.set_meta(&MetaKey::SlotCreatedLsn, &at.0.to_string())
 }
 
 /// Before creating the slot: records it as the journal's, so a crash right after the
 /// creation finds a journal that claims it.
-pub(crate) fn creating(writer: &mut JournalWriter, slot: &str) -> Result<(), JournalError> {
-    writer.set_meta(SLOT, slot)
+pub(crate) fn creating(writer: &mut dyn JournalWriter, slot: &str) -> Result<(), JournalError> {
+    writer.set_meta(&MetaKey::Slot, slot)
 }
 
 /// After creating the slot: records its position.
 pub(crate) fn created(
-    writer: &mut JournalWriter,
+    writer: &mut dyn JournalWriter,
     slot: &str,
     consistent_point: Lsn,
 ) -> Result<(), JournalError> {
@@ -166,13 +161,15 @@ pub(crate) fn created(
 mod tests {
     use super::*;
 
-    fn writer() -> (tempfile::TempDir, JournalWriter) {
+    fn writer() -> (tempfile::TempDir, Box<dyn JournalWriter>) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let w = JournalWriter::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let w = crate::journal::Store::sqlite(dir.path())
+            .writer()
+            .unwrap_or_else(|e| panic!("{e}"));
         (dir, w)
     }
 
-    fn run(w: &mut JournalWriter, slot: Option<u64>) -> Result<SlotPlan, String> {
+    fn run(w: &mut dyn JournalWriter, slot: Option<u64>) -> Result<SlotPlan, String> {
         let prior = Prior::read(w).map_err(|e| e.to_string())?;
         check(w, prior, Path::new("/state"), "pgcdc", slot.map(Lsn)).map_err(|e| e.to_string())
     }
@@ -180,9 +177,9 @@ mod tests {
     #[test]
     fn a_new_journal_creates_a_missing_slot_and_refuses_an_existing_one() {
         let (_d, mut w) = writer();
-        assert_eq!(run(&mut w, None), Ok(SlotPlan::Create));
+        assert_eq!(run(&mut *w, None), Ok(SlotPlan::Create));
         let (_d, mut w) = writer();
-        let err = run(&mut w, Some(0x500)).err().unwrap_or_default();
+        let err = run(&mut *w, Some(0x500)).err().unwrap_or_default();
         assert!(
             err.contains("new or empty") && err.contains("pg_drop_replication_slot('pgcdc')"),
             "{err}"
@@ -192,19 +189,19 @@ mod tests {
     #[test]
     fn the_slot_may_be_at_its_creation_or_behind_the_journal_never_past_it() {
         let (_d, mut w) = writer();
-        creating(&mut w, "pgcdc").unwrap_or_else(|e| panic!("{e}"));
-        created(&mut w, "pgcdc", Lsn(0x100)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run(&mut w, Some(0x100)), Ok(SlotPlan::Use));
-        w.append(&[], Some(Lsn(0x300)))
+        creating(&mut *w, "pgcdc").unwrap_or_else(|e| panic!("{e}"));
+        created(&mut *w, "pgcdc", Lsn(0x100)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run(&mut *w, Some(0x100)), Ok(SlotPlan::Use));
+        w.append(&[], Some(Lsn(0x300)), &[])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run(&mut w, Some(0x200)), Ok(SlotPlan::Use));
-        assert_eq!(run(&mut w, Some(0x300)), Ok(SlotPlan::Use));
-        let err = run(&mut w, Some(0x301)).err().unwrap_or_default();
+        assert_eq!(run(&mut *w, Some(0x200)), Ok(SlotPlan::Use));
+        assert_eq!(run(&mut *w, Some(0x300)), Ok(SlotPlan::Use));
+        let err = run(&mut *w, Some(0x301)).err().unwrap_or_default();
         assert!(err.contains("0/301") && err.contains("0/300"), "{err}");
         // Gone: recreated, with a warning.
-        assert_eq!(run(&mut w, None), Ok(SlotPlan::Create));
+        assert_eq!(run(&mut *w, None), Ok(SlotPlan::Create));
         let err = check(
-            &mut w,
+            &mut *w,
             Prior { fresh: false },
             Path::new("/s"),
             "other",
@@ -219,10 +216,10 @@ mod tests {
     #[test]
     fn a_crash_between_creating_and_recording_the_slot_adopts_it() {
         let (_d, mut w) = writer();
-        creating(&mut w, "pgcdc").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run(&mut w, Some(0x700)), Ok(SlotPlan::Use));
+        creating(&mut *w, "pgcdc").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run(&mut *w, Some(0x700)), Ok(SlotPlan::Use));
         assert_eq!(
-            w.meta(SLOT_CREATED_LSN).ok().flatten().as_deref(),
+            w.meta(&MetaKey::SlotCreatedLsn).ok().flatten().as_deref(),
             Some("1792")
         );
     }
@@ -230,26 +227,29 @@ mod tests {
     #[test]
     fn a_previous_release_journal_is_adopted_unless_the_slot_is_past_it() {
         let (_d, mut w) = writer();
-        w.set_meta("system_id", "7")
+        w.set_meta(&MetaKey::SystemId, "7")
             .unwrap_or_else(|e| panic!("{e}"));
-        w.append(&[], Some(Lsn(0x300)))
+        w.append(&[], Some(Lsn(0x300)), &[])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run(&mut w, Some(0x280)), Ok(SlotPlan::Use));
-        assert_eq!(w.meta(SLOT).ok().flatten().as_deref(), Some("pgcdc"));
+        assert_eq!(run(&mut *w, Some(0x280)), Ok(SlotPlan::Use));
+        assert_eq!(
+            w.meta(&MetaKey::Slot).ok().flatten().as_deref(),
+            Some("pgcdc")
+        );
 
         let (_d, mut w) = writer();
-        w.set_meta("system_id", "7")
+        w.set_meta(&MetaKey::SystemId, "7")
             .unwrap_or_else(|e| panic!("{e}"));
-        w.append(&[], Some(Lsn(0x300)))
+        w.append(&[], Some(Lsn(0x300)), &[])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(run(&mut w, Some(0x400)).is_err());
+        assert!(run(&mut *w, Some(0x400)).is_err());
 
         // Created by the previous release, nothing confirmed yet.
         let (_d, mut w) = writer();
-        w.set_meta("system_id", "7")
+        w.set_meta(&MetaKey::SystemId, "7")
             .unwrap_or_else(|e| panic!("{e}"));
-        w.set_meta("created_slot", "pgcdc")
+        w.set_meta(&MetaKey::CreatedSlot, "pgcdc")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(run(&mut w, Some(0x400)), Ok(SlotPlan::Use));
+        assert_eq!(run(&mut *w, Some(0x400)), Ok(SlotPlan::Use));
     }
 }

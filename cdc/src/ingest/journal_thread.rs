@@ -186,7 +186,7 @@ impl JournalFill {
             .is_some_and(|max| self.used.load(Ordering::Relaxed) >= max)
     }
 
-    fn measure(&self, writer: &JournalWriter) -> Result<(), JournalError> {
+    fn measure(&self, writer: &dyn JournalWriter) -> Result<(), JournalError> {
         if self.max.is_some() {
             self.used.store(writer.used_bytes()?, Ordering::Relaxed);
         }
@@ -196,13 +196,13 @@ impl JournalFill {
 
 /// Runs the writer until the command queue closes. Blocking: run on its own thread.
 pub fn run(
-    mut writer: JournalWriter,
+    mut writer: Box<dyn JournalWriter>,
     mut rx: JournalReceiver,
     head_tx: watch::Sender<JournalHead>,
     retention: std::time::Duration,
     fill: Arc<JournalFill>,
 ) -> Result<(), JournalError> {
-    fill.measure(&writer)?;
+    fill.measure(&*writer)?;
     let mut last_prune = std::time::Instant::now();
     let mut entries: Vec<(JournalEntry, Option<String>)> = Vec::with_capacity(MAX_BATCH);
     let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
@@ -247,7 +247,7 @@ pub fn run(
             // A sync or a check alone: nothing to write.
             Default::default()
         } else {
-            writer.append_with(&refs, confirm, &progress)?
+            writer.append(&refs, confirm, &progress)?
         };
         progress.clear();
         if outcome.skipped > 0 {
@@ -260,7 +260,7 @@ pub fn run(
         // Written to a file the next start will not read? Then stop before the reader can
         // report it to the slot (the replies below are never sent; the reader sees the
         // writer gone and pgcdc exits with this error).
-        writer.check_file()?;
+        writer.check_intact()?;
         held.clear();
         let head = writer.head();
         head_tx.send_replace(head);
@@ -270,7 +270,7 @@ pub fn run(
         for reply in chunks_done.drain(..) {
             let _ = reply.send(());
         }
-        fill.measure(&writer)?;
+        fill.measure(&*writer)?;
         // A full journal prunes at every wake-up (the paused reader syncs every second).
         if last_prune.elapsed() >= PRUNE_EVERY || fill.is_full() {
             last_prune = std::time::Instant::now();
@@ -281,7 +281,7 @@ pub fn run(
                     removed,
                     "pruned journal entries past retention that every sink has passed"
                 );
-                fill.measure(&writer)?;
+                fill.measure(&*writer)?;
             }
         }
     }

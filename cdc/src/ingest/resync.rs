@@ -9,7 +9,6 @@
 //! close in time; a journal error ends the driver, whose supervisor restarts it. Definite (the resync is marked failed, with the reason): a
 //! missing table, a table without primary key, a `where` that does not parse.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use pgcdc_schema::event::Row;
@@ -19,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::{quote_ident, TableName};
 use crate::ingest::catalog::Catalog;
 use crate::ingest::watermark::{self, ChunkRows, Window, Windows};
-use crate::journal::{JournalError, JournalReader, ResyncInfo};
+use crate::journal::{Access, JournalError, ResyncInfo, StateStore, Store};
 use crate::replication::{connect_sql, ReplicationError, SourceUrl};
 use crate::supervise::{Backoff, TaskHealth};
 
@@ -67,12 +66,12 @@ pub(crate) struct TableShape {
 }
 
 pub(crate) async fn with_journal<T: Send + 'static>(
-    dir: PathBuf,
-    f: impl FnOnce(&mut JournalReader) -> Result<T, JournalError> + Send + 'static,
+    store: Store,
+    f: impl FnOnce(&mut dyn StateStore) -> Result<T, JournalError> + Send + 'static,
 ) -> Result<T, ResyncError> {
     tokio::task::spawn_blocking(move || {
-        let mut reader = JournalReader::open(&dir, true)?;
-        f(&mut reader)
+        let mut reader = store.open(Access::Create)?;
+        f(&mut *reader)
     })
     .await
     .map_err(|e| ResyncError::Definite(format!("journal task failed: {e}")))?
@@ -85,7 +84,7 @@ pub(crate) async fn with_journal<T: Send + 'static>(
 /// resumes from the progress the journal holds.
 pub(crate) async fn run(
     url: SourceUrl,
-    state_dir: PathBuf,
+    store: Store,
     windows: Windows,
     mut shutdown: watch::Receiver<bool>,
     status: TaskHealth,
@@ -95,11 +94,11 @@ pub(crate) async fn run(
         if *shutdown.borrow() {
             return Ok(());
         }
-        let next = with_journal(state_dir.clone(), |j| j.next_resync()).await?;
+        let next = with_journal(store.clone(), |j| j.next_resync()).await?;
         let mut wait = POLL;
         match next {
             None => status.ok(),
-            Some(resync) => match one(&url, &state_dir, &windows, &resync, &mut shutdown).await {
+            Some(resync) => match one(&url, &store, &windows, &resync, &mut shutdown).await {
                 Ok(()) => {
                     backoff.reset();
                     status.ok();
@@ -107,7 +106,7 @@ pub(crate) async fn run(
                 Err(ResyncError::Definite(why)) => {
                     tracing::error!(resync = resync.id, table = %resync.table, error = %why, "resync failed");
                     let id = resync.id;
-                    with_journal(state_dir.clone(), move |j| j.fail_resync(id, &why)).await?;
+                    with_journal(store.clone(), move |j| j.fail_resync(id, &why)).await?;
                     status.ok();
                 }
                 Err(ResyncError::Journal(e)) => return Err(ResyncError::Journal(e)),
@@ -266,7 +265,7 @@ pub(crate) async fn select_chunk(
 
 async fn one(
     url: &SourceUrl,
-    state_dir: &std::path::Path,
+    store: &Store,
     windows: &Windows,
     resync: &ResyncInfo,
     shutdown: &mut watch::Receiver<bool>,
@@ -279,7 +278,7 @@ async fn one(
     loop {
         // Re-read: a cancel, or progress made by the reader since.
         let id = resync.id;
-        let current = with_journal(state_dir.to_path_buf(), move |j| j.resync(id)).await?;
+        let current = with_journal(store.clone(), move |j| j.resync(id)).await?;
         let Some(current) = current.filter(|r| r.state == "pending" || r.state == "running") else {
             tracing::info!(resync = resync.id, "resync finished or cancelled");
             return Ok(());

@@ -3,7 +3,6 @@
 //! warning, while one of the same table and sink is still queued or running).
 //! Runs missed while pgcdc was stopped are not made up: the next one comes.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::config::{Config, ScheduledResync, TableName};
-use crate::journal::{JournalReader, ResyncKind, ResyncRequestError};
+use crate::journal::{Access, ResyncKind, ResyncRequestError, Store};
 use crate::supervise::{Backoff, TaskHealth};
 
 /// Longest single sleep: the clock is re-read at least this often (clock changes).
@@ -21,7 +20,7 @@ const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(60);
 /// `supervise` runs, which restarts the scheduler should it panic).
 pub(crate) async fn run(
     config: Arc<Config>,
-    state_dir: PathBuf,
+    store: Store,
     mut shutdown: watch::Receiver<bool>,
     status: TaskHealth,
 ) -> Result<(), std::convert::Infallible> {
@@ -54,7 +53,7 @@ pub(crate) async fn run(
         // Every schedule due in (last, now] fires once.
         for (i, s) in config.schedule.iter().enumerate() {
             if s.next_after(last).is_some_and(|t| t <= now)
-                && !queue(i, &s.resync, &state_dir, &mut shutdown, status).await
+                && !queue(i, &s.resync, &store, &mut shutdown, status).await
             {
                 return Ok(());
             }
@@ -69,7 +68,7 @@ pub(crate) async fn run(
 async fn queue(
     i: usize,
     r: &ScheduledResync,
-    state_dir: &Path,
+    store: &Store,
     shutdown: &mut watch::Receiver<bool>,
     status: TaskHealth,
 ) -> bool {
@@ -78,9 +77,9 @@ async fn queue(
         .unwrap_or(r.table.clone());
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let (dir, r, table) = (state_dir.to_path_buf(), r.clone(), table.clone());
+        let (store, r, table) = (store.clone(), r.clone(), table.clone());
         let outcome = tokio::task::spawn_blocking(move || {
-            let mut journal = JournalReader::open(&dir, true)?;
+            let mut journal = store.open(Access::Create)?;
             journal.request_resync(
                 ResyncKind::Resync,
                 &table,
@@ -135,8 +134,8 @@ mod tests {
         };
         let (_stop_tx, mut stop) = watch::channel(false);
         let status = TaskHealth::new("scheduler (test)");
-        let d = dir.clone();
-        let task = tokio::spawn(async move { queue(0, &resync, &d, &mut stop, status).await });
+        let store = Store::sqlite(&dir);
+        let task = tokio::spawn(async move { queue(0, &resync, &store, &mut stop, status).await });
         let failing = || {
             health()
                 .not_ready_reasons()
@@ -155,7 +154,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(queued);
         assert!(!failing());
-        let journal = JournalReader::open(&dir, false).unwrap_or_else(|e| panic!("{e}"));
+        let journal = Store::sqlite(&dir)
+            .open(Access::Existing)
+            .unwrap_or_else(|e| panic!("{e}"));
         let next = journal.next_resync().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(next.map(|r| r.table), Some("public.items".to_string()));
     }

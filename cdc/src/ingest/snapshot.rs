@@ -11,8 +11,6 @@
 //! a crash the tables' remaining chunks are read by the resync driver with
 //! watermarks (`ingest::resync`), which is just as exact.
 
-use std::path::Path;
-
 use pgcdc_schema::Lsn;
 
 use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
@@ -20,14 +18,14 @@ use crate::config::{Config, TableName};
 use crate::ingest::catalog::Catalog;
 use crate::ingest::changes::read_event;
 use crate::journal::{
-    JournalEntry, JournalReader, JournalWriter, ResyncKind, ResyncProgress, ResyncRequestError,
+    Access, JournalEntry, JournalWriter, ResyncKind, ResyncProgress, ResyncRequestError, Store,
 };
 use crate::replication::{connect_sql, SourceUrl};
 
 /// Queues one snapshot resync per captured table (kept if already queued). Called
 /// before the slot is created: a crash after creating it leaves the work queued.
-pub fn queue(config: &Config, state_dir: &Path) -> Result<(), ResyncError> {
-    let mut journal = JournalReader::open(state_dir, true)?;
+pub fn queue(config: &Config, store: &Store) -> Result<(), ResyncError> {
+    let mut journal = store.open(Access::Create)?;
     let mut tables: Vec<String> = config.tables().iter().map(|t| t.to_string()).collect();
     tables.sort();
     for table in tables {
@@ -45,10 +43,10 @@ pub async fn copy(
     url: &SourceUrl,
     snapshot: &str,
     consistent_point: Lsn,
-    writer: &mut JournalWriter,
-    state_dir: &Path,
+    writer: &mut dyn JournalWriter,
+    store: &Store,
 ) -> Result<u64, ResyncError> {
-    let journal = JournalReader::open(state_dir, true)?;
+    let journal = store.open(Access::Create)?;
     let queued: Vec<_> = journal
         .resyncs(0)?
         .into_iter()
@@ -81,7 +79,7 @@ pub async fn copy(
             Ok(shape) => shape,
             Err(ResyncError::Definite(why)) => {
                 tracing::error!(table = %table, error = %why, "cannot snapshot this table");
-                JournalReader::open(state_dir, true)?.fail_resync(resync.id, &why)?;
+                store.open(Access::Create)?.fail_resync(resync.id, &why)?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -114,7 +112,7 @@ pub async fn copy(
                 done: chunk.done,
             };
             let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
-            writer.append_with(&refs, None, &[progress])?;
+            writer.append(&refs, None, &[progress])?;
             crate::metrics::metrics().resync_rows.inc_by(n as u64);
             rows_in_table += n as u64;
             if chunk.done {

@@ -2,15 +2,14 @@
 //! tables with the default REPLICA IDENTITY, where Postgres sends no old row.
 //!
 //! Kept only for the columns triggers read from `.old` (plus the key), per
-//! table, in the journal file, and updated in the same transaction as the
-//! event is appended: a replayed change finds exactly the state it found the
-//! first time.
+//! table, in the store, and updated in the same transaction as the event is
+//! appended: a replayed change finds exactly the state it found the first time.
+//! This module decides what to remember; each store keeps it.
 
 use std::collections::HashMap;
 
 use pgcdc_schema::event::Row;
 use pgcdc_schema::{ChangeEvent, Op};
-use rusqlite::{params, OptionalExtension, Transaction};
 
 /// Which columns of a table to remember.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,14 +23,51 @@ pub enum Tracked {
 /// Tracked columns per `schema.table`.
 pub type OldTracking = HashMap<String, Tracked>;
 
-pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS row_state (
-    tbl TEXT NOT NULL,
-    row_key TEXT NOT NULL,
-    cols TEXT NOT NULL,
-    PRIMARY KEY (tbl, row_key)
-) WITHOUT ROWID;
-";
+/// Which remembered row a change needs.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// None: the change has no key (nothing to remember).
+    Nothing,
+    /// A truncate: forget every row of the table.
+    ForgetTable,
+    /// The row under this key (its JSON).
+    Row(String),
+}
+
+/// What to store after a change.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Remember {
+    /// Nothing changes.
+    Nothing,
+    /// Forget the row under this key.
+    Forget(String),
+    /// Remember `cols` (JSON) under `row_key`; forget the row under `moved_from` (a key change).
+    Put {
+        row_key: String,
+        cols: String,
+        moved_from: Option<String>,
+    },
+}
+
+/// Which remembered row `event` needs.
+pub(crate) fn lookup(event: &ChangeEvent) -> Lookup {
+    if event.op == Op::Truncate {
+        return Lookup::ForgetTable;
+    }
+    match &event.key {
+        Some(key) => Lookup::Row(json(key)),
+        None => Lookup::Nothing,
+    }
+}
+
+fn json(row: &Row) -> String {
+    serde_json::to_string(row).unwrap_or_default()
+}
+
+/// Parses a remembered row as stored (None: unreadable, treated as never seen).
+pub(crate) fn parse(stored: &str) -> Option<Row> {
+    pgcdc_schema::event::from_stored_json(stored).ok()
+}
 
 fn pick(tracked: &Tracked, row: &Row, key: &Row) -> Row {
     match tracked {
@@ -48,34 +84,18 @@ fn pick(tracked: &Tracked, row: &Row, key: &Row) -> Row {
     }
 }
 
-/// Fills `event.old` from the remembered row when Postgres sent none (or only the key),
-/// then remembers the new values.
-pub(super) fn apply(
-    tx: &Transaction<'_>,
-    tracking: &OldTracking,
-    table: &str,
+/// Fills `event.old` from the `remembered` row when Postgres sent none (or only the
+/// key), and says what to remember of the new values. For a change that [`lookup`]
+/// found under `row_key`.
+pub(crate) fn merge(
+    tracked: &Tracked,
+    row_key: String,
+    remembered: Option<Row>,
     event: &mut ChangeEvent,
-) -> rusqlite::Result<()> {
-    let Some(tracked) = tracking.get(table) else {
-        return Ok(());
-    };
-    if event.op == Op::Truncate {
-        tx.execute("DELETE FROM row_state WHERE tbl = ?1", [&table])?;
-        return Ok(());
-    }
+) -> Remember {
     let Some(key) = event.key.clone() else {
-        return Ok(());
+        return Remember::Nothing;
     };
-    let row_key = serde_json::to_string(&key).unwrap_or_default();
-    let remembered: Option<Row> = tx
-        .query_row(
-            "SELECT cols FROM row_state WHERE tbl = ?1 AND row_key = ?2",
-            params![table, row_key],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        .and_then(|s| pgcdc_schema::event::from_stored_json(&s).ok());
-
     // Postgres' old row is complete with REPLICA IDENTITY FULL; otherwise it is absent
     // (update) or the key only (delete, key change): merge what we remember under it.
     let full_old_sent = event
@@ -94,12 +114,7 @@ pub(super) fn apply(
     }
 
     match (event.op, &event.new) {
-        (Op::Delete, _) => {
-            tx.execute(
-                "DELETE FROM row_state WHERE tbl = ?1 AND row_key = ?2",
-                params![table, row_key],
-            )?;
-        }
+        (Op::Delete, _) => Remember::Forget(row_key),
         (_, Some(new)) => {
             let mut values = pick(tracked, new, &key);
             // Unchanged TOAST columns keep their remembered value.
@@ -110,31 +125,20 @@ pub(super) fn apply(
                     }
                 }
             }
-            tx.execute(
-                "INSERT INTO row_state(tbl, row_key, cols) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(tbl, row_key) DO UPDATE SET cols = excluded.cols",
-                params![
-                    table,
-                    row_key,
-                    serde_json::to_string(&values).unwrap_or_default()
-                ],
-            )?;
             // A key change moves the row: forget it under its old key.
-            if let Some(old) = &event.old {
+            let moved_from = event.old.as_ref().and_then(|old| {
                 let old_key: Row = key
                     .keys()
                     .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
                     .collect();
-                if old_key.len() == key.len() && old_key != key {
-                    let old_row_key = serde_json::to_string(&old_key).unwrap_or_default();
-                    tx.execute(
-                        "DELETE FROM row_state WHERE tbl = ?1 AND row_key = ?2",
-                        params![table, old_row_key],
-                    )?;
-                }
+                (old_key.len() == key.len() && old_key != key).then(|| json(&old_key))
+            });
+            Remember::Put {
+                row_key,
+                cols: json(&values),
+                moved_from,
             }
         }
-        _ => {}
+        _ => Remember::Nothing,
     }
-    Ok(())
 }

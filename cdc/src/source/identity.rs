@@ -26,10 +26,7 @@ use std::collections::{HashMap, HashSet};
 use tokio_postgres::Client;
 
 use crate::config::{Config, TableName};
-use crate::journal::{JournalError, JournalReader, JournalWriter};
-
-/// Journal meta key prefix of a configured table's OID (`table_oid:schema.table`).
-const META_PREFIX: &str = "table_oid:";
+use crate::journal::{Access, JournalError, JournalWriter, MetaKey, Store};
 
 /// A configured table resolved to the source table it captures.
 #[derive(Debug, Clone)]
@@ -58,23 +55,23 @@ fn parse_remembered(entries: Vec<(String, String)>) -> Remembered {
     entries
         .into_iter()
         .filter_map(|(k, v)| {
-            let name = TableName::parse(k.strip_prefix(META_PREFIX)?).ok()?;
+            let name = TableName::parse(&k).ok()?;
             Some((name, v.parse().ok()?))
         })
         .collect()
 }
 
 /// The OIDs remembered in the journal open for writing.
-pub(crate) fn remembered(writer: &JournalWriter) -> Result<Remembered, JournalError> {
-    Ok(parse_remembered(writer.meta_prefixed(META_PREFIX)?))
+pub(crate) fn remembered(writer: &dyn JournalWriter) -> Result<Remembered, JournalError> {
+    Ok(parse_remembered(writer.table_oids()?))
 }
 
 /// The OIDs remembered in the journal of `dir`, if there is one (for `pgcdc check`).
-pub(crate) fn remembered_in(dir: &std::path::Path) -> Remembered {
-    if !dir.join(crate::journal::JOURNAL_FILE).exists() {
+pub(crate) fn remembered_in(store: &Store) -> Remembered {
+    if !store.exists() {
         return Remembered::new();
     }
-    match JournalReader::open(dir, false).and_then(|r| r.meta_prefixed(META_PREFIX)) {
+    match store.open(Access::Existing).and_then(|r| r.table_oids()) {
         Ok(entries) => parse_remembered(entries),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the table identities remembered in the journal; tables are looked up by name");
@@ -85,12 +82,12 @@ pub(crate) fn remembered_in(dir: &std::path::Path) -> Remembered {
 
 /// Records the OID each configured name captures.
 pub(crate) fn remember(
-    writer: &mut JournalWriter,
+    writer: &mut dyn JournalWriter,
     tables: &[ResolvedTable],
 ) -> Result<(), JournalError> {
     for t in tables {
         writer.set_meta(
-            &format!("{META_PREFIX}{}", t.configured),
+            &MetaKey::TableOid(t.configured.to_string()),
             &t.oid.to_string(),
         )?;
     }
@@ -237,7 +234,7 @@ pub(crate) struct Capture {
 pub(crate) async fn capture(
     config: &Config,
     client: &Client,
-    writer: &mut JournalWriter,
+    writer: &mut dyn JournalWriter,
 ) -> anyhow::Result<Capture> {
     let publication = &config.source.publication;
     let remembered = remembered(writer)?;

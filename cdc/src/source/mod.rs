@@ -165,7 +165,7 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
 
     // Tables are matched by identity: a captured table renamed since the journal
     // remembered its OID is still the configured one.
-    let remembered = identity::remembered_in(&config.state.dir);
+    let remembered = identity::remembered_in(&crate::journal::Store::from_config(&config.state));
     let published = identity::publication_tables(client, &src.publication)
         .await
         .map_err(|e| sql_message(&e));

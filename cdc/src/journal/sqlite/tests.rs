@@ -1,8 +1,35 @@
 use pgcdc_schema::{EventId, Op};
 use serde_json::Map;
 
+use std::path::PathBuf;
+
+use pgcdc_schema::{ChangeEvent, Lsn};
+
 use super::*;
-use crate::journal::{ResetError, ResetTarget};
+use crate::journal::{AppendOutcome, JournalEntry, Tracked};
+
+fn writer(dir: &Path) -> Result<Box<dyn JournalWriter>, JournalError> {
+    Sqlite::new(dir).writer()
+}
+
+fn session(dir: &Path) -> Result<Box<dyn StateStore>, JournalError> {
+    Sqlite::new(dir).open(Access::Existing)
+}
+
+fn append(
+    w: &mut dyn JournalWriter,
+    entries: &[JournalEntry],
+    confirm: Option<Lsn>,
+) -> Result<AppendOutcome, JournalError> {
+    let all: Vec<(&JournalEntry, Option<&str>)> = entries.iter().map(|e| (e, None)).collect();
+    w.append(&all, confirm, &[])
+}
+
+/// Advances a cursor the way a sink runner does: a batch commit at its generation.
+fn advance(r: &mut dyn StateStore, sink: &str, pos: i64) -> Result<(), JournalError> {
+    let generation = r.cursor_state(sink)?.generation;
+    r.commit_batch(sink, pos, generation, &[], &Default::default())
+}
 
 fn entry(lsn: u64, seq: u32) -> JournalEntry {
     JournalEntry {
@@ -37,8 +64,8 @@ fn appends_are_durable_and_replays_are_skipped() -> Result<(), JournalError> {
         message: e.to_string(),
     })?;
     {
-        let mut w = JournalWriter::open(dir.path())?;
-        let out = w.append(&[entry(100, 0), entry(100, 1)], None)?;
+        let mut w = writer(dir.path())?;
+        let out = append(&mut *w, &[entry(100, 0), entry(100, 1)], None)?;
         assert_eq!(
             out,
             AppendOutcome {
@@ -47,7 +74,7 @@ fn appends_are_durable_and_replays_are_skipped() -> Result<(), JournalError> {
             }
         );
         // A partial transaction: its commit has not been confirmed.
-        w.append(&[entry(200, 0)], Some(Lsn(150)))?;
+        append(&mut *w, &[entry(200, 0)], Some(Lsn(150)))?;
         assert_eq!(
             w.head(),
             JournalHead {
@@ -57,7 +84,7 @@ fn appends_are_durable_and_replays_are_skipped() -> Result<(), JournalError> {
         );
     }
     // Restart: the slot replays transaction 200 whole, then more.
-    let mut w = JournalWriter::open(dir.path())?;
+    let mut w = writer(dir.path())?;
     assert_eq!(
         w.head(),
         JournalHead {
@@ -65,7 +92,8 @@ fn appends_are_durable_and_replays_are_skipped() -> Result<(), JournalError> {
             confirmed_lsn: Lsn(150)
         }
     );
-    let out = w.append(
+    let out = append(
+        &mut *w,
         &[entry(200, 0), entry(200, 1), entry(300, 0)],
         Some(Lsn(310)),
     )?;
@@ -77,10 +105,10 @@ fn appends_are_durable_and_replays_are_skipped() -> Result<(), JournalError> {
         }
     );
     // Confirmed LSN never moves back.
-    w.append(&[], Some(Lsn(5)))?;
+    append(&mut *w, &[], Some(Lsn(5)))?;
     assert_eq!(w.head().confirmed_lsn, Lsn(310));
 
-    let r = JournalReader::open(dir.path(), false)?;
+    let r = session(dir.path())?;
     let all = r.read_after(0, 100)?;
     assert_eq!(
         ids(&all),
@@ -109,12 +137,12 @@ fn cursors_only_move_forward() -> Result<(), JournalError> {
         path: PathBuf::new(),
         message: e.to_string(),
     })?;
-    let mut w = JournalWriter::open(dir.path())?;
-    w.append(&[entry(1, 0), entry(2, 0), entry(3, 0)], None)?;
-    let r = JournalReader::open(dir.path(), false)?;
+    let mut w = writer(dir.path())?;
+    append(&mut *w, &[entry(1, 0), entry(2, 0), entry(3, 0)], None)?;
+    let mut r = session(dir.path())?;
     assert_eq!(r.cursor("a")?, 0);
-    r.advance_cursor("a", 2)?;
-    r.advance_cursor("a", 1)?;
+    advance(&mut *r, "a", 2)?;
+    advance(&mut *r, "a", 1)?;
     assert_eq!(r.cursor("a")?, 2);
     assert_eq!(r.cursor("b")?, 0);
     let cursors = r.cursors()?;
@@ -131,7 +159,7 @@ fn cursors_only_move_forward() -> Result<(), JournalError> {
 #[test]
 fn reading_a_missing_journal_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    match JournalReader::open(&dir.path().join("nope"), false) {
+    match Sqlite::new(&dir.path().join("nope")).open(Access::Existing) {
         Err(e) => assert!(e.to_string().contains("pgcdc run"), "{e}"),
         Ok(_) => panic!("opened a journal that does not exist"),
     }
@@ -159,7 +187,7 @@ fn old_is_filled_from_the_last_seen_row() -> Result<(), JournalError> {
         path: PathBuf::new(),
         message: e.to_string(),
     })?;
-    let mut w = JournalWriter::open(dir.path())?;
+    let mut w = writer(dir.path())?;
     w.set_old_tracking(
         [(
             "public.permits".to_string(),
@@ -167,7 +195,8 @@ fn old_is_filled_from_the_last_seen_row() -> Result<(), JournalError> {
         )]
         .into(),
     );
-    w.append(
+    append(
+        &mut *w,
         &[
             change(
                 1,
@@ -209,7 +238,7 @@ fn old_is_filled_from_the_last_seen_row() -> Result<(), JournalError> {
         ],
         None,
     )?;
-    let r = JournalReader::open(dir.path(), false)?;
+    let r = session(dir.path())?;
     let olds: Vec<serde_json::Value> = r
         .read_after(0, 10)?
         .iter()
@@ -236,11 +265,15 @@ fn prune_keeps_what_a_cursor_still_needs() -> Result<(), JournalError> {
         path: PathBuf::new(),
         message: e.to_string(),
     })?;
-    let mut w = JournalWriter::open(dir.path())?;
-    w.append(&[entry(1, 0), entry(2, 0), entry(3, 0), entry(4, 0)], None)?;
-    let r = JournalReader::open(dir.path(), false)?;
-    r.advance_cursor("fast", 4)?;
-    r.advance_cursor("slow", 2)?;
+    let mut w = writer(dir.path())?;
+    append(
+        &mut *w,
+        &[entry(1, 0), entry(2, 0), entry(3, 0), entry(4, 0)],
+        None,
+    )?;
+    let mut r = session(dir.path())?;
+    advance(&mut *r, "fast", 4)?;
+    advance(&mut *r, "slow", 2)?;
     // Entries 1..=3 are older than the cutoff, but "slow" has not passed 3.
     assert_eq!(w.prune(1_700_000_000_000_004, 100)?, 2);
     assert_eq!(
@@ -251,9 +284,9 @@ fn prune_keeps_what_a_cursor_still_needs() -> Result<(), JournalError> {
         [3, 4]
     );
     // The newest entry stays even when every cursor passed it: positions continue from it.
-    r.advance_cursor("slow", 4)?;
+    advance(&mut *r, "slow", 4)?;
     assert_eq!(w.prune(i64::MAX, 100)?, 1);
-    w.append(&[entry(5, 0)], None)?;
+    append(&mut *w, &[entry(5, 0)], None)?;
     assert_eq!(
         r.read_after(0, 10)?
             .iter()
@@ -270,15 +303,16 @@ fn checkpoint_resets_move_one_cursor_and_respect_retention() -> Result<(), Reset
         path: PathBuf::new(),
         message: e.to_string(),
     })?;
-    let mut w = JournalWriter::open(dir.path())?;
+    let mut w = writer(dir.path())?;
     // Transactions at LSN 10 (2 changes), 20 and 30; commit times follow the LSN.
-    w.append(
+    append(
+        &mut *w,
         &[entry(10, 0), entry(10, 1), entry(20, 0), entry(30, 0)],
         None,
     )?;
-    let r = JournalReader::open(dir.path(), false)?;
-    r.advance_cursor("a", 4)?;
-    r.advance_cursor("b", 4)?;
+    let mut r = session(dir.path())?;
+    advance(&mut *r, "a", 4)?;
+    advance(&mut *r, "b", 4)?;
     let g0 = r.cursor_state("a")?.generation;
     // Back to the transaction at LSN 20: it and everything after is delivered again.
     let s = r.reset_cursor("a", ResetTarget::Lsn(Lsn(20)))?;
@@ -294,12 +328,12 @@ fn checkpoint_resets_move_one_cursor_and_respect_retention() -> Result<(), Reset
     assert_eq!(r.reset_cursor("a", ResetTarget::Latest)?.pos, 4);
     // A stale runner's commit (old generation) no longer moves the reset cursor.
     r.reset_cursor("a", ResetTarget::Lsn(Lsn(20)))?;
-    let mut r2 = JournalReader::open(dir.path(), false)?;
+    let mut r2 = session(dir.path())?;
     r2.commit_batch("a", 4, g0, &[], &Default::default())?;
     assert_eq!(r.cursor_state("a")?.pos, 2);
 
     // Prune the first transaction: a target before what is left is refused.
-    r.advance_cursor("b", 4)?;
+    advance(&mut *r, "b", 4)?;
     r.reset_cursor("a", ResetTarget::Latest)?;
     assert_eq!(w.prune(i64::MAX, 2)?, 2);
     match r.reset_cursor("a", ResetTarget::Lsn(Lsn(10))) {
@@ -320,14 +354,17 @@ fn a_removed_or_replaced_journal_file_is_noticed() -> Result<(), JournalError> {
         path: "tmp".into(),
         message: e.to_string(),
     })?;
-    let w = JournalWriter::open(dir.path())?;
-    w.check_file()?;
+    let w = writer(dir.path())?;
+    w.check_intact()?;
     let path = dir.path().join(JOURNAL_FILE);
     let _ = std::fs::remove_file(&path);
-    assert!(matches!(w.check_file(), Err(JournalError::Replaced { .. })));
+    assert!(matches!(
+        w.check_intact(),
+        Err(JournalError::Replaced { .. })
+    ));
     let _ = std::fs::write(&path, b"");
     let err = w
-        .check_file()
+        .check_intact()
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -341,11 +378,11 @@ fn entries_keep_the_captured_tables_name_beside_the_events_name() -> Result<(), 
         path: "tmp".into(),
         message: e.to_string(),
     })?;
-    let mut w = JournalWriter::open(dir.path())?;
+    let mut w = writer(dir.path())?;
     let mut e = entry(0x10, 0);
     e.event.table = "permits_v2".into();
-    w.append(&[e], None)?;
-    let r = JournalReader::open(dir.path(), false)?;
+    append(&mut *w, &[e], None)?;
+    let r = session(dir.path())?;
     let got = r.read_after(0, 10)?;
     assert_eq!(got.len(), 1);
     assert_eq!(
@@ -368,9 +405,9 @@ fn read_batch_stops_at_its_byte_budget_but_returns_one_event() -> Result<(), Jou
         e.event.new = Some(row);
         e
     };
-    let mut w = JournalWriter::open(dir.path())?;
-    w.append(&[big(0), big(1), big(2), big(3)], None)?;
-    let r = JournalReader::open(dir.path(), false)?;
+    let mut w = writer(dir.path())?;
+    append(&mut *w, &[big(0), big(1), big(2), big(3)], None)?;
+    let r = session(dir.path())?;
     // Each event's JSON is a little over 10 kB: two fit in 25 kB, a third does not.
     assert_eq!(r.read_batch(0, 100, 25_000)?.len(), 2);
     assert_eq!(
@@ -385,5 +422,81 @@ fn read_batch_stops_at_its_byte_budget_but_returns_one_event() -> Result<(), Jou
     // The count limit still applies.
     assert_eq!(r.read_batch(0, 3, usize::MAX)?.len(), 3);
     assert_eq!(r.read_after(0, 100)?.len(), 4);
+    Ok(())
+}
+
+fn attempt(n: u32) -> pgcdc_sinks::Attempt {
+    pgcdc_sinks::Attempt {
+        event_id: format!("ev-{n}"),
+        sink: "hook".into(),
+        attempt: n,
+        at: "2026-01-01T00:00:00.000000Z".into(),
+        status: Some(503),
+        error: Some("x".repeat(500)),
+        latency_ms: 3,
+        outcome: pgcdc_sinks::AttemptOutcome::Retrying,
+    }
+}
+
+/// `journal.max_bytes` limits the journal: delivery attempts recorded meanwhile (a
+/// sink retrying against a full journal) do not fill it.
+#[test]
+fn the_audit_log_does_not_count_against_the_journal() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    let mut w = writer(dir.path())?;
+    append(&mut *w, &[entry(1, 0)], None)?;
+    let mut r = session(dir.path())?;
+    let before = (w.used_bytes()?, r.used_bytes()?);
+    for chunk in 0..20 {
+        let attempts: Vec<_> = (0..100).map(|n| attempt(chunk * 100 + n)).collect();
+        r.audit_insert(&attempts)?;
+    }
+    assert_eq!(
+        r.audit_by_sink("hook", "2000-01-01T00:00:00Z", 5000)?.len(),
+        2000
+    );
+    assert_eq!((w.used_bytes()?, r.used_bytes()?), before);
+    Ok(())
+}
+
+/// A journal of an earlier release keeps its audit table in `journal.db`: the first
+/// open moves the attempts to the audit log's own file.
+#[test]
+fn an_older_journals_audit_rows_move_to_the_audit_file() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    let path = dir.path().join(JOURNAL_FILE);
+    let err = |e| store_error(&path, e);
+    {
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.execute_batch(&audit::schema("main")).map_err(err)?;
+        conn.execute(
+            "INSERT INTO audit(event_id, sink, attempt, at, status, error, latency_ms, outcome) \
+             VALUES ('ev-1', 'hook', 1, '2026-01-01T00:00:00Z', 200, NULL, 4, 'delivered')",
+            [],
+        )
+        .map_err(err)?;
+    }
+    let r = session(dir.path())?;
+    let got = r.audit_by_event("ev-1")?;
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].sink.as_str(), got[0].latency_ms), ("hook", 4));
+    let conn = Connection::open(&path).map_err(err)?;
+    let left: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    assert_eq!(left, 0, "the journal keeps no audit table");
+    // Opening again moves nothing twice.
+    drop(r);
+    assert_eq!(session(dir.path())?.audit_by_event("ev-1")?.len(), 1);
     Ok(())
 }

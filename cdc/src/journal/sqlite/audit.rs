@@ -1,0 +1,199 @@
+//! The delivery audit log in SQLite: every attempt, queryable by event or by sink
+//! and time. In a file of its own (`audit.db`), opened on first use: its pages are
+//! not the journal's, so `journal.max_bytes` does not count them (the attempts of a
+//! sink retrying against a full journal would otherwise keep it full), and its
+//! writes never wait on the journal's lock.
+
+use std::path::Path;
+
+use pgcdc_sinks::{Attempt, AttemptOutcome};
+use rusqlite::{params, Connection};
+
+use super::{connect, store_error, Durability, SqliteStore, AUDIT_FILE};
+use crate::journal::JournalError;
+
+/// The audit table, in the schema `{db}`.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS {db}.audit (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    status INTEGER,
+    error TEXT,
+    latency_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {db}.audit_event ON audit(event_id);
+CREATE INDEX IF NOT EXISTS {db}.audit_sink_at ON audit(sink, at);
+";
+
+pub(super) fn schema(db: &str) -> String {
+    SCHEMA.replace("{db}", db)
+}
+
+/// Journals of earlier releases kept the audit table in `journal.db`: moves its rows
+/// to `audit_path` and drops it there, once. The two files do not commit atomically
+/// together: a crash in between leaves the rows in both, and the next open moves
+/// them again (an attempt listed twice; none lost).
+pub(super) fn move_out_of_journal(conn: &Connection, audit_path: &Path) -> rusqlite::Result<()> {
+    let present = |conn: &Connection| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = 'audit'",
+            [],
+            |r| r.get(0),
+        )
+    };
+    if !present(conn)? {
+        return Ok(());
+    }
+    // Made here with its table (a session that may not create files attaches it next).
+    {
+        let audit = Connection::open(audit_path)?;
+        audit.pragma_update(None, "journal_mode", "WAL")?;
+        audit.execute_batch(&schema("main"))?;
+    }
+    conn.execute(
+        "ATTACH DATABASE ?1 AS moved_audit",
+        [audit_path.to_string_lossy()],
+    )?;
+    let moved = (|| {
+        // IMMEDIATE: the check below and the move hold the write lock together.
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have moved it meanwhile.
+        if present(&tx)? {
+            tx.execute_batch(
+                "INSERT INTO moved_audit.audit(event_id, sink, attempt, at, status, error, latency_ms, outcome) \
+                 SELECT event_id, sink, attempt, at, status, error, latency_ms, outcome FROM main.audit ORDER BY id; \
+                 DROP TABLE main.audit;",
+            )?;
+        }
+        tx.commit()
+    })();
+    let detached = conn.execute_batch("DETACH DATABASE moved_audit");
+    moved.and(detached)
+}
+
+/// The audit log's connection, opened (and its table made) on first use.
+fn conn(s: &SqliteStore) -> Result<&Connection, JournalError> {
+    if let Some(conn) = s.audit.get() {
+        return Ok(conn);
+    }
+    let dir = s.path.parent().unwrap_or(Path::new("."));
+    let (conn, path) = connect(dir, AUDIT_FILE, true, Durability::Atomic)?;
+    conn.execute_batch(&schema("main"))
+        .map_err(|e| store_error(&path, e))?;
+    Ok(s.audit.get_or_init(|| conn))
+}
+
+fn audit_error(s: &SqliteStore, source: rusqlite::Error) -> JournalError {
+    let dir = s.path.parent().unwrap_or(Path::new("."));
+    store_error(&dir.join(AUDIT_FILE), source)
+}
+
+fn outcome_str(o: AttemptOutcome) -> &'static str {
+    match o {
+        AttemptOutcome::Delivered => "delivered",
+        AttemptOutcome::Retrying => "retrying",
+        AttemptOutcome::Failed => "failed",
+        AttemptOutcome::Skipped => "skipped",
+    }
+}
+
+fn outcome_parse(s: &str) -> AttemptOutcome {
+    match s {
+        "delivered" => AttemptOutcome::Delivered,
+        "retrying" => AttemptOutcome::Retrying,
+        "skipped" => AttemptOutcome::Skipped,
+        _ => AttemptOutcome::Failed,
+    }
+}
+
+/// Stores attempts (one transaction).
+pub(super) fn insert(s: &SqliteStore, attempts: &[Attempt]) -> Result<(), JournalError> {
+    let err = |e| audit_error(s, e);
+    let tx = conn(s)?.unchecked_transaction().map_err(err)?;
+    {
+        let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO audit(event_id, sink, attempt, at, status, error, latency_ms, outcome) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(err)?;
+        for a in attempts {
+            insert
+                .execute(params![
+                    a.event_id,
+                    a.sink,
+                    a.attempt,
+                    a.at,
+                    a.status,
+                    a.error,
+                    a.latency_ms as i64,
+                    outcome_str(a.outcome)
+                ])
+                .map_err(err)?;
+        }
+    }
+    tx.commit().map_err(err)
+}
+
+fn query(
+    s: &SqliteStore,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<Attempt>, JournalError> {
+    let mut stmt = conn(s)?
+        .prepare_cached(sql)
+        .map_err(|e| audit_error(s, e))?;
+    let rows = stmt
+        .query_map(args, |r| {
+            Ok(Attempt {
+                event_id: r.get(0)?,
+                sink: r.get(1)?,
+                attempt: r.get(2)?,
+                at: r.get(3)?,
+                status: r.get(4)?,
+                error: r.get(5)?,
+                latency_ms: r.get::<_, i64>(6)?.max(0) as u64,
+                outcome: outcome_parse(&r.get::<_, String>(7)?),
+            })
+        })
+        .map_err(|e| audit_error(s, e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| audit_error(s, e))
+}
+
+/// Every attempt for one event (its delivery ids `ID` and `ID.N`), oldest first.
+pub(super) fn by_event(s: &SqliteStore, event_id: &str) -> Result<Vec<Attempt>, JournalError> {
+    query(
+        s,
+        "SELECT event_id, sink, attempt, at, status, error, latency_ms, outcome FROM audit \
+             WHERE event_id = ?1 OR event_id LIKE ?1 || '.%' ORDER BY id",
+        [event_id],
+    )
+}
+
+/// Attempts of one sink since an RFC 3339 time (UTC, `Z`), oldest first, at most `limit`.
+pub(super) fn by_sink(
+    s: &SqliteStore,
+    sink: &str,
+    since: &str,
+    limit: usize,
+) -> Result<Vec<Attempt>, JournalError> {
+    query(
+        s,
+        "SELECT event_id, sink, attempt, at, status, error, latency_ms, outcome FROM audit \
+             WHERE sink = ?1 AND at >= ?2 ORDER BY id LIMIT ?3",
+        params![sink, since, limit as i64],
+    )
+}
+
+/// Removes attempts older than `before` (RFC 3339). Returns how many.
+pub(super) fn prune(s: &SqliteStore, before: &str) -> Result<usize, JournalError> {
+    conn(s)?
+        .execute("DELETE FROM audit WHERE at < ?1", [before])
+        .map_err(|e| audit_error(s, e))
+}

@@ -1,0 +1,213 @@
+//! Cursors in SQLite: the one place a cursor advances (`advance_cursor`), operator
+//! resets (which bump the generation), drops and orphans.
+
+use pgcdc_schema::Lsn;
+use rusqlite::{params, OptionalExtension};
+
+use super::SqliteStore;
+use crate::journal::{
+    CursorInfo, CursorState, DroppedCursor, JournalError, OrphanedCursor, ResetError, ResetTarget,
+    StateStore,
+};
+
+pub(super) fn orphaned(
+    s: &SqliteStore,
+    configured: &[String],
+) -> Result<Vec<OrphanedCursor>, JournalError> {
+    let cursors = s.cursors()?;
+    let head = s.head()?.pos;
+    // Where pruning could go without the orphans: the lowest configured cursor
+    // (a configured sink without a row yet starts at 0 and holds everything).
+    let floor = configured
+        .iter()
+        .map(|name| {
+            cursors
+                .iter()
+                .find(|c| &c.sink == name)
+                .map_or(0, |c| c.pos)
+        })
+        .min()
+        .unwrap_or(head);
+    let mut out = Vec::new();
+    for c in cursors.iter().filter(|c| !configured.contains(&c.sink)) {
+        let held: i64 = if floor > c.pos {
+            s.conn
+                .query_row(
+                    "SELECT COUNT(*) FROM events WHERE pos > ?1 AND pos <= ?2",
+                    params![c.pos, floor],
+                    |r| r.get(0),
+                )
+                .map_err(|e| s.sqlite(e))?
+        } else {
+            0
+        };
+        out.push(OrphanedCursor {
+            sink: c.sink.clone(),
+            cursor: c.pos,
+            lag_events: c.lag_events,
+            held_events: held,
+        });
+    }
+    Ok(out)
+}
+
+/// Removes a sink's cursor and its DLQ items, so the journal no longer keeps
+/// entries for it. None when the sink has no cursor. The caller refuses this for
+/// a configured sink (its runner would recreate the cursor at the journal start).
+pub(super) fn drop(s: &mut SqliteStore, sink: &str) -> Result<Option<DroppedCursor>, JournalError> {
+    s.write(|tx, err| {
+        let cursor: Option<i64> = tx
+            .query_row("SELECT pos FROM cursors WHERE sink = ?1", [sink], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?;
+        let Some(cursor) = cursor else {
+            return Ok(None);
+        };
+        tx.execute("DELETE FROM cursors WHERE sink = ?1", [sink])
+            .map_err(err)?;
+        let dlq_items = tx
+            .execute("DELETE FROM dlq WHERE sink = ?1", [sink])
+            .map_err(err)? as i64;
+        Ok(Some(DroppedCursor { cursor, dlq_items }))
+    })
+}
+
+/// The sink's cursor and its generation (the cursor exists).
+pub(super) fn state(s: &SqliteStore, sink: &str) -> Result<CursorState, JournalError> {
+    s.conn
+        .query_row(
+            "SELECT pos, generation FROM cursors WHERE sink = ?1",
+            [sink],
+            |r| {
+                Ok(CursorState {
+                    pos: r.get(0)?,
+                    generation: r.get(1)?,
+                })
+            },
+        )
+        .map_err(|e| s.sqlite(e))
+}
+
+/// Moves the sink's cursor (back or forward) and bumps its generation. Returns the
+/// new cursor: the sink next delivers the entries after it.
+pub(super) fn reset(
+    s: &mut SqliteStore,
+    sink: &str,
+    target: ResetTarget,
+) -> Result<CursorState, ResetError> {
+    let head = s.head()?.pos;
+    let oldest: Option<(i64, i64, Option<i64>)> = s
+        .conn
+        .query_row(
+            "SELECT pos, commit_lsn, commit_time_us FROM events ORDER BY pos LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(|e| s.sqlite(e))?;
+    // Positions start at 1: an oldest entry past 1 means older entries were pruned.
+    let pruned = oldest.is_some_and(|(pos, _, _)| pos > 1);
+    let refuse = |target: String, oldest: String| ResetError::BeyondRetention {
+        sink: sink.to_string(),
+        target,
+        oldest,
+    };
+    let before = |column: &str, value: i64| -> Result<i64, JournalError> {
+        let sql = format!("SELECT MAX(pos) FROM events WHERE {column} < ?1");
+        let found: Option<i64> = s
+            .conn
+            .query_row(&sql, [value], |r| r.get(0))
+            .map_err(|e| s.sqlite(e))?;
+        // Nothing before the target: start before the oldest retained entry.
+        Ok(found.unwrap_or_else(|| oldest.map_or(head, |(pos, _, _)| pos - 1)))
+    };
+    let pos = match target {
+        ResetTarget::Latest => head,
+        ResetTarget::Lsn(lsn) => {
+            if let Some((_, first, _)) = oldest.filter(|_| pruned) {
+                if (lsn.0 as i64) < first {
+                    return Err(refuse(
+                        format!("LSN {lsn}"),
+                        format!("LSN {}", Lsn(first as u64)),
+                    ));
+                }
+            }
+            before("commit_lsn", lsn.0 as i64)?
+        }
+        ResetTarget::Time(us) => {
+            if let Some((_, _, Some(first))) = oldest.filter(|_| pruned) {
+                if us < first {
+                    let text = |t: i64| {
+                        chrono::DateTime::from_timestamp_micros(t)
+                            .map_or(t.to_string(), |d| d.to_rfc3339())
+                    };
+                    return Err(refuse(text(us), text(first)));
+                }
+            }
+            before("commit_time_us", us)?
+        }
+    };
+    s.conn
+            .execute(
+                "INSERT INTO cursors(sink, pos, generation) VALUES (?1, ?2, 1) \
+                 ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, generation = cursors.generation + 1, \
+                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                params![sink, pos],
+            )
+            .map_err(|e| s.sqlite(e))?;
+    Ok(state(s, sink)?)
+}
+
+/// Moves `sink`'s cursor forward to `pos`, never back, creating it if missing; with
+/// `generation`, only while no operator reset has bumped it since (a batch in flight
+/// cannot overwrite a reset). The one place cursors advance. Returns rows changed.
+pub(super) fn advance_cursor(
+    conn: &rusqlite::Connection,
+    sink: &str,
+    pos: i64,
+    generation: Option<i64>,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO cursors(sink, pos) VALUES (?1, ?2) \
+         ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, \
+         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+         WHERE excluded.pos > cursors.pos AND (?3 IS NULL OR cursors.generation = ?3)",
+        params![sink, pos, generation],
+    )
+}
+
+/// Every sink's cursor with its lag.
+pub(super) fn cursors(s: &SqliteStore) -> Result<Vec<CursorInfo>, JournalError> {
+    let head = s.head()?.pos;
+    let mut stmt = s
+        .conn
+        .prepare("SELECT sink, pos FROM cursors ORDER BY sink")
+        .map_err(|e| s.sqlite(e))?;
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(|e| s.sqlite(e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| s.sqlite(e))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (sink, pos) in rows {
+        let oldest = s
+            .conn
+            .query_row(
+                "SELECT commit_time_us FROM events WHERE pos > ?1 ORDER BY pos LIMIT 1",
+                [pos],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map_err(|e| s.sqlite(e))?
+            .flatten();
+        out.push(CursorInfo {
+            sink,
+            pos,
+            lag_events: (head - pos).max(0),
+            oldest_pending_unix_us: oldest,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,538 @@
+//! The embedded state store: one SQLite file, `journal.db` in `state.dir` (WAL
+//! mode), holding the events, cursors, DLQ, row state, resync queue and meta;
+//! the delivery audit log in `audit.db` beside it, so that `journal.max_bytes`
+//! (pages in use of `journal.db`) measures the journal and not the record of
+//! delivery attempts.
+//!
+//! Files: `mod.rs` (opening, schema, events, meta, the `StateStore` impl),
+//! `writer.rs` (the single appender), then one file per kind of state.
+
+use std::cell::OnceCell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgcdc_schema::Lsn;
+use pgcdc_sinks::Attempt;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::meta::TABLE_OID_PREFIX;
+use super::{
+    Access, Backend, CursorInfo, CursorState, DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState,
+    DroppedCursor, JournalError, JournalHead, JournalWriter, MetaKey, OrphanedCursor, ResetError,
+    ResetTarget, ResyncInfo, ResyncKind, ResyncRequestError, StateStore, StoredEvent,
+};
+
+mod audit;
+mod checkpoint;
+mod dlq;
+mod resync;
+mod row_state;
+mod writer;
+
+/// File name of the journal inside `state.dir`.
+pub(crate) const JOURNAL_FILE: &str = "journal.db";
+/// File name of the delivery audit log inside `state.dir`.
+const AUDIT_FILE: &str = "audit.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    pos INTEGER PRIMARY KEY,
+    commit_lsn INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    commit_time_us INTEGER,
+    tbl TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    target TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    sink TEXT PRIMARY KEY,
+    pos INTEGER NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS dlq (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    pos INTEGER NOT NULL,
+    item TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    replay INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS dlq_sink_row ON dlq(sink, row_key, id);
+";
+
+/// The SQLite store in a state directory.
+pub(crate) struct Sqlite {
+    dir: PathBuf,
+}
+
+impl Sqlite {
+    /// The store in `dir` (nothing is opened yet).
+    pub(crate) fn new(dir: &Path) -> Sqlite {
+        Sqlite {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Backend for Sqlite {
+    fn open(&self, access: Access) -> Result<Box<dyn StateStore>, JournalError> {
+        Ok(Box::new(SqliteStore::open(&self.dir, access)?))
+    }
+
+    fn writer(&self) -> Result<Box<dyn JournalWriter>, JournalError> {
+        Ok(Box::new(writer::SqliteWriter::open(&self.dir)?))
+    }
+
+    fn exists(&self) -> bool {
+        self.dir.join(JOURNAL_FILE).exists()
+    }
+
+    fn describe(&self) -> String {
+        self.dir.join(JOURNAL_FILE).display().to_string()
+    }
+}
+
+/// Maps a SQLite error on the file at `path` to a [`JournalError`].
+fn store_error(path: &Path, source: rusqlite::Error) -> JournalError {
+    JournalError::Store {
+        at: path.display().to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// How hard a connection's commits wait for the disk. The writer's commits back what
+/// the slot is told (`FULL`: fsync per commit). Cursors, DLQ and audit records only
+/// need atomicity: a commit lost to a power cut (never to a process crash, in WAL
+/// mode) rolls a cursor back with its DLQ records, and the events are delivered
+/// again, which at-least-once allows (`NORMAL`: no fsync on the delivery path).
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    Fsync,
+    Atomic,
+}
+
+/// Opens `file` in `dir` in WAL mode with the lock wait below.
+fn connect(
+    dir: &Path,
+    file: &str,
+    create: bool,
+    durability: Durability,
+) -> Result<(Connection, PathBuf), JournalError> {
+    let path = dir.join(file);
+    if create {
+        std::fs::create_dir_all(dir).map_err(|e| JournalError::StateDir {
+            path: dir.to_path_buf(),
+            message: format!("cannot create it ({e}); set [state] dir to a writable directory"),
+        })?;
+    } else if !path.exists() {
+        return Err(JournalError::StateDir {
+            path: dir.to_path_buf(),
+            message: format!(
+                "no journal ({JOURNAL_FILE}) here yet; run `pgcdc run` first or check [state] dir"
+            ),
+        });
+    }
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let err = |source| store_error(&path, source);
+    let conn = Connection::open_with_flags(&path, flags).map_err(err)?;
+    conn.busy_handler(Some(wait_for_lock)).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    let synchronous = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Atomic => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(err)?;
+    Ok((conn, path))
+}
+
+/// Opens the journal file, creating or migrating its tables.
+fn open_conn(
+    dir: &Path,
+    access: Access,
+    durability: Durability,
+) -> Result<(Connection, PathBuf), JournalError> {
+    let (conn, path) = connect(dir, JOURNAL_FILE, access == Access::Create, durability)?;
+    let err = |source| store_error(&path, source);
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    conn.execute_batch(row_state::SCHEMA).map_err(err)?;
+    conn.execute_batch(resync::SCHEMA).map_err(err)?;
+    // Journals made before resync have no `target` column (NULL: every sink).
+    let has_target: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('events') WHERE name = 'target'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if !has_target {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN target TEXT")
+            .map_err(err)?;
+    }
+    audit::move_out_of_journal(&conn, &dir.join(AUDIT_FILE)).map_err(err)?;
+    Ok((conn, path))
+}
+
+/// While another connection holds the write lock: retry every 250 µs for up to
+/// 30 s. SQLite's own busy timeout sleeps in steps of up to 100 ms, which a
+/// runner's cursor commit would wait out behind a few milliseconds of audit writes.
+fn wait_for_lock(tries: i32) -> bool {
+    const STEP: Duration = Duration::from_micros(250);
+    const LIMIT: i32 = 120_000; // 30 s
+    if tries >= LIMIT {
+        return false;
+    }
+    std::thread::sleep(STEP);
+    true
+}
+
+fn meta_get(conn: &Connection, key: &MetaKey) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = ?1",
+        [key.as_stored()],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn meta_set(conn: &Connection, key: &MetaKey, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key.as_stored(), value],
+    )?;
+    Ok(())
+}
+
+fn table_oids(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+    )?;
+    let rows = stmt.query_map([TABLE_OID_PREFIX], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, value) = row?;
+        if let Some(table) = key.strip_prefix(TABLE_OID_PREFIX) {
+            out.push((table.to_string(), value));
+        }
+    }
+    Ok(out)
+}
+
+/// Pages in use of the journal file (freed pages do not count, so pruning makes room
+/// even though the file does not shrink). The audit log has a file of its own.
+fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT (p.page_count - f.freelist_count) * s.page_size \
+         FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+}
+
+fn read_head(conn: &Connection) -> rusqlite::Result<JournalHead> {
+    let pos: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| r.get(0))?;
+    let confirmed = meta_get(conn, &MetaKey::ConfirmedLsn)?
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok(JournalHead {
+        pos,
+        confirmed_lsn: Lsn(confirmed),
+    })
+}
+
+/// A session on the SQLite store (one per sink runner, and for `status`).
+pub(crate) struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// The audit log's connection, opened on first use.
+    audit: OnceCell<Connection>,
+}
+
+type SqlErr<'a> = &'a dyn Fn(rusqlite::Error) -> JournalError;
+
+impl SqliteStore {
+    /// Opens the journal for reading and cursor updates.
+    fn open(dir: &Path, access: Access) -> Result<Self, JournalError> {
+        let (conn, path) = open_conn(dir, access, Durability::Atomic)?;
+        Ok(SqliteStore {
+            conn,
+            path,
+            audit: OnceCell::new(),
+        })
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> JournalError {
+        store_error(&self.path, source)
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction (the write lock is taken up front, waiting
+    /// on the busy timeout) and commits it when `f` succeeds. `f` gets the transaction
+    /// and the mapping of SQLite errors to [`JournalError`].
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, SqlErr<'_>) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let path = self.path.clone();
+        let err = move |source| store_error(&path, source);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let out = f(&tx, &err)?;
+        tx.commit().map_err(&err)?;
+        Ok(out)
+    }
+
+    fn create_cursor(&self, sink: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO cursors(sink, pos) VALUES (?1, 0) ON CONFLICT(sink) DO NOTHING",
+                [sink],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
+    }
+}
+
+impl StateStore for SqliteStore {
+    fn head(&self) -> Result<JournalHead, JournalError> {
+        read_head(&self.conn).map_err(|e| self.sqlite(e))
+    }
+
+    fn read_batch(
+        &self,
+        pos: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT pos, payload, target, tbl, seq FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let mut rows = stmt
+            .query(params![pos, limit as i64])
+            .map_err(|e| self.sqlite(e))?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
+            let pos: i64 = row.get(0).map_err(|e| self.sqlite(e))?;
+            // Parsed from SQLite's own buffer: no copy of the payload text.
+            let payload = row.get_ref(1).map_err(|e| self.sqlite(e))?;
+            let payload = payload
+                .as_str()
+                .map_err(|e| self.sqlite(rusqlite::Error::from(e)))?;
+            bytes = bytes.saturating_add(payload.len());
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            let event = pgcdc_schema::event::from_stored_json(payload)
+                .map_err(|source| JournalError::Corrupt { pos, source })?;
+            let target: Option<String> = row.get(2).map_err(|e| self.sqlite(e))?;
+            let table: String = row.get(3).map_err(|e| self.sqlite(e))?;
+            let seq: u32 = row.get(4).map_err(|e| self.sqlite(e))?;
+            out.push(StoredEvent {
+                pos,
+                seq,
+                event,
+                target,
+                table,
+            });
+        }
+        Ok(out)
+    }
+
+    fn event_id_at(&self, pos: i64) -> Result<Option<String>, JournalError> {
+        let payload: Option<String> = self
+            .conn
+            .query_row("SELECT payload FROM events WHERE pos = ?1", [pos], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.sqlite(e))?;
+        let Some(payload) = payload else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let id: Id = serde_json::from_str(&payload)
+            .map_err(|source| JournalError::Corrupt { pos, source })?;
+        Ok(Some(id.id))
+    }
+
+    fn used_bytes(&self) -> Result<u64, JournalError> {
+        used_bytes(&self.conn).map_err(|e| self.sqlite(e))
+    }
+
+    fn size_bytes(&self) -> u64 {
+        let wal = self.path.with_extension("db-wal");
+        [self.path.as_path(), wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    fn meta(&self, key: &MetaKey) -> Result<Option<String>, JournalError> {
+        meta_get(&self.conn, key).map_err(|e| self.sqlite(e))
+    }
+
+    fn delete_meta(&mut self, key: &MetaKey) -> Result<(), JournalError> {
+        self.conn
+            .execute("DELETE FROM meta WHERE key = ?1", [key.as_stored()])
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
+    }
+
+    fn table_oids(&self) -> Result<Vec<(String, String)>, JournalError> {
+        table_oids(&self.conn).map_err(|e| self.sqlite(e))
+    }
+
+    fn cursor(&mut self, sink: &str) -> Result<i64, JournalError> {
+        self.create_cursor(sink)?;
+        self.conn
+            .query_row("SELECT pos FROM cursors WHERE sink = ?1", [sink], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.sqlite(e))
+    }
+
+    fn cursor_state(&mut self, sink: &str) -> Result<CursorState, JournalError> {
+        self.create_cursor(sink)?;
+        checkpoint::state(self, sink)
+    }
+
+    fn cursors(&self) -> Result<Vec<CursorInfo>, JournalError> {
+        checkpoint::cursors(self)
+    }
+
+    fn orphaned_cursors(&self, configured: &[String]) -> Result<Vec<OrphanedCursor>, JournalError> {
+        checkpoint::orphaned(self, configured)
+    }
+
+    fn drop_cursor(&mut self, sink: &str) -> Result<Option<DroppedCursor>, JournalError> {
+        checkpoint::drop(self, sink)
+    }
+
+    fn reset_cursor(&mut self, sink: &str, target: ResetTarget) -> Result<CursorState, ResetError> {
+        checkpoint::reset(self, sink, target)
+    }
+
+    fn commit_batch(
+        &mut self,
+        sink: &str,
+        cursor: i64,
+        generation: i64,
+        records: &[DlqRecord],
+        replaying: &HashSet<String>,
+    ) -> Result<(), JournalError> {
+        dlq::commit_batch(self, sink, cursor, generation, records, replaying)
+    }
+
+    fn dlq_rows(&self, sink: &str) -> Result<(HashSet<String>, HashSet<String>), JournalError> {
+        dlq::rows(self, sink)
+    }
+
+    fn dlq_list(&self, sink: &str) -> Result<Vec<DlqEntry>, JournalError> {
+        dlq::list(self, sink)
+    }
+
+    fn dlq_count(&self, sink: &str) -> Result<i64, JournalError> {
+        dlq::count(self, sink)
+    }
+
+    fn dlq_replay_batch(&self, sink: &str, limit: usize) -> Result<Vec<DlqEntry>, JournalError> {
+        dlq::replay_batch(self, sink, limit)
+    }
+
+    fn dlq_settle(
+        &mut self,
+        sink: &str,
+        delivered: &[i64],
+        failed: &[(i64, String, DlqState, Option<String>)],
+    ) -> Result<(), JournalError> {
+        dlq::settle(self, sink, delivered, failed)
+    }
+
+    fn dlq_request_replay(&mut self, sink: &str, sel: &DlqSelector) -> Result<usize, DlqError> {
+        dlq::request_replay(self, sink, sel)
+    }
+
+    fn dlq_drop(&mut self, sink: &str, sel: &DlqSelector) -> Result<usize, DlqError> {
+        dlq::drop(self, sink, sel)
+    }
+
+    fn audit_insert(&mut self, attempts: &[Attempt]) -> Result<(), JournalError> {
+        audit::insert(self, attempts)
+    }
+
+    fn audit_by_event(&self, event_id: &str) -> Result<Vec<Attempt>, JournalError> {
+        audit::by_event(self, event_id)
+    }
+
+    fn audit_by_sink(
+        &self,
+        sink: &str,
+        since: &str,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, JournalError> {
+        audit::by_sink(self, sink, since, limit)
+    }
+
+    fn audit_prune(&mut self, before: &str) -> Result<usize, JournalError> {
+        audit::prune(self, before)
+    }
+
+    fn request_resync(
+        &mut self,
+        kind: ResyncKind,
+        table: &str,
+        sink: Option<&str>,
+        where_sql: Option<&str>,
+    ) -> Result<ResyncInfo, ResyncRequestError> {
+        resync::request(self, kind, table, sink, where_sql)
+    }
+
+    fn cancel_resync(&mut self, table: &str, sink: Option<&str>) -> Result<Vec<i64>, JournalError> {
+        resync::cancel(self, table, sink)
+    }
+
+    fn fail_resync(&mut self, id: i64, error: &str) -> Result<(), JournalError> {
+        resync::fail(self, id, error)
+    }
+
+    fn resync(&self, id: i64) -> Result<Option<ResyncInfo>, JournalError> {
+        resync::one(self, id)
+    }
+
+    fn next_resync(&self) -> Result<Option<ResyncInfo>, JournalError> {
+        resync::next(self)
+    }
+
+    fn resyncs(&self, recent: usize) -> Result<Vec<ResyncInfo>, JournalError> {
+        resync::list(self, recent)
+    }
+}
+
+#[cfg(test)]
+mod tests;

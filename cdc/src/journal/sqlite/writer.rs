@@ -1,0 +1,213 @@
+//! The single writer of the SQLite journal (owned by the journal thread).
+
+use std::path::{Path, PathBuf};
+
+use pgcdc_schema::Lsn;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    meta_get, meta_set, open_conn, read_head, resync, row_state, store_error, Durability,
+    JOURNAL_FILE,
+};
+use crate::journal::{
+    Access, AppendOutcome, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey,
+    OldTracking, ResyncProgress,
+};
+
+/// The identity of a file on disk (device, inode): a file removed or replaced under
+/// an open connection has another one, or none.
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+pub(super) struct SqliteWriter {
+    conn: Connection,
+    path: PathBuf,
+    /// (commit LSN, seq) of the last journaled change.
+    last: Option<(u64, u32)>,
+    head: JournalHead,
+    tracking: OldTracking,
+    /// (device, inode) of the file at open: checked before each durable head is published.
+    file: (u64, u64),
+}
+
+impl SqliteWriter {
+    /// Opens (or creates) the journal in `dir`.
+    pub(super) fn open(dir: &Path) -> Result<Self, JournalError> {
+        let (conn, path) = open_conn(dir, Access::Create, Durability::Fsync)?;
+        let err = |source| store_error(&path, source);
+        let last = conn
+            .query_row(
+                "SELECT commit_lsn, seq FROM events ORDER BY pos DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u32)),
+            )
+            .optional()
+            .map_err(err)?;
+        let head = read_head(&conn).map_err(err)?;
+        let file = file_identity(&path).map_err(|e| JournalError::StateDir {
+            path: dir.to_path_buf(),
+            message: format!("cannot stat {JOURNAL_FILE} after opening it ({e})"),
+        })?;
+        Ok(SqliteWriter {
+            conn,
+            path,
+            last,
+            head,
+            tracking: OldTracking::new(),
+            file,
+        })
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> JournalError {
+        store_error(&self.path, source)
+    }
+}
+
+impl JournalWriter for SqliteWriter {
+    fn set_old_tracking(&mut self, tracking: OldTracking) {
+        self.tracking = tracking;
+    }
+
+    fn used_bytes(&self) -> Result<u64, JournalError> {
+        super::used_bytes(&self.conn).map_err(|source| self.sqlite(source))
+    }
+
+    fn last_position(&self) -> Option<(u64, u32)> {
+        self.last
+    }
+
+    fn head(&self) -> JournalHead {
+        self.head
+    }
+
+    fn meta(&self, key: &MetaKey) -> Result<Option<String>, JournalError> {
+        meta_get(&self.conn, key).map_err(|source| self.sqlite(source))
+    }
+
+    fn set_meta(&mut self, key: &MetaKey, value: &str) -> Result<(), JournalError> {
+        meta_set(&self.conn, key, value).map_err(|source| self.sqlite(source))
+    }
+
+    fn table_oids(&self) -> Result<Vec<(String, String)>, JournalError> {
+        super::table_oids(&self.conn).map_err(|source| self.sqlite(source))
+    }
+
+    /// Whether the file at the journal's path is still the one this writer opened. A
+    /// journal deleted (`rm journal.db*`, the state dir moved) or replaced while pgcdc
+    /// runs keeps taking writes through the open descriptor, but the next start would
+    /// read another file: nothing more may be confirmed to the slot.
+    fn check_intact(&self) -> Result<(), JournalError> {
+        let replaced = |what: String| {
+            JournalError::Replaced {
+            path: self.path.clone(),
+            message: format!(
+                "{what} while pgcdc was writing it; pgcdc stops before confirming anything more to the \
+                 replication slot. Put the journal back (restore the state dir) or, to start over on \
+                 purpose, see \"journal and slot\" in the README"
+            ),
+        }
+        };
+        match file_identity(&self.path) {
+            Ok(id) if id == self.file => Ok(()),
+            Ok(_) => Err(replaced("the file was replaced by another one".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(replaced(
+                "the file was removed (or its directory moved)".into(),
+            )),
+            Err(e) => Err(replaced(format!("the file cannot be checked ({e})"))),
+        }
+    }
+
+    fn prune(&mut self, before_unix_us: i64, limit: usize) -> Result<usize, JournalError> {
+        self.conn
+            .execute(
+                "DELETE FROM events WHERE pos IN (SELECT pos FROM events \
+                 WHERE pos <= (SELECT COALESCE(MIN(pos), 0) FROM cursors) \
+                 AND pos < (SELECT MAX(pos) FROM events) \
+                 AND commit_time_us < ?1 ORDER BY pos LIMIT ?2)",
+                params![before_unix_us, limit as i64],
+            )
+            .map_err(|source| self.sqlite(source))
+    }
+
+    fn append(
+        &mut self,
+        entries: &[(&JournalEntry, Option<&str>)],
+        confirm: Option<Lsn>,
+        progress: &[ResyncProgress],
+    ) -> Result<AppendOutcome, JournalError> {
+        let mut outcome = AppendOutcome::default();
+        let path = self.path.clone();
+        let err = move |source| store_error(&path, source);
+        // IMMEDIATE: take the write lock up front (waiting on busy_timeout). A deferred
+        // transaction that reads row state before writing fails at once with
+        // SQLITE_BUSY when a sink runner committed in between.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let mut last = self.last;
+        let mut pos = self.head.pos;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events(pos, commit_lsn, seq, commit_time_us, tbl, payload, target) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(&err)?;
+            for &(entry, target) in entries {
+                let position = (entry.event.lsn.0, entry.seq);
+                if last.is_some_and(|l| position <= l) {
+                    outcome.skipped += 1;
+                    continue;
+                }
+                let filled;
+                let event = if self.tracking.contains_key(&entry.table) {
+                    let mut event = entry.event.clone();
+                    row_state::apply(&tx, &self.tracking, &entry.table, &mut event)
+                        .map_err(&err)?;
+                    filled = event;
+                    &filled
+                } else {
+                    &entry.event
+                };
+                let payload =
+                    serde_json::to_string(event).map_err(|source| JournalError::Corrupt {
+                        pos: pos + 1,
+                        source,
+                    })?;
+                pos += 1;
+                insert
+                    .execute(params![
+                        pos,
+                        position.0 as i64,
+                        position.1,
+                        entry.commit_time_unix_us,
+                        entry.table,
+                        payload,
+                        target
+                    ])
+                    .map_err(&err)?;
+                last = Some(position);
+                outcome.appended += 1;
+            }
+        }
+        for p in progress {
+            resync::apply_progress(&tx, p).map_err(&err)?;
+        }
+        let mut confirmed = self.head.confirmed_lsn;
+        if let Some(c) = confirm.filter(|c| *c > confirmed) {
+            meta_set(&tx, &MetaKey::ConfirmedLsn, &c.0.to_string()).map_err(&err)?;
+            confirmed = c;
+        }
+        tx.commit().map_err(&err)?;
+        self.last = last;
+        self.head = JournalHead {
+            pos,
+            confirmed_lsn: confirmed,
+        };
+        Ok(outcome)
+    }
+}
