@@ -176,18 +176,13 @@ async fn renamed_table_stays_captured_routed_and_accepted_at_restart() -> anyhow
 
 /// Tables whose `truncate` events the journal holds, by the journal's table column.
 fn journal_truncates(state: &Path) -> anyhow::Result<Vec<String>> {
-    let conn = rusqlite::Connection::open_with_flags(
-        state.join("journal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let mut stmt = conn.prepare(
-        "SELECT tbl FROM events WHERE json_extract(payload, '$.op') = 'truncate' ORDER BY tbl",
-    )?;
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    let mut tables: Vec<String> = e2e_fixture::journal_events(state)?
+        .into_iter()
+        .filter(|e| e.event.op == pgcdc_schema::Op::Truncate)
+        .map(|e| e.table)
+        .collect();
+    tables.sort();
+    Ok(tables)
 }
 
 /// A table that joins the publication while pgcdc runs is not skipped quietly: pgcdc

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use e2e_fixture::{current_wal_lsn, slot_confirmed, spawn_run, start_streaming, stderr_with};
+use pgcdc::journal::MetaKey;
 use pgcdc_tests::http_receiver::{Mode, Receiver};
 use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
 
@@ -234,15 +235,8 @@ async fn relative_state_dir_is_taken_from_the_config_files_directory() -> anyhow
 }
 
 /// Meta value of the journal in `state`.
-fn meta(state: &Path, key: &str) -> anyhow::Result<Option<String>> {
-    let conn = rusqlite::Connection::open(state.join("journal.db"))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let mut stmt = conn.prepare("SELECT value FROM meta WHERE key = ?1")?;
-    let mut rows = stmt.query([key])?;
-    Ok(match rows.next()? {
-        Some(r) => Some(r.get(0)?),
-        None => None,
-    })
+fn meta(state: &Path, key: MetaKey) -> anyhow::Result<Option<String>> {
+    Ok(e2e_fixture::journal(state)?.meta(&key)?)
 }
 
 /// A journal written before the slot was recorded in it (the previous release:
@@ -265,15 +259,19 @@ async fn journal_of_the_previous_release_is_adopted() -> anyhow::Result<()> {
     wait_slot_caught_up(&pg).await?;
     p.terminate()?;
     ensure!(p.wait_exit(Duration::from_secs(20)).await.is_some());
-    ensure!(meta(state.path(), "slot")?.as_deref() == Some("pgcdc"));
+    ensure!(meta(state.path(), MetaKey::Slot)?.as_deref() == Some("pgcdc"));
     {
-        let conn = rusqlite::Connection::open(state.path().join("journal.db"))?;
-        conn.execute(
-            "DELETE FROM meta WHERE key IN ('slot', 'slot_created_lsn') OR key LIKE 'table_oid:%'",
-            [],
-        )?;
+        let mut journal = e2e_fixture::journal(state.path())?;
+        journal.delete_meta(&MetaKey::Slot)?;
+        journal.delete_meta(&MetaKey::SlotCreatedLsn)?;
+        for (table, _) in journal.table_oids()? {
+            journal.delete_meta(&MetaKey::TableOid(table))?;
+        }
     }
-    ensure!(meta(state.path(), "system_id")?.is_some() && meta(state.path(), "slot")?.is_none());
+    ensure!(
+        meta(state.path(), MetaKey::SystemId)?.is_some()
+            && meta(state.path(), MetaKey::Slot)?.is_none()
+    );
 
     rx.set_mode(Mode::Ok);
     let mut p = start_streaming(&pg, &cfg).await?;
@@ -291,8 +289,8 @@ async fn journal_of_the_previous_release_is_adopted() -> anyhow::Result<()> {
     .await;
     ensure!(!p.has_exited());
     ensure!(
-        meta(state.path(), "slot")?.as_deref() == Some("pgcdc")
-            && meta(state.path(), "slot_created_lsn")?.is_some(),
+        meta(state.path(), MetaKey::Slot)?.as_deref() == Some("pgcdc")
+            && meta(state.path(), MetaKey::SlotCreatedLsn)?.is_some(),
         "the adopted journal records its slot"
     );
     Ok(())

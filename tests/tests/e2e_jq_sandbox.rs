@@ -50,25 +50,19 @@ tables = ["public.items"]
 
 /// The id of the journaled insert of `items` row `id`, once it is journaled.
 async fn journaled_id(state: &Path, id: i64) -> anyhow::Result<String> {
-    let path = state.join("journal.db");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let found = (|| -> anyhow::Result<Option<String>> {
-            let conn = rusqlite::Connection::open_with_flags(
-                &path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            let mut stmt = conn.prepare(
-                "SELECT json_extract(payload, '$.id') FROM events \
-                 WHERE json_extract(payload, '$.key.id') = ?1",
-            )?;
-            let mut rows = stmt.query([id])?;
-            Ok(match rows.next()? {
-                Some(row) => Some(row.get(0)?),
-                None => None,
-            })
-        })();
+        let found = e2e_fixture::journal_events(state).map(|events| {
+            events
+                .into_iter()
+                .find(|e| {
+                    e.event
+                        .key
+                        .as_ref()
+                        .is_some_and(|k| k.get("id").and_then(|v| v.as_i64()) == Some(id))
+                })
+                .map(|e| e.event.id.to_string())
+        });
         if let Ok(Some(event)) = found {
             return Ok(event);
         }

@@ -529,10 +529,8 @@ async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()>
     )
     .await?;
     // The local cursor goes back to the start, as a restored backup of the state dir would.
-    let conn = rusqlite::Connection::open(state.path().join("journal.db"))?;
-    let moved = conn.execute("UPDATE cursors SET pos = 0 WHERE sink = 'kafka'", [])?;
-    ensure!(moved == 1, "no cursor row for sink kafka");
-    drop(conn);
+    let moved = pgcdc::journal::testing::restore_cursor(state.path(), "kafka", 0)?;
+    ensure!(moved, "no cursor row for sink kafka");
     let mut p = start_streaming(&pg, &cfg).await?;
     pg.batch(
         "INSERT INTO permits SELECT g, 'pending', 1, NULL, NULL FROM generate_series(501, 600) g",

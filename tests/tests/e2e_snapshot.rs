@@ -75,7 +75,6 @@ async fn kill9_during_snapshot_resumes_with_watermarks_and_stays_exact() -> anyh
     let writer = Writer::start(&pg, "items", 3 * SNAPSHOT_ROWS).await?;
     let mut p = spawn_run(&cfg)?;
     // Kill as soon as the first chunk is journaled (polling the journal directly).
-    let db = state.path().join("journal.db");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         ensure!(
@@ -83,13 +82,13 @@ async fn kill9_during_snapshot_resumes_with_watermarks_and_stays_exact() -> anyh
             "no snapshot chunk; stderr:\n{}",
             p.stderr_tail(20)
         );
-        let chunks: i64 = rusqlite::Connection::open(&db)
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT COALESCE(SUM(chunks), 0) FROM resyncs WHERE kind = 'snapshot'",
-                    [],
-                    |r| r.get(0),
-                )
+        let chunks: i64 = e2e_fixture::journal(state.path())
+            .and_then(|j| Ok(j.resyncs(1000)?))
+            .map(|all| {
+                all.iter()
+                    .filter(|r| r.kind == "snapshot")
+                    .map(|r| r.chunks)
+                    .sum()
             })
             .unwrap_or(0);
         if chunks >= 1 {

@@ -39,6 +39,7 @@ mod resync;
 mod row_state;
 pub(crate) mod sqlite;
 mod store;
+pub mod testing;
 
 pub use checkpoint::{CursorState, DroppedCursor, OrphanedCursor, ResetError, ResetTarget};
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};

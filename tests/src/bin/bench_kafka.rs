@@ -50,19 +50,20 @@ topic = "bench.{{schema}}.{{table}}"
     )
 }
 
+/// A session on the journal in the state dir.
+fn journal(state: &Path) -> anyhow::Result<Box<dyn pgcdc::journal::StateStore>> {
+    Ok(pgcdc::journal::Store::sqlite(state).open(pgcdc::journal::Access::Existing)?)
+}
+
 /// (journal head, the sink's cursor) read from the state dir.
 fn journal_positions(state: &Path) -> anyhow::Result<(i64, i64)> {
-    let conn = rusqlite::Connection::open_with_flags(
-        state.join("journal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let head: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| r.get(0))?;
-    let cursor: i64 = conn
-        .query_row("SELECT pos FROM cursors WHERE sink = 'kafka'", [], |r| {
-            r.get(0)
-        })
-        .unwrap_or(0);
+    let journal = journal(state)?;
+    let head = journal.head()?.pos;
+    let cursor = journal
+        .cursors()?
+        .into_iter()
+        .find(|c| c.sink == "kafka")
+        .map_or(0, |c| c.pos);
     Ok((head, cursor))
 }
 
@@ -282,30 +283,34 @@ async fn latency(broker: &Broker) -> anyhow::Result<(f64, f64, f64, usize)> {
 
 /// Commit-to-ack per change, from pgcdc's audit (attempt start + latency) and journal.
 fn commit_to_ack(state: &Path) -> anyhow::Result<Vec<f64>> {
-    let conn = rusqlite::Connection::open_with_flags(
-        state.join("journal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    let mut stmt = conn.prepare(
-        "SELECT a.at, a.latency_ms, json_extract(e.payload, '$.commit_time') FROM audit a \
-         JOIN events e ON json_extract(e.payload, '$.id') = a.event_id WHERE a.outcome = 'delivered' \
-         ORDER BY e.pos",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (at, latency_ms, commit) = row?;
-        let at = chrono::DateTime::parse_from_rfc3339(&at)?.timestamp_micros();
-        let commit = chrono::DateTime::parse_from_rfc3339(&commit)?.timestamp_micros();
-        out.push((at + latency_ms * 1000 - commit) as f64 / 1000.0);
+    use std::collections::HashMap;
+    let journal = journal(state)?;
+    let mut acks: HashMap<String, (String, u64)> = HashMap::new();
+    for a in journal.audit_by_sink("kafka", "1970-01-01T00:00:00Z", 100_000_000)? {
+        if a.outcome == pgcdc_sinks::AttemptOutcome::Delivered {
+            acks.insert(a.event_id, (a.at, a.latency_ms));
+        }
     }
-    Ok(out)
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = journal.read_after(after, 10_000)?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = last.pos;
+        for e in page {
+            let (Some((at, latency_ms)), Some(commit)) = (
+                acks.get(&e.event.id.to_string()),
+                e.event.commit_time.as_deref(),
+            ) else {
+                continue;
+            };
+            let at = chrono::DateTime::parse_from_rfc3339(at)?.timestamp_micros();
+            let commit = chrono::DateTime::parse_from_rfc3339(commit)?.timestamp_micros();
+            out.push((at + *latency_ms as i64 * 1000 - commit) as f64 / 1000.0);
+        }
+    }
 }
 
 #[tokio::main]

@@ -129,10 +129,10 @@ pub async fn slot_confirmed(pg: &PgCluster, slot: &str) -> anyhow::Result<u64> {
     parse_lsn(&s.context("slot has no confirmed_flush_lsn")?)
 }
 
-/// What the journal file holds.
+/// What the journal holds.
 #[derive(Debug, PartialEq, Eq)]
 pub struct JournalStats {
-    /// Rows in `events`.
+    /// Events in the journal.
     pub events: i64,
     /// Distinct event ids among them.
     pub distinct_ids: i64,
@@ -142,31 +142,48 @@ pub struct JournalStats {
     pub distinct_insert_keys: i64,
 }
 
-/// Reads `state/journal.db` (read-only; pgcdc may be running: SQLite WAL mode allows it).
+/// Opens a session on the journal in `state` (pgcdc may be running).
+pub fn journal(state: &Path) -> anyhow::Result<Box<dyn pgcdc::journal::StateStore>> {
+    pgcdc::journal::Store::sqlite(state)
+        .open(pgcdc::journal::Access::Existing)
+        .with_context(|| format!("open the journal in {}", state.display()))
+}
+
+/// Every event the journal holds, in journal order.
+pub fn journal_events(state: &Path) -> anyhow::Result<Vec<pgcdc::journal::StoredEvent>> {
+    let journal = journal(state)?;
+    let mut out = Vec::new();
+    loop {
+        let after = out
+            .last()
+            .map_or(0, |e: &pgcdc::journal::StoredEvent| e.pos);
+        let page = journal.read_after(after, 10_000)?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
+    }
+}
+
+/// Counts what the journal in `state` holds (through pgcdc's store API).
 pub fn journal_stats(state: &Path) -> anyhow::Result<JournalStats> {
-    let path = state.join("journal.db");
-    let conn = rusqlite::Connection::open_with_flags(
-        &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("open {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let stats = conn.query_row(
-        "SELECT COUNT(*), COUNT(DISTINCT json_extract(payload, '$.id')), \
-         COUNT(DISTINCT commit_lsn || '-' || seq), \
-         COUNT(DISTINCT CASE WHEN json_extract(payload, '$.op') = 'insert' \
-               THEN tbl || ':' || json_extract(payload, '$.key') END) FROM events",
-        [],
-        |r| {
-            Ok(JournalStats {
-                events: r.get(0)?,
-                distinct_ids: r.get(1)?,
-                distinct_positions: r.get(2)?,
-                distinct_insert_keys: r.get(3)?,
-            })
-        },
-    )?;
-    Ok(stats)
+    let events = journal_events(state)?;
+    let ids: HashSet<String> = events.iter().map(|e| e.event.id.to_string()).collect();
+    let positions: HashSet<(u64, u32)> = events.iter().map(|e| (e.event.lsn.0, e.seq)).collect();
+    let insert_keys: HashSet<String> = events
+        .iter()
+        .filter(|e| e.event.op == pgcdc_schema::Op::Insert)
+        .filter_map(|e| {
+            let key = serde_json::to_string(e.event.key.as_ref()?).ok()?;
+            Some(format!("{}:{key}", e.table))
+        })
+        .collect();
+    Ok(JournalStats {
+        events: events.len() as i64,
+        distinct_ids: ids.len() as i64,
+        distinct_positions: positions.len() as i64,
+        distinct_insert_keys: insert_keys.len() as i64,
+    })
 }
 
 /// A socket connection config for a cluster, usable from a task that does not

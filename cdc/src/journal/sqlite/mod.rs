@@ -257,6 +257,18 @@ fn read_head(conn: &Connection) -> rusqlite::Result<JournalHead> {
     })
 }
 
+/// See [`crate::journal::testing::restore_cursor`].
+pub(crate) fn restore_cursor(dir: &Path, sink: &str, pos: i64) -> Result<bool, JournalError> {
+    let (conn, path) = open_conn(dir, Access::Existing, Durability::Atomic)?;
+    let n = conn
+        .execute(
+            "UPDATE cursors SET pos = ?2 WHERE sink = ?1",
+            params![sink, pos],
+        )
+        .map_err(|e| store_error(&path, e))?;
+    Ok(n == 1)
+}
+
 /// A session on the SQLite store (one per sink runner, and for `status`).
 pub(crate) struct SqliteStore {
     conn: Connection,
