@@ -6,7 +6,7 @@
 //!        ingest/: reader ─▶ changes (typed ChangeEvent, EventId) ─▶ journal thread
 //!                 (resync driver, snapshot and watermark windows beside it)
 //!                                                          ▼
-//!                    journal/ (SQLite, durable) ──▶ slot confirmed_flush_lsn
+//!                    journal/ (state store; SQLite) ──▶ slot confirmed_flush_lsn
 //!                                                          │ per-sink cursor
 //!                                                          ▼
 //!        deliver/: runner ─▶ plan (triggers, filter, transform; jq sandbox) ─▶ sinks

@@ -15,9 +15,10 @@
 //!      commit_batch (DLQ rows + monotonic, generation-guarded cursor) ──▶ cursors
 //! ```
 //!
-//! Implementations: [`sqlite`] (embedded, one file in `state.dir`). A second
-//! one lives in its own module and is picked in [`Store::from_config`]; nothing
-//! outside this folder knows a table, a column or a file of either.
+//! Implementations: [`sqlite`] (embedded: `journal.db` and `audit.db` in
+//! `state.dir`). A second one lives in its own module and is picked in
+//! [`Store::from_config`]; nothing outside this folder knows a table or a column
+//! of either ([`testing`] holds the one repair tests need).
 //!
 //! Positions: `pos` is the journal's own sequence (1, 2, ...). Streamed
 //! changes are also keyed by (commit LSN, ordinal in the transaction); the
