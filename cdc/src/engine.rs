@@ -220,32 +220,13 @@ impl Engine {
             supervise::TaskHealth::new("audit writer"),
         ));
 
-        let mut runners = JoinSet::new();
-        for (i, sink) in config.sink.iter().enumerate() {
-            let plan = plan::SinkPlan::compile(i, sink, &triggers)?;
-            let spawn = Spawner {
-                audit: &audit,
-                state_dir: &state_dir,
-                head: &head_rx,
-                stop: &stop_rx,
-            };
-            match &sink.kind {
-                SinkKind::Stdout => {
-                    let sink_impl = StdoutSink::new(&sink.name)
-                        .with_native_body_from_event(sink.transform.is_none());
-                    spawn.runner(&mut runners, sink_impl, plan)
-                }
-                SinkKind::Http(http) => {
-                    let sink_impl = build_http_sink(i, &sink.name, http, audit.clone())?
-                        .with_native_body_from_event(sink.transform.is_none());
-                    spawn.runner(&mut runners, sink_impl, plan)
-                }
-                SinkKind::Kafka(kafka) => {
-                    let sink_impl = build_kafka_sink(i, sink, kafka, &url.dbname, audit.clone())?;
-                    spawn.runner(&mut runners, sink_impl, plan)
-                }
-            }
+        let runners = Spawner {
+            audit: &audit,
+            state_dir: &state_dir,
+            head: &head_rx,
+            stop: &stop_rx,
         }
+        .runners(&config, triggers, &url.dbname)?;
 
         // Resyncs (and a snapshot continued after a restart) run beside the reader.
         let windows = watermark::Windows::default();
@@ -429,6 +410,36 @@ struct Spawner<'a> {
 }
 
 impl Spawner<'_> {
+    /// One runner per configured sink, each with its compiled plan.
+    fn runners(
+        &self,
+        config: &Config,
+        triggers: &[plan::Trigger],
+        db: &str,
+    ) -> anyhow::Result<JoinSet<Result<(), runner::RunnerError>>> {
+        let mut runners = JoinSet::new();
+        for (i, sink) in config.sink.iter().enumerate() {
+            let plan = plan::SinkPlan::compile(i, sink, triggers)?;
+            match &sink.kind {
+                SinkKind::Stdout => {
+                    let sink_impl = StdoutSink::new(&sink.name)
+                        .with_native_body_from_event(sink.transform.is_none());
+                    self.runner(&mut runners, sink_impl, plan)
+                }
+                SinkKind::Http(http) => {
+                    let sink_impl = build_http_sink(i, &sink.name, http, self.audit.clone())?
+                        .with_native_body_from_event(sink.transform.is_none());
+                    self.runner(&mut runners, sink_impl, plan)
+                }
+                SinkKind::Kafka(kafka) => {
+                    let sink_impl = build_kafka_sink(i, sink, kafka, db, self.audit.clone())?;
+                    self.runner(&mut runners, sink_impl, plan)
+                }
+            }
+        }
+        Ok(runners)
+    }
+
     fn runner<S: pgcdc_sinks::Sink>(
         &self,
         runners: &mut JoinSet<Result<(), runner::RunnerError>>,
