@@ -1,4 +1,4 @@
-//! Supervision of the background tasks, and the backoff they share.
+//! Supervision of the background tasks (their backoff is the shared one in `pgcdc_sinks::retry`).
 //!
 //! ```text
 //!  supervise(name, task) ──spawn──▶ task(TaskHealth) ──Ok──▶ done (shutdown)
