@@ -65,7 +65,6 @@ impl KafkaSink {
         let mut round = 0u32;
         while !pending.is_empty() {
             round += 1;
-            let mut failed = Vec::new();
             let mut last_error = String::new();
             let sent = match first_round.take() {
                 Some((mut outcomes, error)) => {
@@ -80,41 +79,18 @@ impl KafkaSink {
                 }
                 None => self.send(&recs, &pending).await,
             };
-            match sent {
+            let failed = match sent {
                 Err(f) if f.disposition() == Disposition::Definite => {
                     return Err(self.definite(f.to_string()))
                 }
                 Err(f) => {
-                    failed = pending.clone();
                     last_error = f.to_string();
+                    pending.clone()
                 }
                 Ok(outcomes) => {
-                    for (&i, outcome) in pending.iter().zip(outcomes) {
-                        match outcome {
-                            Ok((partition, offset)) => {
-                                let e = self
-                                    .next
-                                    .entry((recs[i].topic.clone(), partition))
-                                    .or_insert(0);
-                                *e = (*e).max(offset + 1);
-                                self.dirty = true;
-                                self.since_progress += 1;
-                            }
-                            Err(e) if record_disposition(&e) == Disposition::Definite => {
-                                results[recs[i].item] = Some(ItemResult::DeadLettered {
-                                    error: format!("Kafka refused the record: {e}"),
-                                });
-                            }
-                            Err(e) => {
-                                if last_error.is_empty() || !matches!(e, KafkaError::Canceled) {
-                                    last_error = e.to_string();
-                                }
-                                failed.push(i);
-                            }
-                        }
-                    }
+                    self.settle(&recs, &pending, outcomes, &mut results, &mut last_error)
                 }
-            }
+            };
             if failed.is_empty() {
                 break;
             }
@@ -134,24 +110,7 @@ impl KafkaSink {
                 }
             }
             tokio::time::sleep(backoff(round)).await;
-            // A new idempotent session; what the old one had in flight is settled by the read-back.
-            self.drop_producer();
-            match self.recover().await {
-                Ok(found) => {
-                    pending = failed
-                        .into_iter()
-                        .filter(|&i| !found.contains(&recs[i].id))
-                        .collect();
-                    self.dirty = true;
-                }
-                Err(f) if f.disposition() == Disposition::Definite => {
-                    return Err(self.definite(f.to_string()))
-                }
-                Err(f) => {
-                    tracing::warn!(sink = %self.name, error = %f, "read-back failed; retrying");
-                    pending = failed;
-                }
-            }
+            pending = self.recover_round(&recs, failed).await?;
         }
         let mut out = Vec::with_capacity(items.len());
         for (i, r) in results.into_iter().enumerate() {
@@ -165,6 +124,70 @@ impl KafkaSink {
             out.push(r);
         }
         Ok(out)
+    }
+
+    /// Books a round's acknowledgements: offsets of what the broker took, dead
+    /// letters for records it refused for good; returns the records to retry
+    /// (`last_error` says why).
+    fn settle(
+        &mut self,
+        recs: &[Rec],
+        pending: &[usize],
+        outcomes: Vec<Result<(i32, i64), KafkaError>>,
+        results: &mut [Option<ItemResult>],
+        last_error: &mut String,
+    ) -> Vec<usize> {
+        let mut failed = Vec::new();
+        for (&i, outcome) in pending.iter().zip(outcomes) {
+            match outcome {
+                Ok((partition, offset)) => {
+                    let e = self
+                        .next
+                        .entry((recs[i].topic.clone(), partition))
+                        .or_insert(0);
+                    *e = (*e).max(offset + 1);
+                    self.dirty = true;
+                    self.since_progress += 1;
+                }
+                Err(e) if record_disposition(&e) == Disposition::Definite => {
+                    results[recs[i].item] = Some(ItemResult::DeadLettered {
+                        error: format!("Kafka refused the record: {e}"),
+                    });
+                }
+                Err(e) => {
+                    if last_error.is_empty() || !matches!(e, KafkaError::Canceled) {
+                        *last_error = e.to_string();
+                    }
+                    failed.push(i);
+                }
+            }
+        }
+        failed
+    }
+
+    /// After a failed round: a new idempotent session (what the old one had in
+    /// flight is settled by the read-back), and of `failed` what the read-back
+    /// did not find; all of it when the read-back fails for a passing reason.
+    async fn recover_round(
+        &mut self,
+        recs: &[Rec],
+        failed: Vec<usize>,
+    ) -> Result<Vec<usize>, SinkError> {
+        self.drop_producer();
+        match self.recover().await {
+            Ok(found) => {
+                self.dirty = true;
+                Ok(failed
+                    .into_iter()
+                    .filter(|&i| !found.contains(&recs[i].id))
+                    .collect())
+            }
+            Err(f) if f.disposition() == Disposition::Definite => Err(self.definite(f.to_string())),
+            Err(f) => {
+                tracing::warn!(sink = %self.name, error = %f, "read-back failed; retrying");
+                Ok(failed)
+            }
+        }
     }
 
     /// Produces `recs[pending]` in order; one result per pending record.
