@@ -23,14 +23,15 @@ use pgcdc_sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkContext};
 use pgcdc_sinks::stdout::StdoutSink;
 use pgcdc_sinks::{AuditLog, Outgoing};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::{Config, SinkKind, SnapshotMode};
 use crate::deliver::{audit_writer, plan, runner};
 use crate::ingest::{journal_guard, journal_thread, reader, scheduler, watermark};
-use crate::journal::{Access, JournalHead, MetaKey, Store};
-use crate::replication::{connect_sql, ReplicationConnection};
+use crate::journal::{Access, JournalError, JournalHead, JournalWriter, MetaKey, Store};
+use crate::replication::{connect_sql, ReplicationConnection, SourceUrl};
 use crate::source;
+use crate::source::identity::Capture;
 use crate::supervise;
 
 /// How long a slot held by a previous (crashed) pgcdc may take to be released.
@@ -38,11 +39,10 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
 
 /// Preflight, set up the publication and slot, then stream and deliver until
 /// `shutdown` becomes true.
-pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let config = std::sync::Arc::new(config);
     plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
-    let state_dir = config.state.dir.clone();
     let triggers = plan::compile_triggers(&config)?;
     let store = Store::from_config(&config.state);
     let mut writer = store.writer()?;
@@ -55,7 +55,18 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let client = connect_sql(&url)
         .await
         .with_context(|| format!("cannot connect to the source database at {url}"))?;
-    let checks = source::preflight(&config, &client).await;
+    preflight(&config, &client).await?;
+    let capture = prepare_source(&config, &url, &client, &mut *writer, &store, prior).await?;
+    drop(client);
+
+    let engine = Engine::start(config, url, writer, store, capture, &triggers)?;
+    engine.until_shutdown(shutdown).await
+}
+
+/// Every preflight check passes, or the one failure is a slot still held by a
+/// previous (crashed) pgcdc and it is released in time.
+async fn preflight(config: &Config, client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let checks = source::preflight(config, client).await;
     let failed: Vec<String> = checks
         .iter()
         .filter_map(|c| {
@@ -72,14 +83,28 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .is_err_and(|p| p.problem.contains("in use"))
     });
     if slot_busy && failed.len() == 1 {
-        source::wait_slot_released(&client, &config.source.slot, SLOT_RELEASE_WAIT)
+        source::wait_slot_released(client, &config.source.slot, SLOT_RELEASE_WAIT)
             .await
             .map_err(|p| anyhow!("preflight failed:\n  slot {}: {p}", config.source.slot))?;
     } else if !failed.is_empty() {
         bail!("preflight failed:\n{}", failed.join("\n"));
     }
+    Ok(())
+}
 
-    let mut conn = ReplicationConnection::connect(&url).await?;
+/// Checks the journal belongs to this source, then sets up the publication, the
+/// captured tables' identity, the slot and (with `snapshot = "initial"`) the
+/// initial snapshot; returns what the reader captures.
+async fn prepare_source(
+    config: &Config,
+    url: &SourceUrl,
+    client: &tokio_postgres::Client,
+    writer: &mut dyn JournalWriter,
+    store: &Store,
+    prior: journal_guard::Prior,
+) -> anyhow::Result<Capture> {
+    let state_dir = &config.state.dir;
+    let mut conn = ReplicationConnection::connect(url).await?;
     let ident = conn.identify_system().await?;
     match writer.meta(&MetaKey::SystemId)? {
         Some(id) if id != ident.systemid => bail!(
@@ -91,7 +116,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         Some(_) => {}
         None => writer.set_meta(&MetaKey::SystemId, &ident.systemid)?,
     }
-    if source::ensure_publication(&config, &client)
+    if source::ensure_publication(config, client)
         .await
         .map_err(|e| {
             anyhow!(
@@ -103,8 +128,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     {
         writer.set_meta(&MetaKey::CreatedPublication, &config.source.publication)?;
     }
-    let capture = source::identity::capture(&config, &client, &mut *writer).await?;
-    let slot_confirmed = source::slot_info(&client, &config.source.slot)
+    let capture = source::identity::capture(config, client, writer).await?;
+    let slot_confirmed = source::slot_info(client, &config.source.slot)
         .await?
         .map(|s| {
             s.confirmed_flush_lsn
@@ -112,9 +137,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .unwrap_or_default()
         });
     let slot_plan = journal_guard::check(
-        &mut *writer,
+        writer,
         prior,
-        &state_dir,
+        state_dir,
         &config.source.slot,
         slot_confirmed,
     )?;
@@ -123,203 +148,234 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let initial = config.source.snapshot == SnapshotMode::Initial;
     if slot_plan == journal_guard::SlotPlan::Create {
         if initial {
-            crate::ingest::snapshot::queue(&config, &store)?;
+            crate::ingest::snapshot::queue(config, store)?;
         }
-        journal_guard::creating(&mut *writer, &config.source.slot)?;
+        journal_guard::creating(writer, &config.source.slot)?;
     }
-    if let Some(created) = source::ensure_slot(&config, &client, &mut conn, initial).await? {
+    if let Some(created) = source::ensure_slot(config, client, &mut conn, initial).await? {
         writer.set_meta(&MetaKey::CreatedSlot, &config.source.slot)?;
         journal_guard::created(
-            &mut *writer,
+            writer,
             &config.source.slot,
             pgcdc_schema::Lsn(created.consistent_point),
         )?;
         if let (true, Some(name)) = (initial, created.snapshot_name.as_deref()) {
             // The exported snapshot lives as long as `conn` stays open and idle.
             let rows = crate::ingest::snapshot::copy(
-                &url,
+                url,
                 name,
                 pgcdc_schema::Lsn(created.consistent_point),
-                &mut *writer,
-                &store,
+                writer,
+                store,
             )
             .await?;
             tracing::info!(rows, "initial snapshot journaled");
         }
     }
     conn.close().await;
-    drop(client);
+    Ok(capture)
+}
 
-    let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
-    let retention = config.journal.retention();
-    let (journal_tx, journal_rx) = journal_thread::queue();
-    let fill = std::sync::Arc::new(journal_thread::JournalFill::new(config.journal.max_bytes));
-    let writer_fill = fill.clone();
-    let writer_thread = std::thread::Builder::new()
-        .name("pgcdc-journal".into())
-        .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention, writer_fill))
-        .context("cannot start the journal thread")?;
+/// The running engine: the journal thread, the reader, the sink runners and the
+/// background tasks.
+struct Engine {
+    stop_tx: watch::Sender<bool>,
+    reader: JoinHandle<Result<(), reader::ReaderError>>,
+    runners: JoinSet<Result<(), runner::RunnerError>>,
+    audit: AuditLog,
+    audit_task: JoinHandle<Result<(), JournalError>>,
+    resync_task: JoinHandle<()>,
+    scheduler_task: JoinHandle<()>,
+    writer_thread: std::thread::JoinHandle<Result<(), JournalError>>,
+}
 
-    // Background tasks and what their failures do: see `supervise`.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
-    let mut audit_task = tokio::spawn(audit_writer::run(
-        store.clone(),
-        audit_rx,
-        config.audit.retention(),
-        stop_rx.clone(),
-        supervise::TaskHealth::new("audit writer"),
-    ));
+impl Engine {
+    /// Starts the journal thread, the audit writer, one runner per sink, the
+    /// resync driver, the scheduler and the reader.
+    fn start(
+        config: std::sync::Arc<Config>,
+        url: SourceUrl,
+        writer: Box<dyn JournalWriter>,
+        store: Store,
+        capture: Capture,
+        triggers: &[plan::Trigger],
+    ) -> anyhow::Result<Engine> {
+        let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
+        let retention = config.journal.retention();
+        let (journal_tx, journal_rx) = journal_thread::queue();
+        let fill = std::sync::Arc::new(journal_thread::JournalFill::new(config.journal.max_bytes));
+        let writer_fill = fill.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("pgcdc-journal".into())
+            .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention, writer_fill))
+            .context("cannot start the journal thread")?;
 
-    let mut runners = JoinSet::new();
-    for (i, sink) in config.sink.iter().enumerate() {
-        let plan = plan::SinkPlan::compile(i, sink, &triggers)?;
-        let spawn = Spawner {
+        // Background tasks and what their failures do: see `supervise`.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
+        let audit_task = tokio::spawn(audit_writer::run(
+            store.clone(),
+            audit_rx,
+            config.audit.retention(),
+            stop_rx.clone(),
+            supervise::TaskHealth::new("audit writer"),
+        ));
+
+        let runners = Spawner {
             audit: &audit,
             store: &store,
             head: &head_rx,
             stop: &stop_rx,
+        }
+        .runners(&config, triggers, &url.dbname)?;
+
+        // Resyncs (and a snapshot continued after a restart) run beside the reader.
+        let windows = watermark::Windows::default();
+        let resync_task = {
+            let (url, dir, windows, stop) =
+                (url.clone(), store.clone(), windows.clone(), stop_rx.clone());
+            tokio::spawn(supervise::supervise(
+                "resync driver",
+                stop_rx.clone(),
+                move |status| {
+                    crate::ingest::resync::run(
+                        url.clone(),
+                        dir.clone(),
+                        windows.clone(),
+                        stop.clone(),
+                        status,
+                    )
+                },
+            ))
         };
-        match &sink.kind {
-            SinkKind::Stdout => {
-                let sink_impl = StdoutSink::new(&sink.name)
-                    .with_native_body_from_event(sink.transform.is_none());
-                spawn.runner(&mut runners, sink_impl, plan)
-            }
-            SinkKind::Http(http) => {
-                let sink_impl = build_http_sink(i, &sink.name, http, audit.clone())?
-                    .with_native_body_from_event(sink.transform.is_none());
-                spawn.runner(&mut runners, sink_impl, plan)
-            }
-            SinkKind::Kafka(kafka) => {
-                let sink_impl = build_kafka_sink(i, sink, kafka, &url.dbname, audit.clone())?;
-                spawn.runner(&mut runners, sink_impl, plan)
-            }
-        }
+        let scheduler_task = {
+            let (config, dir, stop) = (config.clone(), store.clone(), stop_rx.clone());
+            tokio::spawn(supervise::supervise(
+                "scheduler",
+                stop_rx.clone(),
+                move |status| scheduler::run(config.clone(), dir.clone(), stop.clone(), status),
+            ))
+        };
+        let reader_cfg = reader::ReaderConfig {
+            url,
+            slot: config.source.slot.clone(),
+            publication: config.source.publication.clone(),
+            capture,
+            status_interval: Duration::from_secs(1),
+            heartbeat: config.source.heartbeat(),
+            windows: windows.clone(),
+            fill,
+        };
+        let reader = tokio::spawn(reader::run(
+            reader_cfg,
+            journal_tx,
+            head_rx,
+            stop_rx.clone(),
+        ));
+        Ok(Engine {
+            stop_tx,
+            reader,
+            runners,
+            audit,
+            audit_task,
+            resync_task,
+            scheduler_task,
+            writer_thread,
+        })
     }
 
-    // Resyncs (and a snapshot continued after a restart) run beside the reader.
-    let windows = watermark::Windows::default();
-    let resync_task = {
-        let (url, dir, windows, stop) =
-            (url.clone(), store.clone(), windows.clone(), stop_rx.clone());
-        tokio::spawn(supervise::supervise(
-            "resync driver",
-            stop_rx.clone(),
-            move |status| {
-                crate::ingest::resync::run(
-                    url.clone(),
-                    dir.clone(),
-                    windows.clone(),
-                    stop.clone(),
-                    status,
-                )
-            },
-        ))
-    };
-    let scheduler_task = {
-        let (config, dir, stop) = (config.clone(), store.clone(), stop_rx.clone());
-        tokio::spawn(supervise::supervise(
-            "scheduler",
-            stop_rx.clone(),
-            move |status| scheduler::run(config.clone(), dir.clone(), stop.clone(), status),
-        ))
-    };
-    let reader_cfg = reader::ReaderConfig {
-        url,
-        slot: config.source.slot.clone(),
-        publication: config.source.publication.clone(),
-        capture,
-        status_interval: Duration::from_secs(1),
-        heartbeat: config.source.heartbeat(),
-        windows: windows.clone(),
-        fill,
-    };
-    let mut reader = tokio::spawn(reader::run(
-        reader_cfg,
-        journal_tx,
-        head_rx,
-        stop_rx.clone(),
-    ));
-
-    let mut failure: Option<anyhow::Error> = None;
-    let mut runner_ended = false;
-    let mut reader_done = false;
-    let mut audit_done = false;
-    tokio::select! {
-        _ = shutdown.changed() => tracing::info!("shutting down: finishing the batch in hand"),
-        r = &mut reader => {
-            reader_done = true;
-            failure = Some(match r {
-                Ok(Ok(())) => anyhow!("the reader stopped unexpectedly"),
-                Ok(Err(e)) => anyhow!(e),
-                Err(e) => anyhow!("reader task failed: {e}"),
-            });
+    /// Runs until `shutdown` or until a task stops, then stops the rest in
+    /// order; the first failure (the one that explains the others) is returned.
+    async fn until_shutdown(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let Engine {
+            stop_tx,
+            mut reader,
+            mut runners,
+            audit,
+            mut audit_task,
+            resync_task,
+            scheduler_task,
+            writer_thread,
+        } = self;
+        let mut failure: Option<anyhow::Error> = None;
+        let mut runner_ended = false;
+        let mut reader_done = false;
+        let mut audit_done = false;
+        tokio::select! {
+            _ = shutdown.changed() => tracing::info!("shutting down: finishing the batch in hand"),
+            r = &mut reader => {
+                reader_done = true;
+                failure = Some(match r {
+                    Ok(Ok(())) => anyhow!("the reader stopped unexpectedly"),
+                    Ok(Err(e)) => anyhow!(e),
+                    Err(e) => anyhow!("reader task failed: {e}"),
+                });
+            }
+            Some(r) = runners.join_next() => {
+                failure = match r {
+                    // A runner ends by itself when the journal thread is gone, which the
+                    // reader's or the writer's own error explains: those are collected
+                    // below and win; this is said only when nothing else is.
+                    Ok(Ok(())) => {
+                        runner_ended = true;
+                        None
+                    }
+                    Ok(Err(e)) => Some(anyhow!(e)),
+                    Err(e) => Some(anyhow!("sink task failed: {e}")),
+                };
+            }
+            // It retries passing errors itself; ending while the sinks run would lose
+            // their delivery attempts, so it stops pgcdc.
+            r = &mut audit_task => {
+                audit_done = true;
+                failure = Some(match r {
+                    Ok(Ok(())) => anyhow!("the audit writer stopped unexpectedly"),
+                    Ok(Err(e)) => anyhow!(e),
+                    Err(e) => anyhow!("audit task failed: {e}"),
+                });
+            }
         }
-        Some(r) = runners.join_next() => {
-            failure = match r {
-                // A runner ends by itself when the journal thread is gone, which the
-                // reader's or the writer's own error explains: those are collected
-                // below and win; this is said only when nothing else is.
-                Ok(Ok(())) => {
-                    runner_ended = true;
-                    None
-                }
-                Ok(Err(e)) => Some(anyhow!(e)),
-                Err(e) => Some(anyhow!("sink task failed: {e}")),
-            };
+        let _ = stop_tx.send(true);
+        // Supervised: they retry their own failures and end only on shutdown.
+        let _ = scheduler_task.await;
+        let _ = resync_task.await;
+        if !reader_done {
+            match reader.await {
+                Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
+                Err(e) if failure.is_none() => failure = Some(anyhow!("reader task failed: {e}")),
+                _ => {}
+            }
         }
-        // It retries passing errors itself; ending while the sinks run would lose
-        // their delivery attempts, so it stops pgcdc.
-        r = &mut audit_task => {
-            audit_done = true;
-            failure = Some(match r {
-                Ok(Ok(())) => anyhow!("the audit writer stopped unexpectedly"),
-                Ok(Err(e)) => anyhow!(e),
-                Err(e) => anyhow!("audit task failed: {e}"),
-            });
+        while let Some(r) = runners.join_next().await {
+            match r {
+                Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
+                Err(e) if failure.is_none() => failure = Some(anyhow!("sink task failed: {e}")),
+                _ => {}
+            }
         }
-    }
-    let _ = stop_tx.send(true);
-    // Supervised: they retry their own failures and end only on shutdown.
-    let _ = scheduler_task.await;
-    let _ = resync_task.await;
-    if !reader_done {
-        match reader.await {
-            Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
-            Err(e) if failure.is_none() => failure = Some(anyhow!("reader task failed: {e}")),
-            _ => {}
+        // Sinks are gone with their audit handles; the audit writer drains and ends.
+        drop(audit);
+        if !audit_done {
+            match audit_task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = failure.or(Some(anyhow!(e))),
+                Err(e) => failure = failure.or(Some(anyhow!("audit task failed: {e}"))),
+            }
         }
-    }
-    while let Some(r) = runners.join_next().await {
-        match r {
-            Ok(Err(e)) if failure.is_none() => failure = Some(anyhow!(e)),
-            Err(e) if failure.is_none() => failure = Some(anyhow!("sink task failed: {e}")),
-            _ => {}
+        // The reader's sender is gone, so the journal thread drains and ends.
+        match tokio::task::spawn_blocking(move || writer_thread.join()).await {
+            Ok(Ok(Ok(()))) => {}
+            // The writer's own error says why; the reader only saw it go away.
+            Ok(Ok(Err(e))) => failure = Some(anyhow!(e)),
+            _ => failure = failure.or(Some(anyhow!("the journal thread panicked"))),
         }
-    }
-    // Sinks are gone with their audit handles; the audit writer drains and ends.
-    drop(audit);
-    if !audit_done {
-        match audit_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = failure.or(Some(anyhow!(e))),
-            Err(e) => failure = failure.or(Some(anyhow!("audit task failed: {e}"))),
+        if runner_ended && failure.is_none() {
+            failure = Some(anyhow!("a sink runner stopped unexpectedly"));
         }
-    }
-    // The reader's sender is gone, so the journal thread drains and ends.
-    match tokio::task::spawn_blocking(move || writer_thread.join()).await {
-        Ok(Ok(Ok(()))) => {}
-        // The writer's own error says why; the reader only saw it go away.
-        Ok(Ok(Err(e))) => failure = Some(anyhow!(e)),
-        _ => failure = failure.or(Some(anyhow!("the journal thread panicked"))),
-    }
-    if runner_ended && failure.is_none() {
-        failure = Some(anyhow!("a sink runner stopped unexpectedly"));
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -351,6 +407,36 @@ struct Spawner<'a> {
 }
 
 impl Spawner<'_> {
+    /// One runner per configured sink, each with its compiled plan.
+    fn runners(
+        &self,
+        config: &Config,
+        triggers: &[plan::Trigger],
+        db: &str,
+    ) -> anyhow::Result<JoinSet<Result<(), runner::RunnerError>>> {
+        let mut runners = JoinSet::new();
+        for (i, sink) in config.sink.iter().enumerate() {
+            let plan = plan::SinkPlan::compile(i, sink, triggers)?;
+            match &sink.kind {
+                SinkKind::Stdout => {
+                    let sink_impl = StdoutSink::new(&sink.name)
+                        .with_native_body_from_event(sink.transform.is_none());
+                    self.runner(&mut runners, sink_impl, plan)
+                }
+                SinkKind::Http(http) => {
+                    let sink_impl = build_http_sink(i, &sink.name, http, self.audit.clone())?
+                        .with_native_body_from_event(sink.transform.is_none());
+                    self.runner(&mut runners, sink_impl, plan)
+                }
+                SinkKind::Kafka(kafka) => {
+                    let sink_impl = build_kafka_sink(i, sink, kafka, db, self.audit.clone())?;
+                    self.runner(&mut runners, sink_impl, plan)
+                }
+            }
+        }
+        Ok(runners)
+    }
+
     fn runner<S: pgcdc_sinks::Sink>(
         &self,
         runners: &mut JoinSet<Result<(), runner::RunnerError>>,

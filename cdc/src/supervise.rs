@@ -1,4 +1,4 @@
-//! Supervision of the background tasks, and the backoff they share.
+//! Supervision of the background tasks (their backoff is the shared one in `pgcdc_sinks::retry`).
 //!
 //! ```text
 //!  supervise(name, task) ──spawn──▶ task(TaskHealth) ──Ok──▶ done (shutdown)
@@ -37,61 +37,9 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// How long a task may take to finish after shutdown before it is aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Exponential backoff with jitter: the n-th delay is uniform in
-/// `[ceiling/2, ceiling]` with `ceiling = min(max, initial * 2^n)`, so tasks that
-/// failed together do not retry together, and no delay is near zero.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    /// Starts at `initial`, never waits longer than `max`.
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            initial,
-            max,
-            failures: 0,
-        }
-    }
-
-    /// The delay before the next try.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        let half = ceiling / 2;
-        let span = u64::try_from((ceiling - half).as_micros()).unwrap_or(u64::MAX);
-        half + Duration::from_micros(random() % span.saturating_add(1))
-    }
-
-    /// After a success: the next failure waits `initial` again.
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    /// Failures since the last reset.
-    pub(crate) fn failures(&self) -> u32 {
-        self.failures
-    }
-}
-
-/// A cheap random number for jitter (std's random hash keys; no crypto needed).
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
-}
+/// The one backoff (see `pgcdc_sinks::retry`); re-exported so every task
+/// imports it from where its supervision is decided.
+pub(crate) use pgcdc_sinks::retry::Backoff;
 
 /// A task's line in `/readyz`: set while it fails, cleared once it works again.
 #[derive(Debug, Clone, Copy)]

@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod http;
 pub mod kafka;
+pub mod retry;
 pub mod stdout;
 
 use std::future::Future;

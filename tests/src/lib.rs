@@ -24,6 +24,7 @@ mod tls_certs;
 mod tls_client;
 mod wait;
 
+pub mod fixture;
 pub mod http_receiver;
 pub mod kafka;
 

@@ -9,23 +9,11 @@ mod e2e_fixture;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use e2e_fixture::{config_toml, spawn_run, start_streaming, stderr_with};
+use e2e_fixture::{config_toml, next_events, spawn_run, start_streaming, stderr_with};
 use pgcdc_tests::{state_dir, ConfigFile, PgCluster};
-use serde_json::Value;
 
-async fn next_events(p: &mut pgcdc_tests::Pgcdc, n: usize) -> anyhow::Result<Vec<Value>> {
-    let lines = p.collect_lines(n, Duration::from_secs(120)).await;
-    ensure!(
-        lines.len() == n,
-        "expected {n} events, got {}\nstderr:\n{}",
-        lines.len(),
-        p.stderr_tail(30)
-    );
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:.200}")))
-        .collect()
-}
+/// The next `n` events (pgcdc prints large ones slowly).
+const EVENTS_WITHIN: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupt_journal_header_stops_with_a_clear_error() -> anyhow::Result<()> {
@@ -93,7 +81,7 @@ async fn wide_odd_and_huge_rows_stream_whole() -> anyhow::Result<()> {
          FROM generate_series(1, 1600000) g",
     )
     .await?;
-    let ev = next_events(&mut p, 3).await?;
+    let ev = next_events(&mut p, 3, EVENTS_WITHIN).await?;
     ensure!(ev[0]["table"] == "wide", "{:.300}", ev[0].to_string());
     ensure!(
         ev[0]["new"].as_object().map(|o| o.len()) == Some(1600) && ev[0]["new"]["c1599"] == 1599,
@@ -137,11 +125,11 @@ async fn drop_table_while_streaming_keeps_the_other_tables_flowing() -> anyhow::
     let mut p = start_streaming(&pg, &cfg).await?;
     pg.batch("INSERT INTO a VALUES (1, 'x'); INSERT INTO b VALUES (1, 'y');")
         .await?;
-    next_events(&mut p, 2).await?;
+    next_events(&mut p, 2, EVENTS_WITHIN).await?;
     pg.batch("DROP TABLE a").await?;
     pg.batch("INSERT INTO b VALUES (2, 'after the drop')")
         .await?;
-    let ev = next_events(&mut p, 1).await?;
+    let ev = next_events(&mut p, 1, EVENTS_WITHIN).await?;
     ensure!(
         ev[0]["table"] == "b" && ev[0]["new"]["id"] == 2,
         "{}",

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use e2e_fixture::{pgcdc_output, spawn_run, start_streaming, stderr_with};
+use e2e_fixture::{pgcdc_output, start_streaming, stderr_with};
 use pgcdc_tests::http_receiver::Receiver;
 use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster};
 use serde_json::Value;
@@ -215,8 +215,7 @@ async fn relation_joining_the_publication_stops_then_is_listed_at_restart() -> a
         "the error must name the table and the fix: {log}"
     );
 
-    let mut p = spawn_run(&cfg)?;
-    pgcdc_tests::wait_streaming(&pg, &mut p).await?;
+    let mut p = start_streaming(&pg, &cfg).await?;
     let log = stderr_with(&p, &["not in source.tables"]).await;
     ensure!(
         log.contains("public.extra") && log.contains("not in source.tables"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use e2e_fixture::view::{create_tables, View, Writer};
-use e2e_fixture::{config_toml, spawn_run, status_json, wait_streaming};
+use e2e_fixture::{config_toml, spawn_run, start_streaming, status_json};
 use pgcdc_tests::{state_dir, ConfigFile, PgCluster};
 
 /// Rows in the snapshotted table. The issue asks for 100k; 20k keeps the test
@@ -42,8 +42,7 @@ async fn snapshot_while_writers_run_equals_table() -> anyhow::Result<()> {
     let cfg = config(&pg, state.path())?;
     // Writers run before, during and after the copy.
     let writer = Writer::start(&pg, "items", SNAPSHOT_ROWS + 500).await?;
-    let mut p = spawn_run(&cfg)?;
-    wait_streaming(&pg, &mut p).await?;
+    let mut p = start_streaming(&pg, &cfg).await?;
     let mut view = View::of("items");
     view.drain_until(&mut p, Duration::from_secs(120), "snapshot rows", |v| {
         v.reads >= SNAPSHOT_ROWS as u64 / 2
@@ -108,8 +107,7 @@ async fn kill9_during_snapshot_resumes_with_watermarks_and_stays_exact() -> anyh
         "the copy finished before the kill: {states:?}"
     );
 
-    let mut p = spawn_run(&cfg)?;
-    wait_streaming(&pg, &mut p).await?;
+    let mut p = start_streaming(&pg, &cfg).await?;
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let states = snapshot_states(&cfg).await?;
@@ -160,8 +158,7 @@ async fn snapshot_rows_seed_old_for_the_first_update() -> anyhow::Result<()> {
     )
     .replace("tables = [", "snapshot = \"initial\"\ntables = [");
     let cfg = ConfigFile::new(&toml)?;
-    let mut p = spawn_run(&cfg)?;
-    wait_streaming(&pg, &mut p).await?;
+    let mut p = start_streaming(&pg, &cfg).await?;
     let mut view = View::of("items");
     view.drain_until(&mut p, Duration::from_secs(60), "10 snapshot rows", |v| {
         v.reads == 10

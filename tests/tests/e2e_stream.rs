@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use e2e_fixture::{
-    config_toml, current_wal_lsn, parse_lsn, slot_confirmed, start_streaming, status_json,
-    vm_hwm_kib,
+    config_toml, current_wal_lsn, next_events, parse_lsn, slot_confirmed, start_streaming,
+    status_json, vm_hwm_kib,
 };
-use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
+use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster};
 use serde_json::{json, Value};
 
 /// `<16 hex>-<8 hex>`.
@@ -67,17 +67,6 @@ fn expect_event(
     });
     ensure!(got == want, "event mismatch\n got: {got}\nwant: {want}");
     Ok(())
-}
-
-async fn next_events(p: &mut Pgcdc, n: usize) -> anyhow::Result<Vec<Value>> {
-    let lines = p.collect_lines(n, Duration::from_secs(60)).await;
-    ensure!(
-        lines.len() == n,
-        "expected {n} events, got {}: {lines:#?}\nstderr:\n{}",
-        lines.len(),
-        p.stderr_tail(30)
-    );
-    parse_events(&lines)
 }
 
 const PERMITS_DDL: &str = "
@@ -320,7 +309,7 @@ async fn unchanged_toast_column_is_listed_and_absent_from_new() -> anyhow::Resul
         .await?;
     ensure!(toasted, "notes must be stored out of line for this test");
 
-    let ev = next_events(&mut p, 2).await?;
+    let ev = next_events(&mut p, 2, Duration::from_secs(60)).await?;
     ensure!(ev[0]["op"] == "insert" && ev[0]["new"]["notes"] == json!(notes));
     ensure!(ev[0]["unchanged_toast"]
         .as_array()
@@ -371,7 +360,7 @@ async fn idle_slot_keeps_confirming_past_unrelated_wal() -> anyhow::Result<()> {
     ))?;
     let mut p = start_streaming(&pg, &cfg).await?;
     pg.execute("INSERT INTO permits VALUES (1, 'new')").await?;
-    ensure!(next_events(&mut p, 1).await?.len() == 1);
+    ensure!(next_events(&mut p, 1, Duration::from_secs(60)).await?.len() == 1);
     let start = slot_confirmed(&pg, "pgcdc").await?;
 
     // Unrelated traffic: another table of this database, then another database.
@@ -433,7 +422,7 @@ async fn status_reports_slot_journal_cursor_and_lag() -> anyhow::Result<()> {
     let mut p = start_streaming(&pg, &cfg).await?;
     pg.batch("INSERT INTO permits SELECT g, 'new' FROM generate_series(1, 5) g; UPDATE permits SET status = 'x' WHERE id <= 2")
         .await?;
-    ensure!(next_events(&mut p, 7).await?.len() == 7);
+    ensure!(next_events(&mut p, 7, Duration::from_secs(60)).await?.len() == 7);
 
     // Caught up: the sink's cursor reaches the head.
     wait_until_msg(Duration::from_secs(30), "cursor == head == 7", || async {

@@ -9,20 +9,9 @@ mod e2e_fixture;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use e2e_fixture::{config_toml, start_streaming};
+use e2e_fixture::{config_toml, next_lines, start_streaming};
 use pgcdc_tests::{state_dir, ConfigFile, PgCluster};
 use serde_json::Value;
-
-async fn next_lines(p: &mut pgcdc_tests::Pgcdc, n: usize) -> anyhow::Result<Vec<String>> {
-    let lines = p.collect_lines(n, Duration::from_secs(60)).await;
-    ensure!(
-        lines.len() == n,
-        "expected {n} lines, got {}: {lines:#?}\nstderr:\n{}",
-        lines.len(),
-        p.stderr_tail(30)
-    );
-    Ok(lines)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_numbers_are_exact_and_deep_json_stays_json() -> anyhow::Result<()> {
@@ -47,7 +36,7 @@ async fn json_numbers_are_exact_and_deep_json_stays_json() -> anyhow::Result<()>
         nested(600),
     ))
     .await?;
-    let lines = next_lines(&mut p, 5).await?;
+    let lines = next_lines(&mut p, 5, Duration::from_secs(60)).await?;
     // The raw line: the digits must be there verbatim, as JSON numbers.
     ensure!(
         lines[0].contains(r#""j":{"big":123456789012345678901234567890}"#)
@@ -126,7 +115,7 @@ filter = '.new.status != "${NOPE_NOT_SET}"'
     ensure!(app == "lit${X}", "application_name: {app}");
 
     pg.execute("INSERT INTO permits VALUES (1, 'new')").await?;
-    let lines = next_lines(&mut p, 1).await?;
+    let lines = next_lines(&mut p, 1, Duration::from_secs(60)).await?;
     let ev: Value = serde_json::from_str(&lines[0])?;
     ensure!(
         ev == serde_json::json!({"a": "cost ${5}", "b": "${HOME}", "id": 1}),

@@ -4,6 +4,9 @@
 //! row with dead letters are parked behind them, in order. Replays requested
 //! by an operator run before new events.
 
+mod prefetch;
+mod resume;
+
 use std::sync::Arc;
 
 use pgcdc_schema::mapping::MappingError;
@@ -17,6 +20,8 @@ use super::plan::{Mapped, SinkPlan};
 use crate::journal::{
     Access, DlqRecord, DlqState, JournalError, JournalHead, StateStore, Store, StoredEvent,
 };
+use prefetch::Prefetch;
+use resume::resume_cursor;
 
 /// The runner's session on the state store (moved into each blocking call and back).
 type JournalReader = Box<dyn StateStore>;
@@ -157,56 +162,6 @@ fn check_len(name: &str, results: &[ItemResult], items: usize) -> Result<(), Run
     }
 }
 
-/// A read of the next batch: the reader comes back with the result.
-type PrefetchTask =
-    tokio::task::JoinHandle<(JournalReader, Result<Vec<StoredEvent>, JournalError>)>;
-
-/// The next batch, read on a second journal connection while the sink delivers.
-struct Prefetch {
-    reader: Option<JournalReader>,
-    pending: Option<(i64, PrefetchTask)>,
-}
-
-impl Prefetch {
-    fn new(reader: JournalReader) -> Prefetch {
-        Prefetch {
-            reader: Some(reader),
-            pending: None,
-        }
-    }
-
-    /// Starts reading the batch after `from`.
-    fn start(&mut self, from: i64, limit: usize) {
-        if let Some(reader) = self.reader.take() {
-            self.pending = Some((
-                from,
-                tokio::task::spawn_blocking(move || {
-                    let out = reader.read_batch(from, limit, BATCH_BYTES);
-                    (reader, out)
-                }),
-            ));
-        }
-    }
-
-    /// The prefetched batch, if one was read after `from` (a reset makes it stale)
-    /// and is not empty (the journal may have grown since).
-    async fn take(
-        &mut self,
-        sink: &str,
-        from: i64,
-    ) -> Result<Option<Vec<StoredEvent>>, RunnerError> {
-        let Some((at, handle)) = self.pending.take() else {
-            return Ok(None);
-        };
-        let (reader, out) = handle
-            .await
-            .map_err(|e| RunnerError::Task(sink.to_string(), e.to_string()))?;
-        self.reader = Some(reader);
-        let batch = out?;
-        Ok((at == from && !batch.is_empty()).then_some(batch))
-    }
-}
-
 /// A clean stop between batches: the sink makes its own record final.
 async fn close<S: Sink>(sink: &mut S) -> Result<(), RunnerError> {
     let name = sink.name().to_string();
@@ -219,294 +174,399 @@ async fn close<S: Sink>(sink: &mut S) -> Result<(), RunnerError> {
     }
 }
 
-/// Where to resume when the sink says it has delivered through `at`; `known` is
-/// the id of the journal event at `at.pos`, if the journal holds it.
-fn resume_cursor(
-    name: &str,
+/// A filter skipped `event`: the audit says so.
+async fn audit_skipped(audit: &AuditLog, sink: &str, event: &ChangeEvent) {
+    audit
+        .record(Attempt {
+            event_id: event.id.to_string(),
+            sink: sink.to_string(),
+            attempt: 0,
+            at: chrono::Utc::now().to_rfc3339(),
+            status: None,
+            error: None,
+            latency_ms: 0,
+            outcome: AttemptOutcome::Skipped,
+        })
+        .await
+}
+
+/// What the loop does after a step.
+enum Next {
+    /// Go round again.
+    Continue,
+    /// Shutdown between batches: the sink makes its own record final.
+    Close,
+    /// Shutdown mid-call (the batch is delivered again after the restart), or
+    /// the journal thread is gone: end without closing the sink.
+    Stop,
+}
+
+/// A batch of new events on its way through the steps.
+struct Batch {
+    /// Journal position and id of its last event: where the cursor goes after it.
+    last: i64,
+    last_id: String,
+    /// Items for the sink, with their journal positions.
+    items: Vec<(Outgoing, i64)>,
+    /// Items for the DLQ (parked behind a dead letter, or dead-lettered),
+    /// committed in one transaction with the cursor.
+    records: Vec<DlqRecord>,
+    /// Rows whose DLQ entries are being replayed (their new items park behind them).
+    replaying: std::collections::HashSet<String>,
+}
+
+/// One sink's runner: the sink, its plan, its journal connections and its cursor.
+/// `run` is the loop; each step is one method below.
+struct Runner<S: Sink> {
+    name: String,
+    sink: S,
+    plan: Arc<SinkPlan>,
+    audit: AuditLog,
+    batch_size: usize,
+    /// The journal connection; taken while a blocking call runs on it.
+    reader: Option<JournalReader>,
+    /// A second connection reads the next batch while the sink delivers this one.
+    prefetch: Prefetch,
     cursor: i64,
-    at: &Checkpoint,
-    known: Option<String>,
-) -> Result<i64, RunnerError> {
-    let err = |message: String| RunnerError::Resume {
-        sink: name.to_string(),
-        message,
-    };
-    match known {
-        _ if at.pos == cursor => Ok(cursor),
-        _ if at.pos == 0 => Ok(0),
-        Some(id) if id == at.event_id => {
-            if at.pos < cursor {
-                tracing::warn!(sink = %name, local = cursor, destination = at.pos,
-                    "the destination's progress record is behind the local cursor; resuming at the destination's position");
-            } else {
-                tracing::info!(sink = %name, local = cursor, destination = at.pos,
-                    "the local cursor is stale; resuming at the destination's progress record");
-            }
-            Ok(at.pos)
-        }
-        Some(id) => Err(err(format!(
-            "the destination's progress record says it has everything up to journal position {} \
-             (event {}), but this journal holds event {id} there: the state dir is not the one \
-             the destination was written from. Use the original state dir, or delete the sink's \
-             progress record at the destination to start over",
-            at.pos, at.event_id
-        ))),
-        None if at.pos < cursor => {
-            tracing::warn!(sink = %name, local = cursor, destination = at.pos,
-                "the destination's progress record points before the retained journal; resuming at the local cursor");
-            Ok(cursor)
-        }
-        None => Err(err(format!(
-            "the destination's progress record says it has everything up to journal position {} \
-             (event {}), which this journal does not hold (its cursor is at {cursor}): the state \
-             dir is not the one the destination was written from. Use the original state dir, or \
-             delete the sink's progress record at the destination to start over",
-            at.pos, at.event_id
-        ))),
-    }
+    generation: i64,
+    head: watch::Receiver<JournalHead>,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Delivers until `shutdown` is set; the batch in hand is finished first.
 pub async fn run<S: Sink>(
-    mut sink: S,
+    sink: S,
     plan: SinkPlan,
     audit: AuditLog,
     store: Store,
-    mut head: watch::Receiver<JournalHead>,
-    mut shutdown: watch::Receiver<bool>,
+    head: watch::Receiver<JournalHead>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunnerError> {
     let name = sink.name().to_string();
     let batch_size = sink.batch_size().max(1);
     let plan = Arc::new(plan.with_native_body(sink.wants_native_body()));
-    let reader = store.open(Access::Create)?;
-    // A second connection reads the next batch while the sink delivers this one.
-    let mut prefetch = Prefetch::new(store.open(Access::Existing)?);
-    let sink_name = name.clone();
-    let (mut reader, state) = blocking(&name, reader, move |r| r.cursor_state(&sink_name)).await?;
-    let (mut cursor, mut generation) = (state.pos, state.generation);
-    // A destination that records its own progress (Kafka) wins over the local cursor.
-    let (r, local_id) = blocking(&name, reader, move |r| r.event_id_at(cursor)).await?;
-    reader = r;
-    let local = Checkpoint {
-        pos: cursor,
-        event_id: local_id.unwrap_or_default(),
-        generation,
+    let mut runner = Runner {
+        name,
+        sink,
+        plan,
+        audit,
+        batch_size,
+        reader: Some(store.open(Access::Create)?),
+        // A second connection reads the next batch while the sink delivers this one.
+        prefetch: Prefetch::new(store.open(Access::Existing)?),
+        cursor: 0,
+        generation: 0,
+        head,
+        shutdown,
     };
-    let Some(resumed) = or_stop(&name, sink.resume(&local), &mut shutdown).await? else {
+    if !runner.resume().await? {
         return Ok(());
-    };
-    if let Some(at) = resumed {
-        let (r, known) = blocking(&name, reader, move |r| r.event_id_at(at.pos)).await?;
-        reader = r;
-        cursor = resume_cursor(&name, cursor, &at, known)?;
     }
-    tracing::info!(sink = %name, cursor, "sink runner started");
-    let _running = crate::health::health().sink_running(&name);
+    tracing::info!(sink = %runner.name, cursor = runner.cursor, "sink runner started");
+    let _running = crate::health::health().sink_running(&runner.name);
     loop {
-        if *shutdown.borrow() {
-            return close(&mut sink).await;
+        match runner.step().await? {
+            Next::Continue => {}
+            Next::Close => return close(&mut runner.sink).await,
+            Next::Stop => return Ok(()),
         }
-        // An operator's checkpoint reset (CLI or admin API) bumps the generation.
-        let sink_name = name.clone();
-        let (r, state) = blocking(&name, reader, move |r| r.cursor_state(&sink_name)).await?;
-        reader = r;
-        if state.generation != generation {
-            tracing::info!(sink = %name, from = cursor, to = state.pos, "cursor reset by an operator");
-            (cursor, generation) = (state.pos, state.generation);
+    }
+}
+
+impl<S: Sink> Runner<S> {
+    /// Runs `f` on the journal connection, on a blocking thread.
+    async fn journal<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut JournalReader) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, RunnerError> {
+        let reader = self.reader.take().ok_or_else(|| {
+            RunnerError::Task(self.name.clone(), "the journal connection is gone".into())
+        })?;
+        let (reader, out) = blocking(&self.name, reader, f).await?;
+        self.reader = Some(reader);
+        Ok(out)
+    }
+
+    /// Loads the local cursor and lets the sink say where it really is: a
+    /// destination that records its own progress (Kafka) wins over the local
+    /// cursor. `false` when shutdown came first.
+    async fn resume(&mut self) -> Result<bool, RunnerError> {
+        let sink_name = self.name.clone();
+        let state = self.journal(move |r| r.cursor_state(&sink_name)).await?;
+        (self.cursor, self.generation) = (state.pos, state.generation);
+        let cursor = self.cursor;
+        let local_id = self.journal(move |r| r.event_id_at(cursor)).await?;
+        let local = Checkpoint {
+            pos: cursor,
+            event_id: local_id.unwrap_or_default(),
+            generation: self.generation,
+        };
+        let Some(resumed) =
+            or_stop(&self.name, self.sink.resume(&local), &mut self.shutdown).await?
+        else {
+            return Ok(false);
+        };
+        if let Some(at) = resumed {
+            let pos = at.pos;
+            let known = self.journal(move |r| r.event_id_at(pos)).await?;
+            self.cursor = resume_cursor(&self.name, self.cursor, &at, known)?;
         }
-        // Replays an operator asked for go first, in DLQ order.
-        let sink_name = name.clone();
-        let (r, replay) = blocking(&name, reader, move |r| {
-            r.dlq_replay_batch(&sink_name, batch_size)
-        })
-        .await?;
-        reader = r;
-        if !replay.is_empty() {
-            let items: Vec<Outgoing> = replay.iter().map(|e| e.item.clone()).collect();
-            let Some(results) = deliver_or_stop(&mut sink, &items, &mut shutdown).await? else {
-                return Ok(());
-            };
-            crate::metrics::delivered(&name, &items, &results);
-            let mut delivered = Vec::new();
-            let mut failed = Vec::new();
-            for (entry, result) in replay.iter().zip(results) {
-                match result {
-                    ItemResult::Delivered => delivered.push(entry.id),
-                    ItemResult::DeadLettered { error } => {
-                        failed.push((entry.id, entry.row.clone(), DlqState::Dead, Some(error)))
-                    }
-                    ItemResult::Parked => {
-                        failed.push((entry.id, entry.row.clone(), DlqState::Parked, None))
-                    }
+        Ok(true)
+    }
+
+    /// One turn of the loop: an operator's reset, then a replay batch, or else the
+    /// next batch of new events (or a wait for one).
+    async fn step(&mut self) -> Result<Next, RunnerError> {
+        if *self.shutdown.borrow() {
+            return Ok(Next::Close);
+        }
+        self.follow_reset().await?;
+        if let Some(next) = self.replay().await? {
+            return Ok(next);
+        }
+        let batch = self.next_batch().await?;
+        if batch.is_empty() {
+            return Ok(self.wait_for_events().await);
+        }
+        let Some(mut batch) = self.map(batch).await? else {
+            return Ok(Next::Close);
+        };
+        self.park(&mut batch).await?;
+        let Some(delivered) = self.deliver(&mut batch).await? else {
+            return Ok(Next::Stop);
+        };
+        if !self.checkpoint(&batch).await? {
+            return Ok(Next::Stop);
+        }
+        self.commit(batch, delivered).await?;
+        Ok(Next::Continue)
+    }
+
+    /// An operator's checkpoint reset (CLI or admin API) bumps the generation.
+    async fn follow_reset(&mut self) -> Result<(), RunnerError> {
+        let sink_name = self.name.clone();
+        let state = self.journal(move |r| r.cursor_state(&sink_name)).await?;
+        if state.generation != self.generation {
+            tracing::info!(sink = %self.name, from = self.cursor, to = state.pos, "cursor reset by an operator");
+            (self.cursor, self.generation) = (state.pos, state.generation);
+        }
+        Ok(())
+    }
+
+    /// Replays an operator asked for go first, in DLQ order; `None` when there
+    /// are none.
+    async fn replay(&mut self) -> Result<Option<Next>, RunnerError> {
+        let sink_name = self.name.clone();
+        let batch_size = self.batch_size;
+        let replay = self
+            .journal(move |r| r.dlq_replay_batch(&sink_name, batch_size))
+            .await?;
+        if replay.is_empty() {
+            return Ok(None);
+        }
+        let items: Vec<Outgoing> = replay.iter().map(|e| e.item.clone()).collect();
+        let Some(results) = deliver_or_stop(&mut self.sink, &items, &mut self.shutdown).await?
+        else {
+            return Ok(Some(Next::Stop));
+        };
+        crate::metrics::delivered(&self.name, &items, &results);
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        for (entry, result) in replay.iter().zip(results) {
+            match result {
+                ItemResult::Delivered => delivered.push(entry.id),
+                ItemResult::DeadLettered { error } => {
+                    failed.push((entry.id, entry.row.clone(), DlqState::Dead, Some(error)))
+                }
+                ItemResult::Parked => {
+                    failed.push((entry.id, entry.row.clone(), DlqState::Parked, None))
                 }
             }
-            tracing::info!(sink = %name, replayed = delivered.len(), failed = failed.len(), "DLQ replay batch");
-            let sink_name = name.clone();
-            let (r, ()) = blocking(&name, reader, move |r| {
-                r.dlq_settle(&sink_name, &delivered, &failed)
-            })
-            .await?;
-            reader = r;
-            continue;
         }
+        tracing::info!(sink = %self.name, replayed = delivered.len(), failed = failed.len(), "DLQ replay batch");
+        let sink_name = self.name.clone();
+        self.journal(move |r| r.dlq_settle(&sink_name, &delivered, &failed))
+            .await?;
+        Ok(Some(Next::Continue))
+    }
 
-        let from = cursor;
-        let batch = match prefetch.take(&name, from).await? {
+    /// The batch after the cursor (prefetched, if the prefetch is still current),
+    /// and the prefetch of the one after it.
+    async fn next_batch(&mut self) -> Result<Vec<StoredEvent>, RunnerError> {
+        let from = self.cursor;
+        let batch_size = self.batch_size;
+        let batch = match self.prefetch.take(&self.name, from).await? {
             Some(batch) => batch,
             None => {
-                let (r, batch) = blocking(&name, reader, move |r| {
-                    r.read_batch(from, batch_size, BATCH_BYTES)
-                })
-                .await?;
-                reader = r;
-                batch
+                self.journal(move |r| r.read_batch(from, batch_size, BATCH_BYTES))
+                    .await?
             }
         };
         if let Some(last) = batch.last() {
-            prefetch.start(last.pos, batch_size);
+            self.prefetch.start(last.pos, batch_size);
         }
-        let last_id = batch
-            .last()
-            .map(|e| e.event.id.to_string())
-            .unwrap_or_default();
-        let Some(last) = batch.last().map(|e| e.pos) else {
-            // Caught up: wait for the journal to grow, a replay request (polled), or shutdown.
-            let head_pos = head.borrow_and_update().pos;
-            if head_pos > cursor {
-                continue;
-            }
-            tokio::select! {
-                changed = head.changed() => if changed.is_err() { return Ok(()) },
-                _ = shutdown.changed() => return close(&mut sink).await,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            }
-            continue;
+        Ok(batch)
+    }
+
+    /// Caught up: waits for the journal to grow, a replay request (polled), or shutdown.
+    async fn wait_for_events(&mut self) -> Next {
+        let head_pos = self.head.borrow_and_update().pos;
+        if head_pos > self.cursor {
+            return Next::Continue;
+        }
+        tokio::select! {
+            changed = self.head.changed() => if changed.is_err() { return Next::Stop },
+            _ = self.shutdown.changed() => return Next::Close,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        Next::Continue
+    }
+
+    /// Selects and maps a (non-empty) batch through the plan, auditing what a
+    /// filter skipped; `None` when shutdown comes first. A mapping error stops
+    /// the runner with nothing of the batch delivered: the cursor stays before it.
+    async fn map(&mut self, stored: Vec<StoredEvent>) -> Result<Option<Batch>, RunnerError> {
+        let (last, last_id) = match stored.last() {
+            Some(e) => (e.pos, e.event.id.to_string()),
+            None => (self.cursor, String::new()),
         };
-        let mut items = Vec::new();
-        let mut positions = Vec::new();
         let mut events = Vec::new();
         let mut stored_at = Vec::new();
-        for stored in batch {
+        for stored in stored {
             // A targeted resync's rows are for one sink only.
-            if stored.target.as_deref().is_some_and(|t| t != name) {
+            if stored.target.as_deref().is_some_and(|t| t != self.name) {
                 continue;
             }
             stored_at.push((stored.pos, stored.event.id.to_string()));
             events.push((stored.event, stored.table));
         }
-        let Some(mapped) = map_or_stop(&name, &plan, events, &mut shutdown).await? else {
-            return close(&mut sink).await;
+        let Some(mapped) = map_or_stop(&self.name, &self.plan, events, &mut self.shutdown).await?
+        else {
+            return Ok(None);
         };
+        let mut items = Vec::new();
         for ((pos, id), result) in stored_at.into_iter().zip(mapped) {
             match result {
                 Ok(Mapped::NotSelected) => {}
-                Ok(Mapped::Skipped(event)) => {
-                    audit
-                        .record(Attempt {
-                            event_id: event.id.to_string(),
-                            sink: name.clone(),
-                            attempt: 0,
-                            at: chrono::Utc::now().to_rfc3339(),
-                            status: None,
-                            error: None,
-                            latency_ms: 0,
-                            outcome: AttemptOutcome::Skipped,
-                        })
-                        .await
-                }
-                Ok(Mapped::Items(mapped)) => {
-                    for item in mapped {
-                        items.push(item);
-                        positions.push(pos);
-                    }
-                }
+                Ok(Mapped::Skipped(event)) => audit_skipped(&self.audit, &self.name, &event).await,
+                Ok(Mapped::Items(mapped)) => items.extend(mapped.into_iter().map(|i| (i, pos))),
                 Err(error) => {
-                    // Nothing of this batch is delivered: the cursor stays before it.
                     return Err(RunnerError::Mapping {
-                        sink: name,
+                        sink: self.name.clone(),
                         event: id,
                         error,
                     });
                 }
             }
         }
-        let sink_name = name.clone();
-        let (r, (parked_rows, replaying)) =
-            blocking(&name, reader, move |r| r.dlq_rows(&sink_name)).await?;
-        reader = r;
-        // Rows with dead letters wait behind them; the rest go to the sink.
-        let mut records = Vec::new();
-        let mut send = Vec::new();
-        let mut send_pos = Vec::new();
-        for (item, pos) in items.into_iter().zip(positions) {
-            if parked_rows.contains(&item.row) {
-                records.push(DlqRecord {
+        Ok(Some(Batch {
+            last,
+            last_id,
+            items,
+            records: Vec::new(),
+            replaying: Default::default(),
+        }))
+    }
+
+    /// Rows with dead letters wait behind them: their items move to the DLQ as
+    /// parked; the rest stay for the sink.
+    async fn park(&mut self, batch: &mut Batch) -> Result<(), RunnerError> {
+        let sink_name = self.name.clone();
+        let (parked_rows, replaying) = self.journal(move |r| r.dlq_rows(&sink_name)).await?;
+        let (parked, send): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.items)
+            .into_iter()
+            .partition(|(item, _)| parked_rows.contains(&item.row));
+        batch
+            .records
+            .extend(parked.into_iter().map(|(item, pos)| DlqRecord {
+                item,
+                pos,
+                state: DlqState::Parked,
+                error: None,
+            }));
+        batch.items = send;
+        batch.replaying = replaying;
+        Ok(())
+    }
+
+    /// Hands the batch's items to the sink; what it dead-letters or parks joins
+    /// the batch's DLQ records. The number delivered, or `None` when shutdown
+    /// came first.
+    async fn deliver(&mut self, batch: &mut Batch) -> Result<Option<usize>, RunnerError> {
+        if batch.items.is_empty() {
+            return Ok(Some(0));
+        }
+        let (send, send_pos): (Vec<Outgoing>, Vec<i64>) =
+            std::mem::take(&mut batch.items).into_iter().unzip();
+        let Some(results) = deliver_or_stop(&mut self.sink, &send, &mut self.shutdown).await?
+        else {
+            return Ok(None);
+        };
+        crate::metrics::delivered(&self.name, &send, &results);
+        let mut delivered = 0usize;
+        for ((item, pos), result) in send.into_iter().zip(send_pos).zip(results) {
+            match result {
+                ItemResult::Delivered => delivered += 1,
+                ItemResult::DeadLettered { error } => {
+                    tracing::warn!(sink = %self.name, event = %item.delivery_id(), %error, "dead-lettered");
+                    batch.records.push(DlqRecord {
+                        item,
+                        pos,
+                        state: DlqState::Dead,
+                        error: Some(error),
+                    });
+                }
+                ItemResult::Parked => batch.records.push(DlqRecord {
                     item,
                     pos,
                     state: DlqState::Parked,
                     error: None,
-                });
-            } else {
-                send.push(item);
-                send_pos.push(pos);
+                }),
             }
         }
-        let mut delivered = 0usize;
-        if !send.is_empty() {
-            let Some(results) = deliver_or_stop(&mut sink, &send, &mut shutdown).await? else {
-                return Ok(());
-            };
-            crate::metrics::delivered(&name, &send, &results);
-            for ((item, pos), result) in send.into_iter().zip(send_pos).zip(results) {
-                match result {
-                    ItemResult::Delivered => delivered += 1,
-                    ItemResult::DeadLettered { error } => {
-                        tracing::warn!(sink = %name, event = %item.delivery_id(), %error, "dead-lettered");
-                        records.push(DlqRecord {
-                            item,
-                            pos,
-                            state: DlqState::Dead,
-                            error: Some(error),
-                        });
-                    }
-                    ItemResult::Parked => records.push(DlqRecord {
-                        item,
-                        pos,
-                        state: DlqState::Parked,
-                        error: None,
-                    }),
-                }
-            }
-        }
-        // The destination's own record goes first: the local cursor never runs ahead of it.
+        Ok(Some(delivered))
+    }
+
+    /// The destination's own record goes first: the local cursor never runs
+    /// ahead of it. `false` when shutdown came first.
+    async fn checkpoint(&mut self, batch: &Batch) -> Result<bool, RunnerError> {
         let at = Checkpoint {
-            pos: last,
-            event_id: last_id,
-            generation,
+            pos: batch.last,
+            event_id: batch.last_id.clone(),
+            generation: self.generation,
         };
-        if or_stop(&name, sink.checkpoint(&at), &mut shutdown)
-            .await?
-            .is_none()
-        {
-            return Ok(());
-        }
+        Ok(
+            or_stop(&self.name, self.sink.checkpoint(&at), &mut self.shutdown)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Dead-letters and parks the batch's DLQ records and moves the cursor past
+    /// the batch, in one transaction.
+    async fn commit(&mut self, batch: Batch, delivered: usize) -> Result<(), RunnerError> {
+        let Batch {
+            last,
+            mut records,
+            replaying,
+            ..
+        } = batch;
         // A DLQ item keeps the body it would have been sent with: items a sink renders
         // from the event carry none, and a replay after the config changed (a transform
         // added) must not send an empty body.
-        if !plan.is_transformed() {
+        if !self.plan.is_transformed() {
             for r in records.iter_mut().filter(|r| r.item.body.is_null()) {
                 r.item.body = serde_json::to_value(&*r.item.event).unwrap_or_default();
             }
         }
         records.sort_by_key(|r| r.pos);
         let dead = records.len();
-        let sink_name = name.clone();
-        let (r, ()) = blocking(&name, reader, move |r| {
-            r.commit_batch(&sink_name, last, generation, &records, &replaying)
-        })
-        .await?;
-        reader = r;
-        cursor = last;
-        tracing::debug!(sink = %name, cursor, delivered, dead_lettered = dead, "cursor advanced");
+        let sink_name = self.name.clone();
+        let generation = self.generation;
+        self.journal(move |r| r.commit_batch(&sink_name, last, generation, &records, &replaying))
+            .await?;
+        self.cursor = last;
+        tracing::debug!(sink = %self.name, cursor = self.cursor, delivered, dead_lettered = dead, "cursor advanced");
+        Ok(())
     }
 }

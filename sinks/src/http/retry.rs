@@ -1,5 +1,5 @@
 //! Retry-or-definite, decided in one place ([`AttemptError::disposition`]), and
-//! the backoff policy.
+//! the retry limits around the shared [`Backoff`] (full jitter).
 //!
 //! Transient (retried): 408, 429, 5xx except 501, connection errors, timeouts,
 //! resets, auth failures (a token endpoint that is down or misconfigured must
@@ -10,6 +10,8 @@
 use std::time::{Duration, SystemTime};
 
 use super::config::RetryConfig;
+use crate::retry::Backoff;
+pub(crate) use crate::retry::{jitter_random, Disposition};
 
 /// Longest `Retry-After` honoured; a longer one waits this long and tries again.
 pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
@@ -42,15 +44,6 @@ pub(crate) enum AttemptError {
     /// The request cannot be built for this item (bad rendered URL or header).
     #[error("cannot build request: {0}")]
     Request(String),
-}
-
-/// What to do after a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Disposition {
-    /// Try again, waiting at least `after` when the server said so.
-    Retry { after: Option<Duration> },
-    /// Never succeeds as is: dead-letter.
-    Definite,
 }
 
 impl AttemptError {
@@ -138,8 +131,7 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
 #[derive(Debug, Clone)]
 pub(crate) struct RetryPolicy {
     max_attempts: Option<u32>,
-    initial: Duration,
-    max: Duration,
+    backoff: Backoff,
     max_elapsed: Option<Duration>,
 }
 
@@ -148,8 +140,11 @@ impl RetryPolicy {
     pub(crate) fn new(cfg: &RetryConfig) -> Self {
         RetryPolicy {
             max_attempts: cfg.max_attempts,
-            initial: Duration::from_millis(cfg.initial_backoff_ms),
-            max: Duration::from_millis(cfg.max_backoff_ms),
+            backoff: Backoff::new(
+                Duration::from_millis(cfg.initial_backoff_ms),
+                Duration::from_millis(cfg.max_backoff_ms),
+            )
+            .full_jitter(),
             max_elapsed: cfg.max_elapsed().ok().flatten(),
         }
     }
@@ -167,13 +162,7 @@ impl RetryPolicy {
         if self.max_attempts.is_some_and(|max| failed >= max) {
             return None;
         }
-        let exp = failed.saturating_sub(1).min(32);
-        let ceiling = self
-            .initial
-            .saturating_mul(1u32 << exp.min(31))
-            .min(self.max);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        let jittered = Duration::from_millis(random % ceiling_ms.saturating_add(1));
+        let jittered = self.backoff.delay(failed.saturating_sub(1), random);
         let delay = match retry_after {
             Some(after) => jittered.max(after.min(RETRY_AFTER_CAP)),
             None => jittered,
@@ -185,17 +174,4 @@ impl RetryPolicy {
         }
         Some(delay)
     }
-}
-
-/// A cheap random number for jitter (std's per-process random hash keys; no crypto needed).
-pub(crate) fn jitter_random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
 }

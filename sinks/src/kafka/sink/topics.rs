@@ -8,16 +8,15 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::Producer;
 
-use super::{Failure, KafkaSink, STALL};
+use super::retry::Failure;
+use super::{KafkaSink, STALL};
 use crate::kafka::context::SinkContext;
 use crate::kafka::progress::TopicProgress;
 
 impl KafkaSink {
     /// For `pgcdc check`: the brokers answer, and a fixed topic exists (or may be created).
     pub async fn healthcheck(mut self) -> Result<String, String> {
-        let producer = self.producer().map_err(|f| match f {
-            Failure::Transient(m) | Failure::Definite(m) => m,
-        })?;
+        let producer = self.producer().map_err(|f| f.to_string())?;
         let brokers = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -39,7 +38,7 @@ impl KafkaSink {
                         "topic {topic} does not exist; create it or set create_topics = true"
                     ))
                 }
-                Err(Failure::Transient(m) | Failure::Definite(m)) => return Err(m),
+                Err(f) => return Err(f.to_string()),
             }
         }
         Ok(detail)
@@ -57,8 +56,8 @@ impl KafkaSink {
             })
         })
         .await
-        .map_err(|e| Failure::Transient(e.to_string()))?
-        .map_err(|e| Failure::Transient(format!("metadata of topic {topic}: {e}")))?;
+        .map_err(|e| Failure::Broker(e.to_string()))?
+        .map_err(|e| Failure::Broker(format!("metadata of topic {topic}: {e}")))?;
         match md {
             Some((None, n)) if n > 0 => Ok(Some(n)),
             Some((Some(err), _))
@@ -67,7 +66,7 @@ impl KafkaSink {
                 Ok(None)
             }
             Some((None, _)) | None => Ok(None),
-            Some((Some(err), _)) => Err(Failure::Transient(format!(
+            Some((Some(err), _)) => Err(Failure::Broker(format!(
                 "metadata of topic {topic}: {}",
                 RDKafkaErrorCode::from(err)
             ))),
@@ -82,7 +81,7 @@ impl KafkaSink {
     ) -> Result<(), Failure> {
         let admin: AdminClient<SinkContext> =
             self.base.create_with_context(self.context()).map_err(|e| {
-                Failure::Transient(format!(
+                Failure::Broker(format!(
                     "Kafka admin client: {}",
                     self.config.redact_kafka_error(&e)
                 ))
@@ -99,13 +98,13 @@ impl KafkaSink {
         let results = admin
             .create_topics([&new], &opts)
             .await
-            .map_err(|e| Failure::Transient(format!("creating topic {topic}: {e}")))?;
+            .map_err(|e| Failure::Broker(format!("creating topic {topic}: {e}")))?;
         for r in results {
             match r {
                 Ok(_) => tracing::info!(sink = %self.name, topic, partitions, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
-                    return Err(Failure::Definite(format!(
+                    return Err(Failure::Topics(format!(
                         "cannot create topic {topic}: {code}; create it yourself \
                          ({partitions} partition(s){})",
                         if compact {
@@ -137,11 +136,11 @@ impl KafkaSink {
                     self.create_topic(&topic, self.config.partitions, false)
                         .await?;
                     self.partition_count(&topic).await?.ok_or_else(|| {
-                        Failure::Transient(format!("topic {topic} not visible after creation"))
+                        Failure::Broker(format!("topic {topic} not visible after creation"))
                     })?
                 }
                 None => {
-                    return Err(Failure::Definite(format!(
+                    return Err(Failure::Topics(format!(
                         "topic {topic} does not exist; create it, or set create_topics = true \
                          on the sink to let pgcdc create it with `partitions` partitions"
                     )))
@@ -161,8 +160,8 @@ impl KafkaSink {
                     .collect::<Result<BTreeMap<i32, i64>, _>>()
             })
             .await
-            .map_err(|e| Failure::Transient(e.to_string()))?
-            .map_err(|e| Failure::Transient(format!("offsets of topic {topic}: {e}")))?;
+            .map_err(|e| Failure::Broker(e.to_string()))?
+            .map_err(|e| Failure::Broker(format!("offsets of topic {topic}: {e}")))?;
             self.progress
                 .topics
                 .insert(topic, TopicProgress { partitions, next });

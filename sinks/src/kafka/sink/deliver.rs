@@ -1,0 +1,302 @@
+//! One batch through the producer: render and enqueue, await the acks, and on
+//! failure recover (new producer session, read-back) and retry what is missing.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Instant;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+
+use super::records::Rec;
+use super::retry::{backoff, record_disposition, Failure};
+use super::{KafkaSink, RENDER_CHUNK, STALL};
+use crate::kafka::progress::{self, RecordId};
+use crate::retry::Disposition;
+use crate::{AttemptOutcome, ItemResult, Outgoing, SinkError};
+
+impl KafkaSink {
+    /// `Sink::deliver`: every item delivered or dead-lettered, retrying for ever
+    /// what fails for a passing reason.
+    pub(super) async fn deliver_batch(
+        &mut self,
+        items: &[Outgoing],
+    ) -> Result<Vec<ItemResult>, SinkError> {
+        let started = Instant::now();
+        let now = chrono::Utc::now();
+        self.batch_started_at = now.to_rfc3339();
+        self.batch_started_ms = now.timestamp_millis();
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+        let mut recs = Vec::with_capacity(items.len());
+        // Round 1 renders and enqueues chunk by chunk, so the broker works on the first
+        // records while the rest are rendered.
+        let mut pending = Vec::with_capacity(items.len());
+        let mut futures = Vec::with_capacity(items.len());
+        let mut enqueue_error: Option<String> = None;
+        let mut skipped = 0usize;
+        for chunk in (0..items.len()).collect::<Vec<_>>().chunks(RENDER_CHUNK) {
+            let from = recs.len();
+            for &i in chunk {
+                match self.records(i, &items[i]) {
+                    Ok(r) => recs.extend(r),
+                    Err(error) => results[i] = Some(ItemResult::DeadLettered { error }),
+                }
+            }
+            // Records a read-back found were written before a crash: not again.
+            let chunk_pending: Vec<usize> = (from..recs.len())
+                .filter(|&i| !self.seen.remove(&recs[i].id))
+                .collect();
+            skipped += recs.len() - from - chunk_pending.len();
+            if enqueue_error.is_none() {
+                match self.enqueue(&recs, &chunk_pending).await {
+                    Ok(f) => futures.extend(f),
+                    Err(f) if f.disposition() == Disposition::Definite => {
+                        return Err(self.definite(f.to_string()))
+                    }
+                    Err(f) => enqueue_error = Some(f.to_string()),
+                }
+            }
+            pending.extend(chunk_pending);
+        }
+        if skipped > 0 {
+            tracing::info!(sink = %self.name, skipped, "skipping records already in Kafka (found by the read-back)");
+        }
+        let mut first_round = Some((self.await_all(futures).await, enqueue_error));
+        let mut round = 0u32;
+        while !pending.is_empty() {
+            round += 1;
+            let mut last_error = String::new();
+            let sent = match first_round.take() {
+                Some((mut outcomes, error)) => {
+                    // Records after an enqueue failure were never handed over.
+                    if let Some(m) = &error {
+                        last_error = m.clone();
+                    }
+                    while outcomes.len() < pending.len() {
+                        outcomes.push(Err(KafkaError::Canceled));
+                    }
+                    Ok(outcomes)
+                }
+                None => self.send(&recs, &pending).await,
+            };
+            let failed = match sent {
+                Err(f) if f.disposition() == Disposition::Definite => {
+                    return Err(self.definite(f.to_string()))
+                }
+                Err(f) => {
+                    last_error = f.to_string();
+                    pending.clone()
+                }
+                Ok(outcomes) => {
+                    self.settle(&recs, &pending, outcomes, &mut results, &mut last_error)
+                }
+            };
+            if failed.is_empty() {
+                break;
+            }
+            tracing::warn!(sink = %self.name, round, failed = failed.len(), error = %last_error,
+                "Kafka delivery failed; will start a new producer session, read back what reached the broker, and retry");
+            let mut retrying = BTreeSet::new();
+            for &i in &failed {
+                if retrying.insert(recs[i].item) {
+                    let a = self.audit_attempt(
+                        &items[recs[i].item],
+                        round,
+                        started,
+                        AttemptOutcome::Retrying,
+                        Some(last_error.clone()),
+                    );
+                    self.audit.record(a).await;
+                }
+            }
+            tokio::time::sleep(backoff(round)).await;
+            pending = self.recover_round(&recs, failed).await?;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, r) in results.into_iter().enumerate() {
+            let r = r.unwrap_or(ItemResult::Delivered);
+            let (outcome, error) = match &r {
+                ItemResult::DeadLettered { error } => (AttemptOutcome::Failed, Some(error.clone())),
+                _ => (AttemptOutcome::Delivered, None),
+            };
+            let a = self.audit_attempt(&items[i], round.max(1), started, outcome, error);
+            self.audit.record(a).await;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Books a round's acknowledgements: offsets of what the broker took, dead
+    /// letters for records it refused for good; returns the records to retry
+    /// (`last_error` says why).
+    fn settle(
+        &mut self,
+        recs: &[Rec],
+        pending: &[usize],
+        outcomes: Vec<Result<(i32, i64), KafkaError>>,
+        results: &mut [Option<ItemResult>],
+        last_error: &mut String,
+    ) -> Vec<usize> {
+        let mut failed = Vec::new();
+        for (&i, outcome) in pending.iter().zip(outcomes) {
+            match outcome {
+                Ok((partition, offset)) => {
+                    let e = self
+                        .next
+                        .entry((recs[i].topic.clone(), partition))
+                        .or_insert(0);
+                    *e = (*e).max(offset + 1);
+                    self.dirty = true;
+                    self.since_progress += 1;
+                }
+                Err(e) if record_disposition(&e) == Disposition::Definite => {
+                    results[recs[i].item] = Some(ItemResult::DeadLettered {
+                        error: format!("Kafka refused the record: {e}"),
+                    });
+                }
+                Err(e) => {
+                    if last_error.is_empty() || !matches!(e, KafkaError::Canceled) {
+                        *last_error = e.to_string();
+                    }
+                    failed.push(i);
+                }
+            }
+        }
+        failed
+    }
+
+    /// After a failed round: a new idempotent session (what the old one had in
+    /// flight is settled by the read-back), and of `failed` what the read-back
+    /// did not find; all of it when the read-back fails for a passing reason.
+    async fn recover_round(
+        &mut self,
+        recs: &[Rec],
+        failed: Vec<usize>,
+    ) -> Result<Vec<usize>, SinkError> {
+        self.drop_producer();
+        match self.recover().await {
+            Ok(found) => {
+                self.dirty = true;
+                Ok(failed
+                    .into_iter()
+                    .filter(|&i| !found.contains(&recs[i].id))
+                    .collect())
+            }
+            Err(f) if f.disposition() == Disposition::Definite => Err(self.definite(f.to_string())),
+            Err(f) => {
+                tracing::warn!(sink = %self.name, error = %f, "read-back failed; retrying");
+                Ok(failed)
+            }
+        }
+    }
+
+    /// Produces `recs[pending]` in order; one result per pending record.
+    async fn send(
+        &mut self,
+        recs: &[Rec],
+        pending: &[usize],
+    ) -> Result<Vec<Result<(i32, i64), KafkaError>>, Failure> {
+        let futures = self.enqueue(recs, pending).await?;
+        Ok(self.await_all(futures).await)
+    }
+
+    /// Hands `recs[pending]` to the producer, in order (new topics registered first).
+    async fn enqueue(
+        &mut self,
+        recs: &[Rec],
+        pending: &[usize],
+    ) -> Result<Vec<Option<DeliveryFuture>>, Failure> {
+        // Only topics not yet in the progress record (almost always none) are collected.
+        let topics: BTreeSet<String> = pending
+            .iter()
+            .map(|&i| &recs[i].topic)
+            .filter(|t| !self.progress.topics.contains_key(*t))
+            .cloned()
+            .collect();
+        self.register_topics(topics).await?;
+        let producer = self.producer()?;
+        let mut futures = Vec::with_capacity(pending.len());
+        for &i in pending {
+            let r = &recs[i];
+            let headers = OwnedHeaders::new_with_capacity(5)
+                .insert(Header {
+                    key: progress::H_EVENT_ID,
+                    value: Some(r.id.0.as_bytes()),
+                })
+                .insert(Header {
+                    key: progress::H_LSN,
+                    value: Some(r.lsn.as_bytes()),
+                })
+                .insert(Header {
+                    key: progress::H_TABLE,
+                    value: Some(r.table.as_bytes()),
+                })
+                .insert(Header {
+                    key: progress::H_OP,
+                    value: Some(r.op.as_bytes()),
+                })
+                .insert(Header {
+                    key: progress::H_SINK,
+                    value: Some(self.name.as_bytes()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&r.topic).headers(headers);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                record = record.payload(v.as_slice());
+            }
+            futures.push(match producer.send_result(record) {
+                Ok(f) => Some(f),
+                Err((e, _)) => {
+                    // The queue is full or the producer failed: the round fails and recovers.
+                    tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
+                    None
+                }
+            });
+        }
+        Ok(futures)
+    }
+
+    /// The acknowledgements of enqueued records, in order.
+    async fn await_all(
+        &self,
+        futures: Vec<Option<DeliveryFuture>>,
+    ) -> Vec<Result<(i32, i64), KafkaError>> {
+        let enqueued = Instant::now();
+        let mut out = Vec::with_capacity(futures.len());
+        for f in futures {
+            out.push(match f {
+                None => Err(KafkaError::Canceled),
+                Some(f) => match f.await {
+                    Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+            });
+        }
+        tracing::debug!(sink = %self.name, records = out.len(), acks_ms = enqueued.elapsed().as_millis() as u64, "batch acknowledged");
+        out
+    }
+
+    /// After a failed round: which of `failed` the broker has anyway (read back
+    /// from the last progress record's offsets).
+    pub(super) async fn recover(&mut self) -> Result<HashSet<RecordId>, Failure> {
+        let base = self.base.clone();
+        let record = self.progress.clone();
+        let name = self.name.clone();
+        let ctx = self.context();
+        let found = tokio::task::spawn_blocking(move || {
+            let consumer = progress::consumer(&base, ctx)?;
+            progress::read_written(&consumer, &record, &name, STALL)
+        })
+        .await
+        .map_err(|e| Failure::Broker(e.to_string()))??;
+        for (tp, next) in found.next {
+            let e = self.next.entry(tp).or_insert(next);
+            *e = (*e).max(next);
+        }
+        Ok(found.ids)
+    }
+}

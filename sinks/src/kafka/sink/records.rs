@@ -1,0 +1,197 @@
+//! Rendering: the Kafka records of one item (topic, key, value, identity).
+
+use pgcdc_schema::debezium;
+use pgcdc_schema::Op;
+
+use super::KafkaSink;
+use crate::kafka::config::Format;
+use crate::kafka::progress::RecordId;
+use crate::Outgoing;
+
+/// One Kafka record to write for an item.
+pub(super) struct Rec {
+    pub(super) item: usize,
+    pub(super) id: RecordId,
+    pub(super) topic: String,
+    pub(super) key: Option<Vec<u8>>,
+    pub(super) value: Option<Vec<u8>>,
+    pub(super) lsn: String,
+    pub(super) table: String,
+    pub(super) op: &'static str,
+}
+
+impl KafkaSink {
+    /// The records of one item (its tombstone too, after a delete when configured).
+    pub(super) fn records(&self, index: usize, item: &Outgoing) -> Result<Vec<Rec>, String> {
+        let event = &item.event;
+        let topic = self
+            .topic
+            .render(&event.schema, &event.table, event.trigger.as_deref());
+        crate::kafka::config::check_topic_name(&topic)?;
+        let key = match &self.key {
+            None => event
+                .key
+                .as_ref()
+                .map(serde_json::to_vec)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            Some(program) => {
+                let input = serde_json::to_value(&**event).map_err(|e| e.to_string())?;
+                // jq may block up to `[jq] timeout_ms` (it runs in pgcdc's sandbox).
+                let out = off_executor(|| program.run(&input)).map_err(|e| e.to_string())?;
+                let first = out
+                    .into_iter()
+                    .next()
+                    .ok_or("the key program yielded nothing")?;
+                Some(serde_json::to_vec(&first).map_err(|e| e.to_string())?)
+            }
+        };
+        let value = if !self.transformed && self.config.format == Format::Debezium {
+            debezium::to_vec(event, &self.source, self.batch_started_ms)
+        } else {
+            serde_json::to_vec(&item.body)
+        }
+        .map_err(|e| e.to_string())?;
+        let id = item.delivery_id();
+        let mut recs = vec![Rec {
+            item: index,
+            id: (id.clone(), false),
+            topic: topic.clone(),
+            key: key.clone(),
+            value: Some(value),
+            lsn: event.lsn.to_string(),
+            table: event.qualified_table(),
+            op: event.op.as_str(),
+        }];
+        if self.config.tombstones && event.op == Op::Delete && key.is_some() {
+            recs.push(Rec {
+                item: index,
+                id: (id, true),
+                topic,
+                key,
+                value: None,
+                lsn: event.lsn.to_string(),
+                table: event.qualified_table(),
+                op: event.op.as_str(),
+            });
+        }
+        Ok(recs)
+    }
+}
+
+/// Runs `f` (a jq evaluation) without holding up the executor thread's other tasks.
+fn off_executor<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::KafkaSinkContext;
+    use super::*;
+    use crate::kafka::KafkaSinkConfig;
+    use crate::{AuditLog, Sink};
+    use pgcdc_schema::{ChangeEvent, EventId, Lsn};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn sink(extra: &str, transformed: bool) -> KafkaSink {
+        let text = format!("brokers = \"127.0.0.1:1\"\n{extra}");
+        let value: toml::Value = toml::from_str(&text).unwrap_or(toml::Value::Boolean(false));
+        let config: KafkaSinkConfig =
+            serde::Deserialize::deserialize(value).unwrap_or_else(|e| panic!("{e}"));
+        let ctx = KafkaSinkContext {
+            db: "portal".into(),
+            version: "test".into(),
+            transformed,
+            audit: AuditLog::disabled(),
+        };
+        KafkaSink::new("k", &config, "sink[0]", ctx).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn item(op: Op, body: serde_json::Value) -> Outgoing {
+        let row = |v: serde_json::Value| v.as_object().cloned();
+        let event = ChangeEvent {
+            id: EventId::from_position(Lsn(0x10), 2),
+            op,
+            schema: "public".into(),
+            table: "permits".into(),
+            key: row(json!({"id": 7})),
+            old: row(json!({"id": 7})),
+            new: (op != Op::Delete)
+                .then(|| row(json!({"id": 7, "status": "approved"})))
+                .flatten(),
+            trigger: Some("permitApproved".into()),
+            lsn: Lsn(0x10),
+            xid: Some(5),
+            commit_time: Some("2026-11-26T10:00:00Z".into()),
+            unchanged_toast: vec![],
+        };
+        Outgoing {
+            event: Arc::new(event),
+            body,
+            part: 0,
+            row: "public.permits{\"id\":7}".into(),
+        }
+    }
+
+    fn text(b: &Option<Vec<u8>>) -> String {
+        String::from_utf8_lossy(b.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    #[test]
+    fn default_record_is_debezium_keyed_by_primary_key() {
+        let s = sink("topic = \"portal.{schema}.{table}\"\n", false);
+        let recs = s
+            .records(0, &item(Op::Update, serde_json::Value::Null))
+            .unwrap_or_default();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].topic, "portal.public.permits");
+        assert_eq!(text(&recs[0].key), "{\"id\":7}");
+        let v: serde_json::Value = serde_json::from_str(&text(&recs[0].value)).unwrap_or_default();
+        assert_eq!(v["op"], "u");
+        assert_eq!(v["source"]["db"], "portal");
+        assert_eq!(recs[0].id, ("0000000000000010-00000002".to_string(), false));
+    }
+
+    #[test]
+    fn key_program_trigger_topic_and_tombstone() {
+        let s = sink(
+            "topic = \"permits.{trigger}\"\nkey = '.new.status // .key.id'\ntombstones = true\n",
+            false,
+        );
+        let recs = s
+            .records(0, &item(Op::Update, serde_json::Value::Null))
+            .unwrap_or_default();
+        assert_eq!(recs[0].topic, "permits.permitApproved");
+        assert_eq!(text(&recs[0].key), "\"approved\"");
+        let recs = s
+            .records(0, &item(Op::Delete, serde_json::Value::Null))
+            .unwrap_or_default();
+        assert_eq!(recs.len(), 2, "a delete is followed by a tombstone");
+        assert_eq!(text(&recs[1].key), "7");
+        assert!(recs[1].value.is_none());
+        assert!(recs[1].id.1);
+    }
+
+    #[test]
+    fn native_format_and_transform_output_are_sent_as_given() {
+        let s = sink("format = \"native\"\n", false);
+        let body = json!({"id": "0000000000000010-00000002", "op": "update"});
+        let recs = s
+            .records(0, &item(Op::Update, body.clone()))
+            .unwrap_or_default();
+        assert_eq!(text(&recs[0].value), body.to_string());
+        assert!(s.wants_native_body());
+        let t = sink("", true);
+        assert!(!t.wants_native_body());
+        let recs = t
+            .records(0, &item(Op::Update, json!({"registryId": 7})))
+            .unwrap_or_default();
+        assert_eq!(text(&recs[0].value), "{\"registryId\":7}");
+    }
+}
