@@ -18,14 +18,57 @@ use pgcdc_sinks::AuditLog;
 
 /// Change-data-capture from Postgres to HTTP APIs and Kafka.
 #[derive(Debug, Parser)]
-#[command(name = "pgcdc", version, about)]
+#[command(name = "pgcdc", version = VERSION, about)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PGCDC_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--version`: the crate version and the commit it was built from (when known).
+pub const VERSION: &str = match option_env!("PGCDC_COMMIT") {
+    Some(_) => concat!(env!("CARGO_PKG_VERSION"), " (", env!("PGCDC_COMMIT"), ")"),
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// Where the config file comes from: `--config`, else `$PGCDC_CONFIG`, else
+/// `./pgcdc.toml`, else `/etc/pgcdc/pgcdc.toml`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Config file [default: ./pgcdc.toml, then /etc/pgcdc/pgcdc.toml].
+    #[arg(long, short, env = "PGCDC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The default config paths, in the order they are tried.
+pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["pgcdc.toml", "/etc/pgcdc/pgcdc.toml"];
+
+impl ConfigArg {
+    /// The config file to read.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.config {
+            return Ok(path.clone());
+        }
+        DEFAULT_CONFIG_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no config file: none given with --config or PGCDC_CONFIG, and neither ./pgcdc.toml \
+                     nor /etc/pgcdc/pgcdc.toml exists — fix: pass --config FILE (see \
+                     deploy/pgcdc.example.toml for a start)"
+                )
+            })
+    }
+
+    /// Reads and validates the config file.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(&self.path()?)?)
+    }
 }
 
 /// Log line format.
@@ -42,21 +85,27 @@ pub enum LogFormat {
 pub enum Command {
     /// Stream changes and deliver them until SIGINT/SIGTERM.
     Run {
-        /// Config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Preflight: check the source (and sinks); exit 0 only when ready.
     Check {
-        /// Config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON: `{"ok": bool, "checks": [{"name", "status", "detail"}]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offline: parse the config, compile every jq program and template, resolve
+    /// references; exit 0 when valid, 2 with the offending key otherwise.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Slot, WAL retained, journal head, each sink's cursor and lag.
     Status {
-        /// Config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -73,6 +122,14 @@ pub enum Command {
     Teardown(operator::TeardownArgs),
     /// Re-send a table's current rows to one sink or all, while streaming goes on.
     Resync(resync::ResyncArgs),
+    /// Print a shell completion script: `pgcdc completions bash > /etc/bash_completion.d/pgcdc`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `pgcdc man | man -l -`.
+    Man,
 }
 
 /// Sets up `tracing` on stderr.
@@ -93,7 +150,7 @@ pub fn init_logging(format: LogFormat) {
 pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run { config } => {
-            let config = Config::load(&config)?;
+            let config = config.load()?;
             crate::fd_limit::ensure_enough(&config)?;
             let (tx, rx) = watch::channel(false);
             tokio::spawn(async move {
@@ -103,14 +160,66 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             engine::run(config, rx).await?;
             Ok(0)
         }
-        Command::Check { config } => check(&Config::load(&config)?).await,
-        Command::Status { config, json } => status(&Config::load(&config)?, json).await,
+        Command::Check { config, json } => check(&config.load()?, json).await,
+        Command::Validate { config } => validate(&config),
+        Command::Status { config, json } => status(&config.load()?, json).await,
         Command::Dlq(cmd) => operator::dlq(cmd),
         Command::Audit(args) => operator::audit(args),
         Command::Checkpoint(cmd) => operator::checkpoint(cmd),
         Command::Teardown(args) => operator::teardown(args).await,
         Command::Resync(args) => resync::resync(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "pgcdc", &mut script);
+            emit(&script)?;
+            Ok(0)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            emit(&page)?;
+            Ok(0)
+        }
     }
+}
+
+/// Writes to stdout; a reader that went away (`pgcdc man | head`) is not an error.
+fn emit(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// `pgcdc validate`: everything `run` checks before it connects anywhere.
+fn validate(arg: &ConfigArg) -> anyhow::Result<i32> {
+    let path = arg.path()?;
+    let config = Config::load(&path)?;
+    // The sinks' own settings (URLs, TLS files, auth, librdkafka properties) are
+    // checked by building them, which opens no connection.
+    for (i, sink) in config.sink.iter().enumerate() {
+        match &sink.kind {
+            SinkKind::Stdout => {}
+            SinkKind::Http(http) => {
+                engine::build_http_sink(i, &sink.name, http, AuditLog::disabled())?;
+            }
+            SinkKind::Kafka(kafka) => {
+                engine::build_kafka_sink(i, sink, kafka, "validate", AuditLog::disabled())?;
+            }
+        }
+    }
+    println!(
+        "ok    {}: {} table(s), {} trigger(s), {} sink(s)",
+        path.display(),
+        config.source.tables.len(),
+        config.trigger.len(),
+        config.sink.len()
+    );
+    Ok(0)
 }
 
 async fn wait_for_signal() {
@@ -128,48 +237,109 @@ async fn wait_for_signal() {
     }
 }
 
-async fn check(config: &Config) -> anyhow::Result<i32> {
-    println!(
-        "ok    config: {} sink(s), {} table(s)",
-        config.sink.len(),
-        config.source.tables.len()
+/// One line of `pgcdc check`.
+struct CheckLine {
+    status: &'static str,
+    name: String,
+    detail: String,
+}
+
+/// What `check` found, printed as text lines or one JSON document.
+#[derive(Default)]
+struct CheckReport(Vec<CheckLine>);
+
+impl CheckReport {
+    fn ok(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.push("ok", name, detail);
+    }
+    fn fail(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.push("fail", name, detail);
+    }
+    fn warn(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.push("warn", name, detail);
+    }
+    fn push(&mut self, status: &'static str, name: impl Into<String>, detail: impl Into<String>) {
+        self.0.push(CheckLine {
+            status,
+            name: name.into(),
+            detail: detail.into(),
+        });
+    }
+    fn failed(&self) -> bool {
+        self.0.iter().any(|l| l.status == "fail")
+    }
+    fn print(&self, as_json: bool) -> anyhow::Result<()> {
+        if as_json {
+            let checks: Vec<_> = self
+                .0
+                .iter()
+                .map(|l| json!({"name": l.name, "status": l.status, "detail": l.detail}))
+                .collect();
+            let doc = json!({"ok": !self.failed(), "checks": checks});
+            emit(format!("{}\n", serde_json::to_string_pretty(&doc)?).as_bytes())
+        } else {
+            let mut text = String::new();
+            for l in &self.0 {
+                let tag = match l.status {
+                    "ok" => "ok   ",
+                    "warn" => "warn ",
+                    _ => "FAIL ",
+                };
+                text.push_str(&format!("{tag} {}: {}\n", l.name, l.detail));
+            }
+            emit(text.as_bytes())
+        }
+    }
+}
+
+async fn check(config: &Config, as_json: bool) -> anyhow::Result<i32> {
+    let mut report = CheckReport::default();
+    report.ok(
+        "config",
+        format!(
+            "{} sink(s), {} table(s)",
+            config.sink.len(),
+            config.source.tables.len()
+        ),
     );
-    let mut failed = 0;
+    check_into(config, &mut report).await?;
+    report.print(as_json)?;
+    Ok(if report.failed() { 1 } else { 0 })
+}
+
+async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result<()> {
     match crate::fd_limit::limits() {
         // `run` raises the soft limit to the hard one, so the hard one is what counts.
         Some((soft, hard)) => match crate::fd_limit::judge(config, soft, hard) {
-            Ok(detail) => println!("ok    file descriptors: {detail}"),
-            Err(problem) => {
-                failed += 1;
-                println!("FAIL  file descriptors: {problem}");
-            }
+            Ok(detail) => report.ok("file descriptors", detail),
+            Err(problem) => report.fail("file descriptors", problem.to_string()),
         },
-        None => println!("warn  file descriptors: cannot read the open-files limit (getrlimit)"),
+        None => report.warn(
+            "file descriptors",
+            "cannot read the open-files limit (getrlimit)",
+        ),
     }
     let url = config.source_url()?;
     match connect_sql(&url).await {
-        Err(e) => {
-            failed += 1;
-            println!(
-                "FAIL  source connection: cannot connect to {url}: {e} — fix: check source.url, that Postgres runs and accepts connections from this host (pg_hba.conf)"
-            );
-        }
+        Err(e) => report.fail(
+            "source connection",
+            format!(
+                "cannot connect to {url}: {e} — fix: check source.url, that Postgres runs and accepts connections from this host (pg_hba.conf)"
+            ),
+        ),
         Ok(client) => {
-            println!("ok    source connection: {url}");
+            report.ok("source connection", url.to_string());
             for c in source::preflight(config, &client).await {
                 match c.outcome {
-                    Ok(detail) => println!("ok    {}: {detail}", c.name),
-                    Err(p) => {
-                        failed += 1;
-                        println!("FAIL  {}: {p}", c.name);
-                    }
+                    Ok(detail) => report.ok(c.name, detail),
+                    Err(p) => report.fail(c.name, p.to_string()),
                 }
             }
         }
     }
     for (i, sink) in config.sink.iter().enumerate() {
         match &sink.kind {
-            SinkKind::Stdout => println!("ok    sink {}: stdout", sink.name),
+            SinkKind::Stdout => report.ok(format!("sink {}", sink.name), "stdout"),
             SinkKind::Http(http) => {
                 let built = engine::build_http_sink(i, &sink.name, http, AuditLog::disabled());
                 let checked = match built {
@@ -177,14 +347,16 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
                     Err(e) => Err(e),
                 };
                 match checked {
-                    Ok(()) => println!("ok    sink {}: {} reachable", sink.name, origin(&http.url)),
-                    Err(e) => {
-                        failed += 1;
-                        println!(
-                            "FAIL  sink {}: {e:#} — fix: check sink[{i}].url, that the endpoint is up and reachable from this host, and its TLS settings",
-                            sink.name
-                        );
-                    }
+                    Ok(()) => report.ok(
+                        format!("sink {}", sink.name),
+                        format!("{} reachable", origin(&http.url)),
+                    ),
+                    Err(e) => report.fail(
+                        format!("sink {}", sink.name),
+                        format!(
+                            "{e:#} — fix: check sink[{i}].url, that the endpoint is up and reachable from this host, and its TLS settings"
+                        ),
+                    ),
                 }
             }
             SinkKind::Kafka(kafka) => {
@@ -199,19 +371,18 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
                     Err(e) => Err(e),
                 };
                 match checked {
-                    Ok(detail) => println!("ok    sink {}: {detail}", sink.name),
-                    Err(e) => {
-                        failed += 1;
-                        println!(
-                            "FAIL  sink {}: {e:#} — fix: check sink[{i}].brokers, that the brokers are up and reachable from this host, and [sink.librdkafka] security settings",
-                            sink.name
-                        );
-                    }
+                    Ok(detail) => report.ok(format!("sink {}", sink.name), detail),
+                    Err(e) => report.fail(
+                        format!("sink {}", sink.name),
+                        format!(
+                            "{e:#} — fix: check sink[{i}].brokers, that the brokers are up and reachable from this host, and [sink.librdkafka] security settings"
+                        ),
+                    ),
                 }
             }
         }
     }
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(())
 }
 
 /// `scheme://host:port` of a URL, for messages (no path, query or credentials).

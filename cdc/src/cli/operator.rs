@@ -13,31 +13,41 @@ use crate::journal::{Access, DlqSelector, MetaKey, StateStore, Store};
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List the sink's dead-lettered and parked events, in order.
-    List(DlqArgs),
+    List(DlqListArgs),
     /// Deliver them again (one id with the events parked behind it, or all), keeping row order.
     Replay(DlqArgs),
     /// Remove them for good.
     Drop(DlqArgs),
 }
 
-/// Arguments shared by the `dlq` subcommands.
+/// `pgcdc dlq list` arguments.
 #[derive(Debug, Args)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    pub config: super::ConfigArg,
+    /// Sink name.
+    #[arg(long)]
+    pub sink: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pgcdc dlq replay` and `pgcdc dlq drop` arguments: which events.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["id", "all"]))]
 pub struct DlqArgs {
-    /// Config file.
-    #[arg(long, short)]
-    pub config: std::path::PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// Sink name.
     #[arg(long)]
     pub sink: String,
     /// One event id (as `dlq list` shows it).
-    #[arg(long, conflicts_with = "all")]
+    #[arg(long)]
     pub id: Option<String>,
     /// Every event of the sink.
     #[arg(long)]
     pub all: bool,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 fn open(config: &Config, sink: &str) -> anyhow::Result<Box<dyn StateStore>> {
@@ -57,7 +67,7 @@ fn selector(args: &DlqArgs) -> anyhow::Result<DlqSelector> {
 pub fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
     match cmd {
         DlqCommand::List(args) => {
-            let config = Config::load(&args.config)?;
+            let config = args.config.load()?;
             let reader = open(&config, &args.sink)?;
             let entries = reader.dlq_list(&args.sink)?;
             if args.json {
@@ -95,14 +105,14 @@ pub fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         DlqCommand::Replay(args) => {
-            let config = Config::load(&args.config)?;
+            let config = args.config.load()?;
             let mut reader = open(&config, &args.sink)?;
             let n = reader.dlq_request_replay(&args.sink, &selector(&args)?)?;
             println!("{n} event(s) of sink {} marked for replay; a running pgcdc delivers them next, in order", args.sink);
             Ok(0)
         }
         DlqCommand::Drop(args) => {
-            let config = Config::load(&args.config)?;
+            let config = args.config.load()?;
             let mut reader = open(&config, &args.sink)?;
             let n = reader.dlq_drop(&args.sink, &selector(&args)?)?;
             println!("{n} event(s) dropped from the DLQ of sink {}", args.sink);
@@ -114,9 +124,8 @@ pub fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
 /// `pgcdc audit` arguments.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Config file.
-    #[arg(long, short)]
-    pub config: std::path::PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// Attempts for one event id.
     #[arg(long, conflicts_with = "sink")]
     pub event: Option<String>,
@@ -136,7 +145,7 @@ pub struct AuditArgs {
 
 /// Runs `pgcdc audit`; returns the exit code.
 pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
-    let config = Config::load(&args.config)?;
+    let config = args.config.load()?;
     let reader = Store::from_config(&config.state).open(Access::Existing)?;
     let attempts = match (&args.event, &args.sink) {
         (Some(id), None) => reader.audit_by_event(id)?,
@@ -191,9 +200,8 @@ pub enum CheckpointCommand {
 /// `pgcdc checkpoint drop` arguments.
 #[derive(Debug, Args)]
 pub struct CheckpointDropArgs {
-    /// Config file.
-    #[arg(long, short)]
-    pub config: std::path::PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// Name of the removed sink whose cursor to drop.
     #[arg(long)]
     pub sink: String,
@@ -203,9 +211,8 @@ pub struct CheckpointDropArgs {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("target").required(true).args(["lsn", "time", "latest"]))]
 pub struct CheckpointArgs {
-    /// Config file.
-    #[arg(long, short)]
-    pub config: std::path::PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// Sink name.
     #[arg(long)]
     pub sink: String,
@@ -226,7 +233,7 @@ pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
         CheckpointCommand::Reset(args) => args,
         CheckpointCommand::Drop(args) => return checkpoint_drop(args),
     };
-    let config = Config::load(&args.config)?;
+    let config = args.config.load()?;
     let mut reader = open(&config, &args.sink)?;
     let target = crate::ops::reset_target(args.lsn.as_deref(), args.time.as_deref(), args.latest)?;
     let before = reader.cursor_state(&args.sink)?.pos;
@@ -244,7 +251,7 @@ pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
 
 /// Runs `pgcdc checkpoint drop`; returns the exit code.
 fn checkpoint_drop(args: CheckpointDropArgs) -> anyhow::Result<i32> {
-    let config = Config::load(&args.config)?;
+    let config = args.config.load()?;
     if let Some(why) = crate::ops::drop_refusal(&config, &args.sink) {
         anyhow::bail!(why);
     }
@@ -277,9 +284,8 @@ fn checkpoint_drop(args: CheckpointDropArgs) -> anyhow::Result<i32> {
 /// `pgcdc teardown` arguments.
 #[derive(Debug, Args)]
 pub struct TeardownArgs {
-    /// Config file.
-    #[arg(long, short)]
-    pub config: std::path::PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// Really drop them (without it, only say what would be dropped).
     #[arg(long)]
     pub yes: bool,
@@ -289,7 +295,7 @@ pub struct TeardownArgs {
 /// found). Returns the exit code.
 pub async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
     use crate::config::quote_ident;
-    let config = Config::load(&args.config)?;
+    let config = args.config.load()?;
     let journal = Store::from_config(&config.state).open(Access::Existing)?;
     let created_slot = journal
         .meta(&MetaKey::CreatedSlot)?

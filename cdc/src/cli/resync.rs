@@ -4,15 +4,13 @@
 
 use clap::Args;
 
-use crate::config::Config;
 use crate::journal::{Access, ResyncKind, Store};
 
 /// `pgcdc resync` arguments.
 #[derive(Debug, Args)]
 pub struct ResyncArgs {
-    /// Config file.
-    #[arg(long, short)]
-    pub config: std::path::PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// The table, `schema.table` (one of `source.tables`).
     #[arg(long)]
     pub table: String,
@@ -29,7 +27,7 @@ pub struct ResyncArgs {
 
 /// Runs `pgcdc resync`; returns the exit code.
 pub fn resync(args: ResyncArgs) -> anyhow::Result<i32> {
-    let config = Config::load(&args.config)?;
+    let config = args.config.load()?;
     let table = crate::ops::validate_resync(&config, &args.table, args.sink.as_deref())
         .map_err(anyhow::Error::msg)?;
     let mut journal = Store::from_config(&config.state).open(Access::Create)?;
