@@ -4,7 +4,9 @@
 
 use pgcdc_schema::Lsn;
 
-use crate::config::{Config, TableName};
+use pgcdc_schema::TableName;
+
+use crate::config::Config;
 use crate::journal::ResetTarget;
 
 /// Parses the operator's target (shared by the CLI and the admin API).

@@ -288,7 +288,7 @@ pub struct TeardownArgs {
 /// Runs `pgcdc teardown`: drops the slot and the publication pgcdc created (never ones it
 /// found). Returns the exit code.
 pub async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
-    use crate::config::quote_ident;
+    use pgcdc_schema::quote_ident;
     let config = Config::load(&args.config)?;
     let journal = JournalReader::open(&config.state.dir, false)?;
     let created_slot = journal

@@ -4,10 +4,11 @@
 //! Errors here are definite: nothing connects before the config is valid.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use pgcdc_schema::TableName;
 
 use crate::replication::SourceUrl;
 
@@ -719,56 +720,6 @@ fn check_identifier(key: &str, v: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-/// A `schema.table` name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    /// Schema (default `public`).
-    pub schema: String,
-    /// Table.
-    pub table: String,
-}
-
-impl TableName {
-    /// Parses `schema.table` or `table` (schema `public`).
-    pub fn parse(s: &str) -> Result<TableName, String> {
-        let bad = || {
-            format!("{s:?} is not a table name: expected \"schema.table\", e.g. \"public.permits\"")
-        };
-        let (schema, table) = match s.split_once('.') {
-            Some((schema, table)) => (schema, table),
-            None => ("public", s),
-        };
-        if schema.is_empty() || table.is_empty() || table.contains('.') || s.contains('"') {
-            return Err(bad());
-        }
-        Ok(TableName {
-            schema: schema.to_string(),
-            table: table.to_string(),
-        })
-    }
-
-    /// `"schema"."table"`, quoted for SQL.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table)
-    }
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// Quotes an SQL string literal.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Whether the string at `path` is a jq program. Programs are taken verbatim: `env`

@@ -83,7 +83,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             };
             key_err(format!("schedule[{i}].{key}"), m)
         })?;
-        let table = super::TableName::parse(&s.resync.table)
+        let table = pgcdc_schema::TableName::parse(&s.resync.table)
             .map_err(|m| key_err(format!("schedule[{i}].resync.table"), m))?;
         if !tables.contains(&table) {
             return Err(key_err(

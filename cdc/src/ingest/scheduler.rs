@@ -10,7 +10,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::config::{Config, ScheduledResync, TableName};
+use pgcdc_schema::TableName;
+
+use crate::config::{Config, ScheduledResync};
 use crate::journal::{JournalReader, ResyncKind, ResyncRequestError};
 use crate::supervise::{Backoff, TaskHealth};
 

@@ -16,7 +16,9 @@ use std::path::Path;
 use pgcdc_schema::Lsn;
 
 use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
-use crate::config::{Config, TableName};
+use pgcdc_schema::TableName;
+
+use crate::config::Config;
 use crate::ingest::catalog::Catalog;
 use crate::ingest::changes::read_event;
 use crate::journal::{
@@ -60,7 +62,7 @@ pub async fn copy(
         .client()
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            crate::config::quote_literal(snapshot)
+            pgcdc_schema::quote_literal(snapshot)
         ))
         .await?;
     // Snapshot rows sort before every streamed change (those commit at or after the

@@ -25,7 +25,9 @@ use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Client;
 
-use crate::config::{Config, TableName};
+use pgcdc_schema::TableName;
+
+use crate::config::Config;
 use crate::journal::{JournalError, JournalReader, JournalWriter};
 
 /// Journal meta key prefix of a configured table's OID (`table_oid:schema.table`).
@@ -253,7 +255,7 @@ pub(crate) async fn capture(
             .ok_or_else(|| {
                 anyhow::anyhow!(
                     "table {name} is not in publication {publication} (nor a table pgcdc captured under this name) — fix: ALTER PUBLICATION {} ADD TABLE {};",
-                    crate::config::quote_ident(publication),
+                    pgcdc_schema::quote_ident(publication),
                     name.quoted()
                 )
             })?;

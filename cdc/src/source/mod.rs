@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::config::{quote_ident, Config, TableName};
+use pgcdc_schema::{quote_ident, TableName};
+
+use crate::config::Config;
 use crate::replication::{ReplicationConnection, ReplicationError};
 
 /// One preflight check's outcome.

@@ -103,10 +103,7 @@ pub async fn status_json(cfg: &ConfigFile) -> anyhow::Result<Value> {
 
 /// Parses `X/Y` (Postgres LSN text).
 pub fn parse_lsn(s: &str) -> anyhow::Result<u64> {
-    let (hi, lo) = s
-        .split_once('/')
-        .with_context(|| format!("not an LSN: {s}"))?;
-    Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
+    Ok(s.parse::<pgcdc_schema::Lsn>()?.0)
 }
 
 /// `pg_current_wal_lsn()` as a number.

@@ -17,7 +17,9 @@ use pgcdc_schema::mapping::{evaluate, JqCall, JqProgram, MappingError, OldColumn
 use pgcdc_schema::ChangeEvent;
 use pgcdc_sinks::Outgoing;
 
-use crate::config::{Config, SinkConfig, TableName};
+use pgcdc_schema::TableName;
+
+use crate::config::{Config, SinkConfig};
 use crate::journal::{OldTracking, Tracked};
 
 /// A compiled `[[trigger]]`.
