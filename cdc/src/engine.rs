@@ -43,7 +43,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
     let state_dir = config.state.dir.clone();
-    let triggers = plan::compile_triggers(&config)?;
+    let triggers = plan::triggers(&config);
     let mut writer = JournalWriter::open(&state_dir)?;
     let prior = journal_guard::Prior::read(&writer)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));
@@ -172,7 +172,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     let mut runners = JoinSet::new();
     for (i, sink) in config.sink.iter().enumerate() {
-        let plan = plan::SinkPlan::compile(i, sink, &triggers)?;
+        let plan = plan::SinkPlan::new(sink, &triggers);
         let spawn = Spawner {
             audit: &audit,
             state_dir: &state_dir,

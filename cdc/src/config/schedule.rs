@@ -8,6 +8,7 @@
 //! ```
 
 use chrono::{DateTime, Utc};
+use pgcdc_schema::TableName;
 use serde::Deserialize;
 
 use super::{key_err, Config, ConfigError};
@@ -29,8 +30,8 @@ pub struct ScheduleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduledResync {
-    /// `schema.table`, one of `source.tables`.
-    pub table: String,
+    /// `schema.table`, one of `source.tables` (parsed at load).
+    pub table: TableName,
     /// Only this sink (default: every sink).
     pub sink: Option<String>,
     /// Only rows matching this SQL condition.
@@ -83,9 +84,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             };
             key_err(format!("schedule[{i}].{key}"), m)
         })?;
-        let table = pgcdc_schema::TableName::parse(&s.resync.table)
-            .map_err(|m| key_err(format!("schedule[{i}].resync.table"), m))?;
-        if !tables.contains(&table) {
+        let table = &s.resync.table;
+        if !tables.contains(table) {
             return Err(key_err(
                 format!("schedule[{i}].resync.table"),
                 format!("table {table} is not in source.tables; add it there first"),
@@ -112,7 +112,7 @@ mod tests {
             cron: cron.into(),
             time_zone: tz.into(),
             resync: ScheduledResync {
-                table: "public.t".into(),
+                table: TableName::parse("public.t").unwrap_or_else(|e| panic!("{e}")),
                 sink: None,
                 where_sql: None,
             },

@@ -10,8 +10,6 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use pgcdc_schema::TableName;
-
 use crate::config::{Config, ScheduledResync};
 use crate::journal::{JournalReader, ResyncKind, ResyncRequestError};
 use crate::supervise::{Backoff, TaskHealth};
@@ -75,9 +73,7 @@ async fn queue(
     shutdown: &mut watch::Receiver<bool>,
     status: TaskHealth,
 ) -> bool {
-    let table = TableName::parse(&r.table)
-        .map(|t| t.to_string())
-        .unwrap_or(r.table.clone());
+    let table = r.table.to_string();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let (dir, r, table) = (state_dir.to_path_buf(), r.clone(), table.clone());
@@ -131,7 +127,7 @@ mod tests {
         let dir = tmp.path().join("state");
         std::fs::write(&dir, b"in the way").unwrap_or_else(|e| panic!("{e}"));
         let resync = ScheduledResync {
-            table: "public.items".to_string(),
+            table: pgcdc_schema::TableName::parse("public.items").unwrap_or_else(|e| panic!("{e}")),
             sink: None,
             where_sql: None,
         };

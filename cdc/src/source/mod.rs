@@ -194,7 +194,7 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
             };
         all_owned &= owned;
         checks.push(check);
-        resolved.push((table, oid));
+        resolved.push((table.clone(), oid));
     }
 
     checks.push(
