@@ -171,13 +171,17 @@ async fn check(config: &Config) -> anyhow::Result<i32> {
         match &sink.kind {
             SinkKind::Stdout => println!("ok    sink {}: stdout", sink.name),
             SinkKind::Http(http) => {
-                let built = engine::build_http_sink(i, &sink.name, http, AuditLog::disabled());
+                let built = engine::build_http_sink(&sink.name, http, AuditLog::disabled());
                 let checked = match built {
                     Ok(s) => s.healthcheck().await.map_err(anyhow::Error::from),
                     Err(e) => Err(e),
                 };
                 match checked {
-                    Ok(()) => println!("ok    sink {}: {} reachable", sink.name, origin(&http.url)),
+                    Ok(()) => println!(
+                        "ok    sink {}: {} reachable",
+                        sink.name,
+                        origin(&http.http().url)
+                    ),
                     Err(e) => {
                         failed += 1;
                         println!(

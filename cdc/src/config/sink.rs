@@ -8,7 +8,7 @@ use pgcdc_schema::mapping::JqProgram;
 use pgcdc_schema::TableName;
 use serde::Deserialize;
 
-use super::{deserialize_at, key_err, ConfigError, TriggerConfig};
+use super::{deserialize_at, key_err, ConfigError, HttpSinkSpec, TriggerConfig};
 
 /// One `[[sink]]`: the keys every sink type has, plus its type's own.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub enum SinkKind {
     /// One JSON line per item on stdout.
     Stdout,
     /// Requests to an HTTP API.
-    Http(Box<pgcdc_sinks::http::HttpSinkConfig>),
+    Http(Box<HttpSinkSpec>),
     /// Records in Kafka topics, exactly once.
     Kafka(Box<pgcdc_sinks::kafka::KafkaSinkConfig>),
 }
@@ -94,21 +94,8 @@ impl SinkConfig {
                 SinkKind::Stdout
             }
             "http" => {
-                let http: pgcdc_sinks::http::HttpSinkConfig =
-                    deserialize_at(&prefix, toml::Value::Table(own))?;
-                http.validate(&prefix).map_err(|e| ConfigError::Key {
-                    key: e.key,
-                    message: e.message,
-                })?;
-                let templates = std::iter::once(("url".to_string(), http.url.clone())).chain(
-                    http.headers
-                        .iter()
-                        .map(|(k, v)| (format!("headers.{k}"), v.clone())),
-                );
-                for (key, text) in templates {
-                    pgcdc_schema::mapping::Template::parse(&format!("{prefix}.{key}"), &text)?;
-                }
-                SinkKind::Http(Box::new(http))
+                let http = deserialize_at(&prefix, toml::Value::Table(own))?;
+                SinkKind::Http(Box::new(HttpSinkSpec::new(&prefix, http)?))
             }
             "kafka" => {
                 let kafka: pgcdc_sinks::kafka::KafkaSinkConfig =

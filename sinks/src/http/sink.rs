@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use reqwest::header::{HeaderName, HeaderValue};
 
-use super::config::{BatchConfig, HttpSinkConfig};
+use super::config::{BatchConfig, ValidHttpSinkConfig};
 use super::retry::{jitter_random, AttemptError, Disposition, RetryPolicy};
 use super::service::{base_headers, redact_url, HttpService, PreparedRequest};
 use super::signing::{batch_key, webhook_timestamp, SigningKey};
@@ -42,31 +42,21 @@ struct Job {
 }
 
 impl HttpSink {
-    /// Validates `config` and builds the client (reads TLS files). No network yet.
+    /// Builds the client from a validated config (reads TLS files). No network yet.
     pub fn new(
         name: impl Into<String>,
-        config: HttpSinkConfig,
+        config: ValidHttpSinkConfig,
         audit: AuditLog,
     ) -> Result<HttpSink, HttpSinkError> {
         let name = name.into();
-        config.validate(&format!("sink {name:?}"))?;
+        let signing = config.signing.clone();
+        let config = config.config();
         let mut static_headers = Vec::with_capacity(config.headers.len());
         for (key, value) in &config.headers {
             static_headers.push(parse_header(key, value)?);
         }
-        let signing = match &config.signing_secret {
-            Some(secret) => {
-                Some(
-                    SigningKey::parse(secret).map_err(|message| super::ConfigError {
-                        key: format!("sink {name:?}.signing_secret"),
-                        message,
-                    })?,
-                )
-            }
-            None => None,
-        };
         Ok(HttpSink {
-            service: HttpService::new(&config)?,
+            service: HttpService::new(config)?,
             url: config.url.clone(),
             url_renderer: None,
             static_headers,
