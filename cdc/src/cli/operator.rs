@@ -6,7 +6,6 @@ use serde_json::json;
 
 use crate::config::Config;
 
-use crate::deliver::audit_writer::normalize_time;
 use crate::journal::{DlqSelector, JournalReader};
 
 /// `pgcdc dlq` subcommands.
@@ -142,11 +141,14 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
         (Some(id), None) => reader.audit_by_event(id)?,
         (None, Some(sink)) => {
             let since = match &args.since {
-                Some(s) => normalize_time(s).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--since {s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
-                    )
-                })?,
+                Some(s) => s
+                    .parse::<pgcdc_sinks::AttemptTime>()
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "--since {s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
+                        )
+                    })?
+                    .to_string(),
                 None => "0000".to_string(),
             };
             reader.audit_by_sink(sink, &since, args.limit)?

@@ -402,7 +402,7 @@ pub async fn run<S: Sink>(
                             event_id: event.id.to_string(),
                             sink: name.clone(),
                             attempt: 0,
-                            at: chrono::Utc::now().to_rfc3339(),
+                            at: pgcdc_sinks::AttemptTime::now(),
                             status: None,
                             error: None,
                             latency_ms: 0,

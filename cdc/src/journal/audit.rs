@@ -40,7 +40,7 @@ impl JournalReader {
                         a.event_id,
                         a.sink,
                         a.attempt,
-                        a.at,
+                        a.at.to_string(),
                         a.status,
                         a.error,
                         a.latency_ms as i64,
@@ -65,7 +65,13 @@ impl JournalReader {
                     event_id: r.get(0)?,
                     sink: r.get(1)?,
                     attempt: r.get(2)?,
-                    at: r.get(3)?,
+                    at: r.get::<_, String>(3)?.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            3,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
                     status: r.get(4)?,
                     error: r.get(5)?,
                     latency_ms: r.get::<_, i64>(6)?.max(0) as u64,

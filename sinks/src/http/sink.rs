@@ -13,7 +13,9 @@ use super::retry::{jitter_random, AttemptError, Disposition, RetryPolicy};
 use super::service::{base_headers, redact_url, HttpService, PreparedRequest};
 use super::signing::{batch_key, webhook_timestamp, SigningKey};
 use super::HttpSinkError;
-use crate::{Attempt, AttemptOutcome, AuditLog, ItemResult, Outgoing, Sink, SinkError};
+use crate::{
+    Attempt, AttemptOutcome, AttemptTime, AuditLog, ItemResult, Outgoing, Sink, SinkError,
+};
 
 /// Renders a per-event value (URL or header) from an item; `Err` dead-letters the item.
 pub type Renderer = Box<dyn Fn(&Outgoing) -> Result<String, String> + Send + Sync>;
@@ -324,7 +326,7 @@ impl HttpSink {
         latency: Duration,
         outcome: AttemptOutcome,
     ) {
-        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = AttemptTime::from(at);
         let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         for item in items {
             self.audit
@@ -332,7 +334,7 @@ impl HttpSink {
                     event_id: item.delivery_id(),
                     sink: self.name.clone(),
                     attempt,
-                    at: at.clone(),
+                    at,
                     status,
                     error: error.clone(),
                     latency_ms,
