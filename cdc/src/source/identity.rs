@@ -249,7 +249,7 @@ pub(crate) async fn capture(
     let mut resolved = Vec::new();
     let mut capture = Capture::default();
     for name in config.tables() {
-        let table = resolve(client, &name, remembered.get(&name).copied(), Some(&published))
+        let table = resolve(client, name, remembered.get(name).copied(), Some(&published))
             .await?
             .filter(|t| published.contains_key(&t.oid))
             .ok_or_else(|| {

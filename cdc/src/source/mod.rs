@@ -174,12 +174,12 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
     let mut all_owned = true;
     let mut resolved: Vec<(TableName, Option<u32>)> = Vec::new();
     for table in config.tables() {
-        let remembered = remembered.get(&table).copied();
+        let remembered = remembered.get(table).copied();
         let in_publication = published.as_ref().ok().and_then(Option::as_ref);
         let (check, owned, oid) =
-            match identity::resolve(client, &table, remembered, in_publication).await {
+            match identity::resolve(client, table, remembered, in_publication).await {
                 Ok(found) => {
-                    let (check, owned) = check_table(client, &table, found.as_ref()).await;
+                    let (check, owned) = check_table(client, table, found.as_ref()).await;
                     (check, owned, found.map(|f| f.oid))
                 }
                 Err(e) => (
