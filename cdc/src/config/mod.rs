@@ -95,8 +95,8 @@ pub struct Config {
     /// Named state transitions (parsed separately: their programs are compiled).
     #[serde(skip)]
     pub trigger: Vec<TriggerConfig>,
-    /// Resyncs on a cron schedule.
-    #[serde(default)]
+    /// Resyncs on a cron schedule (parsed separately: expression and zone are parsed once).
+    #[serde(skip)]
     pub schedule: Vec<ScheduleConfig>,
     /// Bounds on jq evaluation.
     #[serde(default)]
@@ -162,12 +162,18 @@ impl Config {
         })?;
         env::substitute_env(&mut value, &mut String::new(), env)?;
         let triggers = take_tables(&mut value, "trigger")?;
+        let schedules = take_tables(&mut value, "schedule")?;
         let sinks = take_tables(&mut value, "sink")?;
         let mut config: Config = deserialize_at("", value)?;
         config.trigger = triggers
             .into_iter()
             .enumerate()
             .map(|(i, v)| TriggerConfig::from_toml(i, v))
+            .collect::<Result<_, _>>()?;
+        config.schedule = schedules
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| ScheduleConfig::from_toml(i, v))
             .collect::<Result<_, _>>()?;
         config.sink = sinks
             .into_iter()
