@@ -206,7 +206,7 @@ impl PgCluster {
     fn write_config(&self, opts: &PgClusterBuilder) -> Result<()> {
         let mut conf = String::from("\n# --- pgcdc test harness ---\n");
         let mut set = |k: &str, v: &str| {
-            conf.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+            conf.push_str(&format!("{k} = {}\n", quote_literal(v)));
         };
         set("listen_addresses", "127.0.0.1");
         set(

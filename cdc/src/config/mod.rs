@@ -4,7 +4,13 @@
 //! Errors here are definite: nothing connects before the config is valid.
 //!
 //! Values are parsed once, here, into their types: table names
-//! ([`TableName`]), durations, jq programs; nothing later re-parses the text.
+//! ([`TableName`]), durations, cron schedules, compiled jq programs and URL/header
+//! templates, the validated HTTP sink keys; the plan and the engine use these
+//! and nothing later re-parses the text.
+//!
+//! `[[trigger]]`, `[[schedule]]` and `[[sink]]` entries are read one by one
+//! (`trigger::TriggerConfig::from_toml` and the like) so their errors carry the
+//! index (`sink[1].url`); the rest deserializes as one struct.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
