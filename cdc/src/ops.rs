@@ -2,9 +2,7 @@
 //! input, call these, and render the answer. Nothing here knows about clap or
 //! HTTP.
 
-use pgcdc_schema::Lsn;
-
-use pgcdc_schema::TableName;
+use pgcdc_schema::{Lsn, TableName};
 
 use crate::config::Config;
 use crate::journal::ResetTarget;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use pgcdc_schema::event::Row;
 use pgcdc_schema::value::decode_text;
+use pgcdc_schema::{quote_ident, TableName};
 use tokio::sync::{oneshot, watch};
 
 use crate::ingest::catalog::Catalog;
@@ -21,7 +22,6 @@ use crate::ingest::watermark::{self, ChunkRows, Window, Windows};
 use crate::journal::{JournalError, JournalReader, ResyncInfo};
 use crate::replication::{connect_sql, ReplicationError, SourceUrl};
 use crate::supervise::{Backoff, TaskHealth};
-use pgcdc_schema::{quote_ident, TableName};
 
 /// Rows per chunk: bounds the memory of a window and the size of one journal write.
 pub const CHUNK_ROWS: i64 = 2_000;

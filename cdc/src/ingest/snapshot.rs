@@ -13,11 +13,9 @@
 
 use std::path::Path;
 
-use pgcdc_schema::Lsn;
+use pgcdc_schema::{Lsn, TableName};
 
 use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
-use pgcdc_schema::TableName;
-
 use crate::config::Config;
 use crate::ingest::catalog::Catalog;
 use crate::ingest::changes::read_event;

@@ -23,9 +23,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tokio_postgres::Client;
-
 use pgcdc_schema::TableName;
+use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::journal::{JournalError, JournalReader, JournalWriter};

@@ -10,9 +10,8 @@ pub(crate) mod identity;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio_postgres::Client;
-
 use pgcdc_schema::{quote_ident, TableName};
+use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::replication::{ReplicationConnection, ReplicationError};

@@ -14,10 +14,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use pgcdc_schema::mapping::{evaluate, JqCall, JqProgram, MappingError, OldColumns, Want};
-use pgcdc_schema::ChangeEvent;
+use pgcdc_schema::{ChangeEvent, TableName};
 use pgcdc_sinks::Outgoing;
-
-use pgcdc_schema::TableName;
 
 use crate::config::{Config, SinkConfig};
 use crate::journal::{OldTracking, Tracked};
