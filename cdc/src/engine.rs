@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use pgcdc_schema::mapping::Template;
-use pgcdc_sinks::http::{HttpSink, HttpSinkConfig, Renderer};
+use pgcdc_sinks::http::{HttpSink, Renderer};
 use pgcdc_sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkContext};
 use pgcdc_sinks::stdout::StdoutSink;
 use pgcdc_sinks::{AuditLog, Outgoing};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::config::{Config, SinkKind, SnapshotMode};
+use crate::config::{Config, HttpSinkSpec, SinkKind, SnapshotMode};
 use crate::deliver::{audit_writer, plan, runner};
 use crate::ingest::{journal_guard, journal_thread, reader, scheduler, watermark};
 use crate::journal::{Access, JournalError, JournalHead, JournalWriter, MetaKey, Store};
@@ -43,7 +43,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let config = std::sync::Arc::new(config);
     plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
-    let triggers = plan::compile_triggers(&config)?;
+    let triggers = plan::triggers(&config);
     let store = Store::from_config(&config.state);
     let mut writer = store.writer()?;
     let prior = journal_guard::Prior::read(&*writer)?;
@@ -416,7 +416,7 @@ impl Spawner<'_> {
     ) -> anyhow::Result<JoinSet<Result<(), runner::RunnerError>>> {
         let mut runners = JoinSet::new();
         for (i, sink) in config.sink.iter().enumerate() {
-            let plan = plan::SinkPlan::compile(i, sink, triggers)?;
+            let plan = plan::SinkPlan::new(sink, triggers);
             match &sink.kind {
                 SinkKind::Stdout => {
                     let sink_impl = StdoutSink::new(&sink.name)
@@ -424,7 +424,7 @@ impl Spawner<'_> {
                     self.runner(&mut runners, sink_impl, plan)
                 }
                 SinkKind::Http(http) => {
-                    let sink_impl = build_http_sink(i, &sink.name, http, self.audit.clone())?
+                    let sink_impl = build_http_sink(&sink.name, http, self.audit.clone())?
                         .with_native_body_from_event(sink.transform.is_none());
                     self.runner(&mut runners, sink_impl, plan)
                 }
@@ -477,11 +477,10 @@ pub fn build_kafka_sink(
 }
 
 /// Builds an HTTP sink, with per-event renderers for a URL or header values holding
-/// `{...}` placeholders (rendered against the native event).
+/// `{...}` placeholders (rendered against the native event; compiled at config load).
 pub fn build_http_sink(
-    index: usize,
     name: &str,
-    config: &HttpSinkConfig,
+    spec: &HttpSinkSpec,
     audit: AuditLog,
 ) -> anyhow::Result<HttpSink> {
     let renderer = |template: Template, url: bool| -> Renderer {
@@ -497,26 +496,13 @@ pub fn build_http_sink(
             rendered.map_err(|e| e.to_string())
         })
     };
-    // Static values go to the sink unescaped (`{{` is a literal `{`); the others render per event.
-    let mut config = config.clone();
-    let url = Template::parse(&format!("sink[{index}].url"), &config.url)?;
-    if let Some(literal) = url.literal() {
-        config.url = literal.to_string();
+    // Static values are in `spec.config` already (unescaped); the others render per event.
+    let mut sink = HttpSink::new(name, spec.config.clone(), audit)?;
+    if let Some(url) = &spec.url {
+        sink = sink.with_url_renderer(renderer(url.clone(), true));
     }
-    let mut dynamic_headers = Vec::new();
-    for (header, value) in config.headers.iter_mut() {
-        let template = Template::parse(&format!("sink[{index}].headers.{header}"), value)?;
-        match template.literal() {
-            Some(literal) => *value = literal.to_string(),
-            None => dynamic_headers.push((header.clone(), template)),
-        }
-    }
-    let mut sink = HttpSink::new(name, config, audit)?;
-    if !url.is_static() {
-        sink = sink.with_url_renderer(renderer(url, true));
-    }
-    for (header, template) in dynamic_headers {
-        sink = sink.with_header_renderer(&header, renderer(template, false))?;
+    for (header, template) in &spec.headers {
+        sink = sink.with_header_renderer(header, renderer(template.clone(), false))?;
     }
     Ok(sink)
 }

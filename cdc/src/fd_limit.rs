@@ -36,7 +36,7 @@ fn per_sink(kind: &SinkKind) -> u64 {
     match kind {
         SinkKind::Stdout => runner,
         // One connection per request in flight, plus DNS and an OAuth2 token client.
-        SinkKind::Http(http) => runner + http.concurrency as u64 + 4,
+        SinkKind::Http(http) => runner + http.http().concurrency as u64 + 4,
         // librdkafka: per broker a socket and a wake-up pipe, for the producer and the
         // progress read-back consumer, plus each client's own queues.
         SinkKind::Kafka(kafka) => {

@@ -2,9 +2,9 @@
 //! input, call these, and render the answer. Nothing here knows about clap or
 //! HTTP.
 
-use pgcdc_schema::Lsn;
+use pgcdc_schema::{Lsn, TableName};
 
-use crate::config::{Config, TableName};
+use crate::config::Config;
 use crate::journal::ResetTarget;
 
 /// Parses the operator's target (shared by the CLI and the admin API).

@@ -144,7 +144,7 @@ pub fn schedules_json(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Va
             json!({
                 "cron": s.cron,
                 "time_zone": s.time_zone,
-                "table": s.resync.table,
+                "table": s.resync.table.to_string(),
                 "sink": s.resync.sink,
                 "where": s.resync.where_sql,
                 "next_run": s.next_after(now).map(|t| t.to_rfc3339()),

@@ -14,8 +14,10 @@ pub mod event;
 pub mod lsn;
 pub mod mapping;
 pub mod secret;
+pub mod table;
 pub mod value;
 
 pub use event::{ChangeEvent, EventId, Op};
 pub use lsn::Lsn;
 pub use secret::Secret;
+pub use table::{quote_ident, quote_literal, TableName};

@@ -61,6 +61,7 @@ mod tests {
         assert_eq!("1/A2B3C4D".parse::<Lsn>(), Ok(lsn));
         assert_eq!("0/0".parse::<Lsn>(), Ok(Lsn::ZERO));
         assert_eq!("0/16b3748".parse::<Lsn>(), Ok(Lsn(0x16B3748)));
+        assert_eq!("16/B374D848".parse::<Lsn>(), Ok(Lsn(0x16_B374_D848)));
         assert!("16B3748".parse::<Lsn>().is_err());
         assert!("x/1".parse::<Lsn>().is_err());
         assert!("1/100000000".parse::<Lsn>().is_err());

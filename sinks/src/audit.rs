@@ -1,8 +1,67 @@
 //! The delivery audit: every attempt a sink makes is sent, through a bounded
 //! queue, to the engine, which stores it in the state dir.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
+
+/// When an attempt started: UTC to the microsecond, written as RFC 3339 with six
+/// fraction digits and `Z` (`2026-11-26T10:00:00.123456Z`), so stored times sort
+/// as text. Every sink stamps attempts with this one type; nothing normalises later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttemptTime(DateTime<Utc>);
+
+impl AttemptTime {
+    /// Now, truncated to microseconds.
+    pub fn now() -> AttemptTime {
+        AttemptTime::from(Utc::now())
+    }
+}
+
+impl From<DateTime<Utc>> for AttemptTime {
+    fn from(t: DateTime<Utc>) -> Self {
+        AttemptTime(t.trunc_subsecs(6))
+    }
+}
+
+impl fmt::Display for AttemptTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    }
+}
+
+/// Why a string is not an RFC 3339 time.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z")]
+pub struct ParseAttemptTimeError(String);
+
+/// Parses RFC 3339 with any offset (taken to UTC).
+impl FromStr for AttemptTime {
+    type Err = ParseAttemptTimeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| AttemptTime::from(t.with_timezone(&Utc)))
+            .map_err(|_| ParseAttemptTimeError(s.to_string()))
+    }
+}
+
+impl Serialize for AttemptTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// How one attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,8 +86,8 @@ pub struct Attempt {
     pub sink: String,
     /// 1 for the first attempt.
     pub attempt: u32,
-    /// When the attempt started, RFC 3339.
-    pub at: String,
+    /// When the attempt started.
+    pub at: AttemptTime,
     /// HTTP status, if a response came.
     pub status: Option<u16>,
     /// Error text (no secrets), if it failed.
@@ -65,5 +124,26 @@ impl AuditLog {
                 tracing::debug!("audit log closed; attempt not recorded (shutting down)");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_times_are_utc_microseconds_and_sort_as_text() {
+        let t: AttemptTime = "2026-11-26T11:00:00.1234567+01:00"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.to_string(), "2026-11-26T10:00:00.123456Z");
+        let z: AttemptTime = "2026-11-26T10:00:00Z"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(z.to_string(), "2026-11-26T10:00:00.000000Z");
+        assert!(z < t && z.to_string() < t.to_string());
+        let json = serde_json::to_string(&t).unwrap_or_default();
+        assert_eq!(json, "\"2026-11-26T10:00:00.123456Z\"");
+        assert!("yesterday".parse::<AttemptTime>().is_err());
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use pgcdc_schema::ChangeEvent;
 use serde::{Deserialize, Serialize};
 
-pub use audit::{Attempt, AttemptOutcome, AuditLog};
+pub use audit::{Attempt, AttemptOutcome, AttemptTime, AuditLog, ParseAttemptTimeError};
 
 /// A configuration mistake in a sink's own keys, naming the key path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -206,7 +206,7 @@ impl PgCluster {
     fn write_config(&self, opts: &PgClusterBuilder) -> Result<()> {
         let mut conf = String::from("\n# --- pgcdc test harness ---\n");
         let mut set = |k: &str, v: &str| {
-            conf.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+            conf.push_str(&format!("{k} = {}\n", quote_literal(v)));
         };
         set("listen_addresses", "127.0.0.1");
         set(
@@ -694,15 +694,8 @@ fn pct_encode(s: &str) -> String {
     out
 }
 
-/// SQL identifier quoting (`"a""b"`).
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// SQL string literal quoting (`'it''s'`).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+/// SQL quoting: the engine's own helpers (`"a""b"`, `'it''s'`).
+pub use pgcdc_schema::{quote_ident, quote_literal};
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
-use pgcdc_sinks::http::{AuthConfig, BatchConfig, HttpSink, HttpSinkConfig, Secret};
+use pgcdc_sinks::http::{
+    AuthConfig, BatchConfig, HttpSink, HttpSinkConfig, HttpSinkError, Secret, ValidHttpSinkConfig,
+};
 use pgcdc_sinks::{Attempt, AttemptOutcome, AuditLog, ItemResult, Outgoing, Sink};
 use pgcdc_tests::http_receiver::{Mode, Receiver};
 use pgcdc_tests::wait_until;
@@ -56,8 +58,12 @@ async fn start() -> Receiver {
     }
 }
 
+fn valid(cfg: HttpSinkConfig) -> Result<ValidHttpSinkConfig, HttpSinkError> {
+    Ok(cfg.validated("sink[0]")?)
+}
+
 fn sink(cfg: HttpSinkConfig) -> HttpSink {
-    match HttpSink::new("api", cfg, AuditLog::disabled()) {
+    match valid(cfg).and_then(|cfg| HttpSink::new("api", cfg, AuditLog::disabled())) {
         Ok(s) => s,
         Err(e) => panic!("sink: {e}"),
     }
@@ -65,7 +71,7 @@ fn sink(cfg: HttpSinkConfig) -> HttpSink {
 
 fn audited_sink(cfg: HttpSinkConfig) -> (HttpSink, tokio::sync::mpsc::Receiver<Attempt>) {
     let (audit, rx) = AuditLog::channel(10_000);
-    match HttpSink::new("api", cfg, audit) {
+    match valid(cfg).and_then(|cfg| HttpSink::new("api", cfg, audit)) {
         Ok(s) => (s, rx),
         Err(e) => panic!("sink: {e}"),
     }

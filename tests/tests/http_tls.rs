@@ -49,7 +49,7 @@ fn tls(pki: &TestPki, client: bool) -> TlsConfig {
 }
 
 async fn deliver_one(cfg: HttpSinkConfig) -> anyhow::Result<ItemResult> {
-    let mut sink = HttpSink::new("api", cfg, AuditLog::disabled())?;
+    let mut sink = HttpSink::new("api", cfg.validated("sink[0]")?, AuditLog::disabled())?;
     let mut results = sink.deliver(&[item()]).await?;
     Ok(results.remove(0))
 }

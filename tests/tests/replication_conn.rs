@@ -16,7 +16,7 @@ const PASSWORD: &str = "p@ss:w/rd%";
 const RECV_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    pgcdc_schema::Lsn(lsn).to_string()
 }
 
 async fn next(stream: &mut ReplicationStream) -> anyhow::Result<ReplicationMessage> {

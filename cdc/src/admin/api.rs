@@ -8,11 +8,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use pgcdc_sinks::AttemptTime;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authorize, health, AdminState, ApiError};
-use crate::deliver::audit_writer::normalize_time;
 use crate::journal::{DlqError, DlqSelector};
 use crate::{metrics, status};
 
@@ -300,11 +300,14 @@ async fn audit(
         (None, Some(sink)) => {
             state.known_sink(&sink)?;
             let since = match q.since {
-                Some(s) => normalize_time(&s).ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "since={s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
-                    ))
-                })?,
+                Some(s) => s
+                    .parse::<AttemptTime>()
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "since={s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
+                        ))
+                    })?
+                    .to_string(),
                 None => "0000".to_string(),
             };
             state

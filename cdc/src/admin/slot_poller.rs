@@ -65,7 +65,7 @@ pub(crate) async fn run(config: Arc<Config>) -> Result<(), std::convert::Infalli
                 format!(
                     "sink {sink} is blocked: its oldest undelivered event is {age:.0} s old \
                      (admin.ready_max_sink_lag = {}); see `pgcdc status` and `pgcdc audit --sink {sink}`",
-                    config.admin.ready_max_sink_lag
+                    humantime::format_duration(config.admin.ready_max_sink_lag)
                 )
             })
             .collect();

@@ -205,7 +205,7 @@ fn validate(arg: &ConfigArg) -> anyhow::Result<i32> {
         match &sink.kind {
             SinkKind::Stdout => {}
             SinkKind::Http(http) => {
-                engine::build_http_sink(i, &sink.name, http, AuditLog::disabled())?;
+                engine::build_http_sink(&sink.name, http, AuditLog::disabled())?;
             }
             SinkKind::Kafka(kafka) => {
                 engine::build_kafka_sink(i, sink, kafka, "validate", AuditLog::disabled())?;
@@ -341,7 +341,7 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
         match &sink.kind {
             SinkKind::Stdout => report.ok(format!("sink {}", sink.name), "stdout"),
             SinkKind::Http(http) => {
-                let built = engine::build_http_sink(i, &sink.name, http, AuditLog::disabled());
+                let built = engine::build_http_sink(&sink.name, http, AuditLog::disabled());
                 let checked = match built {
                     Ok(s) => s.healthcheck().await.map_err(anyhow::Error::from),
                     Err(e) => Err(e),
@@ -349,7 +349,7 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
                 match checked {
                     Ok(()) => report.ok(
                         format!("sink {}", sink.name),
-                        format!("{} reachable", origin(&http.url)),
+                        format!("{} reachable", origin(&http.http().url)),
                     ),
                     Err(e) => report.fail(
                         format!("sink {}", sink.name),

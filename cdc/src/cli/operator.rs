@@ -6,7 +6,6 @@ use serde_json::json;
 
 use crate::config::Config;
 
-use crate::deliver::audit_writer::normalize_time;
 use crate::journal::{Access, DlqSelector, MetaKey, StateStore, Store};
 
 /// `pgcdc dlq` subcommands.
@@ -151,11 +150,14 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
         (Some(id), None) => reader.audit_by_event(id)?,
         (None, Some(sink)) => {
             let since = match &args.since {
-                Some(s) => normalize_time(s).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--since {s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
-                    )
-                })?,
+                Some(s) => s
+                    .parse::<pgcdc_sinks::AttemptTime>()
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "--since {s:?} is not an RFC 3339 time, e.g. 2026-11-26T10:00:00Z"
+                        )
+                    })?
+                    .to_string(),
                 None => "0000".to_string(),
             };
             reader.audit_by_sink(sink, &since, args.limit)?
@@ -294,7 +296,7 @@ pub struct TeardownArgs {
 /// Runs `pgcdc teardown`: drops the slot and the publication pgcdc created (never ones it
 /// found). Returns the exit code.
 pub async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
-    use crate::config::quote_ident;
+    use pgcdc_schema::quote_ident;
     let config = args.config.load()?;
     let journal = Store::from_config(&config.state).open(Access::Existing)?;
     let created_slot = journal

@@ -8,29 +8,42 @@
 //! ```
 
 use chrono::{DateTime, Utc};
+use pgcdc_schema::TableName;
 use serde::Deserialize;
 
-use super::{key_err, Config, ConfigError};
+use super::{deserialize_at, key_err, Config, ConfigError};
 
-/// One `[[schedule]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[schedule]]`, its expression and time zone parsed at load.
+#[derive(Debug, Clone)]
 pub struct ScheduleConfig {
     /// Cron expression: `min hour dom month dow`, or with seconds first.
     pub cron: String,
     /// IANA time zone the expression is read in (default `UTC`).
-    #[serde(default = "ScheduleConfig::default_time_zone")]
     pub time_zone: String,
     /// What to resync.
     pub resync: ScheduledResync,
+    /// `cron`, parsed.
+    parsed: croner::Cron,
+    /// `time_zone`, parsed.
+    tz: chrono_tz::Tz,
+}
+
+/// The keys of a `[[schedule]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleToml {
+    cron: String,
+    #[serde(default = "ScheduleConfig::default_time_zone")]
+    time_zone: String,
+    resync: ScheduledResync,
 }
 
 /// `resync = { table, sink, where }` of a schedule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduledResync {
-    /// `schema.table`, one of `source.tables`.
-    pub table: String,
+    /// `schema.table`, one of `source.tables` (parsed at load).
+    pub table: TableName,
     /// Only this sink (default: every sink).
     pub sink: Option<String>,
     /// Only rows matching this SQL condition.
@@ -43,29 +56,46 @@ impl ScheduleConfig {
         "UTC".to_string()
     }
 
-    fn parsed(&self) -> Result<(croner::Cron, chrono_tz::Tz), String> {
-        let cron = croner::Cron::new(&self.cron)
+    pub(super) fn from_toml(i: usize, value: toml::Value) -> Result<ScheduleConfig, ConfigError> {
+        let s: ScheduleToml = deserialize_at(&format!("schedule[{i}]"), value)?;
+        let (parsed, tz) = Self::parse(&s.cron, &s.time_zone).map_err(|m| {
+            let key = if m.contains("time zone") {
+                "time_zone"
+            } else {
+                "cron"
+            };
+            key_err(format!("schedule[{i}].{key}"), m)
+        })?;
+        Ok(ScheduleConfig {
+            cron: s.cron,
+            time_zone: s.time_zone,
+            resync: s.resync,
+            parsed,
+            tz,
+        })
+    }
+
+    fn parse(cron: &str, time_zone: &str) -> Result<(croner::Cron, chrono_tz::Tz), String> {
+        let parsed = croner::Cron::new(cron)
             .with_seconds_optional()
             .parse()
             .map_err(|e| {
                 format!(
-                    "{:?} is not a cron expression ({e}); write e.g. \"0 2 * * *\" (02:00 daily)",
-                    self.cron
+                    "{cron:?} is not a cron expression ({e}); write e.g. \"0 2 * * *\" (02:00 daily)"
                 )
             })?;
-        let tz: chrono_tz::Tz = self.time_zone.parse().map_err(|_| {
+        let tz: chrono_tz::Tz = time_zone.parse().map_err(|_| {
             format!(
-                "{:?} is not an IANA time zone; write e.g. \"UTC\" or \"Europe/Berlin\"",
-                self.time_zone
+                "{time_zone:?} is not an IANA time zone; write e.g. \"UTC\" or \"Europe/Berlin\""
             )
         })?;
-        Ok((cron, tz))
+        Ok((parsed, tz))
     }
 
     /// The first run strictly after `after` (None when the expression never fires).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let (cron, tz) = self.parsed().ok()?;
-        cron.find_next_occurrence(&after.with_timezone(&tz), false)
+        self.parsed
+            .find_next_occurrence(&after.with_timezone(&self.tz), false)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
@@ -75,17 +105,8 @@ impl ScheduleConfig {
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let tables = config.tables();
     for (i, s) in config.schedule.iter().enumerate() {
-        s.parsed().map_err(|m| {
-            let key = if m.contains("time zone") {
-                "time_zone"
-            } else {
-                "cron"
-            };
-            key_err(format!("schedule[{i}].{key}"), m)
-        })?;
-        let table = super::TableName::parse(&s.resync.table)
-            .map_err(|m| key_err(format!("schedule[{i}].resync.table"), m))?;
-        if !tables.contains(&table) {
+        let table = &s.resync.table;
+        if !tables.contains(table) {
             return Err(key_err(
                 format!("schedule[{i}].resync.table"),
                 format!("table {table} is not in source.tables; add it there first"),
@@ -107,15 +128,19 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    /// A schedule as parsed from the config; a bad expression or zone fails the test.
     fn schedule(cron: &str, tz: &str) -> ScheduleConfig {
+        let (parsed, tz_parsed) = ScheduleConfig::parse(cron, tz).unwrap_or_else(|e| panic!("{e}"));
         ScheduleConfig {
             cron: cron.into(),
             time_zone: tz.into(),
             resync: ScheduledResync {
-                table: "public.t".into(),
+                table: TableName::parse("public.t").unwrap_or_else(|e| panic!("{e}")),
                 sink: None,
                 where_sql: None,
             },
+            parsed,
+            tz: tz_parsed,
         }
     }
 
@@ -135,7 +160,7 @@ mod tests {
             seconds.map(|t| t.to_rfc3339()),
             Some("2026-07-01T10:00:05+00:00".into())
         );
-        assert!(schedule("not cron", "UTC").parsed().is_err());
-        assert!(schedule("* * * * *", "Mars/Olympus").parsed().is_err());
+        assert!(ScheduleConfig::parse("not cron", "UTC").is_err());
+        assert!(ScheduleConfig::parse("* * * * *", "Mars/Olympus").is_err());
     }
 }

@@ -230,3 +230,68 @@ fn jq_limits_default_and_are_validated_by_key() {
         assert!(e.contains(key), "{lines}: {e}");
     }
 }
+
+#[test]
+fn durations_are_parsed_at_load_and_bad_ones_name_their_key() {
+    use std::time::Duration;
+    let c = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.source.heartbeat(), Some(Duration::from_secs(10)));
+    assert_eq!(c.journal.retention(), Duration::from_secs(7 * 86_400));
+    assert_eq!(c.audit.retention(), Duration::from_secs(30 * 86_400));
+    assert_eq!(c.admin.ready_max_sink_lag(), Duration::from_secs(300));
+    let set = |section: &str, line: &str| {
+        GOOD.replace("[state]", &format!("[{section}]\n{line}\n\n[state]"))
+    };
+    let c = parse(&set("journal", "retention = \"12h\"")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.journal.retention(), Duration::from_secs(12 * 3600));
+    let c = parse(&GOOD.replacen("tables = [", "heartbeat = \"0s\"\ntables = [", 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.source.heartbeat(), None);
+    for (section, line, key, example) in [
+        (
+            "journal",
+            "retention = \"soon\"",
+            "journal.retention",
+            "\"7d\"",
+        ),
+        (
+            "audit",
+            "retention = \"1 fortnight\"",
+            "audit.retention",
+            "\"30d\"",
+        ),
+        (
+            "admin",
+            "ready_max_sink_lag = \"x\"",
+            "admin.ready_max_sink_lag",
+            "\"5m\"",
+        ),
+    ] {
+        let e = err(&set(section, line));
+        assert!(
+            e.contains(&format!("`{key}`"))
+                && e.contains("is not a duration")
+                && e.contains(example),
+            "{line}: {e}"
+        );
+    }
+    let e = err(&GOOD.replacen("tables = [", "heartbeat = \"often\"\ntables = [", 1));
+    assert!(
+        e.contains("`source.heartbeat`") && e.contains("\"0s\" to turn it off"),
+        "{e}"
+    );
+}
+
+#[test]
+fn table_names_are_parsed_at_load() {
+    let c = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.sink[0].tables()[0].to_string(), "public.permits");
+    let e = err(&GOOD.replace(
+        "tables = [\"public.permits\"]",
+        "tables = [\"public.permits\", \"a.b.c\"]",
+    ));
+    assert!(
+        e.contains("`sink[0].tables[1]`") && e.contains("\"a.b.c\" is not a table name"),
+        "{e}"
+    );
+}

@@ -15,15 +15,6 @@ const BATCH: usize = 5_000;
 /// Capacity of the sinks → audit queue.
 pub const QUEUE_CAPACITY: usize = 8_192;
 
-/// Normalises an RFC 3339 time to UTC with microseconds so stored times sort as text.
-pub fn normalize_time(t: &str) -> Option<String> {
-    chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| {
-        t.with_timezone(&chrono::Utc)
-            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-            .to_string()
-    })
-}
-
 /// Runs until every sender is gone. A batch that cannot be written (EMFILE, a lock
 /// held too long) is retried with backoff while the sinks wait on the bounded queue,
 /// so no attempt is dropped; `/readyz` says so meanwhile. Only after `stop`, when a
@@ -50,20 +41,9 @@ pub(crate) async fn run(
                 if n == 0 {
                     return Ok(());
                 }
-                let mut batch: Vec<Attempt> = std::mem::take(&mut buf);
-                // Sinks stamp every item of a batch with the same time: normalize each
-                // distinct value once.
-                let mut last: Option<(String, String)> = None;
-                for a in &mut batch {
+                let batch: Vec<Attempt> = std::mem::take(&mut buf);
+                for a in &batch {
                     crate::metrics::attempt(a);
-                    match &last {
-                        Some((raw, norm)) if *raw == a.at => a.at.clone_from(norm),
-                        _ => {
-                            if let Some(t) = normalize_time(&a.at) {
-                                last = Some((std::mem::replace(&mut a.at, t.clone()), t));
-                            }
-                        }
-                    }
                 }
                 writer.write(batch).await?;
             }
@@ -172,7 +152,7 @@ mod tests {
             sink: "hook".to_string(),
             attempt: 1,
             // Now: an older time would be pruned (retention 1 h) by the first prune tick.
-            at: chrono::Utc::now().to_rfc3339(),
+            at: pgcdc_sinks::AttemptTime::now(),
             status: Some(200),
             error: None,
             latency_ms: 1,

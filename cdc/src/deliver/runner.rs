@@ -181,7 +181,7 @@ async fn audit_skipped(audit: &AuditLog, sink: &str, event: &ChangeEvent) {
             event_id: event.id.to_string(),
             sink: sink.to_string(),
             attempt: 0,
-            at: chrono::Utc::now().to_rfc3339(),
+            at: pgcdc_sinks::AttemptTime::now(),
             status: None,
             error: None,
             latency_ms: 0,

@@ -21,7 +21,6 @@ use tokio::sync::{oneshot, watch};
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
 use super::journal_thread::{JournalCommand, JournalSender};
 use super::watermark::{self, Watermark, Windows};
-use crate::config::TableName;
 use crate::ingest::catalog::Catalog;
 use crate::journal::{JournalHead, ResyncChunk, ResyncProgress};
 use crate::pgoutput::{self, Message};
@@ -30,6 +29,7 @@ use crate::replication::{
 };
 use crate::source::identity::Capture;
 use crate::supervise::Backoff;
+use pgcdc_schema::TableName;
 
 /// Why the reader stopped.
 #[derive(Debug, thiserror::Error)]

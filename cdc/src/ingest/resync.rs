@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use pgcdc_schema::event::Row;
 use pgcdc_schema::value::decode_text;
+use pgcdc_schema::{quote_ident, TableName};
 use tokio::sync::{oneshot, watch};
 
-use crate::config::{quote_ident, TableName};
 use crate::ingest::catalog::Catalog;
 use crate::ingest::watermark::{self, ChunkRows, Window, Windows};
 use crate::journal::{Access, JournalError, ResyncInfo, StateStore, Store};

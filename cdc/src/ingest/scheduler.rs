@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::config::{Config, ScheduledResync, TableName};
+use crate::config::{Config, ScheduledResync};
 use crate::journal::{Access, ResyncKind, ResyncRequestError, Store};
 use crate::supervise::{Backoff, TaskHealth};
 
@@ -72,9 +72,7 @@ async fn queue(
     shutdown: &mut watch::Receiver<bool>,
     status: TaskHealth,
 ) -> bool {
-    let table = TableName::parse(&r.table)
-        .map(|t| t.to_string())
-        .unwrap_or(r.table.clone());
+    let table = r.table.to_string();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let (store, r, table) = (store.clone(), r.clone(), table.clone());
@@ -128,7 +126,7 @@ mod tests {
         let dir = tmp.path().join("state");
         std::fs::write(&dir, b"in the way").unwrap_or_else(|e| panic!("{e}"));
         let resync = ScheduledResync {
-            table: "public.items".to_string(),
+            table: pgcdc_schema::TableName::parse("public.items").unwrap_or_else(|e| panic!("{e}")),
             sink: None,
             where_sql: None,
         };

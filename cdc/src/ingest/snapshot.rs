@@ -11,10 +11,10 @@
 //! a crash the tables' remaining chunks are read by the resync driver with
 //! watermarks (`ingest::resync`), which is just as exact.
 
-use pgcdc_schema::Lsn;
+use pgcdc_schema::{Lsn, TableName};
 
 use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
-use crate::config::{Config, TableName};
+use crate::config::Config;
 use crate::ingest::catalog::Catalog;
 use crate::ingest::changes::read_event;
 use crate::journal::{
@@ -58,7 +58,7 @@ pub async fn copy(
         .client()
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            crate::config::quote_literal(snapshot)
+            pgcdc_schema::quote_literal(snapshot)
         ))
         .await?;
     // Snapshot rows sort before every streamed change (those commit at or after the

@@ -21,7 +21,7 @@ use pgcdc_schema::event::Row;
 use pgcdc_schema::{ChangeEvent, Op};
 use tokio::sync::oneshot;
 
-use crate::config::TableName;
+use pgcdc_schema::TableName;
 
 /// Prefix of pgcdc's watermark messages (`pg_logical_emit_message`).
 pub const PREFIX: &str = "pgcdc";

@@ -1,5 +1,6 @@
 //! Startup, authentication and commands on a `replication=database` connection.
 
+use pgcdc_schema::quote_literal;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
@@ -52,7 +53,8 @@ impl std::fmt::Debug for ReplicationConnection {
     }
 }
 
-/// Double-quotes an identifier for a replication command.
+/// Double-quotes an identifier for a replication command (with the shared
+/// [`pgcdc_schema::quote_ident`]), refusing one the server could not take.
 pub(crate) fn quote_ident(name: &str) -> Result<String, ReplicationError> {
     if name.is_empty() || name.contains('\0') {
         return Err(ReplicationError::Config(format!(
@@ -60,12 +62,7 @@ pub(crate) fn quote_ident(name: &str) -> Result<String, ReplicationError> {
             name.escape_debug()
         )));
     }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
-}
-
-/// Single-quotes a string literal (standard_conforming_strings is always on since PG 9.1).
-pub(crate) fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    Ok(pgcdc_schema::quote_ident(name))
 }
 
 fn auth_err(message: impl Into<String>) -> ReplicationError {
@@ -251,7 +248,7 @@ impl ReplicationConnection {
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')",
             quote_ident(slot)?,
-            frame::format_lsn(start_lsn),
+            pgcdc_schema::Lsn(start_lsn),
             quote_literal(&quote_ident(publication)?)
         );
         frontend::query(&sql, &mut self.transport.write_buf)?;

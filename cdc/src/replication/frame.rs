@@ -8,6 +8,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend;
 
+use pgcdc_schema::Lsn;
+
 use super::ReplicationError;
 
 /// Largest frame accepted (Postgres itself caps messages at 1 GiB).
@@ -253,18 +255,12 @@ pub(crate) fn data_row_text(
         .collect()
 }
 
-/// Parses an LSN in Postgres text form (`16/B374D848`).
+/// Parses an LSN in Postgres text form (`16/B374D848`) with [`Lsn`]; a malformed
+/// one from the server is a protocol error.
 pub(crate) fn parse_lsn(text: &str) -> Result<u64, ReplicationError> {
-    let bad = || protocol(format!("`{text}` is not an LSN (expected X/Y in hex)"));
-    let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
-    let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
-    let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
-    Ok((u64::from(hi) << 32) | u64::from(lo))
-}
-
-/// Formats an LSN the way Postgres prints it (`16/B374D848`).
-pub(crate) fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    text.parse::<Lsn>()
+        .map(|lsn| lsn.0)
+        .map_err(|e| protocol(e.to_string()))
 }
 
 #[cfg(test)]
@@ -456,7 +452,7 @@ mod tests {
         assert_eq!(parse_lsn("0/0").ok(), Some(0));
         assert!(parse_lsn("16B374D848").is_err());
         assert!(parse_lsn("x/1").is_err());
-        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
-        assert_eq!(format_lsn(0), "0/0");
+        assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
+        assert_eq!(Lsn(0).to_string(), "0/0");
     }
 }

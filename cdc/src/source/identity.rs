@@ -23,9 +23,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use pgcdc_schema::TableName;
 use tokio_postgres::Client;
 
-use crate::config::{Config, TableName};
+use crate::config::Config;
 use crate::journal::{Access, JournalError, JournalWriter, MetaKey, Store};
 
 /// A configured table resolved to the source table it captures.
@@ -244,13 +245,13 @@ pub(crate) async fn capture(
     let mut resolved = Vec::new();
     let mut capture = Capture::default();
     for name in config.tables() {
-        let table = resolve(client, &name, remembered.get(&name).copied(), Some(&published))
+        let table = resolve(client, name, remembered.get(name).copied(), Some(&published))
             .await?
             .filter(|t| published.contains_key(&t.oid))
             .ok_or_else(|| {
                 anyhow::anyhow!(
                     "table {name} is not in publication {publication} (nor a table pgcdc captured under this name) — fix: ALTER PUBLICATION {} ADD TABLE {};",
-                    crate::config::quote_ident(publication),
+                    pgcdc_schema::quote_ident(publication),
                     name.quoted()
                 )
             })?;

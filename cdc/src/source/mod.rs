@@ -10,9 +10,10 @@ pub(crate) mod identity;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use pgcdc_schema::{quote_ident, TableName};
 use tokio_postgres::Client;
 
-use crate::config::{quote_ident, Config, TableName};
+use crate::config::Config;
 use crate::replication::{ReplicationConnection, ReplicationError};
 
 /// One preflight check's outcome.
@@ -172,12 +173,12 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
     let mut all_owned = true;
     let mut resolved: Vec<(TableName, Option<u32>)> = Vec::new();
     for table in config.tables() {
-        let remembered = remembered.get(&table).copied();
+        let remembered = remembered.get(table).copied();
         let in_publication = published.as_ref().ok().and_then(Option::as_ref);
         let (check, owned, oid) =
-            match identity::resolve(client, &table, remembered, in_publication).await {
+            match identity::resolve(client, table, remembered, in_publication).await {
                 Ok(found) => {
-                    let (check, owned) = check_table(client, &table, found.as_ref()).await;
+                    let (check, owned) = check_table(client, table, found.as_ref()).await;
                     (check, owned, found.map(|f| f.oid))
                 }
                 Err(e) => (
@@ -192,7 +193,7 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
             };
         all_owned &= owned;
         checks.push(check);
-        resolved.push((table, oid));
+        resolved.push((table.clone(), oid));
     }
 
     checks.push(

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::signing::SigningKey;
+
 /// The keys [`HttpSinkConfig`] accepts, for the engine's unknown-key check.
 pub const HTTP_KEYS: &[&str] = &[
     "url",
@@ -270,6 +272,21 @@ impl HttpSinkConfig {
 
     /// Checks values serde cannot; `key_prefix` is the table's path, e.g. `sink[1]`.
     pub fn validate(&self, key_prefix: &str) -> Result<(), ConfigError> {
+        self.check(key_prefix).map(|_| ())
+    }
+
+    /// Validates (errors named `{key_prefix}.key`, e.g. `sink[1].url`) and keeps
+    /// what validation parsed, so building the sink checks nothing again.
+    pub fn validated(self, key_prefix: &str) -> Result<ValidHttpSinkConfig, ConfigError> {
+        let signing = self.check(key_prefix)?;
+        Ok(ValidHttpSinkConfig {
+            config: self,
+            signing,
+        })
+    }
+
+    /// The one validation of the HTTP keys; returns the decoded signing key.
+    fn check(&self, key_prefix: &str) -> Result<Option<SigningKey>, ConfigError> {
         let err = |key: &str, message: String| ConfigError {
             key: format!("{key_prefix}.{key}"),
             message,
@@ -317,11 +334,12 @@ impl HttpSinkConfig {
             }
             Some(AuthConfig::Basic { .. }) | None => {}
         }
-        if let Some(secret) = &self.signing_secret {
-            if let Err(message) = super::signing::SigningKey::parse(secret) {
-                return Err(err("signing_secret", message));
+        let signing = match &self.signing_secret {
+            Some(secret) => {
+                Some(SigningKey::parse(secret).map_err(|message| err("signing_secret", message))?)
             }
-        }
+            None => None,
+        };
         if let Some(tls) = &self.tls {
             if tls.client_cert.is_some() != tls.client_key.is_some() {
                 return Err(err(
@@ -371,6 +389,40 @@ impl HttpSinkConfig {
         retry
             .max_elapsed()
             .map_err(|message| err("retry.max_elapsed", message))?;
-        Ok(())
+        Ok(signing)
+    }
+}
+
+/// An [`HttpSinkConfig`] that passed validation, with the signing key it decoded:
+/// what [`super::HttpSink::new`] builds from.
+#[derive(Debug, Clone)]
+pub struct ValidHttpSinkConfig {
+    config: HttpSinkConfig,
+    pub(crate) signing: Option<SigningKey>,
+}
+
+impl ValidHttpSinkConfig {
+    /// The validated keys.
+    pub fn config(&self) -> &HttpSinkConfig {
+        &self.config
+    }
+
+    /// Replaces the URL and header values with the text the engine's templates
+    /// stand for when they hold no placeholder (`{{` unescaped). Only values
+    /// change, never names or the URL's scheme, so what was validated stays valid.
+    pub fn with_literal_text(
+        mut self,
+        url: Option<String>,
+        headers: Vec<(String, String)>,
+    ) -> Self {
+        if let Some(url) = url {
+            self.config.url = url;
+        }
+        for (name, value) in headers {
+            if let Some(v) = self.config.headers.get_mut(&name) {
+                *v = value;
+            }
+        }
+        self
     }
 }

@@ -33,7 +33,7 @@ mod tests;
 
 pub use config::{
     AuthConfig, BatchConfig, ConfigError, HttpMethod, HttpSinkConfig, RetryConfig, Secret,
-    TlsConfig, HTTP_KEYS,
+    TlsConfig, ValidHttpSinkConfig, HTTP_KEYS,
 };
 pub use sink::{HttpSink, Renderer};
 

@@ -8,12 +8,14 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use reqwest::header::{HeaderName, HeaderValue};
 
-use super::config::{BatchConfig, HttpSinkConfig};
+use super::config::{BatchConfig, ValidHttpSinkConfig};
 use super::retry::{jitter_random, AttemptError, Disposition, RetryPolicy};
 use super::service::{base_headers, redact_url, HttpService, PreparedRequest};
 use super::signing::{batch_key, webhook_timestamp, SigningKey};
 use super::HttpSinkError;
-use crate::{Attempt, AttemptOutcome, AuditLog, ItemResult, Outgoing, Sink, SinkError};
+use crate::{
+    Attempt, AttemptOutcome, AttemptTime, AuditLog, ItemResult, Outgoing, Sink, SinkError,
+};
 
 /// Renders a per-event value (URL or header) from an item; `Err` dead-letters the item.
 pub type Renderer = Box<dyn Fn(&Outgoing) -> Result<String, String> + Send + Sync>;
@@ -42,31 +44,21 @@ struct Job {
 }
 
 impl HttpSink {
-    /// Validates `config` and builds the client (reads TLS files). No network yet.
+    /// Builds the client from a validated config (reads TLS files). No network yet.
     pub fn new(
         name: impl Into<String>,
-        config: HttpSinkConfig,
+        config: ValidHttpSinkConfig,
         audit: AuditLog,
     ) -> Result<HttpSink, HttpSinkError> {
         let name = name.into();
-        config.validate(&format!("sink {name:?}"))?;
+        let signing = config.signing.clone();
+        let config = config.config();
         let mut static_headers = Vec::with_capacity(config.headers.len());
         for (key, value) in &config.headers {
             static_headers.push(parse_header(key, value)?);
         }
-        let signing = match &config.signing_secret {
-            Some(secret) => {
-                Some(
-                    SigningKey::parse(secret).map_err(|message| super::ConfigError {
-                        key: format!("sink {name:?}.signing_secret"),
-                        message,
-                    })?,
-                )
-            }
-            None => None,
-        };
         Ok(HttpSink {
-            service: HttpService::new(&config)?,
+            service: HttpService::new(config)?,
             url: config.url.clone(),
             url_renderer: None,
             static_headers,
@@ -334,7 +326,7 @@ impl HttpSink {
         latency: Duration,
         outcome: AttemptOutcome,
     ) {
-        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = AttemptTime::from(at);
         let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         for item in items {
             self.audit
@@ -342,7 +334,7 @@ impl HttpSink {
                     event_id: item.delivery_id(),
                     sink: self.name.clone(),
                     attempt,
-                    at: at.clone(),
+                    at,
                     status,
                     error: error.clone(),
                     latency_ms,

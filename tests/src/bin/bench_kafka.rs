@@ -288,7 +288,7 @@ fn commit_to_ack(state: &Path) -> anyhow::Result<Vec<f64>> {
     let mut acks: HashMap<String, (String, u64)> = HashMap::new();
     for a in journal.audit_by_sink("kafka", "1970-01-01T00:00:00Z", 100_000_000)? {
         if a.outcome == pgcdc_sinks::AttemptOutcome::Delivered {
-            acks.insert(a.event_id, (a.at, a.latency_ms));
+            acks.insert(a.event_id, (a.at.to_string(), a.latency_ms));
         }
     }
     let mut out = Vec::new();

@@ -14,10 +14,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use pgcdc_schema::mapping::{evaluate, JqCall, JqProgram, MappingError, OldColumns, Want};
-use pgcdc_schema::ChangeEvent;
+use pgcdc_schema::{ChangeEvent, TableName};
 use pgcdc_sinks::Outgoing;
 
-use crate::config::{Config, SinkConfig, TableName};
+use crate::config::{Config, SinkConfig};
 use crate::journal::{OldTracking, Tracked};
 
 /// A compiled `[[trigger]]`.
@@ -31,21 +31,15 @@ pub struct Trigger {
     pub when: JqProgram,
 }
 
-/// Compiles every trigger (errors name `trigger[i].when` and the position).
-pub fn compile_triggers(config: &Config) -> Result<Vec<Trigger>, MappingError> {
+/// Every trigger, with the condition the config compiled at load.
+pub fn triggers(config: &Config) -> Vec<Trigger> {
     config
         .trigger
         .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            Ok(Trigger {
-                name: t.name.clone(),
-                table: TableName::parse(&t.table).unwrap_or(TableName {
-                    schema: String::new(),
-                    table: t.table.clone(),
-                }),
-                when: JqProgram::compile(&format!("trigger[{i}].when"), &t.when)?,
-            })
+        .map(|t| Trigger {
+            name: t.name.clone(),
+            table: t.table.clone(),
+            when: t.program.clone(),
         })
         .collect()
 }
@@ -104,33 +98,21 @@ pub enum Mapped {
 }
 
 impl SinkPlan {
-    /// Builds the plan of sink `index` (jq errors name `sink[i].filter` / `.transform`).
-    pub fn compile(
-        index: usize,
-        sink: &SinkConfig,
-        triggers: &[Trigger],
-    ) -> Result<SinkPlan, MappingError> {
-        let compile = |key: &str, src: &Option<String>| {
-            src.as_deref()
-                .map(|s| JqProgram::compile(&format!("sink[{index}].{key}"), s))
-                .transpose()
-        };
-        Ok(SinkPlan {
-            tables: sink
-                .tables
-                .iter()
-                .filter_map(|t| TableName::parse(t).ok())
-                .collect(),
+    /// The plan of `sink`, with the programs the config compiled at load (their
+    /// runtime errors name `sink[i].filter` / `.transform`).
+    pub fn new(sink: &SinkConfig, triggers: &[Trigger]) -> SinkPlan {
+        SinkPlan {
+            tables: sink.tables.iter().cloned().collect(),
             triggers: triggers
                 .iter()
                 .filter(|t| sink.events.contains(&t.name))
                 .cloned()
                 .collect(),
             everything: sink.tables.is_empty() && sink.events.is_empty(),
-            filter: compile("filter", &sink.filter)?,
-            transform: compile("transform", &sink.transform)?,
+            filter: sink.filter_program.clone(),
+            transform: sink.transform_program.clone(),
             no_native_body: false,
-        })
+        }
     }
 
     /// Whether the sink has a `transform` (else items' bodies are the native event).

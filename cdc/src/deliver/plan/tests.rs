@@ -50,8 +50,7 @@ fn event(
 }
 
 fn plan(c: &Config, i: usize) -> SinkPlan {
-    let triggers = compile_triggers(c).unwrap_or_else(|e| panic!("{e}"));
-    SinkPlan::compile(i, &c.sink[i], &triggers).unwrap_or_else(|e| panic!("{e}"))
+    SinkPlan::new(&c.sink[i], &triggers(c))
 }
 
 fn bodies(m: Mapped) -> Vec<serde_json::Value> {
@@ -173,8 +172,7 @@ transform = '.new.status + 1'
         Err(e) => assert!(e.to_string().contains("sink[0].transform"), "{e}"),
         Ok(m) => panic!("expected an error, got {m:?}"),
     }
-    let triggers = compile_triggers(&c).unwrap_or_else(|e| panic!("{e}"));
-    let tracking = old_tracking(&triggers);
+    let tracking = old_tracking(&triggers(&c));
     assert_eq!(
         tracking.get("public.permits"),
         Some(&Tracked::Columns(vec!["status".into()]))

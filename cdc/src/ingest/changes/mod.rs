@@ -11,9 +11,9 @@ use pgcdc_schema::value::{decode_text, PgType};
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
 use serde_json::Value;
 
-use crate::config::TableName;
 use crate::journal::JournalEntry;
 use crate::pgoutput::{Datum, OldTuple, Relation, Tuple};
+use pgcdc_schema::TableName;
 
 /// What the decoder knows of one relation (table) in this session.
 #[derive(Debug, Clone)]

@@ -128,7 +128,7 @@ pub(super) fn insert(s: &SqliteStore, attempts: &[Attempt]) -> Result<(), Journa
                     a.event_id,
                     a.sink,
                     a.attempt,
-                    a.at,
+                    a.at.to_string(),
                     a.status,
                     a.error,
                     a.latency_ms as i64,
@@ -154,7 +154,13 @@ fn query(
                 event_id: r.get(0)?,
                 sink: r.get(1)?,
                 attempt: r.get(2)?,
-                at: r.get(3)?,
+                at: r.get::<_, String>(3)?.parse().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        3,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
                 status: r.get(4)?,
                 error: r.get(5)?,
                 latency_ms: r.get::<_, i64>(6)?.max(0) as u64,

@@ -430,7 +430,7 @@ fn attempt(n: u32) -> pgcdc_sinks::Attempt {
         event_id: format!("ev-{n}"),
         sink: "hook".into(),
         attempt: n,
-        at: "2026-01-01T00:00:00.000000Z".into(),
+        at: "2026-01-01T00:00:00.000000Z".parse().expect("a valid time"),
         status: Some(503),
         error: Some("x".repeat(500)),
         latency_ms: 3,

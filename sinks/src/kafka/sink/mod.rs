@@ -187,7 +187,7 @@ impl KafkaSink {
             event_id: item.delivery_id(),
             sink: self.name.clone(),
             attempt,
-            at: chrono::Utc::now().to_rfc3339(),
+            at: crate::AttemptTime::now(),
             status: None,
             error,
             latency_ms: started.elapsed().as_millis() as u64,

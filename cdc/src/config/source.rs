@@ -1,0 +1,103 @@
+//! `[source]`: the database captured, its publication and slot, the tables.
+
+use std::time::Duration;
+
+use pgcdc_schema::{Secret, TableName};
+use serde::Deserialize;
+
+use super::{duration, key_err, ConfigError};
+use crate::replication::SourceUrl;
+
+/// `[source]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user@host:port/db?sslmode=...`
+    pub url: Secret,
+    /// Publication name; created for `tables` if missing.
+    #[serde(default = "SourceConfig::default_publication")]
+    pub publication: String,
+    /// Logical replication slot name; created if missing.
+    #[serde(default = "SourceConfig::default_slot")]
+    pub slot: String,
+    /// Tables to capture, `schema.table` (parsed at load).
+    pub tables: Vec<TableName>,
+    /// Initial snapshot mode.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// How often a heartbeat message is written into the WAL ("10s"; "0s" turns it off).
+    #[serde(
+        default = "SourceConfig::default_heartbeat",
+        deserialize_with = "duration::heartbeat"
+    )]
+    pub heartbeat: Duration,
+}
+
+impl SourceConfig {
+    const DEFAULT_NAME: &'static str = "pgcdc";
+    const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+    fn default_publication() -> String {
+        Self::DEFAULT_NAME.to_string()
+    }
+
+    fn default_slot() -> String {
+        Self::DEFAULT_NAME.to_string()
+    }
+
+    fn default_heartbeat() -> Duration {
+        Self::DEFAULT_HEARTBEAT
+    }
+
+    /// The heartbeat interval (None when off).
+    pub fn heartbeat(&self) -> Option<Duration> {
+        Some(self.heartbeat).filter(|d| !d.is_zero())
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.url
+            .expose()
+            .parse::<SourceUrl>()
+            .map_err(|e| key_err("source.url", e.to_string()))?;
+        check_identifier("source.publication", &self.publication)?;
+        check_identifier("source.slot", &self.slot)?;
+        if self
+            .slot
+            .bytes()
+            .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        {
+            return Err(key_err(
+                "source.slot",
+                "a replication slot name may contain only lower-case letters, digits and '_'",
+            ));
+        }
+        if self.tables.is_empty() {
+            return Err(key_err(
+                "source.tables",
+                "list at least one table to capture, e.g. tables = [\"public.permits\"]",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `source.snapshot`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Copy existing rows (as `read` events) when the slot is created, then stream.
+    Initial,
+    /// Stream changes from the slot's creation on.
+    #[default]
+    Never,
+}
+
+fn check_identifier(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.is_empty() || v.len() > 63 || v.contains('"') || v.contains('\0') {
+        return Err(key_err(
+            key,
+            format!("{v:?} is not a valid Postgres identifier (1-63 characters, no '\"')"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! `[state]`, `[journal]` and `[audit]`: where durable state lives and how long
+//! it is kept.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration;
+
+/// `[journal]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Entries every sink has passed are removed once older than this, e.g. "7d".
+    #[serde(
+        default = "JournalConfig::default_retention",
+        deserialize_with = "duration::journal_retention"
+    )]
+    pub retention: Duration,
+    /// Past this many bytes of live journal data the reader pauses (Postgres keeps
+    /// the WAL) until pruning makes room. None: no limit.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+impl JournalConfig {
+    const DEFAULT_RETENTION: Duration = duration::days(7);
+
+    fn default_retention() -> Duration {
+        Self::DEFAULT_RETENTION
+    }
+
+    /// The retention.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            retention: Self::DEFAULT_RETENTION,
+            max_bytes: None,
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How long delivery attempts are kept, e.g. "30d", "12h".
+    #[serde(
+        default = "AuditConfig::default_retention",
+        deserialize_with = "duration::audit_retention"
+    )]
+    pub retention: Duration,
+}
+
+impl AuditConfig {
+    const DEFAULT_RETENTION: Duration = duration::days(30);
+
+    fn default_retention() -> Duration {
+        Self::DEFAULT_RETENTION
+    }
+
+    /// The retention.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: Self::DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// `[state]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the journal, cursors, DLQ and audit log.
+    #[serde(default = "StateConfig::default_dir")]
+    pub dir: PathBuf,
+}
+
+impl StateConfig {
+    fn default_dir() -> PathBuf {
+        PathBuf::from("./pgcdc-data")
+    }
+
+    /// Takes a relative `dir` from the directory of the config file `config_path`, not
+    /// from wherever pgcdc is started: a journal that depends on the working directory
+    /// is a different (new, empty) journal when started from elsewhere.
+    pub(super) fn resolve_dir(&mut self, config_path: &Path) {
+        if self.dir.is_absolute() {
+            return;
+        }
+        let base = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let joined = base.join(&self.dir);
+        self.dir = std::path::absolute(&joined).unwrap_or(joined);
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: Self::default_dir(),
+        }
+    }
+}
