@@ -199,6 +199,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     // Resyncs (and a snapshot continued after a restart) run beside the reader.
     let windows = watermark::Windows::default();
+    let resync_timeout = config.source.resync_statement_timeout();
     let resync_task = {
         let (url, dir, windows, stop) = (
             url.clone(),
@@ -213,6 +214,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 crate::ingest::resync::run(
                     url.clone(),
                     dir.clone(),
+                    resync_timeout,
                     windows.clone(),
                     stop.clone(),
                     status,

@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const TOKEN: &str = "page-t0ken";
 /// The key W3C WebDriver uses for element references.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -327,7 +326,6 @@ dir = "{state}"
 
 [admin]
 listen = "127.0.0.1:{port}"
-token = "${{ADMIN_TOKEN}}"
 
 [[sink]]
 name = "hook"
@@ -387,8 +385,10 @@ async fn status_page_replays_the_dlq_with_a_real_click() -> anyhow::Result<()> {
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
     let cfg = ConfigFile::new(&config(&pg.url(), state.path(), &rx.url(), port))?;
-    let mut p = Pgcdc::spawn(&["run", "--config", &cfg.arg()], &[("ADMIN_TOKEN", TOKEN)])?;
+    let mut p = Pgcdc::spawn(&["run", "--config", &cfg.arg()], &[])?;
     e2e_fixture::wait_streaming(&pg, &mut p).await?;
+    // No admin.token: the page works with the token pgcdc generated, as the CLI prints it.
+    let token = e2e_fixture::admin_token(&cfg).await?;
 
     // Row 2 is dead-lettered, then its update is parked behind it: 2 in the DLQ.
     pg.batch(
@@ -399,7 +399,7 @@ async fn status_page_replays_the_dlq_with_a_real_click() -> anyhow::Result<()> {
 
     let driver = Driver::start().await?;
     let b = driver.session().await?;
-    let mut result = drive(&b, &base, &rx).await;
+    let mut result = drive(&b, &base, &rx, &token).await;
     // The screenshot is taken whatever happened: it shows what went wrong.
     let shot = target_dir().join("status-page.png");
     let shot_result = b.screenshot(&shot).await;
@@ -445,7 +445,7 @@ async fn api_down_is_shown(b: &Browser) -> anyhow::Result<()> {
         .await
 }
 
-async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
+async fn drive(b: &Browser, base: &str, rx: &Receiver, token: &str) -> anyhow::Result<()> {
     b.goto(&format!("{base}/")).await?;
     let long = Duration::from_secs(60);
     b.wait_for("DLQ count 2", long, || async {
@@ -524,7 +524,7 @@ async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
     })
     .await?;
     b.click(REPLAY).await?;
-    b.answer_prompt("admin.token", TOKEN).await?;
+    b.answer_prompt("admin.token", token).await?;
 
     let deadline = Instant::now() + long;
     while received(rx).len() < 5 {
@@ -553,7 +553,7 @@ async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
             json!([]),
         )
         .await?;
-    ensure!(kept == json!(TOKEN), "the accepted token is kept: {kept}");
+    ensure!(kept == json!(token), "the accepted token is kept: {kept}");
     b.wait_for("the delivered replay in the table", long, || async {
         let rows = audit_rows(b).await?;
         Ok(rows

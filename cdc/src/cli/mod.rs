@@ -1,5 +1,6 @@
 //! Command-line interface: `pgcdc run | check | status | dlq | audit`.
 
+pub mod admin_token;
 pub mod operator;
 pub mod resync;
 
@@ -73,6 +74,8 @@ pub enum Command {
     Teardown(operator::TeardownArgs),
     /// Re-send a table's current rows to one sink or all, while streaming goes on.
     Resync(resync::ResyncArgs),
+    /// Print the admin API's bearer token (configured, or generated at the first start).
+    AdminToken(admin_token::AdminTokenArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -110,6 +113,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Checkpoint(cmd) => operator::checkpoint(cmd),
         Command::Teardown(args) => operator::teardown(args).await,
         Command::Resync(args) => resync::resync(args),
+        Command::AdminToken(args) => admin_token::admin_token(args),
     }
 }
 

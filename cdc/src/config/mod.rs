@@ -159,8 +159,13 @@ pub struct AdminConfig {
     /// Address of the admin API and `/metrics`, `IP:PORT`.
     #[serde(default = "AdminConfig::default_listen")]
     pub listen: String,
-    /// Bearer token the mutating endpoints require.
+    /// Bearer token of the API. Unset: pgcdc generates one into `state.dir/admin.token`
+    /// (owner-only) and mutations need that; set: reads of row data need it too.
     pub token: Option<Secret>,
+    /// Host names (besides IP literals and `localhost`) the API answers to; any other
+    /// `Host` header is refused, so a DNS-rebinding page cannot reach it.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// `/readyz` fails while a sink's oldest undelivered event is older than this.
     #[serde(default = "AdminConfig::default_ready_max_sink_lag")]
     pub ready_max_sink_lag: String,
@@ -224,7 +229,7 @@ impl AdminConfig {
                 "admin.listen",
                 format!(
                     "{addr} is reachable from other hosts, so the admin API's mutating endpoints \
-                     (DLQ replay/drop) need a token: set admin.token = \"${{PGCDC_ADMIN_TOKEN}}\" \
+                     and its row data (DLQ, audit, status) need a token: set admin.token = \"${{PGCDC_ADMIN_TOKEN}}\" \
                      or listen on a loopback address such as 127.0.0.1"
                 ),
             )),
@@ -238,6 +243,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: Self::default_listen(),
             token: None,
+            allowed_hosts: Vec::new(),
             ready_max_sink_lag: Self::default_ready_max_sink_lag(),
             min_safe_wal_bytes: Self::default_min_safe_wal_bytes(),
         }
@@ -264,6 +270,9 @@ pub struct SourceConfig {
     /// How often a heartbeat message is written into the WAL ("10s"; "0s" turns it off).
     #[serde(default = "SourceConfig::default_heartbeat")]
     pub heartbeat: String,
+    /// Longest a resync's chunk query (with its operator-given `where`) may run ("60s").
+    #[serde(default = "SourceConfig::default_resync_statement_timeout")]
+    pub resync_statement_timeout: String,
 }
 
 impl SourceConfig {
@@ -279,6 +288,18 @@ impl SourceConfig {
 
     fn default_heartbeat() -> String {
         "10s".to_string()
+    }
+
+    fn default_resync_statement_timeout() -> String {
+        "60s".to_string()
+    }
+
+    /// `resync_statement_timeout` as a duration (validated at load: not zero).
+    pub fn resync_statement_timeout(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.resync_statement_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(std::time::Duration::from_secs(60))
     }
 
     /// The heartbeat interval (None when off; validated at load).
@@ -572,6 +593,24 @@ impl Config {
                 ),
             )
         })?;
+        match humantime::parse_duration(&self.source.resync_statement_timeout) {
+            Ok(d) if !d.is_zero() => {}
+            Ok(_) => {
+                return Err(key_err(
+                    "source.resync_statement_timeout",
+                    "0 would let a resync's query run for ever; give a duration, e.g. \"60s\"",
+                ))
+            }
+            Err(e) => {
+                return Err(key_err(
+                    "source.resync_statement_timeout",
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. \"60s\"",
+                        self.source.resync_statement_timeout
+                    ),
+                ))
+            }
+        }
         humantime::parse_duration(&self.journal.retention).map_err(|e| {
             key_err(
                 "journal.retention",

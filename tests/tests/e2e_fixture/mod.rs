@@ -101,6 +101,16 @@ pub async fn status_json(cfg: &ConfigFile) -> anyhow::Result<Value> {
     serde_json::from_str(&out).with_context(|| format!("status is not JSON: {out}"))
 }
 
+/// The admin API's token as `pgcdc admin-token --config CFG` prints it (the configured
+/// one, or the one a running pgcdc generated in its state directory).
+pub async fn admin_token(cfg: &ConfigFile) -> anyhow::Result<String> {
+    let (code, out, err) = pgcdc_output(&["admin-token", "--config", &cfg.arg()]).await?;
+    ensure!(code == 0, "pgcdc admin-token exited {code}: {err}");
+    let token = out.trim().to_string();
+    ensure!(!token.is_empty(), "pgcdc admin-token printed nothing");
+    Ok(token)
+}
+
 /// Parses `X/Y` (Postgres LSN text).
 pub fn parse_lsn(s: &str) -> anyhow::Result<u64> {
     let (hi, lo) = s
