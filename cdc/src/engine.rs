@@ -50,6 +50,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     warn_orphaned_cursors(&config, &state_dir)?;
     // Up before preflight, so /healthz answers while pgcdc waits on the source.
     let _admin = crate::admin::start(config.clone()).await?;
+    // systemd (`Type=notify`): watchdog pings from now on, READY=1 once streaming.
+    let _notify = AbortOnDrop(tokio::spawn(crate::sd_notify::run(shutdown.clone())));
 
     let client = connect_sql(&url)
         .await
@@ -325,6 +327,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Stops a background task when the engine returns, whatever the way.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
