@@ -47,6 +47,35 @@ fn admin_config_defaults_and_validation() {
     let e = err("port = 1");
     assert!(e.contains("port"), "{e}");
     config("listen = \"[::1]:9187\"").unwrap_or_else(|e| panic!("{e}"));
+    let c = config("allowed_hosts = [\"pgcdc.internal\"]").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.admin.allowed_hosts, ["pgcdc.internal"]);
+}
+
+#[test]
+fn resync_statement_timeout_defaults_and_must_be_a_positive_duration() {
+    let parse = |extra: &str| {
+        let text = format!(
+            "[source]\nurl = \"postgres://u@127.0.0.1:5432/db\"\ntables = [\"public.t\"]\n{extra}\n"
+        );
+        Config::parse(&text, Path::new("test.toml"), &|_| None)
+    };
+    let c = parse("").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.source.resync_statement_timeout(),
+        std::time::Duration::from_secs(60)
+    );
+    let c = parse("resync_statement_timeout = \"2s\"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.source.resync_statement_timeout(),
+        std::time::Duration::from_secs(2)
+    );
+    for bad in ["\"0s\"", "\"soon\""] {
+        let e = parse(&format!("resync_statement_timeout = {bad}"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("source.resync_statement_timeout"), "{bad}: {e}");
+    }
 }
 
 fn guard(token: &str, configured: bool) -> guard::Guard {
