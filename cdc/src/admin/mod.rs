@@ -182,6 +182,9 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
     crate::metrics::metrics().register_sinks(sink_names.iter().map(String::as_str));
     health().expect_sinks(sink_names.iter().map(String::as_str));
 
+    // Generated at the first start even when the API cannot bind, so that
+    // `pgcdc admin-token` always has an answer once pgcdc has run.
+    let (secret, configured) = token::load_or_create(&config)?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let poller_config = Arc::clone(&config);
@@ -201,7 +204,6 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
         Err(source) => return Err(AdminError::Bind { addr, source }),
     };
     let local = listener.local_addr().unwrap_or(addr);
-    let (secret, configured) = token::load_or_create(&config)?;
     let state = Arc::new(AdminState {
         sink_names,
         journal: Mutex::new(JournalReader::open(&config.state.dir, false)?),
