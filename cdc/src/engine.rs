@@ -51,6 +51,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     warn_orphaned_cursors(&config, &store)?;
     // Up before preflight, so /healthz answers while pgcdc waits on the source.
     let _admin = crate::admin::start(config.clone()).await?;
+    // systemd (`Type=notify`): watchdog pings from now on, READY=1 once streaming.
+    let _notify = AbortOnDrop(tokio::spawn(crate::sd_notify::run(shutdown.clone())));
 
     let client = connect_sql(&url)
         .await
@@ -231,6 +233,7 @@ impl Engine {
 
         // Resyncs (and a snapshot continued after a restart) run beside the reader.
         let windows = watermark::Windows::default();
+        let resync_timeout = config.source.resync_statement_timeout();
         let resync_task = {
             let (url, dir, windows, stop) =
                 (url.clone(), store.clone(), windows.clone(), stop_rx.clone());
@@ -241,6 +244,7 @@ impl Engine {
                     crate::ingest::resync::run(
                         url.clone(),
                         dir.clone(),
+                        resync_timeout,
                         windows.clone(),
                         stop.clone(),
                         status,
@@ -376,6 +380,15 @@ impl Engine {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Stops a background task when the engine returns, whatever the way.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

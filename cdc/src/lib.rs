@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod ops;
 pub mod pgoutput;
 pub mod replication;
+pub(crate) mod sd_notify;
 pub mod source;
 pub mod status;
 pub(crate) mod supervise;

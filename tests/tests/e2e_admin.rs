@@ -85,7 +85,19 @@ async fn post(url: &str, auth: Option<&str>, body: &str) -> anyhow::Result<(u16,
 }
 
 async fn get_json(url: &str) -> anyhow::Result<(u16, Value)> {
-    let (status, text) = get(url).await;
+    get_json_auth(url, None).await
+}
+
+/// GET with an optional bearer token: (status, JSON body).
+async fn get_json_auth(url: &str, token: Option<&str>) -> anyhow::Result<(u16, Value)> {
+    let mut req = client().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let (status, text) = match req.send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    };
     ensure!(status != 0, "GET {url} failed");
     let body = serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?;
     Ok((status, body))
@@ -326,16 +338,18 @@ async fn dlq_over_the_api_needs_the_token_and_replays_in_order() -> anyhow::Resu
     pg.batch("INSERT INTO items VALUES (1, 'a'); UPDATE items SET v = 'b' WHERE id = 1;")
         .await?;
     let dlq_url = format!("{base}/api/sinks/hook/dlq");
+    // admin.token is configured: the DLQ list and the audit need it too.
+    let get_json = |url: String| async move { get_json_auth(&url, Some("t0ken-for-tests")).await };
     wait_until_msg(Duration::from_secs(30), "two events in the DLQ", || {
         let dlq_url = dlq_url.clone();
         async move {
-            get_json(&dlq_url)
+            get_json(dlq_url.clone())
                 .await
                 .is_ok_and(|(_, v)| v.as_array().is_some_and(|a| a.len() == 2))
         }
     })
     .await;
-    let (_, list) = get_json(&dlq_url).await?;
+    let (_, list) = get_json(dlq_url.clone()).await?;
     ensure!(
         list[0]["state"] == json!("dead") && list[1]["state"] == json!("parked"),
         "{list:#}"
@@ -392,7 +406,7 @@ async fn dlq_over_the_api_needs_the_token_and_replays_in_order() -> anyhow::Resu
     wait_until_msg(Duration::from_secs(30), "the DLQ empties", || {
         let dlq_url = dlq_url.clone();
         async move {
-            get_json(&dlq_url)
+            get_json(dlq_url.clone())
                 .await
                 .is_ok_and(|(_, v)| v.as_array().is_some_and(Vec::is_empty))
         }
@@ -408,7 +422,7 @@ async fn dlq_over_the_api_needs_the_token_and_replays_in_order() -> anyhow::Resu
     );
 
     // The audit of the first event: the failed attempt, then the delivered replay.
-    let (code, audit) = get_json(&format!("{base}/api/audit?event={first}")).await?;
+    let (code, audit) = get_json(format!("{base}/api/audit?event={first}")).await?;
     ensure!(code == 200, "{code} {audit}");
     let outcomes: Vec<&str> = audit
         .as_array()
@@ -417,7 +431,7 @@ async fn dlq_over_the_api_needs_the_token_and_replays_in_order() -> anyhow::Resu
         .filter_map(|a| a["outcome"].as_str())
         .collect();
     ensure!(outcomes == ["failed", "delivered"], "{audit:#}");
-    let (code, by_sink) = get_json(&format!(
+    let (code, by_sink) = get_json(format!(
         "{base}/api/audit?sink=hook&since=2000-01-01T00:00:00Z"
     ))
     .await?;
@@ -425,7 +439,7 @@ async fn dlq_over_the_api_needs_the_token_and_replays_in_order() -> anyhow::Resu
         code == 200 && by_sink.as_array().is_some_and(|a| a.len() >= 3),
         "{by_sink}"
     );
-    let (code, _) = get_json(&format!("{base}/api/audit?since=yesterday")).await?;
+    let (code, _) = get_json(format!("{base}/api/audit?since=yesterday")).await?;
     ensure!(code == 400);
 
     // Drop: a new dead letter, removed for good with {"all": true}.

@@ -110,8 +110,12 @@ async fn reset_one_sink_back_and_forth_running_and_stopped() -> anyhow::Result<(
     );
 
     // Via the admin API, back to before everything: all 5 again.
+    // Mutations need the token: the one pgcdc generated, as the CLI prints it.
+    let token = e2e_fixture::admin_token(&cfg).await?;
     let reply = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/api/sinks/a/checkpoint"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
         .body(r#"{"time": "2000-01-01T00:00:00Z"}"#)
         .send()
         .await?

@@ -264,9 +264,13 @@ async fn admin_api_starts_and_cancels_a_running_resync() -> anyhow::Result<()> {
     let mut p = start_streaming(&pg, &cfg).await?;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
+    // Mutations need the token: the one pgcdc generated, as the CLI prints it.
+    let token = e2e_fixture::admin_token(&cfg).await?;
     let body = serde_json::json!({ "table": "public.items", "where": SLOW_WHERE }).to_string();
     let r = http
         .post(format!("{base}/api/resync"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
         .body(body.clone())
         .send()
         .await?;
@@ -277,6 +281,8 @@ async fn admin_api_starts_and_cancels_a_running_resync() -> anyhow::Result<()> {
     );
     let r = http
         .post(format!("{base}/api/resync"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
         .body(body)
         .send()
         .await?;
@@ -288,6 +294,7 @@ async fn admin_api_starts_and_cancels_a_running_resync() -> anyhow::Result<()> {
     .await?;
     let r = http
         .delete(format!("{base}/api/resync/public.items"))
+        .bearer_auth(&token)
         .send()
         .await?;
     let (code, text) = (r.status().as_u16(), r.text().await?);

@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const TOKEN: &str = "page-t0ken";
 /// The key W3C WebDriver uses for element references.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -315,7 +314,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
-fn config(url: &str, state: &Path, receiver: &str, port: u16) -> String {
+fn config(url: &str, state: &Path, receiver: &str, port: u16, admin_extra: &str) -> String {
     format!(
         r#"
 [source]
@@ -327,7 +326,7 @@ dir = "{state}"
 
 [admin]
 listen = "127.0.0.1:{port}"
-token = "${{ADMIN_TOKEN}}"
+{admin_extra}
 
 [[sink]]
 name = "hook"
@@ -386,9 +385,11 @@ async fn status_page_replays_the_dlq_with_a_real_click() -> anyhow::Result<()> {
     let state = state_dir()?;
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    let cfg = ConfigFile::new(&config(&pg.url(), state.path(), &rx.url(), port))?;
-    let mut p = Pgcdc::spawn(&["run", "--config", &cfg.arg()], &[("ADMIN_TOKEN", TOKEN)])?;
+    let cfg = ConfigFile::new(&config(&pg.url(), state.path(), &rx.url(), port, ""))?;
+    let mut p = Pgcdc::spawn(&["run", "--config", &cfg.arg()], &[])?;
     e2e_fixture::wait_streaming(&pg, &mut p).await?;
+    // No admin.token: the page works with the token pgcdc generated, as the CLI prints it.
+    let token = e2e_fixture::admin_token(&cfg).await?;
 
     // Row 2 is dead-lettered, then its update is parked behind it: 2 in the DLQ.
     pg.batch(
@@ -399,7 +400,7 @@ async fn status_page_replays_the_dlq_with_a_real_click() -> anyhow::Result<()> {
 
     let driver = Driver::start().await?;
     let b = driver.session().await?;
-    let mut result = drive(&b, &base, &rx).await;
+    let mut result = drive(&b, &base, &rx, &token).await;
     // The screenshot is taken whatever happened: it shows what went wrong.
     let shot = target_dir().join("status-page.png");
     let shot_result = b.screenshot(&shot).await;
@@ -445,7 +446,7 @@ async fn api_down_is_shown(b: &Browser) -> anyhow::Result<()> {
         .await
 }
 
-async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
+async fn drive(b: &Browser, base: &str, rx: &Receiver, token: &str) -> anyhow::Result<()> {
     b.goto(&format!("{base}/")).await?;
     let long = Duration::from_secs(60);
     b.wait_for("DLQ count 2", long, || async {
@@ -524,7 +525,7 @@ async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
     })
     .await?;
     b.click(REPLAY).await?;
-    b.answer_prompt("admin.token", TOKEN).await?;
+    b.answer_prompt("admin.token", token).await?;
 
     let deadline = Instant::now() + long;
     while received(rx).len() < 5 {
@@ -553,7 +554,7 @@ async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
             json!([]),
         )
         .await?;
-    ensure!(kept == json!(TOKEN), "the accepted token is kept: {kept}");
+    ensure!(kept == json!(token), "the accepted token is kept: {kept}");
     b.wait_for("the delivered replay in the table", long, || async {
         let rows = audit_rows(b).await?;
         Ok(rows
@@ -565,4 +566,67 @@ async fn drive(b: &Browser, base: &str, rx: &Receiver) -> anyhow::Result<()> {
     let error = b.text_of("#error").await?.unwrap_or_default();
     ensure!(error.is_empty(), "the page shows an error: {error}");
     Ok(())
+}
+
+/// With `admin.token` set, the status and the audit need it too: the page takes it
+/// from the address `pgcdc admin-token --url` prints (and clears the address), or
+/// asks for it when a read is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_page_reads_with_the_token_from_its_address_or_the_prompt() -> anyhow::Result<()> {
+    const TOKEN: &str = "page-t0ken-for-reads";
+    if !browser_available()? {
+        return Ok(());
+    }
+    let pg = PgCluster::new().await?;
+    pg.batch("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .await?;
+    let rx = Receiver::start().await?;
+    rx.set_mode(Mode::Status(400));
+    let state = state_dir()?;
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("token = \"{TOKEN}\"");
+    let cfg = ConfigFile::new(&config(&pg.url(), state.path(), &rx.url(), port, &admin))?;
+    let mut p = Pgcdc::spawn(&["run", "--config", &cfg.arg()], &[])?;
+    e2e_fixture::wait_streaming(&pg, &mut p).await?;
+    pg.batch("INSERT INTO items VALUES (1, 'bad')").await?;
+    let (code, url, err) =
+        e2e_fixture::pgcdc_output(&["admin-token", "--config", &cfg.arg(), "--url"]).await?;
+    ensure!(code == 0, "admin-token --url: {err}");
+
+    let driver = Driver::start().await?;
+    let b = driver.session().await?;
+    let long = Duration::from_secs(60);
+    let result = async {
+        b.goto(url.trim()).await?;
+        b.wait_for("DLQ count 1, read with the token", long, || async {
+            Ok(b.text_of(COUNT).await?.filter(|t| t == "1"))
+        })
+        .await?;
+        let address = b.eval("return location.href;", json!([])).await?;
+        ensure!(
+            address == json!(format!("{base}/")),
+            "the token stays in the address: {address}"
+        );
+        // A tab without it is asked once, and then reads.
+        b.eval("sessionStorage.clear(); location.reload();", json!([]))
+            .await?;
+        b.answer_prompt("to see status", TOKEN).await?;
+        b.wait_for("DLQ count 1 after the prompt", long, || async {
+            Ok(b.text_of(COUNT).await?.filter(|t| t == "1"))
+        })
+        .await?;
+        // The kept token also acts: Replay all asks nothing more.
+        rx.set_mode(Mode::Ok);
+        b.click(REPLAY).await?;
+        b.wait_for("DLQ count 0", long, || async {
+            Ok(b.text_of(COUNT).await?.filter(|t| t == "0"))
+        })
+        .await?;
+        ensure!(received(&rx).len() == 2, "{:?}", received(&rx));
+        Ok(())
+    }
+    .await;
+    b.close().await;
+    result
 }

@@ -80,12 +80,15 @@ async fn reads(p: &mut Pgcdc, n: usize, timeout: Duration) -> anyhow::Result<()>
 /// might open a second connection, which pgcdc cannot accept while out of fds).
 struct KeepAlive {
     stream: BufReader<TcpStream>,
+    /// The admin token (mutations need it).
+    token: String,
 }
 
 impl KeepAlive {
-    async fn connect(port: u16) -> anyhow::Result<KeepAlive> {
+    async fn connect(port: u16, token: String) -> anyhow::Result<KeepAlive> {
         Ok(KeepAlive {
             stream: BufReader::new(TcpStream::connect(("127.0.0.1", port)).await?),
+            token,
         })
     }
 
@@ -108,8 +111,9 @@ impl KeepAlive {
         body: &str,
     ) -> anyhow::Result<(u16, String)> {
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: pgcdc\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+             authorization: Bearer {}\r\ncontent-length: {}\r\n\r\n{body}",
+            self.token,
             body.len()
         );
         self.stream.get_mut().write_all(request.as_bytes()).await?;
@@ -173,7 +177,11 @@ async fn a_resync_that_runs_out_of_file_descriptors_is_retried_and_completes() -
     let pid = p.pid();
     // One keep-alive connection, opened now: while pgcdc is out of descriptors it
     // cannot accept another (a client pool might open a second one).
-    let conn = Arc::new(tokio::sync::Mutex::new(KeepAlive::connect(port).await?));
+    // Mutations need the token: the one pgcdc generated, as the CLI prints it.
+    let token = e2e_fixture::admin_token(&cfg).await?;
+    let conn = Arc::new(tokio::sync::Mutex::new(
+        KeepAlive::connect(port, token).await?,
+    ));
     let readyz = || {
         let conn = conn.clone();
         async move {
@@ -415,14 +423,20 @@ async fn admin_floods_stay_within_the_connection_cap_and_memory_bounds() -> anyh
         r#"{{"table": "public.items", "pad": "{}"}}"#,
         "x".repeat(100_000)
     );
+    // Mutations need the token: the one pgcdc generated, as the CLI prints it.
+    let token = e2e_fixture::admin_token(&cfg).await?;
     let r = http
         .post(format!("{base}/api/resync"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
         .body(big)
         .send()
         .await?;
     ensure!(code(r) == 413, "oversized body");
     let r = http
         .post(format!("{base}/api/resync"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
         .body("{")
         .send()
         .await?;

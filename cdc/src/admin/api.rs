@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use pgcdc_sinks::AttemptTime;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, health, AdminState, ApiError};
+use super::{health, AdminState, ApiError};
 use crate::journal::{DlqError, DlqSelector};
 use crate::{metrics, status};
 
@@ -42,6 +42,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/resync", post(resync_request))
         .route("/api/resync/{table}", delete(resync_cancel))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::guard::guard,
+        ))
         .layer(axum::middleware::from_fn(super::serve::bounded))
         .layer(axum::extract::DefaultBodyLimit::max(
             super::serve::MAX_BODY_BYTES,
@@ -159,14 +163,8 @@ fn dlq_error(e: DlqError) -> ApiError {
     }
 }
 
-/// Checks auth, the sink and the body of a DLQ mutation.
-fn dlq_mutation(
-    state: &AdminState,
-    headers: &HeaderMap,
-    sink: &str,
-    body: &Bytes,
-) -> Result<DlqSelector, ApiError> {
-    authorize(state, headers.get(header::AUTHORIZATION))?;
+/// Checks the sink and the body of a DLQ mutation (the guard has checked the token).
+fn dlq_mutation(state: &AdminState, sink: &str, body: &Bytes) -> Result<DlqSelector, ApiError> {
     state.known_sink(sink)?;
     dlq_selector(body)
 }
@@ -174,10 +172,9 @@ fn dlq_mutation(
 async fn dlq_replay(
     State(state): State<Shared>,
     Path(sink): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let sel = dlq_mutation(&state, &headers, &sink, &body)?;
+    let sel = dlq_mutation(&state, &sink, &body)?;
     let s = sink.clone();
     let n = state
         .with_journal(move |j| j.dlq_request_replay(&s, &sel).map_err(dlq_error))
@@ -193,10 +190,9 @@ async fn dlq_replay(
 async fn dlq_drop(
     State(state): State<Shared>,
     Path(sink): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let sel = dlq_mutation(&state, &headers, &sink, &body)?;
+    let sel = dlq_mutation(&state, &sink, &body)?;
     let s = sink.clone();
     let n = state
         .with_journal(move |j| j.dlq_drop(&s, &sel).map_err(dlq_error))
@@ -218,12 +214,10 @@ struct CheckpointRequest {
 async fn checkpoint(
     State(state): State<Shared>,
     Path(sink): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     const EXPECTED: &str =
         r#"send {"lsn": "0/16B3748"}, {"time": "2026-11-26T10:00:00Z"} or {"latest": true}"#;
-    authorize(&state, headers.get(header::AUTHORIZATION))?;
     state.known_sink(&sink)?;
     let req: CheckpointRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid body ({e}); {EXPECTED}")))?;
@@ -249,9 +243,7 @@ async fn checkpoint(
 async fn checkpoint_drop(
     State(state): State<Shared>,
     Path(sink): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, headers.get(header::AUTHORIZATION))?;
     if let Some(why) = crate::ops::drop_refusal(&state.config, &sink) {
         return Err(ApiError::Conflict(why));
     }
@@ -331,13 +323,8 @@ struct ResyncRequest {
     where_sql: Option<String>,
 }
 
-async fn resync_request(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn resync_request(State(state): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
     const EXPECTED: &str = r#"send {"table": "public.permits", "sink": "registry", "where": "..."} (sink and where optional)"#;
-    authorize(&state, headers.get(header::AUTHORIZATION))?;
     let req: ResyncRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid body ({e}); {EXPECTED}")))?;
     let table = crate::ops::validate_resync(&state.config, &req.table, req.sink.as_deref())
@@ -372,9 +359,7 @@ async fn resync_cancel(
     State(state): State<Shared>,
     Path(table): Path<String>,
     Query(q): Query<ResyncCancelQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, headers.get(header::AUTHORIZATION))?;
     let table = crate::ops::validate_resync(&state.config, &table, q.sink.as_deref())
         .map_err(ApiError::BadRequest)?;
     let t = table.clone();

@@ -3,20 +3,21 @@
 //!
 //! ```text
 //!  GET  /healthz  /readyz  /metrics  /api/status  /api/sinks/{sink}/dlq  /api/audit
-//!  POST /api/sinks/{sink}/dlq/replay|drop   (bearer admin.token)
+//!  POST /api/sinks/{sink}/dlq/replay|drop  /api/sinks/{sink}/checkpoint  /api/resync  (bearer token)
 //!        │
 //!        ├─▶ Health (reader + runner guards)      ├─▶ metrics() registry
 //!        └─▶ own store session (spawn_blocking)   └─▶ slot poller (own SQL connection)
 //! ```
 //!
-//! Mutating endpoints need `Authorization: Bearer <admin.token>`. Without a
-//! token they are open only on a loopback address (config load refuses a
-//! non-loopback `listen` without a token; the check here is the second line).
+//! Who may call what (the token, `Host`, origin and JSON checks) is decided in
+//! one place, [`guard`]; the token itself comes from [`token`].
 
 mod api;
+mod guard;
 mod page;
 mod serve;
 mod slot_poller;
+pub mod token;
 
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +30,7 @@ use tokio::task::JoinSet;
 
 pub use crate::health::{health, Health};
 
-use crate::config::{AdminConfig, Config, Secret};
+use crate::config::{AdminConfig, Config};
 use crate::journal::{Access, JournalError, StateStore, Store};
 use crate::supervise::supervise;
 
@@ -54,6 +55,9 @@ pub enum AdminError {
     /// The journal could not be opened for the API.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The admin token could not be read or generated.
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
 }
 
 /// An error answer: status and a JSON body `{"error": "..."}` that says what to do.
@@ -71,6 +75,9 @@ pub(crate) enum ApiError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
+    /// 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 409.
     #[error("{0}")]
     Conflict(String),
@@ -92,6 +99,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -108,8 +116,7 @@ pub(crate) struct AdminState {
     config: Arc<Config>,
     sink_names: Vec<String>,
     journal: Mutex<Box<dyn StateStore>>,
-    token: Option<Secret>,
-    loopback: bool,
+    guard: guard::Guard,
     /// Permits for `/api/status` ([`STATUS_CONCURRENCY`]).
     status_permits: Semaphore,
 }
@@ -175,6 +182,9 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
     crate::metrics::metrics().register_sinks(sink_names.iter().map(String::as_str));
     health().expect_sinks(sink_names.iter().map(String::as_str));
 
+    // Generated at the first start even when the API cannot bind, so that
+    // `pgcdc admin-token` always has an answer once pgcdc has run.
+    let (secret, configured) = token::load_or_create(&config)?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let poller_config = Arc::clone(&config);
@@ -197,8 +207,7 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
     let state = Arc::new(AdminState {
         sink_names,
         journal: Mutex::new(Store::from_config(&config.state).open(Access::Existing)?),
-        token: admin.token.clone(),
-        loopback: addr.ip().is_loopback(),
+        guard: guard::Guard::new(secret, configured, &admin.allowed_hosts),
         status_permits: Semaphore::new(STATUS_CONCURRENCY),
         config: config.clone(),
     });
@@ -223,56 +232,6 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
         addr: Some(local),
         _stop: stop,
     })
-}
-
-/// Compares without an early exit, so response time does not reveal a prefix of the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
-}
-
-/// Checks a mutating request's `Authorization` header.
-pub(crate) fn authorize(
-    state: &AdminState,
-    authorization: Option<&axum::http::HeaderValue>,
-) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
-        if state.loopback {
-            return Ok(());
-        }
-        return Err(ApiError::Forbidden(
-            "mutating endpoints are disabled: admin.listen is not a loopback address and \
-             admin.token is not set; set admin.token and send Authorization: Bearer <token>"
-                .to_string(),
-        ));
-    };
-    let Some(value) = authorization else {
-        return Err(ApiError::Unauthorized(
-            "this endpoint changes state: send Authorization: Bearer <admin.token>".to_string(),
-        ));
-    };
-    let presented = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match presented {
-        None => Err(ApiError::Unauthorized(
-            "the Authorization header must be `Bearer <admin.token>`".to_string(),
-        )),
-        Some(p) if constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::Forbidden(
-            "the bearer token does not match admin.token".to_string(),
-        )),
-    }
 }
 
 #[cfg(test)]

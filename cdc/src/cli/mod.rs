@@ -1,5 +1,6 @@
 //! Command-line interface: `pgcdc run | check | status | dlq | audit`.
 
+pub mod admin_token;
 pub mod operator;
 pub mod resync;
 
@@ -130,6 +131,8 @@ pub enum Command {
     },
     /// Print the man page (roff): `pgcdc man | man -l -`.
     Man,
+    /// Print the admin API's bearer token (configured, or generated at the first start).
+    AdminToken(admin_token::AdminTokenArgs),
 }
 
 /// Sets up `tracing` on stderr.
@@ -182,6 +185,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             emit(&page)?;
             Ok(0)
         }
+        Command::AdminToken(args) => admin_token::admin_token(args),
     }
 }
 

@@ -14,8 +14,13 @@ pub struct AdminConfig {
     /// Address of the admin API and `/metrics`, `IP:PORT`.
     #[serde(default = "AdminConfig::default_listen")]
     pub listen: String,
-    /// Bearer token the mutating endpoints require.
+    /// Bearer token of the API. Unset: pgcdc generates one into `state.dir/admin.token`
+    /// (owner-only) and mutations need that; set: reads of row data need it too.
     pub token: Option<Secret>,
+    /// Host names (besides IP literals and `localhost`) the API answers to; any other
+    /// `Host` header is refused, so a DNS-rebinding page cannot reach it.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// `/readyz` fails while a sink's oldest undelivered event is older than this.
     #[serde(
         default = "AdminConfig::default_ready_max_sink_lag",
@@ -73,7 +78,7 @@ impl AdminConfig {
                 "admin.listen",
                 format!(
                     "{addr} is reachable from other hosts, so the admin API's mutating endpoints \
-                     (DLQ replay/drop) need a token: set admin.token = \"${{PGCDC_ADMIN_TOKEN}}\" \
+                     and its row data (DLQ, audit, status) need a token: set admin.token = \"${{PGCDC_ADMIN_TOKEN}}\" \
                      or listen on a loopback address such as 127.0.0.1"
                 ),
             )),
@@ -87,6 +92,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: Self::default_listen(),
             token: None,
+            allowed_hosts: Vec::new(),
             ready_max_sink_lag: Self::DEFAULT_READY_MAX_SINK_LAG,
             min_safe_wal_bytes: Self::default_min_safe_wal_bytes(),
         }

@@ -21,6 +21,19 @@ pub(super) fn heartbeat<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::
     with_example(d, "\"10s\", or \"0s\" to turn it off")
 }
 
+/// `source.resync_statement_timeout`: not zero, which would let a query run for ever.
+pub(super) fn resync_statement_timeout<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Duration, D::Error> {
+    let timeout = with_example(d, "\"60s\"")?;
+    if timeout.is_zero() {
+        return Err(D::Error::custom(
+            "0 would let a resync's query run for ever; give a duration, e.g. \"60s\"",
+        ));
+    }
+    Ok(timeout)
+}
+
 /// `journal.retention`
 pub(super) fn journal_retention<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     with_example(d, "\"7d\" or \"12h\"")

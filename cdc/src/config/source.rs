@@ -31,6 +31,12 @@ pub struct SourceConfig {
         deserialize_with = "duration::heartbeat"
     )]
     pub heartbeat: Duration,
+    /// Longest a resync's chunk query (with its operator-given `where`) may run ("60s").
+    #[serde(
+        default = "SourceConfig::default_resync_statement_timeout",
+        deserialize_with = "duration::resync_statement_timeout"
+    )]
+    pub resync_statement_timeout: Duration,
 }
 
 impl SourceConfig {
@@ -47,6 +53,15 @@ impl SourceConfig {
 
     fn default_heartbeat() -> Duration {
         Self::DEFAULT_HEARTBEAT
+    }
+
+    fn default_resync_statement_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// Longest a resync's chunk query may run (never zero: checked at load).
+    pub fn resync_statement_timeout(&self) -> Duration {
+        self.resync_statement_timeout
     }
 
     /// The heartbeat interval (None when off).

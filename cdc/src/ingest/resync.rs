@@ -2,12 +2,14 @@
 //! `ingest::watermark` for the reader's half). It polls the journal for
 //! the next queued resync, then per chunk: opens a window, writes the low
 //! watermark, SELECTs the next rows by primary-key range (no lock: a plain
-//! READ COMMITTED query), hands them to the window, writes the high
+//! READ COMMITTED query, in a READ ONLY transaction with a statement timeout,
+//! because it carries the operator's `where`), hands them to the window, writes the high
 //! watermark and waits until the reader has journaled the chunk.
 //!
 //! Transient (retry the chunk): connection loss, a window the reader did not
 //! close in time; a journal error ends the driver, whose supervisor restarts it. Definite (the resync is marked failed, with the reason): a
-//! missing table, a table without primary key, a `where` that does not parse.
+//! missing table, a table without primary key, a `where` that does not parse,
+//! that tries to write, or whose chunk query outlasts `source.resync_statement_timeout`.
 
 use std::time::Duration;
 
@@ -85,6 +87,7 @@ pub(crate) async fn with_journal<T: Send + 'static>(
 pub(crate) async fn run(
     url: SourceUrl,
     store: Store,
+    statement_timeout: Duration,
     windows: Windows,
     mut shutdown: watch::Receiver<bool>,
     status: TaskHealth,
@@ -98,7 +101,16 @@ pub(crate) async fn run(
         let mut wait = POLL;
         match next {
             None => status.ok(),
-            Some(resync) => match one(&url, &store, &windows, &resync, &mut shutdown).await {
+            Some(resync) => match one(
+                &url,
+                &store,
+                statement_timeout,
+                &windows,
+                &resync,
+                &mut shutdown,
+            )
+            .await
+            {
                 Ok(()) => {
                     backoff.reset();
                     status.ok();
@@ -263,9 +275,58 @@ pub(crate) async fn select_chunk(
     Ok(out)
 }
 
+/// Runs one chunk query in a READ ONLY transaction under `timeout`: the `where` in it
+/// comes from an operator (CLI, admin API, schedule) and runs with pgcdc's role, so a
+/// function with side effects fails (`cannot execute ... in a read-only transaction`)
+/// and a query that would hold the source for long is cancelled. (A read-only
+/// transaction cannot stop functions that write nothing, such as
+/// `pg_terminate_backend`: the admin API's token keeps strangers from sending a `where`.)
+async fn select_chunk_read_only(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    shape: &TableShape,
+    after: Option<&String>,
+    timeout: Duration,
+) -> Result<ChunkRows, ResyncError> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; SET LOCAL statement_timeout = {}",
+            timeout.as_millis().max(1)
+        ))
+        .await?;
+    let selected = select_chunk(client, sql, shape, after).await;
+    let ended = client
+        .batch_execute(if selected.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        })
+        .await;
+    let rows = selected.map_err(|e| match e {
+        ResyncError::Source(ReplicationError::Sql(e))
+            if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+        {
+            ResyncError::Definite(format!(
+                "the chunk query ran longer than source.resync_statement_timeout ({}); narrow \
+                 the where, index its columns, or raise the timeout",
+                humantime::format_duration(timeout)
+            ))
+        }
+        ResyncError::Definite(why) if why.contains("read-only transaction") => {
+            ResyncError::Definite(format!(
+                "{why}: a resync's where runs in a read-only transaction and may only read"
+            ))
+        }
+        e => e,
+    })?;
+    ended?;
+    Ok(rows)
+}
+
 async fn one(
     url: &SourceUrl,
     store: &Store,
+    statement_timeout: Duration,
     windows: &Windows,
     resync: &ResyncInfo,
     shutdown: &mut watch::Receiver<bool>,
@@ -308,7 +369,14 @@ async fn one(
         ));
         let attempt = async {
             emit(client, &format!("low:{token}")).await?;
-            let rows = select_chunk(client, &sql, &shape, current.last_key.as_ref()).await?;
+            let rows = select_chunk_read_only(
+                client,
+                &sql,
+                &shape,
+                current.last_key.as_ref(),
+                statement_timeout,
+            )
+            .await?;
             if !windows.set_rows(&token, rows) {
                 return Err(ResyncError::Definite("the resync window was closed".into()));
             }

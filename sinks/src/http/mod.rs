@@ -11,10 +11,11 @@
 //!
 //! Headers on every request: `Content-Type: application/json`, `Idempotency-Key`
 //! and `webhook-id` (= [`crate::Outgoing::delivery_id`], or for a batch of several
-//! items `batch-<32 hex of SHA-256 over the ids joined by ','>`), `webhook-timestamp`
-//! (the event's commit time in UNIX seconds, so retries and replays match), and
-//! `webhook-signature` (`v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`)
-//! when `signing_secret` is set, signed over the exact bytes sent.
+//! items `batch-<32 hex of SHA-256 over the ids joined by ','>`), the same on every
+//! retry and replay; `webhook-timestamp` (the attempt's time in UNIX seconds, as
+//! Standard Webhooks receivers require) and `webhook-signature`
+//! (`v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`) when `signing_secret`
+//! is set, signed per attempt over the exact bytes sent.
 //!
 //! Errors: transient ones (408, 429, 5xx but 501, network, timeouts, auth) retry with
 //! full-jitter exponential backoff until `retry.max_attempts` / `retry.max_elapsed`;

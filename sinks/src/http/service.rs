@@ -11,6 +11,7 @@ use super::auth::Authenticator;
 use super::body::{read_capped, RESPONSE_BODY_LIMIT};
 use super::config::{HttpSinkConfig, Secret};
 use super::retry::{parse_retry_after, AttemptError};
+use super::signing::SigningKey;
 use super::HttpSinkError;
 
 /// A request ready to send, identical on every attempt.
@@ -185,12 +186,11 @@ impl HttpService {
     }
 }
 
-/// The fixed headers of a request (everything but `Authorization`).
+/// The fixed headers of a request (everything but `Authorization` and what
+/// [`stamp`] sets per attempt).
 pub(crate) fn base_headers(
     static_headers: &[(HeaderName, HeaderValue)],
     id: &str,
-    timestamp: i64,
-    signature: Option<&str>,
 ) -> Result<HeaderMap, AttemptError> {
     let mut headers = HeaderMap::with_capacity(static_headers.len() + 5);
     for (name, value) in static_headers {
@@ -201,16 +201,23 @@ pub(crate) fn base_headers(
         .map_err(|_| AttemptError::Request(format!("delivery id {id:?} is not a header value")))?;
     headers.insert(HeaderName::from_static("idempotency-key"), id_value.clone());
     headers.insert(HeaderName::from_static("webhook-id"), id_value);
-    headers.insert(
-        HeaderName::from_static("webhook-timestamp"),
-        HeaderValue::from(timestamp),
-    );
-    if let Some(sig) = signature {
-        let v = HeaderValue::from_str(sig)
-            .map_err(|_| AttemptError::Request("signature is not a header value".into()))?;
-        headers.insert(HeaderName::from_static("webhook-signature"), v);
-    }
     Ok(headers)
+}
+
+/// Sets one attempt's `webhook-timestamp` (`now`, UNIX seconds) and, with a key, its
+/// `webhook-signature` over `"{id}.{now}.{body}"`.
+pub(crate) fn stamp(req: &mut PreparedRequest, key: Option<&SigningKey>, id: &str, now: i64) {
+    req.headers.insert(
+        HeaderName::from_static("webhook-timestamp"),
+        HeaderValue::from(now),
+    );
+    if let Some(key) = key {
+        // "v1," and base64: always a valid header value.
+        if let Ok(v) = HeaderValue::from_str(&key.sign(id, now, &req.body)) {
+            req.headers
+                .insert(HeaderName::from_static("webhook-signature"), v);
+        }
+    }
 }
 
 /// `scheme://host[:port]/` of `url`, ignoring anything after a `{` placeholder.

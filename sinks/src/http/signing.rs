@@ -1,5 +1,11 @@
 //! Standard Webhooks headers: `webhook-id`, `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
+//!
+//! The timestamp is the attempt's own time, as the spec has it: receivers (the
+//! official libraries, Svix) reject one more than five minutes from their clock, so
+//! a commit time would fail every event of a backlog older than that, and every
+//! replay. The id, the `Idempotency-Key` and the body stay the same across retries
+//! and replays; only the timestamp and the signature over it change.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -48,15 +54,6 @@ impl SigningKey {
         mac.update(body);
         format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
     }
-}
-
-/// `webhook-timestamp`: the commit time in UNIX seconds, so every retry and replay
-/// carries the same value; `now` only when the event has no commit time.
-pub(crate) fn webhook_timestamp(commit_time: Option<&str>) -> i64 {
-    commit_time
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.timestamp())
-        .unwrap_or_else(|| chrono::Utc::now().timestamp())
 }
 
 /// Idempotency key of a batch: `batch-` + the first 32 hex digits of SHA-256 over the

@@ -10,8 +10,8 @@ use reqwest::header::{HeaderName, HeaderValue};
 
 use super::config::{BatchConfig, ValidHttpSinkConfig};
 use super::retry::{jitter_random, AttemptError, Disposition, RetryPolicy};
-use super::service::{base_headers, redact_url, HttpService, PreparedRequest};
-use super::signing::{batch_key, webhook_timestamp, SigningKey};
+use super::service::{base_headers, redact_url, stamp, HttpService, PreparedRequest};
+use super::signing::{batch_key, SigningKey};
 use super::HttpSinkError;
 use crate::{
     Attempt, AttemptOutcome, AttemptTime, AuditLog, ItemResult, Outgoing, Sink, SinkError,
@@ -162,9 +162,7 @@ impl HttpSink {
                     .map(String::as_str),
             )
         };
-        let timestamp = webhook_timestamp(first.event.commit_time.as_deref());
-        let signature = self.signing.as_ref().map(|k| k.sign(&id, timestamp, &body));
-        let prepared = match self.prepare(first, &id, timestamp, signature.as_deref(), body) {
+        let mut prepared = match self.prepare(first, &id, body) {
             Ok(p) => p,
             Err(e) => {
                 self.record(
@@ -189,6 +187,8 @@ impl HttpSink {
         loop {
             attempt += 1;
             let at = chrono::Utc::now();
+            // Each attempt is signed at its own time (see `signing`).
+            stamp(&mut prepared, self.signing.as_ref(), &id, at.timestamp());
             let sent = Instant::now();
             let (result, auth_used) = self.service.send(&prepared).await;
             let latency = sent.elapsed();
@@ -285,8 +285,6 @@ impl HttpSink {
         &self,
         first: &Outgoing,
         id: &str,
-        timestamp: i64,
-        signature: Option<&str>,
         body: Bytes,
     ) -> Result<PreparedRequest, AttemptError> {
         let url = match &self.url_renderer {
@@ -301,7 +299,7 @@ impl HttpSink {
                 redact_url(&url)
             )));
         }
-        let mut headers = base_headers(&self.static_headers, id, timestamp, signature)?;
+        let mut headers = base_headers(&self.static_headers, id)?;
         for (name, render) in &self.header_renderers {
             let value =
                 render(first).map_err(|e| AttemptError::Request(format!("header {name}: {e}")))?;

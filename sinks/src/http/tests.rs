@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use super::config::{AuthConfig, HttpMethod, HttpSinkConfig, Secret};
 use super::retry::{parse_retry_after, AttemptError, Disposition, RetryPolicy, RETRY_AFTER_CAP};
-use super::signing::{batch_key, webhook_timestamp, SigningKey};
+use super::signing::{batch_key, SigningKey};
 use super::HTTP_KEYS;
 
 fn parse(toml_like_json: serde_json::Value) -> Result<HttpSinkConfig, serde_json::Error> {
@@ -218,16 +218,6 @@ fn standard_webhooks_signature_matches_the_reference_vector() {
     );
     assert!(SigningKey::parse(&Secret::new("MfKQ9r8G")).is_err());
     assert!(SigningKey::parse(&Secret::new("whsec_!!!")).is_err());
-}
-
-#[test]
-fn webhook_timestamp_comes_from_commit_time() {
-    assert_eq!(
-        webhook_timestamp(Some("2026-11-26T10:00:00.123456Z")),
-        1_795_687_200
-    );
-    let now = chrono::Utc::now().timestamp();
-    assert!((webhook_timestamp(None) - now).abs() <= 2);
 }
 
 #[test]
