@@ -146,7 +146,7 @@ impl ReplicationConnection {
     }
 
     /// A ParameterStatus value reported by the server (e.g. `server_version`).
-    pub fn server_parameter(&self, name: &str) -> Option<&str> {
+    pub(crate) fn server_parameter(&self, name: &str) -> Option<&str> {
         self.transport.parameters.get(name).map(String::as_str)
     }
 
