@@ -17,7 +17,7 @@ mod guard;
 mod page;
 mod serve;
 mod slot_poller;
-pub mod token;
+pub(crate) mod token;
 
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub use crate::health::{health, Health};
+pub(crate) use crate::health::{health, Health};
 
 use crate::config::{AdminConfig, Config};
 use crate::journal::{Access, JournalError, StateStore, Store};
@@ -40,7 +40,7 @@ pub(crate) const STATUS_CONCURRENCY: usize = 4;
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// The configured address is taken or not ours.
     #[error("cannot listen on admin.listen {addr}: {source}; free the port or set [admin] listen to another address")]
     Bind {
@@ -150,7 +150,7 @@ impl AdminState {
 }
 
 /// The running admin server and its helpers; they stop when this is dropped.
-pub struct AdminServer {
+pub(crate) struct AdminServer {
     tasks: JoinSet<()>,
     addr: Option<std::net::SocketAddr>,
     /// Dropped with the server: the supervisors see it as shutdown.
@@ -159,7 +159,7 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Where the API listens (`None` when the default port was taken).
-    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+    pub(crate) fn local_addr(&self) -> Option<std::net::SocketAddr> {
         self.addr
     }
 }
@@ -175,7 +175,7 @@ impl Drop for AdminServer {
 /// A taken port is an error when `listen` is configured; with the default
 /// address it is a warning, so several pgcdc instances on one host (or a
 /// test suite) still run, without an API for all but the first.
-pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
+pub(crate) async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
     let admin: &AdminConfig = &config.admin;
     let addr = admin.listen_addr()?;
     let sink_names = crate::status::sink_names(&config);
