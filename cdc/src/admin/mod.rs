@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub(crate) use crate::health::{health, Health};
+pub(crate) use crate::health::health;
 
 use crate::config::{AdminConfig, Config};
 use crate::journal::{Access, JournalError, StateStore, Store};
@@ -152,16 +152,8 @@ impl AdminState {
 /// The running admin server and its helpers; they stop when this is dropped.
 pub(crate) struct AdminServer {
     tasks: JoinSet<()>,
-    addr: Option<std::net::SocketAddr>,
     /// Dropped with the server: the supervisors see it as shutdown.
     _stop: watch::Sender<bool>,
-}
-
-impl AdminServer {
-    /// Where the API listens (`None` when the default port was taken).
-    pub(crate) fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.addr
-    }
 }
 
 impl Drop for AdminServer {
@@ -197,7 +189,6 @@ pub(crate) async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError
             tracing::warn!(%addr, error = %source, "admin API and /metrics not started: the default address is taken; set [admin] listen to a free address");
             return Ok(AdminServer {
                 tasks,
-                addr: None,
                 _stop: stop,
             });
         }
@@ -229,7 +220,6 @@ pub(crate) async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError
     tracing::info!(addr = %local, max_connections, "admin API listening");
     Ok(AdminServer {
         tasks,
-        addr: Some(local),
         _stop: stop,
     })
 }

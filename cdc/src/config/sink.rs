@@ -20,6 +20,7 @@ pub(crate) struct SinkConfig {
     /// Tables to deliver (all changes of them).
     pub(crate) tables: Vec<TableName>,
     /// jq condition: only events for which it is true.
+    #[cfg(test)]
     pub(crate) filter: Option<String>,
     /// jq program building what is sent (default: the native event).
     pub(crate) transform: Option<String>,
@@ -67,6 +68,7 @@ impl SinkConfig {
     }
 
     /// Tables this sink receives all changes of.
+    #[cfg(test)]
     pub(crate) fn tables(&self) -> &[TableName] {
         &self.tables
     }
@@ -130,6 +132,7 @@ impl SinkConfig {
             name: common.name,
             events: common.events,
             tables: common.tables,
+            #[cfg(test)]
             filter: common.filter,
             transform: common.transform,
             kind,

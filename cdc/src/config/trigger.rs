@@ -16,6 +16,7 @@ pub(crate) struct TriggerConfig {
     /// The table it watches, `schema.table`.
     pub(crate) table: TableName,
     /// jq condition over the native event, as written.
+    #[cfg(test)]
     pub(crate) when: String,
     /// `when`, compiled (errors name `trigger[i].when`).
     pub(crate) program: JqProgram,
@@ -37,6 +38,7 @@ impl TriggerConfig {
         Ok(TriggerConfig {
             name: t.name,
             table: t.table,
+            #[cfg(test)]
             when: t.when,
             program,
         })

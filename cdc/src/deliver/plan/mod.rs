@@ -126,20 +126,13 @@ impl SinkPlan {
         self
     }
 
-    /// A plan delivering every change unchanged (tests, stdout default).
-    pub(crate) fn everything() -> SinkPlan {
-        SinkPlan {
-            everything: true,
-            ..SinkPlan::default()
-        }
-    }
-
     /// Whether mapping runs any jq program (trigger, filter or transform).
     pub(crate) fn runs_jq(&self) -> bool {
         !self.triggers.is_empty() || self.filter.is_some() || self.transform.is_some()
     }
 
     /// Selects and maps one event of the table it names.
+    #[cfg(test)]
     pub(crate) fn map(&self, event: ChangeEvent) -> Result<Mapped, MappingError> {
         self.map_batch(vec![event])
             .pop()
@@ -150,6 +143,7 @@ impl SinkPlan {
     /// `source.tables` names it; the journal's `tbl`). A renamed table's events carry
     /// the new name but are routed by that identity, so they reach the same sinks and
     /// triggers; a config already updated to the new name matches it too.
+    #[cfg(test)]
     pub(crate) fn map_as(&self, event: ChangeEvent, table: &str) -> Result<Mapped, MappingError> {
         self.map_batch_as(vec![(event, table.to_owned())])
             .pop()
@@ -157,6 +151,7 @@ impl SinkPlan {
     }
 
     /// [`SinkPlan::map_batch_as`] for events routed by the table they name.
+    #[cfg(test)]
     pub(crate) fn map_batch(&self, events: Vec<ChangeEvent>) -> Vec<Result<Mapped, MappingError>> {
         self.map_batch_as(
             events
