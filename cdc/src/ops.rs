@@ -39,7 +39,11 @@ pub(crate) fn drop_refusal(config: &Config, sink: &str) -> Option<String> {
 /// Checks a request against the config: the table must be captured (its changes
 /// must flow through the stream for the watermarks to work) and the sink must exist.
 /// Returns the table as `schema.table`.
-pub(crate) fn validate_resync(config: &Config, table: &str, sink: Option<&str>) -> Result<String, String> {
+pub(crate) fn validate_resync(
+    config: &Config,
+    table: &str,
+    sink: Option<&str>,
+) -> Result<String, String> {
     let name = TableName::parse(table)?;
     if !config.tables().contains(&name) {
         return Err(format!(

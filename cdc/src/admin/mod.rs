@@ -187,10 +187,7 @@ pub(crate) async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError
         Ok(l) => l,
         Err(source) if admin.listen == AdminConfig::DEFAULT_LISTEN => {
             tracing::warn!(%addr, error = %source, "admin API and /metrics not started: the default address is taken; set [admin] listen to a free address");
-            return Ok(AdminServer {
-                tasks,
-                _stop: stop,
-            });
+            return Ok(AdminServer { tasks, _stop: stop });
         }
         Err(source) => return Err(AdminError::Bind { addr, source }),
     };
@@ -218,10 +215,7 @@ pub(crate) async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError
         )
     }));
     tracing::info!(addr = %local, max_connections, "admin API listening");
-    Ok(AdminServer {
-        tasks,
-        _stop: stop,
-    })
+    Ok(AdminServer { tasks, _stop: stop })
 }
 
 #[cfg(test)]

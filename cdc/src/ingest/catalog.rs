@@ -90,7 +90,10 @@ impl Catalog {
 
     /// OIDs of the partitioned tables this table is a partition of, nearest first
     /// (empty for a table that is no partition).
-    pub(crate) async fn partition_ancestors(&self, table_oid: u32) -> Result<Vec<u32>, ReplicationError> {
+    pub(crate) async fn partition_ancestors(
+        &self,
+        table_oid: u32,
+    ) -> Result<Vec<u32>, ReplicationError> {
         let rows = self
             .client
             .query(
@@ -102,7 +105,10 @@ impl Catalog {
     }
 
     /// Primary key column names of the table, in key order (empty when it has none).
-    pub(crate) async fn primary_key(&self, table_oid: u32) -> Result<Vec<String>, ReplicationError> {
+    pub(crate) async fn primary_key(
+        &self,
+        table_oid: u32,
+    ) -> Result<Vec<String>, ReplicationError> {
         let rows = self
             .client
             .query(

@@ -45,11 +45,11 @@ pub mod testing;
 pub use checkpoint::{CursorState, DroppedCursor, OrphanedCursor, ResetError, ResetTarget};
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use meta::MetaKey;
-pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
 pub(crate) use resync::ResyncProgress;
+pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
 pub(crate) use row_state::{OldTracking, Tracked};
-pub(crate) use store::{Backend, JournalWriter};
 pub use store::StateStore;
+pub(crate) use store::{Backend, JournalWriter};
 
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]

@@ -323,7 +323,10 @@ impl ChangeBuilder {
     }
 
     /// TRUNCATE of one relation.
-    pub(crate) fn truncate(&mut self, relation_id: u32) -> Result<Option<JournalEntry>, ChangeError> {
+    pub(crate) fn truncate(
+        &mut self,
+        relation_id: u32,
+    ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |_, _| {
             Ok((Op::Truncate, None, None, None, Vec::new()))
         })
