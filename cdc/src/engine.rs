@@ -39,7 +39,7 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
 
 /// Preflight, set up the publication and slot, then stream and deliver until
 /// `shutdown` becomes true.
-pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let config = std::sync::Arc::new(config);
     plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
@@ -468,7 +468,7 @@ impl Spawner<'_> {
 }
 
 /// Builds a Kafka sink; `db` is the source database (Debezium `source.db`).
-pub fn build_kafka_sink(
+pub(crate) fn build_kafka_sink(
     index: usize,
     sink: &crate::config::SinkConfig,
     config: &KafkaSinkConfig,
@@ -491,7 +491,7 @@ pub fn build_kafka_sink(
 
 /// Builds an HTTP sink, with per-event renderers for a URL or header values holding
 /// `{...}` placeholders (rendered against the native event; compiled at config load).
-pub fn build_http_sink(
+pub(crate) fn build_http_sink(
     name: &str,
     spec: &HttpSinkSpec,
     audit: AuditLog,

@@ -116,7 +116,7 @@ pub(crate) fn admin_connection_cap(config: &Config) -> usize {
 }
 
 /// `run`: refuses when the (already raised) limit is too low for the config.
-pub fn ensure_enough(config: &Config) -> anyhow::Result<()> {
+pub(crate) fn ensure_enough(config: &Config) -> anyhow::Result<()> {
     let Some((soft, _)) = limits() else {
         return Ok(());
     };

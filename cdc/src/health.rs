@@ -12,7 +12,7 @@ use std::sync::{LazyLock, Mutex, MutexGuard};
 
 /// What `/readyz` reports on.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     replication: AtomicBool,
     /// Sink name → running.
     sinks: Mutex<BTreeMap<String, bool>>,
@@ -27,13 +27,13 @@ pub struct Health {
 static HEALTH: LazyLock<Health> = LazyLock::new(Health::default);
 
 /// The process's health state.
-pub fn health() -> &'static Health {
+pub(crate) fn health() -> &'static Health {
     &HEALTH
 }
 
 /// Held while a replication session streams.
 #[must_use = "readiness lasts as long as the guard"]
-pub struct ReplicationGuard(&'static Health);
+pub(crate) struct ReplicationGuard(&'static Health);
 
 impl Drop for ReplicationGuard {
     fn drop(&mut self) {
@@ -43,7 +43,7 @@ impl Drop for ReplicationGuard {
 
 /// Held while a sink runner runs.
 #[must_use = "readiness lasts as long as the guard"]
-pub struct SinkGuard {
+pub(crate) struct SinkGuard {
     health: &'static Health,
     sink: String,
 }
@@ -61,18 +61,18 @@ impl Health {
     }
 
     /// Marks the replication stream connected until the guard drops.
-    pub fn replication_connected(&'static self) -> ReplicationGuard {
+    pub(crate) fn replication_connected(&'static self) -> ReplicationGuard {
         self.replication.store(true, Ordering::SeqCst);
         ReplicationGuard(self)
     }
 
     /// Whether the replication stream is connected.
-    pub fn is_replication_connected(&self) -> bool {
+    pub(crate) fn is_replication_connected(&self) -> bool {
         self.replication.load(Ordering::SeqCst)
     }
 
     /// Registers the configured sinks as not (yet) running.
-    pub fn expect_sinks<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn expect_sinks<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let mut sinks = self.sinks();
         for name in names {
             sinks.entry(name.to_string()).or_insert(false);
@@ -80,7 +80,7 @@ impl Health {
     }
 
     /// Marks a sink's runner running until the guard drops.
-    pub fn sink_running(&'static self, sink: &str) -> SinkGuard {
+    pub(crate) fn sink_running(&'static self, sink: &str) -> SinkGuard {
         self.sinks().insert(sink.to_string(), true);
         SinkGuard {
             health: self,
@@ -89,7 +89,7 @@ impl Health {
     }
 
     /// Each known sink and whether its runner runs.
-    pub fn sink_states(&self) -> Vec<(String, bool)> {
+    pub(crate) fn sink_states(&self) -> Vec<(String, bool)> {
         self.sinks()
             .iter()
             .map(|(name, running)| (name.clone(), *running))
@@ -97,7 +97,7 @@ impl Health {
     }
 
     /// Records whether the reader is paused on a full journal.
-    pub fn set_reader_paused(&self, paused: bool) {
+    pub(crate) fn set_reader_paused(&self, paused: bool) {
         self.reader_paused.store(paused, Ordering::SeqCst);
         crate::metrics::metrics()
             .reader_paused
@@ -105,17 +105,17 @@ impl Health {
     }
 
     /// Whether the reader is paused on a full journal.
-    pub fn is_reader_paused(&self) -> bool {
+    pub(crate) fn is_reader_paused(&self) -> bool {
         self.reader_paused.load(Ordering::SeqCst)
     }
 
     /// Replaces the poller's current warnings (slot WAL safety, blocked sinks).
-    pub fn set_warnings(&self, warnings: Vec<String>) {
+    pub(crate) fn set_warnings(&self, warnings: Vec<String>) {
         *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
     }
 
     /// Records that background task `task` fails and retries, and why.
-    pub fn task_failing(&self, task: &'static str, why: &str) {
+    pub(crate) fn task_failing(&self, task: &'static str, why: &str) {
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -123,7 +123,7 @@ impl Health {
     }
 
     /// Background task `task` works again.
-    pub fn task_ok(&self, task: &'static str) {
+    pub(crate) fn task_ok(&self, task: &'static str) {
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -131,7 +131,7 @@ impl Health {
     }
 
     /// Why the process is not ready; empty when it is.
-    pub fn not_ready_reasons(&self) -> Vec<String> {
+    pub(crate) fn not_ready_reasons(&self) -> Vec<String> {
         let mut reasons = self
             .warnings
             .lock()

@@ -16,20 +16,20 @@
 //! `admin/` sit on top. `ingest/` and `deliver/` never import each other: they
 //! meet at the journal and its head watch.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
-pub mod config;
+pub(crate) mod config;
 pub mod deliver;
-pub mod engine;
+pub(crate) mod engine;
 pub mod fd_limit;
-pub mod health;
-pub mod ingest;
+pub(crate) mod health;
+pub(crate) mod ingest;
 pub mod journal;
-pub mod metrics;
-pub mod ops;
+pub(crate) mod metrics;
+pub(crate) mod ops;
 pub mod pgoutput;
 pub mod replication;
 pub(crate) mod sd_notify;
-pub mod source;
-pub mod status;
+pub(crate) mod source;
+pub(crate) mod status;
 pub(crate) mod supervise;

@@ -27,45 +27,45 @@ type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// `wal_status` values of `pg_replication_slots`, one series each.
-pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
+pub(crate) const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
 /// Every pgcdc metric, registered once per process.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Server WAL end minus what the journal holds durably, in bytes.
-    pub source_lag_bytes: Gauge,
+    pub(crate) source_lag_bytes: Gauge,
     /// WAL the slot keeps on the server (`pg_current_wal_lsn() - restart_lsn`).
-    pub slot_retained_wal_bytes: Gauge,
+    pub(crate) slot_retained_wal_bytes: Gauge,
     /// `safe_wal_size` of the slot (-1: unlimited, `max_slot_wal_keep_size` unset).
-    pub slot_safe_wal_bytes: Gauge,
+    pub(crate) slot_safe_wal_bytes: Gauge,
     /// 1 for the slot's current `wal_status`, 0 for the others.
-    pub slot_wal_status: Family<Labels, Gauge>,
+    pub(crate) slot_wal_status: Family<Labels, Gauge>,
     /// Journal files on disk.
-    pub journal_bytes: Gauge,
+    pub(crate) journal_bytes: Gauge,
     /// 1 while the reader is paused on a full journal.
-    pub reader_paused: Gauge,
+    pub(crate) reader_paused: Gauge,
     /// WAL position up to which the journal is durable.
-    pub journal_head_lsn: Gauge,
+    pub(crate) journal_head_lsn: Gauge,
     /// Journal position of the last entry.
-    pub journal_head_position: Gauge,
+    pub(crate) journal_head_position: Gauge,
     /// 1 while the replication stream is connected.
-    pub replication_connected: Gauge,
+    pub(crate) replication_connected: Gauge,
     /// Journal entries after each sink's cursor.
-    pub sink_lag_events: Family<Labels, Gauge>,
+    pub(crate) sink_lag_events: Family<Labels, Gauge>,
     /// Age, from commit time, of each sink's oldest undelivered event.
-    pub sink_lag_seconds: Family<Labels, FloatGauge>,
+    pub(crate) sink_lag_seconds: Family<Labels, FloatGauge>,
     /// 1 while the sink's runner runs.
-    pub sink_running: Family<Labels, Gauge>,
+    pub(crate) sink_running: Family<Labels, Gauge>,
     /// Items by sink and outcome (delivered, dead_lettered, parked, skipped).
-    pub deliveries: Family<Labels, Counter>,
+    pub(crate) deliveries: Family<Labels, Counter>,
     /// Attempts that failed and will be retried, by sink.
-    pub delivery_retries: Family<Labels, Counter>,
+    pub(crate) delivery_retries: Family<Labels, Counter>,
     /// Items in each sink's DLQ.
-    pub dlq_events: Family<Labels, Gauge>,
+    pub(crate) dlq_events: Family<Labels, Gauge>,
     /// Commit-to-acknowledgement time of delivered items, by sink.
-    pub delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    pub(crate) delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Rows copied by resyncs.
-    pub resync_rows: Counter,
+    pub(crate) resync_rows: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -189,7 +189,7 @@ impl Metrics {
     }
 
     /// Creates the per-sink series at 0 so dashboards see every sink from the start.
-    pub fn register_sinks<'a>(&self, sinks: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn register_sinks<'a>(&self, sinks: impl IntoIterator<Item = &'a str>) {
         // `get_or_create_owned` creates the series; the returned handle is not needed.
         for sink in sinks {
             for outcome in ["delivered", "dead_lettered", "parked", "skipped"] {
@@ -207,7 +207,7 @@ impl Metrics {
     }
 
     /// The slot's `wal_status`: 1 on its series, 0 on the others (all 0 when unknown).
-    pub fn set_wal_status(&self, status: Option<&str>) {
+    pub(crate) fn set_wal_status(&self, status: Option<&str>) {
         for s in WAL_STATUSES {
             self.slot_wal_status
                 .get_or_create(&vec![("status".to_string(), s.to_string())])
@@ -216,19 +216,19 @@ impl Metrics {
     }
 
     /// Sets a per-sink gauge.
-    pub fn set_sink(&self, family: &Family<Labels, Gauge>, sink: &str, value: i64) {
+    pub(crate) fn set_sink(&self, family: &Family<Labels, Gauge>, sink: &str, value: i64) {
         family.get_or_create(&sink_label(sink)).set(value);
     }
 
     /// Sets a sink's lag in seconds.
-    pub fn set_sink_lag_seconds(&self, sink: &str, seconds: f64) {
+    pub(crate) fn set_sink_lag_seconds(&self, sink: &str, seconds: f64) {
         self.sink_lag_seconds
             .get_or_create(&sink_label(sink))
             .set(seconds);
     }
 
     /// The registry in the Prometheus/OpenMetrics text format.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+    pub(crate) fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
@@ -245,12 +245,12 @@ fn outcome_labels(sink: &str, outcome: &str) -> Labels {
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The process's metrics.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     &METRICS
 }
 
 /// Reader: the server's WAL end it has seen and the journal's durable position.
-pub fn source_lag(server_wal_end: u64, durable: u64) {
+pub(crate) fn source_lag(server_wal_end: u64, durable: u64) {
     let lag = server_wal_end.saturating_sub(durable);
     metrics()
         .source_lag_bytes
@@ -258,7 +258,7 @@ pub fn source_lag(server_wal_end: u64, durable: u64) {
 }
 
 /// Runner: counts a batch's results and observes commit-to-ack latency of delivered items.
-pub fn delivered(sink: &str, items: &[Outgoing], results: &[ItemResult]) {
+pub(crate) fn delivered(sink: &str, items: &[Outgoing], results: &[ItemResult]) {
     let m = metrics();
     let now = chrono::Utc::now();
     let (mut delivered, mut dead, mut parked) = (0u64, 0u64, 0u64);
@@ -289,7 +289,7 @@ pub fn delivered(sink: &str, items: &[Outgoing], results: &[ItemResult]) {
 }
 
 /// Audit writer: counts retries and skipped items (the runner counts final outcomes).
-pub fn attempt(a: &Attempt) {
+pub(crate) fn attempt(a: &Attempt) {
     let m = metrics();
     match a.outcome {
         AttemptOutcome::Retrying => {

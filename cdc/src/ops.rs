@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::journal::ResetTarget;
 
 /// Parses the operator's target (shared by the CLI and the admin API).
-pub fn reset_target(
+pub(crate) fn reset_target(
     lsn: Option<&str>,
     time: Option<&str>,
     latest: bool,
@@ -27,7 +27,7 @@ pub fn reset_target(
 }
 
 /// Why a cursor cannot be dropped, in words for the operator (shared with the admin API).
-pub fn drop_refusal(config: &Config, sink: &str) -> Option<String> {
+pub(crate) fn drop_refusal(config: &Config, sink: &str) -> Option<String> {
     config.sink.iter().any(|s| s.name() == sink).then(|| {
         format!(
             "sink {sink} is configured: its cursor is in use. To forget it, remove the sink from \
@@ -39,7 +39,11 @@ pub fn drop_refusal(config: &Config, sink: &str) -> Option<String> {
 /// Checks a request against the config: the table must be captured (its changes
 /// must flow through the stream for the watermarks to work) and the sink must exist.
 /// Returns the table as `schema.table`.
-pub fn validate_resync(config: &Config, table: &str, sink: Option<&str>) -> Result<String, String> {
+pub(crate) fn validate_resync(
+    config: &Config,
+    table: &str,
+    sink: Option<&str>,
+) -> Result<String, String> {
     let name = TableName::parse(table)?;
     if !config.tables().contains(&name) {
         return Err(format!(

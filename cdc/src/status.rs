@@ -13,19 +13,19 @@ use crate::source;
 /// The journal's part of the status (blocking reads: call off the async runtime
 /// when a server shares it).
 #[derive(Debug, Clone)]
-pub struct JournalStatus {
+pub(crate) struct JournalStatus {
     /// Durable head.
-    pub head: JournalHead,
+    pub(crate) head: JournalHead,
     /// Journal files on disk.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Live data in the journal (what `journal.max_bytes` limits).
-    pub used_bytes: u64,
+    pub(crate) used_bytes: u64,
     /// Each configured sink's cursor, lag and DLQ size.
-    pub sinks: Vec<SinkStatus>,
+    pub(crate) sinks: Vec<SinkStatus>,
     /// Queued and running resyncs (and snapshots), and the latest finished ones.
-    pub resyncs: Vec<ResyncInfo>,
+    pub(crate) resyncs: Vec<ResyncInfo>,
     /// Cursors of sinks no longer configured: they hold the journal back.
-    pub orphaned_cursors: Vec<OrphanedCursor>,
+    pub(crate) orphaned_cursors: Vec<OrphanedCursor>,
 }
 
 /// Finished resyncs the status still shows.
@@ -33,21 +33,21 @@ const RECENT_RESYNCS: usize = 5;
 
 /// One sink's line of the status.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct SinkStatus {
+pub(crate) struct SinkStatus {
     /// Sink name.
-    pub name: String,
+    pub(crate) name: String,
     /// Last journal position the sink has finished with.
-    pub cursor: i64,
+    pub(crate) cursor: i64,
     /// Journal entries after the cursor.
-    pub lag_events: i64,
+    pub(crate) lag_events: i64,
     /// Age, from commit time, of the oldest entry after the cursor (0 when caught up).
-    pub lag_seconds: f64,
+    pub(crate) lag_seconds: f64,
     /// Items in the sink's DLQ.
-    pub dlq_events: i64,
+    pub(crate) dlq_events: i64,
 }
 
 /// Reads the journal head and each configured sink's cursor, lag and DLQ size.
-pub fn read_journal(
+pub(crate) fn read_journal(
     journal: &dyn StateStore,
     sink_names: &[String],
 ) -> Result<JournalStatus, JournalError> {
@@ -80,12 +80,12 @@ pub fn read_journal(
 }
 
 /// The configured sinks' names.
-pub fn sink_names(config: &Config) -> Vec<String> {
+pub(crate) fn sink_names(config: &Config) -> Vec<String> {
     config.sink.iter().map(|s| s.name().to_string()).collect()
 }
 
 /// The full status document: queries the source, then joins the journal's part.
-pub async fn status_json(config: &Config, journal: JournalStatus) -> Value {
+pub(crate) async fn status_json(config: &Config, journal: JournalStatus) -> Value {
     let mut source_json = json!({ "reachable": false });
     let client = match config.source_url() {
         Ok(url) => connect_sql(&url).await.map_err(|e| e.to_string()),
@@ -136,7 +136,7 @@ pub async fn status_json(config: &Config, journal: JournalStatus) -> Value {
 }
 
 /// Each `[[schedule]]` with its next run time.
-pub fn schedules_json(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Value {
+pub(crate) fn schedules_json(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Value {
     config
         .schedule
         .iter()
@@ -154,7 +154,7 @@ pub fn schedules_json(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Va
 }
 
 /// One DLQ item as `pgcdc dlq list --json` and `GET /api/sinks/{sink}/dlq` show it.
-pub fn dlq_entry_json(e: &DlqEntry) -> Value {
+pub(crate) fn dlq_entry_json(e: &DlqEntry) -> Value {
     json!({
         "id": e.delivery_id,
         "row": e.row,

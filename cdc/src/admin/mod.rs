@@ -17,7 +17,7 @@ mod guard;
 mod page;
 mod serve;
 mod slot_poller;
-pub mod token;
+pub(crate) mod token;
 
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub use crate::health::{health, Health};
+pub(crate) use crate::health::health;
 
 use crate::config::{AdminConfig, Config};
 use crate::journal::{Access, JournalError, StateStore, Store};
@@ -40,7 +40,7 @@ pub(crate) const STATUS_CONCURRENCY: usize = 4;
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// The configured address is taken or not ours.
     #[error("cannot listen on admin.listen {addr}: {source}; free the port or set [admin] listen to another address")]
     Bind {
@@ -150,18 +150,10 @@ impl AdminState {
 }
 
 /// The running admin server and its helpers; they stop when this is dropped.
-pub struct AdminServer {
+pub(crate) struct AdminServer {
     tasks: JoinSet<()>,
-    addr: Option<std::net::SocketAddr>,
     /// Dropped with the server: the supervisors see it as shutdown.
     _stop: watch::Sender<bool>,
-}
-
-impl AdminServer {
-    /// Where the API listens (`None` when the default port was taken).
-    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.addr
-    }
 }
 
 impl Drop for AdminServer {
@@ -175,7 +167,7 @@ impl Drop for AdminServer {
 /// A taken port is an error when `listen` is configured; with the default
 /// address it is a warning, so several pgcdc instances on one host (or a
 /// test suite) still run, without an API for all but the first.
-pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
+pub(crate) async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
     let admin: &AdminConfig = &config.admin;
     let addr = admin.listen_addr()?;
     let sink_names = crate::status::sink_names(&config);
@@ -195,11 +187,7 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
         Ok(l) => l,
         Err(source) if admin.listen == AdminConfig::DEFAULT_LISTEN => {
             tracing::warn!(%addr, error = %source, "admin API and /metrics not started: the default address is taken; set [admin] listen to a free address");
-            return Ok(AdminServer {
-                tasks,
-                addr: None,
-                _stop: stop,
-            });
+            return Ok(AdminServer { tasks, _stop: stop });
         }
         Err(source) => return Err(AdminError::Bind { addr, source }),
     };
@@ -227,11 +215,7 @@ pub async fn start(config: Arc<Config>) -> Result<AdminServer, AdminError> {
         )
     }));
     tracing::info!(addr = %local, max_connections, "admin API listening");
-    Ok(AdminServer {
-        tasks,
-        addr: Some(local),
-        _stop: stop,
-    })
+    Ok(AdminServer { tasks, _stop: stop })
 }
 
 #[cfg(test)]

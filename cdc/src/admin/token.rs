@@ -20,7 +20,7 @@ const MAX_FILE_BYTES: u64 = 1024;
 
 /// Why the token could not be read or generated.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// The file could not be read, written or checked.
     #[error("admin token file {path}: {source}; check that the state directory belongs to the user pgcdc runs as")]
     Io {
@@ -75,7 +75,7 @@ pub(crate) fn load_or_create(config: &Config) -> Result<(Secret, bool), TokenErr
 
 /// The token for the CLI: the configured one, else the generated one (never created here:
 /// a CLI run as another user would leave a file pgcdc cannot read).
-pub fn current(config: &Config) -> Result<Secret, TokenError> {
+pub(crate) fn current(config: &Config) -> Result<Secret, TokenError> {
     if let Some(t) = &config.admin.token {
         return Ok(t.clone());
     }

@@ -11,15 +11,15 @@ use crate::config::Config;
 pub struct AdminTokenArgs {
     /// Config file.
     #[arg(long, short)]
-    pub config: std::path::PathBuf,
+    pub(crate) config: std::path::PathBuf,
     /// Print the status page's address with the token in its fragment (`#token=...`,
     /// which the browser never sends to the server); open it to act from the page.
     #[arg(long)]
-    pub url: bool,
+    pub(crate) url: bool,
 }
 
 /// Runs `pgcdc admin-token`; returns the exit code.
-pub fn admin_token(args: AdminTokenArgs) -> anyhow::Result<i32> {
+pub(crate) fn admin_token(args: AdminTokenArgs) -> anyhow::Result<i32> {
     let config = Config::load(&args.config)?;
     let token = crate::admin::token::current(&config)?;
     if args.url {

@@ -1,8 +1,8 @@
 //! Command-line interface: `pgcdc run | check | status | dlq | audit`.
 
-pub mod admin_token;
-pub mod operator;
-pub mod resync;
+pub(crate) mod admin_token;
+pub(crate) mod operator;
+pub(crate) mod resync;
 
 use std::path::PathBuf;
 
@@ -30,7 +30,7 @@ pub struct Cli {
 }
 
 /// `--version`: the crate version and the commit it was built from (when known).
-pub const VERSION: &str = match option_env!("PGCDC_COMMIT") {
+pub(crate) const VERSION: &str = match option_env!("PGCDC_COMMIT") {
     Some(_) => concat!(env!("CARGO_PKG_VERSION"), " (", env!("PGCDC_COMMIT"), ")"),
     None => env!("CARGO_PKG_VERSION"),
 };
@@ -45,11 +45,11 @@ pub struct ConfigArg {
 }
 
 /// The default config paths, in the order they are tried.
-pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["pgcdc.toml", "/etc/pgcdc/pgcdc.toml"];
+pub(crate) const DEFAULT_CONFIG_PATHS: [&str; 2] = ["pgcdc.toml", "/etc/pgcdc/pgcdc.toml"];
 
 impl ConfigArg {
     /// The config file to read.
-    pub fn path(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn path(&self) -> anyhow::Result<PathBuf> {
         if let Some(path) = &self.config {
             return Ok(path.clone());
         }
@@ -67,7 +67,7 @@ impl ConfigArg {
     }
 
     /// Reads and validates the config file.
-    pub fn load(&self) -> anyhow::Result<Config> {
+    pub(crate) fn load(&self) -> anyhow::Result<Config> {
         Ok(Config::load(&self.path()?)?)
     }
 }

@@ -23,13 +23,13 @@ pub enum DlqCommand {
 #[derive(Debug, Args)]
 pub struct DlqListArgs {
     #[command(flatten)]
-    pub config: super::ConfigArg,
+    pub(crate) config: super::ConfigArg,
     /// Sink name.
     #[arg(long)]
-    pub sink: String,
+    pub(crate) sink: String,
     /// Print JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// `pgcdc dlq replay` and `pgcdc dlq drop` arguments: which events.
@@ -37,16 +37,16 @@ pub struct DlqListArgs {
 #[command(group = clap::ArgGroup::new("which").required(true).args(["id", "all"]))]
 pub struct DlqArgs {
     #[command(flatten)]
-    pub config: super::ConfigArg,
+    pub(crate) config: super::ConfigArg,
     /// Sink name.
     #[arg(long)]
-    pub sink: String,
+    pub(crate) sink: String,
     /// One event id (as `dlq list` shows it).
     #[arg(long)]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Every event of the sink.
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
 }
 
 fn open(config: &Config, sink: &str) -> anyhow::Result<Box<dyn StateStore>> {
@@ -63,7 +63,7 @@ fn selector(args: &DlqArgs) -> anyhow::Result<DlqSelector> {
 }
 
 /// Runs a `dlq` subcommand; returns the exit code.
-pub fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
+pub(crate) fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
     match cmd {
         DlqCommand::List(args) => {
             let config = args.config.load()?;
@@ -124,26 +124,26 @@ pub fn dlq(cmd: DlqCommand) -> anyhow::Result<i32> {
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     #[command(flatten)]
-    pub config: super::ConfigArg,
+    pub(crate) config: super::ConfigArg,
     /// Attempts for one event id.
     #[arg(long, conflicts_with = "sink")]
-    pub event: Option<String>,
+    pub(crate) event: Option<String>,
     /// Attempts of one sink.
     #[arg(long)]
-    pub sink: Option<String>,
+    pub(crate) sink: Option<String>,
     /// With --sink: only attempts at or after this time (RFC 3339).
     #[arg(long, requires = "sink")]
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Most attempts to print.
     #[arg(long, default_value_t = 1000)]
-    pub limit: usize,
+    pub(crate) limit: usize,
     /// Print JSON lines.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// Runs `pgcdc audit`; returns the exit code.
-pub fn audit(args: AuditArgs) -> anyhow::Result<i32> {
+pub(crate) fn audit(args: AuditArgs) -> anyhow::Result<i32> {
     let config = args.config.load()?;
     let reader = Store::from_config(&config.state).open(Access::Existing)?;
     let attempts = match (&args.event, &args.sink) {
@@ -203,10 +203,10 @@ pub enum CheckpointCommand {
 #[derive(Debug, Args)]
 pub struct CheckpointDropArgs {
     #[command(flatten)]
-    pub config: super::ConfigArg,
+    pub(crate) config: super::ConfigArg,
     /// Name of the removed sink whose cursor to drop.
     #[arg(long)]
-    pub sink: String,
+    pub(crate) sink: String,
 }
 
 /// `pgcdc checkpoint reset` arguments.
@@ -214,23 +214,23 @@ pub struct CheckpointDropArgs {
 #[command(group = clap::ArgGroup::new("target").required(true).args(["lsn", "time", "latest"]))]
 pub struct CheckpointArgs {
     #[command(flatten)]
-    pub config: super::ConfigArg,
+    pub(crate) config: super::ConfigArg,
     /// Sink name.
     #[arg(long)]
-    pub sink: String,
+    pub(crate) sink: String,
     /// Re-deliver from the first transaction committed at or after this LSN (e.g. 0/16B3748).
     #[arg(long)]
-    pub lsn: Option<String>,
+    pub(crate) lsn: Option<String>,
     /// Re-deliver from the first transaction committed at or after this time (RFC 3339).
     #[arg(long)]
-    pub time: Option<String>,
+    pub(crate) time: Option<String>,
     /// Skip everything not yet delivered: deliver only what comes next.
     #[arg(long)]
-    pub latest: bool,
+    pub(crate) latest: bool,
 }
 
 /// Runs `pgcdc checkpoint reset`; returns the exit code.
-pub fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
+pub(crate) fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
     let args = match cmd {
         CheckpointCommand::Reset(args) => args,
         CheckpointCommand::Drop(args) => return checkpoint_drop(args),
@@ -287,15 +287,15 @@ fn checkpoint_drop(args: CheckpointDropArgs) -> anyhow::Result<i32> {
 #[derive(Debug, Args)]
 pub struct TeardownArgs {
     #[command(flatten)]
-    pub config: super::ConfigArg,
+    pub(crate) config: super::ConfigArg,
     /// Really drop them (without it, only say what would be dropped).
     #[arg(long)]
-    pub yes: bool,
+    pub(crate) yes: bool,
 }
 
 /// Runs `pgcdc teardown`: drops the slot and the publication pgcdc created (never ones it
 /// found). Returns the exit code.
-pub async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
+pub(crate) async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
     use pgcdc_schema::quote_ident;
     let config = args.config.load()?;
     let journal = Store::from_config(&config.state).open(Access::Existing)?;

@@ -10,23 +10,23 @@ use crate::journal::{Access, ResyncKind, Store};
 #[derive(Debug, Args)]
 pub struct ResyncArgs {
     #[command(flatten)]
-    pub config: super::ConfigArg,
+    pub(crate) config: super::ConfigArg,
     /// The table, `schema.table` (one of `source.tables`).
     #[arg(long)]
-    pub table: String,
+    pub(crate) table: String,
     /// Only this sink receives the rows (default: every sink).
     #[arg(long)]
-    pub sink: Option<String>,
+    pub(crate) sink: Option<String>,
     /// Only rows matching this SQL condition, e.g. "status = 'approved'".
     #[arg(long = "where", conflicts_with = "cancel")]
-    pub where_sql: Option<String>,
+    pub(crate) where_sql: Option<String>,
     /// Cancel the table's queued or running resyncs (of `--sink` only, when given).
     #[arg(long)]
-    pub cancel: bool,
+    pub(crate) cancel: bool,
 }
 
 /// Runs `pgcdc resync`; returns the exit code.
-pub fn resync(args: ResyncArgs) -> anyhow::Result<i32> {
+pub(crate) fn resync(args: ResyncArgs) -> anyhow::Result<i32> {
     let config = args.config.load()?;
     let table = crate::ops::validate_resync(&config, &args.table, args.sink.as_deref())
         .map_err(anyhow::Error::msg)?;

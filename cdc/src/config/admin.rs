@@ -10,31 +10,31 @@ use super::{duration, key_err, ConfigError};
 /// `[admin]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminConfig {
+pub(crate) struct AdminConfig {
     /// Address of the admin API and `/metrics`, `IP:PORT`.
     #[serde(default = "AdminConfig::default_listen")]
-    pub listen: String,
+    pub(crate) listen: String,
     /// Bearer token of the API. Unset: pgcdc generates one into `state.dir/admin.token`
     /// (owner-only) and mutations need that; set: reads of row data need it too.
-    pub token: Option<Secret>,
+    pub(crate) token: Option<Secret>,
     /// Host names (besides IP literals and `localhost`) the API answers to; any other
     /// `Host` header is refused, so a DNS-rebinding page cannot reach it.
     #[serde(default)]
-    pub allowed_hosts: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
     /// `/readyz` fails while a sink's oldest undelivered event is older than this.
     #[serde(
         default = "AdminConfig::default_ready_max_sink_lag",
         deserialize_with = "duration::sink_lag"
     )]
-    pub ready_max_sink_lag: Duration,
+    pub(crate) ready_max_sink_lag: Duration,
     /// Warn (log, metric, `/readyz`) when the slot's `safe_wal_size` falls below this many bytes.
     #[serde(default = "AdminConfig::default_min_safe_wal_bytes")]
-    pub min_safe_wal_bytes: i64,
+    pub(crate) min_safe_wal_bytes: i64,
 }
 
 impl AdminConfig {
     /// Where the admin API listens unless configured.
-    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:9187";
+    pub(crate) const DEFAULT_LISTEN: &'static str = "127.0.0.1:9187";
     const DEFAULT_READY_MAX_SINK_LAG: Duration = Duration::from_secs(300);
 
     fn default_listen() -> String {
@@ -50,12 +50,12 @@ impl AdminConfig {
     }
 
     /// `ready_max_sink_lag`.
-    pub fn ready_max_sink_lag(&self) -> Duration {
+    pub(crate) fn ready_max_sink_lag(&self) -> Duration {
         self.ready_max_sink_lag
     }
 
     /// The listen address (validated at load).
-    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+    pub(crate) fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
         self.listen.parse().map_err(|_| {
             key_err(
                 "admin.listen",

@@ -9,10 +9,10 @@ use super::ConfigError;
 
 /// An HTTP sink as configured.
 #[derive(Debug)]
-pub struct HttpSinkSpec {
+pub(crate) struct HttpSinkSpec {
     /// The validated keys; a URL or header value without placeholders already
     /// holds its literal text (`{{` unescaped).
-    pub config: ValidHttpSinkConfig,
+    pub(crate) config: ValidHttpSinkConfig,
     /// The URL, when it has placeholders rendered per event.
     pub(crate) url: Option<Template>,
     /// Header values with placeholders, rendered per event.
@@ -47,7 +47,7 @@ impl HttpSinkSpec {
     }
 
     /// The validated keys.
-    pub fn http(&self) -> &HttpSinkConfig {
+    pub(crate) fn http(&self) -> &HttpSinkConfig {
         self.config.config()
     }
 }

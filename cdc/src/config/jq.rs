@@ -10,19 +10,19 @@ use super::{key_err, ConfigError};
 /// `[jq]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JqConfig {
+pub(crate) struct JqConfig {
     /// Longest one program may run on one event, in milliseconds.
     #[serde(default = "JqConfig::default_timeout_ms")]
-    pub timeout_ms: u64,
+    pub(crate) timeout_ms: u64,
     /// Most outputs one program may yield for one event.
     #[serde(default = "JqConfig::default_max_outputs")]
-    pub max_outputs: usize,
+    pub(crate) max_outputs: usize,
     /// Most bytes (as JSON) one program's outputs for one event may add up to.
     #[serde(default = "JqConfig::default_max_output_bytes")]
-    pub max_output_bytes: usize,
+    pub(crate) max_output_bytes: usize,
     /// Memory (address space) of one jq worker process, in MiB.
     #[serde(default = "JqConfig::default_max_memory_mb")]
-    pub max_memory_mb: u64,
+    pub(crate) max_memory_mb: u64,
 }
 
 impl JqConfig {
@@ -49,7 +49,7 @@ impl JqConfig {
     }
 
     /// The limits the sandbox applies.
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             timeout_ms: self.timeout_ms,
             max_outputs: self.max_outputs,

@@ -30,18 +30,18 @@ mod sink;
 mod source;
 mod state;
 mod trigger;
-pub use admin::AdminConfig;
-pub use http::HttpSinkSpec;
-pub use jq::JqConfig;
-pub use schedule::{ScheduleConfig, ScheduledResync};
-pub use sink::{SinkConfig, SinkKind};
-pub use source::{SnapshotMode, SourceConfig};
-pub use state::{AuditConfig, JournalConfig, StateConfig};
-pub use trigger::TriggerConfig;
+pub(crate) use admin::AdminConfig;
+pub(crate) use http::HttpSinkSpec;
+pub(crate) use jq::JqConfig;
+pub(crate) use schedule::{ScheduleConfig, ScheduledResync};
+pub(crate) use sink::{SinkConfig, SinkKind};
+pub(crate) use source::{SnapshotMode, SourceConfig};
+pub(crate) use state::{AuditConfig, JournalConfig, StateConfig};
+pub(crate) use trigger::TriggerConfig;
 
 /// A configuration problem, with the key path it is about.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -78,38 +78,38 @@ fn key_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-pub use pgcdc_schema::Secret;
+pub(crate) use pgcdc_schema::Secret;
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// The portal database.
-    pub source: SourceConfig,
+    pub(crate) source: SourceConfig,
     /// Where the journal and cursors live.
     #[serde(default)]
-    pub state: StateConfig,
+    pub(crate) state: StateConfig,
     /// Journal retention.
     #[serde(default)]
-    pub journal: JournalConfig,
+    pub(crate) journal: JournalConfig,
     /// Delivery audit log.
     #[serde(default)]
-    pub audit: AuditConfig,
+    pub(crate) audit: AuditConfig,
     /// Admin HTTP API and `/metrics`.
     #[serde(default)]
-    pub admin: AdminConfig,
+    pub(crate) admin: AdminConfig,
     /// Named state transitions (parsed separately: their programs are compiled).
     #[serde(skip)]
-    pub trigger: Vec<TriggerConfig>,
+    pub(crate) trigger: Vec<TriggerConfig>,
     /// Resyncs on a cron schedule (parsed separately: expression and zone are parsed once).
     #[serde(skip)]
-    pub schedule: Vec<ScheduleConfig>,
+    pub(crate) schedule: Vec<ScheduleConfig>,
     /// Bounds on jq evaluation.
     #[serde(default)]
-    pub jq: JqConfig,
+    pub(crate) jq: JqConfig,
     /// Delivery destinations (parsed separately: common keys + per-type keys).
     #[serde(skip)]
-    pub sink: Vec<SinkConfig>,
+    pub(crate) sink: Vec<SinkConfig>,
 }
 
 /// Deserializes `value`, naming errors by their key path under `prefix`.
@@ -146,7 +146,7 @@ fn take_tables(value: &mut toml::Value, name: &str) -> Result<Vec<toml::Value>, 
 
 impl Config {
     /// Reads, substitutes `${VAR}`, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -157,7 +157,7 @@ impl Config {
     }
 
     /// Parses config text; `env` looks up variables (injected for tests).
-    pub fn parse(
+    pub(crate) fn parse(
         text: &str,
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
@@ -229,7 +229,7 @@ impl Config {
     }
 
     /// `Err` naming the configured sinks when none is called `sink`.
-    pub fn check_sink(&self, sink: &str) -> Result<(), String> {
+    pub(crate) fn check_sink(&self, sink: &str) -> Result<(), String> {
         if self.sink.iter().any(|s| s.name() == sink) {
             return Ok(());
         }
@@ -241,12 +241,12 @@ impl Config {
     }
 
     /// The source tables.
-    pub fn tables(&self) -> &[TableName] {
+    pub(crate) fn tables(&self) -> &[TableName] {
         &self.source.tables
     }
 
     /// The source URL, parsed (validated at load).
-    pub fn source_url(&self) -> Result<SourceUrl, ConfigError> {
+    pub(crate) fn source_url(&self) -> Result<SourceUrl, ConfigError> {
         self.source
             .url
             .expose()

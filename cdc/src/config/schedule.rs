@@ -15,13 +15,13 @@ use super::{deserialize_at, key_err, Config, ConfigError};
 
 /// One `[[schedule]]`, its expression and time zone parsed at load.
 #[derive(Debug, Clone)]
-pub struct ScheduleConfig {
+pub(crate) struct ScheduleConfig {
     /// Cron expression: `min hour dom month dow`, or with seconds first.
-    pub cron: String,
+    pub(crate) cron: String,
     /// IANA time zone the expression is read in (default `UTC`).
-    pub time_zone: String,
+    pub(crate) time_zone: String,
     /// What to resync.
-    pub resync: ScheduledResync,
+    pub(crate) resync: ScheduledResync,
     /// `cron`, parsed.
     parsed: croner::Cron,
     /// `time_zone`, parsed.
@@ -41,14 +41,14 @@ struct ScheduleToml {
 /// `resync = { table, sink, where }` of a schedule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ScheduledResync {
+pub(crate) struct ScheduledResync {
     /// `schema.table`, one of `source.tables` (parsed at load).
-    pub table: TableName,
+    pub(crate) table: TableName,
     /// Only this sink (default: every sink).
-    pub sink: Option<String>,
+    pub(crate) sink: Option<String>,
     /// Only rows matching this SQL condition.
     #[serde(rename = "where")]
-    pub where_sql: Option<String>,
+    pub(crate) where_sql: Option<String>,
 }
 
 impl ScheduleConfig {
@@ -93,7 +93,7 @@ impl ScheduleConfig {
     }
 
     /// The first run strictly after `after` (None when the expression never fires).
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.parsed
             .find_next_occurrence(&after.with_timezone(&self.tz), false)
             .ok()

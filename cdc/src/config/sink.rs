@@ -12,28 +12,29 @@ use super::{deserialize_at, key_err, ConfigError, HttpSinkSpec, TriggerConfig};
 
 /// One `[[sink]]`: the keys every sink type has, plus its type's own.
 #[derive(Debug)]
-pub struct SinkConfig {
+pub(crate) struct SinkConfig {
     /// Unique sink name (its cursor's key).
-    pub name: String,
+    pub(crate) name: String,
     /// Trigger names to deliver.
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// Tables to deliver (all changes of them).
-    pub tables: Vec<TableName>,
+    pub(crate) tables: Vec<TableName>,
     /// jq condition: only events for which it is true.
-    pub filter: Option<String>,
+    #[cfg(test)]
+    pub(crate) filter: Option<String>,
     /// jq program building what is sent (default: the native event).
-    pub transform: Option<String>,
+    pub(crate) transform: Option<String>,
     /// `filter`, compiled.
     pub(crate) filter_program: Option<JqProgram>,
     /// `transform`, compiled.
     pub(crate) transform_program: Option<JqProgram>,
     /// Type-specific settings.
-    pub kind: SinkKind,
+    pub(crate) kind: SinkKind,
 }
 
 /// A sink's type and its own settings.
 #[derive(Debug)]
-pub enum SinkKind {
+pub(crate) enum SinkKind {
     /// One JSON line per item on stdout.
     Stdout,
     /// Requests to an HTTP API.
@@ -62,12 +63,13 @@ const SINK_TYPES: &str = "\"stdout\", \"http\", \"kafka\"";
 
 impl SinkConfig {
     /// The sink's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// Tables this sink receives all changes of.
-    pub fn tables(&self) -> &[TableName] {
+    #[cfg(test)]
+    pub(crate) fn tables(&self) -> &[TableName] {
         &self.tables
     }
 
@@ -130,6 +132,7 @@ impl SinkConfig {
             name: common.name,
             events: common.events,
             tables: common.tables,
+            #[cfg(test)]
             filter: common.filter,
             transform: common.transform,
             kind,

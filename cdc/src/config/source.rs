@@ -11,32 +11,32 @@ use crate::replication::SourceUrl;
 /// `[source]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourceConfig {
+pub(crate) struct SourceConfig {
     /// `postgres://user@host:port/db?sslmode=...`
-    pub url: Secret,
+    pub(crate) url: Secret,
     /// Publication name; created for `tables` if missing.
     #[serde(default = "SourceConfig::default_publication")]
-    pub publication: String,
+    pub(crate) publication: String,
     /// Logical replication slot name; created if missing.
     #[serde(default = "SourceConfig::default_slot")]
-    pub slot: String,
+    pub(crate) slot: String,
     /// Tables to capture, `schema.table` (parsed at load).
-    pub tables: Vec<TableName>,
+    pub(crate) tables: Vec<TableName>,
     /// Initial snapshot mode.
     #[serde(default)]
-    pub snapshot: SnapshotMode,
+    pub(crate) snapshot: SnapshotMode,
     /// How often a heartbeat message is written into the WAL ("10s"; "0s" turns it off).
     #[serde(
         default = "SourceConfig::default_heartbeat",
         deserialize_with = "duration::heartbeat"
     )]
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// Longest a resync's chunk query (with its operator-given `where`) may run ("60s").
     #[serde(
         default = "SourceConfig::default_resync_statement_timeout",
         deserialize_with = "duration::resync_statement_timeout"
     )]
-    pub resync_statement_timeout: Duration,
+    pub(crate) resync_statement_timeout: Duration,
 }
 
 impl SourceConfig {
@@ -60,12 +60,12 @@ impl SourceConfig {
     }
 
     /// Longest a resync's chunk query may run (never zero: checked at load).
-    pub fn resync_statement_timeout(&self) -> Duration {
+    pub(crate) fn resync_statement_timeout(&self) -> Duration {
         self.resync_statement_timeout
     }
 
     /// The heartbeat interval (None when off).
-    pub fn heartbeat(&self) -> Option<Duration> {
+    pub(crate) fn heartbeat(&self) -> Option<Duration> {
         Some(self.heartbeat).filter(|d| !d.is_zero())
     }
 
@@ -99,7 +99,7 @@ impl SourceConfig {
 /// `source.snapshot`
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SnapshotMode {
+pub(crate) enum SnapshotMode {
     /// Copy existing rows (as `read` events) when the slot is created, then stream.
     Initial,
     /// Stream changes from the slot's creation on.

@@ -11,17 +11,17 @@ use super::duration;
 /// `[journal]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JournalConfig {
+pub(crate) struct JournalConfig {
     /// Entries every sink has passed are removed once older than this, e.g. "7d".
     #[serde(
         default = "JournalConfig::default_retention",
         deserialize_with = "duration::journal_retention"
     )]
-    pub retention: Duration,
+    pub(crate) retention: Duration,
     /// Past this many bytes of live journal data the reader pauses (Postgres keeps
     /// the WAL) until pruning makes room. None: no limit.
     #[serde(default)]
-    pub max_bytes: Option<u64>,
+    pub(crate) max_bytes: Option<u64>,
 }
 
 impl JournalConfig {
@@ -32,7 +32,7 @@ impl JournalConfig {
     }
 
     /// The retention.
-    pub fn retention(&self) -> Duration {
+    pub(crate) fn retention(&self) -> Duration {
         self.retention
     }
 }
@@ -49,13 +49,13 @@ impl Default for JournalConfig {
 /// `[audit]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditConfig {
+pub(crate) struct AuditConfig {
     /// How long delivery attempts are kept, e.g. "30d", "12h".
     #[serde(
         default = "AuditConfig::default_retention",
         deserialize_with = "duration::audit_retention"
     )]
-    pub retention: Duration,
+    pub(crate) retention: Duration,
 }
 
 impl AuditConfig {
@@ -66,7 +66,7 @@ impl AuditConfig {
     }
 
     /// The retention.
-    pub fn retention(&self) -> Duration {
+    pub(crate) fn retention(&self) -> Duration {
         self.retention
     }
 }
@@ -82,10 +82,10 @@ impl Default for AuditConfig {
 /// `[state]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StateConfig {
+pub(crate) struct StateConfig {
     /// Directory of the journal, cursors, DLQ and audit log.
     #[serde(default = "StateConfig::default_dir")]
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 impl StateConfig {

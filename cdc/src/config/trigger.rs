@@ -10,13 +10,14 @@ use super::{deserialize_at, ConfigError};
 
 /// One `[[trigger]]`: a named state transition.
 #[derive(Debug, Clone)]
-pub struct TriggerConfig {
+pub(crate) struct TriggerConfig {
     /// Event name sinks select with `events = [...]`.
-    pub name: String,
+    pub(crate) name: String,
     /// The table it watches, `schema.table`.
-    pub table: TableName,
+    pub(crate) table: TableName,
     /// jq condition over the native event, as written.
-    pub when: String,
+    #[cfg(test)]
+    pub(crate) when: String,
     /// `when`, compiled (errors name `trigger[i].when`).
     pub(crate) program: JqProgram,
 }
@@ -37,6 +38,7 @@ impl TriggerConfig {
         Ok(TriggerConfig {
             name: t.name,
             table: t.table,
+            #[cfg(test)]
             when: t.when,
             program,
         })

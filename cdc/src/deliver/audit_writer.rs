@@ -13,7 +13,7 @@ use crate::supervise::{Backoff, TaskHealth};
 /// Attempts written per SQLite transaction.
 const BATCH: usize = 5_000;
 /// Capacity of the sinks → audit queue.
-pub const QUEUE_CAPACITY: usize = 8_192;
+pub(crate) const QUEUE_CAPACITY: usize = 8_192;
 
 /// Runs until every sender is gone. A batch that cannot be written (EMFILE, a lock
 /// held too long) is retried with backoff while the sinks wait on the bounded queue,

@@ -12,6 +12,6 @@
 //!
 //! Nothing here imports `ingest/`.
 
-pub mod audit_writer;
+pub(crate) mod audit_writer;
 pub mod plan;
-pub mod runner;
+pub(crate) mod runner;

@@ -30,12 +30,12 @@ type JournalReader = Box<dyn StateStore>;
 /// (an endpoint that is down would otherwise hold the process forever). The
 /// batch is then abandoned: its cursor has not moved, so it is delivered again
 /// after the restart, with the same idempotency keys.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Stored JSON read per batch at most, besides the sink's count: a batch of large
 /// rows holds this much (times the in-memory size of parsed JSON, and once more
 /// for the prefetched batch), not `batch_size` rows. One larger event goes alone.
-pub const BATCH_BYTES: usize = 8 << 20;
+pub(crate) const BATCH_BYTES: usize = 8 << 20;
 
 async fn stop_after_grace(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
@@ -102,7 +102,7 @@ async fn map_or_stop(
 
 /// Why a runner stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum RunnerError {
+pub(crate) enum RunnerError {
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -234,7 +234,7 @@ struct Runner<S: Sink> {
 }
 
 /// Delivers until `shutdown` is set; the batch in hand is finished first.
-pub async fn run<S: Sink>(
+pub(crate) async fn run<S: Sink>(
     sink: S,
     plan: SinkPlan,
     audit: AuditLog,

@@ -9,7 +9,7 @@ use pgcdc_schema::value::PgType;
 use crate::replication::ReplicationError;
 
 /// Type and key information from the source's catalog.
-pub struct Catalog {
+pub(crate) struct Catalog {
     client: tokio_postgres::Client,
     types: HashMap<u32, PgType>,
 }
@@ -20,7 +20,7 @@ const MAX_TYPE_DEPTH: usize = 16;
 
 impl Catalog {
     /// Wraps an ordinary connection to the source.
-    pub fn new(client: tokio_postgres::Client) -> Self {
+    pub(crate) fn new(client: tokio_postgres::Client) -> Self {
         Catalog {
             client,
             types: HashMap::new(),
@@ -28,12 +28,12 @@ impl Catalog {
     }
 
     /// The connection, for other look-ups on the same session.
-    pub fn client(&self) -> &tokio_postgres::Client {
+    pub(crate) fn client(&self) -> &tokio_postgres::Client {
         &self.client
     }
 
     /// The decoding kind of the type with this OID.
-    pub async fn resolve_type(&mut self, oid: u32) -> Result<PgType, ReplicationError> {
+    pub(crate) async fn resolve_type(&mut self, oid: u32) -> Result<PgType, ReplicationError> {
         if let Some(t) = PgType::from_builtin_oid(oid) {
             return Ok(t);
         }
@@ -78,7 +78,7 @@ impl Catalog {
 
     /// Writes a non-transactional heartbeat message into the WAL, so that the slot
     /// moves even when nothing else is written.
-    pub async fn heartbeat(&self) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn heartbeat(&self) -> Result<(), tokio_postgres::Error> {
         self.client
             .execute(
                 "SELECT pg_logical_emit_message(false, 'pgcdc.heartbeat', '')",
@@ -90,7 +90,10 @@ impl Catalog {
 
     /// OIDs of the partitioned tables this table is a partition of, nearest first
     /// (empty for a table that is no partition).
-    pub async fn partition_ancestors(&self, table_oid: u32) -> Result<Vec<u32>, ReplicationError> {
+    pub(crate) async fn partition_ancestors(
+        &self,
+        table_oid: u32,
+    ) -> Result<Vec<u32>, ReplicationError> {
         let rows = self
             .client
             .query(
@@ -102,7 +105,10 @@ impl Catalog {
     }
 
     /// Primary key column names of the table, in key order (empty when it has none).
-    pub async fn primary_key(&self, table_oid: u32) -> Result<Vec<String>, ReplicationError> {
+    pub(crate) async fn primary_key(
+        &self,
+        table_oid: u32,
+    ) -> Result<Vec<String>, ReplicationError> {
         let rows = self
             .client
             .query(

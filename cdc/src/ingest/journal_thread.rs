@@ -27,7 +27,7 @@ use crate::journal::{
 
 /// What the reader asks of the journal, in stream order.
 #[derive(Debug)]
-pub enum JournalCommand {
+pub(crate) enum JournalCommand {
     /// Append one change.
     Change(Box<JournalEntry>),
     /// Everything before this is complete up to WAL position `end_lsn` (a COMMIT's
@@ -42,17 +42,17 @@ pub enum JournalCommand {
 }
 
 /// Most commands written in one SQLite transaction: bounds memory and latency.
-pub const MAX_BATCH: usize = 5_000;
+pub(crate) const MAX_BATCH: usize = 5_000;
 
 /// Capacity of the reader → writer queue.
-pub const QUEUE_CAPACITY: usize = 8_192;
+pub(crate) const QUEUE_CAPACITY: usize = 8_192;
 
 /// Estimated bytes of changes queued for, or in the batch being written by, the
 /// journal thread at most (besides one change larger than this, which goes alone).
-pub const QUEUE_BYTES: usize = 32 << 20;
+pub(crate) const QUEUE_BYTES: usize = 32 << 20;
 
 /// A batch closes once its changes reach this many (estimated) bytes.
-pub const BATCH_BYTES: usize = 8 << 20;
+pub(crate) const BATCH_BYTES: usize = 8 << 20;
 
 /// A command with the budget it holds until its batch is written.
 #[derive(Debug)]
@@ -64,23 +64,23 @@ struct Queued {
 
 /// The journal thread has stopped (its own error says why).
 #[derive(Debug)]
-pub struct JournalGone;
+pub(crate) struct JournalGone;
 
 /// The reader's end of the command queue (bounded by count and by bytes).
 #[derive(Debug, Clone)]
-pub struct JournalSender {
+pub(crate) struct JournalSender {
     tx: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
 }
 
 /// The journal thread's end of the command queue.
 #[derive(Debug)]
-pub struct JournalReceiver {
+pub(crate) struct JournalReceiver {
     rx: mpsc::Receiver<Queued>,
 }
 
 /// The reader → journal thread queue.
-pub fn queue() -> (JournalSender, JournalReceiver) {
+pub(crate) fn queue() -> (JournalSender, JournalReceiver) {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
     (JournalSender { tx, budget }, JournalReceiver { rx })
@@ -88,7 +88,7 @@ pub fn queue() -> (JournalSender, JournalReceiver) {
 
 impl JournalSender {
     /// Queues `cmd`, first waiting until the byte budget has room for it.
-    pub async fn send(&self, cmd: JournalCommand) -> Result<(), JournalGone> {
+    pub(crate) async fn send(&self, cmd: JournalCommand) -> Result<(), JournalGone> {
         let bytes = cmd.approx_bytes();
         let permit = if bytes == 0 {
             None
@@ -110,7 +110,7 @@ impl JournalSender {
     }
 
     /// Queues `cmd` (one that carries no change) unless the queue is full.
-    pub fn try_send(&self, cmd: JournalCommand) -> Result<(), JournalGone> {
+    pub(crate) fn try_send(&self, cmd: JournalCommand) -> Result<(), JournalGone> {
         self.tx
             .try_send(Queued {
                 cmd,
@@ -166,14 +166,14 @@ const PRUNE_LIMIT: usize = 50_000;
 /// How full the journal is, against `journal.max_bytes`: the writer measures, the
 /// reader pauses while it is full.
 #[derive(Debug, Default)]
-pub struct JournalFill {
+pub(crate) struct JournalFill {
     used: AtomicU64,
     max: Option<u64>,
 }
 
 impl JournalFill {
     /// A fill gauge with this limit (None: never full).
-    pub fn new(max: Option<u64>) -> Self {
+    pub(crate) fn new(max: Option<u64>) -> Self {
         JournalFill {
             used: AtomicU64::new(0),
             max,
@@ -181,7 +181,7 @@ impl JournalFill {
     }
 
     /// Whether the journal holds `max_bytes` or more.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.max
             .is_some_and(|max| self.used.load(Ordering::Relaxed) >= max)
     }
@@ -195,7 +195,7 @@ impl JournalFill {
 }
 
 /// Runs the writer until the command queue closes. Blocking: run on its own thread.
-pub fn run(
+pub(crate) fn run(
     mut writer: Box<dyn JournalWriter>,
     mut rx: JournalReceiver,
     head_tx: watch::Sender<JournalHead>,

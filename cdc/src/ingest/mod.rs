@@ -14,12 +14,12 @@
 //! Nothing here imports `deliver/`: the two sides meet at the journal and the
 //! head watch.
 
-pub mod catalog;
-pub mod changes;
+pub(crate) mod catalog;
+pub(crate) mod changes;
 pub(crate) mod journal_guard;
-pub mod journal_thread;
-pub mod reader;
-pub mod resync;
-pub mod scheduler;
-pub mod snapshot;
-pub mod watermark;
+pub(crate) mod journal_thread;
+pub(crate) mod reader;
+pub(crate) mod resync;
+pub(crate) mod scheduler;
+pub(crate) mod snapshot;
+pub(crate) mod watermark;

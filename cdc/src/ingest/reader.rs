@@ -33,7 +33,7 @@ use pgcdc_schema::TableName;
 
 /// Why the reader stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ReaderError {
+pub(crate) enum ReaderError {
     /// The replication connection failed definitely.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
@@ -90,23 +90,23 @@ impl ReaderError {
 }
 
 /// What the reader needs to run.
-pub struct ReaderConfig {
+pub(crate) struct ReaderConfig {
     /// Source connection.
-    pub url: SourceUrl,
+    pub(crate) url: SourceUrl,
     /// Slot name.
-    pub slot: String,
+    pub(crate) slot: String,
     /// Publication name.
-    pub publication: String,
+    pub(crate) publication: String,
     /// What is captured, by relation OID (resolved at start).
     pub(crate) capture: Capture,
     /// Interval of standby status updates.
-    pub status_interval: Duration,
+    pub(crate) status_interval: Duration,
     /// Interval of WAL heartbeat messages (None: off).
-    pub heartbeat: Option<Duration>,
+    pub(crate) heartbeat: Option<Duration>,
     /// The resync window the watermarks in the stream refer to.
-    pub windows: Windows,
+    pub(crate) windows: Windows,
     /// The journal's fill against `journal.max_bytes`: the reader pauses while full.
-    pub fill: std::sync::Arc<super::journal_thread::JournalFill>,
+    pub(crate) fill: std::sync::Arc<super::journal_thread::JournalFill>,
 }
 
 /// Silence after which a status update asks the server for a reply.
@@ -124,7 +124,7 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Streams until `shutdown`; reconnects after transient failures.
-pub async fn run(
+pub(crate) async fn run(
     cfg: ReaderConfig,
     journal: JournalSender,
     mut head: watch::Receiver<JournalHead>,

@@ -25,7 +25,7 @@ use crate::replication::{connect_sql, ReplicationError, SourceUrl};
 use crate::supervise::{Backoff, TaskHealth};
 
 /// Rows per chunk: bounds the memory of a window and the size of one journal write.
-pub const CHUNK_ROWS: i64 = 2_000;
+pub(crate) const CHUNK_ROWS: i64 = 2_000;
 
 /// How often the journal is polled for new or cancelled resyncs.
 const POLL: Duration = Duration::from_secs(1);
@@ -36,7 +36,7 @@ const WINDOW_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a resync could not go on.
 #[derive(Debug, thiserror::Error)]
-pub enum ResyncError {
+pub(crate) enum ResyncError {
     /// The journal failed (EMFILE, a lock held too long): the driver is restarted.
     #[error(transparent)]
     Journal(#[from] JournalError),

@@ -24,7 +24,7 @@ use crate::replication::{connect_sql, SourceUrl};
 
 /// Queues one snapshot resync per captured table (kept if already queued). Called
 /// before the slot is created: a crash after creating it leaves the work queued.
-pub fn queue(config: &Config, store: &Store) -> Result<(), ResyncError> {
+pub(crate) fn queue(config: &Config, store: &Store) -> Result<(), ResyncError> {
     let mut journal = store.open(Access::Create)?;
     let mut tables: Vec<String> = config.tables().iter().map(|t| t.to_string()).collect();
     tables.sort();
@@ -39,7 +39,7 @@ pub fn queue(config: &Config, store: &Store) -> Result<(), ResyncError> {
 
 /// Copies the queued snapshot tables under the exported `snapshot`, journaling each
 /// chunk with its progress. Returns the rows copied.
-pub async fn copy(
+pub(crate) async fn copy(
     url: &SourceUrl,
     snapshot: &str,
     consistent_point: Lsn,

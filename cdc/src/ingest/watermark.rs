@@ -24,34 +24,34 @@ use tokio::sync::oneshot;
 use pgcdc_schema::TableName;
 
 /// Prefix of pgcdc's watermark messages (`pg_logical_emit_message`).
-pub const PREFIX: &str = "pgcdc";
+pub(crate) const PREFIX: &str = "pgcdc";
 
 /// The rows a chunk's SELECT returned.
 #[derive(Debug, Default)]
-pub struct ChunkRows {
+pub(crate) struct ChunkRows {
     /// Key and full row of each selected row, in key order.
-    pub rows: Vec<(Row, Row)>,
+    pub(crate) rows: Vec<(Row, Row)>,
     /// Key (raw text values, JSON) of the last selected row: the next chunk starts after it.
-    pub last_key: Option<String>,
+    pub(crate) last_key: Option<String>,
     /// Whether this is the table's last chunk.
-    pub done: bool,
+    pub(crate) done: bool,
 }
 
 /// One chunk's window, from the driver's open to the reader's high watermark.
 #[derive(Debug)]
-pub struct Window {
+pub(crate) struct Window {
     /// Unique per attempt: watermarks of an abandoned attempt are ignored.
-    pub token: String,
+    pub(crate) token: String,
     /// The resync.
-    pub resync_id: i64,
+    pub(crate) resync_id: i64,
     /// The table.
-    pub table: TableName,
+    pub(crate) table: TableName,
     /// Only this sink receives the rows.
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Set by the driver after its SELECT (before it emits the high watermark).
-    pub rows: Option<ChunkRows>,
+    pub(crate) rows: Option<ChunkRows>,
     /// Told once the chunk is journaled.
-    pub done: Option<oneshot::Sender<()>>,
+    pub(crate) done: Option<oneshot::Sender<()>>,
     low_seen: bool,
     truncated: bool,
     changed: HashSet<String>,
@@ -59,7 +59,7 @@ pub struct Window {
 
 impl Window {
     /// A window not yet seen by the reader.
-    pub fn new(
+    pub(crate) fn new(
         token: String,
         resync_id: i64,
         table: TableName,
@@ -80,7 +80,7 @@ impl Window {
     }
 
     /// The rows to journal: those no change touched inside the window.
-    pub fn surviving_rows(&mut self) -> Vec<(Row, Row)> {
+    pub(crate) fn surviving_rows(&mut self) -> Vec<(Row, Row)> {
         let Some(chunk) = self.rows.as_mut() else {
             return Vec::new();
         };
@@ -95,13 +95,13 @@ impl Window {
 }
 
 /// The row key as compared between stream and chunk.
-pub fn key_text(key: &Row) -> String {
+pub(crate) fn key_text(key: &Row) -> String {
     serde_json::to_string(key).unwrap_or_default()
 }
 
 /// What a watermark message means for the reader.
 #[derive(Debug)]
-pub enum Watermark {
+pub(crate) enum Watermark {
     /// Not ours, or of an abandoned attempt.
     Ignored,
     /// Low watermark: the window is open.
@@ -112,7 +112,7 @@ pub enum Watermark {
 
 /// The open window, shared by the resync driver and the reader.
 #[derive(Debug, Clone, Default)]
-pub struct Windows(Arc<Mutex<Option<Window>>>);
+pub(crate) struct Windows(Arc<Mutex<Option<Window>>>);
 
 impl Windows {
     fn lock(&self) -> MutexGuard<'_, Option<Window>> {
@@ -121,12 +121,12 @@ impl Windows {
     }
 
     /// Opens a window (replacing any abandoned one).
-    pub fn open(&self, window: Window) {
+    pub(crate) fn open(&self, window: Window) {
         *self.lock() = Some(window);
     }
 
     /// Hands the chunk's rows to the window; false when it is gone.
-    pub fn set_rows(&self, token: &str, rows: ChunkRows) -> bool {
+    pub(crate) fn set_rows(&self, token: &str, rows: ChunkRows) -> bool {
         match self.lock().as_mut() {
             Some(w) if w.token == token => {
                 w.rows = Some(rows);
@@ -137,7 +137,7 @@ impl Windows {
     }
 
     /// Closes the window if it is still this one (abandoned attempt, cancel).
-    pub fn close(&self, token: &str) {
+    pub(crate) fn close(&self, token: &str) {
         let mut guard = self.lock();
         if guard.as_ref().is_some_and(|w| w.token == token) {
             *guard = None;
@@ -145,7 +145,7 @@ impl Windows {
     }
 
     /// A watermark message's content, as the reader sees it in the stream.
-    pub fn on_message(&self, content: &[u8]) -> Watermark {
+    pub(crate) fn on_message(&self, content: &[u8]) -> Watermark {
         let Ok(text) = std::str::from_utf8(content) else {
             return Watermark::Ignored;
         };
@@ -171,7 +171,7 @@ impl Windows {
     }
 
     /// A streamed change: inside an open window, its row leaves the chunk.
-    pub fn on_change(&self, event: &ChangeEvent) {
+    pub(crate) fn on_change(&self, event: &ChangeEvent) {
         let mut guard = self.lock();
         let Some(window) = guard.as_mut().filter(|w| w.low_seen) else {
             return;

@@ -45,29 +45,29 @@ pub enum ResetError {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OrphanedCursor {
     /// The sink's name.
-    pub sink: String,
+    pub(crate) sink: String,
     /// Its cursor.
-    pub cursor: i64,
+    pub(crate) cursor: i64,
     /// Journal entries after its cursor.
-    pub lag_events: i64,
+    pub(crate) lag_events: i64,
     /// Entries every configured sink has passed that are kept only for this cursor.
-    pub held_events: i64,
+    pub(crate) held_events: i64,
 }
 
 /// What `drop_cursor` removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DroppedCursor {
     /// The cursor's position when it was dropped.
-    pub cursor: i64,
+    pub(crate) cursor: i64,
     /// DLQ items of the sink removed with it.
-    pub dlq_items: i64,
+    pub(crate) dlq_items: i64,
 }
 
 /// A cursor's position and generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CursorState {
     /// Last journal position the sink has finished with.
-    pub pos: i64,
+    pub(crate) pos: i64,
     /// Incremented by every operator reset.
-    pub generation: i64,
+    pub(crate) generation: i64,
 }

@@ -36,36 +36,34 @@ impl DlqState {
 #[derive(Debug, Clone)]
 pub struct DlqRecord {
     /// The item.
-    pub item: Outgoing,
+    pub(crate) item: Outgoing,
     /// Journal position of its event.
-    pub pos: i64,
+    pub(crate) pos: i64,
     /// Dead or parked.
-    pub state: DlqState,
+    pub(crate) state: DlqState,
     /// The last error (dead items).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// An item in the DLQ.
 #[derive(Debug, Clone)]
 pub struct DlqEntry {
     /// Order in the DLQ.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Delivery id (event id, `.N` for later transform outputs).
-    pub delivery_id: String,
+    pub(crate) delivery_id: String,
     /// Row identity.
-    pub row: String,
-    /// Journal position of its event.
-    pub pos: i64,
+    pub(crate) row: String,
     /// The item as it will be sent again.
-    pub item: Outgoing,
+    pub(crate) item: Outgoing,
     /// Dead or parked.
-    pub state: DlqState,
+    pub(crate) state: DlqState,
     /// The last error.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Replay requested and pending.
-    pub replay: bool,
+    pub(crate) replay: bool,
     /// When it entered the DLQ.
-    pub created_at: String,
+    pub(crate) created_at: String,
 }
 
 /// Which DLQ items an operator means.

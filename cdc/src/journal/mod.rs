@@ -45,9 +45,11 @@ pub mod testing;
 pub use checkpoint::{CursorState, DroppedCursor, OrphanedCursor, ResetError, ResetTarget};
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use meta::MetaKey;
-pub use resync::{ResyncInfo, ResyncKind, ResyncProgress, ResyncRequestError};
-pub use row_state::{OldTracking, Tracked};
-pub use store::{Backend, JournalWriter, StateStore};
+pub(crate) use resync::ResyncProgress;
+pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
+pub(crate) use row_state::{OldTracking, Tracked};
+pub use store::StateStore;
+pub(crate) use store::{Backend, JournalWriter};
 
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +114,7 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// The store `[state]` selects: the one place that picks an implementation.
-    pub fn from_config(state: &crate::config::StateConfig) -> Store {
+    pub(crate) fn from_config(state: &crate::config::StateConfig) -> Store {
         Store::sqlite(&state.dir)
     }
 
@@ -128,34 +130,29 @@ impl Store {
     }
 
     /// Opens the single writer (the journal thread's).
-    pub fn writer(&self) -> Result<Box<dyn JournalWriter>, JournalError> {
+    pub(crate) fn writer(&self) -> Result<Box<dyn JournalWriter>, JournalError> {
         self.0.writer()
     }
 
     /// Whether the store has been created (by a `pgcdc run`).
-    pub fn exists(&self) -> bool {
+    pub(crate) fn exists(&self) -> bool {
         self.0.exists()
-    }
-
-    /// Where the store is, for messages (never a secret).
-    pub fn describe(&self) -> String {
-        self.0.describe()
     }
 }
 
 /// One change to append: its ordinal in the transaction and the event.
 #[derive(Debug, Clone)]
-pub struct JournalEntry {
+pub(crate) struct JournalEntry {
     /// The captured table this change belongs to, `schema.table` as `source.tables` names
     /// it: sinks and triggers route by it, so a renamed table reaches the same sinks
     /// while its events carry the new name.
-    pub table: String,
+    pub(crate) table: String,
     /// Ordinal of the change in its transaction.
-    pub seq: u32,
+    pub(crate) seq: u32,
     /// Commit time in Unix microseconds (for lag and time-based resets).
-    pub commit_time_unix_us: Option<i64>,
+    pub(crate) commit_time_unix_us: Option<i64>,
     /// The event.
-    pub event: ChangeEvent,
+    pub(crate) event: ChangeEvent,
 }
 
 /// An event read back, with its journal position.
@@ -168,20 +165,20 @@ pub struct StoredEvent {
     /// The event.
     pub event: ChangeEvent,
     /// Only this sink receives it (a targeted resync); None: every sink.
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// The captured table it belongs to (see [`JournalEntry::table`]).
     pub table: String,
 }
 
 /// What one journal transaction writes besides streamed changes: resync chunks.
 #[derive(Debug, Clone, Default)]
-pub struct ResyncChunk {
+pub(crate) struct ResyncChunk {
     /// The chunk's `read` events.
-    pub entries: Vec<JournalEntry>,
+    pub(crate) entries: Vec<JournalEntry>,
     /// Only this sink receives them (None: every sink).
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Progress recorded in the same transaction.
-    pub progress: ResyncProgress,
+    pub(crate) progress: ResyncProgress,
 }
 
 /// How far the journal is durable.
@@ -190,16 +187,16 @@ pub struct JournalHead {
     /// Position of the last entry (0 when empty).
     pub pos: i64,
     /// WAL position up to which everything of ours is journaled; reported to the slot.
-    pub confirmed_lsn: Lsn,
+    pub(crate) confirmed_lsn: Lsn,
 }
 
 /// What one `append` did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AppendOutcome {
+pub(crate) struct AppendOutcome {
     /// Entries written.
-    pub appended: usize,
+    pub(crate) appended: usize,
     /// Entries skipped because they were journaled before (replay after restart).
-    pub skipped: usize,
+    pub(crate) skipped: usize,
 }
 
 /// One sink's cursor and lag.
@@ -210,7 +207,7 @@ pub struct CursorInfo {
     /// Last journal position the sink has finished with.
     pub pos: i64,
     /// Journal entries after the cursor.
-    pub lag_events: i64,
+    pub(crate) lag_events: i64,
     /// Commit time (Unix µs) of the oldest entry after the cursor.
-    pub oldest_pending_unix_us: Option<i64>,
+    pub(crate) oldest_pending_unix_us: Option<i64>,
 }

@@ -49,40 +49,40 @@ impl ResyncKind {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ResyncInfo {
     /// Id (also part of the read events' ids).
-    pub id: i64,
+    pub(crate) id: i64,
     /// resync or snapshot.
     pub kind: String,
     /// `schema.table`.
-    pub table: String,
+    pub(crate) table: String,
     /// Only this sink receives the rows (None: every sink).
-    pub sink: Option<String>,
+    pub(crate) sink: Option<String>,
     /// Extra SQL condition on the rows.
-    pub r#where: Option<String>,
+    pub(crate) r#where: Option<String>,
     /// pending, running, done, cancelled or failed.
-    pub state: String,
+    pub(crate) state: String,
     /// Key (JSON object) of the last journaled row: the next chunk starts after it.
-    pub last_key: Option<String>,
+    pub(crate) last_key: Option<String>,
     /// Rows journaled so far.
-    pub rows: i64,
+    pub(crate) rows: i64,
     /// Chunks journaled so far.
     pub chunks: i64,
     /// Why it failed.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// When it was requested.
-    pub created_at: String,
+    pub(crate) created_at: String,
     /// When it last changed.
-    pub updated_at: String,
+    pub(crate) updated_at: String,
 }
 
 /// A chunk's progress, written with its events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResyncProgress {
+pub(crate) struct ResyncProgress {
     /// The resync.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Key (JSON) of the chunk's last row as selected (None: the chunk was empty).
-    pub last_key: Option<String>,
+    pub(crate) last_key: Option<String>,
     /// Rows journaled from this chunk.
-    pub rows: i64,
+    pub(crate) rows: i64,
     /// Whether this was the last chunk.
-    pub done: bool,
+    pub(crate) done: bool,
 }

@@ -13,7 +13,7 @@ use pgcdc_schema::{ChangeEvent, Op};
 
 /// Which columns of a table to remember.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tracked {
+pub(crate) enum Tracked {
     /// Every column.
     All,
     /// These columns (the key is always kept).
@@ -21,7 +21,7 @@ pub enum Tracked {
 }
 
 /// Tracked columns per `schema.table`.
-pub type OldTracking = HashMap<String, Tracked>;
+pub(crate) type OldTracking = HashMap<String, Tracked>;
 
 /// Which remembered row a change needs.
 #[derive(Debug, PartialEq, Eq)]

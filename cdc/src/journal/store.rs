@@ -23,7 +23,7 @@ use super::{
 };
 
 /// An implementation of the store: opens sessions and the writer.
-pub trait Backend: Send + Sync {
+pub(crate) trait Backend: Send + Sync {
     /// Opens a session (one connection).
     fn open(&self, access: Access) -> Result<Box<dyn StateStore>, JournalError>;
     /// Opens the single writer of the journal.
@@ -37,7 +37,7 @@ pub trait Backend: Send + Sync {
 /// The single writer of the journal (owned by the journal thread). It alone appends
 /// events and keeps the row state; everything it writes in one `append` commits
 /// together.
-pub trait JournalWriter: Send {
+pub(crate) trait JournalWriter: Send {
     /// Remember these columns per table to fill `.old` (see `row_state`).
     fn set_old_tracking(&mut self, tracking: OldTracking);
 

@@ -125,15 +125,15 @@ pub enum Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
     /// Relation OID.
-    pub id: u32,
+    pub(crate) id: u32,
     /// Schema name (empty for `pg_catalog`).
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Table name.
-    pub name: String,
+    pub(crate) name: String,
     /// Which old-row columns Update and Delete carry.
-    pub replica_identity: ReplicaIdentity,
+    pub(crate) replica_identity: ReplicaIdentity,
     /// Columns in tuple order.
-    pub columns: Vec<Column>,
+    pub(crate) columns: Vec<Column>,
 }
 
 /// A table's `REPLICA IDENTITY` setting.
@@ -153,13 +153,13 @@ pub enum ReplicaIdentity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     /// Part of the replica identity key (flag bit 1).
-    pub is_key: bool,
+    pub(crate) is_key: bool,
     /// Column name.
-    pub name: String,
+    pub(crate) name: String,
     /// Type OID.
-    pub type_oid: u32,
+    pub(crate) type_oid: u32,
     /// Type modifier (`atttypmod`), -1 when none.
-    pub type_modifier: i32,
+    pub(crate) type_modifier: i32,
 }
 
 /// Old values carried by Update and Delete.
@@ -173,7 +173,7 @@ pub enum OldTuple {
 
 /// Column values of one row, in relation column order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tuple(pub Vec<Datum>);
+pub struct Tuple(pub(crate) Vec<Datum>);
 
 /// One column value.
 #[derive(Debug, Clone, PartialEq, Eq)]

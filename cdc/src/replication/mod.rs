@@ -54,5 +54,5 @@ pub use error::ReplicationError;
 pub use frame::ReplicationMessage;
 pub use sql::connect_sql;
 pub use stream::ReplicationStream;
-pub use tls::client_config;
-pub use url::{Secret, SourceUrl, SslMode};
+pub use url::SourceUrl;
+pub(crate) use url::SslMode;

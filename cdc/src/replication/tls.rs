@@ -18,7 +18,7 @@ fn provider() -> Arc<CryptoProvider> {
 /// rustls config for the sslmode: require/prefer = encrypt without verifying; verify-ca =
 /// verify chain against sslrootcert (or the system roots) but not the host name;
 /// verify-full = chain + host name.
-pub fn client_config(url: &SourceUrl) -> Result<rustls::ClientConfig, ReplicationError> {
+pub(crate) fn client_config(url: &SourceUrl) -> Result<rustls::ClientConfig, ReplicationError> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

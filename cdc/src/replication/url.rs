@@ -15,11 +15,11 @@ const DEFAULT_APPLICATION_NAME: &str = "pgcdc";
 /// Query parameters we understand; anything else is a typo we refuse to guess about.
 const KNOWN_PARAMS: &[&str] = &["sslmode", "sslrootcert", "application_name", "host"];
 
-pub use pgcdc_schema::Secret;
+pub(crate) use pgcdc_schema::Secret;
 
 /// How TLS is negotiated with the source (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     /// Never use TLS.
     Disable,
     /// Use TLS when the server offers it, without verifying the certificate.
@@ -35,7 +35,7 @@ pub enum SslMode {
 
 impl SslMode {
     /// The libpq spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
@@ -70,21 +70,21 @@ impl FromStr for SslMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceUrl {
     /// Host name, IP address, or a Unix socket directory (starts with `/`).
-    pub host: String,
+    pub(crate) host: String,
     /// TCP port (also names the Unix socket file `.s.PGSQL.<port>`).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Role to log in as.
-    pub user: String,
+    pub(crate) user: String,
     /// Password, if the URL has one.
     pub password: Option<Secret>,
     /// Database to attach to.
-    pub dbname: String,
+    pub(crate) dbname: String,
     /// TLS negotiation mode.
-    pub sslmode: SslMode,
+    pub(crate) sslmode: SslMode,
     /// CA bundle (PEM) for verify-ca / verify-full; system roots when absent.
-    pub sslrootcert: Option<PathBuf>,
+    pub(crate) sslrootcert: Option<PathBuf>,
     /// `application_name` reported to the server.
-    pub application_name: String,
+    pub(crate) application_name: String,
 }
 
 impl SourceUrl {
@@ -94,7 +94,7 @@ impl SourceUrl {
     }
 
     /// Path of the Unix socket file, when `host` is a socket directory.
-    pub fn unix_socket_path(&self) -> Option<PathBuf> {
+    pub(crate) fn unix_socket_path(&self) -> Option<PathBuf> {
         self.is_unix_socket()
             .then(|| PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port)))
     }

@@ -33,13 +33,13 @@ use crate::journal::{Access, JournalError, JournalWriter, MetaKey, Store};
 #[derive(Debug, Clone)]
 pub(crate) struct ResolvedTable {
     /// The name in `source.tables`.
-    pub configured: TableName,
+    pub(crate) configured: TableName,
     /// The table's OID.
-    pub oid: u32,
+    pub(crate) oid: u32,
     /// Its name now (differs from `configured` after a rename).
-    pub current: TableName,
+    pub(crate) current: TableName,
     /// Whether it is partitioned (its leaf partitions carry its changes).
-    pub partitioned: bool,
+    pub(crate) partitioned: bool,
 }
 
 impl ResolvedTable {
@@ -222,11 +222,11 @@ pub(crate) async fn resolve(
 pub(crate) struct Capture {
     /// Captured relation OID -> the configured name its changes belong to (leaf
     /// partitions of a captured partitioned table map to it).
-    pub tables: HashMap<u32, TableName>,
+    pub(crate) tables: HashMap<u32, TableName>,
     /// Captured relation OID -> its name as last seen (to notice renames).
-    pub names: HashMap<u32, TableName>,
+    pub(crate) names: HashMap<u32, TableName>,
     /// Tables of the publication, at start, that are not captured: skipped.
-    pub skipped: HashSet<u32>,
+    pub(crate) skipped: HashSet<u32>,
 }
 
 /// At start, after the publication exists: resolves every configured table, records

@@ -18,20 +18,20 @@ use crate::replication::{ReplicationConnection, ReplicationError};
 
 /// One preflight check's outcome.
 #[derive(Debug, Clone)]
-pub struct Check {
+pub(crate) struct Check {
     /// What was checked, e.g. `wal_level`.
-    pub name: String,
+    pub(crate) name: String,
     /// `Ok(detail)` or `Err(problem and fix)`.
-    pub outcome: Result<String, Problem>,
+    pub(crate) outcome: Result<String, Problem>,
 }
 
 /// A failed check: what is wrong and how to fix it.
 #[derive(Debug, Clone)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// What is wrong.
-    pub problem: String,
+    pub(crate) problem: String,
     /// What the operator should do.
-    pub fix: String,
+    pub(crate) fix: String,
 }
 
 impl std::fmt::Display for Problem {
@@ -58,7 +58,7 @@ fn fail(name: impl Into<String>, problem: impl Into<String>, fix: impl Into<Stri
 }
 
 /// The message of a query error, without tokio-postgres' "db error:" wrapper.
-pub fn sql_message(e: &tokio_postgres::Error) -> String {
+pub(crate) fn sql_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
@@ -67,25 +67,25 @@ pub fn sql_message(e: &tokio_postgres::Error) -> String {
 
 /// State of the replication slot as the catalog reports it.
 #[derive(Debug, Clone)]
-pub struct SlotInfo {
+pub(crate) struct SlotInfo {
     /// Output plugin.
-    pub plugin: String,
+    pub(crate) plugin: String,
     /// Database the slot belongs to.
-    pub database: String,
+    pub(crate) database: String,
     /// PID of the walsender using it, if any.
-    pub active_pid: Option<i32>,
+    pub(crate) active_pid: Option<i32>,
     /// `confirmed_flush_lsn` as text.
-    pub confirmed_flush_lsn: Option<String>,
+    pub(crate) confirmed_flush_lsn: Option<String>,
     /// `wal_status` (reserved, extended, unreserved, lost).
-    pub wal_status: Option<String>,
+    pub(crate) wal_status: Option<String>,
     /// Bytes of WAL the slot retains (`pg_current_wal_lsn() - restart_lsn`).
-    pub retained_bytes: Option<i64>,
+    pub(crate) retained_bytes: Option<i64>,
     /// Bytes that can still be written before the slot would lose WAL (null: unlimited).
-    pub safe_wal_size: Option<i64>,
+    pub(crate) safe_wal_size: Option<i64>,
 }
 
 /// Reads the slot's row in `pg_replication_slots`.
-pub async fn slot_info(
+pub(crate) async fn slot_info(
     client: &Client,
     slot: &str,
 ) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
@@ -109,7 +109,7 @@ pub async fn slot_info(
 }
 
 /// Runs every source check. Never fails early: each check is reported.
-pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
+pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
     let mut checks = Vec::new();
     let src = &config.source;
 
@@ -480,7 +480,7 @@ async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
 
 /// Waits (up to `max_wait`) for a slot held by a vanished process to be released: after a
 /// crash the old walsender may linger until it notices the dead socket.
-pub async fn wait_slot_released(
+pub(crate) async fn wait_slot_released(
     client: &Client,
     slot: &str,
     max_wait: Duration,
@@ -508,7 +508,7 @@ pub async fn wait_slot_released(
 }
 
 /// Creates the publication when missing. Returns whether pgcdc created it.
-pub async fn ensure_publication(
+pub(crate) async fn ensure_publication(
     config: &Config,
     client: &Client,
 ) -> Result<bool, tokio_postgres::Error> {
@@ -538,7 +538,7 @@ pub async fn ensure_publication(
 }
 
 /// Creates the slot when missing. Returns whether pgcdc created it.
-pub async fn ensure_slot(
+pub(crate) async fn ensure_slot(
     config: &Config,
     client: &Client,
     conn: &mut ReplicationConnection,

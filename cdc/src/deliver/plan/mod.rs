@@ -22,17 +22,17 @@ use crate::journal::{OldTracking, Tracked};
 
 /// A compiled `[[trigger]]`.
 #[derive(Debug, Clone)]
-pub struct Trigger {
+pub(crate) struct Trigger {
     /// Event name.
-    pub name: String,
+    pub(crate) name: String,
     /// Watched table.
-    pub table: TableName,
+    pub(crate) table: TableName,
     /// Condition.
-    pub when: JqProgram,
+    pub(crate) when: JqProgram,
 }
 
 /// Every trigger, with the condition the config compiled at load.
-pub fn triggers(config: &Config) -> Vec<Trigger> {
+pub(crate) fn triggers(config: &Config) -> Vec<Trigger> {
     config
         .trigger
         .iter()
@@ -45,7 +45,7 @@ pub fn triggers(config: &Config) -> Vec<Trigger> {
 }
 
 /// Which `.old` columns the triggers read, per table (for the journal's row state).
-pub fn old_tracking(triggers: &[Trigger]) -> OldTracking {
+pub(crate) fn old_tracking(triggers: &[Trigger]) -> OldTracking {
     let mut tracking = OldTracking::new();
     for t in triggers {
         let key = t.table.to_string();
@@ -73,7 +73,7 @@ pub fn old_tracking(triggers: &[Trigger]) -> OldTracking {
 
 /// Which events a sink receives and what it sends for each.
 #[derive(Debug, Clone, Default)]
-pub struct SinkPlan {
+pub(crate) struct SinkPlan {
     /// Tables whose every change is delivered.
     tables: HashSet<TableName>,
     /// Triggers the sink selects by name, in `[[trigger]]` order.
@@ -88,7 +88,7 @@ pub struct SinkPlan {
 
 /// What the plan made of one event.
 #[derive(Debug)]
-pub enum Mapped {
+pub(crate) enum Mapped {
     /// Not for this sink.
     NotSelected,
     /// Selected, but the transform yielded nothing: recorded as skipped.
@@ -100,7 +100,7 @@ pub enum Mapped {
 impl SinkPlan {
     /// The plan of `sink`, with the programs the config compiled at load (their
     /// runtime errors name `sink[i].filter` / `.transform`).
-    pub fn new(sink: &SinkConfig, triggers: &[Trigger]) -> SinkPlan {
+    pub(crate) fn new(sink: &SinkConfig, triggers: &[Trigger]) -> SinkPlan {
         SinkPlan {
             tables: sink.tables.iter().cloned().collect(),
             triggers: triggers
@@ -121,26 +121,19 @@ impl SinkPlan {
     }
 
     /// Whether items without a transform carry the native event as `body`.
-    pub fn with_native_body(mut self, native: bool) -> SinkPlan {
+    pub(crate) fn with_native_body(mut self, native: bool) -> SinkPlan {
         self.no_native_body = !native;
         self
     }
 
-    /// A plan delivering every change unchanged (tests, stdout default).
-    pub fn everything() -> SinkPlan {
-        SinkPlan {
-            everything: true,
-            ..SinkPlan::default()
-        }
-    }
-
     /// Whether mapping runs any jq program (trigger, filter or transform).
-    pub fn runs_jq(&self) -> bool {
+    pub(crate) fn runs_jq(&self) -> bool {
         !self.triggers.is_empty() || self.filter.is_some() || self.transform.is_some()
     }
 
     /// Selects and maps one event of the table it names.
-    pub fn map(&self, event: ChangeEvent) -> Result<Mapped, MappingError> {
+    #[cfg(test)]
+    pub(crate) fn map(&self, event: ChangeEvent) -> Result<Mapped, MappingError> {
         self.map_batch(vec![event])
             .pop()
             .unwrap_or(Ok(Mapped::NotSelected))
@@ -150,14 +143,16 @@ impl SinkPlan {
     /// `source.tables` names it; the journal's `tbl`). A renamed table's events carry
     /// the new name but are routed by that identity, so they reach the same sinks and
     /// triggers; a config already updated to the new name matches it too.
-    pub fn map_as(&self, event: ChangeEvent, table: &str) -> Result<Mapped, MappingError> {
+    #[cfg(test)]
+    pub(crate) fn map_as(&self, event: ChangeEvent, table: &str) -> Result<Mapped, MappingError> {
         self.map_batch_as(vec![(event, table.to_owned())])
             .pop()
             .unwrap_or(Ok(Mapped::NotSelected))
     }
 
     /// [`SinkPlan::map_batch_as`] for events routed by the table they name.
-    pub fn map_batch(&self, events: Vec<ChangeEvent>) -> Vec<Result<Mapped, MappingError>> {
+    #[cfg(test)]
+    pub(crate) fn map_batch(&self, events: Vec<ChangeEvent>) -> Vec<Result<Mapped, MappingError>> {
         self.map_batch_as(
             events
                 .into_iter()
@@ -172,7 +167,7 @@ impl SinkPlan {
     /// Selects and maps a batch of (event, captured table), one result per event, in
     /// order. Blocks while jq runs (in the sandbox, up to its time limit per program
     /// run): call it off the async executor.
-    pub fn map_batch_as(
+    pub(crate) fn map_batch_as(
         &self,
         events: Vec<(ChangeEvent, String)>,
     ) -> Vec<Result<Mapped, MappingError>> {

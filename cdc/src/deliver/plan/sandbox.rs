@@ -12,7 +12,7 @@ use crate::config::JqConfig;
 pub const WORKER_ARG: &str = "__jq-worker";
 
 /// Routes every jq evaluation of this process through worker processes.
-pub fn install(config: &JqConfig) -> anyhow::Result<()> {
+pub(crate) fn install(config: &JqConfig) -> anyhow::Result<()> {
     let limits = config.limits();
     // /proc/self/exe still runs the binary after an upgrade replaced the file.
     let exe = if std::path::Path::new("/proc/self/exe").exists() {
@@ -36,7 +36,7 @@ pub fn install(config: &JqConfig) -> anyhow::Result<()> {
 
 /// Runs `f`, which evaluates jq (and so may block up to `[jq] timeout_ms`),
 /// without holding up the other tasks of an async executor thread.
-pub fn off_executor<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn off_executor<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

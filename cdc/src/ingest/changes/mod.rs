@@ -17,22 +17,22 @@ use pgcdc_schema::TableName;
 
 /// What the decoder knows of one relation (table) in this session.
 #[derive(Debug, Clone)]
-pub struct RelationInfo {
+pub(crate) struct RelationInfo {
     /// The table.
-    pub name: TableName,
+    pub(crate) name: TableName,
     /// Columns in table order: name and decoding kind.
-    pub columns: Vec<(String, PgType)>,
+    pub(crate) columns: Vec<(String, PgType)>,
     /// Indices of the key columns (primary key, else the replica identity columns).
-    pub key: Vec<usize>,
+    pub(crate) key: Vec<usize>,
     /// The captured table (as `source.tables` names it) this relation's changes belong
     /// to, matched by OID; None: a table of the publication that pgcdc does not capture.
-    pub identity: Option<TableName>,
+    pub(crate) identity: Option<TableName>,
 }
 
 impl RelationInfo {
     /// Builds the info from a Relation message, the resolved column kinds, the primary key
     /// and the captured table the relation's OID belongs to.
-    pub fn new(
+    pub(crate) fn new(
         rel: &Relation,
         kinds: Vec<PgType>,
         primary_key: &[String],
@@ -72,22 +72,22 @@ impl RelationInfo {
 
 /// The transaction being decoded.
 #[derive(Debug, Clone)]
-pub struct TxnState {
+pub(crate) struct TxnState {
     /// Commit LSN (Begin's final LSN).
-    pub commit_lsn: Lsn,
+    pub(crate) commit_lsn: Lsn,
     /// Transaction id.
-    pub xid: u32,
+    pub(crate) xid: u32,
     /// Commit time, µs since 2000-01-01.
-    pub commit_time: i64,
+    pub(crate) commit_time: i64,
     /// Commit time as RFC 3339 (formatted once per transaction).
-    pub commit_time_text: String,
+    pub(crate) commit_time_text: String,
     /// Ordinal of the next change.
-    pub next_seq: u32,
+    pub(crate) next_seq: u32,
 }
 
 /// Why a message could not be turned into an event (definite: the stream is inconsistent).
 #[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
+pub(crate) enum ChangeError {
     /// A row change referenced a relation never described in this session.
     #[error("change for unknown relation OID {0} (no Relation message came before it)")]
     UnknownRelation(u32),
@@ -108,7 +108,7 @@ pub enum ChangeError {
 
 /// Decodes row changes into journal entries.
 #[derive(Default)]
-pub struct ChangeBuilder {
+pub(crate) struct ChangeBuilder {
     relations: HashMap<u32, RelationInfo>,
     txn: Option<TxnState>,
 }
@@ -126,23 +126,23 @@ fn datum_value(kind: &PgType, datum: &Datum) -> Option<Value> {
 
 impl ChangeBuilder {
     /// Forgets the session's relations and any open transaction (on reconnect).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.relations.clear();
         self.txn = None;
     }
 
     /// Records a relation description.
-    pub fn relation(&mut self, id: u32, info: RelationInfo) {
+    pub(crate) fn relation(&mut self, id: u32, info: RelationInfo) {
         self.relations.insert(id, info);
     }
 
     /// Whether a transaction is open.
-    pub fn in_transaction(&self) -> bool {
+    pub(crate) fn in_transaction(&self) -> bool {
         self.txn.is_some()
     }
 
     /// BEGIN.
-    pub fn begin(&mut self, final_lsn: u64, xid: u32, commit_time: i64) {
+    pub(crate) fn begin(&mut self, final_lsn: u64, xid: u32, commit_time: i64) {
         self.txn = Some(TxnState {
             commit_lsn: Lsn(final_lsn),
             xid,
@@ -153,7 +153,7 @@ impl ChangeBuilder {
     }
 
     /// COMMIT: closes the transaction.
-    pub fn commit(&mut self) {
+    pub(crate) fn commit(&mut self) {
         self.txn = None;
     }
 
@@ -231,7 +231,7 @@ impl ChangeBuilder {
     }
 
     /// INSERT.
-    pub fn insert(
+    pub(crate) fn insert(
         &mut self,
         relation_id: u32,
         new: &Tuple,
@@ -249,7 +249,7 @@ impl ChangeBuilder {
     }
 
     /// UPDATE: `old` is the key (`K`, key changed) or the full old row (`O`, REPLICA IDENTITY FULL).
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         relation_id: u32,
         old: Option<&OldTuple>,
@@ -273,7 +273,7 @@ impl ChangeBuilder {
     }
 
     /// DELETE: `old` is the key (default identity) or the full row (FULL).
-    pub fn delete(
+    pub(crate) fn delete(
         &mut self,
         relation_id: u32,
         old: &OldTuple,
@@ -297,7 +297,7 @@ impl ChangeBuilder {
     /// A row read by a resync chunk, journaled in the current (high watermark)
     /// transaction. Its id comes from the resync, the table and the key, so a chunk
     /// read again after a restart gives its rows the same ids.
-    pub fn read(
+    pub(crate) fn read(
         &mut self,
         resync_id: i64,
         table: &TableName,
@@ -323,7 +323,10 @@ impl ChangeBuilder {
     }
 
     /// TRUNCATE of one relation.
-    pub fn truncate(&mut self, relation_id: u32) -> Result<Option<JournalEntry>, ChangeError> {
+    pub(crate) fn truncate(
+        &mut self,
+        relation_id: u32,
+    ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |_, _| {
             Ok((Op::Truncate, None, None, None, Vec::new()))
         })
@@ -331,7 +334,7 @@ impl ChangeBuilder {
 }
 
 /// A row read by a resync or snapshot, as a `read` event.
-pub fn read_event(
+pub(crate) fn read_event(
     resync_id: i64,
     table: &TableName,
     key: Row,
@@ -357,7 +360,7 @@ pub fn read_event(
 
 /// Id of a resync's (or snapshot's) `read` event: `R` + the resync id + the first 32 hex
 /// digits of SHA-256 over `schema.table` and the key JSON.
-pub fn read_event_id(resync_id: i64, table: &TableName, key: &Row) -> EventId {
+pub(crate) fn read_event_id(resync_id: i64, table: &TableName, key: &Row) -> EventId {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     hash.update(table.to_string().as_bytes());

@@ -39,7 +39,6 @@ fn entries(
             id,
             delivery_id,
             row: row_key,
-            pos,
             item,
             state: DlqState::parse(&state),
             error,
