@@ -54,6 +54,8 @@ pub struct DlqEntry {
     pub(crate) delivery_id: String,
     /// Row identity.
     pub(crate) row: String,
+    /// Journal position of its event.
+    pub(crate) pos: i64,
     /// The item as it will be sent again.
     pub(crate) item: Outgoing,
     /// Dead or parked.

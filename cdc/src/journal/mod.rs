@@ -138,6 +138,11 @@ impl Store {
     pub(crate) fn exists(&self) -> bool {
         self.0.exists()
     }
+
+    /// Where the store is, for messages (never a secret).
+    pub(crate) fn describe(&self) -> String {
+        self.0.describe()
+    }
 }
 
 /// One change to append: its ordinal in the transaction and the event.

@@ -145,6 +145,11 @@ impl ReplicationConnection {
         Ok(ReplicationConnection { transport })
     }
 
+    /// A ParameterStatus value reported by the server (e.g. `server_version`).
+    pub(crate) fn server_parameter(&self, name: &str) -> Option<&str> {
+        self.transport.parameters.get(name).map(String::as_str)
+    }
+
     /// IDENTIFY_SYSTEM: system id, timeline, current WAL position, database.
     pub async fn identify_system(&mut self) -> Result<IdentifySystem, ReplicationError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;

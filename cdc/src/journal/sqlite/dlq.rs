@@ -39,6 +39,7 @@ fn entries(
             id,
             delivery_id,
             row: row_key,
+            pos,
             item,
             state: DlqState::parse(&state),
             error,
