@@ -264,6 +264,24 @@ pub struct SourceConfig {
     /// How often a heartbeat message is written into the WAL ("10s"; "0s" turns it off).
     #[serde(default = "SourceConfig::default_heartbeat")]
     pub heartbeat: String,
+    /// Create the slot as a failover slot, synchronised to standbys (PostgreSQL 17+);
+    /// unset: yes on 17+, no before.
+    #[serde(default)]
+    pub failover_slot: Option<bool>,
+    /// What to do when the slot is lost (missing, or `wal_status = lost`).
+    #[serde(default)]
+    pub on_slot_lost: OnSlotLost,
+}
+
+/// `source.on_slot_lost`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSlotLost {
+    /// Stop, saying what happened and what to do.
+    #[default]
+    Fail,
+    /// Recreate the slot and resync every table to every sink, deleting keys gone meanwhile.
+    Resync,
 }
 
 impl SourceConfig {

@@ -5,6 +5,7 @@
 //! while any fails. Failures here are definite, except an unreachable
 //! database, which `run` retries.
 
+pub(crate) mod failover;
 pub(crate) mod identity;
 
 use std::collections::HashMap;
@@ -112,6 +113,27 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
     let mut checks = Vec::new();
     let src = &config.source;
 
+    let major = match failover::server_version(client).await {
+        Ok((num, text)) => {
+            let check = failover::version_check(num, &text);
+            let too_old = check.outcome.is_err();
+            checks.push(check);
+            if too_old {
+                // Later checks would fail on catalog columns an old server lacks.
+                return checks;
+            }
+            failover::major_of(num)
+        }
+        Err(e) => {
+            checks.push(fail(
+                "server version",
+                sql_message(&e),
+                "check the source connection",
+            ));
+            return checks;
+        }
+    };
+
     match client
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
@@ -206,6 +228,7 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
         .await,
     );
     checks.extend(check_slot(client, &src.slot).await);
+    checks.extend(failover::checks(config, client, major).await);
     checks
 }
 
@@ -543,12 +566,17 @@ pub async fn ensure_slot(
     conn: &mut ReplicationConnection,
     export_snapshot: bool,
 ) -> Result<Option<crate::replication::CreatedSlot>, ReplicationError> {
+    let major = conn.server_major().unwrap_or(0);
+    let failover = failover::wants_failover(config, major);
     if slot_info(client, &config.source.slot).await?.is_some() {
+        if failover {
+            failover::ensure_failover(client, conn, &config.source.slot).await?;
+        }
         return Ok(None);
     }
     let created = conn
-        .create_logical_slot(&config.source.slot, export_snapshot)
+        .create_slot(&config.source.slot, export_snapshot, failover)
         .await?;
-    tracing::info!(slot = %config.source.slot, consistent_point = %pgcdc_schema::Lsn(created.consistent_point), "created replication slot");
+    tracing::info!(slot = %config.source.slot, failover, consistent_point = %pgcdc_schema::Lsn(created.consistent_point), "created replication slot");
     Ok(Some(created))
 }
