@@ -6,6 +6,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::frame::{self, Backend, ServerFields};
+use super::hosts;
 use super::stream::ReplicationStream;
 use super::transport::Transport;
 use super::{ReplicationError, SourceUrl};
@@ -97,8 +98,29 @@ fn unexpected(during: &str, message: &Backend) -> ReplicationError {
 }
 
 impl ReplicationConnection {
-    /// Startup with replication=database, TLS per sslmode, auth trust/cleartext/MD5/SCRAM-SHA-256.
+    /// Startup with replication=database, TLS per sslmode, auth trust/cleartext/MD5/SCRAM-SHA-256;
+    /// with several hosts, on the first that fits `target_session_attrs` (see `hosts`).
     pub async fn connect(url: &SourceUrl) -> Result<Self, ReplicationError> {
+        if !url.chooses_host() {
+            return Self::connect_one(url).await;
+        }
+        hosts::first_fitting(url, |candidate| async move {
+            let mut conn = Self::connect_one(&candidate).await?;
+            let rows = conn.simple_query(hosts::SESSION_QUERY).await?;
+            let row = single_row(rows, 2, "the session check")?;
+            let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            match hosts::misfit(candidate.target_session_attrs, &text(0), &text(1)) {
+                None => Ok(hosts::Attempt::Fits(conn)),
+                Some(why) => {
+                    conn.close().await;
+                    Ok(hosts::Attempt::Misfit(why))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn connect_one(url: &SourceUrl) -> Result<Self, ReplicationError> {
         // A blackholed host would otherwise hang for the OS TCP timeout (minutes).
         match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(url)).await {
             Ok(result) => result,

@@ -43,11 +43,13 @@
 mod conn;
 mod error;
 mod frame;
+mod hosts;
 mod sql;
 mod stream;
 mod tls;
 mod transport;
 mod url;
+mod url_forms;
 
 pub use conn::{CreatedSlot, IdentifySystem, ReplicationConnection};
 pub use error::ReplicationError;
@@ -55,4 +57,4 @@ pub use frame::ReplicationMessage;
 pub use sql::connect_sql;
 pub use stream::ReplicationStream;
 pub use tls::client_config;
-pub use url::{Secret, SourceUrl, SslMode};
+pub use url::{Secret, SourceUrl, SslMode, TargetSessionAttrs};
