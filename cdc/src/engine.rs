@@ -82,8 +82,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let ident = conn.identify_system().await?;
     match writer.meta("system_id")? {
         Some(id) if id != ident.systemid => bail!(
-            "the journal in {} was written for database system {id}, but the source is system {}; \
-             point [state] dir at a new directory for this source",
+            "the journal in {} was written for database system {id}, but the source at {url} is \
+             system {}: source.url leads to a different database than before (a promoted standby \
+             keeps the system identifier, so this is not a failover of the original); pgcdc refuses \
+             to mix two databases' changes — fix: point source.url back at the original database \
+             or its standbys, or point [state] dir at a new directory for this source",
             state_dir.display(),
             ident.systemid
         ),
@@ -148,6 +151,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     conn.close().await;
     drop(client);
+    let slot_floor = journal_guard::slot_floor(&writer)?;
 
     let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
     let retention = config.journal.retention();
@@ -237,6 +241,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         heartbeat: config.source.heartbeat(),
         windows: windows.clone(),
         fill,
+        system_id: ident.systemid.clone(),
+        slot_floor,
     };
     let mut reader = tokio::spawn(reader::run(
         reader_cfg,

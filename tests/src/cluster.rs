@@ -35,6 +35,7 @@ pub struct PgClusterBuilder {
     tls: bool,
     bin_dir: Option<PathBuf>,
     version: Option<u32>,
+    port: Option<u16>,
 }
 
 impl Default for PgClusterBuilder {
@@ -46,6 +47,7 @@ impl Default for PgClusterBuilder {
             tls: false,
             bin_dir: None,
             version: None,
+            port: None,
         }
     }
 }
@@ -94,6 +96,12 @@ impl PgClusterBuilder {
     /// Uses the binaries of PostgreSQL `major` (see `pg_versions`; 15 is the default).
     pub fn version(mut self, major: u32) -> Self {
         self.version = Some(major);
+        self
+    }
+
+    /// Listens on `port` (e.g. another, stopped cluster's: a different server behind the same URL).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -154,6 +162,10 @@ impl PgCluster {
             )));
         }
         let mut cluster = PgCluster::layout(bin_dir)?;
+        if let Some(port) = opts.port {
+            cluster.port = port;
+            cluster.port_fixed = true;
+        }
         cluster.initdb().await?;
         if opts.tls {
             cluster.tls =

@@ -142,6 +142,16 @@ pub(crate) fn check(
     Ok(SlotPlan::Use)
 }
 
+/// Where the slot was when pgcdc created or adopted it (0 when not recorded): the slot
+/// may be confirmed up to here before the journal holds anything.
+pub(crate) fn slot_floor(writer: &JournalWriter) -> Result<Lsn, JournalError> {
+    Ok(writer
+        .meta(SLOT_CREATED_LSN)?
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Lsn)
+        .unwrap_or_default())
+}
+
 fn adopt(writer: &mut JournalWriter, slot: &str, at: Lsn) -> Result<(), JournalError> {
     writer.set_meta(SLOT, slot)?;
     writer.set_meta(SLOT_CREATED_LSN, &at.0.to_string())

@@ -72,6 +72,40 @@ pub enum ReaderError {
         /// The publication.
         publication: String,
     },
+    /// The source is another database system than the one the journal follows.
+    #[error(
+        "the source at {url} is database system {found}, but the journal follows system \
+         {expected}: source.url now leads to a different database (a promoted standby keeps the \
+         system identifier, so this is not a failover of the original); pgcdc stops rather than \
+         mix two databases' changes — fix: point source.url back at the original database or its \
+         standbys, or use a new [state] dir to follow this one from scratch"
+    )]
+    OtherSystem {
+        /// The source, as configured (password masked).
+        url: String,
+        /// The journal's system identifier.
+        expected: String,
+        /// The source's.
+        found: String,
+    },
+    /// The slot was confirmed past what the journal holds.
+    #[error(
+        "replication slot {slot} reports changes confirmed up to {slot_confirmed}, but the journal \
+         holds them only up to {journal}: something other than this pgcdc advanced the slot (or it \
+         was re-created elsewhere); streaming from it would skip the changes in between — fix: stop \
+         the other consumer of slot {slot}; to start over on purpose, drop the slot and resync"
+    )]
+    SlotAhead {
+        /// The slot.
+        slot: String,
+        /// Its confirmed_flush_lsn.
+        slot_confirmed: Lsn,
+        /// The journal's confirmed LSN (or the slot's recorded creation point).
+        journal: Lsn,
+    },
+    /// The slot is gone (e.g. after a failover on PostgreSQL < 17) or has lost WAL.
+    #[error(transparent)]
+    SlotLost(#[from] super::slot_loss::SlotLost),
     /// The journal thread is gone (it logs its own error).
     #[error("the journal writer stopped")]
     JournalGone,
@@ -107,6 +141,11 @@ pub struct ReaderConfig {
     pub windows: Windows,
     /// The journal's fill against `journal.max_bytes`: the reader pauses while full.
     pub fill: std::sync::Arc<super::journal_thread::JournalFill>,
+    /// The source's system identifier the journal records: every connect must match it.
+    pub system_id: String,
+    /// Where the slot was when pgcdc created or adopted it: it may be confirmed up to
+    /// here even when the journal holds nothing yet.
+    pub slot_floor: Lsn,
 }
 
 /// Silence after which a status update asks the server for a reply.
@@ -193,14 +232,39 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, ReaderError> {
     let mut catalog = Catalog::new(connect_sql(&cfg.url).await?);
-    let conn = ReplicationConnection::connect(&cfg.url).await?;
+    let mut conn = ReplicationConnection::connect(&cfg.url).await?;
+    // Every connect, not only the first: a host list or a DNS name may lead elsewhere.
+    let ident = conn.identify_system().await?;
+    if ident.systemid != cfg.system_id {
+        return Err(ReaderError::OtherSystem {
+            url: cfg.url.to_string(),
+            expected: cfg.system_id.clone(),
+            found: ident.systemid,
+        });
+    }
     // Everything journaled is durable; start from there (Postgres starts at
     // the slot's confirmed position if that is later).
     let start = sync(journal).await?.confirmed_lsn;
+    let stream_host = conn.host().to_owned();
+    super::slot_loss::check_slot(catalog.client(), &cfg.slot, conn.host(), start).await?;
     let mut stream = conn
         .start_replication(&cfg.slot, start.0, &cfg.publication)
         .await?;
-    tracing::info!(slot = %cfg.slot, from = %start, "replication started");
+    // Re-read now that the slot is ours: nobody else can move it from here on.
+    let slot_confirmed = crate::source::slot_info(catalog.client(), &cfg.slot)
+        .await
+        .map_err(ReplicationError::Sql)?
+        .and_then(|s| s.confirmed_flush_lsn)
+        .and_then(|l| l.parse::<Lsn>().ok());
+    let reach = start.max(cfg.slot_floor);
+    if let Some(confirmed) = slot_confirmed.filter(|c| *c > reach) {
+        return Err(ReaderError::SlotAhead {
+            slot: cfg.slot.clone(),
+            slot_confirmed: confirmed,
+            journal: reach,
+        });
+    }
+    tracing::info!(slot = %cfg.slot, from = %start, host = %stream_host, timeline = ident.timeline, "replication started");
     let _connected = crate::health::health().replication_connected();
 
     let mut ticker = tokio::time::interval(cfg.status_interval);

@@ -44,6 +44,8 @@ pub struct CreatedSlot {
 /// A walsender connection (`replication=database`) before streaming starts.
 pub struct ReplicationConnection {
     transport: Transport,
+    /// `host:port` connected to (one of the URL's hosts).
+    host: String,
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -167,7 +169,15 @@ impl ReplicationConnection {
             server_version = transport.parameters.get("server_version").map(String::as_str),
             "replication connection ready"
         );
-        Ok(ReplicationConnection { transport })
+        Ok(ReplicationConnection {
+            transport,
+            host: format!("{}:{}", url.host, url.port),
+        })
+    }
+
+    /// The `host:port` this connection went to.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// A ParameterStatus value reported by the server (e.g. `server_version`).

@@ -1,0 +1,271 @@
+//! End to end: the source fails over. Multi-host URLs find the new primary; a
+//! PostgreSQL 17 failover slot survives a promotion with nothing lost; before 17
+//! the slot is lost, and `source.on_slot_lost` decides (stop with the reason and
+//! the fix, or recreate and resync every table so the sink converges); a
+//! different database behind the same URL is refused.
+
+mod e2e_fixture;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use e2e_fixture::{
+    assert_journal_exact, config_toml, create_load_table, pgcdc_output, spawn_run, stderr_with,
+    Seen, SocketAddr,
+};
+use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
+
+/// `postgres://...@127.0.0.1:P1,127.0.0.1:P2/postgres?...&target_session_attrs=read-write`.
+fn multi_host_url(clusters: &[&PgCluster]) -> String {
+    let hosts: Vec<String> = clusters
+        .iter()
+        .map(|c| format!("127.0.0.1:{}", c.port()))
+        .collect();
+    format!(
+        "postgres://postgres@{}/postgres?sslmode=disable&target_session_attrs=read-write",
+        hosts.join(",")
+    )
+}
+
+/// Writes ids `1..=rows` into `load` in small transactions, into whichever of
+/// `addrs` accepts writes (the primary, then the promoted standby); idempotent.
+struct FailoverLoader {
+    done: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl FailoverLoader {
+    fn start(addrs: Vec<SocketAddr>, rows: u64, per_txn: u64, pace: Duration) -> FailoverLoader {
+        let done = Arc::new(AtomicU64::new(0));
+        let progress = done.clone();
+        let task = tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let mut from = 1u64;
+            let mut at = 0usize;
+            let mut client: Option<tokio_postgres::Client> = None;
+            while from <= rows {
+                let to = (from + per_txn - 1).min(rows);
+                let sql = format!(
+                    "INSERT INTO load SELECT g, 'row ' || g FROM generate_series({from}, {to}) g \
+                     ON CONFLICT DO NOTHING"
+                );
+                let result = match &client {
+                    Some(c) => c.batch_execute(&sql).await.map_err(anyhow::Error::from),
+                    None => match addrs[at % addrs.len()].connect().await {
+                        Ok(c) => {
+                            client = Some(c);
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
+                    Ok(()) => {
+                        progress.store(to, Ordering::SeqCst);
+                        from = to + 1;
+                        tokio::time::sleep(pace).await;
+                    }
+                    Err(e) => {
+                        // Down, or read-only: try the next host.
+                        client = None;
+                        at += 1;
+                        if Instant::now() > deadline {
+                            bail!("loader gave up at row {from}: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            Ok(())
+        });
+        FailoverLoader { done, task }
+    }
+
+    fn progress(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        self.task.await.context("loader panicked")?
+    }
+}
+
+/// Waits until pgcdc streams from `pg` (its walsender holds slot `pgcdc` there).
+async fn wait_streaming_from(pg: &PgCluster, p: &mut Pgcdc) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if pgcdc_tests::slot_active_pid(pg, "pgcdc").await.is_some() {
+            return Ok(());
+        }
+        ensure!(
+            !p.has_exited(),
+            "pgcdc exited; stderr:\n{}",
+            p.stderr_tail(30)
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "pgcdc not streaming from the new primary; stderr:\n{}",
+            p.stderr_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const ROWS: u64 = 4_000;
+
+/// PostgreSQL 17: a failover slot synchronised to a physical standby; the standby is
+/// promoted in the middle of a load and the old primary stopped. pgcdc, given both
+/// hosts, continues on the new primary: every row reaches the sink, the journal
+/// holds each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg17_failover_slot_survives_promotion_with_nothing_lost() -> anyhow::Result<()> {
+    let mut primary = PgCluster::builder().version(17).start().await?;
+    create_load_table(&primary, "load").await?;
+    let standby = primary
+        .start_standby(
+            "standby1",
+            &[
+                ("sync_replication_slots", "on"),
+                ("hot_standby_feedback", "on"),
+            ],
+        )
+        .await?;
+    // The slot never gets ahead of the standby: what pgcdc journals, the standby has.
+    primary
+        .execute("ALTER SYSTEM SET synchronized_standby_slots = 'standby1'")
+        .await?;
+    primary.execute("SELECT pg_reload_conf()").await?;
+    let state = state_dir()?;
+    let url = multi_host_url(&[&primary, &standby]);
+    let cfg = ConfigFile::new(&config_toml(&url, &["public.load"], state.path(), ""))?;
+
+    let (code, out, err) = pgcdc_output(&["check", "--config", &cfg.arg()]).await?;
+    ensure!(code == 0, "check: {out}{err}");
+    ensure!(
+        out.contains("sync_replication_slots")
+            && out.contains("synchronized_standby_slots = 'standby1'"),
+        "check must say what the standby needs and what it sees: {out}"
+    );
+
+    let mut p = spawn_run(&cfg)?;
+    e2e_fixture::wait_streaming(&primary, &mut p).await?;
+    let failover: bool = primary
+        .query_scalar("SELECT failover FROM pg_replication_slots WHERE slot_name = 'pgcdc'")
+        .await?;
+    ensure!(failover, "on 17 the slot is created as a failover slot");
+
+    // The standby's copy of the slot, synchronised by its slot sync worker; a copy still
+    // temporary (not yet sync-ready) would be dropped at promotion.
+    wait_until_msg(
+        Duration::from_secs(60),
+        "the slot synchronised to the standby",
+        || async {
+            match standby.client().await {
+                Ok(c) => c
+                    .query_opt(
+                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgcdc' AND synced \
+                     AND NOT temporary AND invalidation_reason IS NULL",
+                        &[],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some(),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    let loader = FailoverLoader::start(
+        vec![SocketAddr::of(&primary), SocketAddr::of(&standby)],
+        ROWS,
+        20,
+        Duration::from_millis(10),
+    );
+    let mut seen = Seen::default();
+    seen.drain_while_waiting(&mut p, "half of the load", || loader.progress() >= ROWS / 2)
+        .await?;
+    ensure!(
+        loader.progress() < ROWS,
+        "the load ended before the failover"
+    );
+
+    // The primary goes away (fast shutdown: the standby receives all its WAL), the
+    // standby is promoted, the loader carries on there.
+    primary.stop().await?;
+    standby.promote().await?;
+    wait_streaming_from(&standby, &mut p).await?;
+    loader.finish().await?;
+    seen.until_all_keys(&mut p, ROWS, Duration::from_secs(120))
+        .await?;
+    seen.assert_all_keys(ROWS)?;
+    ensure!(!p.has_exited(), "pgcdc must ride out the failover");
+    assert_journal_exact(state.path(), ROWS)?;
+    let log = p.stderr();
+    ensure!(!log.contains("slot lost"), "{log}");
+    println!(
+        "failover on 17: {} lines for {ROWS} rows, {} ids repeated",
+        seen.lines,
+        seen.ids.values().filter(|n| **n > 1).count()
+    );
+    Ok(())
+}
+
+/// A different database (another system identifier) behind the same URL: refused
+/// when pgcdc reconnects to it, and again at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_system_behind_the_same_url_is_refused() -> anyhow::Result<()> {
+    let mut first = PgCluster::new().await?;
+    let port = first.port();
+    first
+        .batch("CREATE TABLE permits (id int PRIMARY KEY, status text)")
+        .await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config_toml(
+        &first.url(),
+        &["public.permits"],
+        state.path(),
+        "",
+    ))?;
+    let mut p = spawn_run(&cfg)?;
+    e2e_fixture::wait_streaming(&first, &mut p).await?;
+    first
+        .execute("INSERT INTO permits VALUES (1, 'new')")
+        .await?;
+    ensure!(p.next_line(Duration::from_secs(30)).await.is_some());
+
+    first.stop().await?;
+    let second = PgCluster::builder().port(port).start().await?;
+    second
+        .batch("CREATE TABLE permits (id int PRIMARY KEY, status text); CREATE PUBLICATION pgcdc FOR TABLE permits")
+        .await?;
+    second
+        .execute("SELECT pg_create_logical_replication_slot('pgcdc', 'pgoutput')")
+        .await?;
+    ensure!(
+        p.wait_exit(Duration::from_secs(60)).await.is_some(),
+        "pgcdc must stop on reconnecting to another database; stderr:\n{}",
+        p.stderr_tail(20)
+    );
+    let log = stderr_with(&p, &["database system", "fix"]).await;
+    ensure!(
+        log.contains("is database system")
+            && log.contains("journal follows system")
+            && log.contains("fix:"),
+        "{log}"
+    );
+
+    let mut p = spawn_run(&cfg)?;
+    ensure!(p
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .is_some_and(|s| !s.success()));
+    let log = stderr_with(&p, &["written for database system"]).await;
+    ensure!(
+        log.contains("written for database system") && log.contains("fix:"),
+        "{log}"
+    );
+    Ok(())
+}
