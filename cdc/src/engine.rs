@@ -113,23 +113,44 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .and_then(|l| l.parse::<pgcdc_schema::Lsn>().ok())
                 .unwrap_or_default()
         });
-    let slot_plan = journal_guard::check(
+    let mut slot_plan = journal_guard::check(
         &mut writer,
         prior,
         &state_dir,
         &config.source.slot,
         slot_confirmed,
     )?;
+    let mut recover = false;
+    if slot_plan == journal_guard::SlotPlan::Lost {
+        let lost = crate::ingest::slot_loss::SlotLost::new(
+            &config.source.slot,
+            crate::ingest::slot_loss::Loss::Missing,
+            conn.host().to_owned(),
+            writer.head().confirmed_lsn,
+        );
+        crate::ingest::slot_loss::alert(&lost);
+        if config.source.on_slot_lost != crate::config::OnSlotLost::Resync {
+            return Err(lost.into());
+        }
+        tracing::warn!(slot = %config.source.slot, "source.on_slot_lost = \"resync\": recreating the slot");
+        recover = true;
+        slot_plan = journal_guard::SlotPlan::Create;
+    }
     // Queued before the slot exists: a crash after its creation leaves the snapshot
     // queued, and the resync driver finishes it with watermarks.
-    let initial = config.source.snapshot == SnapshotMode::Initial;
+    // A recovery resyncs every table anyway: no snapshot of its own.
+    let initial = config.source.snapshot == SnapshotMode::Initial && !recover;
     if slot_plan == journal_guard::SlotPlan::Create {
         if initial {
             crate::ingest::snapshot::queue(&config, &state_dir)?;
         }
         journal_guard::creating(&mut writer, &config.source.slot)?;
     }
+    let mut recover_at = None;
     if let Some(created) = source::ensure_slot(&config, &client, &mut conn, initial).await? {
+        if recover {
+            recover_at = Some(pgcdc_schema::Lsn(created.consistent_point));
+        }
         writer.set_meta("created_slot", &config.source.slot)?;
         journal_guard::created(
             &mut writer,
@@ -243,6 +264,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         fill,
         system_id: ident.systemid.clone(),
         slot_floor,
+        on_slot_lost: config.source.on_slot_lost,
+        failover_slot: config.source.failover_slot,
+        state_dir: state_dir.clone(),
+        recover_at,
     };
     let mut reader = tokio::spawn(reader::run(
         reader_cfg,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use e2e_fixture::view::{create_tables, View};
 use e2e_fixture::{
     assert_journal_exact, config_toml, create_load_table, pgcdc_output, spawn_run, stderr_with,
     Seen, SocketAddr,
@@ -265,6 +266,163 @@ async fn another_system_behind_the_same_url_is_refused() -> anyhow::Result<()> {
     let log = stderr_with(&p, &["written for database system"]).await;
     ensure!(
         log.contains("written for database system") && log.contains("fix:"),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// PostgreSQL 15 primary and physical standby, pgcdc on both hosts with `on_slot_lost`
+/// as given, streaming `items` (snapshotted). The primary stops; while pgcdc finds no
+/// usable host, the standby is promoted and rows are deleted, updated and inserted
+/// there before any slot exists on it. Returns the running (or exited) pgcdc.
+struct Lost {
+    _old: PgCluster,
+    standby: PgCluster,
+    p: Pgcdc,
+    view: View,
+    cfg: ConfigFile,
+    _state: tempfile::TempDir,
+    /// The admin API, `http://127.0.0.1:PORT`.
+    admin: String,
+}
+
+async fn lose_the_slot(on_slot_lost: &str) -> anyhow::Result<Lost> {
+    let primary = PgCluster::new().await?;
+    create_tables(&primary, "items", 200).await?;
+    let standby = primary.start_standby("standby1", &[]).await?;
+    let state = state_dir()?;
+    let url = multi_host_url(&[&primary, &standby]);
+    let toml = config_toml(&url, &["public.items", "public.fence"], state.path(), "").replacen(
+        "tables = [",
+        &format!("snapshot = \"initial\"\non_slot_lost = \"{on_slot_lost}\"\ntables = ["),
+        1,
+    );
+    let port = pgcdc_tests::free_port()?;
+    let toml = toml.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let cfg = ConfigFile::new(&toml)?;
+    let mut p = spawn_run(&cfg)?;
+    e2e_fixture::wait_streaming(&primary, &mut p).await?;
+    let mut view = View::of("items");
+    view.drain_until(&mut p, Duration::from_secs(60), "the snapshot", |v| {
+        v.reads >= 200
+    })
+    .await?;
+    primary
+        .execute("UPDATE items SET v = 1 WHERE id <= 50")
+        .await?;
+    view.fence(&primary, &mut p).await?;
+    view.assert_equals_table(&primary).await?;
+
+    let mut primary = primary;
+    primary.stop().await?;
+    // pgcdc retries with backoff while no host is a primary: the changes below land
+    // on the promoted standby before its next attempt.
+    let _ = stderr_with(&p, &["no source host is usable"]).await;
+    standby.promote().await?;
+    standby
+        .batch(
+            "DELETE FROM items WHERE id <= 20; UPDATE items SET v = 5 WHERE id BETWEEN 21 AND 40; \
+             INSERT INTO items SELECT g, 9 FROM generate_series(201, 230) g",
+        )
+        .await?;
+    Ok(Lost {
+        _old: primary,
+        standby,
+        p,
+        view,
+        cfg,
+        _state: state,
+        admin: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+/// The value of a counter on `/metrics` (0 when absent).
+async fn metric(admin: &str, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Before 17 the slot does not survive a failover. `on_slot_lost = "resync"`: pgcdc
+/// recreates it on the new primary and resyncs; rows deleted while no slot existed are
+/// deleted at the sink too, so the sink's view converges to the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg15_lost_slot_resync_converges_the_sink_to_the_table() -> anyhow::Result<()> {
+    // Every field bound: `..` would drop the state dir and the old primary right here.
+    let Lost {
+        _old,
+        standby,
+        mut p,
+        mut view,
+        cfg,
+        _state,
+        admin,
+    } = lose_the_slot("resync").await?;
+    wait_until_msg(
+        Duration::from_secs(120),
+        "the recovery's resyncs done",
+        || async {
+            match e2e_fixture::status_json(&cfg).await {
+                Ok(s) => {
+                    let resyncs: Vec<_> = s["resyncs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|r| r["kind"] == "resync")
+                        .collect();
+                    resyncs.len() == 2 && resyncs.iter().all(|r| r["state"] == "done")
+                }
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    standby
+        .execute("UPDATE items SET v = 6 WHERE id = 100")
+        .await?;
+    view.fence(&standby, &mut p).await?;
+    // Twice: the resync of `fence` itself journals a read of the first fence row,
+    // which can end the first wait early.
+    view.fence(&standby, &mut p).await?;
+    view.assert_equals_table(&standby).await?;
+    ensure!(!p.has_exited(), "pgcdc recovers by itself");
+    let log = p.stderr();
+    ensure!(
+        log.contains("replication slot lost") && log.contains("deleting the rows that vanished"),
+        "{log}"
+    );
+    ensure!(
+        metric(&admin, "pgcdc_slot_lost_total").await? >= 1.0,
+        "the loss is counted"
+    );
+    Ok(())
+}
+
+/// `on_slot_lost = "fail"` (the default): pgcdc stops, saying what happened and what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg15_lost_slot_fail_stops_with_the_reason_and_the_fix() -> anyhow::Result<()> {
+    let lost = lose_the_slot("fail").await?;
+    let mut p = lost.p;
+    ensure!(
+        p.wait_exit(Duration::from_secs(90))
+            .await
+            .is_some_and(|s| !s.success()),
+        "pgcdc must stop; stderr:\n{}",
+        p.stderr_tail(20)
+    );
+    let log = stderr_with(&p, &["is missing", "on_slot_lost"]).await;
+    ensure!(
+        log.contains("replication slot pgcdc is missing")
+            && log.contains("failed over to a standby")
+            && log.contains("fix: set source.on_slot_lost = \"resync\""),
         "{log}"
     );
     Ok(())

@@ -39,6 +39,9 @@ pub enum JournalCommand {
     Resync(Box<ResyncChunk>, oneshot::Sender<()>),
     /// Check that the journal file is still the one open (sent every second).
     Check,
+    /// The slot was recreated at this position (after a lost slot): recorded in the
+    /// journal's meta, as at a first start (`journal_guard::created`).
+    RecordSlot(String, Lsn),
 }
 
 /// Most commands written in one SQLite transaction: bounds memory and latency.
@@ -129,7 +132,10 @@ impl JournalCommand {
             JournalCommand::Resync(chunk, _) => {
                 chunk.entries.iter().map(|e| event_bytes(&e.event)).sum()
             }
-            JournalCommand::Confirm(_) | JournalCommand::Sync(_) | JournalCommand::Check => 0,
+            JournalCommand::Confirm(_)
+            | JournalCommand::Sync(_)
+            | JournalCommand::Check
+            | JournalCommand::RecordSlot(..) => 0,
         }
     }
 }
@@ -208,6 +214,7 @@ pub fn run(
     let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
     let mut chunks_done: Vec<oneshot::Sender<()>> = Vec::new();
     let mut progress: Vec<ResyncProgress> = Vec::new();
+    let mut slots: Vec<(String, Lsn)> = Vec::new();
     // The batch's budget, given back once it is written.
     let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     while let Some(first) = rx.rx.blocking_recv() {
@@ -228,6 +235,7 @@ pub fn run(
                     chunks_done.push(reply);
                 }
                 JournalCommand::Check => {}
+                JournalCommand::RecordSlot(slot, at) => slots.push((slot, at)),
             };
         let mut batch_bytes = 0usize;
         let mut queued = Some(first);
@@ -250,6 +258,9 @@ pub fn run(
             writer.append_with(&refs, confirm, &progress)?
         };
         progress.clear();
+        for (slot, at) in slots.drain(..) {
+            super::journal_guard::created(&mut writer, &slot, at)?;
+        }
         if outcome.skipped > 0 {
             tracing::debug!(
                 skipped = outcome.skipped,

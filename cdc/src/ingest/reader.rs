@@ -106,6 +106,9 @@ pub enum ReaderError {
     /// The slot is gone (e.g. after a failover on PostgreSQL < 17) or has lost WAL.
     #[error(transparent)]
     SlotLost(#[from] super::slot_loss::SlotLost),
+    /// Recovering from a lost slot (`source.on_slot_lost = "resync"`) failed.
+    #[error("recovering from the lost slot: {0}")]
+    Recovery(#[from] super::slot_loss::RecoveryError),
     /// The journal thread is gone (it logs its own error).
     #[error("the journal writer stopped")]
     JournalGone,
@@ -114,7 +117,8 @@ pub enum ReaderError {
 impl ReaderError {
     fn is_transient(&self) -> bool {
         match self {
-            ReaderError::Replication(e) => {
+            ReaderError::Replication(e)
+            | ReaderError::Recovery(super::slot_loss::RecoveryError::Source(e)) => {
                 // 55006: slot active — our own walsender from before a crash may linger briefly.
                 e.is_transient() || e.sqlstate() == Some("55006")
             }
@@ -146,6 +150,30 @@ pub struct ReaderConfig {
     /// Where the slot was when pgcdc created or adopted it: it may be confirmed up to
     /// here even when the journal holds nothing yet.
     pub slot_floor: Lsn,
+    /// What to do when the slot is lost.
+    pub on_slot_lost: crate::config::OnSlotLost,
+    /// `source.failover_slot`, for a slot recreated after a loss.
+    pub failover_slot: Option<bool>,
+    /// The state directory (resyncs after a lost slot are queued there).
+    pub state_dir: std::path::PathBuf,
+    /// The slot was found lost at start and recreated at this position: the
+    /// recovery's resync and deletes are still to do (`source.on_slot_lost = "resync"`).
+    pub recover_at: Option<Lsn>,
+}
+
+impl ReaderConfig {
+    fn recovery(&self, capture: &Capture) -> super::slot_loss::Recovery<'_> {
+        let mut tables: Vec<TableName> = capture.tables.values().cloned().collect();
+        tables.sort_by_key(ToString::to_string);
+        tables.dedup();
+        super::slot_loss::Recovery {
+            url: &self.url,
+            slot: &self.slot,
+            failover_slot: self.failover_slot,
+            state_dir: &self.state_dir,
+            tables,
+        }
+    }
 }
 
 /// Silence after which a status update asks the server for a reply.
@@ -173,17 +201,52 @@ pub async fn run(
     let mut builder = ChangeBuilder::default();
     // Names as last seen and partitions found while running outlive a reconnect.
     let mut capture = cfg.capture.clone();
+    let mut floor = cfg.slot_floor;
+    let mut recover_at = cfg.recover_at;
     loop {
         builder.reset();
         let started = Instant::now();
+        let result = match recover_at {
+            Some(at) => {
+                let journaled = sync(&journal).await?.confirmed_lsn;
+                super::slot_loss::resync_all(&cfg.recovery(&capture), at, journaled, &journal)
+                    .await
+                    .map(|()| {
+                        recover_at = None;
+                        floor = floor.max(at);
+                    })
+                    .map_err(ReaderError::from)
+            }
+            None => Ok(()),
+        };
         let mut state = SessionState {
             builder: &mut builder,
             capture: &mut capture,
+            floor,
         };
-        let err = match session(&cfg, &mut state, &journal, &mut head, &mut shutdown).await {
+        let result = match result {
+            Ok(()) => session(&cfg, &mut state, &journal, &mut head, &mut shutdown).await,
+            Err(e) => Err(e),
+        };
+        let err = match result {
             Ok(SessionEnd::Shutdown) => return Ok(()),
-            Err(e) if e.is_transient() => e,
-            Err(e) => {
+            Err(ReaderError::SlotLost(lost))
+                if cfg.on_slot_lost == crate::config::OnSlotLost::Resync =>
+            {
+                tracing::warn!(slot = %lost.slot, "source.on_slot_lost = \"resync\": recreating the slot");
+                match super::slot_loss::recreate(&cfg.recovery(&capture), &journal).await {
+                    Ok(at) => {
+                        recover_at = Some(at);
+                        continue;
+                    }
+                    Err(e) => ReaderError::from(e),
+                }
+            }
+            Err(e) => e,
+        };
+        let err = match err {
+            e if e.is_transient() => e,
+            e => {
                 // Said here as well: the sink runners end with the reader (the journal
                 // closes), and the supervisor may report one of them first.
                 if !matches!(e, ReaderError::JournalGone) {
@@ -222,6 +285,8 @@ async fn sync(journal: &JournalSender) -> Result<JournalHead, ReaderError> {
 struct SessionState<'a> {
     builder: &'a mut ChangeBuilder,
     capture: &'a mut Capture,
+    /// The slot's recorded creation point (see `ReaderConfig::slot_floor`).
+    floor: Lsn,
 }
 
 async fn session(
@@ -256,7 +321,7 @@ async fn session(
         .map_err(ReplicationError::Sql)?
         .and_then(|s| s.confirmed_flush_lsn)
         .and_then(|l| l.parse::<Lsn>().ok());
-    let reach = start.max(cfg.slot_floor);
+    let reach = start.max(state.floor);
     if let Some(confirmed) = slot_confirmed.filter(|c| *c > reach) {
         return Err(ReaderError::SlotAhead {
             slot: cfg.slot.clone(),

@@ -770,6 +770,7 @@ mod dlq;
 pub use checkpoint::{CursorState, DroppedCursor, OrphanedCursor, ResetError, ResetTarget};
 mod resync;
 pub use resync::{ResyncInfo, ResyncKind, ResyncProgress, ResyncRequestError};
+mod known_keys;
 mod row_state;
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use row_state::{OldTracking, Tracked};
