@@ -43,11 +43,14 @@ fn host_port(entry: &str, default_port: u16) -> Result<(String, u16), Replicatio
     Ok((host.to_owned(), port))
 }
 
+/// `(host, port)` pairs in the order given.
+pub(super) type HostList = Vec<(String, u16)>;
+
 /// Splits a URL's host list off: the URL with only the first host, and the list
 /// (None when there is a single host).
 pub(super) fn split_host_list(
     s: &str,
-) -> Result<(Cow<'_, str>, Option<Vec<(String, u16)>>), ReplicationError> {
+) -> Result<(Cow<'_, str>, Option<HostList>), ReplicationError> {
     let Some(scheme_end) = s.find("://") else {
         return Ok((s.into(), None));
     };
