@@ -106,6 +106,21 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         writer.set_meta("created_publication", &config.source.publication)?;
     }
     let capture = source::identity::capture(&config, &client, &mut writer).await?;
+    let slot_now = source::slot_info(&client, &config.source.slot).await?;
+    if slot_now
+        .as_ref()
+        .is_some_and(|s| s.wal_status.as_deref() == Some("lost"))
+    {
+        // Preflight let it through only with on_slot_lost = "resync": the slot is useless,
+        // drop it and recover as from a missing one.
+        client
+            .execute(
+                "SELECT pg_drop_replication_slot($1)",
+                &[&config.source.slot],
+            )
+            .await?;
+        tracing::warn!(slot = %config.source.slot, "slot lost WAL it needed (wal_status = lost): dropped, to be recreated");
+    }
     let slot_confirmed = source::slot_info(&client, &config.source.slot)
         .await?
         .map(|s| {
@@ -149,7 +164,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let mut recover_at = None;
     if let Some(created) = source::ensure_slot(&config, &client, &mut conn, initial).await? {
         if recover {
-            recover_at = Some(pgcdc_schema::Lsn(created.consistent_point));
+            let at = pgcdc_schema::Lsn(created.consistent_point);
+            crate::ingest::slot_loss::check_ahead(
+                &client,
+                &config.source.slot,
+                at,
+                writer.head().confirmed_lsn,
+            )
+            .await?;
+            recover_at = Some(at);
         }
         writer.set_meta("created_slot", &config.source.slot)?;
         journal_guard::created(
@@ -172,6 +195,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     conn.close().await;
     drop(client);
+    // A recovery interrupted by a crash is finished now; a new one is recorded as pending.
+    match recover_at {
+        Some(at) => journal_guard::set_recovery(&mut writer, Some(at))?,
+        None => recover_at = journal_guard::recovery_pending(&writer)?,
+    }
     let slot_floor = journal_guard::slot_floor(&writer)?;
 
     let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());

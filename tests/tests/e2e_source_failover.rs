@@ -286,7 +286,7 @@ struct Lost {
     admin: String,
 }
 
-async fn lose_the_slot(on_slot_lost: &str) -> anyhow::Result<Lost> {
+async fn lose_the_slot(on_slot_lost: &str, stopped: bool) -> anyhow::Result<Lost> {
     let primary = PgCluster::new().await?;
     create_tables(&primary, "items", 200).await?;
     let standby = primary.start_standby("standby1", &[]).await?;
@@ -317,10 +317,16 @@ async fn lose_the_slot(on_slot_lost: &str) -> anyhow::Result<Lost> {
     view.assert_equals_table(&primary).await?;
 
     let mut primary = primary;
+    if stopped {
+        p.terminate()?;
+        ensure!(p.wait_exit(Duration::from_secs(20)).await.is_some());
+    }
     primary.stop().await?;
-    // pgcdc retries with backoff while no host is a primary: the changes below land
-    // on the promoted standby before its next attempt.
-    let _ = stderr_with(&p, &["no source host is usable"]).await;
+    if !stopped {
+        // pgcdc retries with backoff while no host is a primary: the changes below land
+        // on the promoted standby before its next attempt.
+        let _ = stderr_with(&p, &["no source host is usable"]).await;
+    }
     standby.promote().await?;
     standby
         .batch(
@@ -328,6 +334,9 @@ async fn lose_the_slot(on_slot_lost: &str) -> anyhow::Result<Lost> {
              INSERT INTO items SELECT g, 9 FROM generate_series(201, 230) g",
         )
         .await?;
+    if stopped {
+        p = spawn_run(&cfg)?;
+    }
     Ok(Lost {
         _old: primary,
         standby,
@@ -356,6 +365,16 @@ async fn metric(admin: &str, name: &str) -> anyhow::Result<f64> {
 /// deleted at the sink too, so the sink's view converges to the table.
 #[tokio::test(flavor = "multi_thread")]
 async fn pg15_lost_slot_resync_converges_the_sink_to_the_table() -> anyhow::Result<()> {
+    resync_converges(false).await
+}
+
+/// The same with pgcdc stopped across the failover: the loss is found at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg15_lost_slot_found_at_start_resync_converges() -> anyhow::Result<()> {
+    resync_converges(true).await
+}
+
+async fn resync_converges(stopped: bool) -> anyhow::Result<()> {
     // Every field bound: `..` would drop the state dir and the old primary right here.
     let Lost {
         _old,
@@ -365,7 +384,7 @@ async fn pg15_lost_slot_resync_converges_the_sink_to_the_table() -> anyhow::Resu
         cfg,
         _state,
         admin,
-    } = lose_the_slot("resync").await?;
+    } = lose_the_slot("resync", stopped).await?;
     wait_until_msg(
         Duration::from_secs(120),
         "the recovery's resyncs done",
@@ -409,7 +428,7 @@ async fn pg15_lost_slot_resync_converges_the_sink_to_the_table() -> anyhow::Resu
 /// `on_slot_lost = "fail"` (the default): pgcdc stops, saying what happened and what to do.
 #[tokio::test(flavor = "multi_thread")]
 async fn pg15_lost_slot_fail_stops_with_the_reason_and_the_fix() -> anyhow::Result<()> {
-    let lost = lose_the_slot("fail").await?;
+    let lost = lose_the_slot("fail", false).await?;
     let mut p = lost.p;
     ensure!(
         p.wait_exit(Duration::from_secs(90))

@@ -32,6 +32,9 @@ use crate::journal::{JournalError, JournalWriter};
 const SLOT: &str = "slot";
 /// Meta key: the slot's position when pgcdc created (or adopted) it.
 const SLOT_CREATED_LSN: &str = "slot_created_lsn";
+/// Meta key: a lost slot was recreated at this position and its recovery (deletes,
+/// resyncs) is not done yet; empty when none is pending.
+const RECOVERY_AT: &str = "slot_recovery_at";
 
 /// What the journal held when it was opened, before this start wrote to it.
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +155,25 @@ pub(crate) fn slot_floor(writer: &JournalWriter) -> Result<Lsn, JournalError> {
         .and_then(|v| v.parse::<u64>().ok())
         .map(Lsn)
         .unwrap_or_default())
+}
+
+/// A lost slot's recovery still to do (see `slot_loss`), recorded with the new slot.
+pub(crate) fn recovery_pending(writer: &JournalWriter) -> Result<Option<Lsn>, JournalError> {
+    Ok(writer
+        .meta(RECOVERY_AT)?
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Lsn))
+}
+
+/// Records (Some) or clears (None) a pending recovery.
+pub(crate) fn set_recovery(
+    writer: &mut JournalWriter,
+    at: Option<Lsn>,
+) -> Result<(), JournalError> {
+    writer.set_meta(
+        RECOVERY_AT,
+        &at.map(|l| l.0.to_string()).unwrap_or_default(),
+    )
 }
 
 fn adopt(writer: &mut JournalWriter, slot: &str, at: Lsn) -> Result<(), JournalError> {

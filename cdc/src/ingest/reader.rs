@@ -207,16 +207,13 @@ pub async fn run(
         builder.reset();
         let started = Instant::now();
         let result = match recover_at {
-            Some(at) => {
-                let journaled = sync(&journal).await?.confirmed_lsn;
-                super::slot_loss::resync_all(&cfg.recovery(&capture), at, journaled, &journal)
-                    .await
-                    .map(|()| {
-                        recover_at = None;
-                        floor = floor.max(at);
-                    })
-                    .map_err(ReaderError::from)
-            }
+            Some(at) => super::slot_loss::resync_all(&cfg.recovery(&capture), at, &journal)
+                .await
+                .map(|()| {
+                    recover_at = None;
+                    floor = floor.max(at);
+                })
+                .map_err(ReaderError::from),
             None => Ok(()),
         };
         let mut state = SessionState {

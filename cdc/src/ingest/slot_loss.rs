@@ -167,20 +167,14 @@ pub enum RecoveryError {
 pub(crate) async fn resync_all(
     rec: &Recovery<'_>,
     at: pgcdc_schema::Lsn,
-    journaled: pgcdc_schema::Lsn,
     journal: &super::journal_thread::JournalSender,
 ) -> Result<(), RecoveryError> {
     use super::journal_thread::JournalCommand;
     use crate::journal::{JournalEntry, JournalReader, ResyncKind, ResyncRequestError};
 
+    // Just before the slot's first change. Repeated after a crash, deletes already
+    // journaled are skipped by position.
     let before = pgcdc_schema::Lsn(at.0.saturating_sub(1));
-    if before <= journaled {
-        return Err(RecoveryError::Behind {
-            slot: rec.slot.to_owned(),
-            at,
-            journaled,
-        });
-    }
     let client = crate::replication::connect_sql(rec.url).await?;
     let mut seq: u32 = 0;
     let now = chrono::Utc::now();
@@ -245,6 +239,10 @@ pub(crate) async fn resync_all(
     })
     .await
     .map_err(|_| RecoveryError::JournalGone)??;
+    journal
+        .send(JournalCommand::RecoveryDone)
+        .await
+        .map_err(|_| RecoveryError::JournalGone)?;
     crate::health::health().set_slot_lost(false);
     tracing::warn!(slot = rec.slot, at = %at, tables = rec.tables.len(), "slot lost: recreated; every table is resynced to every sink (source.on_slot_lost = \"resync\")");
     Ok(())
@@ -286,6 +284,28 @@ async fn missing_keys(
         .collect())
 }
 
+/// The recreated slot must start after what the journal holds; if not, it is dropped
+/// again (a slot behind the journal would be taken for ours at the next start).
+pub(crate) async fn check_ahead(
+    client: &Client,
+    slot: &str,
+    at: pgcdc_schema::Lsn,
+    journaled: pgcdc_schema::Lsn,
+) -> Result<(), RecoveryError> {
+    if at.0.saturating_sub(1) > journaled.0 {
+        return Ok(());
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(ReplicationError::Sql)?;
+    Err(RecoveryError::Behind {
+        slot: slot.to_owned(),
+        at,
+        journaled,
+    })
+}
+
 /// Recreates the slot after a loss (on whichever host is the primary now) and
 /// records it; returns its consistent point.
 pub(crate) async fn recreate(
@@ -307,6 +327,16 @@ pub(crate) async fn recreate(
     let created = conn.create_slot(rec.slot, false, failover).await?;
     conn.close().await;
     let at = pgcdc_schema::Lsn(created.consistent_point);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    journal
+        .send(super::journal_thread::JournalCommand::Sync(tx))
+        .await
+        .map_err(|_| RecoveryError::JournalGone)?;
+    let journaled = rx
+        .await
+        .map_err(|_| RecoveryError::JournalGone)?
+        .confirmed_lsn;
+    check_ahead(&client, rec.slot, at, journaled).await?;
     journal
         .send(super::journal_thread::JournalCommand::RecordSlot(
             rec.slot.to_owned(),

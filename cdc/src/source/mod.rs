@@ -227,7 +227,7 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
         )
         .await,
     );
-    checks.extend(check_slot(client, &src.slot).await);
+    checks.extend(check_slot(client, &src.slot, src.on_slot_lost).await);
     checks.extend(failover::checks(config, client, major).await);
     checks
 }
@@ -405,7 +405,11 @@ async fn check_publication(
     }
 }
 
-async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
+async fn check_slot(
+    client: &Client,
+    slot: &str,
+    on_slot_lost: crate::config::OnSlotLost,
+) -> Vec<Check> {
     let name = format!("slot {slot}");
     let mut checks = Vec::new();
     let db: String = match client
@@ -436,11 +440,18 @@ async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
                     ),
                     "set source.slot to a name unique to this database",
                 ));
+            } else if info.wal_status.as_deref() == Some("lost")
+                && on_slot_lost == crate::config::OnSlotLost::Resync
+            {
+                checks.push(ok(
+                    &name,
+                    format!("slot {slot} has lost WAL it needed (wal_status = lost); source.on_slot_lost = \"resync\": pgcdc drops and recreates it, then resyncs every table"),
+                ));
             } else if info.wal_status.as_deref() == Some("lost") {
                 checks.push(fail(
                     &name,
                     format!("slot {slot} has lost WAL it needed (wal_status = lost)"),
-                    "changes were lost at the source; drop the slot (pgcdc teardown or pg_drop_replication_slot) and resync",
+                    "changes were lost at the source; set source.on_slot_lost = \"resync\" (pgcdc recreates the slot and resyncs every table), or drop the slot (pgcdc teardown or pg_drop_replication_slot) and resync",
                 ));
             } else if let Some(pid) = info.active_pid {
                 checks.push(fail(
