@@ -11,6 +11,11 @@
 //!                     standby status ('r') out ◀── journaled LSN
 //! ```
 //!
+//! With several hosts in the URL (or `target_session_attrs`), both connections
+//! try each host in order on every connect and take the first that fits
+//! (`hosts`); the URL's other spellings (host lists, libpq `key=value`) are
+//! parsed in `url_forms`.
+//!
 //! tokio-postgres has no replication mode, so the protocol is spoken here on
 //! top of postgres-protocol's message codecs; [`connect_sql`] opens an
 //! ordinary tokio-postgres connection for catalog queries with the same TLS.
