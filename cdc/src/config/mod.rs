@@ -35,7 +35,7 @@ pub use http::HttpSinkSpec;
 pub use jq::JqConfig;
 pub use schedule::{ScheduleConfig, ScheduledResync};
 pub use sink::{SinkConfig, SinkKind};
-pub use source::{SnapshotMode, SourceConfig};
+pub use source::{OnSlotLost, SnapshotMode, SourceConfig};
 pub use state::{AuditConfig, JournalConfig, StateConfig};
 pub use trigger::TriggerConfig;
 

@@ -21,5 +21,6 @@ pub mod journal_thread;
 pub mod reader;
 pub mod resync;
 pub mod scheduler;
+pub mod slot_loss;
 pub mod snapshot;
 pub mod watermark;
