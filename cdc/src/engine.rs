@@ -58,10 +58,10 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
         .await
         .with_context(|| format!("cannot connect to the source database at {url}"))?;
     preflight(&config, &client).await?;
-    let capture = prepare_source(&config, &url, &client, &mut *writer, &store, prior).await?;
+    let prepared = prepare_source(&config, &url, &client, &mut *writer, &store, prior).await?;
     drop(client);
 
-    let engine = Engine::start(config, url, writer, store, capture, &triggers)?;
+    let engine = Engine::start(config, url, writer, store, prepared, &triggers)?;
     engine.until_shutdown(shutdown).await
 }
 
@@ -96,7 +96,7 @@ async fn preflight(config: &Config, client: &tokio_postgres::Client) -> anyhow::
 
 /// Checks the journal belongs to this source, then sets up the publication, the
 /// captured tables' identity, the slot and (with `snapshot = "initial"`) the
-/// initial snapshot; returns what the reader captures.
+/// initial snapshot; returns what the reader needs.
 async fn prepare_source(
     config: &Config,
     url: &SourceUrl,
@@ -104,14 +104,17 @@ async fn prepare_source(
     writer: &mut dyn JournalWriter,
     store: &Store,
     prior: journal_guard::Prior,
-) -> anyhow::Result<Capture> {
+) -> anyhow::Result<Prepared> {
     let state_dir = &config.state.dir;
     let mut conn = ReplicationConnection::connect(url).await?;
     let ident = conn.identify_system().await?;
     match writer.meta(&MetaKey::SystemId)? {
         Some(id) if id != ident.systemid => bail!(
-            "the journal in {} was written for database system {id}, but the source is system {}; \
-             point [state] dir at a new directory for this source",
+            "the journal in {} was written for database system {id}, but the source at {url} is \
+             system {}: source.url leads to a different database than before (a promoted standby \
+             keeps the system identifier, so this is not a failover of the original); pgcdc refuses \
+             to mix two databases' changes — fix: point source.url back at the original database \
+             or its standbys, or point [state] dir at a new directory for this source",
             state_dir.display(),
             ident.systemid
         ),
@@ -131,6 +134,21 @@ async fn prepare_source(
         writer.set_meta(&MetaKey::CreatedPublication, &config.source.publication)?;
     }
     let capture = source::identity::capture(config, client, writer).await?;
+    let slot_now = source::slot_info(client, &config.source.slot).await?;
+    if slot_now
+        .as_ref()
+        .is_some_and(|s| s.wal_status.as_deref() == Some("lost"))
+    {
+        // Preflight let it through only with on_slot_lost = "resync": the slot is useless,
+        // drop it and recover as from a missing one.
+        client
+            .execute(
+                "SELECT pg_drop_replication_slot($1)",
+                &[&config.source.slot],
+            )
+            .await?;
+        tracing::warn!(slot = %config.source.slot, "slot lost WAL it needed (wal_status = lost): dropped, to be recreated");
+    }
     let slot_confirmed = source::slot_info(client, &config.source.slot)
         .await?
         .map(|s| {
@@ -138,23 +156,52 @@ async fn prepare_source(
                 .and_then(|l| l.parse::<pgcdc_schema::Lsn>().ok())
                 .unwrap_or_default()
         });
-    let slot_plan = journal_guard::check(
+    let mut slot_plan = journal_guard::check(
         writer,
         prior,
         state_dir,
         &config.source.slot,
         slot_confirmed,
     )?;
+    let mut recover = false;
+    if slot_plan == journal_guard::SlotPlan::Lost {
+        let lost = crate::ingest::slot_loss::SlotLost::new(
+            &config.source.slot,
+            crate::ingest::slot_loss::Loss::Missing,
+            conn.host().to_owned(),
+            writer.head().confirmed_lsn,
+        );
+        crate::ingest::slot_loss::alert(&lost);
+        if config.source.on_slot_lost != crate::config::OnSlotLost::Resync {
+            return Err(lost.into());
+        }
+        tracing::warn!(slot = %config.source.slot, "source.on_slot_lost = \"resync\": recreating the slot");
+        recover = true;
+        slot_plan = journal_guard::SlotPlan::Create;
+    }
     // Queued before the slot exists: a crash after its creation leaves the snapshot
     // queued, and the resync driver finishes it with watermarks.
-    let initial = config.source.snapshot == SnapshotMode::Initial;
+    // A recovery resyncs every table anyway: no snapshot of its own.
+    let initial = config.source.snapshot == SnapshotMode::Initial && !recover;
     if slot_plan == journal_guard::SlotPlan::Create {
         if initial {
             crate::ingest::snapshot::queue(config, store)?;
         }
         journal_guard::creating(writer, &config.source.slot)?;
     }
+    let mut recover_at = None;
     if let Some(created) = source::ensure_slot(config, client, &mut conn, initial).await? {
+        if recover {
+            let at = pgcdc_schema::Lsn(created.consistent_point);
+            crate::ingest::slot_loss::check_ahead(
+                client,
+                &config.source.slot,
+                at,
+                writer.head().confirmed_lsn,
+            )
+            .await?;
+            recover_at = Some(at);
+        }
         writer.set_meta(&MetaKey::CreatedSlot, &config.source.slot)?;
         journal_guard::created(
             writer,
@@ -175,7 +222,30 @@ async fn prepare_source(
         }
     }
     conn.close().await;
-    Ok(capture)
+    // A recovery interrupted by a crash is finished now; a new one is recorded as pending.
+    match recover_at {
+        Some(at) => journal_guard::set_recovery(writer, Some(at))?,
+        None => recover_at = journal_guard::recovery_pending(writer)?,
+    }
+    let slot_floor = journal_guard::slot_floor(writer)?;
+    Ok(Prepared {
+        capture,
+        system_id: ident.systemid,
+        slot_floor,
+        recover_at,
+    })
+}
+
+/// What `prepare_source` found and set up, for the reader.
+struct Prepared {
+    /// What the reader captures.
+    capture: Capture,
+    /// The source's system identifier (every reconnect must find it again).
+    system_id: String,
+    /// Where the slot was when pgcdc created or adopted it.
+    slot_floor: pgcdc_schema::Lsn,
+    /// A lost slot's recovery still to do, at the new slot's position.
+    recover_at: Option<pgcdc_schema::Lsn>,
 }
 
 /// The running engine: the journal thread, the reader, the sink runners and the
@@ -199,7 +269,7 @@ impl Engine {
         url: SourceUrl,
         writer: Box<dyn JournalWriter>,
         store: Store,
-        capture: Capture,
+        prepared: Prepared,
         triggers: &[plan::Trigger],
     ) -> anyhow::Result<Engine> {
         let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
@@ -264,11 +334,17 @@ impl Engine {
             url,
             slot: config.source.slot.clone(),
             publication: config.source.publication.clone(),
-            capture,
+            capture: prepared.capture,
             status_interval: Duration::from_secs(1),
             heartbeat: config.source.heartbeat(),
             windows: windows.clone(),
             fill,
+            system_id: prepared.system_id,
+            slot_floor: prepared.slot_floor,
+            on_slot_lost: config.source.on_slot_lost,
+            failover_slot: config.source.failover_slot,
+            store: store.clone(),
+            recover_at: prepared.recover_at,
         };
         let reader = tokio::spawn(reader::run(
             reader_cfg,

@@ -20,6 +20,8 @@ pub(crate) struct Health {
     warnings: Mutex<Vec<String>>,
     /// The reader is paused on a full journal (`journal.max_bytes`).
     reader_paused: AtomicBool,
+    /// The replication slot was found lost and pgcdc has not recovered from it.
+    slot_lost: AtomicBool,
     /// Background task → why it is failing (set while it retries; see `supervise`).
     tasks: Mutex<BTreeMap<&'static str, String>>,
 }
@@ -104,6 +106,11 @@ impl Health {
             .set(i64::from(paused));
     }
 
+    /// Records whether the replication slot is lost (see `ingest::slot_loss`).
+    pub fn set_slot_lost(&self, lost: bool) {
+        self.slot_lost.store(lost, Ordering::SeqCst);
+    }
+
     /// Whether the reader is paused on a full journal.
     pub(crate) fn is_reader_paused(&self) -> bool {
         self.reader_paused.load(Ordering::SeqCst)
@@ -137,6 +144,13 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        if self.slot_lost.load(Ordering::SeqCst) {
+            reasons.push(
+                "the replication slot was lost (missing on the source, or wal_status = lost): \
+                 changes made meanwhile may be missing; see the log and source.on_slot_lost"
+                    .to_string(),
+            );
+        }
         if self.is_reader_paused() {
             reasons.push(
                 "the reader is paused: the journal reached journal.max_bytes (Postgres keeps the WAL); \

@@ -66,6 +66,8 @@ pub(crate) struct Metrics {
     pub(crate) delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Rows copied by resyncs.
     pub(crate) resync_rows: Counter,
+    /// Times the replication slot was found lost (missing, or wal_status = lost).
+    pub(crate) slot_lost: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -98,6 +100,7 @@ impl Metrics {
             dlq_events: Family::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
             resync_rows: Counter::default(),
+            slot_lost: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -184,6 +187,11 @@ impl Metrics {
             "pgcdc_resync_rows",
             "Rows copied by resyncs",
             m.resync_rows.clone(),
+        );
+        r.register(
+            "pgcdc_slot_lost",
+            "Times the replication slot was found lost (missing after a failover, or wal_status = lost)",
+            m.slot_lost.clone(),
         );
         m
     }

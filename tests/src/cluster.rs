@@ -34,6 +34,8 @@ pub struct PgClusterBuilder {
     hba_lines: Vec<String>,
     tls: bool,
     bin_dir: Option<PathBuf>,
+    version: Option<u32>,
+    port: Option<u16>,
 }
 
 impl Default for PgClusterBuilder {
@@ -44,6 +46,8 @@ impl Default for PgClusterBuilder {
             hba_lines: Vec::new(),
             tls: false,
             bin_dir: None,
+            version: None,
+            port: None,
         }
     }
 }
@@ -89,6 +93,18 @@ impl PgClusterBuilder {
         self
     }
 
+    /// Uses the binaries of PostgreSQL `major` (see `pg_versions`; 15 is the default).
+    pub fn version(mut self, major: u32) -> Self {
+        self.version = Some(major);
+        self
+    }
+
+    /// Listens on `port` (e.g. another, stopped cluster's: a different server behind the same URL).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
     /// Creates the cluster (initdb + config) without starting it.
     pub async fn init(self) -> Result<PgCluster> {
         PgCluster::init(self).await
@@ -107,15 +123,15 @@ impl PgClusterBuilder {
 #[derive(Debug)]
 pub struct PgCluster {
     dir: Option<tempfile::TempDir>,
-    root: PathBuf,
-    data_dir: PathBuf,
-    socket_dir: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) socket_dir: PathBuf,
     log_path: PathBuf,
-    bin_dir: PathBuf,
+    pub(crate) bin_dir: PathBuf,
     port: u16,
     /// Set after the first successful start: restarts must keep the port.
     port_fixed: bool,
-    run_as: Option<RunAs>,
+    pub(crate) run_as: Option<RunAs>,
     postmaster: Option<Child>,
     tls: Option<TlsFiles>,
 }
@@ -132,17 +148,35 @@ impl PgCluster {
     }
 
     async fn init(opts: PgClusterBuilder) -> Result<PgCluster> {
-        let bin_dir = opts
-            .bin_dir
-            .clone()
-            .or_else(|| std::env::var_os("PG_BIN").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN));
+        let bin_dir = match (&opts.bin_dir, opts.version) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(major)) => crate::pg_versions::bin_dir(major)?,
+            (None, None) => std::env::var_os("PG_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN)),
+        };
         if !bin_dir.join("postgres").is_file() {
             return Err(HarnessError::Environment(format!(
                 "no postgres binary in {}; install PostgreSQL 15 or set PG_BIN",
                 bin_dir.display()
             )));
         }
+        let mut cluster = PgCluster::layout(bin_dir)?;
+        if let Some(port) = opts.port {
+            cluster.port = port;
+            cluster.port_fixed = true;
+        }
+        cluster.initdb().await?;
+        if opts.tls {
+            cluster.tls =
+                Some(tls_certs::generate(&cluster.root.join("tls"), cluster.run_as).await?);
+        }
+        cluster.write_config(&opts)?;
+        Ok(cluster)
+    }
+
+    /// A cluster's directories and port, with no data directory yet.
+    pub(crate) fn layout(bin_dir: PathBuf) -> Result<PgCluster> {
         let run_as = RunAs::detect()?;
         let dir = tempfile::Builder::new()
             .prefix("pgcdc-pg-")
@@ -155,7 +189,7 @@ impl PgCluster {
             user.chown(&root)?;
             user.chown(&socket_dir)?;
         }
-        let mut cluster = PgCluster {
+        Ok(PgCluster {
             data_dir: root.join("data"),
             log_path: root.join("postgres.log"),
             socket_dir,
@@ -167,13 +201,7 @@ impl PgCluster {
             run_as,
             postmaster: None,
             tls: None,
-        };
-        cluster.initdb().await?;
-        if opts.tls {
-            cluster.tls = Some(tls_certs::generate(&cluster.root.join("tls"), run_as).await?);
-        }
-        cluster.write_config(&opts)?;
-        Ok(cluster)
+        })
     }
 
     async fn initdb(&self) -> Result<()> {
@@ -257,7 +285,12 @@ impl PgCluster {
 
     /// A `std` command for a Postgres binary, run as the server's OS user.
     fn pg_command(&self, program: &str) -> std::process::Command {
-        let mut cmd = std::process::Command::new(self.bin_dir.join(program));
+        self.command_as_server(self.bin_dir.join(program))
+    }
+
+    /// A `std` command for any program, run as the server's OS user.
+    pub(crate) fn command_as_server(&self, program: impl AsRef<Path>) -> std::process::Command {
+        let mut cmd = std::process::Command::new(program.as_ref());
         if let Some(user) = self.run_as {
             user.apply(&mut cmd);
         }

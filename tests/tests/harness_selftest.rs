@@ -254,3 +254,31 @@ async fn start_moves_to_a_free_port_when_the_picked_one_is_taken() -> anyhow::Re
     drop(squatter);
     Ok(())
 }
+
+/// Each supported major version starts, and a physical standby made by the
+/// harness's hand-made base backup replays the primary's writes (14: the
+/// pg_start_backup spelling; 17: the current one), then promotes.
+#[tokio::test(flavor = "multi_thread")]
+async fn versioned_clusters_start_and_make_streaming_standbys() -> anyhow::Result<()> {
+    for major in [14u32, 17] {
+        let primary = PgCluster::builder().version(major).start().await?;
+        ensure!(
+            primary.server_major().await? == major,
+            "server is not {major}"
+        );
+        primary
+            .batch("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+            .await?;
+        let standby = primary.start_standby("standby1", &[]).await?;
+        primary.execute("INSERT INTO t VALUES (2)").await?;
+        wait_until(Duration::from_secs(30), || async {
+            count(&standby, "SELECT count(*) FROM t").await.ok() == Some(2)
+        })
+        .await;
+        ensure!(show(&standby, "transaction_read_only").await? == "on");
+        standby.promote().await?;
+        standby.execute("INSERT INTO t VALUES (3)").await?;
+        ensure!(count(&standby, "SELECT count(*) FROM t").await? == 3);
+    }
+    Ok(())
+}

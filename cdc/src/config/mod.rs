@@ -35,7 +35,7 @@ pub(crate) use http::HttpSinkSpec;
 pub(crate) use jq::JqConfig;
 pub(crate) use schedule::{ScheduleConfig, ScheduledResync};
 pub(crate) use sink::{SinkConfig, SinkKind};
-pub(crate) use source::{SnapshotMode, SourceConfig};
+pub(crate) use source::{OnSlotLost, SnapshotMode, SourceConfig};
 pub(crate) use state::{AuditConfig, JournalConfig, StateConfig};
 pub(crate) use trigger::TriggerConfig;
 

@@ -37,6 +37,13 @@ pub(crate) struct SourceConfig {
         deserialize_with = "duration::resync_statement_timeout"
     )]
     pub(crate) resync_statement_timeout: Duration,
+    /// Create the slot as a failover slot, synchronised to standbys (PostgreSQL 17+);
+    /// unset: yes on 17+, no before.
+    #[serde(default)]
+    pub(crate) failover_slot: Option<bool>,
+    /// What to do when the slot is lost (missing, or `wal_status = lost`).
+    #[serde(default)]
+    pub(crate) on_slot_lost: OnSlotLost,
 }
 
 impl SourceConfig {
@@ -115,4 +122,15 @@ fn check_identifier(key: &str, v: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `source.on_slot_lost`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSlotLost {
+    /// Stop, saying what happened and what to do.
+    #[default]
+    Fail,
+    /// Recreate the slot and resync every table to every sink, deleting keys gone meanwhile.
+    Resync,
 }

@@ -15,8 +15,8 @@
 //! - a journal recording another slot name: refuse;
 //! - a journal written by the release before this check (meta `system_id` but no
 //!   `slot`): adopted when the slot is not past it, recording the missing meta;
-//! - the recorded slot is gone: a new one is created, with a warning that changes
-//!   since the journal's position are not captured.
+//! - the recorded slot is gone while the journal holds changes: the slot is lost,
+//!   and `source.on_slot_lost` decides (see `slot_loss`).
 //!
 //! While running, `JournalWriter::check_intact` stops pgcdc when the journal file is
 //! removed or replaced, before anything more is confirmed to the slot.
@@ -52,6 +52,9 @@ pub(crate) enum SlotPlan {
     Use,
     /// The slot is missing: create it (then call [`created`]).
     Create,
+    /// The slot this journal followed is gone: changes since the journal's position
+    /// are lost to it; `source.on_slot_lost` decides (see `slot_loss`).
+    Lost,
 }
 
 fn fix(slot: &str) -> String {
@@ -88,8 +91,7 @@ pub(crate) fn check(
     }
     let Some(confirmed) = slot_confirmed else {
         if head.confirmed_lsn > Lsn(0) {
-            tracing::warn!(slot, journaled_up_to = %head.confirmed_lsn,
-                "the slot this journal followed is gone (dropped, or invalidated): a new slot is created, and changes committed since the journal's position until now are not captured; re-send current rows with `pgcdc resync` if sinks need them");
+            return Ok(SlotPlan::Lost);
         }
         return Ok(SlotPlan::Create);
     };
@@ -135,6 +137,35 @@ pub(crate) fn check(
         }
     }
     Ok(SlotPlan::Use)
+}
+
+/// Where the slot was when pgcdc created or adopted it (0 when not recorded): the slot
+/// may be confirmed up to here before the journal holds anything.
+pub(crate) fn slot_floor(writer: &dyn JournalWriter) -> Result<Lsn, JournalError> {
+    Ok(writer
+        .meta(&MetaKey::SlotCreatedLsn)?
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Lsn)
+        .unwrap_or_default())
+}
+
+/// A lost slot's recovery still to do (see `slot_loss`), recorded with the new slot.
+pub(crate) fn recovery_pending(writer: &dyn JournalWriter) -> Result<Option<Lsn>, JournalError> {
+    Ok(writer
+        .meta(&MetaKey::SlotRecoveryAt)?
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Lsn))
+}
+
+/// Records (Some) or clears (None) a pending recovery.
+pub(crate) fn set_recovery(
+    writer: &mut dyn JournalWriter,
+    at: Option<Lsn>,
+) -> Result<(), JournalError> {
+    writer.set_meta(
+        &MetaKey::SlotRecoveryAt,
+        &at.map(|l| l.0.to_string()).unwrap_or_default(),
+    )
 }
 
 fn adopt(writer: &mut dyn JournalWriter, slot: &str, at: Lsn) -> Result<(), JournalError> {
@@ -198,8 +229,8 @@ mod tests {
         assert_eq!(run(&mut *w, Some(0x300)), Ok(SlotPlan::Use));
         let err = run(&mut *w, Some(0x301)).err().unwrap_or_default();
         assert!(err.contains("0/301") && err.contains("0/300"), "{err}");
-        // Gone: recreated, with a warning.
-        assert_eq!(run(&mut *w, None), Ok(SlotPlan::Create));
+        // Gone: lost (source.on_slot_lost decides).
+        assert_eq!(run(&mut *w, None), Ok(SlotPlan::Lost));
         let err = check(
             &mut *w,
             Prior { fresh: false },

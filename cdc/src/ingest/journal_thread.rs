@@ -39,6 +39,12 @@ pub(crate) enum JournalCommand {
     Resync(Box<ResyncChunk>, oneshot::Sender<()>),
     /// Check that the journal file is still the one open (sent every second).
     Check,
+    /// The slot was recreated at this position (after a lost slot): recorded in the
+    /// journal's meta, as at a first start (`journal_guard::created`), with its
+    /// recovery pending until `RecoveryDone`.
+    RecordSlot(String, Lsn),
+    /// The lost slot's recovery is done (deletes journaled, resyncs queued).
+    RecoveryDone,
 }
 
 /// Most commands written in one SQLite transaction: bounds memory and latency.
@@ -129,7 +135,11 @@ impl JournalCommand {
             JournalCommand::Resync(chunk, _) => {
                 chunk.entries.iter().map(|e| event_bytes(&e.event)).sum()
             }
-            JournalCommand::Confirm(_) | JournalCommand::Sync(_) | JournalCommand::Check => 0,
+            JournalCommand::Confirm(_)
+            | JournalCommand::Sync(_)
+            | JournalCommand::Check
+            | JournalCommand::RecordSlot(..)
+            | JournalCommand::RecoveryDone => 0,
         }
     }
 }
@@ -208,6 +218,8 @@ pub(crate) fn run(
     let mut syncs: Vec<oneshot::Sender<JournalHead>> = Vec::new();
     let mut chunks_done: Vec<oneshot::Sender<()>> = Vec::new();
     let mut progress: Vec<ResyncProgress> = Vec::new();
+    let mut slots: Vec<(String, Lsn)> = Vec::new();
+    let mut recovered = false;
     // The batch's budget, given back once it is written.
     let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     while let Some(first) = rx.rx.blocking_recv() {
@@ -228,6 +240,8 @@ pub(crate) fn run(
                     chunks_done.push(reply);
                 }
                 JournalCommand::Check => {}
+                JournalCommand::RecordSlot(slot, at) => slots.push((slot, at)),
+                JournalCommand::RecoveryDone => recovered = true,
             };
         let mut batch_bytes = 0usize;
         let mut queued = Some(first);
@@ -250,6 +264,13 @@ pub(crate) fn run(
             writer.append(&refs, confirm, &progress)?
         };
         progress.clear();
+        for (slot, at) in slots.drain(..) {
+            super::journal_guard::created(&mut *writer, &slot, at)?;
+            super::journal_guard::set_recovery(&mut *writer, Some(at))?;
+        }
+        if std::mem::take(&mut recovered) {
+            super::journal_guard::set_recovery(&mut *writer, None)?;
+        }
         if outcome.skipped > 0 {
             tracing::debug!(
                 skipped = outcome.skipped,

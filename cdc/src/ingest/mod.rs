@@ -21,5 +21,6 @@ pub(crate) mod journal_thread;
 pub(crate) mod reader;
 pub(crate) mod resync;
 pub(crate) mod scheduler;
+pub(crate) mod slot_loss;
 pub(crate) mod snapshot;
 pub(crate) mod watermark;

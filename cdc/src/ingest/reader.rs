@@ -72,6 +72,43 @@ pub(crate) enum ReaderError {
         /// The publication.
         publication: String,
     },
+    /// The source is another database system than the one the journal follows.
+    #[error(
+        "the source at {url} is database system {found}, but the journal follows system \
+         {expected}: source.url now leads to a different database (a promoted standby keeps the \
+         system identifier, so this is not a failover of the original); pgcdc stops rather than \
+         mix two databases' changes — fix: point source.url back at the original database or its \
+         standbys, or use a new [state] dir to follow this one from scratch"
+    )]
+    OtherSystem {
+        /// The source, as configured (password masked).
+        url: String,
+        /// The journal's system identifier.
+        expected: String,
+        /// The source's.
+        found: String,
+    },
+    /// The slot was confirmed past what the journal holds.
+    #[error(
+        "replication slot {slot} reports changes confirmed up to {slot_confirmed}, but the journal \
+         holds them only up to {journal}: something other than this pgcdc advanced the slot (or it \
+         was re-created elsewhere); streaming from it would skip the changes in between — fix: stop \
+         the other consumer of slot {slot}; to start over on purpose, drop the slot and resync"
+    )]
+    SlotAhead {
+        /// The slot.
+        slot: String,
+        /// Its confirmed_flush_lsn.
+        slot_confirmed: Lsn,
+        /// The journal's confirmed LSN (or the slot's recorded creation point).
+        journal: Lsn,
+    },
+    /// The slot is gone (e.g. after a failover on PostgreSQL < 17) or has lost WAL.
+    #[error(transparent)]
+    SlotLost(#[from] super::slot_loss::SlotLost),
+    /// Recovering from a lost slot (`source.on_slot_lost = "resync"`) failed.
+    #[error("recovering from the lost slot: {0}")]
+    Recovery(#[from] super::slot_loss::RecoveryError),
     /// The journal thread is gone (it logs its own error).
     #[error("the journal writer stopped")]
     JournalGone,
@@ -80,7 +117,8 @@ pub(crate) enum ReaderError {
 impl ReaderError {
     fn is_transient(&self) -> bool {
         match self {
-            ReaderError::Replication(e) => {
+            ReaderError::Replication(e)
+            | ReaderError::Recovery(super::slot_loss::RecoveryError::Source(e)) => {
                 // 55006: slot active — our own walsender from before a crash may linger briefly.
                 e.is_transient() || e.sqlstate() == Some("55006")
             }
@@ -107,6 +145,35 @@ pub(crate) struct ReaderConfig {
     pub(crate) windows: Windows,
     /// The journal's fill against `journal.max_bytes`: the reader pauses while full.
     pub(crate) fill: std::sync::Arc<super::journal_thread::JournalFill>,
+    /// The source's system identifier the journal records: every connect must match it.
+    pub(crate) system_id: String,
+    /// Where the slot was when pgcdc created or adopted it: it may be confirmed up to
+    /// here even when the journal holds nothing yet.
+    pub(crate) slot_floor: Lsn,
+    /// What to do when the slot is lost.
+    pub(crate) on_slot_lost: crate::config::OnSlotLost,
+    /// `source.failover_slot`, for a slot recreated after a loss.
+    pub(crate) failover_slot: Option<bool>,
+    /// The state store (resyncs after a lost slot are queued there).
+    pub(crate) store: crate::journal::Store,
+    /// The slot was found lost at start and recreated at this position: the
+    /// recovery's resync and deletes are still to do (`source.on_slot_lost = "resync"`).
+    pub(crate) recover_at: Option<Lsn>,
+}
+
+impl ReaderConfig {
+    fn recovery(&self, capture: &Capture) -> super::slot_loss::Recovery<'_> {
+        let mut tables: Vec<TableName> = capture.tables.values().cloned().collect();
+        tables.sort_by_key(ToString::to_string);
+        tables.dedup();
+        super::slot_loss::Recovery {
+            url: &self.url,
+            slot: &self.slot,
+            failover_slot: self.failover_slot,
+            store: &self.store,
+            tables,
+        }
+    }
 }
 
 /// Silence after which a status update asks the server for a reply.
@@ -134,17 +201,49 @@ pub(crate) async fn run(
     let mut builder = ChangeBuilder::default();
     // Names as last seen and partitions found while running outlive a reconnect.
     let mut capture = cfg.capture.clone();
+    let mut floor = cfg.slot_floor;
+    let mut recover_at = cfg.recover_at;
     loop {
         builder.reset();
         let started = Instant::now();
+        let result = match recover_at {
+            Some(at) => super::slot_loss::resync_all(&cfg.recovery(&capture), at, &journal)
+                .await
+                .map(|()| {
+                    recover_at = None;
+                    floor = floor.max(at);
+                })
+                .map_err(ReaderError::from),
+            None => Ok(()),
+        };
         let mut state = SessionState {
             builder: &mut builder,
             capture: &mut capture,
+            floor,
         };
-        let err = match session(&cfg, &mut state, &journal, &mut head, &mut shutdown).await {
+        let result = match result {
+            Ok(()) => session(&cfg, &mut state, &journal, &mut head, &mut shutdown).await,
+            Err(e) => Err(e),
+        };
+        let err = match result {
             Ok(SessionEnd::Shutdown) => return Ok(()),
-            Err(e) if e.is_transient() => e,
-            Err(e) => {
+            Err(ReaderError::SlotLost(lost))
+                if cfg.on_slot_lost == crate::config::OnSlotLost::Resync =>
+            {
+                tracing::warn!(slot = %lost.slot, "source.on_slot_lost = \"resync\": recreating the slot");
+                match super::slot_loss::recreate(&cfg.recovery(&capture), &journal).await {
+                    Ok(at) => {
+                        recover_at = Some(at);
+                        continue;
+                    }
+                    Err(e) => ReaderError::from(e),
+                }
+            }
+            Err(e) => e,
+        };
+        let err = match err {
+            e if e.is_transient() => e,
+            e => {
                 // Said here as well: the sink runners end with the reader (the journal
                 // closes), and the supervisor may report one of them first.
                 if !matches!(e, ReaderError::JournalGone) {
@@ -183,6 +282,8 @@ async fn sync(journal: &JournalSender) -> Result<JournalHead, ReaderError> {
 struct SessionState<'a> {
     builder: &'a mut ChangeBuilder,
     capture: &'a mut Capture,
+    /// The slot's recorded creation point (see `ReaderConfig::slot_floor`).
+    floor: Lsn,
 }
 
 async fn session(
@@ -193,14 +294,39 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, ReaderError> {
     let mut catalog = Catalog::new(connect_sql(&cfg.url).await?);
-    let conn = ReplicationConnection::connect(&cfg.url).await?;
+    let mut conn = ReplicationConnection::connect(&cfg.url).await?;
+    // Every connect, not only the first: a host list or a DNS name may lead elsewhere.
+    let ident = conn.identify_system().await?;
+    if ident.systemid != cfg.system_id {
+        return Err(ReaderError::OtherSystem {
+            url: cfg.url.to_string(),
+            expected: cfg.system_id.clone(),
+            found: ident.systemid,
+        });
+    }
     // Everything journaled is durable; start from there (Postgres starts at
     // the slot's confirmed position if that is later).
     let start = sync(journal).await?.confirmed_lsn;
+    let stream_host = conn.host().to_owned();
+    super::slot_loss::check_slot(catalog.client(), &cfg.slot, conn.host(), start).await?;
     let mut stream = conn
         .start_replication(&cfg.slot, start.0, &cfg.publication)
         .await?;
-    tracing::info!(slot = %cfg.slot, from = %start, "replication started");
+    // Re-read now that the slot is ours: nobody else can move it from here on.
+    let slot_confirmed = crate::source::slot_info(catalog.client(), &cfg.slot)
+        .await
+        .map_err(ReplicationError::Sql)?
+        .and_then(|s| s.confirmed_flush_lsn)
+        .and_then(|l| l.parse::<Lsn>().ok());
+    let reach = start.max(state.floor);
+    if let Some(confirmed) = slot_confirmed.filter(|c| *c > reach) {
+        return Err(ReaderError::SlotAhead {
+            slot: cfg.slot.clone(),
+            slot_confirmed: confirmed,
+            journal: reach,
+        });
+    }
+    tracing::info!(slot = %cfg.slot, from = %start, host = %stream_host, timeline = ident.timeline, "replication started");
     let _connected = crate::health::health().replication_connected();
 
     let mut ticker = tokio::time::interval(cfg.status_interval);

@@ -16,6 +16,9 @@ pub enum MetaKey {
     Slot,
     /// Where that slot started when it was created or adopted.
     SlotCreatedLsn,
+    /// A lost slot was recreated at this position and its recovery (deletes, resyncs)
+    /// is not done yet; empty when none is pending.
+    SlotRecoveryAt,
     /// The OID a configured table name (`schema.table`) captured.
     TableOid(String),
 }
@@ -35,6 +38,7 @@ impl MetaKey {
             MetaKey::CreatedPublication => Borrowed("created_publication"),
             MetaKey::Slot => Borrowed("slot"),
             MetaKey::SlotCreatedLsn => Borrowed("slot_created_lsn"),
+            MetaKey::SlotRecoveryAt => Borrowed("slot_recovery_at"),
             MetaKey::TableOid(table) => Owned(format!("{TABLE_OID_PREFIX}{table}")),
         }
     }

@@ -124,6 +124,16 @@ pub trait StateStore: Send {
     /// Every [`MetaKey::TableOid`] entry: (configured table name, value).
     fn table_oids(&self) -> Result<Vec<(String, String)>, JournalError>;
 
+    // --- known keys ---
+
+    /// Every key of `table` (configured name, as in [`JournalEntry::table`]) the store
+    /// knows to be live, each once: the keys whose latest journaled event is neither a
+    /// delete nor a truncate, and the keys in the row state. After a lost slot they are
+    /// checked against the table (`ingest::slot_loss`): a key that is gone was deleted
+    /// while no slot held the changes. Keys spelled with their members in another order
+    /// count once.
+    fn known_keys(&self, table: &str) -> Result<Vec<pgcdc_schema::event::Row>, JournalError>;
+
     // --- cursors ---
 
     /// The sink's cursor, created at 0 (the start of the journal) for a new sink.

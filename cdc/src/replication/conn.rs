@@ -7,6 +7,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::frame::{self, Backend, ServerFields};
+use super::hosts;
 use super::stream::ReplicationStream;
 use super::transport::Transport;
 use super::{ReplicationError, SourceUrl};
@@ -44,6 +45,8 @@ pub struct CreatedSlot {
 /// A walsender connection (`replication=database`) before streaming starts.
 pub struct ReplicationConnection {
     transport: Transport,
+    /// `host:port` connected to (one of the URL's hosts).
+    host: String,
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -94,8 +97,29 @@ fn unexpected(during: &str, message: &Backend) -> ReplicationError {
 }
 
 impl ReplicationConnection {
-    /// Startup with replication=database, TLS per sslmode, auth trust/cleartext/MD5/SCRAM-SHA-256.
+    /// Startup with replication=database, TLS per sslmode, auth trust/cleartext/MD5/SCRAM-SHA-256;
+    /// with several hosts, on the first that fits `target_session_attrs` (see `hosts`).
     pub async fn connect(url: &SourceUrl) -> Result<Self, ReplicationError> {
+        if !url.chooses_host() {
+            return Self::connect_one(url).await;
+        }
+        hosts::first_fitting(url, |candidate| async move {
+            let mut conn = Self::connect_one(&candidate).await?;
+            let rows = conn.simple_query(hosts::SESSION_QUERY).await?;
+            let row = single_row(rows, 2, "the session check")?;
+            let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            match hosts::misfit(candidate.target_session_attrs, &text(0), &text(1)) {
+                None => Ok(hosts::Attempt::Fits(conn)),
+                Some(why) => {
+                    conn.close().await;
+                    Ok(hosts::Attempt::Misfit(why))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn connect_one(url: &SourceUrl) -> Result<Self, ReplicationError> {
         // A blackholed host would otherwise hang for the OS TCP timeout (minutes).
         match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(url)).await {
             Ok(result) => result,
@@ -142,7 +166,15 @@ impl ReplicationConnection {
             server_version = transport.parameters.get("server_version").map(String::as_str),
             "replication connection ready"
         );
-        Ok(ReplicationConnection { transport })
+        Ok(ReplicationConnection {
+            transport,
+            host: format!("{}:{}", url.host, url.port),
+        })
+    }
+
+    /// The `host:port` this connection went to.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// A ParameterStatus value reported by the server (e.g. `server_version`).
@@ -207,15 +239,48 @@ impl ReplicationConnection {
         }
     }
 
-    /// CREATE_REPLICATION_SLOT "name" LOGICAL pgoutput (SNAPSHOT 'export'|'nothing').
+    /// The server's major version, from its `server_version` ParameterStatus
+    /// (`14.23`, `18beta1`, `17.2 (Debian 17.2-1)`); None when it cannot be read.
+    pub fn server_major(&self) -> Option<u32> {
+        server_major(self.server_parameter("server_version")?)
+    }
+
+    /// CREATE_REPLICATION_SLOT "name" LOGICAL pgoutput, not a failover slot.
     pub async fn create_logical_slot(
         &mut self,
         slot: &str,
         export_snapshot: bool,
     ) -> Result<CreatedSlot, ReplicationError> {
-        let snapshot = if export_snapshot { "export" } else { "nothing" };
+        self.create_slot(slot, export_snapshot, false).await
+    }
+
+    /// CREATE_REPLICATION_SLOT "name" LOGICAL pgoutput, in the server's dialect:
+    /// `(SNAPSHOT 'export'|'nothing'[, FAILOVER])` on 15+ (FAILOVER: 17+), the
+    /// `EXPORT_SNAPSHOT`/`NOEXPORT_SNAPSHOT` keywords on 14.
+    pub async fn create_slot(
+        &mut self,
+        slot: &str,
+        export_snapshot: bool,
+        failover: bool,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        let major = self.server_major().unwrap_or(0);
+        let options = if major >= 15 {
+            let snapshot = if export_snapshot { "export" } else { "nothing" };
+            let failover = if failover { ", FAILOVER" } else { "" };
+            format!("(SNAPSHOT '{snapshot}'{failover})")
+        } else if export_snapshot {
+            "EXPORT_SNAPSHOT".to_owned()
+        } else {
+            "NOEXPORT_SNAPSHOT".to_owned()
+        };
+        if failover && major < 17 {
+            return Err(ReplicationError::Config(format!(
+                "failover slots need PostgreSQL 17 or later; the source is {}",
+                self.server_parameter("server_version").unwrap_or("older")
+            )));
+        }
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {options}",
             quote_ident(slot)?
         );
         let rows = self.simple_query(&sql).await?;
@@ -235,6 +300,12 @@ impl ReplicationConnection {
             snapshot_name,
             output_plugin,
         })
+    }
+
+    /// ALTER_REPLICATION_SLOT "slot" (FAILOVER): synchronised to standbys from now on (17+).
+    pub async fn alter_slot_failover(&mut self, slot: &str) -> Result<(), ReplicationError> {
+        let sql = format!("ALTER_REPLICATION_SLOT {} (FAILOVER)", quote_ident(slot)?);
+        self.simple_query(&sql).await.map(|_| ())
     }
 
     /// START_REPLICATION SLOT "slot" LOGICAL X/Y (proto_version '1', publication_names '"pub"',
@@ -266,6 +337,12 @@ impl ReplicationConnection {
     pub async fn close(self) {
         self.transport.close().await;
     }
+}
+
+/// The leading number of a `server_version` string.
+fn server_major(version: &str) -> Option<u32> {
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 fn single_row(
@@ -411,5 +488,14 @@ mod tests {
             ..ServerFields::default()
         };
         assert_eq!(startup_error(fields).sqlstate(), Some("3D000"));
+    }
+
+    #[test]
+    fn server_major_reads_the_leading_number() {
+        assert_eq!(server_major("14.23"), Some(14));
+        assert_eq!(server_major("18beta1"), Some(18));
+        assert_eq!(server_major("17.2 (Debian 17.2-1.pgdg120+1)"), Some(17));
+        assert_eq!(server_major("9.6.24"), Some(9));
+        assert_eq!(server_major("devel"), None);
     }
 }

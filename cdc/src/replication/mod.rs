@@ -11,6 +11,11 @@
 //!                     standby status ('r') out ◀── journaled LSN
 //! ```
 //!
+//! With several hosts in the URL (or `target_session_attrs`), both connections
+//! try each host in order on every connect and take the first that fits
+//! (`hosts`); the URL's other spellings (host lists, libpq `key=value`) are
+//! parsed in `url_forms`.
+//!
 //! tokio-postgres has no replication mode, so the protocol is spoken here on
 //! top of postgres-protocol's message codecs; [`connect_sql`] opens an
 //! ordinary tokio-postgres connection for catalog queries with the same TLS.
@@ -43,11 +48,13 @@
 mod conn;
 mod error;
 mod frame;
+mod hosts;
 mod sql;
 mod stream;
 mod tls;
 mod transport;
 mod url;
+mod url_forms;
 
 pub use conn::{CreatedSlot, IdentifySystem, ReplicationConnection};
 pub use error::ReplicationError;
@@ -55,4 +62,4 @@ pub use frame::ReplicationMessage;
 pub use sql::connect_sql;
 pub use stream::ReplicationStream;
 pub use url::SourceUrl;
-pub(crate) use url::SslMode;
+pub(crate) use url::{Secret, SslMode, TargetSessionAttrs};

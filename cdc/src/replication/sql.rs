@@ -2,11 +2,30 @@
 
 use tokio_postgres::config::SslMode as PgSslMode;
 
-use super::{tls, ReplicationError, SourceUrl, SslMode};
+use super::{hosts, tls, ReplicationError, SourceUrl, SslMode};
 
 /// Connects with tokio-postgres (TLS through tokio-postgres-rustls with client_config above),
-/// spawns the connection task, returns the client. application_name from the url.
+/// spawns the connection task, returns the client. application_name from the url. With
+/// several hosts, to the first that fits `target_session_attrs` (see `hosts`).
 pub async fn connect_sql(url: &SourceUrl) -> Result<tokio_postgres::Client, ReplicationError> {
+    if !url.chooses_host() {
+        return connect_one(url).await;
+    }
+    hosts::first_fitting(url, |candidate| async move {
+        let client = connect_one(&candidate).await?;
+        let row = client.query_one(hosts::SESSION_QUERY, &[]).await?;
+        let (read_only, in_recovery): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        Ok(
+            match hosts::misfit(candidate.target_session_attrs, &read_only, &in_recovery) {
+                None => hosts::Attempt::Fits(client),
+                Some(why) => hosts::Attempt::Misfit(why),
+            },
+        )
+    })
+    .await
+}
+
+async fn connect_one(url: &SourceUrl) -> Result<tokio_postgres::Client, ReplicationError> {
     let mut config = tokio_postgres::Config::new();
     config
         .user(&url.user)

@@ -13,7 +13,13 @@ const DEFAULT_USER: &str = "postgres";
 /// Shown in `pg_stat_activity` / `pg_stat_replication` unless the URL overrides it.
 const DEFAULT_APPLICATION_NAME: &str = "pgcdc";
 /// Query parameters we understand; anything else is a typo we refuse to guess about.
-const KNOWN_PARAMS: &[&str] = &["sslmode", "sslrootcert", "application_name", "host"];
+const KNOWN_PARAMS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "application_name",
+    "host",
+    "target_session_attrs",
+];
 
 pub(crate) use pgcdc_schema::Secret;
 
@@ -64,7 +70,47 @@ impl FromStr for SslMode {
     }
 }
 
-/// Parsed source URL: postgres://user:pass@host:port/db?sslmode=...&sslrootcert=...&application_name=...
+/// Which of several hosts to settle on (libpq's `target_session_attrs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSessionAttrs {
+    /// The first host that accepts the connection.
+    #[default]
+    Any,
+    /// The first host whose sessions are read-write (`transaction_read_only = off`).
+    ReadWrite,
+    /// The first host not in recovery.
+    Primary,
+}
+
+impl FromStr for TargetSessionAttrs {
+    type Err = ReplicationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "any" => Ok(TargetSessionAttrs::Any),
+            "read-write" => Ok(TargetSessionAttrs::ReadWrite),
+            "primary" => Ok(TargetSessionAttrs::Primary),
+            other => Err(ReplicationError::Config(format!(
+                "source: target_session_attrs `{other}` is not supported; pgcdc reads from the \
+                 primary: use read-write, primary or any"
+            ))),
+        }
+    }
+}
+
+impl TargetSessionAttrs {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::Primary => "primary",
+        }
+    }
+}
+
+/// Parsed source URL: postgres://user:pass@host:port[,host2:port2...]/db?sslmode=...&sslrootcert=...
+/// &application_name=...&target_session_attrs=..., or the libpq `key=value` form.
 ///
 /// `?host=/dir` (or a host starting with `/`) means a Unix socket in that directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +131,33 @@ pub struct SourceUrl {
     pub(crate) sslrootcert: Option<PathBuf>,
     /// `application_name` reported to the server.
     pub(crate) application_name: String,
+    /// Every `(host, port)` given, in order; `host` and `port` are the one in use.
+    pub(crate) hosts: Vec<(String, u16)>,
+    /// Which host to settle on when several are given.
+    pub(crate) target_session_attrs: TargetSessionAttrs,
 }
 
 impl SourceUrl {
     /// True when `host` names a Unix socket directory rather than a network host.
     pub fn is_unix_socket(&self) -> bool {
         self.host.starts_with('/')
+    }
+
+    /// Whether connecting means choosing among hosts (several, or a session attribute to check).
+    pub fn chooses_host(&self) -> bool {
+        self.hosts.len() > 1 || self.target_session_attrs != TargetSessionAttrs::Any
+    }
+
+    /// This URL aimed at each of its hosts in turn.
+    pub fn candidates(&self) -> Vec<SourceUrl> {
+        self.hosts
+            .iter()
+            .map(|(host, port)| SourceUrl {
+                host: host.clone(),
+                port: *port,
+                ..self.clone()
+            })
+            .collect()
     }
 
     /// Path of the Unix socket file, when `host` is a socket directory.
@@ -108,15 +175,35 @@ impl fmt::Display for SourceUrl {
         }
         if self.is_unix_socket() {
             write!(f, "@:{}/{}?host={}", self.port, self.dbname, self.host)?;
-        } else if self.host.contains(':') {
-            write!(f, "@[{}]:{}/{}?", self.host, self.port, self.dbname)?;
         } else {
-            write!(f, "@{}:{}/{}?", self.host, self.port, self.dbname)?;
+            f.write_str("@")?;
+            let hosts = if self.hosts.is_empty() {
+                std::slice::from_ref(&(self.host.clone(), self.port)).to_vec()
+            } else {
+                self.hosts.clone()
+            };
+            for (i, (host, port)) in hosts.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                if host.contains(':') {
+                    write!(f, "{sep}[{host}]:{port}")?;
+                } else {
+                    write!(f, "{sep}{host}:{port}")?;
+                }
+            }
+            write!(f, "/{}?", self.dbname)?;
         }
         if self.is_unix_socket() {
             f.write_str("&")?;
         }
-        write!(f, "sslmode={}", self.sslmode.as_str())
+        write!(f, "sslmode={}", self.sslmode.as_str())?;
+        if self.target_session_attrs != TargetSessionAttrs::Any {
+            write!(
+                f,
+                "&target_session_attrs={}",
+                self.target_session_attrs.as_str()
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -183,6 +270,13 @@ impl FromStr for SourceUrl {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Errors below never echo `s`: it may carry the password.
+        let trimmed = s.trim();
+        if !trimmed.contains("://") && trimmed.contains('=') {
+            return super::url_forms::parse_key_value(trimmed);
+        }
+        // `h1:5432,h2:5432`: the url crate takes one host; the list is parsed apart.
+        let (single, host_list) = super::url_forms::split_host_list(s)?;
+        let s = single.as_ref();
         let (patched, host_missing) = with_placeholder_host(s);
         let parsed = url::Url::parse(&patched).map_err(|e| {
             config_err(format!(
@@ -201,8 +295,10 @@ impl FromStr for SourceUrl {
         let mut sslrootcert = None;
         let mut application_name = DEFAULT_APPLICATION_NAME.to_owned();
         let mut socket_dir = None;
+        let mut target_session_attrs = TargetSessionAttrs::default();
         for (key, value) in parsed.query_pairs() {
             match key.as_ref() {
+                "target_session_attrs" => target_session_attrs = value.parse()?,
                 "sslmode" => sslmode = value.parse()?,
                 "sslrootcert" => sslrootcert = Some(PathBuf::from(value.as_ref())),
                 "application_name" => application_name = value.into_owned(),
@@ -224,6 +320,7 @@ impl FromStr for SourceUrl {
             }
         }
 
+        let is_socket = socket_dir.is_some();
         let host = match (socket_dir, parsed.host()) {
             (Some(dir), _) => dir,
             (None, _) if host_missing => {
@@ -273,6 +370,17 @@ impl FromStr for SourceUrl {
             raw => percent_decode(raw, "database name")?,
         };
 
+        let hosts = match host_list {
+            Some(list) if !is_socket => list,
+            Some(_) => {
+                return Err(config_err(
+                    "source URL: ?host= (a Unix socket) cannot be combined with a host list"
+                        .to_owned(),
+                ))
+            }
+            None => vec![(host.clone(), port)],
+        };
+        let (host, port) = hosts[0].clone();
         Ok(SourceUrl {
             host,
             port,
@@ -282,8 +390,17 @@ impl FromStr for SourceUrl {
             sslmode,
             sslrootcert,
             application_name,
+            hosts,
+            target_session_attrs,
         })
     }
+}
+
+/// Defaults shared with the `key=value` form.
+pub(super) mod defaults {
+    pub(crate) const PORT: u16 = super::DEFAULT_PORT;
+    pub(crate) const USER: &str = super::DEFAULT_USER;
+    pub(crate) const APPLICATION_NAME: &str = super::DEFAULT_APPLICATION_NAME;
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! while any fails. Failures here are definite, except an unreachable
 //! database, which `run` retries.
 
+pub(crate) mod failover;
 pub(crate) mod identity;
 
 use std::collections::HashMap;
@@ -113,6 +114,27 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
     let mut checks = Vec::new();
     let src = &config.source;
 
+    let major = match failover::server_version(client).await {
+        Ok((num, text)) => {
+            let check = failover::version_check(num, &text);
+            let too_old = check.outcome.is_err();
+            checks.push(check);
+            if too_old {
+                // Later checks would fail on catalog columns an old server lacks.
+                return checks;
+            }
+            failover::major_of(num)
+        }
+        Err(e) => {
+            checks.push(fail(
+                "server version",
+                sql_message(&e),
+                "check the source connection",
+            ));
+            return checks;
+        }
+    };
+
     match client
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
@@ -206,7 +228,8 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
         )
         .await,
     );
-    checks.extend(check_slot(client, &src.slot).await);
+    checks.extend(check_slot(client, &src.slot, src.on_slot_lost).await);
+    checks.extend(failover::checks(config, client, major).await);
     checks
 }
 
@@ -383,7 +406,11 @@ async fn check_publication(
     }
 }
 
-async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
+async fn check_slot(
+    client: &Client,
+    slot: &str,
+    on_slot_lost: crate::config::OnSlotLost,
+) -> Vec<Check> {
     let name = format!("slot {slot}");
     let mut checks = Vec::new();
     let db: String = match client
@@ -414,11 +441,18 @@ async fn check_slot(client: &Client, slot: &str) -> Vec<Check> {
                     ),
                     "set source.slot to a name unique to this database",
                 ));
+            } else if info.wal_status.as_deref() == Some("lost")
+                && on_slot_lost == crate::config::OnSlotLost::Resync
+            {
+                checks.push(ok(
+                    &name,
+                    format!("slot {slot} has lost WAL it needed (wal_status = lost); source.on_slot_lost = \"resync\": pgcdc drops and recreates it, then resyncs every table"),
+                ));
             } else if info.wal_status.as_deref() == Some("lost") {
                 checks.push(fail(
                     &name,
                     format!("slot {slot} has lost WAL it needed (wal_status = lost)"),
-                    "changes were lost at the source; drop the slot (pgcdc teardown or pg_drop_replication_slot) and resync",
+                    "changes were lost at the source; set source.on_slot_lost = \"resync\" (pgcdc recreates the slot and resyncs every table), or drop the slot (pgcdc teardown or pg_drop_replication_slot) and resync",
                 ));
             } else if let Some(pid) = info.active_pid {
                 checks.push(fail(
@@ -544,12 +578,17 @@ pub(crate) async fn ensure_slot(
     conn: &mut ReplicationConnection,
     export_snapshot: bool,
 ) -> Result<Option<crate::replication::CreatedSlot>, ReplicationError> {
+    let major = conn.server_major().unwrap_or(0);
+    let failover = failover::wants_failover(config, major);
     if slot_info(client, &config.source.slot).await?.is_some() {
+        if failover {
+            failover::ensure_failover(client, conn, &config.source.slot).await?;
+        }
         return Ok(None);
     }
     let created = conn
-        .create_logical_slot(&config.source.slot, export_snapshot)
+        .create_slot(&config.source.slot, export_snapshot, failover)
         .await?;
-    tracing::info!(slot = %config.source.slot, consistent_point = %pgcdc_schema::Lsn(created.consistent_point), "created replication slot");
+    tracing::info!(slot = %config.source.slot, failover, consistent_point = %pgcdc_schema::Lsn(created.consistent_point), "created replication slot");
     Ok(Some(created))
 }

@@ -26,6 +26,7 @@ use super::{
 mod audit;
 mod checkpoint;
 mod dlq;
+mod known_keys;
 mod resync;
 mod row_state;
 mod writer;
@@ -418,6 +419,10 @@ impl StateStore for SqliteStore {
 
     fn table_oids(&self) -> Result<Vec<(String, String)>, JournalError> {
         table_oids(&self.conn).map_err(|e| self.sqlite(e))
+    }
+
+    fn known_keys(&self, table: &str) -> Result<Vec<pgcdc_schema::event::Row>, JournalError> {
+        known_keys::known_keys(&self.conn, table).map_err(|e| self.sqlite(e))
     }
 
     fn cursor(&mut self, sink: &str) -> Result<i64, JournalError> {
