@@ -304,14 +304,36 @@ pub enum SnapshotMode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// Directory of the journal, cursors, DLQ and audit log.
+    /// Directory of the journal, cursors, DLQ and audit log (the SQLite store).
     #[serde(default = "StateConfig::default_dir")]
     pub dir: PathBuf,
+    /// `postgres://...`: keep the state in this database instead of `dir`.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// Schema of the state tables in `url`'s database.
+    #[serde(default = "StateConfig::default_schema")]
+    pub schema: String,
 }
 
 impl StateConfig {
     fn default_dir() -> PathBuf {
         PathBuf::from("./pgcdc-data")
+    }
+
+    fn default_schema() -> String {
+        "pgcdc".to_string()
+    }
+
+    /// The state database's URL, parsed (validated at load; None: the SQLite store).
+    pub fn url(&self) -> Result<Option<SourceUrl>, ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        url.expose()
+            .parse::<SourceUrl>()
+            // The parser's messages name the source URL; this one is the state's.
+            .map_err(|e| key_err("state.url", e.to_string().replace("source URL", "URL")))
+            .map(Some)
     }
 
     /// Takes a relative `dir` from the directory of the config file `config_path`, not
@@ -334,6 +356,8 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: Self::default_dir(),
+            url: None,
+            schema: Self::default_schema(),
         }
     }
 }
@@ -541,6 +565,23 @@ impl Config {
             .expose()
             .parse::<SourceUrl>()
             .map_err(|e| key_err("source.url", e.to_string()))?;
+        self.state.url()?;
+        if !self.state.schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            || self.state.schema.len() > 63
+            || !self
+                .state
+                .schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(key_err(
+                "state.schema",
+                format!(
+                    "{:?}: use 1-63 lower-case letters, digits and '_', starting with a letter (default \"pgcdc\")",
+                    self.state.schema
+                ),
+            ));
+        }
         check_identifier("source.publication", &self.source.publication)?;
         check_identifier("source.slot", &self.source.slot)?;
         if self

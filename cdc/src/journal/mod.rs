@@ -16,9 +16,10 @@
 //! ```
 //!
 //! Implementations: [`sqlite`] (embedded: `journal.db` and `audit.db` in
-//! `state.dir`). A second one lives in its own module and is picked in
-//! [`Store::from_config`]; nothing outside this folder knows a table or a column
-//! of either ([`testing`] holds the one repair tests need).
+//! `state.dir`) and [`postgres`] (tables in `state.schema` of the database at
+//! `state.url`), picked in [`Store::from_config`]; nothing outside this folder
+//! knows a table or a column of either ([`testing`] holds the one repair tests
+//! need).
 //!
 //! Positions: `pos` is the journal's own sequence (1, 2, ...). Streamed
 //! changes are also keyed by (commit LSN, ordinal in the transaction); the
@@ -36,6 +37,7 @@ use pgcdc_schema::{ChangeEvent, Lsn};
 mod checkpoint;
 mod dlq;
 mod meta;
+pub(crate) mod postgres;
 mod resync;
 mod row_state;
 pub(crate) mod sqlite;
@@ -85,6 +87,19 @@ pub enum JournalError {
         /// The JSON error.
         source: serde_json::Error,
     },
+    /// A write carried a fencing epoch that is no longer the lease's: another
+    /// process took over, and this one wrote nothing.
+    #[error(
+        "lost leadership: this pgcdc writes with epoch {epoch} but the state store's lease is at {}; \
+         another pgcdc took over, and nothing was written",
+        current.map_or("nothing".to_string(), |c| c.to_string())
+    )]
+    Fenced {
+        /// This process's epoch.
+        epoch: i64,
+        /// The lease's epoch (None: no lease row).
+        current: Option<i64>,
+    },
     /// A blocking task that used the store panicked or was cancelled.
     #[error("journal task failed: {0}")]
     Task(String),
@@ -113,7 +128,24 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// The store `[state]` selects: the one place that picks an implementation.
     pub fn from_config(state: &crate::config::StateConfig) -> Store {
-        Store::sqlite(&state.dir)
+        match state.url() {
+            Ok(Some(url)) => Store::postgres(url, &state.schema),
+            // A bad url was refused when the config was loaded.
+            Ok(None) | Err(_) => Store::sqlite(&state.dir),
+        }
+    }
+
+    /// The store in `schema` of the Postgres database at `url`.
+    pub fn postgres(url: crate::replication::SourceUrl, schema: &str) -> Store {
+        Store(Arc::new(postgres::Postgres::new(url, schema)))
+    }
+
+    /// Makes every write of this store's sessions and writer (open or opened later)
+    /// check that the lease's epoch is `epoch`, and fail with
+    /// [`JournalError::Fenced`] otherwise (None: no check). The hook for
+    /// high availability; only the Postgres store has a lease.
+    pub fn set_fence(&self, epoch: Option<i64>) -> Result<(), JournalError> {
+        self.0.set_fence(epoch)
     }
 
     /// The embedded SQLite store in `dir` (for tools and tests that have a state

@@ -32,6 +32,18 @@ pub trait Backend: Send + Sync {
     fn exists(&self) -> bool;
     /// Where the store is, for messages (never a secret).
     fn describe(&self) -> String;
+    /// Fences every later write with `epoch` (see [`super::Store::set_fence`]).
+    fn set_fence(&self, epoch: Option<i64>) -> Result<(), JournalError> {
+        match epoch {
+            None => Ok(()),
+            Some(_) => Err(JournalError::Store {
+                at: self.describe(),
+                source: "this state store has no lease to fence writes with; set [state] url \
+                         to keep the state in Postgres"
+                    .into(),
+            }),
+        }
+    }
 }
 
 /// The single writer of the journal (owned by the journal thread). It alone appends

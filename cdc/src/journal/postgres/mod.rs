@@ -1,0 +1,335 @@
+//! The state store in a Postgres database: `[state] url` (and `schema`, default
+//! `pgcdc`). Same tables as the SQLite store (events, meta, cursors, dlq,
+//! audit, row_state, resyncs) plus `stats` (the journal's byte count, so
+//! `journal.max_bytes` needs no scan), `lease` (the fencing epoch) and
+//! `schema_version`; made and migrated at open (`schema.rs`).
+//!
+//! The API is synchronous and its callers are blocking threads, some of them
+//! inside the async engine: a tokio `Runtime::block_on` there would panic. So
+//! the connections' I/O tasks run on one small runtime of their own
+//! ([`runtime`]), and a caller waits for each query's future with a plain
+//! park/unpark executor ([`wait`]) under a deadline: blocking, like a SQLite
+//! call, from any thread.
+//!
+//! Fencing: with [`Postgres::set_fence`] every write transaction first reads
+//! `lease.epoch FOR SHARE` and fails with [`JournalError::Fenced`] unless it is
+//! this process's epoch. The share lock makes an epoch bump wait for writes in
+//! flight, and every write after the bump sees it.
+//!
+//! Errors: every failure here is definite ([`JournalError::Store`]); pgcdc
+//! stops and restarts from the slot, as after a disk error.
+//!
+//! Files: `mod.rs` (connection, transactions, fencing), `schema.rs`
+//! (migrations), `session.rs` (the `StateStore` impl: events, meta, cursors),
+//! `dlq.rs` (DLQ and audit log), `resync.rs`, `writer.rs` (the appender and
+//! row state).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
+use super::{Access, Backend, JournalError, JournalWriter, StateStore};
+use crate::replication::SourceUrl;
+
+mod dlq;
+mod resync;
+mod schema;
+mod session;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+/// How long one statement (and the client's wait for it) may take. Bounds a hung
+/// network or a lock that never comes; the store then fails like a broken disk.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// No fence: writes are not checked against the lease.
+const NO_FENCE: i64 = i64::MIN;
+
+/// The text timestamps the SQLite store writes (`2026-01-02T03:04:05.678Z`).
+pub(super) const NOW_TEXT: &str =
+    "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+
+/// Where the store is: the database and schema, and the fence shared by every
+/// connection of this process.
+#[derive(Debug)]
+pub(crate) struct Postgres {
+    url: SourceUrl,
+    schema: String,
+    fence: Arc<AtomicI64>,
+}
+
+impl Postgres {
+    /// The store in `schema` of `url`'s database (nothing is opened yet).
+    pub(crate) fn new(url: SourceUrl, schema: &str) -> Postgres {
+        Postgres {
+            url,
+            schema: schema.to_string(),
+            fence: Arc::new(AtomicI64::new(NO_FENCE)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        // SourceUrl's Display prints the password as ***.
+        format!("{} schema {}", self.url, self.schema)
+    }
+
+    fn connect(&self, access: Access, durable: bool) -> Result<Pg, JournalError> {
+        let at = self.describe();
+        let url = self.url.clone();
+        let connecting = runtime().spawn(async move { crate::replication::connect_sql(&url).await });
+        let client = match wait(connecting, STATEMENT_TIMEOUT) {
+            Some(Ok(Ok(client))) => client,
+            Some(Ok(Err(e))) => return Err(message(&at, format!("cannot connect: {e}"))),
+            Some(Err(e)) => return Err(JournalError::Task(e.to_string())),
+            None => return Err(message(&at, "connecting timed out".into())),
+        };
+        let pg = Pg {
+            client,
+            at,
+            fence: self.fence.clone(),
+            statements: RefCell::new(HashMap::new()),
+        };
+        // Sessions' commits (cursors, DLQ, audit) need atomicity only: one lost to a
+        // server crash rolls a cursor back with its DLQ rows and the events are
+        // delivered again, which at-least-once allows. The writer's commits back what
+        // the slot is told: they wait for the disk.
+        let sync_commit = if durable { "on" } else { "off" };
+        pg.batch(&format!(
+            "SET search_path TO {}; SET statement_timeout = '{}s'; SET synchronous_commit = {sync_commit}",
+            schema::quote(&self.schema),
+            STATEMENT_TIMEOUT.as_secs()
+        ))?;
+        schema::prepare(&pg, &self.schema, access)?;
+        Ok(pg)
+    }
+}
+
+impl Backend for Postgres {
+    fn open(&self, access: Access) -> Result<Box<dyn StateStore>, JournalError> {
+        Ok(Box::new(session::PgStore::new(
+            self.connect(access, false)?,
+        )))
+    }
+
+    fn writer(&self) -> Result<Box<dyn JournalWriter>, JournalError> {
+        Ok(Box::new(writer::PgWriter::open(
+            self.connect(Access::Create, true)?,
+        )?))
+    }
+
+    fn exists(&self) -> bool {
+        self.connect(Access::Existing, false).is_ok()
+    }
+
+    fn describe(&self) -> String {
+        Postgres::describe(self)
+    }
+
+    fn set_fence(&self, epoch: Option<i64>) -> Result<(), JournalError> {
+        self.fence
+            .store(epoch.unwrap_or(NO_FENCE), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The runtime that drives every state connection's I/O (one small thread).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pgcdc-state")
+            .enable_all()
+            .build()
+            // Without a thread pgcdc cannot run at all; there is nothing to recover.
+            .unwrap_or_else(|e| panic!("cannot start the state store's I/O thread: {e}"))
+    })
+}
+
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `fut` on this thread until it completes, or None after `limit`. Works from
+/// any thread, async context or not: the I/O itself runs on [`runtime`].
+fn wait<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
+fn message(at: &str, text: String) -> JournalError {
+    JournalError::Store {
+        at: at.to_string(),
+        source: text.into(),
+    }
+}
+
+pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// One connection to the state database.
+pub(super) struct Pg {
+    client: Client,
+    /// Where it is, for errors (no password).
+    at: String,
+    fence: Arc<AtomicI64>,
+    /// Prepared statements by SQL text: one round trip per query instead of two.
+    statements: RefCell<HashMap<String, Statement>>,
+}
+
+impl Pg {
+    pub(super) fn err(&self, e: tokio_postgres::Error) -> JournalError {
+        let text = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        message(&self.at, text)
+    }
+
+    fn wait<T>(
+        &self,
+        fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, JournalError> {
+        match wait(fut, STATEMENT_TIMEOUT + Duration::from_secs(5)) {
+            Some(out) => out.map_err(|e| self.err(e)),
+            None => Err(message(
+                &self.at,
+                format!(
+                    "no answer from the state database within {} s",
+                    STATEMENT_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    fn statement(&self, sql: &str) -> Result<Statement, JournalError> {
+        if let Some(st) = self.statements.borrow().get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.wait(self.client.prepare(sql))?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    /// Runs a query; its rows.
+    pub(super) fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, JournalError> {
+        let st = self.statement(sql)?;
+        self.wait(self.client.query(&st, params))
+    }
+
+    /// Runs a query; its one row or none.
+    pub(super) fn query_opt(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, JournalError> {
+        let st = self.statement(sql)?;
+        self.wait(self.client.query_opt(&st, params))
+    }
+
+    /// Runs a query that returns exactly one row.
+    pub(super) fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, JournalError> {
+        let st = self.statement(sql)?;
+        self.wait(self.client.query_one(&st, params))
+    }
+
+    /// Runs a statement; rows changed.
+    pub(super) fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, JournalError> {
+        let st = self.statement(sql)?;
+        self.wait(self.client.execute(&st, params))
+    }
+
+    /// Runs statements without parameters (simple protocol).
+    pub(super) fn batch(&self, sql: &str) -> Result<(), JournalError> {
+        self.wait(self.client.batch_execute(sql))
+    }
+
+    /// A column of a row, typed.
+    pub(super) fn get<'r, T: tokio_postgres::types::FromSql<'r>>(
+        &self,
+        row: &'r Row,
+        i: usize,
+    ) -> Result<T, JournalError> {
+        row.try_get(i).map_err(|e| self.err(e))
+    }
+
+    /// Runs `f` in one transaction, after checking the fence, and commits it when `f`
+    /// succeeds (rolls back otherwise).
+    pub(super) fn write<T, E: From<JournalError>>(
+        &self,
+        f: impl FnOnce(&Pg) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.batch("BEGIN")?;
+        let out = self.check_fence().map_err(E::from).and_then(|()| f(self));
+        match out {
+            Ok(v) => {
+                self.batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                // The transaction's error is the one to report; a failed rollback
+                // (a broken connection) leaves nothing committed either.
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs one statement as its own write: in a fenced transaction when a fence is
+    /// set, on its own (one round trip) otherwise.
+    pub(super) fn write_one(&self, sql: &str, params: Params<'_>) -> Result<u64, JournalError> {
+        if self.fence.load(Ordering::SeqCst) == NO_FENCE {
+            self.execute(sql, params)
+        } else {
+            self.write(|pg| pg.execute(sql, params))
+        }
+    }
+
+    /// Inside a transaction: fails unless the lease's epoch is this process's fence.
+    /// `FOR SHARE` holds an epoch bump back until this transaction ends.
+    fn check_fence(&self) -> Result<(), JournalError> {
+        let mine = self.fence.load(Ordering::SeqCst);
+        if mine == NO_FENCE {
+            return Ok(());
+        }
+        let row = self.query_opt("SELECT epoch FROM lease WHERE id = 1 FOR SHARE", &[])?;
+        let current = match &row {
+            Some(row) => Some(self.get::<i64>(row, 0)?),
+            None => None,
+        };
+        if current == Some(mine) {
+            Ok(())
+        } else {
+            Err(JournalError::Fenced {
+                epoch: mine,
+                current,
+            })
+        }
+    }
+}
