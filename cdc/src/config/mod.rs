@@ -566,7 +566,10 @@ impl Config {
             .parse::<SourceUrl>()
             .map_err(|e| key_err("source.url", e.to_string()))?;
         self.state.url()?;
-        if !self.state.schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        if !self
+            .state
+            .schema
+            .starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             || self.state.schema.len() > 63
             || !self
                 .state

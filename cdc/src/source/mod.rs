@@ -6,6 +6,7 @@
 //! database, which `run` retries.
 
 pub(crate) mod identity;
+mod state_schema;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -206,6 +207,7 @@ pub async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
         .await,
     );
     checks.extend(check_slot(client, &src.slot).await);
+    checks.extend(state_schema::check(config, client).await);
     checks
 }
 

@@ -265,14 +265,7 @@ pub(super) fn audit_insert(pg: &Pg, attempts: &[Attempt]) -> Result<(), JournalE
          SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::int4[], \
          $6::text[], $7::int8[], $8::text[])",
         &[
-            &event_ids,
-            &sinks,
-            &numbers,
-            &ats,
-            &statuses,
-            &errors,
-            &latencies,
-            &outcomes,
+            &event_ids, &sinks, &numbers, &ats, &statuses, &errors, &latencies, &outcomes,
         ],
     )?;
     Ok(())

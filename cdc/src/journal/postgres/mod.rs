@@ -44,9 +44,6 @@ mod schema;
 mod session;
 mod writer;
 
-#[cfg(test)]
-mod tests;
-
 /// How long one statement (and the client's wait for it) may take. Bounds a hung
 /// network or a lock that never comes; the store then fails like a broken disk.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -85,7 +82,8 @@ impl Postgres {
     fn connect(&self, access: Access, durable: bool) -> Result<Pg, JournalError> {
         let at = self.describe();
         let url = self.url.clone();
-        let connecting = runtime().spawn(async move { crate::replication::connect_sql(&url).await });
+        let connecting =
+            runtime().spawn(async move { crate::replication::connect_sql(&url).await });
         let client = match wait(connecting, STATEMENT_TIMEOUT) {
             Some(Ok(Ok(client))) => client,
             Some(Ok(Err(e))) => return Err(message(&at, format!("cannot connect: {e}"))),

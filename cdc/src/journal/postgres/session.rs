@@ -172,10 +172,7 @@ impl PgStore {
                         return Err(refuse(text(us), text(first)));
                     }
                 }
-                before(
-                    "SELECT MAX(pos) FROM events WHERE commit_time_us < $1",
-                    us,
-                )?
+                before("SELECT MAX(pos) FROM events WHERE commit_time_us < $1", us)?
             }
         })
     }
@@ -330,7 +327,10 @@ impl StateStore for PgStore {
 
     fn drop_cursor(&mut self, sink: &str) -> Result<Option<DroppedCursor>, JournalError> {
         self.pg.write(|pg| {
-            let Some(row) = pg.query_opt("DELETE FROM cursors WHERE sink = $1 RETURNING pos", &[&sink])?
+            let Some(row) = pg.query_opt(
+                "DELETE FROM cursors WHERE sink = $1 RETURNING pos",
+                &[&sink],
+            )?
             else {
                 return Ok(None);
             };
