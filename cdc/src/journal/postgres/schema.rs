@@ -91,6 +91,10 @@ CREATE TABLE lease (
 INSERT INTO lease(id, epoch) VALUES (1, 0);
 INSERT INTO meta VALUES ('store_id', md5(random()::text || clock_timestamp()::text));
 ",
+    // 2: who leads since when, and its lock session (high availability, `crate::ha`).
+    "
+ALTER TABLE lease ADD COLUMN since timestamptz, ADD COLUMN holder_pid integer;
+",
 ];
 
 /// The schema version this binary writes.
