@@ -37,20 +37,49 @@ use crate::supervise;
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
 
 /// Preflight, set up the publication and slot, then stream and deliver until
-/// `shutdown` becomes true.
-pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let config = std::sync::Arc::new(config);
+/// `shutdown` becomes true. With `[ha] enabled`, only while this process leads
+/// (see `crate::ha`).
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if config.ha.enabled {
+        // Created (migrated) before anyone stands by: the lease is one of its tables.
+        let store = Store::from_config(&config.state);
+        tokio::task::spawn_blocking(move || store.open(Access::Create).map(drop))
+            .await
+            .map_err(|e| anyhow!("state store task failed: {e}"))??;
+        return crate::ha::run(config, shutdown, |config, epoch, stop| {
+            lead(config, Some(epoch), stop)
+        })
+        .await;
+    }
+    crate::metrics::metrics().leader.set(1);
+    lead(std::sync::Arc::new(config), None, shutdown).await
+}
+
+/// The engine itself. `fence`: the HA epoch every store write carries (and fails
+/// with once another process took over); None without HA, which also starts the
+/// admin API here (with HA it runs all along, beside the election).
+async fn lead(
+    config: std::sync::Arc<Config>,
+    fence: Option<i64>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
     let state_dir = config.state.dir.clone();
     let triggers = plan::compile_triggers(&config)?;
     let store = Store::from_config(&config.state);
+    if fence.is_some() {
+        store.set_fence(fence)?;
+    }
     let mut writer = store.writer()?;
     let prior = journal_guard::Prior::read(&*writer)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));
     warn_orphaned_cursors(&config, &store)?;
     // Up before preflight, so /healthz answers while pgcdc waits on the source.
-    let _admin = crate::admin::start(config.clone()).await?;
+    let _admin = match fence {
+        None => Some(crate::admin::start(config.clone()).await?),
+        Some(_) => None,
+    };
 
     let client = connect_sql(&url)
         .await

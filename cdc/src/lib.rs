@@ -22,6 +22,7 @@ pub mod config;
 pub mod deliver;
 pub mod engine;
 pub mod fd_limit;
+pub mod ha;
 pub mod health;
 pub mod ingest;
 pub mod journal;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Rows copied by resyncs.
     pub resync_rows: Counter,
+    /// 1 while this process leads (always, without HA), 0 while it stands by.
+    pub leader: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -98,6 +100,7 @@ impl Metrics {
             dlq_events: Family::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
             resync_rows: Counter::default(),
+            leader: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -184,6 +187,11 @@ impl Metrics {
             "pgcdc_resync_rows",
             "Rows copied by resyncs",
             m.resync_rows.clone(),
+        );
+        r.register(
+            "pgcdc_leader",
+            "1 while this process leads (streams and delivers), 0 while it stands by ([ha])",
+            m.leader.clone(),
         );
         m
     }

@@ -11,8 +11,10 @@ use serde::Deserialize;
 
 use crate::replication::SourceUrl;
 
+mod ha;
 mod jq;
 mod schedule;
+pub use ha::{HaConfig, HaTimings};
 pub use jq::JqConfig;
 pub use schedule::{ScheduleConfig, ScheduledResync};
 
@@ -84,6 +86,9 @@ pub struct Config {
     /// Bounds on jq evaluation.
     #[serde(default)]
     pub jq: JqConfig,
+    /// High availability: one leader, fenced standbys.
+    #[serde(default)]
+    pub ha: HaConfig,
     /// Delivery destinations (parsed separately: common keys + per-type keys).
     #[serde(skip)]
     pub sink: Vec<SinkConfig>,
@@ -636,6 +641,7 @@ impl Config {
         })?;
         self.admin.validate()?;
         self.jq.validate()?;
+        self.ha.validate(self.state.url.is_some())?;
         schedule::validate(self)?;
         if self.journal.max_bytes == Some(0) {
             return Err(key_err(

@@ -1,0 +1,108 @@
+//! `[ha]`: one leader, fenced standbys (see `crate::ha`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{key_err, ConfigError};
+
+/// `[ha]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// Run as one of several processes sharing a Postgres state store: one leads,
+    /// the others stand by.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often the leader renews its lease (and a standby looks at it).
+    #[serde(default = "HaConfig::default_renew")]
+    pub renew: String,
+    /// A lease not renewed for this long is taken over (the leader hung or lost
+    /// the network).
+    #[serde(default = "HaConfig::default_lease_timeout")]
+    pub lease_timeout: String,
+}
+
+/// `[ha]` durations, parsed (validated at load).
+#[derive(Debug, Clone, Copy)]
+pub struct HaTimings {
+    /// `ha.renew`.
+    pub renew: Duration,
+    /// `ha.lease_timeout`.
+    pub lease_timeout: Duration,
+}
+
+impl HaConfig {
+    /// `ha.renew` unless configured.
+    pub const DEFAULT_RENEW: Duration = Duration::from_secs(2);
+    /// `ha.lease_timeout` unless configured.
+    pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn default_renew() -> String {
+        "2s".to_string()
+    }
+
+    fn default_lease_timeout() -> String {
+        "10s".to_string()
+    }
+
+    /// The parsed durations (validated at load).
+    pub fn timings(&self) -> HaTimings {
+        HaTimings {
+            renew: humantime::parse_duration(&self.renew).unwrap_or(Self::DEFAULT_RENEW),
+            lease_timeout: humantime::parse_duration(&self.lease_timeout)
+                .unwrap_or(Self::DEFAULT_LEASE_TIMEOUT),
+        }
+    }
+
+    /// `has_state_url`: whether `[state] url` is set (the lease lives there).
+    pub(super) fn validate(&self, has_state_url: bool) -> Result<(), ConfigError> {
+        let parse = |key: &str, value: &str| {
+            humantime::parse_duration(value).map_err(|e| {
+                key_err(
+                    key,
+                    format!("{value:?} is not a duration ({e}); write e.g. \"2s\""),
+                )
+            })
+        };
+        let renew = parse("ha.renew", &self.renew)?;
+        let lease_timeout = parse("ha.lease_timeout", &self.lease_timeout)?;
+        if renew < Duration::from_millis(100) {
+            return Err(key_err(
+                "ha.renew",
+                format!(
+                    "{:?} is too short; use at least \"100ms\" (default \"2s\")",
+                    self.renew
+                ),
+            ));
+        }
+        if lease_timeout < renew * 2 {
+            return Err(key_err(
+                "ha.lease_timeout",
+                format!(
+                    "{:?} must be at least twice ha.renew ({:?}), or one late renewal hands the \
+                     lease over; default \"10s\" with renew \"2s\"",
+                    self.lease_timeout, self.renew
+                ),
+            ));
+        }
+        if self.enabled && !has_state_url {
+            return Err(key_err(
+                "ha.enabled",
+                "high availability needs the state in Postgres, shared by every pgcdc process: \
+                 set [state] url = \"postgres://...\" (the same for all of them), or remove [ha]",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            enabled: false,
+            renew: Self::default_renew(),
+            lease_timeout: Self::default_lease_timeout(),
+        }
+    }
+}
