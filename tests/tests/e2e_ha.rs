@@ -218,12 +218,23 @@ async fn wait_deliveries(receiver: &Receiver, more_than: usize, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn kill9_of_the_leader_mid_load_loses_nothing_with_two_processes() -> anyhow::Result<()> {
+    kill9_of_the_leader_mid_load(2).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill9_of_the_leader_mid_load_loses_nothing_with_three_processes() -> anyhow::Result<()> {
+    kill9_of_the_leader_mid_load(3).await
+}
+
+/// `n` processes; the leader is killed three times, each time replaced by a new
+/// standby so that `n` keep running.
+async fn kill9_of_the_leader_mid_load(n: usize) -> anyhow::Result<()> {
     let s = setup().await?;
     let mut procs = Vec::new();
     // Each process reads its config file when it starts: they stay until the end.
     let mut cfgs = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         let (p, c) = s.spawn(&s.state_url)?;
         procs.push(p);
         cfgs.push(c);
@@ -251,7 +262,7 @@ async fn kill9_of_the_leader_mid_load_loses_nothing_with_three_processes() -> an
             .wait_exit(Duration::from_secs(10))
             .await
             .is_some());
-        // Keep three: a new standby joins for each one killed.
+        // Keep n: a new standby joins for each one killed.
         let (p, c) = s.spawn(&s.state_url)?;
         procs[lead] = p;
         cfgs.push(c);
@@ -272,7 +283,7 @@ async fn kill9_of_the_leader_mid_load_loses_nothing_with_three_processes() -> an
     for p in procs.iter_mut() {
         ensure!(!p.has_exited(), "a standby exited: {}", p.stderr_tail(20));
     }
-    println!("kill -9 of the leader x{kills}: takeovers {takeovers:?}, {dups} ids re-sent");
+    println!("{n} processes, kill -9 of the leader x{kills}: takeovers {takeovers:?}, {dups} ids re-sent");
     Ok(())
 }
 

@@ -106,3 +106,44 @@ impl Default for HaConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "[source]\nurl = \"postgres://u@h/db\"\ntables = [\"public.t\"]\n{extra}\n\
+             [[sink]]\nname = \"out\"\ntype = \"stdout\"\n"
+        );
+        Config::parse(&text, Path::new("test.toml"), &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ha_needs_a_state_url_and_says_so() {
+        let e = parse("[ha]\nenabled = true\n").err().unwrap_or_default();
+        assert!(e.contains("ha.enabled") && e.contains("[state] url"), "{e}");
+        let c = parse("[state]\nurl = \"postgres://u@h/state\"\n[ha]\nenabled = true\n");
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        let t = c.ha.timings();
+        assert_eq!(
+            (t.renew, t.lease_timeout),
+            (
+                super::HaConfig::DEFAULT_RENEW,
+                super::HaConfig::DEFAULT_LEASE_TIMEOUT
+            )
+        );
+    }
+
+    #[test]
+    fn bad_timings_are_named() {
+        let e = parse("[ha]\nrenew = \"soon\"\n").err().unwrap_or_default();
+        assert!(e.contains("ha.renew"), "{e}");
+        let e = parse("[ha]\nrenew = \"5s\"\nlease_timeout = \"6s\"\n")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("ha.lease_timeout") && e.contains("twice"), "{e}");
+    }
+}

@@ -323,3 +323,36 @@ async fn attempt(
     );
     Ok(Some(new))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_ids_are_application_names() {
+        let id = holder_id();
+        assert!(id.len() <= 63, "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "{id}"
+        );
+        assert!(id.contains(&format!("-{}-", std::process::id())), "{id}");
+    }
+
+    #[test]
+    fn the_state_url_gets_the_holder_as_application_name_unless_set() {
+        let named = named_state_url(&Secret::new("postgres://u:pw@h/db"), "pgcdc-x-1-ab");
+        assert_eq!(
+            named.expose(),
+            "postgres://u:pw@h/db?application_name=pgcdc-x-1-ab"
+        );
+        let named = named_state_url(&Secret::new("postgres://u@h/db?sslmode=disable"), "p");
+        assert_eq!(
+            named.expose(),
+            "postgres://u@h/db?sslmode=disable&application_name=p"
+        );
+        let own = Secret::new("postgres://u@h/db?application_name=mine");
+        assert_eq!(named_state_url(&own, "p").expose(), own.expose());
+    }
+}
