@@ -221,7 +221,8 @@ async fn lead(
                 spawn.runner(&mut runners, sink_impl, plan)
             }
             SinkKind::Kafka(kafka) => {
-                let sink_impl = build_kafka_sink(i, sink, kafka, &url.dbname, audit.clone())?;
+                let sink_impl =
+                    build_kafka_sink(i, sink, kafka, &url.dbname, audit.clone())?.with_epoch(fence);
                 spawn.runner(&mut runners, sink_impl, plan)
             }
         }
