@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use e2e_fixture::{
-    assert_journal_exact, config_toml, create_load_table, current_wal_lsn, journal,
-    pgcdc_output, slot_confirmed, start_streaming, with_pg_state, Loader, Seen, SocketAddr,
-    PG_STATE_SCHEMA,
+    assert_journal_exact, config_toml, create_load_table, current_wal_lsn, journal, pgcdc_output,
+    slot_confirmed, start_streaming, with_pg_state, Loader, Seen, SocketAddr, PG_STATE_SCHEMA,
 };
 use pgcdc_tests::http_receiver::{Mode, Receiver};
 use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
@@ -23,7 +22,11 @@ use serde_json::Value;
 
 /// Config with one stdout sink, its state in the source database.
 fn pg_config(pg: &PgCluster, tables: &[&str], state: &std::path::Path, extra: &str) -> String {
-    with_pg_state(&config_toml(&pg.url(), tables, state, extra), &pg.url(), state)
+    with_pg_state(
+        &config_toml(&pg.url(), tables, state, extra),
+        &pg.url(),
+        state,
+    )
 }
 
 async fn next_events(p: &mut Pgcdc, n: usize) -> anyhow::Result<Vec<Value>> {
@@ -151,7 +154,13 @@ async fn kill9_loses_nothing_and_journals_once() -> anyhow::Result<()> {
     for round in 1..=2u64 {
         let mut p = start_streaming(&pg, &cfg).await?;
         let loader = loader.get_or_insert_with(|| {
-            Loader::start(SocketAddr::of(&pg), "load", ROWS, 50, Duration::from_millis(20))
+            Loader::start(
+                SocketAddr::of(&pg),
+                "load",
+                ROWS,
+                50,
+                Duration::from_millis(20),
+            )
         });
         let target = ROWS * round / 3;
         let before = seen.lines;
@@ -161,7 +170,10 @@ async fn kill9_loses_nothing_and_journals_once() -> anyhow::Result<()> {
         .await?;
         seen.read_until_lines(&mut p, before + 1, Duration::from_secs(60))
             .await?;
-        ensure!(loader.progress() < ROWS, "the load ended before kill {round}");
+        ensure!(
+            loader.progress() < ROWS,
+            "the load ended before kill {round}"
+        );
         p.kill9()?;
         ensure!(p.wait_exit(Duration::from_secs(10)).await.is_some());
         seen.drain_for(&mut p, Duration::from_secs(1)).await?;
@@ -215,9 +227,11 @@ async fn http_dlq_replay_checkpoint_and_resync() -> anyhow::Result<()> {
             .map(|b| b["was"].clone())
             .collect::<Vec<_>>()
     };
-    wait_until_msg(Duration::from_secs(30), "row 4's two transitions", || async {
-        delivered(4).len() >= 2
-    })
+    wait_until_msg(
+        Duration::from_secs(30),
+        "row 4's two transitions",
+        || async { delivered(4).len() >= 2 },
+    )
     .await;
     ensure!(
         delivered(4) == [Value::from("pending"), Value::from("revoked")],
@@ -226,7 +240,13 @@ async fn http_dlq_replay_checkpoint_and_resync() -> anyhow::Result<()> {
     );
     let dlq = || async {
         let (code, out, err) = pgcdc_output(&[
-            "dlq", "list", "--config", &cfg.arg(), "--sink", "hook", "--json",
+            "dlq",
+            "list",
+            "--config",
+            &cfg.arg(),
+            "--sink",
+            "hook",
+            "--json",
         ])
         .await?;
         ensure!(code == 0, "dlq list: {err}");
@@ -246,7 +266,13 @@ async fn http_dlq_replay_checkpoint_and_resync() -> anyhow::Result<()> {
     ensure!(states == ["dead", "parked"], "{states:?}");
     rx.set_mode(Mode::Ok);
     let (code, _, err) = pgcdc_output(&[
-        "dlq", "replay", "--config", &cfg.arg(), "--sink", "hook", "--all",
+        "dlq",
+        "replay",
+        "--config",
+        &cfg.arg(),
+        "--sink",
+        "hook",
+        "--all",
     ])
     .await?;
     ensure!(code == 0, "replay: {err}");
@@ -274,9 +300,11 @@ async fn http_dlq_replay_checkpoint_and_resync() -> anyhow::Result<()> {
     ])
     .await?;
     ensure!(code == 0, "reset: {out}{err}");
-    wait_until_msg(Duration::from_secs(30), "the hook's re-delivery", || async {
-        rx.requests().len() >= before + 4
-    })
+    wait_until_msg(
+        Duration::from_secs(30),
+        "the hook's re-delivery",
+        || async { rx.requests().len() >= before + 4 },
+    )
     .await;
 
     // A resync of the table: its two rows come as read events on stdout.

@@ -40,10 +40,11 @@ pub fn with_pg_state(text: &str, url: &str, state: &Path) -> String {
 
 /// The store of the state dir `state` (Postgres when [`with_pg_state`] moved it).
 pub fn store(state: &Path) -> anyhow::Result<pgcdc::journal::Store> {
-    let url = PG_STATE
-        .lock()
-        .ok()
-        .and_then(|dirs| dirs.iter().find(|(d, _)| d == state).map(|(_, u)| u.clone()));
+    let url = PG_STATE.lock().ok().and_then(|dirs| {
+        dirs.iter()
+            .find(|(d, _)| d == state)
+            .map(|(_, u)| u.clone())
+    });
     Ok(match url {
         Some(url) => pgcdc::journal::Store::postgres(url.parse()?, PG_STATE_SCHEMA),
         None => pgcdc::journal::Store::sqlite(state),
