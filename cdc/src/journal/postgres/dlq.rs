@@ -92,7 +92,7 @@ pub(super) fn commit_batch(
         errors.push(r.error.as_deref());
         replays.push(replaying.contains(&r.item.row));
     }
-    pg.write(|pg| {
+    let batch = |pg: &Pg| {
         if !records.is_empty() {
             pg.execute(
                 "INSERT INTO dlq(sink, delivery_id, row_key, pos, item, state, error, replay) \
@@ -111,8 +111,14 @@ pub(super) fn commit_batch(
             )?;
         }
         super::session::advance_cursor(pg, sink, cursor, generation)?;
-        Ok(())
-    })
+        Ok::<_, JournalError>(())
+    };
+    // Without DLQ rows it only moves the cursor forward: twice is once.
+    if records.is_empty() {
+        pg.write_idempotent(batch)
+    } else {
+        pg.write(batch)
+    }
 }
 
 /// Every DLQ item of the sink, in order.
@@ -145,7 +151,8 @@ pub(super) fn settle(
     delivered: &[i64],
     failed: &[(i64, String, DlqState, Option<String>)],
 ) -> Result<(), JournalError> {
-    pg.write(|pg| {
+    // Deletes and flag updates: twice is once.
+    pg.write_idempotent(|pg| {
         if !delivered.is_empty() {
             pg.execute(
                 "DELETE FROM dlq WHERE sink = $1 AND id = ANY($2)",

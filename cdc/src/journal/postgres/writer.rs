@@ -308,7 +308,7 @@ impl PgWriter {
         let mut last = self.last;
         let mut pos = self.head.pos;
         let mut added_bytes = 0i64;
-        let confirmed = self.pg.write(|pg| {
+        let confirmed = self.pg.write_no_retry(|pg| {
             let mut cols = Columns::default();
             for &(entry, target) in entries {
                 let position = (entry.event.lsn.0, entry.seq);
