@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use pgcdc_sinks::{Attempt, AttemptOutcome};
 use tokio_postgres::Row;
 
-use super::{Params, Pg};
+use super::{Params, Pg, NOW_TEXT};
 use crate::journal::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState, JournalError};
 
 const COLUMNS: &str = "id, delivery_id, row_key, pos, item, state, error, replay, created_at";
@@ -110,7 +110,7 @@ pub(super) fn commit_batch(
                 ],
             )?;
         }
-        super::session::advance_cursor(pg, sink, cursor, generation)?;
+        advance_cursor(pg, sink, cursor, generation)?;
         Ok::<_, JournalError>(())
     };
     // Without DLQ rows it only moves the cursor forward: twice is once.
@@ -119,6 +119,20 @@ pub(super) fn commit_batch(
     } else {
         pg.write(batch)
     }
+}
+
+/// Moves `sink`'s cursor forward to `pos`, never back, creating it if missing, and
+/// only while no operator reset bumped its generation past `generation`. The one
+/// place cursors advance.
+fn advance_cursor(pg: &Pg, sink: &str, pos: i64, generation: i64) -> Result<u64, JournalError> {
+    pg.execute(
+        &format!(
+            "INSERT INTO cursors(sink, pos) VALUES ($1, $2) \
+             ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, updated_at = {NOW_TEXT} \
+             WHERE excluded.pos > cursors.pos AND cursors.generation = $3"
+        ),
+        &[&sink, &pos, &generation],
+    )
 }
 
 /// Every DLQ item of the sink, in order.
