@@ -669,7 +669,8 @@ async fn a_newer_schema_is_refused_with_both_versions() -> anyhow::Result<()> {
     let other = pg_store(&pg, "other")?;
     sql(
         &pg,
-        "CREATE SCHEMA other; CREATE TABLE other.schema_version (version integer NOT NULL)",
+        "CREATE SCHEMA other; CREATE TABLE other.schema_version \
+         (id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1), version integer NOT NULL)",
     )
     .await?;
     let mut w = other.writer()?;

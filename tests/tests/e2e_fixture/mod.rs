@@ -17,9 +17,53 @@ use serde_json::Value;
 
 pub mod view;
 
+/// Schema of the state tables when a test keeps its state in Postgres.
+pub const PG_STATE_SCHEMA: &str = "pgcdc_state";
+
+/// State dirs whose state lives in Postgres instead, with the database's URL: the
+/// journal helpers below open that store for them.
+static PG_STATE: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps the state of config `text` in the Postgres database at `url` (schema
+/// [`PG_STATE_SCHEMA`]) instead of its `[state] dir`: adds `url` and `schema` to
+/// its `[state]` table. The journal helpers follow (by `state`).
+pub fn with_pg_state(text: &str, url: &str, state: &Path) -> String {
+    if let Ok(mut dirs) = PG_STATE.lock() {
+        dirs.push((state.to_path_buf(), url.to_string()));
+    }
+    text.replacen(
+        "[state]\n",
+        &format!("[state]\nurl = \"{url}\"\nschema = \"{PG_STATE_SCHEMA}\"\n"),
+        1,
+    )
+}
+
+/// The store of the state dir `state` (Postgres when [`with_pg_state`] moved it).
+pub fn store(state: &Path) -> anyhow::Result<pgcdc::journal::Store> {
+    let url = PG_STATE.lock().ok().and_then(|dirs| {
+        dirs.iter()
+            .find(|(d, _)| d == state)
+            .map(|(_, u)| u.clone())
+    });
+    Ok(match url {
+        Some(url) => pgcdc::journal::Store::postgres(url.parse()?, PG_STATE_SCHEMA),
+        None => pgcdc::journal::Store::sqlite(state),
+    })
+}
+
 /// Config text with one stdout sink named `out` (plus `extra` appended verbatim);
-/// the admin API on an ephemeral port, since tests run in parallel.
+/// the admin API on an ephemeral port, since tests run in parallel. With
+/// `PGCDC_TEST_STATE=postgres` the state goes to the source database (see
+/// [`with_pg_state`]).
 pub fn config_toml(url: &str, tables: &[&str], state: &Path, extra: &str) -> String {
+    let text = config_toml_sqlite(url, tables, state, extra);
+    if std::env::var("PGCDC_TEST_STATE").is_ok_and(|v| v == "postgres") {
+        return with_pg_state(&text, url, state);
+    }
+    text
+}
+
+fn config_toml_sqlite(url: &str, tables: &[&str], state: &Path, extra: &str) -> String {
     let tables = tables
         .iter()
         .map(|t| format!("\"{t}\""))
@@ -144,7 +188,7 @@ pub struct JournalStats {
 
 /// Opens a session on the journal in `state` (pgcdc may be running).
 pub fn journal(state: &Path) -> anyhow::Result<Box<dyn pgcdc::journal::StateStore>> {
-    pgcdc::journal::Store::sqlite(state)
+    store(state)?
         .open(pgcdc::journal::Access::Existing)
         .with_context(|| format!("open the journal in {}", state.display()))
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use pgcdc_sinks::{Attempt, AttemptOutcome};
 use tokio_postgres::Row;
 
-use super::{Params, Pg};
+use super::{Params, Pg, NOW_TEXT};
 use crate::journal::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState, JournalError};
 
 const COLUMNS: &str = "id, delivery_id, row_key, pos, item, state, error, replay, created_at";
@@ -92,7 +92,7 @@ pub(super) fn commit_batch(
         errors.push(r.error.as_deref());
         replays.push(replaying.contains(&r.item.row));
     }
-    pg.write(|pg| {
+    let batch = |pg: &Pg| {
         if !records.is_empty() {
             pg.execute(
                 "INSERT INTO dlq(sink, delivery_id, row_key, pos, item, state, error, replay) \
@@ -110,9 +110,29 @@ pub(super) fn commit_batch(
                 ],
             )?;
         }
-        super::session::advance_cursor(pg, sink, cursor, generation)?;
-        Ok(())
-    })
+        advance_cursor(pg, sink, cursor, generation)?;
+        Ok::<_, JournalError>(())
+    };
+    // Without DLQ rows it only moves the cursor forward: twice is once.
+    if records.is_empty() {
+        pg.write_idempotent(batch)
+    } else {
+        pg.write(batch)
+    }
+}
+
+/// Moves `sink`'s cursor forward to `pos`, never back, creating it if missing, and
+/// only while no operator reset bumped its generation past `generation`. The one
+/// place cursors advance.
+fn advance_cursor(pg: &Pg, sink: &str, pos: i64, generation: i64) -> Result<u64, JournalError> {
+    pg.execute(
+        &format!(
+            "INSERT INTO cursors(sink, pos) VALUES ($1, $2) \
+             ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, updated_at = {NOW_TEXT} \
+             WHERE excluded.pos > cursors.pos AND cursors.generation = $3"
+        ),
+        &[&sink, &pos, &generation],
+    )
 }
 
 /// Every DLQ item of the sink, in order.
@@ -145,7 +165,8 @@ pub(super) fn settle(
     delivered: &[i64],
     failed: &[(i64, String, DlqState, Option<String>)],
 ) -> Result<(), JournalError> {
-    pg.write(|pg| {
+    // Deletes and flag updates: twice is once.
+    pg.write_idempotent(|pg| {
         if !delivered.is_empty() {
             pg.execute(
                 "DELETE FROM dlq WHERE sink = $1 AND id = ANY($2)",

@@ -24,11 +24,11 @@
 //! `dlq.rs` (DLQ and audit log), `resync.rs`, `writer.rs` (the appender and
 //! row state).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,12 @@ mod writer;
 /// network or a lock that never comes; the store then fails like a broken disk.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a closed connection is retried before the call fails. Longer than the
+/// default `wal_sender_timeout` (60 s): with the state in the source cluster, a
+/// shutdown of that cluster waits for the walsender, which waits for pgcdc to
+/// confirm, which cannot write its state until the cluster is back.
+const RECONNECT_FOR: Duration = Duration::from_secs(90);
+
 /// No fence: writes are not checked against the lease.
 const NO_FENCE: i64 = i64::MIN;
 
@@ -59,27 +65,40 @@ pub(super) const NOW_TEXT: &str =
 /// connection of this process.
 #[derive(Debug)]
 pub(crate) struct Postgres {
-    url: SourceUrl,
-    schema: String,
+    target: Arc<Target>,
     fence: Arc<AtomicI64>,
 }
 
-impl Postgres {
-    /// The store in `schema` of `url`'s database (nothing is opened yet).
-    pub(crate) fn new(url: SourceUrl, schema: &str) -> Postgres {
-        Postgres {
-            url,
-            schema: schema.to_string(),
-            fence: Arc::new(AtomicI64::new(NO_FENCE)),
-        }
-    }
+/// How to (re)connect: the database and the schema.
+#[derive(Debug)]
+struct Target {
+    url: SourceUrl,
+    schema: String,
+}
 
+/// The fence of every store of one database and schema in this process: the HA
+/// layer sets it on one `Store`, and the sessions the admin API or a command open
+/// through another `Store` of the same config are fenced too.
+fn shared_fence(at: &str) -> Arc<AtomicI64> {
+    static FENCES: OnceLock<Mutex<HashMap<String, Arc<AtomicI64>>>> = OnceLock::new();
+    let fences = FENCES.get_or_init(Mutex::default);
+    let mut fences = fences
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    fences
+        .entry(at.to_string())
+        .or_insert_with(|| Arc::new(AtomicI64::new(NO_FENCE)))
+        .clone()
+}
+
+impl Target {
     fn describe(&self) -> String {
         // SourceUrl's Display prints the password as ***.
         format!("{} schema {}", self.url, self.schema)
     }
 
-    fn connect(&self, access: Access, durable: bool) -> Result<Pg, JournalError> {
+    /// A new connection with the session settings (search path, limits).
+    fn client(&self, durable: bool) -> Result<Client, JournalError> {
         let at = self.describe();
         let url = self.url.clone();
         let connecting =
@@ -90,23 +109,51 @@ impl Postgres {
             Some(Err(e)) => return Err(JournalError::Task(e.to_string())),
             None => return Err(message(&at, "connecting timed out".into())),
         };
-        let pg = Pg {
-            client,
-            at,
-            fence: self.fence.clone(),
-            statements: RefCell::new(HashMap::new()),
-        };
         // Sessions' commits (cursors, DLQ, audit) need atomicity only: one lost to a
         // server crash rolls a cursor back with its DLQ rows and the events are
         // delivered again, which at-least-once allows. The writer's commits back what
         // the slot is told: they wait for the disk.
         let sync_commit = if durable { "on" } else { "off" };
-        pg.batch(&format!(
+        let settings = format!(
             "SET search_path TO {}; SET statement_timeout = '{}s'; SET synchronous_commit = {sync_commit}",
             schema::quote(&self.schema),
             STATEMENT_TIMEOUT.as_secs()
-        ))?;
-        schema::prepare(&pg, &self.schema, access)?;
+        );
+        match wait(client.batch_execute(&settings), STATEMENT_TIMEOUT) {
+            Some(Ok(())) => Ok(client),
+            Some(Err(e)) => Err(message(&at, format!("cannot set up the session: {e}"))),
+            None => Err(message(&at, "setting up the session timed out".into())),
+        }
+    }
+}
+
+impl Postgres {
+    /// The store in `schema` of `url`'s database (nothing is opened yet).
+    pub(crate) fn new(url: SourceUrl, schema: &str) -> Postgres {
+        let target = Arc::new(Target {
+            url,
+            schema: schema.to_string(),
+        });
+        let fence = shared_fence(&target.describe());
+        Postgres { target, fence }
+    }
+
+    fn describe(&self) -> String {
+        self.target.describe()
+    }
+
+    fn connect(&self, access: Access, durable: bool) -> Result<Pg, JournalError> {
+        let pg = Pg {
+            client: RefCell::new(self.target.client(durable)?),
+            at: self.describe(),
+            target: self.target.clone(),
+            durable,
+            in_transaction: Cell::new(false),
+            lost: Cell::new(false),
+            fence: self.fence.clone(),
+            statements: RefCell::new(HashMap::new()),
+        };
+        schema::prepare(&pg, &self.target.schema, access)?;
         Ok(pg)
     }
 }
@@ -189,11 +236,30 @@ fn message(at: &str, text: String) -> JournalError {
 
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
+/// How a transaction failed: before COMMIT (nothing committed), or at it (unknown).
+enum WriteError<E> {
+    Before(E),
+    AtCommit(E),
+}
+
+impl<E> WriteError<E> {
+    fn into_inner(self) -> E {
+        match self {
+            WriteError::Before(e) | WriteError::AtCommit(e) => e,
+        }
+    }
+}
+
 /// One connection to the state database.
 pub(super) struct Pg {
-    client: Client,
+    client: RefCell<Client>,
     /// Where it is, for errors (no password).
     at: String,
+    target: Arc<Target>,
+    durable: bool,
+    in_transaction: Cell<bool>,
+    /// The server closed the connection (seen in an error): make it again.
+    lost: Cell<bool>,
     fence: Arc<AtomicI64>,
     /// Prepared statements by SQL text: one round trip per query instead of two.
     statements: RefCell<HashMap<String, Statement>>,
@@ -213,7 +279,18 @@ impl Pg {
         fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, JournalError> {
         match wait(fut, STATEMENT_TIMEOUT + Duration::from_secs(5)) {
-            Some(out) => out.map_err(|e| self.err(e)),
+            Some(out) => out.map_err(|e| {
+                // The server went away (admin shutdown, crash, network): make the
+                // connection again before the next call.
+                let code = e.as_db_error().map(|d| d.code().code().to_string());
+                if e.is_closed()
+                    || code.is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+                    || e.to_string().contains("connection closed")
+                {
+                    self.lost.set(true);
+                }
+                self.err(e)
+            }),
             None => Err(message(
                 &self.at,
                 format!(
@@ -224,11 +301,57 @@ impl Pg {
         }
     }
 
+    /// Between transactions: a connection the server closed (a restart, a failover,
+    /// an idle timeout) is made again, waiting up to [`RECONNECT_FOR`] for the server.
+    /// A call that was running when it closed has failed already.
+    pub(super) fn reconnect_if_closed(&self) -> Result<bool, JournalError> {
+        if self.in_transaction.get() || !self.is_closed() {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + RECONNECT_FOR;
+        loop {
+            match self.target.client(self.durable) {
+                Ok(client) => {
+                    *self.client.borrow_mut() = client;
+                    self.lost.set(false);
+                    self.statements.borrow_mut().clear();
+                    tracing::warn!(at = %self.at, "state database connection made again");
+                    return Ok(true);
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "state database unreachable; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Whether the server closed the connection.
+    pub(super) fn is_closed(&self) -> bool {
+        self.lost.get() || self.client.borrow().is_closed()
+    }
+
+    /// Runs `call`; outside a transaction, once more on a new connection when the
+    /// server closed this one under it. Every statement run this way is a read or
+    /// a write that may run twice (a delivery attempt listed twice at worst).
+    fn again<T>(&self, call: impl Fn() -> Result<T, JournalError>) -> Result<T, JournalError> {
+        match call() {
+            Err(e) if !self.in_transaction.get() && self.is_closed() => {
+                tracing::warn!(error = %e, "state database connection lost; trying again");
+                self.reconnect_if_closed()?;
+                call()
+            }
+            other => other,
+        }
+    }
+
     fn statement(&self, sql: &str) -> Result<Statement, JournalError> {
+        self.reconnect_if_closed()?;
         if let Some(st) = self.statements.borrow().get(sql) {
             return Ok(st.clone());
         }
-        let st = self.wait(self.client.prepare(sql))?;
+        let st = self.wait(self.client.borrow().prepare(sql))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_string(), st.clone());
@@ -237,8 +360,10 @@ impl Pg {
 
     /// Runs a query; its rows.
     pub(super) fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, JournalError> {
-        let st = self.statement(sql)?;
-        self.wait(self.client.query(&st, params))
+        self.again(|| {
+            let st = self.statement(sql)?;
+            self.wait(self.client.borrow().query(&st, params))
+        })
     }
 
     /// Runs a query; its one row or none.
@@ -247,25 +372,34 @@ impl Pg {
         sql: &str,
         params: Params<'_>,
     ) -> Result<Option<Row>, JournalError> {
-        let st = self.statement(sql)?;
-        self.wait(self.client.query_opt(&st, params))
+        self.again(|| {
+            let st = self.statement(sql)?;
+            self.wait(self.client.borrow().query_opt(&st, params))
+        })
     }
 
     /// Runs a query that returns exactly one row.
     pub(super) fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, JournalError> {
-        let st = self.statement(sql)?;
-        self.wait(self.client.query_one(&st, params))
+        self.again(|| {
+            let st = self.statement(sql)?;
+            self.wait(self.client.borrow().query_one(&st, params))
+        })
     }
 
     /// Runs a statement; rows changed.
     pub(super) fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, JournalError> {
-        let st = self.statement(sql)?;
-        self.wait(self.client.execute(&st, params))
+        self.again(|| {
+            let st = self.statement(sql)?;
+            self.wait(self.client.borrow().execute(&st, params))
+        })
     }
 
     /// Runs statements without parameters (simple protocol).
     pub(super) fn batch(&self, sql: &str) -> Result<(), JournalError> {
-        self.wait(self.client.batch_execute(sql))
+        self.again(|| {
+            self.reconnect_if_closed()?;
+            self.wait(self.client.borrow().batch_execute(sql))
+        })
     }
 
     /// A column of a row, typed.
@@ -281,22 +415,73 @@ impl Pg {
     /// succeeds (rolls back otherwise).
     pub(super) fn write<T, E: From<JournalError>>(
         &self,
-        f: impl FnOnce(&Pg) -> Result<T, E>,
+        f: impl FnMut(&Pg) -> Result<T, E>,
     ) -> Result<T, E> {
-        self.batch("BEGIN")?;
-        let out = self.check_fence().map_err(E::from).and_then(|()| f(self));
-        match out {
-            Ok(v) => {
-                self.batch("COMMIT")?;
-                Ok(v)
+        self.write_retrying(f, false)
+    }
+
+    /// [`Pg::write`] for a transaction that may commit twice to the same effect: one
+    /// cut at COMMIT (committed or not, nobody knows) runs again too.
+    pub(super) fn write_idempotent<T, E: From<JournalError>>(
+        &self,
+        f: impl FnMut(&Pg) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.write_retrying(f, true)
+    }
+
+    fn write_retrying<T, E: From<JournalError>>(
+        &self,
+        mut f: impl FnMut(&Pg) -> Result<T, E>,
+        idempotent: bool,
+    ) -> Result<T, E> {
+        match self.write_once(&mut f) {
+            // Cut before COMMIT: nothing of it committed, so it runs again on a new
+            // connection.
+            Err(WriteError::Before(_)) if self.is_closed() => {
+                self.reconnect_if_closed()?;
+                self.write_once(&mut f).map_err(WriteError::into_inner)
             }
+            Err(WriteError::AtCommit(_)) if idempotent && self.is_closed() => {
+                self.reconnect_if_closed()?;
+                self.write_once(&mut f).map_err(WriteError::into_inner)
+            }
+            other => other.map_err(WriteError::into_inner),
+        }
+    }
+
+    /// [`Pg::write`] without the second try (the journal writer retries itself, after
+    /// reading back what is durable).
+    pub(super) fn write_no_retry<T, E: From<JournalError>>(
+        &self,
+        mut f: impl FnMut(&Pg) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.write_once(&mut f).map_err(WriteError::into_inner)
+    }
+
+    fn write_once<T, E: From<JournalError>>(
+        &self,
+        f: &mut impl FnMut(&Pg) -> Result<T, E>,
+    ) -> Result<T, WriteError<E>> {
+        self.batch("BEGIN")
+            .map_err(|e| WriteError::Before(E::from(e)))?;
+        self.in_transaction.set(true);
+        let out = self.check_fence().map_err(E::from).and_then(|()| f(self));
+        // Still "in the transaction" for COMMIT: a connection closed meanwhile must
+        // fail it, never be made again for a COMMIT of nothing.
+        let out = match out {
+            Ok(v) => self
+                .batch("COMMIT")
+                .map(|()| v)
+                .map_err(|e| WriteError::AtCommit(E::from(e))),
             Err(e) => {
                 // The transaction's error is the one to report; a failed rollback
                 // (a broken connection) leaves nothing committed either.
                 let _ = self.batch("ROLLBACK");
-                Err(e)
+                Err(WriteError::Before(e))
             }
-        }
+        };
+        self.in_transaction.set(false);
+        out
     }
 
     /// Runs one statement as its own write: in a fenced transaction when a fence is

@@ -154,7 +154,12 @@ pub(super) fn prepare(pg: &Pg, schema: &str, access: Access) -> Result<(), Journ
             &[&schema],
         )?;
         pg.batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)))?;
-        pg.batch("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")?;
+        // A primary key: a FOR ALL TABLES publication (refused later, by the preflight
+        // check, with a clearer message) would otherwise fail the update below.
+        pg.batch(
+            "CREATE TABLE IF NOT EXISTS schema_version \
+             (id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1), version integer NOT NULL)",
+        )?;
         let from = version(pg, schema)?.unwrap_or(0);
         if from > LATEST {
             return Err(newer(from));
@@ -164,7 +169,8 @@ pub(super) fn prepare(pg: &Pg, schema: &str, access: Access) -> Result<(), Journ
             tracing::info!(schema, version = i + 1, "state schema migrated");
         }
         pg.batch(&format!(
-            "DELETE FROM schema_version; INSERT INTO schema_version VALUES ({LATEST})"
+            "INSERT INTO schema_version(id, version) VALUES (1, {LATEST}) \
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version"
         ))?;
         Ok(())
     })

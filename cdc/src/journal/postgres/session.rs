@@ -75,25 +75,6 @@ pub(super) fn used_bytes(pg: &Pg) -> Result<u64, JournalError> {
     Ok(pg.get::<i64>(&row, 0)?.max(0) as u64)
 }
 
-/// Moves `sink`'s cursor forward to `pos`, never back, creating it if missing, and
-/// only while no operator reset bumped its generation past `generation`. The one
-/// place cursors advance.
-pub(super) fn advance_cursor(
-    pg: &Pg,
-    sink: &str,
-    pos: i64,
-    generation: i64,
-) -> Result<u64, JournalError> {
-    pg.execute(
-        &format!(
-            "INSERT INTO cursors(sink, pos) VALUES ($1, $2) \
-             ON CONFLICT(sink) DO UPDATE SET pos = excluded.pos, updated_at = {NOW_TEXT} \
-             WHERE excluded.pos > cursors.pos AND cursors.generation = $3"
-        ),
-        &[&sink, &pos, &generation],
-    )
-}
-
 fn corrupt(pos: i64, e: std::str::Utf8Error) -> JournalError {
     JournalError::Corrupt {
         pos,

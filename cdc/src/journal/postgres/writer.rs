@@ -47,18 +47,22 @@ pub(super) struct PgWriter {
     intact_checked: std::cell::Cell<Option<Instant>>,
 }
 
+/// What is durable: the last position, the head, the byte count.
+fn durable(pg: &Pg) -> Result<(Option<(u64, u32)>, JournalHead, i64), JournalError> {
+    let last = match pg.query_opt(
+        "SELECT commit_lsn, seq FROM events ORDER BY pos DESC LIMIT 1",
+        &[],
+    )? {
+        Some(r) => Some((pg.get::<i64>(&r, 0)? as u64, pg.get::<i32>(&r, 1)? as u32)),
+        None => None,
+    };
+    Ok((last, read_head(pg)?, used_bytes(pg)? as i64))
+}
+
 impl PgWriter {
     pub(super) fn open(pg: Pg) -> Result<PgWriter, JournalError> {
-        let last = match pg.query_opt(
-            "SELECT commit_lsn, seq FROM events ORDER BY pos DESC LIMIT 1",
-            &[],
-        )? {
-            Some(r) => Some((pg.get::<i64>(&r, 0)? as u64, pg.get::<i32>(&r, 1)? as u32)),
-            None => None,
-        };
-        let head = read_head(&pg)?;
+        let (last, head, bytes) = durable(&pg)?;
         let store_id = store_id(&pg)?;
-        let bytes = used_bytes(&pg)? as i64;
         Ok(PgWriter {
             pg,
             last,
@@ -236,7 +240,46 @@ impl JournalWriter for PgWriter {
         Ok(row.0 as usize)
     }
 
+    /// A batch whose connection closed under it (the state database restarted) is
+    /// written again on a new connection: whether its commit landed is unknown, so
+    /// what is durable is read back first, and the changes already journaled are
+    /// skipped as after any restart.
     fn append(
+        &mut self,
+        entries: &[(&JournalEntry, Option<&str>)],
+        confirm: Option<Lsn>,
+        progress: &[ResyncProgress],
+    ) -> Result<AppendOutcome, JournalError> {
+        match self.try_append(entries, confirm, progress) {
+            Err(e) if self.pg.is_closed() => {
+                tracing::warn!(error = %e, "state database connection lost during a journal batch; writing it again");
+                self.pg.reconnect_if_closed()?;
+                self.check_intact_now()?;
+                let newest = entries.iter().map(|(e, _)| (e.event.lsn.0, e.seq)).max();
+                let new_before = newest.filter(|n| self.last.is_none_or(|l| *n > l));
+                let (last, head, bytes) = durable(&self.pg)?;
+                (self.last, self.head, self.bytes) = (last, head, bytes);
+                if new_before.is_some() && newest.is_some_and(|n| last.is_some_and(|l| l >= n)) {
+                    // It landed: its resync progress too (never counted twice).
+                    return Ok(AppendOutcome {
+                        appended: 0,
+                        skipped: entries.len(),
+                    });
+                }
+                self.try_append(entries, confirm, progress)
+            }
+            other => other,
+        }
+    }
+}
+
+impl PgWriter {
+    fn check_intact_now(&self) -> Result<(), JournalError> {
+        self.intact_checked.set(None);
+        self.check_intact()
+    }
+
+    fn try_append(
         &mut self,
         entries: &[(&JournalEntry, Option<&str>)],
         confirm: Option<Lsn>,
@@ -265,7 +308,7 @@ impl JournalWriter for PgWriter {
         let mut last = self.last;
         let mut pos = self.head.pos;
         let mut added_bytes = 0i64;
-        let confirmed = self.pg.write(|pg| {
+        let confirmed = self.pg.write_no_retry(|pg| {
             let mut cols = Columns::default();
             for &(entry, target) in entries {
                 let position = (entry.event.lsn.0, entry.seq);
