@@ -159,6 +159,9 @@ where
                 if let Err(e) = r {
                     tracing::info!(error = %format!("{e:#}"), "the engine stopped after losing leadership");
                 }
+                // The fence is the process's (the admin API's sessions share it): with
+                // the engine gone, a standby's operator actions write unfenced again.
+                crate::journal::Store::from_config(&config.state).set_fence(None)?;
             }
             Err(_) => anyhow::bail!(
                 "lost leadership and the engine did not stop within {STOP_WAIT:?}; exiting \
