@@ -86,6 +86,24 @@ retry = {{ initial_backoff_ms = 50, max_backoff_ms = 200 }}
     }
 }
 
+/// The admin API's base URL of the process started with `cfg`.
+fn admin_base(cfg: &ConfigFile) -> anyhow::Result<String> {
+    let listen = Config::load(cfg.path())?.admin.listen;
+    Ok(format!("http://{listen}"))
+}
+
+/// GET: (status, body); status 0 when the request itself failed.
+async fn get(url: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    match client.get(url).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
 /// The current leader per the lease: (holder id, epoch).
 async fn leader(cfg: &ConfigFile) -> anyhow::Result<Option<(String, i64)>> {
     let config = Config::load(cfg.path())?;
@@ -324,10 +342,12 @@ async fn a_paused_leader_is_taken_over_and_writes_nothing_when_it_wakes() -> any
     // its writes.
     let state_url = format!("{}&application_name=pgcdc-ha-test", s.state_url);
     let (a, cfg) = s.spawn(&state_url)?;
+    let a_admin = admin_base(&cfg)?;
     let mut procs = vec![a];
     let (first, epoch) = wait_leader(&cfg, &mut procs, 0, Duration::from_secs(60)).await?;
     pgcdc_tests::wait_streaming(&s.pg, &mut procs[first]).await?;
-    let (b, _b_cfg) = s.spawn(&state_url)?;
+    let (b, b_cfg) = s.spawn(&state_url)?;
+    let b_admin = admin_base(&b_cfg)?;
     procs.push(b);
     let loader = Loader::start(SocketAddr::of(&s.pg), "load", ROWS / 4, PER_TXN, PACE);
     wait_deliveries(&s.receiver, 100, "the leader delivers").await;
@@ -401,6 +421,44 @@ async fn a_paused_leader_is_taken_over_and_writes_nothing_when_it_wakes() -> any
         old.stderr_tail(20)
     );
     deliveries(&s.receiver)?.check(ROWS / 4, RUNNER_BATCH)?;
+
+    // Each process shows its role and the current leader; the standby is ready.
+    pgcdc_tests::wait_until_msg(
+        Duration::from_secs(30),
+        "the old leader ready as a standby",
+        || {
+            let url = format!("{a_admin}/readyz");
+            async move { get(&url).await.0 == 200 }
+        },
+    )
+    .await;
+    for (base, role, leader) in [(&a_admin, "standby", 0), (&b_admin, "leader", 1)] {
+        ensure!(
+            get(&format!("{base}/healthz")).await.0 == 200,
+            "{base}/healthz"
+        );
+        let (code, body) = get(&format!("{base}/api/status")).await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        ensure!(
+            code == 200
+                && status["ha"]["role"] == role
+                && status["ha"]["leader"]["epoch"] == new_epoch,
+            "{base}/api/status: {code} {body}"
+        );
+        let (_, metrics) = get(&format!("{base}/metrics")).await;
+        ensure!(
+            metrics.contains(&format!("pgcdc_leader {leader}")),
+            "{base}/metrics lacks pgcdc_leader {leader}"
+        );
+    }
+    let cli = e2e_fixture::status_json(&cfg).await?;
+    ensure!(
+        cli["ha"]["leader"]["epoch"] == new_epoch
+            && holder_pid(cli["ha"]["leader"]["holder_id"].as_str().unwrap_or(""))
+                == Some(standby[0].pid()),
+        "pgcdc status names the leader: {}",
+        cli["ha"]
+    );
     println!("SIGSTOP: takeover after {takeover:?}");
     Ok(())
 }
