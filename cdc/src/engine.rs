@@ -42,9 +42,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let config = std::sync::Arc::new(config);
     plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
-    let state_dir = config.state.dir.clone();
     let triggers = plan::compile_triggers(&config)?;
     let store = Store::from_config(&config.state);
+    // Where the state is, for the messages below (no password).
+    let state_dir = match config.state.url {
+        Some(_) => std::path::PathBuf::from(store.describe()),
+        None => config.state.dir.clone(),
+    };
     let mut writer = store.writer()?;
     let prior = journal_guard::Prior::read(&*writer)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));
