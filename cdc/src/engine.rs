@@ -65,12 +65,16 @@ async fn lead(
 ) -> anyhow::Result<()> {
     plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
-    let state_dir = config.state.dir.clone();
     let triggers = plan::compile_triggers(&config)?;
     let store = Store::from_config(&config.state);
     if fence.is_some() {
         store.set_fence(fence)?;
     }
+    // Where the state is, for the messages below (no password).
+    let state_dir = match config.state.url {
+        Some(_) => std::path::PathBuf::from(store.describe()),
+        None => config.state.dir.clone(),
+    };
     let mut writer = store.writer()?;
     let prior = journal_guard::Prior::read(&*writer)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));

@@ -228,9 +228,13 @@ fn origin(url: &str) -> String {
 }
 
 async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
-    let journal = Store::from_config(&config.state)
+    let store = Store::from_config(&config.state);
+    let journal = store
         .open(Access::Existing)
-        .with_context(|| format!("cannot open the journal in {}", config.state.dir.display()))?;
+        .with_context(|| match config.state.url {
+            Some(_) => format!("cannot open the journal in {}", store.describe()),
+            None => format!("cannot open the journal in {}", config.state.dir.display()),
+        })?;
     let journal_status = status::read_journal(&*journal, &status::sink_names(config))?;
     let head = journal_status.head;
     let mut status = status::status_json(config, journal_status).await;

@@ -48,7 +48,9 @@ pub(super) struct PgWriter {
 }
 
 /// What is durable: the last position, the head, the byte count.
-fn durable(pg: &Pg) -> Result<(Option<(u64, u32)>, JournalHead, i64), JournalError> {
+type Durable = (Option<(u64, u32)>, JournalHead, i64);
+
+fn durable(pg: &Pg) -> Result<Durable, JournalError> {
     let last = match pg.query_opt(
         "SELECT commit_lsn, seq FROM events ORDER BY pos DESC LIMIT 1",
         &[],
