@@ -120,8 +120,14 @@ async fn get(url: &str) -> (u16, String) {
 
 /// The current leader per the lease: (holder id, epoch).
 async fn leader(cfg: &ConfigFile) -> anyhow::Result<Option<(String, i64)>> {
-    // `pgcdc status` reads the lease (a CLI command has no role of its own).
-    let v = e2e_fixture::status_json(cfg).await?;
+    // `pgcdc status` reads the lease (a CLI command has no role of its own); it
+    // fails until the first process has created the state store: no leader yet.
+    let (code, out, _) =
+        e2e_fixture::pgcdc_output(&["status", "--config", &cfg.arg(), "--json"]).await?;
+    if code != 0 {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_str(&out)?;
     let l = &v["ha"]["leader"];
     Ok(l["holder_id"]
         .as_str()
