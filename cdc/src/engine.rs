@@ -38,19 +38,48 @@ use crate::supervise;
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
 
 /// Preflight, set up the publication and slot, then stream and deliver until
-/// `shutdown` becomes true.
+/// `shutdown` becomes true. With `[ha] enabled`, only while this process leads
+/// (see `crate::ha`).
 pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let config = std::sync::Arc::new(config);
+    if config.ha.enabled {
+        // Created (migrated) before anyone stands by: the lease is one of its tables.
+        let store = Store::from_config(&config.state);
+        tokio::task::spawn_blocking(move || store.open(Access::Create).map(drop))
+            .await
+            .map_err(|e| anyhow!("state store task failed: {e}"))??;
+        return crate::ha::run(config, shutdown, |config, epoch, stop| {
+            lead(config, Some(epoch), stop)
+        })
+        .await;
+    }
+    crate::metrics::metrics().leader.set(1);
+    lead(std::sync::Arc::new(config), None, shutdown).await
+}
+
+/// The engine itself. `fence`: the HA epoch every store write carries (and fails
+/// with once another process took over); None without HA, which also starts the
+/// admin API here (with HA it runs all along, beside the election).
+async fn lead(
+    config: std::sync::Arc<Config>,
+    fence: Option<i64>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     plan::sandbox::install(&config.jq)?;
     let url = config.source_url()?;
     let triggers = plan::triggers(&config);
     let store = Store::from_config(&config.state);
+    if fence.is_some() {
+        store.set_fence(fence)?;
+    }
     let mut writer = store.writer()?;
     let prior = journal_guard::Prior::read(&*writer)?;
     writer.set_old_tracking(plan::old_tracking(&triggers));
     warn_orphaned_cursors(&config, &store)?;
     // Up before preflight, so /healthz answers while pgcdc waits on the source.
-    let _admin = crate::admin::start(config.clone()).await?;
+    let _admin = match fence {
+        None => Some(crate::admin::start(config.clone()).await?),
+        Some(_) => None,
+    };
     // systemd (`Type=notify`): watchdog pings from now on, READY=1 once streaming.
     let _notify = AbortOnDrop(tokio::spawn(crate::sd_notify::run(shutdown.clone())));
 
@@ -61,7 +90,7 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
     let prepared = prepare_source(&config, &url, &client, &mut *writer, &store, prior).await?;
     drop(client);
 
-    let engine = Engine::start(config, url, writer, store, prepared, &triggers)?;
+    let engine = Engine::start(config, url, writer, store, prepared, &triggers, fence)?;
     engine.until_shutdown(shutdown).await
 }
 
@@ -105,7 +134,11 @@ async fn prepare_source(
     store: &Store,
     prior: journal_guard::Prior,
 ) -> anyhow::Result<Prepared> {
-    let state_dir = &config.state.dir;
+    // Where the state is, for the messages below (no password).
+    let state_dir = &match config.state.url {
+        Some(_) => std::path::PathBuf::from(store.describe()),
+        None => config.state.dir.clone(),
+    };
     let mut conn = ReplicationConnection::connect(url).await?;
     let ident = conn.identify_system().await?;
     match writer.meta(&MetaKey::SystemId)? {
@@ -271,6 +304,7 @@ impl Engine {
         store: Store,
         prepared: Prepared,
         triggers: &[plan::Trigger],
+        fence: Option<i64>,
     ) -> anyhow::Result<Engine> {
         let (head_tx, head_rx) = watch::channel::<JournalHead>(writer.head());
         let retention = config.journal.retention();
@@ -298,6 +332,7 @@ impl Engine {
             store: &store,
             head: &head_rx,
             stop: &stop_rx,
+            fence,
         }
         .runners(&config, triggers, &url.dbname)?;
 
@@ -493,6 +528,8 @@ struct Spawner<'a> {
     store: &'a Store,
     head: &'a watch::Receiver<JournalHead>,
     stop: &'a watch::Receiver<bool>,
+    /// The HA epoch (None without HA), carried by Kafka progress records.
+    fence: Option<i64>,
 }
 
 impl Spawner<'_> {
@@ -518,7 +555,8 @@ impl Spawner<'_> {
                     self.runner(&mut runners, sink_impl, plan)
                 }
                 SinkKind::Kafka(kafka) => {
-                    let sink_impl = build_kafka_sink(i, sink, kafka, db, self.audit.clone())?;
+                    let sink_impl = build_kafka_sink(i, sink, kafka, db, self.audit.clone())?
+                        .with_epoch(self.fence);
                     self.runner(&mut runners, sink_impl, plan)
                 }
             }

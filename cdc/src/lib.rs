@@ -22,6 +22,7 @@ pub(crate) mod config;
 pub mod deliver;
 pub(crate) mod engine;
 pub mod fd_limit;
+pub(crate) mod ha;
 pub(crate) mod health;
 pub(crate) mod ingest;
 pub mod journal;

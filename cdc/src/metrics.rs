@@ -68,6 +68,8 @@ pub(crate) struct Metrics {
     pub(crate) resync_rows: Counter,
     /// Times the replication slot was found lost (missing, or wal_status = lost).
     pub(crate) slot_lost: Counter,
+    /// 1 while this process leads (always, without HA), 0 while it stands by.
+    pub(crate) leader: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -101,6 +103,7 @@ impl Metrics {
             delivery_latency: Family::new_with_constructor(latency_histogram),
             resync_rows: Counter::default(),
             slot_lost: Counter::default(),
+            leader: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -192,6 +195,11 @@ impl Metrics {
             "pgcdc_slot_lost",
             "Times the replication slot was found lost (missing after a failover, or wal_status = lost)",
             m.slot_lost.clone(),
+        );
+        r.register(
+            "pgcdc_leader",
+            "1 while this process leads (streams and delivers), 0 while it stands by ([ha])",
+            m.leader.clone(),
         );
         m
     }

@@ -58,7 +58,9 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz() -> Response {
-    let reasons = health().not_ready_reasons();
+    // A standby streams nothing: it is ready while it can take over.
+    let reasons = crate::ha::role::standby_not_ready_reasons()
+        .unwrap_or_else(|| health().not_ready_reasons());
     if reasons.is_empty() {
         Json(json!({ "ready": true })).into_response()
     } else {
@@ -116,7 +118,11 @@ async fn api_status(State(state): State<Shared>) -> Result<Json<Value>, ApiError
     let js = state
         .with_journal(move |j| Ok(status::read_journal(j, &names)?))
         .await?;
-    Ok(Json(status::status_json(&state.config, js).await))
+    let mut doc = status::status_json(&state.config, js).await;
+    if let Some(ha) = crate::ha::role::status_json() {
+        doc["ha"] = ha;
+    }
+    Ok(Json(doc))
 }
 
 async fn dlq_list(

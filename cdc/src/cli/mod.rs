@@ -403,12 +403,19 @@ fn origin(url: &str) -> String {
 }
 
 async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
-    let journal = Store::from_config(&config.state)
+    let store = Store::from_config(&config.state);
+    let journal = store
         .open(Access::Existing)
-        .with_context(|| format!("cannot open the journal in {}", config.state.dir.display()))?;
+        .with_context(|| match config.state.url {
+            Some(_) => format!("cannot open the journal in {}", store.describe()),
+            None => format!("cannot open the journal in {}", config.state.dir.display()),
+        })?;
     let journal_status = status::read_journal(&*journal, &status::sink_names(config))?;
     let head = journal_status.head;
-    let status = status::status_json(config, journal_status).await;
+    let mut status = status::status_json(config, journal_status).await;
+    if config.ha.enabled {
+        status["ha"] = crate::ha::leader_json(config).await;
+    }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(0);
@@ -452,6 +459,24 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
             "source:   UNREACHABLE: {}",
             s["error"].as_str().unwrap_or("?")
         );
+    }
+    if let Some(ha) = status.get("ha") {
+        let l = &ha["leader"];
+        match l["holder_id"].as_str() {
+            Some(holder) => println!(
+                "ha:       leader {holder} epoch {} since {}, renewed {} s ago",
+                l["epoch"],
+                l["since"].as_str().unwrap_or("?"),
+                l["renewed_seconds_ago"]
+            ),
+            None => println!(
+                "ha:       no leader yet{}",
+                ha["error"]
+                    .as_str()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+        }
     }
     println!(
         "journal:  head {} confirmed {} ({} bytes)",

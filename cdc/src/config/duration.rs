@@ -49,6 +49,16 @@ pub(super) fn sink_lag<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
     with_example(d, "\"5m\"")
 }
 
+/// `ha.renew`
+pub(super) fn ha_renew<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    with_example(d, "\"2s\"")
+}
+
+/// `ha.lease_timeout`
+pub(super) fn ha_lease_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    with_example(d, "\"10s\"")
+}
+
 /// Days as a `Duration` (for defaults).
 pub(super) const fn days(n: u64) -> Duration {
     Duration::from_secs(n * 86_400)

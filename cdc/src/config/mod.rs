@@ -23,6 +23,7 @@ use crate::replication::SourceUrl;
 mod admin;
 mod duration;
 mod env;
+mod ha;
 mod http;
 mod jq;
 mod schedule;
@@ -31,6 +32,7 @@ mod source;
 mod state;
 mod trigger;
 pub(crate) use admin::AdminConfig;
+pub(crate) use ha::{HaConfig, HaTimings};
 pub(crate) use http::HttpSinkSpec;
 pub(crate) use jq::JqConfig;
 pub(crate) use schedule::{ScheduleConfig, ScheduledResync};
@@ -107,6 +109,9 @@ pub(crate) struct Config {
     /// Bounds on jq evaluation.
     #[serde(default)]
     pub(crate) jq: JqConfig,
+    /// High availability: one leader, fenced standbys.
+    #[serde(default)]
+    pub(crate) ha: HaConfig,
     /// Delivery destinations (parsed separately: common keys + per-type keys).
     #[serde(skip)]
     pub(crate) sink: Vec<SinkConfig>,
@@ -193,8 +198,10 @@ impl Config {
     /// Checks values that the types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
         self.source.validate()?;
+        self.state.validate()?;
         self.admin.validate()?;
         self.jq.validate()?;
+        self.ha.validate(self.state.url.is_some())?;
         schedule::validate(self)?;
         if self.journal.max_bytes == Some(0) {
             return Err(key_err(

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration;
+use super::{duration, key_err, ConfigError, Secret};
+use crate::replication::SourceUrl;
 
 /// `[journal]`
 #[derive(Debug, Deserialize)]
@@ -83,14 +84,56 @@ impl Default for AuditConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StateConfig {
-    /// Directory of the journal, cursors, DLQ and audit log.
+    /// Directory of the journal, cursors, DLQ and audit log (the SQLite store).
     #[serde(default = "StateConfig::default_dir")]
     pub(crate) dir: PathBuf,
+    /// `postgres://...`: keep the state in this database instead of `dir`.
+    #[serde(default)]
+    pub(crate) url: Option<Secret>,
+    /// Schema of the state tables in `url`'s database.
+    #[serde(default = "StateConfig::default_schema")]
+    pub(crate) schema: String,
 }
 
 impl StateConfig {
     fn default_dir() -> PathBuf {
         PathBuf::from("./pgcdc-data")
+    }
+
+    fn default_schema() -> String {
+        "pgcdc".to_string()
+    }
+
+    /// The state database's URL, parsed (validated at load; None: the SQLite store).
+    pub(crate) fn url(&self) -> Result<Option<SourceUrl>, ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        url.expose()
+            .parse::<SourceUrl>()
+            // The parser's messages name the source URL; this one is the state's.
+            .map_err(|e| key_err("state.url", e.to_string().replace("source URL", "URL")))
+            .map(Some)
+    }
+
+    /// `state.url` parses and `state.schema` is a plain identifier.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.url()?;
+        let schema = &self.schema;
+        if !schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            || schema.len() > 63
+            || !schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(key_err(
+                "state.schema",
+                format!(
+                    "{schema:?}: use 1-63 lower-case letters, digits and '_', starting with a letter (default \"pgcdc\")"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Takes a relative `dir` from the directory of the config file `config_path`, not
@@ -113,6 +156,8 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: Self::default_dir(),
+            url: None,
+            schema: Self::default_schema(),
         }
     }
 }

@@ -161,6 +161,7 @@ fn a_relative_state_dir_is_taken_from_the_config_files_directory() {
     assert_eq!(state.dir, Path::new("/etc/pgcdc/pgcdc-data"));
     let mut state = StateConfig {
         dir: PathBuf::from("/var/lib/pgcdc"),
+        ..StateConfig::default()
     };
     state.resolve_dir(Path::new("/etc/pgcdc/pgcdc.toml"));
     assert_eq!(state.dir, Path::new("/var/lib/pgcdc"));
@@ -294,4 +295,40 @@ fn table_names_are_parsed_at_load() {
         e.contains("`sink[0].tables[1]`") && e.contains("\"a.b.c\" is not a table name"),
         "{e}"
     );
+}
+
+#[test]
+fn state_url_selects_postgres_with_its_password_hidden() {
+    let c = parse(&GOOD.replace(
+        "dir = \"/tmp/x\"",
+        "url = \"${PG_URL}\"\nschema = \"cdc_state\"",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let url = c.state.url().ok().flatten().map(|u| u.to_string());
+    assert_eq!(
+        url.as_deref(),
+        Some("postgres://pgcdc:***@127.0.0.1:5432/portal?sslmode=prefer")
+    );
+    assert_eq!(c.state.schema, "cdc_state");
+    assert!(
+        !format!("{c:?}").contains("secret"),
+        "Debug must redact the state url"
+    );
+    let store = crate::journal::Store::from_config(&c.state);
+    assert!(!store.describe().contains("secret"), "{}", store.describe());
+    assert!(
+        store.describe().contains("cdc_state"),
+        "{}",
+        store.describe()
+    );
+    // The default schema, and a bad url named by its key without the password.
+    let c = parse(&GOOD.replace("dir = \"/tmp/x\"", "url = \"${PG_URL}\""));
+    assert_eq!(c.map(|c| c.state.schema).ok().as_deref(), Some("pgcdc"));
+    let e = err(&GOOD.replace("dir = \"/tmp/x\"", "url = \"mysql://u:secret@h/db\""));
+    assert!(e.contains("state.url") && !e.contains("secret"), "{e}");
+    let e = err(&GOOD.replace(
+        "dir = \"/tmp/x\"",
+        "url = \"${PG_URL}\"\nschema = \"Bad-Name\"",
+    ));
+    assert!(e.contains("state.schema"), "{e}");
 }

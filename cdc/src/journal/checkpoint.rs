@@ -58,16 +58,16 @@ pub struct OrphanedCursor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DroppedCursor {
     /// The cursor's position when it was dropped.
-    pub(crate) cursor: i64,
+    pub cursor: i64,
     /// DLQ items of the sink removed with it.
-    pub(crate) dlq_items: i64,
+    pub dlq_items: i64,
 }
 
 /// A cursor's position and generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CursorState {
     /// Last journal position the sink has finished with.
-    pub(crate) pos: i64,
+    pub pos: i64,
     /// Incremented by every operator reset.
-    pub(crate) generation: i64,
+    pub generation: i64,
 }

@@ -36,36 +36,36 @@ impl DlqState {
 #[derive(Debug, Clone)]
 pub struct DlqRecord {
     /// The item.
-    pub(crate) item: Outgoing,
+    pub item: Outgoing,
     /// Journal position of its event.
-    pub(crate) pos: i64,
+    pub pos: i64,
     /// Dead or parked.
-    pub(crate) state: DlqState,
+    pub state: DlqState,
     /// The last error (dead items).
-    pub(crate) error: Option<String>,
+    pub error: Option<String>,
 }
 
 /// An item in the DLQ.
 #[derive(Debug, Clone)]
 pub struct DlqEntry {
     /// Order in the DLQ.
-    pub(crate) id: i64,
+    pub id: i64,
     /// Delivery id (event id, `.N` for later transform outputs).
-    pub(crate) delivery_id: String,
+    pub delivery_id: String,
     /// Row identity.
-    pub(crate) row: String,
+    pub row: String,
     /// Journal position of its event.
-    pub(crate) pos: i64,
+    pub pos: i64,
     /// The item as it will be sent again.
-    pub(crate) item: Outgoing,
+    pub item: Outgoing,
     /// Dead or parked.
-    pub(crate) state: DlqState,
+    pub state: DlqState,
     /// The last error.
-    pub(crate) error: Option<String>,
+    pub error: Option<String>,
     /// Replay requested and pending.
-    pub(crate) replay: bool,
+    pub replay: bool,
     /// When it entered the DLQ.
-    pub(crate) created_at: String,
+    pub created_at: String,
 }
 
 /// Which DLQ items an operator means.

@@ -16,9 +16,10 @@
 //! ```
 //!
 //! Implementations: [`sqlite`] (embedded: `journal.db` and `audit.db` in
-//! `state.dir`). A second one lives in its own module and is picked in
-//! [`Store::from_config`]; nothing outside this folder knows a table or a column
-//! of either ([`testing`] holds the one repair tests need).
+//! `state.dir`) and [`postgres`] (tables in `state.schema` of the database at
+//! `state.url`), picked in [`Store::from_config`]; nothing outside this folder
+//! knows a table or a column of either ([`testing`] holds the one repair tests
+//! need).
 //!
 //! Positions: `pos` is the journal's own sequence (1, 2, ...). Streamed
 //! changes are also keyed by (commit LSN, ordinal in the transaction); the
@@ -36,6 +37,7 @@ use pgcdc_schema::{ChangeEvent, Lsn};
 mod checkpoint;
 mod dlq;
 mod meta;
+pub(crate) mod postgres;
 mod resync;
 mod row_state;
 pub(crate) mod sqlite;
@@ -45,11 +47,12 @@ pub mod testing;
 pub use checkpoint::{CursorState, DroppedCursor, OrphanedCursor, ResetError, ResetTarget};
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use meta::MetaKey;
-pub(crate) use resync::ResyncProgress;
+pub use resync::ResyncProgress;
 pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
-pub(crate) use row_state::{OldTracking, Tracked};
+pub use row_state::{OldTracking, Tracked};
+pub(crate) use store::Backend;
+pub use store::JournalWriter;
 pub use store::StateStore;
-pub(crate) use store::{Backend, JournalWriter};
 
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,19 @@ pub enum JournalError {
         /// The JSON error.
         source: serde_json::Error,
     },
+    /// A write carried a fencing epoch that is no longer the lease's: another
+    /// process took over, and this one wrote nothing.
+    #[error(
+        "lost leadership: this pgcdc writes with epoch {epoch} but the state store's lease is at {}; \
+         another pgcdc took over, and nothing was written",
+        current.map_or("nothing".to_string(), |c| c.to_string())
+    )]
+    Fenced {
+        /// This process's epoch.
+        epoch: i64,
+        /// The lease's epoch (None: no lease row).
+        current: Option<i64>,
+    },
     /// A blocking task that used the store panicked or was cancelled.
     #[error("journal task failed: {0}")]
     Task(String),
@@ -115,7 +131,24 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// The store `[state]` selects: the one place that picks an implementation.
     pub(crate) fn from_config(state: &crate::config::StateConfig) -> Store {
-        Store::sqlite(&state.dir)
+        match state.url() {
+            Ok(Some(url)) => Store::postgres(url, &state.schema),
+            // A bad url was refused when the config was loaded.
+            Ok(None) | Err(_) => Store::sqlite(&state.dir),
+        }
+    }
+
+    /// The store in `schema` of the Postgres database at `url`.
+    pub fn postgres(url: crate::replication::SourceUrl, schema: &str) -> Store {
+        Store(Arc::new(postgres::Postgres::new(url, schema)))
+    }
+
+    /// Makes every write of this store's sessions and writer (open or opened later)
+    /// check that the lease's epoch is `epoch`, and fail with
+    /// [`JournalError::Fenced`] otherwise (None: no check). The hook for
+    /// high availability; only the Postgres store has a lease.
+    pub fn set_fence(&self, epoch: Option<i64>) -> Result<(), JournalError> {
+        self.0.set_fence(epoch)
     }
 
     /// The embedded SQLite store in `dir` (for tools and tests that have a state
@@ -130,34 +163,34 @@ impl Store {
     }
 
     /// Opens the single writer (the journal thread's).
-    pub(crate) fn writer(&self) -> Result<Box<dyn JournalWriter>, JournalError> {
+    pub fn writer(&self) -> Result<Box<dyn JournalWriter>, JournalError> {
         self.0.writer()
     }
 
     /// Whether the store has been created (by a `pgcdc run`).
-    pub(crate) fn exists(&self) -> bool {
+    pub fn exists(&self) -> bool {
         self.0.exists()
     }
 
     /// Where the store is, for messages (never a secret).
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         self.0.describe()
     }
 }
 
 /// One change to append: its ordinal in the transaction and the event.
 #[derive(Debug, Clone)]
-pub(crate) struct JournalEntry {
+pub struct JournalEntry {
     /// The captured table this change belongs to, `schema.table` as `source.tables` names
     /// it: sinks and triggers route by it, so a renamed table reaches the same sinks
     /// while its events carry the new name.
-    pub(crate) table: String,
+    pub table: String,
     /// Ordinal of the change in its transaction.
-    pub(crate) seq: u32,
+    pub seq: u32,
     /// Commit time in Unix microseconds (for lag and time-based resets).
-    pub(crate) commit_time_unix_us: Option<i64>,
+    pub commit_time_unix_us: Option<i64>,
     /// The event.
-    pub(crate) event: ChangeEvent,
+    pub event: ChangeEvent,
 }
 
 /// An event read back, with its journal position.
@@ -170,20 +203,20 @@ pub struct StoredEvent {
     /// The event.
     pub event: ChangeEvent,
     /// Only this sink receives it (a targeted resync); None: every sink.
-    pub(crate) target: Option<String>,
+    pub target: Option<String>,
     /// The captured table it belongs to (see [`JournalEntry::table`]).
     pub table: String,
 }
 
 /// What one journal transaction writes besides streamed changes: resync chunks.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ResyncChunk {
+pub struct ResyncChunk {
     /// The chunk's `read` events.
-    pub(crate) entries: Vec<JournalEntry>,
+    pub entries: Vec<JournalEntry>,
     /// Only this sink receives them (None: every sink).
-    pub(crate) target: Option<String>,
+    pub target: Option<String>,
     /// Progress recorded in the same transaction.
-    pub(crate) progress: ResyncProgress,
+    pub progress: ResyncProgress,
 }
 
 /// How far the journal is durable.
@@ -192,16 +225,16 @@ pub struct JournalHead {
     /// Position of the last entry (0 when empty).
     pub pos: i64,
     /// WAL position up to which everything of ours is journaled; reported to the slot.
-    pub(crate) confirmed_lsn: Lsn,
+    pub confirmed_lsn: Lsn,
 }
 
 /// What one `append` did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct AppendOutcome {
+pub struct AppendOutcome {
     /// Entries written.
-    pub(crate) appended: usize,
+    pub appended: usize,
     /// Entries skipped because they were journaled before (replay after restart).
-    pub(crate) skipped: usize,
+    pub skipped: usize,
 }
 
 /// One sink's cursor and lag.
@@ -212,7 +245,7 @@ pub struct CursorInfo {
     /// Last journal position the sink has finished with.
     pub pos: i64,
     /// Journal entries after the cursor.
-    pub(crate) lag_events: i64,
+    pub lag_events: i64,
     /// Commit time (Unix µs) of the oldest entry after the cursor.
-    pub(crate) oldest_pending_unix_us: Option<i64>,
+    pub oldest_pending_unix_us: Option<i64>,
 }

@@ -49,40 +49,40 @@ impl ResyncKind {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ResyncInfo {
     /// Id (also part of the read events' ids).
-    pub(crate) id: i64,
+    pub id: i64,
     /// resync or snapshot.
     pub kind: String,
     /// `schema.table`.
-    pub(crate) table: String,
+    pub table: String,
     /// Only this sink receives the rows (None: every sink).
-    pub(crate) sink: Option<String>,
+    pub sink: Option<String>,
     /// Extra SQL condition on the rows.
-    pub(crate) r#where: Option<String>,
+    pub r#where: Option<String>,
     /// pending, running, done, cancelled or failed.
-    pub(crate) state: String,
+    pub state: String,
     /// Key (JSON object) of the last journaled row: the next chunk starts after it.
-    pub(crate) last_key: Option<String>,
+    pub last_key: Option<String>,
     /// Rows journaled so far.
-    pub(crate) rows: i64,
+    pub rows: i64,
     /// Chunks journaled so far.
     pub chunks: i64,
     /// Why it failed.
-    pub(crate) error: Option<String>,
+    pub error: Option<String>,
     /// When it was requested.
-    pub(crate) created_at: String,
+    pub created_at: String,
     /// When it last changed.
-    pub(crate) updated_at: String,
+    pub updated_at: String,
 }
 
 /// A chunk's progress, written with its events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ResyncProgress {
+pub struct ResyncProgress {
     /// The resync.
-    pub(crate) id: i64,
+    pub id: i64,
     /// Key (JSON) of the chunk's last row as selected (None: the chunk was empty).
-    pub(crate) last_key: Option<String>,
+    pub last_key: Option<String>,
     /// Rows journaled from this chunk.
-    pub(crate) rows: i64,
+    pub rows: i64,
     /// Whether this was the last chunk.
-    pub(crate) done: bool,
+    pub done: bool,
 }

@@ -13,7 +13,7 @@ use pgcdc_schema::{ChangeEvent, Op};
 
 /// Which columns of a table to remember.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Tracked {
+pub enum Tracked {
     /// Every column.
     All,
     /// These columns (the key is always kept).
@@ -21,7 +21,7 @@ pub(crate) enum Tracked {
 }
 
 /// Tracked columns per `schema.table`.
-pub(crate) type OldTracking = HashMap<String, Tracked>;
+pub type OldTracking = HashMap<String, Tracked>;
 
 /// Which remembered row a change needs.
 #[derive(Debug, PartialEq, Eq)]

@@ -32,12 +32,24 @@ pub(crate) trait Backend: Send + Sync {
     fn exists(&self) -> bool;
     /// Where the store is, for messages (never a secret).
     fn describe(&self) -> String;
+    /// Fences every later write with `epoch` (see [`super::Store::set_fence`]).
+    fn set_fence(&self, epoch: Option<i64>) -> Result<(), JournalError> {
+        match epoch {
+            None => Ok(()),
+            Some(_) => Err(JournalError::Store {
+                at: self.describe(),
+                source: "this state store has no lease to fence writes with; set [state] url \
+                         to keep the state in Postgres"
+                    .into(),
+            }),
+        }
+    }
 }
 
 /// The single writer of the journal (owned by the journal thread). It alone appends
 /// events and keeps the row state; everything it writes in one `append` commits
 /// together.
-pub(crate) trait JournalWriter: Send {
+pub trait JournalWriter: Send {
     /// Remember these columns per table to fill `.old` (see `row_state`).
     fn set_old_tracking(&mut self, tracking: OldTracking);
 

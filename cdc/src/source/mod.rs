@@ -7,6 +7,7 @@
 
 pub(crate) mod failover;
 pub(crate) mod identity;
+mod state_schema;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -230,6 +231,7 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
     );
     checks.extend(check_slot(client, &src.slot, src.on_slot_lost).await);
     checks.extend(failover::checks(config, client, major).await);
+    checks.extend(state_schema::check(config, client).await);
     checks
 }
 

@@ -48,6 +48,20 @@ pub struct Progress {
     pub generation: i64,
     /// Topics this sink writes.
     pub topics: BTreeMap<String, TopicProgress>,
+    /// HA epoch of the pgcdc that wrote it (none without HA): a record of an older
+    /// epoch that lands after a newer one is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+}
+
+/// Whether `next` (at a later offset) replaces `last` as the sink's progress: always,
+/// unless it comes from an older HA epoch than `last` (a fenced leader's late write).
+pub(crate) fn supersedes(last: Option<&Progress>, next: &Progress) -> bool {
+    match (last.and_then(|l| l.epoch), next.epoch) {
+        (Some(mine), Some(theirs)) => theirs >= mine,
+        // A record without an epoch after one with: HA was turned off.
+        _ => true,
+    }
 }
 
 /// What a progress record says of one topic.
@@ -203,8 +217,16 @@ pub fn read_progress(
                 msg.offset()
             ))
         })?;
-        if last.as_ref().is_none_or(|(o, _)| msg.offset() > *o) {
-            last = Some((msg.offset(), progress));
+        match &last {
+            Some((o, _)) if msg.offset() <= *o => {}
+            Some((_, l)) if !supersedes(Some(l), &progress) => tracing::warn!(
+                sink,
+                partition = msg.partition(),
+                offset = msg.offset(),
+                epoch = ?progress.epoch,
+                "ignored a progress record of an older HA epoch (a leader that was taken over)"
+            ),
+            _ => last = Some((msg.offset(), progress)),
         }
         Ok(())
     })?;
@@ -267,4 +289,27 @@ pub fn read_written(
         })?;
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    fn at(pos: i64, epoch: Option<i64>) -> Progress {
+        Progress {
+            pos,
+            epoch,
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn an_older_epochs_late_record_never_wins() {
+        assert!(supersedes(None, &at(1, Some(1))));
+        assert!(supersedes(Some(&at(1, Some(1))), &at(2, Some(1))));
+        assert!(supersedes(Some(&at(5, Some(1))), &at(4, Some(2))));
+        assert!(!supersedes(Some(&at(4, Some(2))), &at(9, Some(1))));
+        assert!(supersedes(Some(&at(4, None)), &at(9, Some(1))));
+        assert!(supersedes(Some(&at(4, Some(3))), &at(9, None)));
+    }
 }

@@ -14,6 +14,14 @@ pub use pgcdc_tests::fixture::*;
 
 pub mod view;
 
+/// The store of the state dir `state` (Postgres when [`with_pg_state`] moved it).
+pub fn store(state: &Path) -> anyhow::Result<pgcdc::journal::Store> {
+    Ok(match pg_state_url(state) {
+        Some(url) => pgcdc::journal::Store::postgres(url.parse()?, PG_STATE_SCHEMA),
+        None => pgcdc::journal::Store::sqlite(state),
+    })
+}
+
 /// What the journal holds.
 #[derive(Debug, PartialEq, Eq)]
 pub struct JournalStats {
@@ -29,7 +37,7 @@ pub struct JournalStats {
 
 /// Opens a session on the journal in `state` (pgcdc may be running).
 pub fn journal(state: &Path) -> anyhow::Result<Box<dyn pgcdc::journal::StateStore>> {
-    pgcdc::journal::Store::sqlite(state)
+    store(state)?
         .open(pgcdc::journal::Access::Existing)
         .with_context(|| format!("open the journal in {}", state.display()))
 }

@@ -83,6 +83,8 @@ pub struct KafkaSink {
     producer: Option<FutureProducer<SinkContext>>,
     /// The last progress record written (or read at start).
     progress: Progress,
+    /// The HA epoch this process leads with, carried by its progress records.
+    epoch: Option<i64>,
     /// Next offsets acknowledged since `progress` was written.
     next: BTreeMap<(String, i32), i64>,
     /// Records the read-back found after the progress record, not yet met again.
@@ -101,6 +103,13 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
+    /// Marks its progress records with the HA epoch of the process that writes them,
+    /// so a record of an older leader written late never wins over a newer one.
+    pub fn with_epoch(mut self, epoch: Option<i64>) -> KafkaSink {
+        self.epoch = epoch;
+        self
+    }
+
     /// Builds the sink; nothing connects until `resume`.
     pub fn new(
         name: &str,
@@ -141,6 +150,7 @@ impl KafkaSink {
             base,
             producer: None,
             progress: Progress::default(),
+            epoch: None,
             next: BTreeMap::new(),
             seen: HashSet::new(),
             dirty: false,

@@ -34,6 +34,7 @@ impl KafkaSink {
     pub(super) fn progress_at(&self, at: &Checkpoint) -> Progress {
         let mut record = self.progress.clone();
         record.version = 1;
+        record.epoch = self.epoch;
         record.pos = at.pos;
         record.event_id = at.event_id.clone();
         record.generation = at.generation;
