@@ -47,9 +47,12 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
         tokio::task::spawn_blocking(move || store.open(Access::Create).map(drop))
             .await
             .map_err(|e| anyhow!("state store task failed: {e}"))??;
-        return crate::ha::run(config, shutdown, |config, epoch, stop| {
-            lead(config, Some(epoch), stop)
-        })
+        return crate::ha::run(
+            config,
+            shutdown,
+            |config| async move { Ok(crate::admin::start(config).await?) },
+            |config, epoch, stop| lead(config, Some(epoch), stop),
+        )
         .await;
     }
     crate::metrics::metrics().leader.set(1);

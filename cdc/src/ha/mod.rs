@@ -82,14 +82,19 @@ fn state_url(config: &Config) -> anyhow::Result<SourceUrl> {
         .context("[ha] enabled = true needs [state] url: the lease lives in the state database")
 }
 
-/// Runs this process as a leader or a standby until `shutdown`. `lead` runs the
-/// engine with the given epoch as its fence until its stop signal.
-pub(crate) async fn run<F, Fut>(
+/// Runs this process as a leader or a standby until `shutdown`. `serve` starts the
+/// admin API (up all along, on standbys too; the engine passes it in, so that this
+/// module needs nothing above it) and what it returns is held until the end;
+/// `lead` runs the engine with the given epoch as its fence until its stop signal.
+pub(crate) async fn run<S, SFut, G, F, Fut>(
     config: Config,
     mut shutdown: watch::Receiver<bool>,
+    serve: S,
     mut lead: F,
 ) -> anyhow::Result<()>
 where
+    S: FnOnce(Arc<Config>) -> SFut,
+    SFut: Future<Output = anyhow::Result<G>>,
     F: FnMut(Arc<Config>, i64, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
@@ -104,7 +109,7 @@ where
     let ha = config.ha.timings();
     role::init(&holder, ha.lease_timeout);
     tracing::info!(holder = %holder, renew = ?ha.renew, lease_timeout = ?ha.lease_timeout, "HA: standing by");
-    let _admin = crate::admin::start(config.clone()).await?;
+    let _admin = serve(config.clone()).await?;
 
     loop {
         role::set_role(Role::Standby);

@@ -55,6 +55,7 @@ mod tls;
 mod transport;
 mod url;
 mod url_forms;
+mod url_parse;
 
 pub use conn::{CreatedSlot, IdentifySystem, ReplicationConnection};
 pub use error::ReplicationError;
