@@ -249,3 +249,19 @@ pub struct CursorInfo {
     /// Commit time (Unix µs) of the oldest entry after the cursor.
     pub oldest_pending_unix_us: Option<i64>,
 }
+
+/// Where pruning could go without the orphaned cursors: the lowest cursor of a
+/// configured sink (one without a row yet starts at 0 and holds everything), or
+/// `head` when no sink is configured. Shared by every store's `orphaned_cursors`.
+pub(crate) fn pruning_floor(cursors: &[CursorInfo], configured: &[String], head: i64) -> i64 {
+    configured
+        .iter()
+        .map(|name| {
+            cursors
+                .iter()
+                .find(|c| &c.sink == name)
+                .map_or(0, |c| c.pos)
+        })
+        .min()
+        .unwrap_or(head)
+}

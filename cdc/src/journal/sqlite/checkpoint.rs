@@ -16,18 +16,7 @@ pub(super) fn orphaned(
 ) -> Result<Vec<OrphanedCursor>, JournalError> {
     let cursors = s.cursors()?;
     let head = s.head()?.pos;
-    // Where pruning could go without the orphans: the lowest configured cursor
-    // (a configured sink without a row yet starts at 0 and holds everything).
-    let floor = configured
-        .iter()
-        .map(|name| {
-            cursors
-                .iter()
-                .find(|c| &c.sink == name)
-                .map_or(0, |c| c.pos)
-        })
-        .min()
-        .unwrap_or(head);
+    let floor = crate::journal::pruning_floor(&cursors, configured, head);
     let mut out = Vec::new();
     for c in cursors.iter().filter(|c| !configured.contains(&c.sink)) {
         let held: i64 = if floor > c.pos {
