@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use pgcdc_schema::event::Row;
 use pgcdc_schema::value::decode_text;
-use pgcdc_schema::{quote_ident, TableName};
+use pgcdc_schema::{quote_ident, quote_literal, TableName};
 use tokio::sync::{oneshot, watch};
 
 use crate::ingest::catalog::Catalog;
@@ -180,16 +180,21 @@ pub(crate) async fn shape(
 
 /// The chunk query: the next `CHUNK_ROWS` rows after `$1` (the last key, JSON of text
 /// values, parsed by the columns' own input functions) in key order.
+/// The chunk's `SELECT`: the rows after `after` (the previous chunk's last key, as
+/// JSON) in key order. Columns are selected as they are, not cast to text: the simple
+/// query protocol returns each in its type's output format, as pgoutput sends it
+/// (a `::text` cast differs: bool gives `true`, char(n) loses its padding, inet shows
+/// its netmask).
 pub(crate) fn chunk_sql(
     table: &TableName,
     shape: &TableShape,
     where_sql: Option<&str>,
-    after: bool,
+    after: Option<&str>,
 ) -> Result<String, ResyncError> {
     let q = |s: &str| -> Result<String, ResyncError> { Ok(quote_ident(s)) };
     let mut cols = Vec::with_capacity(shape.columns.len());
     for (c, _) in &shape.columns {
-        cols.push(format!("t.{}::text", q(c)?));
+        cols.push(format!("t.{}", q(c)?));
     }
     let mut key_t = Vec::new();
     let mut key_r = Vec::new();
@@ -199,11 +204,12 @@ pub(crate) fn chunk_sql(
     }
     let rel = format!("{}.{}", q(&table.schema)?, q(&table.table)?);
     let mut conds = Vec::new();
-    if after {
+    if let Some(after) = after {
         conds.push(format!(
-            "ROW({}) > (SELECT {} FROM json_populate_record(NULL::{rel}, $1::text::json) r)",
+            "ROW({}) > (SELECT {} FROM json_populate_record(NULL::{rel}, {}::text::json) r)",
             key_t.join(", "),
-            key_r.join(", ")
+            key_r.join(", "),
+            quote_literal(after)
         ));
     }
     if let Some(w) = where_sql.filter(|w| !w.trim().is_empty()) {
@@ -232,16 +238,23 @@ async fn emit(client: &tokio_postgres::Client, content: &str) -> Result<(), Resy
 }
 
 /// Selects one chunk: decoded rows (as the stream decodes them) and the raw last key.
+/// The simple query protocol: every value in its type's text output format, under the
+/// session settings the replication connection uses, so a snapshot row renders exactly
+/// as the same row streamed.
 pub(crate) async fn select_chunk(
     client: &tokio_postgres::Client,
     sql: &str,
     shape: &TableShape,
-    after: Option<&String>,
 ) -> Result<ChunkRows, ResyncError> {
-    let rows = match after {
-        Some(k) => client.query(sql, &[k]).await?,
-        None => client.query(sql, &[]).await?,
-    };
+    let rows: Vec<tokio_postgres::SimpleQueryRow> = client
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
     let mut out = ChunkRows {
         rows: Vec::with_capacity(rows.len()),
         last_key: None,
@@ -252,12 +265,12 @@ pub(crate) async fn select_chunk(
         let mut row = Row::new();
         raw_key.clear();
         for (i, (name, kind)) in shape.columns.iter().enumerate() {
-            let text: Option<String> = r.try_get(i).map_err(ResyncError::from)?;
+            let text: Option<&str> = r.try_get(i).map_err(ResyncError::from)?;
             if shape.key.contains(name) {
                 raw_key.insert(name.clone(), serde_json::json!(text));
             }
             let value = match text {
-                Some(t) => decode_text(kind, &t),
+                Some(t) => decode_text(kind, t),
                 None => serde_json::Value::Null,
             };
             row.insert(name.clone(), value);
@@ -285,7 +298,6 @@ async fn select_chunk_read_only(
     client: &tokio_postgres::Client,
     sql: &str,
     shape: &TableShape,
-    after: Option<&String>,
     timeout: Duration,
 ) -> Result<ChunkRows, ResyncError> {
     client
@@ -294,7 +306,7 @@ async fn select_chunk_read_only(
             timeout.as_millis().max(1)
         ))
         .await?;
-    let selected = select_chunk(client, sql, shape, after).await;
+    let selected = select_chunk(client, sql, shape).await;
     let ended = client
         .batch_execute(if selected.is_ok() {
             "COMMIT"
@@ -351,7 +363,7 @@ async fn one(
             &table,
             &shape,
             current.r#where.as_deref(),
-            current.last_key.is_some(),
+            current.last_key.as_deref(),
         )?;
         let token = format!(
             "{}.{}.{}",
@@ -369,14 +381,7 @@ async fn one(
         ));
         let attempt = async {
             emit(client, &format!("low:{token}")).await?;
-            let rows = select_chunk_read_only(
-                client,
-                &sql,
-                &shape,
-                current.last_key.as_ref(),
-                statement_timeout,
-            )
-            .await?;
+            let rows = select_chunk_read_only(client, &sql, &shape, statement_timeout).await?;
             if !windows.set_rows(&token, rows) {
                 return Err(ResyncError::Definite("the resync window was closed".into()));
             }

@@ -88,8 +88,8 @@ pub(crate) async fn copy(
         let started = std::time::Instant::now();
         let mut rows_in_table = 0u64;
         loop {
-            let sql = chunk_sql(&table, &shape, None, last_key.is_some())?;
-            let chunk = select_chunk(catalog.client(), &sql, &shape, last_key.as_ref()).await?;
+            let sql = chunk_sql(&table, &shape, None, last_key.as_deref())?;
+            let chunk = select_chunk(catalog.client(), &sql, &shape).await?;
             let mut entries = Vec::with_capacity(chunk.rows.len());
             for (key, row) in chunk.rows {
                 entries.push(JournalEntry {

@@ -32,7 +32,12 @@ async fn connect_one(url: &SourceUrl) -> Result<tokio_postgres::Client, Replicat
         .dbname(&url.dbname)
         .port(url.port)
         .application_name(&url.application_name)
-        .options("-c statement_timeout=0")
+        // The replication connection's value settings (conn.rs): a row read here (snapshot,
+        // resync) renders exactly as the same row streamed.
+        .options(
+            "-c statement_timeout=0 -c DateStyle=ISO,MDY -c TimeZone=UTC \
+             -c IntervalStyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex",
+        )
         .connect_timeout(super::conn::CONNECT_TIMEOUT);
     if let Some(password) = &url.password {
         config.password(password.expose());
