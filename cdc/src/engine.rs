@@ -76,7 +76,9 @@ async fn lead(
     }
     let mut writer = store.writer()?;
     let prior = journal_guard::Prior::read(&*writer)?;
-    writer.set_old_tracking(plan::old_tracking(&triggers));
+    let mut tracking = plan::old_tracking(&triggers);
+    crate::journal::fill_toast_of(&mut tracking, &config.source.fill_toast);
+    writer.set_old_tracking(tracking);
     warn_orphaned_cursors(&config, &store)?;
     // Up before preflight, so /healthz answers while pgcdc waits on the source.
     let _admin = match fence {

@@ -44,6 +44,10 @@ pub(crate) struct SourceConfig {
     /// What to do when the slot is lost (missing, or `wal_status = lost`).
     #[serde(default)]
     pub(crate) on_slot_lost: OnSlotLost,
+    /// Tables whose unchanged TOAST values are filled in from the rows pgcdc remembers
+    /// (each row's every column kept in the state store: opt-in for its cost).
+    #[serde(default)]
+    pub(crate) fill_toast: Vec<TableName>,
 }
 
 impl SourceConfig {
@@ -98,6 +102,14 @@ impl SourceConfig {
                 "source.tables",
                 "list at least one table to capture, e.g. tables = [\"public.permits\"]",
             ));
+        }
+        for (i, t) in self.fill_toast.iter().enumerate() {
+            if !self.tables.contains(t) {
+                return Err(key_err(
+                    format!("source.fill_toast[{i}]"),
+                    format!("table {t} is not in source.tables; add it there first"),
+                ));
+            }
         }
         Ok(())
     }

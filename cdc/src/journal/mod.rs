@@ -49,7 +49,7 @@ pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use meta::MetaKey;
 pub use resync::ResyncProgress;
 pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
-pub use row_state::{OldTracking, Tracked};
+pub use row_state::{fill_toast_of, OldTracking, Tracked};
 pub(crate) use store::Backend;
 pub use store::JournalWriter;
 pub use store::StateStore;

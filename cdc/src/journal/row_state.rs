@@ -14,8 +14,9 @@ use pgcdc_schema::{ChangeEvent, Op};
 /// Which columns of a table to remember.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tracked {
-    /// Every column.
-    All,
+    /// Every column; with `fill_toast` (`source.fill_toast`), an unchanged TOAST value
+    /// that Postgres did not send is filled into the event from the remembered row.
+    All { fill_toast: bool },
     /// These columns (the key is always kept).
     Columns(Vec<String>),
 }
@@ -60,6 +61,54 @@ pub(crate) fn lookup(event: &ChangeEvent) -> Lookup {
     }
 }
 
+/// Marks the `tables` of `source.fill_toast`: every column remembered, unchanged TOAST
+/// values filled in.
+pub fn fill_toast_of<'a>(
+    tracking: &mut OldTracking,
+    tables: impl IntoIterator<Item = &'a pgcdc_schema::TableName>,
+) {
+    for t in tables {
+        tracking.insert(t.to_string(), Tracked::All { fill_toast: true });
+    }
+}
+
+/// Puts the remembered value of each unchanged TOAST column into `new` (and into
+/// `old` where Postgres left it out: unchanged, it was the same before), in the
+/// column order of the remembered row; `unchanged_toast` keeps only what was never
+/// seen (a row first met by this change, with no snapshot).
+fn fill_toast(prev: &Row, event: &mut ChangeEvent) {
+    let Some(new) = event.new.as_mut() else {
+        return;
+    };
+    let mut missing = Vec::new();
+    let mut filled = false;
+    for c in std::mem::take(&mut event.unchanged_toast) {
+        match prev.get(&c) {
+            Some(v) => {
+                if let Some(old) = event.old.as_mut() {
+                    old.entry(c.clone()).or_insert_with(|| v.clone());
+                }
+                new.insert(c, v.clone());
+                filled = true;
+            }
+            None => missing.push(c),
+        }
+    }
+    event.unchanged_toast = missing;
+    if filled {
+        // A filled column goes back to its place: the remembered row's order, then any
+        // column it did not have (added since).
+        let mut ordered = Row::new();
+        for c in prev.keys() {
+            if let Some(v) = new.shift_remove(c) {
+                ordered.insert(c.clone(), v);
+            }
+        }
+        ordered.append(new);
+        *new = ordered;
+    }
+}
+
 fn json(row: &Row) -> String {
     serde_json::to_string(row).unwrap_or_default()
 }
@@ -71,7 +120,7 @@ pub(crate) fn parse(stored: &str) -> Option<Row> {
 
 fn pick(tracked: &Tracked, row: &Row, key: &Row) -> Row {
     match tracked {
-        Tracked::All => row.clone(),
+        Tracked::All { .. } => row.clone(),
         Tracked::Columns(cols) => {
             let mut out = key.clone();
             for c in cols {
@@ -110,6 +159,12 @@ pub(crate) fn merge(
                 }
             }
             event.old = Some(remembered);
+        }
+    }
+
+    if matches!(tracked, Tracked::All { fill_toast: true }) {
+        if let Some(prev) = &remembered {
+            fill_toast(prev, event);
         }
     }
 

@@ -52,11 +52,11 @@ pub(crate) fn old_tracking(triggers: &[Trigger]) -> OldTracking {
         match t.when.old_columns() {
             OldColumns::None => {}
             OldColumns::All => {
-                tracking.insert(key, Tracked::All);
+                tracking.insert(key, Tracked::All { fill_toast: false });
             }
             OldColumns::Some(cols) => {
                 match tracking.entry(key).or_insert(Tracked::Columns(Vec::new())) {
-                    Tracked::All => {}
+                    Tracked::All { .. } => {}
                     Tracked::Columns(existing) => {
                         for c in cols {
                             if !existing.contains(&c) {
