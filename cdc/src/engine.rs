@@ -370,7 +370,12 @@ impl Engine {
                 move |status| scheduler::run(config.clone(), dir.clone(), stop.clone(), status),
             ))
         };
+        let shapes = crate::ingest::journal_thread::durable_shapes(
+            &store,
+            prepared.capture.tables.values(),
+        )?;
         let reader_cfg = reader::ReaderConfig {
+            shapes,
             url,
             slot: config.source.slot.clone(),
             publication: config.source.publication.clone(),

@@ -37,12 +37,18 @@ pub fn op_code(op: Op) -> &'static str {
         Op::Delete => "d",
         Op::Read => "r",
         Op::Truncate => "t",
+        // Never in an envelope: see `to_vec`.
+        Op::Schema => "schema",
     }
 }
 
 /// The envelope of `event` as a JSON value; `now_ms` is the top-level `ts_ms`
-/// (processing time).
+/// (processing time). A schema event has no Debezium envelope: it is the native
+/// event (Debezium's schema history records DDL text, which pgoutput does not carry).
 pub fn envelope(event: &ChangeEvent, source: &DebeziumSource, now_ms: i64) -> Value {
+    if event.op == Op::Schema {
+        return serde_json::to_value(event).unwrap_or(Value::Null);
+    }
     serde_json::to_value(Envelope::new(event, source, now_ms)).unwrap_or(Value::Null)
 }
 
@@ -52,6 +58,9 @@ pub fn to_vec(
     source: &DebeziumSource,
     now_ms: i64,
 ) -> Result<Vec<u8>, serde_json::Error> {
+    if event.op == Op::Schema {
+        return serde_json::to_vec(event);
+    }
     serde_json::to_vec(&Envelope::new(event, source, now_ms))
 }
 
@@ -184,6 +193,8 @@ mod tests {
             xid: Some(731),
             commit_time: Some("2026-11-26T10:00:00.123456Z".into()),
             unchanged_toast: vec!["notes".into()],
+            columns: None,
+            previous: None,
         };
         let v = envelope(&ev, &source(), 1_800_000_000_000);
         assert_eq!(v["op"], "u");
@@ -227,6 +238,8 @@ mod tests {
             xid: Some(1),
             commit_time: None,
             unchanged_toast: vec![],
+            columns: None,
+            previous: None,
         };
         let v = envelope(&ev, &source(), 0);
         assert_eq!(v["op"], "d");

@@ -57,6 +57,9 @@ pub enum Op {
     Truncate,
     /// A row read by a snapshot or resync, not by the stream.
     Read,
+    /// The table's columns changed (`columns`, `previous`); `key`, `old` and `new` are
+    /// null. Only sinks with `schema_changes = true` receive it.
+    Schema,
 }
 
 impl Op {
@@ -68,6 +71,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Truncate => "truncate",
             Op::Read => "read",
+            Op::Schema => "schema",
         }
     }
 }
@@ -101,6 +105,24 @@ pub struct ChangeEvent {
     /// Columns whose value did not change and was not sent (TOAST); absent from `new`.
     #[serde(default)]
     pub unchanged_toast: Vec<String>,
+    /// A schema event's columns after the change (absent from row events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<Column>>,
+    /// A schema event's columns before the change (absent from row events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Vec<Column>>,
+}
+
+/// One column of a table, as a schema event describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Type as Postgres names it (`int4`, `numeric`, `_text` for text[]).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Part of the key (primary key, else replica identity).
+    pub key: bool,
 }
 
 impl ChangeEvent {
@@ -190,6 +212,8 @@ mod tests {
             xid: Some(731),
             commit_time: Some("2026-11-26T10:00:00.123456Z".into()),
             unchanged_toast: vec!["notes".into()],
+            columns: None,
+            previous: None,
         };
         let v = serde_json::to_value(&ev).unwrap_or_default();
         let keys: Vec<&str> = v

@@ -33,6 +33,8 @@ fn item(row: &str, seq: u32) -> Outgoing {
         xid: Some(7),
         commit_time: Some(COMMIT_TIME.into()),
         unchanged_toast: vec![],
+        columns: None,
+        previous: None,
     };
     Outgoing {
         event: Arc::new(event),

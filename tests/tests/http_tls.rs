@@ -23,6 +23,8 @@ fn item() -> Outgoing {
         xid: Some(1),
         commit_time: Some("2026-11-26T10:00:00Z".into()),
         unchanged_toast: vec![],
+        columns: None,
+        previous: None,
     };
     Outgoing {
         event: Arc::new(event),

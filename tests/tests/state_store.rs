@@ -84,6 +84,8 @@ fn entry(lsn: u64, seq: u32) -> JournalEntry {
             xid: Some(7),
             commit_time: None,
             unchanged_toast: vec![],
+            columns: None,
+            previous: None,
         },
     }
 }

@@ -19,6 +19,8 @@ pub(crate) struct SinkConfig {
     pub(crate) events: Vec<String>,
     /// Tables to deliver (all changes of them).
     pub(crate) tables: Vec<TableName>,
+    /// Whether the sink receives `schema` events (its tables' columns changed).
+    pub(crate) schema_changes: bool,
     /// jq condition: only events for which it is true.
     #[cfg(test)]
     pub(crate) filter: Option<String>,
@@ -54,11 +56,21 @@ struct SinkCommon {
     events: Vec<String>,
     #[serde(default)]
     tables: Vec<TableName>,
+    #[serde(default)]
+    schema_changes: bool,
     filter: Option<String>,
     transform: Option<String>,
 }
 
-const COMMON_SINK_KEYS: &[&str] = &["name", "type", "events", "tables", "filter", "transform"];
+const COMMON_SINK_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "events",
+    "tables",
+    "schema_changes",
+    "filter",
+    "transform",
+];
 const SINK_TYPES: &str = "\"stdout\", \"http\", \"kafka\"";
 
 impl SinkConfig {
@@ -132,6 +144,7 @@ impl SinkConfig {
             name: common.name,
             events: common.events,
             tables: common.tables,
+            schema_changes: common.schema_changes,
             #[cfg(test)]
             filter: common.filter,
             transform: common.transform,

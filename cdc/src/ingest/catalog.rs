@@ -12,6 +12,7 @@ use crate::replication::ReplicationError;
 pub(crate) struct Catalog {
     client: tokio_postgres::Client,
     types: HashMap<u32, PgType>,
+    type_names: HashMap<u32, String>,
 }
 
 /// Deepest domain/array nesting we follow before giving up (catalog cycles cannot happen, but
@@ -24,6 +25,7 @@ impl Catalog {
         Catalog {
             client,
             types: HashMap::new(),
+            type_names: HashMap::new(),
         }
     }
 
@@ -43,6 +45,24 @@ impl Catalog {
         let t = self.lookup(oid, 0).await?;
         self.types.insert(oid, t.clone());
         Ok(t)
+    }
+
+    /// The type's name as Postgres spells it in `pg_type` (`int4`, `_text`), for
+    /// schema events; cached.
+    pub(crate) async fn type_name(&mut self, oid: u32) -> Result<String, ReplicationError> {
+        if let Some(name) = self.type_names.get(&oid) {
+            return Ok(name.clone());
+        }
+        let row = self
+            .client
+            .query_opt("SELECT typname::text FROM pg_type WHERE oid = $1", &[&oid])
+            .await?;
+        let name = match row {
+            Some(row) => row.try_get::<_, String>(0)?,
+            None => format!("oid:{oid}"),
+        };
+        self.type_names.insert(oid, name.clone());
+        Ok(name)
     }
 
     async fn lookup(&self, oid: u32, depth: usize) -> Result<PgType, ReplicationError> {

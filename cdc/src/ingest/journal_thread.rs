@@ -14,15 +14,18 @@
 //! (one row larger than the whole budget waits for an empty queue and goes
 //! alone). A batch also closes at [`BATCH_BYTES`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pgcdc_schema::{ChangeEvent, Lsn};
+use pgcdc_schema::event::Column;
+use pgcdc_schema::{ChangeEvent, Lsn, TableName};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::journal::{
-    JournalEntry, JournalError, JournalHead, JournalWriter, ResyncChunk, ResyncProgress,
+    Access, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey, ResyncChunk,
+    ResyncProgress, Store,
 };
 
 /// What the reader asks of the journal, in stream order.
@@ -45,6 +48,9 @@ pub(crate) enum JournalCommand {
     RecordSlot(String, Lsn),
     /// The lost slot's recovery is done (deletes journaled, resyncs queued).
     RecoveryDone,
+    /// A captured table's columns as of the transaction committing at the position:
+    /// stored once that transaction is confirmed (see `changes::shapes`).
+    Shape(String, Lsn, Vec<Column>),
 }
 
 /// Most commands written in one SQLite transaction: bounds memory and latency.
@@ -139,7 +145,8 @@ impl JournalCommand {
             | JournalCommand::Sync(_)
             | JournalCommand::Check
             | JournalCommand::RecordSlot(..)
-            | JournalCommand::RecoveryDone => 0,
+            | JournalCommand::RecoveryDone
+            | JournalCommand::Shape(..) => 0,
         }
     }
 }
@@ -204,6 +211,47 @@ impl JournalFill {
     }
 }
 
+/// Stores the shapes whose transactions are now confirmed. After the append, not in
+/// it: a crash in between makes the reader see the change again (a second schema
+/// event), never miss it.
+fn store_confirmed_shapes(
+    writer: &mut dyn JournalWriter,
+    shapes: &mut Vec<(String, Lsn, Vec<Column>)>,
+) -> Result<(), JournalError> {
+    let confirmed = writer.head().confirmed_lsn;
+    let mut result = Ok(());
+    shapes.retain(|(table, at, columns)| {
+        if *at >= confirmed || result.is_err() {
+            return true;
+        }
+        let json = serde_json::to_string(columns).unwrap_or_default();
+        result = writer.set_meta(&MetaKey::TableShape(table.clone()), &json);
+        false
+    });
+    result
+}
+
+/// The shapes stored for `tables` (captured tables, `schema.table`).
+pub(crate) fn durable_shapes<'a>(
+    store: &Store,
+    tables: impl Iterator<Item = &'a TableName>,
+) -> Result<HashMap<String, Vec<Column>>, JournalError> {
+    let session = store.open(Access::Create)?;
+    let mut out = HashMap::new();
+    for t in tables {
+        let name = t.to_string();
+        if out.contains_key(&name) {
+            continue;
+        }
+        let stored = session.meta(&MetaKey::TableShape(name.clone()))?;
+        // Unreadable: treated as never seen (the next Relation message stores it anew).
+        if let Some(cols) = stored.and_then(|s| serde_json::from_str(&s).ok()) {
+            out.insert(name, cols);
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the writer until the command queue closes. Blocking: run on its own thread.
 pub(crate) fn run(
     mut writer: Box<dyn JournalWriter>,
@@ -220,6 +268,8 @@ pub(crate) fn run(
     let mut progress: Vec<ResyncProgress> = Vec::new();
     let mut slots: Vec<(String, Lsn)> = Vec::new();
     let mut recovered = false;
+    // New table shapes whose transactions are not confirmed yet (one per table).
+    let mut shapes: Vec<(String, Lsn, Vec<Column>)> = Vec::new();
     // The batch's budget, given back once it is written.
     let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     while let Some(first) = rx.rx.blocking_recv() {
@@ -242,6 +292,10 @@ pub(crate) fn run(
                 JournalCommand::Check => {}
                 JournalCommand::RecordSlot(slot, at) => slots.push((slot, at)),
                 JournalCommand::RecoveryDone => recovered = true,
+                JournalCommand::Shape(table, at, columns) => {
+                    shapes.retain(|(t, _, _)| *t != table);
+                    shapes.push((table, at, columns));
+                }
             };
         let mut batch_bytes = 0usize;
         let mut queued = Some(first);
@@ -271,6 +325,7 @@ pub(crate) fn run(
         if std::mem::take(&mut recovered) {
             super::journal_guard::set_recovery(&mut *writer, None)?;
         }
+        store_confirmed_shapes(&mut *writer, &mut shapes)?;
         if outcome.skipped > 0 {
             tracing::debug!(
                 skipped = outcome.skipped,
@@ -338,6 +393,8 @@ mod tests {
                 xid: None,
                 commit_time: None,
                 unchanged_toast: vec![],
+                columns: None,
+                previous: None,
             },
         }))
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pgcdc_schema::Lsn;
 use tokio::sync::{oneshot, watch};
 
-use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
+use super::changes::{ChangeBuilder, ChangeError, RelationInfo, Shapes};
 use super::journal_thread::{JournalCommand, JournalSender};
 use super::watermark::{self, Watermark, Windows};
 use crate::ingest::catalog::Catalog;
@@ -129,6 +129,8 @@ impl ReaderError {
 
 /// What the reader needs to run.
 pub(crate) struct ReaderConfig {
+    /// Captured tables' columns as stored (schema changes are seen against them).
+    pub(crate) shapes: std::collections::HashMap<String, Vec<pgcdc_schema::event::Column>>,
     /// Source connection.
     pub(crate) url: SourceUrl,
     /// Slot name.
@@ -198,7 +200,7 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReaderError> {
     let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
-    let mut builder = ChangeBuilder::default();
+    let mut builder = ChangeBuilder::with_shapes(Shapes::from_durable(cfg.shapes.clone()));
     // Names as last seen and partitions found while running outlive a reconnect.
     let mut capture = cfg.capture.clone();
     let mut floor = cfg.slot_floor;
@@ -307,6 +309,7 @@ async fn session(
     // Everything journaled is durable; start from there (Postgres starts at
     // the slot's confirmed position if that is later).
     let start = sync(journal).await?.confirmed_lsn;
+    state.builder.rewind_shapes(start);
     let stream_host = conn.host().to_owned();
     super::slot_loss::check_slot(catalog.client(), &cfg.slot, conn.host(), start).await?;
     let mut stream = conn
@@ -452,13 +455,19 @@ async fn handle(
         }
         Message::Relation(rel) => {
             let mut kinds = Vec::with_capacity(rel.columns.len());
+            let mut type_names = Vec::with_capacity(rel.columns.len());
             for c in &rel.columns {
                 kinds.push(catalog.resolve_type(c.type_oid).await?);
+                type_names.push(catalog.type_name(c.type_oid).await?);
             }
             let pk = catalog.primary_key(rel.id).await?;
             let identity = place_relation(&rel, at, state.capture, catalog, cfg).await?;
-            builder.relation(rel.id, RelationInfo::new(&rel, kinds, &pk, identity));
-            None
+            let info = RelationInfo::new(&rel, kinds, type_names, &pk, identity);
+            let outcome = builder.relation(rel.id, info);
+            if let Some((table, at, columns)) = outcome.stage {
+                send(journal, JournalCommand::Shape(table, at, columns)).await?;
+            }
+            outcome.event
         }
         Message::Insert { relation_id, new } => {
             builder.insert(relation_id, &new).map_err(change_err)?

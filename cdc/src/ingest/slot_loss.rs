@@ -206,6 +206,8 @@ pub(crate) async fn resync_all(
                 xid: None,
                 commit_time: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                 unchanged_toast: Vec::new(),
+                columns: None,
+                previous: None,
             };
             let entry = JournalEntry {
                 table: name.clone(),

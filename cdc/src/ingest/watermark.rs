@@ -228,6 +228,8 @@ mod tests {
             xid: None,
             commit_time: None,
             unchanged_toast: Vec::new(),
+            columns: None,
+            previous: None,
         }
     }
 

@@ -21,6 +21,8 @@ pub enum MetaKey {
     SlotRecoveryAt,
     /// The OID a configured table name (`schema.table`) captured.
     TableOid(String),
+    /// A captured table's columns as last journaled (JSON), to see schema changes.
+    TableShape(String),
 }
 
 /// Stored key of [`MetaKey::TableOid`] entries: this prefix and the table name.
@@ -40,6 +42,7 @@ impl MetaKey {
             MetaKey::SlotCreatedLsn => Borrowed("slot_created_lsn"),
             MetaKey::SlotRecoveryAt => Borrowed("slot_recovery_at"),
             MetaKey::TableOid(table) => Owned(format!("{TABLE_OID_PREFIX}{table}")),
+            MetaKey::TableShape(table) => Owned(format!("table_shape:{table}")),
         }
     }
 }

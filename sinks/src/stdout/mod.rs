@@ -119,6 +119,8 @@ mod tests {
             xid: Some(1),
             commit_time: None,
             unchanged_toast: vec![],
+            columns: None,
+            previous: None,
         };
         Outgoing {
             body: serde_json::to_value(&event).unwrap_or_default(),

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use pgcdc_schema::mapping::{evaluate, JqCall, JqProgram, MappingError, OldColumns, Want};
-use pgcdc_schema::{ChangeEvent, TableName};
+use pgcdc_schema::{ChangeEvent, Op, TableName};
 use pgcdc_sinks::Outgoing;
 
 use crate::config::{Config, SinkConfig};
@@ -80,6 +80,8 @@ pub(crate) struct SinkPlan {
     triggers: Vec<Trigger>,
     /// Neither tables nor events given: every change.
     everything: bool,
+    /// `schema_changes`: schema events of the sink's tables are delivered too.
+    schema_changes: bool,
     filter: Option<JqProgram>,
     transform: Option<JqProgram>,
     /// Without a transform, items carry no body (the sink renders from the event).
@@ -109,6 +111,7 @@ impl SinkPlan {
                 .cloned()
                 .collect(),
             everything: sink.tables.is_empty() && sink.events.is_empty(),
+            schema_changes: sink.schema_changes,
             filter: sink.filter_program.clone(),
             transform: sink.transform_program.clone(),
             no_native_body: false,
@@ -180,13 +183,27 @@ impl SinkPlan {
                 };
                 let table = TableName::parse(&table).unwrap_or_else(|_| named.clone());
                 let ours = |t: &TableName| *t == table || *t == named;
-                let candidates: Vec<&Trigger> =
-                    self.triggers.iter().filter(|t| ours(&t.table)).collect();
+                // A schema event is not a row change: no trigger condition applies; it
+                // goes to the sinks that ask for it and receive something of its table.
+                let schema = event.op == Op::Schema;
+                let candidates: Vec<&Trigger> = if schema {
+                    Vec::new()
+                } else {
+                    self.triggers.iter().filter(|t| ours(&t.table)).collect()
+                };
+                let selected = if schema {
+                    self.schema_changes
+                        && (self.everything
+                            || self.tables.iter().any(ours)
+                            || self.triggers.iter().any(|t| ours(&t.table)))
+                } else {
+                    self.everything || self.tables.iter().any(ours)
+                };
                 // Rows are ordered by identity, so one row's changes on both sides of a
                 // rename stay in order.
                 let row = row_key(&table, &event);
                 Slot {
-                    selected: self.everything || self.tables.iter().any(ours),
+                    selected,
                     input: (!candidates.is_empty()).then(|| native(&event)),
                     candidates,
                     event,

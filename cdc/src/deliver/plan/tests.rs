@@ -46,6 +46,8 @@ fn event(
         xid: Some(1),
         commit_time: None,
         unchanged_toast: vec![],
+        columns: None,
+        previous: None,
     }
 }
 

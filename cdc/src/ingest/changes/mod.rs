@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use pgcdc_schema::event::{pg_micros_to_rfc3339, pg_micros_to_unix_micros, Row};
+use pgcdc_schema::event::{pg_micros_to_rfc3339, pg_micros_to_unix_micros, Column, Row};
 use pgcdc_schema::value::{decode_text, PgType};
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
 use serde_json::Value;
@@ -15,6 +15,10 @@ use crate::journal::JournalEntry;
 use crate::pgoutput::{Datum, OldTuple, Relation, Tuple};
 use pgcdc_schema::TableName;
 
+mod shapes;
+use shapes::Seen;
+pub(crate) use shapes::Shapes;
+
 /// What the decoder knows of one relation (table) in this session.
 #[derive(Debug, Clone)]
 pub(crate) struct RelationInfo {
@@ -22,6 +26,8 @@ pub(crate) struct RelationInfo {
     pub(crate) name: TableName,
     /// Columns in table order: name and decoding kind.
     pub(crate) columns: Vec<(String, PgType)>,
+    /// Each column's type as Postgres names it (`int4`), in table order.
+    pub(crate) type_names: Vec<String>,
     /// Indices of the key columns (primary key, else the replica identity columns).
     pub(crate) key: Vec<usize>,
     /// The captured table (as `source.tables` names it) this relation's changes belong
@@ -35,6 +41,7 @@ impl RelationInfo {
     pub(crate) fn new(
         rel: &Relation,
         kinds: Vec<PgType>,
+        type_names: Vec<String>,
         primary_key: &[String],
         identity: Option<TableName>,
     ) -> Self {
@@ -48,10 +55,35 @@ impl RelationInfo {
             .zip(kinds)
             .map(|(c, k)| (c.name.clone(), k))
             .collect();
-        let mut key: Vec<usize> = primary_key
+        // Under the default replica identity the message's key flags are the primary
+        // key as of the change (the historic catalog); the catalog look-up is today's
+        // and may already show a later key change. Other identities flag other columns
+        // (all, or an index's), so there the primary key comes from the catalog.
+        // The catalog's order is the key's (index order) whenever it names the same
+        // columns, so snapshot and stream agree on the key's shape.
+        let by_catalog: Vec<usize> = primary_key
             .iter()
             .filter_map(|k| columns.iter().position(|(n, _)| n == k))
             .collect();
+        let flagged: Vec<usize> =
+            if rel.replica_identity == crate::pgoutput::ReplicaIdentity::Default {
+                (0..rel.columns.len())
+                    .filter(|&i| rel.columns[i].is_key)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        let same_columns = {
+            let (mut a, mut b) = (by_catalog.clone(), flagged.clone());
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        };
+        let mut key = if flagged.is_empty() || same_columns {
+            by_catalog
+        } else {
+            flagged
+        };
         if key.is_empty() {
             key = rel
                 .columns
@@ -65,8 +97,22 @@ impl RelationInfo {
             identity,
             name,
             columns,
+            type_names,
             key,
         }
+    }
+
+    /// The columns as a schema event describes them.
+    pub(crate) fn described(&self) -> Vec<Column> {
+        self.columns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| Column {
+                name: name.clone(),
+                type_name: self.type_names.get(i).cloned().unwrap_or_default(),
+                key: self.key.contains(&i),
+            })
+            .collect()
     }
 }
 
@@ -111,6 +157,17 @@ pub(crate) enum ChangeError {
 pub(crate) struct ChangeBuilder {
     relations: HashMap<u32, RelationInfo>,
     txn: Option<TxnState>,
+    /// Captured tables' columns, to see schema changes (outlives a reconnect).
+    shapes: Shapes,
+}
+
+/// What a Relation message brought.
+#[derive(Debug, Default)]
+pub(crate) struct RelationOutcome {
+    /// A schema event to journal (the table's columns changed).
+    pub(crate) event: Option<JournalEntry>,
+    /// A new shape to store once its transaction (committing at the `Lsn`) is confirmed.
+    pub(crate) stage: Option<(String, Lsn, Vec<Column>)>,
 }
 
 fn datum_value(kind: &PgType, datum: &Datum) -> Option<Value> {
@@ -131,9 +188,59 @@ impl ChangeBuilder {
         self.txn = None;
     }
 
-    /// Records a relation description.
-    pub(crate) fn relation(&mut self, id: u32, info: RelationInfo) {
+    /// Starts from the shapes the store holds (at process start).
+    pub(crate) fn with_shapes(shapes: Shapes) -> ChangeBuilder {
+        ChangeBuilder {
+            shapes,
+            ..ChangeBuilder::default()
+        }
+    }
+
+    /// The stream resumes at `start` (see [`Shapes::rewind`]).
+    pub(crate) fn rewind_shapes(&mut self, start: Lsn) {
+        self.shapes.rewind(start);
+    }
+
+    /// Records a relation description; for a captured table whose columns changed,
+    /// a schema event that takes the transaction's next ordinal.
+    pub(crate) fn relation(&mut self, id: u32, info: RelationInfo) -> RelationOutcome {
+        let mut out = RelationOutcome::default();
+        if let (Some(identity), Some(txn)) = (&info.identity, self.txn.as_mut()) {
+            let columns = info.described();
+            let table = identity.to_string();
+            let seen = self.shapes.observe(&table, txn.commit_lsn, &columns);
+            tracing::debug!(table = %table, at = %txn.commit_lsn, ?seen, ?columns, "relation described");
+            if seen != Seen::Same {
+                out.stage = Some((table.clone(), txn.commit_lsn, columns.clone()));
+            }
+            if let Seen::Changed { previous } = seen {
+                let seq = txn.next_seq;
+                txn.next_seq += 1;
+                out.event = Some(JournalEntry {
+                    table,
+                    seq,
+                    commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
+                    event: ChangeEvent {
+                        id: EventId::from_position(txn.commit_lsn, seq),
+                        op: Op::Schema,
+                        schema: info.name.schema.clone(),
+                        table: info.name.table.clone(),
+                        key: None,
+                        old: None,
+                        new: None,
+                        trigger: None,
+                        lsn: txn.commit_lsn,
+                        xid: Some(txn.xid),
+                        commit_time: Some(txn.commit_time_text.clone()),
+                        unchanged_toast: Vec::new(),
+                        columns: Some(columns),
+                        previous: Some(previous),
+                    },
+                });
+            }
+        }
         self.relations.insert(id, info);
+        out
     }
 
     /// Whether a transaction is open.
@@ -226,6 +333,8 @@ impl ChangeBuilder {
                 xid: Some(txn.xid),
                 commit_time: Some(txn.commit_time_text),
                 unchanged_toast,
+                columns: None,
+                previous: None,
             },
         }))
     }
@@ -355,6 +464,8 @@ pub(crate) fn read_event(
         xid: None,
         commit_time: Some(commit_time),
         unchanged_toast: Vec::new(),
+        columns: None,
+        previous: None,
     }
 }
 

@@ -42,7 +42,13 @@ fn builder() -> ChangeBuilder {
     );
     b.relation(
         PERMITS,
-        RelationInfo::new(&rel, kinds.clone(), &["id".to_string()], captured),
+        RelationInfo::new(
+            &rel,
+            kinds.clone(),
+            Vec::new(),
+            &["id".to_string()],
+            captured,
+        ),
     );
     let rel = relation(
         OTHER,
@@ -50,7 +56,7 @@ fn builder() -> ChangeBuilder {
         ReplicaIdentity::Default,
         [true, false, false],
     );
-    b.relation(OTHER, RelationInfo::new(&rel, kinds, &[], None));
+    b.relation(OTHER, RelationInfo::new(&rel, kinds, Vec::new(), &[], None));
     b
 }
 
@@ -145,6 +151,7 @@ fn delete_with_default_identity_has_key_only_old() {
         RelationInfo::new(
             &rel,
             vec![PgType::Int4, PgType::Text, PgType::Text],
+            Vec::new(),
             &["id".into()],
             captured,
         ),
@@ -227,6 +234,7 @@ fn a_renamed_relation_keeps_its_identity_and_carries_its_new_name() {
         RelationInfo::new(
             &rel,
             vec![PgType::Int4, PgType::Text, PgType::Text],
+            Vec::new(),
             &["id".into()],
             identity,
         ),

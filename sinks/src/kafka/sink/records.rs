@@ -130,6 +130,8 @@ mod tests {
             xid: Some(5),
             commit_time: Some("2026-11-26T10:00:00Z".into()),
             unchanged_toast: vec![],
+            columns: None,
+            previous: None,
         };
         Outgoing {
             event: Arc::new(event),
