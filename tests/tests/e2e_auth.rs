@@ -197,3 +197,43 @@ async fn sslmode_require_against_a_plain_server_fails_clearly() -> anyhow::Resul
     let url = pg.url_with_params("postgres", "", "postgres", "sslmode=require");
     fails_with(&url, &["tls"]).await
 }
+
+/// Amazon RDS grants logical replication through membership in `rds_replication`
+/// (`rolreplication` stays false): emulated here by a role of that name, the check
+/// passes and says which. A publication without truncate is a warning, not a failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn rds_replication_member_passes_and_a_publication_without_truncate_warns(
+) -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    pg.batch(
+        "CREATE ROLE rds_replication WITH REPLICATION NOLOGIN;
+         CREATE ROLE cdc LOGIN NOREPLICATION;
+         GRANT rds_replication TO cdc;
+         CREATE TABLE permits (id int PRIMARY KEY, status text);
+         GRANT SELECT ON permits TO cdc;
+         CREATE PUBLICATION pgcdc FOR TABLE permits WITH (publish = 'insert, update, delete');",
+    )
+    .await?;
+    let (_state, cfg) = config_for(&pg.url_for("cdc", "", "postgres"))?;
+    let (code, out, err) = pgcdc_output(&["check", "--config", &cfg.arg()]).await?;
+    ensure!(code == 0, "check must pass ({code}):\n{out}{err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!(" {name}: ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let role = line("role");
+    ensure!(
+        role.starts_with("ok") && role.contains("member of rds_replication"),
+        "role line: {role}\n{out}"
+    );
+    let publication = line("publication pgcdc");
+    ensure!(
+        publication.starts_with("warn")
+            && publication.contains("truncate")
+            && publication.contains("will not be seen"),
+        "publication line: {publication}\n{out}"
+    );
+    Ok(())
+}
