@@ -374,6 +374,26 @@ pub(crate) fn channel_binding_refused(why: &str) -> ReplicationError {
     ))
 }
 
+/// The server wants a password and none was found: say where pgcdc looked.
+pub(crate) fn no_password(url: &SourceUrl) -> ReplicationError {
+    auth_err(format!(
+        "the server wants a password for user `{}` but there is none: not in the source URL \
+         (write postgres://{}:PASSWORD@..., percent-encoding special characters), not in \
+         PGPASSWORD, and no line for {}:{}:{}:{} in the password file{} (it must exist and \
+         be readable by its owner only)",
+        url.user,
+        url.user,
+        url.host,
+        url.port,
+        url.dbname,
+        url.user,
+        url.passfile
+            .as_ref()
+            .map(|p| format!(" {}", p.display()))
+            .unwrap_or_default()
+    ))
+}
+
 async fn authenticate(transport: &mut Transport, url: &SourceUrl) -> Result<(), ReplicationError> {
     let require = url.channel_binding == ChannelBinding::Require;
     let password = url.password_for_connect();
@@ -381,23 +401,7 @@ async fn authenticate(transport: &mut Transport, url: &SourceUrl) -> Result<(), 
         password
             .as_ref()
             .map(|p| p.expose().as_bytes())
-            .ok_or_else(|| {
-                auth_err(format!(
-                "the server wants a password for user `{}` but there is none: not in the source \
-                 URL (write postgres://{}:PASSWORD@..., percent-encoding special characters), \
-                 not in PGPASSWORD, and no line for {}:{}:{}:{} in the password file{}",
-                url.user,
-                url.user,
-                url.host,
-                url.port,
-                url.dbname,
-                url.user,
-                url.passfile
-                    .as_ref()
-                    .map(|p| format!(" {}", p.display()))
-                    .unwrap_or_default()
-            ))
-            })
+            .ok_or_else(|| no_password(url))
     };
     let mut bound = false;
     loop {

@@ -51,7 +51,8 @@ async fn connect_one(url: &SourceUrl) -> Result<tokio_postgres::Client, Replicat
             ChannelBinding::Prefer => PgChannelBinding::Prefer,
             ChannelBinding::Require => PgChannelBinding::Require,
         });
-    if let Some(password) = url.password_for_connect() {
+    let password = url.password_for_connect();
+    if let Some(password) = &password {
         config.password(password.expose());
     }
     let application_name = url.application_name.clone();
@@ -65,7 +66,10 @@ async fn connect_one(url: &SourceUrl) -> Result<tokio_postgres::Client, Replicat
         }
         // Postgres never speaks TLS on a Unix socket (libpq ignores sslmode there too).
         config.host_path(&url.host).ssl_mode(PgSslMode::Disable);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| explain(e, url, password.is_some()))?;
         spawn_connection(connection, application_name);
         return Ok(client);
     }
@@ -77,22 +81,30 @@ async fn connect_one(url: &SourceUrl) -> Result<tokio_postgres::Client, Replicat
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
     });
     let tls = MakeTls(Arc::new(tls::client_config(url)?));
-    let (client, connection) = config.connect(tls).await.map_err(|e| {
-        // tokio-postgres says only "authentication error"; say why and what to do.
-        let binding = require_binding
-            && e.as_db_error().is_none()
-            && std::error::Error::source(&e)
-                .is_some_and(|c| c.to_string().contains("channel binding"));
-        if binding {
-            super::conn::channel_binding_refused(
-                "the server did not authenticate with SCRAM-SHA-256-PLUS over TLS",
-            )
-        } else {
-            ReplicationError::from(e)
-        }
-    })?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| explain(e, url, password.is_some()))?;
     spawn_connection(connection, application_name);
     Ok(client)
+}
+
+/// tokio-postgres says only "password missing" or "authentication error": say why and
+/// what to do, as the replication connection does.
+fn explain(e: tokio_postgres::Error, url: &SourceUrl, has_password: bool) -> ReplicationError {
+    let cause = std::error::Error::source(&e).map(ToString::to_string);
+    let cause = cause.as_deref().unwrap_or_default();
+    if e.as_db_error().is_some() {
+        ReplicationError::from(e)
+    } else if !has_password && cause.contains("password missing") {
+        super::conn::no_password(url)
+    } else if url.channel_binding == ChannelBinding::Require && cause.contains("channel binding") {
+        super::conn::channel_binding_refused(
+            "the server did not authenticate with SCRAM-SHA-256-PLUS over TLS",
+        )
+    } else {
+        ReplicationError::from(e)
+    }
 }
 
 fn spawn_connection<F>(connection: F, application_name: String)
