@@ -60,7 +60,7 @@ async fn connect_one(url: &SourceUrl) -> Result<tokio_postgres::Client, Replicat
 
     if url.is_unix_socket() {
         if require_binding {
-            return Err(super::conn::channel_binding_refused(
+            return Err(super::auth::channel_binding_refused(
                 "the connection is a Unix socket (never encrypted)",
             ));
         }
@@ -97,9 +97,9 @@ fn explain(e: tokio_postgres::Error, url: &SourceUrl, has_password: bool) -> Rep
     if e.as_db_error().is_some() {
         ReplicationError::from(e)
     } else if !has_password && cause.contains("password missing") {
-        super::conn::no_password(url)
+        super::auth::no_password(url)
     } else if url.channel_binding == ChannelBinding::Require && cause.contains("channel binding") {
-        super::conn::channel_binding_refused(
+        super::auth::channel_binding_refused(
             "the server did not authenticate with SCRAM-SHA-256-PLUS over TLS",
         )
     } else {
