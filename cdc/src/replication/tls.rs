@@ -96,18 +96,17 @@ fn key_error_kind(e: &rustls::pki_types::pem::Error) -> &'static str {
     }
 }
 
-/// libpq's rule: owner-only (0600 or less), or 0640 or less when root owns it.
+/// libpq's rule: owner-only (0600 or less) when we own it, 0640 or less when root owns it.
 fn check_key_permissions(key: &std::path::Path) -> Result<(), ReplicationError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(key).map_err(|e| {
         ReplicationError::Config(format!("sslkey `{}` cannot be read: {e}", key.display()))
     })?;
     let mode = meta.mode();
-    let too_open = if meta.uid() == 0 && nix::unistd::geteuid().as_raw() != 0 {
-        mode & 0o037 != 0
-    } else {
-        mode & 0o077 != 0
-    };
+    // Exactly libpq's test (a key owned by someone else, e.g. a mounted secret's group, passes).
+    let euid = nix::unistd::geteuid().as_raw();
+    let too_open =
+        (meta.uid() == euid && mode & 0o077 != 0) || (meta.uid() == 0 && mode & 0o037 != 0);
     if too_open {
         return Err(ReplicationError::Config(format!(
             "sslkey `{}` has group or world access (mode {:o}); chmod 0600 it \
@@ -331,6 +330,49 @@ mod tests {
             let cfg = client_config(&url(&format!("postgres://h/d?sslmode={mode}")));
             assert!(cfg.is_ok(), "{mode}");
         }
+    }
+
+    #[test]
+    fn client_key_must_be_private_and_certificate_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        let key = dir.path().join("client.key");
+        if let Err(e) = std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nsecretbytes\n") {
+            panic!("{e}");
+        }
+        let chmod = |mode| {
+            if let Err(e) = std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)) {
+                panic!("{e}");
+            }
+        };
+        chmod(0o644);
+        let err = check_key_permissions(&key)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("group or world access") && err.contains("0600"),
+            "{err}"
+        );
+        chmod(0o600);
+        assert!(check_key_permissions(&key).is_ok());
+        let u = url(&format!(
+            "postgres://h/d?sslmode=require&sslcert={}&sslkey={}",
+            dir.path().join("missing.crt").display(),
+            key.display()
+        ));
+        let err = client_config(&u)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("sslcert") && err.contains("cannot be read"),
+            "{err}"
+        );
+        assert!(!err.contains("secretbytes"), "{err}");
     }
 
     #[test]
