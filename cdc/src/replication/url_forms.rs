@@ -137,7 +137,7 @@ fn decode(raw: &str, what: &str) -> Result<String, ReplicationError> {
 
 /// libpq's `key = value` pairs; values may be single-quoted (`\'` and `\\` escape).
 pub(super) fn pairs(s: &str) -> Result<Vec<(String, String)>, ReplicationError> {
-    let mut out = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -150,6 +150,13 @@ pub(super) fn pairs(s: &str) -> Result<Vec<(String, String)>, ReplicationError> 
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
+            // After an unquoted password with a space, the "key" is part of the password.
+            if out.last().is_some_and(|(k, _)| k == "password") {
+                return Err(config_err(
+                    "source: the connection string has text without `= value` after the \
+                     password; quote a password with spaces (password='...')",
+                ));
+            }
             return Err(config_err(format!(
                 "source: `{}` in the connection string has no `= value`; write key=value pairs \
                  separated by spaces, or a postgres:// URL",

@@ -61,7 +61,7 @@ impl Layer {
     fn from_pairs(pairs: &[(String, String)], origin: &str) -> Result<Layer, ReplicationError> {
         let mut layer = Layer::default();
         let mut kept = Vec::new();
-        for (key, value) in pairs {
+        for (i, (key, value)) in pairs.iter().enumerate() {
             let path = || Some(PathBuf::from(value));
             match key.as_str() {
                 "sslmode" => layer.sslmode = Some(value.parse()?),
@@ -74,6 +74,13 @@ impl Layer {
                 "host" | "port" | "user" | "password" | "dbname" | "application_name" => {
                     layer.ports_given |= key == "port";
                     kept.push((key.as_str(), value.as_str()));
+                }
+                // Right after an unquoted password with a space, the "key" is part of it.
+                _ if i > 0 && pairs[i - 1].0 == "password" => {
+                    return Err(config_err(format!(
+                        "{origin}: an unknown parameter follows the password; quote a password \
+                         with spaces (password='...')"
+                    )))
                 }
                 other => {
                     return Err(config_err(format!(
@@ -365,6 +372,10 @@ mod tests {
         );
         assert!(err("host=h sslcert=/c.pem").contains("sslcert and sslkey"));
         assert!(err("postgres://u:hunter2@h:99999/d").contains("port"));
+        let e = err("host=h password=hunter2 two=x");
+        assert!(e.contains("quote a password") && !e.contains("two"), "{e}");
+        let e = err("host=h password=hunter2 two");
+        assert!(e.contains("quote a password") && !e.contains("two"), "{e}");
     }
 
     #[test]
