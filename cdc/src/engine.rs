@@ -103,6 +103,11 @@ async fn lead(
 /// previous (crashed) pgcdc and it is released in time.
 async fn preflight(config: &Config, client: &tokio_postgres::Client) -> anyhow::Result<()> {
     let checks = source::preflight(config, client).await;
+    for c in checks.iter().filter(|c| c.warning) {
+        if let Ok(detail) = &c.outcome {
+            tracing::warn!(check = %c.name, detail = %detail, "preflight warning");
+        }
+    }
     let failed: Vec<String> = checks
         .iter()
         .filter_map(|c| {

@@ -520,6 +520,14 @@ impl PgCluster {
         self.tls.as_ref().map(|t| t.ca_cert.as_path())
     }
 
+    /// A client certificate (CN `pgcdc-client`) and its key, signed by the cluster's CA
+    /// (TLS clusters only), for `clientcert=verify-full` in pg_hba.conf.
+    pub fn client_cert_paths(&self) -> Option<(&Path, &Path)> {
+        self.tls
+            .as_ref()
+            .map(|t| (t.client_cert.as_path(), t.client_key.as_path()))
+    }
+
     /// The server certificate (TLS clusters only).
     pub fn server_cert_path(&self) -> Option<&Path> {
         self.tls.as_ref().map(|t| t.server_cert.as_path())

@@ -335,6 +335,7 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
             report.ok("source connection", url.to_string());
             for c in source::preflight(config, &client).await {
                 match c.outcome {
+                    Ok(detail) if c.warning => report.warn(c.name, detail),
                     Ok(detail) => report.ok(c.name, detail),
                     Err(p) => report.fail(c.name, p.to_string()),
                 }

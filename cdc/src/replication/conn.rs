@@ -1,11 +1,10 @@
 //! Startup, authentication and commands on a `replication=database` connection.
 
 use pgcdc_schema::quote_literal;
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
+use super::auth::authenticate;
 use super::frame::{self, Backend, ServerFields};
 use super::hosts;
 use super::stream::ReplicationStream;
@@ -68,14 +67,14 @@ pub(crate) fn quote_ident(name: &str) -> Result<String, ReplicationError> {
     Ok(pgcdc_schema::quote_ident(name))
 }
 
-fn auth_err(message: impl Into<String>) -> ReplicationError {
+pub(super) fn auth_err(message: impl Into<String>) -> ReplicationError {
     ReplicationError::Auth {
         message: message.into(),
     }
 }
 
 /// Class 28 SQLSTATEs (invalid authorization) are Auth, the rest stay Server.
-fn startup_error(fields: ServerFields) -> ReplicationError {
+pub(super) fn startup_error(fields: ServerFields) -> ReplicationError {
     if fields.code.starts_with("28") {
         auth_err(format!("{} (SQLSTATE {})", fields.message, fields.code))
     } else {
@@ -83,7 +82,7 @@ fn startup_error(fields: ServerFields) -> ReplicationError {
     }
 }
 
-fn unexpected(during: &str, message: &Backend) -> ReplicationError {
+pub(super) fn unexpected(during: &str, message: &Backend) -> ReplicationError {
     let what = match message {
         Backend::CopyBothResponse => "CopyBothResponse",
         Backend::Message(Message::CopyInResponse(_)) => "CopyInResponse",
@@ -360,102 +359,6 @@ fn single_row(
             "{command} returned {} rows, expected 1",
             rows.len()
         ))),
-    }
-}
-
-async fn authenticate(transport: &mut Transport, url: &SourceUrl) -> Result<(), ReplicationError> {
-    let password = || {
-        url.password
-            .as_ref()
-            .map(|p| p.expose().as_bytes())
-            .ok_or_else(|| {
-                auth_err(format!(
-                    "the server wants a password for user `{}` but the source URL has none; \
-                 write postgres://{}:PASSWORD@... (percent-encode special characters)",
-                    url.user, url.user
-                ))
-            })
-    };
-    loop {
-        let message = match transport.read().await? {
-            Backend::Message(m) => m,
-            other => return Err(unexpected("authentication", &other)),
-        };
-        match message {
-            Message::AuthenticationOk => return Ok(()),
-            Message::AuthenticationCleartextPassword => {
-                frontend::password_message(password()?, &mut transport.write_buf)?;
-                transport.flush().await?;
-            }
-            Message::AuthenticationMd5Password(body) => {
-                let hash = md5_hash(url.user.as_bytes(), password()?, body.salt());
-                frontend::password_message(hash.as_bytes(), &mut transport.write_buf)?;
-                transport.flush().await?;
-            }
-            Message::AuthenticationSasl(body) => {
-                let mut offered = Vec::new();
-                let mut mechanisms = body.mechanisms();
-                while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)
-                    .map_err(|e| ReplicationError::Protocol(e.to_string()))?
-                {
-                    offered.push(m.to_owned());
-                }
-                if !offered.iter().any(|m| m == SCRAM_SHA_256) {
-                    return Err(auth_err(format!(
-                        "the server offers SASL mechanisms {offered:?}; only SCRAM-SHA-256 is supported"
-                    )));
-                }
-                scram(transport, password()?).await?;
-            }
-            Message::ErrorResponse(body) => {
-                return Err(startup_error(ServerFields::parse(body.fields())?))
-            }
-            Message::AuthenticationKerberosV5
-            | Message::AuthenticationScmCredential
-            | Message::AuthenticationGss
-            | Message::AuthenticationSspi
-            | Message::AuthenticationGssContinue(_) => {
-                return Err(auth_err(
-                    "the server asks for Kerberos/GSSAPI/SSPI, which pgcdc does not support; \
-                     use scram-sha-256, md5 or password for this user in pg_hba.conf",
-                ))
-            }
-            _ => {
-                return Err(ReplicationError::Protocol(
-                    "unexpected message during authentication".to_owned(),
-                ))
-            }
-        }
-    }
-}
-
-/// SCRAM-SHA-256 without channel binding ("n": the client does not support it),
-/// which the server accepts whether or not it offers SCRAM-SHA-256-PLUS.
-async fn scram(transport: &mut Transport, password: &[u8]) -> Result<(), ReplicationError> {
-    let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
-    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut transport.write_buf)?;
-    transport.flush().await?;
-    match transport.read().await? {
-        Backend::Message(Message::AuthenticationSaslContinue(body)) => {
-            scram
-                .update(body.data())
-                .map_err(|e| auth_err(format!("SCRAM exchange failed: {e}")))?;
-        }
-        Backend::Message(Message::ErrorResponse(body)) => {
-            return Err(startup_error(ServerFields::parse(body.fields())?))
-        }
-        other => return Err(unexpected("SCRAM", &other)),
-    }
-    frontend::sasl_response(scram.message(), &mut transport.write_buf)?;
-    transport.flush().await?;
-    match transport.read().await? {
-        Backend::Message(Message::AuthenticationSaslFinal(body)) => scram
-            .finish(body.data())
-            .map_err(|e| auth_err(format!("the server's SCRAM signature did not verify: {e}"))),
-        Backend::Message(Message::ErrorResponse(body)) => {
-            Err(startup_error(ServerFields::parse(body.fields())?))
-        }
-        other => Err(unexpected("SCRAM", &other)),
     }
 }
 

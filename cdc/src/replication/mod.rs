@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  SourceUrl ──▶ Transport (TCP | TLS over TCP | Unix socket, one read buffer)
-//!                   │ startup replication=database, trust/password/MD5/SCRAM
+//!                   │ startup replication=database, trust/password/MD5/SCRAM (auth:
+//!                   │ SCRAM-SHA-256-PLUS with channel binding over TLS)
 //!                   ▼
 //!  ReplicationConnection: IDENTIFY_SYSTEM, simple_query, CREATE_REPLICATION_SLOT
 //!                   │ START_REPLICATION ... LOGICAL (CopyBothResponse)
@@ -13,8 +14,10 @@
 //!
 //! With several hosts in the URL (or `target_session_attrs`), both connections
 //! try each host in order on every connect and take the first that fits
-//! (`hosts`); the URL's other spellings (host lists, libpq `key=value`) are
-//! parsed in `url_forms`.
+//! (`hosts`). The URL (or libpq `key=value` string) is parsed by
+//! `tokio_postgres::Config` with pgcdc's own parameters taken out first
+//! (`url_forms`, `url_parse`), under the `PG*` environment variables; the
+//! password file is read on each connect (`pgpass`).
 //!
 //! tokio-postgres has no replication mode, so the protocol is spoken here on
 //! top of postgres-protocol's message codecs; [`connect_sql`] opens an
@@ -36,19 +39,23 @@
 //!   transient SQLSTATE as above.
 //!
 //! Definite (retrying cannot help; say why and stop):
-//! - `Auth`: wrong password, no pg_hba entry (SQLSTATE class 28), no password
-//!   in the URL, or an unsupported method (GSSAPI, SSPI).
+//! - `Auth`: wrong password, no pg_hba entry or client certificate (SQLSTATE
+//!   class 28), no password anywhere (URL, PGPASSWORD, password file), an
+//!   unsupported method (GSSAPI, SSPI), or `channel_binding=require` unmet.
 //! - `Tls`: the server refuses TLS under require/verify-*, or the
 //!   certificate does not verify.
-//! - `Config`: bad URL, unreadable `sslrootcert`.
+//! - `Config`: bad URL or `PG*` variable, unreadable `sslrootcert`, `sslcert` or
+//!   `sslkey`, a key others may read.
 //! - `Protocol`: the server broke the protocol (or a frame exceeded 1 GiB).
 //! - `Server` with any other SQLSTATE (missing slot or publication,
 //!   `wal_level` not logical, missing REPLICATION privilege, ...).
 
+mod auth;
 mod conn;
 mod error;
 mod frame;
 mod hosts;
+mod pgpass;
 mod sql;
 mod stream;
 mod tls;
@@ -63,4 +70,4 @@ pub use frame::ReplicationMessage;
 pub use sql::connect_sql;
 pub use stream::ReplicationStream;
 pub use url::SourceUrl;
-pub(crate) use url::{Secret, SslMode, TargetSessionAttrs};
+pub(crate) use url::{ChannelBinding, Secret, SslMode};

@@ -23,14 +23,25 @@ pub(crate) struct Transport {
     pub(crate) write_buf: BytesMut,
     /// Latest ParameterStatus values (server_version, integer_datetimes, ...).
     pub(crate) parameters: HashMap<String, String>,
+    /// What TLS this connection runs over, for SCRAM channel binding.
+    pub(crate) tls: TlsState,
+}
+
+/// Whether the connection is encrypted, and the channel binding data if it can bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TlsState {
+    /// Plain TCP or a Unix socket.
+    None,
+    /// TLS; `end_point` is the `tls-server-end-point` data (None: cannot bind).
+    Tls { end_point: Option<Vec<u8>> },
 }
 
 impl Transport {
     /// Opens the socket and negotiates TLS as `sslmode` asks.
     pub(crate) async fn open(url: &SourceUrl) -> Result<Transport, ReplicationError> {
-        let io: Box<dyn AsyncIo> = if let Some(path) = url.unix_socket_path() {
+        let (io, tls): (Box<dyn AsyncIo>, TlsState) = if let Some(path) = url.unix_socket_path() {
             // Postgres never speaks TLS on a Unix socket; libpq ignores sslmode there too.
-            Box::new(UnixStream::connect(&path).await?)
+            (Box::new(UnixStream::connect(&path).await?), TlsState::None)
         } else {
             let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
             // Status updates are tiny and latency-sensitive.
@@ -42,6 +53,7 @@ impl Transport {
             read_buf: BytesMut::with_capacity(8 * 1024),
             write_buf: BytesMut::with_capacity(1024),
             parameters: HashMap::new(),
+            tls,
         })
     }
 
@@ -101,9 +113,9 @@ fn proto(e: std::io::Error) -> ReplicationError {
 async fn negotiate_tls(
     mut tcp: TcpStream,
     url: &SourceUrl,
-) -> Result<Box<dyn AsyncIo>, ReplicationError> {
+) -> Result<(Box<dyn AsyncIo>, TlsState), ReplicationError> {
     if url.sslmode == SslMode::Disable {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), TlsState::None));
     }
     // Build the config first so a bad sslrootcert fails before any network I/O.
     let config = tls::client_config(url)?;
@@ -120,9 +132,15 @@ async fn negotiate_tls(
                 .connect(server_name, tcp)
                 .await
                 .map_err(ReplicationError::from_tls_io)?;
-            Ok(Box::new(stream))
+            let end_point = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| tls::server_end_point(cert));
+            Ok((Box::new(stream), TlsState::Tls { end_point }))
         }
-        b'N' if url.sslmode == SslMode::Prefer => Ok(Box::new(tcp)),
+        b'N' if url.sslmode == SslMode::Prefer => Ok((Box::new(tcp), TlsState::None)),
         b'N' => Err(ReplicationError::Tls {
             message: format!(
                 "the server does not accept TLS connections but sslmode={}; \

@@ -1,4 +1,6 @@
-//! The source URL: `postgres://user:pass@host:port/db?sslmode=...`.
+//! The source URL: `postgres://user:pass@host:port/db?sslmode=...`, the libpq
+//! `key=value` form, filled in from `PG*` environment variables (parsed in
+//! `url_parse`; the password file is read at connect time, `pgpass`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,12 +14,20 @@ pub(super) const DEFAULT_PORT: u16 = 5432;
 pub(super) const DEFAULT_USER: &str = "postgres";
 /// Shown in `pg_stat_activity` / `pg_stat_replication` unless the URL overrides it.
 pub(super) const DEFAULT_APPLICATION_NAME: &str = "pgcdc";
-/// Query parameters we understand; anything else is a typo we refuse to guess about.
+/// Parameters we understand; anything else is a typo we refuse to guess about.
 pub(super) const KNOWN_PARAMS: &[&str] = &[
+    "host",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "application_name",
     "sslmode",
     "sslrootcert",
-    "application_name",
-    "host",
+    "sslcert",
+    "sslkey",
+    "passfile",
+    "channel_binding",
     "target_session_attrs",
 ];
 
@@ -70,6 +80,34 @@ impl FromStr for SslMode {
     }
 }
 
+/// SCRAM channel binding (libpq's `channel_binding`): tie the password exchange to
+/// the TLS session (`tls-server-end-point`), so a man in the middle cannot relay it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ChannelBinding {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection is TLS and the server offers SCRAM-SHA-256-PLUS.
+    #[default]
+    Prefer,
+    /// Refuse to authenticate any other way than SCRAM-SHA-256-PLUS over TLS.
+    Require,
+}
+
+impl FromStr for ChannelBinding {
+    type Err = ReplicationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disable" => Ok(ChannelBinding::Disable),
+            "prefer" => Ok(ChannelBinding::Prefer),
+            "require" => Ok(ChannelBinding::Require),
+            other => Err(ReplicationError::Config(format!(
+                "source: channel_binding `{other}` is not supported; use disable, prefer or require"
+            ))),
+        }
+    }
+}
+
 /// Which of several hosts to settle on (libpq's `target_session_attrs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TargetSessionAttrs {
@@ -110,7 +148,8 @@ impl TargetSessionAttrs {
 }
 
 /// Parsed source URL: postgres://user:pass@host:port[,host2:port2...]/db?sslmode=...&sslrootcert=...
-/// &application_name=...&target_session_attrs=..., or the libpq `key=value` form.
+/// &sslcert=...&sslkey=...&channel_binding=...&application_name=...&target_session_attrs=...,
+/// or the libpq `key=value` form; what they leave out comes from `PG*` variables.
 ///
 /// `?host=/dir` (or a host starting with `/`) means a Unix socket in that directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +174,15 @@ pub struct SourceUrl {
     pub(crate) hosts: Vec<(String, u16)>,
     /// Which host to settle on when several are given.
     pub(crate) target_session_attrs: TargetSessionAttrs,
+    /// Client certificate (PEM, may carry its chain) shown to the server; with `sslkey`.
+    pub(crate) sslcert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); owner-only permissions, as libpq demands.
+    pub(crate) sslkey: Option<PathBuf>,
+    /// SCRAM channel binding.
+    pub(crate) channel_binding: ChannelBinding,
+    /// The password file consulted when there is no password (`passfile`, `PGPASSFILE`,
+    /// else `~/.pgpass`); read on each connect, for the host being tried.
+    pub(crate) passfile: Option<PathBuf>,
 }
 
 impl SourceUrl {
@@ -158,6 +206,15 @@ impl SourceUrl {
                 ..self.clone()
             })
             .collect()
+    }
+
+    /// The password to send: the URL's (or `PGPASSWORD`), else the password file's line
+    /// for this host, port, database and user.
+    pub(crate) fn password_for_connect(&self) -> Option<Secret> {
+        self.password.clone().or_else(|| {
+            let file = self.passfile.as_deref()?;
+            super::pgpass::lookup(file, &self.host, self.port, &self.dbname, &self.user)
+        })
     }
 
     /// Path of the Unix socket file, when `host` is a socket directory.
@@ -207,26 +264,24 @@ impl fmt::Display for SourceUrl {
     }
 }
 
-/// Defaults shared with the `key=value` form.
-pub(super) mod defaults {
-    pub(crate) const PORT: u16 = super::DEFAULT_PORT;
-    pub(crate) const USER: &str = super::DEFAULT_USER;
-    pub(crate) const APPLICATION_NAME: &str = super::DEFAULT_APPLICATION_NAME;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // Without the process's PG* variables, which would fill in what a URL leaves out.
+    fn parse_no_env(s: &str) -> Result<SourceUrl, ReplicationError> {
+        super::super::url_parse::parse_source(s, &|_| None)
+    }
+
     fn parse(s: &str) -> SourceUrl {
-        match s.parse::<SourceUrl>() {
+        match parse_no_env(s) {
             Ok(u) => u,
             Err(e) => panic!("{s}: {e}"),
         }
     }
 
     fn parse_err(s: &str) -> String {
-        match s.parse::<SourceUrl>() {
+        match parse_no_env(s) {
             Ok(u) => panic!("{s} parsed as {u:?}"),
             Err(e) => e.to_string(),
         }

@@ -1,87 +1,143 @@
-//! The other spellings of a source: a host list in a URL (`postgres://u@h1:5432,h2:5433/db`)
-//! and libpq's `key=value` connection string (`host=h1,h2 port=5432 dbname=db`).
+//! The two spellings of a source, taken apart only as far as tokio-postgres'
+//! parser cannot: the URL's query (parameters tokio-postgres does not know, such
+//! as `verify-full`, `sslcert` or `primary`) and pgcdc's stricter checks of the
+//! URL (%-escapes, one path segment, whether a port was written), and the
+//! `key=value` pairs, so that pgcdc's own keys can be picked out.
 //! Errors never echo the input: it may carry the password.
 
-use std::borrow::Cow;
-
-use super::url::defaults;
-use super::{ReplicationError, Secret, SourceUrl, SslMode, TargetSessionAttrs};
-
-/// At most this many hosts: each is tried in turn on every connect.
-const MAX_HOSTS: usize = 16;
+use super::ReplicationError;
 
 fn config_err(msg: impl Into<String>) -> ReplicationError {
     ReplicationError::Config(msg.into())
 }
 
-/// `host[:port]` or `[v6]:port`.
-fn host_port(entry: &str, default_port: u16) -> Result<(String, u16), ReplicationError> {
-    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| config_err("source: an IPv6 host in the host list lacks its `]`"))?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match entry.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (entry, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(config_err(
-            "source: the host list has an empty entry; write host1:5432,host2:5432",
-        ));
-    }
-    let port = match port {
-        None | Some("") => default_port,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-            config_err(format!(
-                "source: host `{host}` has an invalid port; write host:5432"
-            ))
-        })?,
-    };
-    Ok((host.to_owned(), port))
+/// A `postgres://` URL split for parsing.
+pub(super) struct UrlForm {
+    /// `postgresql://userinfo@hosts/dbname`, for `tokio_postgres::Config`.
+    pub(super) base: String,
+    /// The query's parameters, %-decoded, in order.
+    pub(super) query: Vec<(String, String)>,
+    /// Whether any host was written with a port (else `PGPORT` or 5432 applies).
+    pub(super) ports_given: bool,
 }
 
-/// `(host, port)` pairs in the order given.
-pub(super) type HostList = Vec<(String, u16)>;
+/// True for `postgres://...` and `postgresql://...` (and any other `scheme://`,
+/// which [`split_url`] refuses by name, or text that is not `key=value` pairs either);
+/// an empty string is an empty `key=value` string, as in libpq.
+pub(super) fn is_url(s: &str) -> bool {
+    s.contains("://") || !(s.is_empty() || s.contains('='))
+}
 
-/// Splits a URL's host list off: the URL with only the first host, and the list
-/// (None when there is a single host).
-pub(super) fn split_host_list(
-    s: &str,
-) -> Result<(Cow<'_, str>, Option<HostList>), ReplicationError> {
-    let Some(scheme_end) = s.find("://") else {
-        return Ok((s.into(), None));
+/// Splits a URL; refuses another scheme, a path with `/`, or a malformed %-escape.
+pub(super) fn split_url(s: &str) -> Result<UrlForm, ReplicationError> {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(config_err(
+            "source URL is not a valid URL; expected \
+             postgres://user:password@host:port/dbname?sslmode=require (or host=... key=value pairs)",
+        ));
     };
-    let start = scheme_end + 3;
-    let rest = &s[start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_len];
-    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
-    let hosts = &authority[host_start..];
-    if !hosts.contains(',') {
-        return Ok((s.into(), None));
-    }
-    let list = hosts
-        .split(',')
-        .map(|e| host_port(e, defaults::PORT))
-        .collect::<Result<Vec<_>, _>>()?;
-    if list.len() > MAX_HOSTS {
+    if !matches!(scheme, "postgres" | "postgresql") {
         return Err(config_err(format!(
-            "source URL lists {} hosts; at most {MAX_HOSTS}",
-            list.len()
+            "source URL scheme `{}` is not supported; start it with postgres://",
+            scheme.escape_debug()
         )));
     }
-    let first = hosts.split(',').next().unwrap_or_default();
-    let at = start + host_start;
-    let single = format!("{}{first}{}", &s[..at], &s[at + hosts.len()..]);
-    Ok((single.into(), Some(list)))
+    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if let Some(userinfo) = userinfo {
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        check_escapes(user, "user name")?;
+        check_escapes(password, "password")?;
+    }
+    if path.contains('/') {
+        return Err(config_err(
+            "source URL path must be just the database name (/dbname); write `/` inside a name as %2F",
+        ));
+    }
+    check_escapes(path, "database name")?;
+    let ports_given = hosts.split(',').any(|chunk| match chunk.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => chunk.contains(':'),
+    });
+    // tokio-postgres ends the user info at the first `@` of the whole string.
+    let userinfo = userinfo.map(|u| format!("{}@", u.replace('@', "%40")));
+    let base = format!(
+        "postgresql://{}{hosts}/{path}",
+        userinfo.unwrap_or_default()
+    );
+    Ok(UrlForm {
+        base,
+        query: query_pairs(query)?,
+        ports_given,
+    })
+}
+
+/// `a=1&b=2`, %-decoded; `?host=` must be a socket directory (a network host goes
+/// before the port, where a list of them can be written).
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ReplicationError> {
+    let mut out = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| {
+            config_err(format!(
+                "source URL: parameter `{}` has no `=value`",
+                part.escape_debug()
+            ))
+        })?;
+        let key = decode(key, "a parameter name")?;
+        let value = decode(value, &format!("parameter `{key}`"))?;
+        if key == "host" && !value.starts_with('/') {
+            return Err(config_err(format!(
+                "source URL: ?host= must be an absolute Unix socket directory (got `{value}`); \
+                 put a network host before the port instead"
+            )));
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Refuses a `%` not followed by two hex digits (libpq refuses it too).
+fn check_escapes(raw: &str, what: &str) -> Result<(), ReplicationError> {
+    decode(raw, what).map(|_| ())
+}
+
+/// Strict %-decoding into UTF-8; errors name `what`, never the text.
+fn decode(raw: &str, what: &str) -> Result<String, ReplicationError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let byte = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    config_err(format!(
+                        "source URL: the {what} has a malformed %-escape; write `%` itself as `%25`"
+                    ))
+                })?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| {
+        config_err(format!(
+            "source URL: the {what} is not valid UTF-8 after %-decoding"
+        ))
+    })
 }
 
 /// libpq's `key = value` pairs; values may be single-quoted (`\'` and `\\` escape).
-fn pairs(s: &str) -> Result<Vec<(String, String)>, ReplicationError> {
-    let mut out = Vec::new();
+pub(super) fn pairs(s: &str) -> Result<Vec<(String, String)>, ReplicationError> {
+    let mut out: Vec<(String, String)> = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -94,9 +150,17 @@ fn pairs(s: &str) -> Result<Vec<(String, String)>, ReplicationError> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
+            // After an unquoted password with a space, the "key" is part of the password.
+            if out.last().is_some_and(|(k, _)| k == "password") {
+                return Err(config_err(
+                    "source: the connection string has text without `= value` after the \
+                     password; quote a password with spaces (password='...')",
+                ));
+            }
             return Err(config_err(format!(
-                "source: `{key}` in the connection string has no `= value`; write key=value pairs \
-                 separated by spaces, or a postgres:// URL"
+                "source: `{}` in the connection string has no `= value`; write key=value pairs \
+                 separated by spaces, or a postgres:// URL",
+                key.escape_debug()
             )));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -127,163 +191,44 @@ fn pairs(s: &str) -> Result<Vec<(String, String)>, ReplicationError> {
     }
 }
 
-/// Parses `host=h1,h2 port=5432,5433 dbname=db user=u password=p sslmode=...`.
-pub(super) fn parse_key_value(s: &str) -> Result<SourceUrl, ReplicationError> {
-    let mut hosts: Vec<String> = Vec::new();
-    let mut ports: Vec<u16> = Vec::new();
-    let mut user = None;
-    let mut password = None;
-    let mut dbname = None;
-    let mut sslmode = SslMode::default();
-    let mut sslrootcert = None;
-    let mut application_name = defaults::APPLICATION_NAME.to_owned();
-    let mut target_session_attrs = TargetSessionAttrs::default();
-    for (key, value) in pairs(s)? {
-        match key.as_str() {
-            "host" => hosts = value.split(',').map(str::to_owned).collect(),
-            "port" => {
-                ports = value
-                    .split(',')
-                    .map(|p| {
-                        p.trim()
-                            .parse::<u16>()
-                            .ok()
-                            .filter(|p| *p != 0)
-                            .ok_or_else(|| {
-                                config_err(format!("source: port `{p}` is not a valid port"))
-                            })
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            "user" => user = Some(value),
-            "password" => password = Some(Secret::new(value)),
-            "dbname" => dbname = Some(value),
-            "sslmode" => sslmode = value.parse()?,
-            "sslrootcert" => sslrootcert = Some(std::path::PathBuf::from(value)),
-            "application_name" => application_name = value,
-            "target_session_attrs" => target_session_attrs = value.parse()?,
-            other => {
-                return Err(config_err(format!(
-                    "source: unknown connection-string key `{other}`; supported: host, port, \
-                     dbname, user, password, sslmode, sslrootcert, application_name, \
-                     target_session_attrs"
-                )))
-            }
-        }
-    }
-    if hosts.is_empty() || hosts.iter().any(String::is_empty) {
-        return Err(config_err(
-            "source: the connection string needs host=HOST (or host=h1,h2 for several)",
-        ));
-    }
-    if hosts.len() > MAX_HOSTS {
-        return Err(config_err(format!(
-            "source: {} hosts; at most {MAX_HOSTS}",
-            hosts.len()
-        )));
-    }
-    let ports = match ports.len() {
-        0 => vec![defaults::PORT; hosts.len()],
-        1 => vec![ports[0]; hosts.len()],
-        n if n == hosts.len() => ports,
-        n => {
-            return Err(config_err(format!(
-                "source: {} hosts but {n} ports; give one port for all, or one per host",
-                hosts.len()
-            )))
-        }
-    };
-    let hosts: Vec<(String, u16)> = hosts.into_iter().zip(ports).collect();
-    let user = user.unwrap_or_else(|| defaults::USER.to_owned());
-    let (host, port) = hosts[0].clone();
-    Ok(SourceUrl {
-        host,
-        port,
-        dbname: dbname.unwrap_or_else(|| user.clone()),
-        user,
-        password,
-        sslmode,
-        sslrootcert,
-        application_name,
-        hosts,
-        target_session_attrs,
-    })
+/// The pairs back in `key='value'` form, for `tokio_postgres::Config`.
+pub(super) fn join_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    pairs
+        .into_iter()
+        .map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> SourceUrl {
-        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-    }
-
     #[test]
-    fn url_host_list_with_ports_and_session_attrs() {
-        let u = parse(
-            "postgres://alice:pw@h1:5432,h2,[::1]:6000/portal?target_session_attrs=read-write",
-        );
+    fn url_split_keeps_the_parts_tokio_postgres_reads() {
+        let f = match split_url("postgres://u:p@ss@h1,[::1]:6000/db?sslmode=verify-full&x=%2F") {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(f.base, "postgresql://u:p%40ss@h1,[::1]:6000/db");
+        assert!(f.ports_given);
         assert_eq!(
-            u.hosts,
+            f.query,
             vec![
-                ("h1".to_owned(), 5432),
-                ("h2".to_owned(), 5432),
-                ("::1".to_owned(), 6000)
+                ("sslmode".to_owned(), "verify-full".to_owned()),
+                ("x".to_owned(), "/".to_owned())
             ]
         );
-        assert_eq!((u.host.as_str(), u.port), ("h1", 5432));
-        assert_eq!(u.dbname, "portal");
-        assert_eq!(u.target_session_attrs, TargetSessionAttrs::ReadWrite);
-        assert!(u.chooses_host());
-        assert_eq!(
-            u.to_string(),
-            "postgres://alice:***@h1:5432,h2:5432,[::1]:6000/portal?sslmode=prefer&target_session_attrs=read-write"
-        );
-        let c = u.candidates();
-        assert_eq!((c[2].host.as_str(), c[2].port), ("::1", 6000));
-        let single = parse("postgres://u@h:1/d");
-        assert!(!single.chooses_host());
-        assert_eq!(single.hosts, vec![("h".to_owned(), 1)]);
+        let f = split_url("postgresql://h1,h2").ok();
+        assert!(f.is_some_and(|f| !f.ports_given));
     }
 
     #[test]
-    fn key_value_form() {
-        let u = parse(
-            "host=h1,h2 port=5433 dbname='my db' user=bob password='it\\'s secret' \
-             sslmode=require target_session_attrs=primary application_name=cdc",
-        );
-        assert_eq!(
-            u.hosts,
-            vec![("h1".to_owned(), 5433), ("h2".to_owned(), 5433)]
-        );
-        assert_eq!(u.dbname, "my db");
-        assert_eq!(u.user, "bob");
-        assert_eq!(u.password.as_ref().map(Secret::expose), Some("it's secret"));
-        assert_eq!(u.sslmode, SslMode::Require);
-        assert_eq!(u.target_session_attrs, TargetSessionAttrs::Primary);
-        assert_eq!(u.application_name, "cdc");
-        assert!(!u.to_string().contains("secret"));
-        let u = parse("host=a,b port=1,2");
-        assert_eq!(u.hosts, vec![("a".to_owned(), 1), ("b".to_owned(), 2)]);
-        assert_eq!(u.dbname, "postgres");
-    }
-
-    #[test]
-    fn bad_forms_name_the_problem_without_the_password() {
-        let err = |s: &str| {
-            s.parse::<SourceUrl>()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
-        assert!(err("host=a,b,c port=1,2").contains("3 hosts but 2 ports"));
-        assert!(err("host=a frobnicate=1 password=hunter2").contains("`frobnicate`"));
-        assert!(!err("host=a frobnicate=1 password=hunter2").contains("hunter2"));
-        assert!(err("dbname=x").contains("host="));
-        assert!(err("host=a password='hunter2").contains("unterminated"));
-        assert!(!err("host=a password='hunter2").contains("hunter2"));
-        assert!(err("postgres://u:hunter2@h1:5432,,h2/d").contains("empty entry"));
-        assert!(err("postgres://u@h1:0,h2/d").contains("invalid port"));
-        assert!(err("postgres://u@h1/d?target_session_attrs=standby").contains("read-write"));
+    fn pairs_round_trip_through_quoting() {
+        let p = pairs("host=h password='it\\'s a \\\\ secret' dbname = d").unwrap_or_default();
+        assert_eq!(p[1].1, "it's a \\ secret");
+        assert_eq!(p[2], ("dbname".to_owned(), "d".to_owned()));
+        let joined = join_pairs(p.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(pairs(&joined).unwrap_or_default(), p);
     }
 }

@@ -7,6 +7,7 @@
 
 pub(crate) mod failover;
 pub(crate) mod identity;
+mod role;
 mod state_schema;
 
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ pub(crate) struct Check {
     pub(crate) name: String,
     /// `Ok(detail)` or `Err(problem and fix)`.
     pub(crate) outcome: Result<String, Problem>,
+    /// An `Ok` that the operator should still read (pgcdc runs, but sees less).
+    pub(crate) warning: bool,
 }
 
 /// A failed check: what is wrong and how to fix it.
@@ -46,6 +49,15 @@ fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
     Check {
         name: name.into(),
         outcome: Ok(detail.into()),
+        warning: false,
+    }
+}
+
+/// Passes, with something the operator should know (`check` prints `warn`, `run` logs it).
+fn warn(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    Check {
+        warning: true,
+        ..ok(name, detail)
     }
 }
 
@@ -56,6 +68,7 @@ fn fail(name: impl Into<String>, problem: impl Into<String>, fix: impl Into<Stri
             problem: problem.into(),
             fix: fix.into(),
         }),
+        warning: false,
     }
 }
 
@@ -159,33 +172,8 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
         )),
     }
 
-    let role = client
-        .query_one(
-            "SELECT current_user::text, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await;
-    let mut superuser = false;
-    match role {
-        Ok(row) => {
-            let user: String = row.get(0);
-            let replication: bool = row.get(1);
-            superuser = row.get(2);
-            checks.push(if replication || superuser {
-                ok("role", format!("{user} may replicate"))
-            } else {
-                fail(
-                    "role",
-                    format!("role {user} lacks the REPLICATION attribute"),
-                    format!(
-                        "run ALTER ROLE {} REPLICATION; as a superuser",
-                        quote_ident(&user)
-                    ),
-                )
-            });
-        }
-        Err(e) => checks.push(fail("role", sql_message(&e), "check the source connection")),
-    }
+    let (role, superuser) = role::check_role(client).await;
+    checks.push(role);
 
     // Tables are matched by identity: a captured table renamed since the journal
     // remembered its OID is still the configured one.
@@ -366,15 +354,17 @@ async fn check_publication(
             ),
         ),
         Ok(Some(row)) => {
-            let ops: Vec<bool> = (1..5).map(|i| row.get(i)).collect();
+            let ops: Vec<bool> = (1..4).map(|i| row.get(i)).collect();
+            let truncate: bool = row.get(4);
+            let set_publish = format!(
+                "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
+                quote_ident(publication)
+            );
             if ops.iter().any(|o| !o) {
                 return fail(
                     name,
-                    format!("publication {publication} does not publish every operation"),
-                    format!(
-                        "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
-                        quote_ident(publication)
-                    ),
+                    format!("publication {publication} does not publish every insert, update and delete"),
+                    set_publish,
                 );
             }
             let covered = match published {
@@ -388,7 +378,18 @@ async fn check_publication(
                 .filter(|(_, oid)| !oid.is_some_and(|oid| covered.contains_key(&oid)))
                 .map(|(t, _)| t.clone())
                 .collect();
-            if missing.is_empty() {
+            if missing.is_empty() && !truncate {
+                // A truncate is not a row change a sink must have: pgcdc runs, but says
+                // what will be missing (it drops nothing it receives).
+                warn(
+                    name,
+                    format!(
+                        "covers every table, but does not publish truncate: a TRUNCATE of a \
+                         captured table will not be seen (no truncate event reaches any sink) — \
+                         to see them: {set_publish}"
+                    ),
+                )
+            } else if missing.is_empty() {
                 ok(name, "covers every table")
             } else {
                 fail(
