@@ -45,6 +45,16 @@ pub(crate) enum ReaderError {
         /// Why.
         source: pgoutput::DecodeError,
     },
+    /// A protocol v2 stream message arrived on a protocol v1 stream.
+    #[error(
+        "the server sent a streamed-transaction message at {lsn}, but pgcdc asked for protocol \
+         version 1 without streaming; pgcdc stops rather than misread it — fix: report this \
+         (the server or a proxy in between ignored the replication options)"
+    )]
+    UnexpectedStream {
+        /// Where.
+        lsn: Lsn,
+    },
     /// A change did not fit the session's relations.
     #[error("inconsistent change at {lsn}: {source}")]
     Change {
@@ -496,6 +506,17 @@ async fn handle(
             None
         }
         Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => None,
+        // Streaming (protocol v2) plugs in here: stage each block by xid (read with
+        // pgoutput::decode_stream_bytes between Stream Start and Stop), discard it on
+        // Stream Abort (a subxid: only that subtransaction's changes), and journal it
+        // in commit order on Stream Commit. Until then replication starts with
+        // proto_version '1', so these never arrive.
+        Message::StreamStart { .. }
+        | Message::StreamStop
+        | Message::StreamCommit { .. }
+        | Message::StreamAbort { .. } => {
+            return Err(ReaderError::UnexpectedStream { lsn: at });
+        }
     };
     if let Some(entry) = entry {
         cfg.windows.on_change(&entry.event);
