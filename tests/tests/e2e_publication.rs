@@ -1,7 +1,8 @@
 //! The publication pgcdc creates and checks: a partitioned table published via its
 //! root (events carry the root's name; partitions attached and detached while
 //! streaming; the snapshot reads every partition once), per-table row filters and
-//! column lists (PostgreSQL 15+; checked against an existing publication; refused
+//! column lists (PostgreSQL 15+; the snapshot honours them too; checked against an
+//! existing publication; refused
 //! when they would make the application's UPDATE and DELETE fail; refused on 14),
 //! and PostgreSQL 18's generated columns when asked for.
 
@@ -121,8 +122,21 @@ async fn row_filters_and_column_lists_go_into_the_publication() -> anyhow::Resul
     let state = state_dir()?;
     let filtered =
         "[{ name = \"public.permits\", where = \"id > 100\", columns = [\"id\", \"status\"] }]";
-    let cfg = ConfigFile::new(&config(&pg.url(), state.path(), filtered, ""))?;
+    pg.batch("INSERT INTO permits VALUES (7, 'old', 's7', 'n'), (120, 'old', 's120', 'n')")
+        .await?;
+    let cfg = ConfigFile::new(&config(
+        &pg.url(),
+        state.path(),
+        filtered,
+        "snapshot = \"initial\"",
+    ))?;
     let mut p = start_streaming(&pg, &cfg).await?;
+    // The snapshot copies what the publication would send: row 120, id and status.
+    let ev = next_event(&mut p).await?;
+    ensure!(
+        ev["op"] == "read" && ev["key"]["id"] == 120 && ev["new"] == serde_json::json!({"id": 120, "status": "old"}),
+        "snapshot of a filtered table: {ev}"
+    );
     let filter: String = pg
         .query_scalar("SELECT rowfilter FROM pg_publication_tables WHERE pubname = 'pgcdc' AND tablename = 'permits'")
         .await?;

@@ -525,6 +525,10 @@ async fn handle(
     Ok(())
 }
 
+/// How long a partition attached by a just-decoded transaction may take to show in
+/// the catalog (the commit is in the WAL before it is visible to other sessions).
+const ATTACH_VISIBLE_WITHIN: Duration = Duration::from_secs(2);
+
 /// The captured table a Relation message belongs to (None: one of the publication's
 /// other tables), matched by OID; a rename is warned about once per new name.
 async fn place_relation(
@@ -550,14 +554,24 @@ async fn place_relation(
         return Ok(None);
     }
     // Not known at start: a partition attached to a captured table since, or else
-    // something that cannot be placed.
-    for ancestor in catalog.partition_ancestors(rel.id).await? {
-        if let Some(identity) = capture.tables.get(&ancestor).cloned() {
-            tracing::info!(table = %identity, partition = %now, oid = rel.id, "new partition of a captured table: captured");
-            capture.tables.insert(rel.id, identity.clone());
-            capture.names.insert(rel.id, now);
-            return Ok(Some(identity));
+    // something that cannot be placed. (With publish_via_partition_root pgoutput sends
+    // the new partition's Relation too, though its changes come under the root's.)
+    // The walsender may decode the attaching transaction a moment before other
+    // sessions see it committed, so the catalog is asked again for a short while.
+    let deadline = tokio::time::Instant::now() + ATTACH_VISIBLE_WITHIN;
+    loop {
+        for ancestor in catalog.partition_ancestors(rel.id).await? {
+            if let Some(identity) = capture.tables.get(&ancestor).cloned() {
+                tracing::info!(table = %identity, partition = %now, oid = rel.id, "new partition of a captured table: captured");
+                capture.tables.insert(rel.id, identity.clone());
+                capture.names.insert(rel.id, now);
+                return Ok(Some(identity));
+            }
         }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(ReaderError::UnplacedRelation {
         lsn: at,
