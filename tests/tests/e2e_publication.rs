@@ -62,14 +62,19 @@ async fn a_partitioned_table_is_published_via_its_root() -> anyhow::Result<()> {
     let via_root: bool = pg
         .query_scalar("SELECT pubviaroot FROM pg_publication WHERE pubname = 'pgcdc'")
         .await?;
-    ensure!(via_root, "the publication was not created with publish_via_partition_root = true");
+    ensure!(
+        via_root,
+        "the publication was not created with publish_via_partition_root = true"
+    );
 
     // The snapshot reads the root: every partition's rows, each once, under the root's name.
     let mut reads = BTreeMap::new();
     while reads.len() < 40 {
         let ev = next_event(&mut p).await?;
         ensure!(ev["op"] == "read" && ev["table"] == "readings", "{ev}");
-        *reads.entry(ev["key"]["id"].as_i64().unwrap_or(-1)).or_insert(0) += 1;
+        *reads
+            .entry(ev["key"]["id"].as_i64().unwrap_or(-1))
+            .or_insert(0) += 1;
     }
     ensure!(
         reads.keys().copied().eq(1..=40) && reads.values().all(|n| *n == 1),
@@ -77,7 +82,8 @@ async fn a_partitioned_table_is_published_via_its_root() -> anyhow::Result<()> {
     );
 
     // Streamed changes of every partition carry the root's name.
-    pg.batch("INSERT INTO readings VALUES (101, 'north', 1), (102, 'south', 2)").await?;
+    pg.batch("INSERT INTO readings VALUES (101, 'north', 1), (102, 'south', 2)")
+        .await?;
     for id in [101, 102] {
         let ev = next_event(&mut p).await?;
         ensure!(
@@ -101,10 +107,17 @@ async fn a_partitioned_table_is_published_via_its_root() -> anyhow::Result<()> {
     for _ in 0..3 {
         let ev = next_event(&mut p).await?;
         ensure!(ev["table"] == "readings", "{ev}");
-        seen.push((ev["op"].as_str().unwrap_or_default().to_string(), ev["key"]["id"].as_i64().unwrap_or(-1)));
+        seen.push((
+            ev["op"].as_str().unwrap_or_default().to_string(),
+            ev["key"]["id"].as_i64().unwrap_or(-1),
+        ));
     }
     ensure!(
-        seen == [("insert".into(), 103), ("insert".into(), 105), ("update".into(), 103)],
+        seen == [
+            ("insert".into(), 103),
+            ("insert".into(), 105),
+            ("update".into(), 103)
+        ],
         "after attach/detach: {seen:?} (104 went to a detached partition)"
     );
     p.terminate()?;
@@ -134,13 +147,18 @@ async fn row_filters_and_column_lists_go_into_the_publication() -> anyhow::Resul
     // The snapshot copies what the publication would send: row 120, id and status.
     let ev = next_event(&mut p).await?;
     ensure!(
-        ev["op"] == "read" && ev["key"]["id"] == 120 && ev["new"] == serde_json::json!({"id": 120, "status": "old"}),
+        ev["op"] == "read"
+            && ev["key"]["id"] == 120
+            && ev["new"] == serde_json::json!({"id": 120, "status": "old"}),
         "snapshot of a filtered table: {ev}"
     );
     let filter: String = pg
         .query_scalar("SELECT rowfilter FROM pg_publication_tables WHERE pubname = 'pgcdc' AND tablename = 'permits'")
         .await?;
-    ensure!(filter.contains("id > 100"), "row filter in the publication: {filter}");
+    ensure!(
+        filter.contains("id > 100"),
+        "row filter in the publication: {filter}"
+    );
 
     pg.batch(
         "INSERT INTO permits VALUES (5, 'draft', 's5', 'n'), (150, 'draft', 's150', 'n');
@@ -151,8 +169,15 @@ async fn row_filters_and_column_lists_go_into_the_publication() -> anyhow::Resul
     let mut seen = Vec::new();
     for _ in 0..3 {
         let ev = next_event(&mut p).await?;
-        ensure!(ev["key"]["id"] == 150, "a filtered-out row left the server: {ev}");
-        let row = if ev["op"] == "delete" { &ev["old"] } else { &ev["new"] };
+        ensure!(
+            ev["key"]["id"] == 150,
+            "a filtered-out row left the server: {ev}"
+        );
+        let row = if ev["op"] == "delete" {
+            &ev["old"]
+        } else {
+            &ev["new"]
+        };
         let columns: Vec<&str> = row
             .as_object()
             .map(|o| o.keys().map(String::as_str).collect())
@@ -176,7 +201,10 @@ async fn row_filters_and_column_lists_go_into_the_publication() -> anyhow::Resul
     ))?;
     let (passed, out) = check(&cfg).await?;
     ensure!(
-        !passed && out.contains("(id > 100)") && out.contains("id > 200") && out.contains("ALTER PUBLICATION \"pgcdc\" SET TABLE"),
+        !passed
+            && out.contains("(id > 100)")
+            && out.contains("id > 200")
+            && out.contains("ALTER PUBLICATION \"pgcdc\" SET TABLE"),
         "check with a changed filter: {out}"
     );
     Ok(())
@@ -186,7 +214,8 @@ async fn row_filters_and_column_lists_go_into_the_publication() -> anyhow::Resul
 async fn a_filter_that_would_break_updates_is_refused() -> anyhow::Result<()> {
     let pg = PgCluster::new().await?;
     pg.batch(PERMITS).await?;
-    pg.batch("INSERT INTO permits VALUES (1, 'draft', 's', 'n')").await?;
+    pg.batch("INSERT INTO permits VALUES (1, 'draft', 's', 'n')")
+        .await?;
     let state = state_dir()?;
     // `status` is outside the replica identity (the primary key): Postgres would
     // make every UPDATE and DELETE of permits fail under this filter.
@@ -194,34 +223,56 @@ async fn a_filter_that_would_break_updates_is_refused() -> anyhow::Result<()> {
     let cfg = ConfigFile::new(&config(&pg.url(), state.path(), on_status, ""))?;
     let (passed, out) = check(&cfg).await?;
     ensure!(
-        !passed && out.contains("outside the replica identity") && out.contains("REPLICA IDENTITY") && out.contains("publish = \"insert\""),
+        !passed
+            && out.contains("outside the replica identity")
+            && out.contains("REPLICA IDENTITY")
+            && out.contains("publish = \"insert\""),
         "check of a filter on status: {out}"
     );
     // A column list without the key, the same.
     let no_key = "[{ name = \"public.permits\", columns = [\"status\"] }]";
     cfg.rewrite(&config(&pg.url(), state.path(), no_key, ""))?;
     let (passed, out) = check(&cfg).await?;
-    ensure!(!passed && out.contains("leaves out id"), "check of a list without the key: {out}");
+    ensure!(
+        !passed && out.contains("leaves out id"),
+        "check of a list without the key: {out}"
+    );
 
     // `run` refuses too, before creating anything: the application's updates go on.
     cfg.rewrite(&config(&pg.url(), state.path(), on_status, ""))?;
     let mut p = e2e_fixture::spawn_run(&cfg)?;
     let exited = p.wait_exit(Duration::from_secs(60)).await;
-    ensure!(exited.is_some_and(|s| !s.success()), "run started with the filter: {}", p.stderr_tail(20));
-    let publications: i64 = pg.query_scalar("SELECT count(*) FROM pg_publication").await?;
+    ensure!(
+        exited.is_some_and(|s| !s.success()),
+        "run started with the filter: {}",
+        p.stderr_tail(20)
+    );
+    let publications: i64 = pg
+        .query_scalar("SELECT count(*) FROM pg_publication")
+        .await?;
     ensure!(publications == 0, "a publication was created");
-    pg.execute("UPDATE permits SET status = 'approved' WHERE id = 1").await?;
+    pg.execute("UPDATE permits SET status = 'approved' WHERE id = 1")
+        .await?;
 
     // A publication found with such a filter is refused the same way.
-    pg.batch("CREATE PUBLICATION pgcdc FOR TABLE permits WHERE (status <> 'draft')").await?;
+    pg.batch("CREATE PUBLICATION pgcdc FOR TABLE permits WHERE (status <> 'draft')")
+        .await?;
     let (passed, out) = check(&cfg).await?;
     ensure!(
-        !passed && out.contains("outside the replica identity") && out.contains("ALTER PUBLICATION \"pgcdc\" SET (publish = 'insert')"),
+        !passed
+            && out.contains("outside the replica identity")
+            && out.contains("ALTER PUBLICATION \"pgcdc\" SET (publish = 'insert')"),
         "check of the existing publication: {out}"
     );
     // Publishing inserts only is the other fix: then the filter is safe and accepted.
-    pg.batch("ALTER PUBLICATION pgcdc SET (publish = 'insert')").await?;
-    cfg.rewrite(&config(&pg.url(), state.path(), on_status, "publish = \"insert\""))?;
+    pg.batch("ALTER PUBLICATION pgcdc SET (publish = 'insert')")
+        .await?;
+    cfg.rewrite(&config(
+        &pg.url(),
+        state.path(),
+        on_status,
+        "publish = \"insert\"",
+    ))?;
     let (passed, out) = check(&cfg).await?;
     ensure!(passed, "check with publish = insert: {out}");
     Ok(())
@@ -264,7 +315,8 @@ async fn postgres_18_publishes_generated_columns_when_asked() -> anyhow::Result<
         "publish_generated_columns = true",
     ))?;
     let mut p = start_streaming(&pg, &cfg).await?;
-    pg.execute("INSERT INTO orders (id, qty) VALUES (1, 3)").await?;
+    pg.execute("INSERT INTO orders (id, qty) VALUES (1, 3)")
+        .await?;
     let ev = next_event(&mut p).await?;
     ensure!(ev["new"]["total"] == 30, "generated column missing: {ev}");
     p.terminate()?;

@@ -43,7 +43,10 @@ impl TableEntry {
     pub(crate) fn publication_sql(&self) -> String {
         let mut sql = self.name.quoted();
         if let Some(columns) = &self.columns {
-            let list: Vec<String> = columns.iter().map(|c| pgcdc_schema::quote_ident(c)).collect();
+            let list: Vec<String> = columns
+                .iter()
+                .map(|c| pgcdc_schema::quote_ident(c))
+                .collect();
             sql.push_str(&format!(" ({})", list.join(", ")));
         }
         if let Some(filter) = &self.row_filter {
@@ -78,7 +81,10 @@ impl SourceTables {
                 ));
             }
             if let Some(filter) = &entry.row_filter {
-                if filter.trim().is_empty() || filter.len() > MAX_FILTER_LEN || filter.contains('\0') {
+                if filter.trim().is_empty()
+                    || filter.len() > MAX_FILTER_LEN
+                    || filter.contains('\0')
+                {
                     return Err(key_err(
                         format!("source.tables[{i}].where"),
                         format!("a row filter is a non-empty SQL condition of at most {MAX_FILTER_LEN} characters, e.g. where = \"status <> 'draft'\"; leave `where` out to publish every row"),
@@ -97,7 +103,9 @@ impl SourceTables {
                     if c.is_empty() || c.len() > 63 || c.contains('\0') || !names.insert(c) {
                         return Err(key_err(
                             format!("source.tables[{i}].columns[{j}]"),
-                            format!("{c:?} is not a column name (1-63 characters, each listed once)"),
+                            format!(
+                                "{c:?} is not a column name (1-63 characters, each listed once)"
+                            ),
                         ));
                     }
                 }

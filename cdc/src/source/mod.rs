@@ -230,7 +230,9 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
         )
         .await,
     );
-    checks.extend(publication::checks(config, client, major, all_owned || superuser, &resolved).await);
+    checks.extend(
+        publication::checks(config, client, major, all_owned || superuser, &resolved).await,
+    );
     checks.extend(check_slot(client, &src.slot, src.on_slot_lost).await);
     checks.extend(failover::checks(config, client, major).await);
     checks.extend(state_schema::check(config, client).await);

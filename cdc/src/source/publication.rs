@@ -62,7 +62,10 @@ pub(crate) fn create_sql(config: &Config) -> String {
 }
 
 /// Creates the publication when missing. Returns whether pgcdc created it.
-pub(crate) async fn ensure(config: &Config, client: &Client) -> Result<bool, tokio_postgres::Error> {
+pub(crate) async fn ensure(
+    config: &Config,
+    client: &Client,
+) -> Result<bool, tokio_postgres::Error> {
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -190,7 +193,11 @@ async fn replica_identity(
         .await?;
     let key: Vec<String> = row.get(1);
     let all: Vec<String> = row.get(2);
-    Ok((row.get(0), key.into_iter().collect(), all.into_iter().collect()))
+    Ok((
+        row.get(0),
+        key.into_iter().collect(),
+        all.into_iter().collect(),
+    ))
 }
 
 /// Why `published` would make UPDATE / DELETE on the table fail, if it would.
@@ -202,12 +209,17 @@ async fn identity_problem(
     let (kind, key, all) = replica_identity(client, oid).await?;
     let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
     if kind != "f" {
-        let outside: BTreeSet<String> = published.filter_columns.difference(&key).cloned().collect();
+        let outside: BTreeSet<String> =
+            published.filter_columns.difference(&key).cloned().collect();
         if !outside.is_empty() {
             return Ok(Some(format!(
                 "its row filter reads {} outside the replica identity ({})",
                 list(&outside),
-                if key.is_empty() { "none".to_string() } else { list(&key) }
+                if key.is_empty() {
+                    "none".to_string()
+                } else {
+                    list(&key)
+                }
             )));
         }
     }
@@ -218,7 +230,11 @@ async fn identity_problem(
             return Ok(Some(format!(
                 "its column list leaves out {} of the replica identity{}",
                 list(&missing),
-                if kind == "f" { " (FULL: every column)" } else { "" }
+                if kind == "f" {
+                    " (FULL: every column)"
+                } else {
+                    ""
+                }
             )));
         }
     }
@@ -349,12 +365,16 @@ pub(crate) async fn checks(
             (Some(existing), None) => {
                 // Not the owner, so no probe: compare as written.
                 let loose = |s: Option<&str>| s.map(|s| s.replace([' ', '(', ')'], ""));
-                let same_filter = loose(existing.filter.as_deref()) == loose(entry.row_filter.as_deref())
+                let same_filter = loose(existing.filter.as_deref())
+                    == loose(entry.row_filter.as_deref())
                     || existing.filter.as_deref().is_some_and(|f| {
-                        entry.row_filter.as_deref().is_some_and(|w| f.contains(w.trim()))
+                        entry
+                            .row_filter
+                            .as_deref()
+                            .is_some_and(|w| f.contains(w.trim()))
                     });
-                let same_columns = existing.columns
-                    == entry.columns.as_ref().map(|c| c.iter().cloned().collect());
+                let same_columns =
+                    existing.columns == entry.columns.as_ref().map(|c| c.iter().cloned().collect());
                 if !(same_filter && same_columns) {
                     checks.push(fail(
                         name,
@@ -417,7 +437,10 @@ fn describe(p: &Published) -> String {
         .as_deref()
         .map_or("no row filter".to_string(), |f| format!("row filter {f}"));
     let columns = p.columns.as_ref().map_or("every column".to_string(), |c| {
-        format!("columns ({})", c.iter().cloned().collect::<Vec<_>>().join(", "))
+        format!(
+            "columns ({})",
+            c.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
     });
     format!("{filter}, {columns}")
 }
@@ -433,7 +456,10 @@ async fn generated_columns(config: &Config, client: &Client, major: u32, exists:
         );
     }
     if !exists {
-        return ok(name, "the publication will be created with publish_generated_columns = stored");
+        return ok(
+            name,
+            "the publication will be created with publish_generated_columns = stored",
+        );
     }
     let row = client
         .query_one(
@@ -442,10 +468,15 @@ async fn generated_columns(config: &Config, client: &Client, major: u32, exists:
         )
         .await;
     match row {
-        Ok(row) if row.get::<_, String>(0) == "s" => ok(name, "stored generated columns are published"),
+        Ok(row) if row.get::<_, String>(0) == "s" => {
+            ok(name, "stored generated columns are published")
+        }
         Ok(_) => fail(
             name,
-            format!("publication {} does not publish generated columns", config.source.publication),
+            format!(
+                "publication {} does not publish generated columns",
+                config.source.publication
+            ),
             format!(
                 "ALTER PUBLICATION {} SET (publish_generated_columns = stored);",
                 quote_ident(&config.source.publication)
