@@ -279,7 +279,7 @@ async fn a_filter_that_would_break_updates_is_refused() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn postgres_14_refuses_filters_clearly() -> anyhow::Result<()> {
+async fn postgres_14_refuses_filters_and_generated_columns_clearly() -> anyhow::Result<()> {
     let pg = PgCluster::builder().version(14).start().await?;
     pg.batch(PERMITS).await?;
     let state = state_dir()?;
@@ -293,6 +293,18 @@ async fn postgres_14_refuses_filters_clearly() -> anyhow::Result<()> {
     ensure!(
         !passed && out.contains("only from PostgreSQL 15") && out.contains("the source runs 14"),
         "check on 14: {out}"
+    );
+    // Generated columns need 18.
+    cfg.rewrite(&config(
+        &pg.url(),
+        state.path(),
+        "[\"public.permits\"]",
+        "publish_generated_columns = true",
+    ))?;
+    let (passed, out) = check(&cfg).await?;
+    ensure!(
+        !passed && out.contains("needs PostgreSQL 18+; the source runs 14"),
+        "check of publish_generated_columns on 14: {out}"
     );
     // The plain form still works on 14.
     cfg.rewrite(&config(&pg.url(), state.path(), "[\"public.permits\"]", ""))?;
