@@ -1,7 +1,7 @@
 use bytes::Bytes;
 
 use super::reader::Reader;
-use super::tests_encoder::{encode, encode_in_stream};
+use super::tests_encoder::{carries_xid_in_stream, encode, encode_in_stream};
 use super::tests_generator::{mutate, XorShift};
 use super::*;
 
@@ -188,7 +188,7 @@ fn every_sample_round_trips() {
 fn every_sample_round_trips_inside_a_stream() {
     for message in samples() {
         let bytes = Bytes::from(encode_in_stream(77, &message));
-        let carries_xid = XID_IN_STREAM.contains(&bytes[0]);
+        let carries_xid = carries_xid_in_stream(bytes[0]);
         assert_eq!(
             decode_stream_bytes(&bytes),
             Ok(StreamedMessage {

@@ -15,9 +15,15 @@ pub(crate) fn encode_in_stream(xid: u32, message: &Message) -> Vec<u8> {
     encode_with(message, Some(xid))
 }
 
+/// Whether a message with this tag carries the xid inside a streamed block (per the
+/// protocol docs, kept apart from the decoder's own list so a slip in either shows).
+pub(crate) fn carries_xid_in_stream(tag: u8) -> bool {
+    matches!(tag, b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M')
+}
+
 fn encode_with(message: &Message, xid: Option<u32>) -> Vec<u8> {
     let mut out = encode_body(message);
-    if let Some(xid) = xid.filter(|_| super::XID_IN_STREAM.contains(&out[0])) {
+    if let Some(xid) = xid.filter(|_| carries_xid_in_stream(out[0])) {
         out.splice(1..1, xid.to_be_bytes());
     }
     out
