@@ -333,6 +333,16 @@ async fn postgres_18_publishes_generated_columns_when_asked() -> anyhow::Result<
     ensure!(ev["new"]["total"] == 30, "generated column missing: {ev}");
     p.terminate()?;
     ensure!(p.wait_exit(Duration::from_secs(20)).await.is_some());
+    // The existing publication is checked for the option.
+    let (passed, out) = check(&cfg).await?;
+    ensure!(passed, "check of the publication pgcdc made: {out}");
+    pg.batch("ALTER PUBLICATION pgcdc SET (publish_generated_columns = none)")
+        .await?;
+    let (passed, out) = check(&cfg).await?;
+    ensure!(
+        !passed && out.contains("SET (publish_generated_columns = stored)"),
+        "check of a publication without generated columns: {out}"
+    );
     println!("generated columns on 18 in {:?}", started.elapsed());
     Ok(())
 }
