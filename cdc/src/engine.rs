@@ -255,6 +255,7 @@ async fn prepare_source(
             // The exported snapshot lives as long as `conn` stays open and idle.
             let rows = crate::ingest::snapshot::copy(
                 url,
+                config.source.tables.entries(),
                 name,
                 pgcdc_schema::Lsn(created.consistent_point),
                 writer,
@@ -352,12 +353,15 @@ impl Engine {
         let resync_task = {
             let (url, dir, windows, stop) =
                 (url.clone(), store.clone(), windows.clone(), stop_rx.clone());
+            let published: std::sync::Arc<[crate::config::TableEntry]> =
+                config.source.tables.entries().into();
             tokio::spawn(supervise::supervise(
                 "resync driver",
                 stop_rx.clone(),
                 move |status| {
                     crate::ingest::resync::run(
                         url.clone(),
+                        published.clone(),
                         dir.clone(),
                         resync_timeout,
                         windows.clone(),

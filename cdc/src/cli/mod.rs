@@ -219,7 +219,7 @@ fn validate(arg: &ConfigArg) -> anyhow::Result<i32> {
     println!(
         "ok    {}: {} table(s), {} trigger(s), {} sink(s)",
         path.display(),
-        config.source.tables.len(),
+        config.tables().len(),
         config.trigger.len(),
         config.sink.len()
     );
@@ -303,7 +303,7 @@ async fn check(config: &Config, as_json: bool) -> anyhow::Result<i32> {
         format!(
             "{} sink(s), {} table(s)",
             config.sink.len(),
-            config.source.tables.len()
+            config.tables().len()
         ),
     );
     check_into(config, &mut report).await?;

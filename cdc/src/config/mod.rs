@@ -29,6 +29,7 @@ mod jq;
 mod schedule;
 mod sink;
 mod source;
+mod source_tables;
 mod state;
 mod trigger;
 pub(crate) use admin::AdminConfig;
@@ -38,6 +39,7 @@ pub(crate) use jq::JqConfig;
 pub(crate) use schedule::{ScheduleConfig, ScheduledResync};
 pub(crate) use sink::{SinkConfig, SinkKind};
 pub(crate) use source::{OnSlotLost, SnapshotMode, SourceConfig};
+pub(crate) use source_tables::TableEntry;
 pub(crate) use state::{AuditConfig, JournalConfig, StateConfig};
 pub(crate) use trigger::TriggerConfig;
 
@@ -249,7 +251,7 @@ impl Config {
 
     /// The source tables.
     pub(crate) fn tables(&self) -> &[TableName] {
-        &self.source.tables
+        self.source.tables.names()
     }
 
     /// The source URL, parsed (validated at load).

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use pgcdc_schema::{Secret, TableName};
+use pgcdc_schema::Secret;
 use serde::Deserialize;
 
+use super::source_tables::SourceTables;
 use super::{duration, key_err, ConfigError};
 use crate::replication::SourceUrl;
 
@@ -20,8 +21,15 @@ pub(crate) struct SourceConfig {
     /// Logical replication slot name; created if missing.
     #[serde(default = "SourceConfig::default_slot")]
     pub(crate) slot: String,
-    /// Tables to capture, `schema.table` (parsed at load).
-    pub(crate) tables: Vec<TableName>,
+    /// Tables to capture, `schema.table` or with a row filter / column list (parsed at load).
+    pub(crate) tables: SourceTables,
+    /// Operations the publication publishes when pgcdc creates it (and must publish
+    /// when it exists): "insert, update, delete, truncate" by default.
+    #[serde(default = "SourceConfig::default_publish")]
+    pub(crate) publish: String,
+    /// Publish generated columns (PostgreSQL 18+ `publish_generated_columns = stored`).
+    #[serde(default)]
+    pub(crate) publish_generated_columns: bool,
     /// Initial snapshot mode.
     #[serde(default)]
     pub(crate) snapshot: SnapshotMode,
@@ -47,7 +55,7 @@ pub(crate) struct SourceConfig {
     /// Tables whose unchanged TOAST values are filled in from the rows pgcdc remembers
     /// (each row's every column kept in the state store: opt-in for its cost).
     #[serde(default)]
-    pub(crate) fill_toast: Vec<TableName>,
+    pub(crate) fill_toast: Vec<pgcdc_schema::TableName>,
 }
 
 impl SourceConfig {
@@ -60,6 +68,22 @@ impl SourceConfig {
 
     fn default_slot() -> String {
         Self::DEFAULT_NAME.to_string()
+    }
+
+    fn default_publish() -> String {
+        Self::ALL_OPERATIONS.join(", ")
+    }
+
+    /// What a publication can publish.
+    pub(crate) const ALL_OPERATIONS: [&'static str; 4] = ["insert", "update", "delete", "truncate"];
+
+    /// `publish`, as a list of operations (validated at load).
+    pub(crate) fn published_operations(&self) -> Vec<&str> {
+        self.publish
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
     fn default_heartbeat() -> Duration {
@@ -104,12 +128,26 @@ impl SourceConfig {
             ));
         }
         for (i, t) in self.fill_toast.iter().enumerate() {
-            if !self.tables.contains(t) {
+            if !self.tables.names().contains(t) {
                 return Err(key_err(
                     format!("source.fill_toast[{i}]"),
                     format!("table {t} is not in source.tables; add it there first"),
                 ));
             }
+        }
+        self.tables.validate()?;
+        let ops = self.published_operations();
+        if ops.is_empty()
+            || ops.iter().any(|o| !Self::ALL_OPERATIONS.contains(o))
+            || ops.iter().enumerate().any(|(i, o)| ops[..i].contains(o))
+        {
+            return Err(key_err(
+                "source.publish",
+                format!(
+                    "{:?} is not a list of operations: write some of \"insert, update, delete, truncate\" (the default, all of them)",
+                    self.publish
+                ),
+            ));
         }
         Ok(())
     }

@@ -332,3 +332,50 @@ fn state_url_selects_postgres_with_its_password_hidden() {
     ));
     assert!(e.contains("state.schema"), "{e}");
 }
+
+#[test]
+fn tables_take_a_row_filter_and_column_list() {
+    let text = GOOD.replace(
+        "tables = [\"public.permits\", \"inspections\"]",
+        "tables = [{ name = \"public.permits\", where = \"id > 100\", columns = [\"id\", \"status\"] }, \"inspections\"]\npublish = \"insert, update\"",
+    );
+    let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let entries = c.source.tables.entries();
+    assert_eq!(c.tables()[1].to_string(), "public.inspections");
+    assert_eq!(entries[0].row_filter.as_deref(), Some("id > 100"));
+    assert_eq!(
+        entries[0].publication_sql(),
+        "\"public\".\"permits\" (\"id\", \"status\") WHERE (id > 100)"
+    );
+    assert!(!entries[1].is_filtered());
+    assert_eq!(c.source.published_operations(), ["insert", "update"]);
+
+    let with = |entry: &str| {
+        GOOD.replace(
+            "tables = [\"public.permits\", \"inspections\"]",
+            &format!("tables = [\"inspections\", {entry}]"),
+        )
+    };
+    let e = err(&with("{ name = \"public.permits\", wher = \"x\" }"));
+    assert!(e.contains("source.tables[1]") && e.contains("wher"), "{e}");
+    let e = err(&with("{ name = \"public.permits\", where = \" \" }"));
+    assert!(e.contains("source.tables[1].where"), "{e}");
+    let e = err(&with("{ name = \"public.permits\", columns = [] }"));
+    assert!(e.contains("source.tables[1].columns"), "{e}");
+    let e = err(&with(
+        "{ name = \"public.permits\", columns = [\"id\", \"id\"] }",
+    ));
+    assert!(e.contains("source.tables[1].columns[1]"), "{e}");
+    let e = err(&with("\"public.inspections\""));
+    assert!(e.contains("listed twice"), "{e}");
+    let e = err(&with("42"));
+    assert!(
+        e.contains("source.tables[1]") && e.contains("a table name"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace(
+        "tables = [\"public.permits\", \"inspections\"]",
+        "tables = [\"public.permits\"]\npublish = \"insert, upsert\"",
+    ));
+    assert!(e.contains("source.publish"), "{e}");
+}

@@ -18,6 +18,7 @@ pub(crate) mod catalog;
 pub(crate) mod changes;
 pub(crate) mod journal_guard;
 pub(crate) mod journal_thread;
+mod placement;
 pub(crate) mod reader;
 pub(crate) mod resync;
 pub(crate) mod scheduler;

@@ -45,6 +45,16 @@ pub(crate) enum ReaderError {
         /// Why.
         source: pgoutput::DecodeError,
     },
+    /// A protocol v2 stream message arrived on a protocol v1 stream.
+    #[error(
+        "the server sent a streamed-transaction message at {lsn}, but pgcdc asked for protocol \
+         version 1 without streaming; pgcdc stops rather than misread it — fix: report this \
+         (the server or a proxy in between ignored the replication options)"
+    )]
+    UnexpectedStream {
+        /// Where.
+        lsn: Lsn,
+    },
     /// A change did not fit the session's relations.
     #[error("inconsistent change at {lsn}: {source}")]
     Change {
@@ -461,7 +471,14 @@ async fn handle(
                 type_names.push(catalog.type_name(c.type_oid).await?);
             }
             let pk = catalog.primary_key(rel.id).await?;
-            let identity = place_relation(&rel, at, state.capture, catalog, cfg).await?;
+            let identity = super::placement::place_relation(
+                &rel,
+                at,
+                state.capture,
+                catalog,
+                &cfg.publication,
+            )
+            .await?;
             let info = RelationInfo::new(&rel, kinds, type_names, &pk, identity);
             let outcome = builder.relation(rel.id, info);
             if let Some((table, at, columns)) = outcome.stage {
@@ -505,54 +522,23 @@ async fn handle(
             None
         }
         Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => None,
+        // Streaming (protocol v2) plugs in here: stage each block by xid (read with
+        // pgoutput::decode_stream_bytes between Stream Start and Stop), discard it on
+        // Stream Abort (a subxid: only that subtransaction's changes), and journal it
+        // in commit order on Stream Commit. Until then replication starts with
+        // proto_version '1', so these never arrive.
+        Message::StreamStart { .. }
+        | Message::StreamStop
+        | Message::StreamCommit { .. }
+        | Message::StreamAbort { .. } => {
+            return Err(ReaderError::UnexpectedStream { lsn: at });
+        }
     };
     if let Some(entry) = entry {
         cfg.windows.on_change(&entry.event);
         send(journal, JournalCommand::Change(Box::new(entry))).await?;
     }
     Ok(())
-}
-
-/// The captured table a Relation message belongs to (None: one of the publication's
-/// other tables), matched by OID; a rename is warned about once per new name.
-async fn place_relation(
-    rel: &crate::pgoutput::Relation,
-    at: Lsn,
-    capture: &mut Capture,
-    catalog: &Catalog,
-    cfg: &ReaderConfig,
-) -> Result<Option<TableName>, ReaderError> {
-    let now = TableName {
-        schema: rel.namespace.clone(),
-        table: rel.name.clone(),
-    };
-    if let Some(identity) = capture.tables.get(&rel.id).cloned() {
-        if let Some(before) = capture.names.get(&rel.id).filter(|b| **b != now) {
-            tracing::warn!(table = %identity, from = %before, to = %now, oid = rel.id,
-                "captured table renamed: it stays captured (matched by OID), its events now carry the new name and reach the same sinks and triggers; update source.tables (and sinks' and triggers' table names) to the new name");
-        }
-        capture.names.insert(rel.id, now);
-        return Ok(Some(identity));
-    }
-    if capture.skipped.contains(&rel.id) {
-        return Ok(None);
-    }
-    // Not known at start: a partition attached to a captured table since, or else
-    // something that cannot be placed.
-    for ancestor in catalog.partition_ancestors(rel.id).await? {
-        if let Some(identity) = capture.tables.get(&ancestor).cloned() {
-            tracing::info!(table = %identity, partition = %now, oid = rel.id, "new partition of a captured table: captured");
-            capture.tables.insert(rel.id, identity.clone());
-            capture.names.insert(rel.id, now);
-            return Ok(Some(identity));
-        }
-    }
-    Err(ReaderError::UnplacedRelation {
-        lsn: at,
-        oid: rel.id,
-        table: now,
-        publication: cfg.publication.clone(),
-    })
 }
 
 enum ChunkError {

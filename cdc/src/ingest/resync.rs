@@ -11,6 +11,7 @@
 //! missing table, a table without primary key, a `where` that does not parse,
 //! that tries to write, or whose chunk query outlasts `source.resync_statement_timeout`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgcdc_schema::event::Row;
@@ -18,6 +19,7 @@ use pgcdc_schema::value::decode_text;
 use pgcdc_schema::{quote_ident, quote_literal, TableName};
 use tokio::sync::{oneshot, watch};
 
+use crate::config::TableEntry;
 use crate::ingest::catalog::Catalog;
 use crate::ingest::watermark::{self, ChunkRows, Window, Windows};
 use crate::journal::{Access, JournalError, ResyncInfo, StateStore, Store};
@@ -65,6 +67,9 @@ impl From<tokio_postgres::Error> for ResyncError {
 pub(crate) struct TableShape {
     columns: Vec<(String, pgcdc_schema::value::PgType)>,
     key: Vec<String>,
+    /// The publication's row filter for the table (`source.tables` `where`): a copy
+    /// reads only the rows the stream would carry.
+    row_filter: Option<String>,
 }
 
 pub(crate) async fn with_journal<T: Send + 'static>(
@@ -86,6 +91,7 @@ pub(crate) async fn with_journal<T: Send + 'static>(
 /// resumes from the progress the journal holds.
 pub(crate) async fn run(
     url: SourceUrl,
+    published: Arc<[TableEntry]>,
     store: Store,
     statement_timeout: Duration,
     windows: Windows,
@@ -103,6 +109,7 @@ pub(crate) async fn run(
             None => status.ok(),
             Some(resync) => match one(
                 &url,
+                &published,
                 &store,
                 statement_timeout,
                 &windows,
@@ -137,9 +144,12 @@ pub(crate) async fn run(
     }
 }
 
+/// The table's columns and key as a copy reads them: with `published` (its
+/// `source.tables` entry), only the published columns and rows.
 pub(crate) async fn shape(
     catalog: &mut Catalog,
     table: &TableName,
+    published: Option<&TableEntry>,
 ) -> Result<TableShape, ResyncError> {
     let oid: Option<u32> = catalog
         .client()
@@ -166,8 +176,13 @@ pub(crate) async fn shape(
     let mut columns = Vec::with_capacity(rows.len());
     for r in rows {
         let name: String = r.get(0);
-        let kind = catalog.resolve_type(r.get(1)).await?;
-        columns.push((name, kind));
+        let listed = published
+            .and_then(|p| p.columns.as_ref())
+            .is_none_or(|list| list.contains(&name));
+        if listed {
+            let kind = catalog.resolve_type(r.get(1)).await?;
+            columns.push((name, kind));
+        }
     }
     let key = catalog.primary_key(oid).await?;
     if key.is_empty() {
@@ -175,7 +190,11 @@ pub(crate) async fn shape(
             "table {table} has no primary key: resync reads by key ranges; add a primary key"
         )));
     }
-    Ok(TableShape { columns, key })
+    Ok(TableShape {
+        columns,
+        key,
+        row_filter: published.and_then(|p| p.row_filter.clone()),
+    })
 }
 
 /// The chunk query: the next `CHUNK_ROWS` rows after `$1` (the last key, JSON of text
@@ -212,7 +231,11 @@ pub(crate) fn chunk_sql(
             quote_literal(after)
         ));
     }
-    if let Some(w) = where_sql.filter(|w| !w.trim().is_empty()) {
+    for w in [shape.row_filter.as_deref(), where_sql]
+        .into_iter()
+        .flatten()
+        .filter(|w| !w.trim().is_empty())
+    {
         conds.push(format!("({w})"));
     }
     let where_clause = if conds.is_empty() {
@@ -337,6 +360,7 @@ async fn select_chunk_read_only(
 
 async fn one(
     url: &SourceUrl,
+    published: &[TableEntry],
     store: &Store,
     statement_timeout: Duration,
     windows: &Windows,
@@ -345,7 +369,8 @@ async fn one(
 ) -> Result<(), ResyncError> {
     let table = TableName::parse(&resync.table).map_err(ResyncError::Definite)?;
     let mut catalog = Catalog::new(connect_sql(url).await?);
-    let shape = shape(&mut catalog, &table).await?;
+    let entry = published.iter().find(|e| e.name == table);
+    let shape = shape(&mut catalog, &table, entry).await?;
     let client = catalog.client();
     tracing::info!(resync = resync.id, kind = %resync.kind, table = %table, sink = ?resync.sink, from = ?resync.last_key, "resync running");
     loop {

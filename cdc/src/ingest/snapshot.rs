@@ -41,6 +41,7 @@ pub(crate) fn queue(config: &Config, store: &Store) -> Result<(), ResyncError> {
 /// chunk with its progress. Returns the rows copied.
 pub(crate) async fn copy(
     url: &SourceUrl,
+    published: &[crate::config::TableEntry],
     snapshot: &str,
     consistent_point: Lsn,
     writer: &mut dyn JournalWriter,
@@ -75,7 +76,8 @@ pub(crate) async fn copy(
         let table = TableName::parse(&resync.table).map_err(ResyncError::Definite)?;
         // A table that cannot be copied (no primary key, gone) fails its own resync,
         // visible in `status`; the other tables and the stream go on.
-        let shape = match shape(&mut catalog, &table).await {
+        let entry = published.iter().find(|e| e.name == table);
+        let shape = match shape(&mut catalog, &table, entry).await {
             Ok(shape) => shape,
             Err(ResyncError::Definite(why)) => {
                 tracing::error!(table = %table, error = %why, "cannot snapshot this table");

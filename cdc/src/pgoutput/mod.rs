@@ -1,10 +1,22 @@
 //! Decoder for the `pgoutput` logical replication message format, protocol
-//! version 1 (PostgreSQL docs, "Logical Replication Message Formats", PG 15).
+//! versions 1 and 2 (PostgreSQL docs, "Logical Replication Message Formats").
 //!
 //! Input is the payload of one `XLogData` (`'w'`) CopyData message, i.e. the
 //! bytes starting at the pgoutput tag byte; output is a typed [`Message`]:
-//! Begin, Commit, Origin, Relation, Type, Insert, Update, Delete, Truncate and
-//! logical decoding Message.
+//! Begin, Commit, Origin, Relation, Type, Insert, Update, Delete, Truncate,
+//! logical decoding Message and (protocol v2, `streaming 'on'`) Stream Start,
+//! Stream Stop, Stream Commit and Stream Abort.
+//!
+//! Inside a streamed block (between Stream Start and Stream Stop) Relation,
+//! Type, Insert, Update, Delete, Truncate and Message carry the transaction id
+//! of the (sub)transaction they belong to right after the tag; the decoder is
+//! stateless, so the caller says which it is reading: [`decode_bytes`] outside
+//! a stream, [`decode_stream_bytes`] inside one.
+//!
+//! Streaming is decoded only: the reader still starts replication with
+//! `proto_version '1'` (see `replication::conn`), so the server never sends
+//! these messages yet. Staging streamed chunks until their Stream Commit is
+//! what plugs in there.
 //!
 //! The decoder is pure: no I/O, no async, no global state, and it never
 //! panics on any input. Every length, count and string is bounds-checked;
@@ -17,8 +29,8 @@
 //! report the LSN. Kinds:
 //! - `Empty`: no tag byte;
 //! - `Truncated` / `Unterminated`: a field runs past the end of the message;
-//! - `UnsupportedMessage`: a tag from a later protocol version (streaming,
-//!   two-phase) or one that pgoutput does not define;
+//! - `UnsupportedMessage`: a tag from a later protocol version (two-phase)
+//!   or one that pgoutput does not define;
 //! - `UnknownTag`: an unknown datum kind, tuple marker or replica identity;
 //! - `InvalidUtf8`, `NegativeLength`: malformed strings and lengths;
 //! - `TrailingBytes`: the message has bytes after its last field.
@@ -31,6 +43,10 @@ mod reader;
 mod tests;
 #[cfg(test)]
 mod tests_encoder;
+#[cfg(test)]
+mod tests_fuzz;
+#[cfg(test)]
+mod tests_generator;
 
 use bytes::Bytes;
 
@@ -119,6 +135,49 @@ pub enum Message {
         /// Raw content.
         content: Bytes,
     },
+    /// Start of a block of a streamed, still uncommitted transaction ('S', v2).
+    StreamStart {
+        /// Top-level transaction id the block belongs to.
+        xid: u32,
+        /// Whether this is the transaction's first block.
+        first_segment: bool,
+    },
+    /// End of a streamed block ('E', v2); other transactions may follow.
+    StreamStop,
+    /// A streamed transaction committed ('c', v2): its blocks now apply.
+    StreamCommit {
+        /// Top-level transaction id.
+        xid: u32,
+        /// Unused by PostgreSQL; kept so nothing is lost.
+        flags: u8,
+        /// LSN of the commit record.
+        commit_lsn: u64,
+        /// LSN just past the commit record; the position to confirm.
+        end_lsn: u64,
+        /// Commit time in microseconds since 2000-01-01 00:00:00 UTC.
+        commit_time: i64,
+    },
+    /// A streamed transaction, or one of its subtransactions, aborted ('A', v2).
+    StreamAbort {
+        /// Top-level transaction id.
+        xid: u32,
+        /// The aborted subtransaction; equal to `xid` when the whole
+        /// transaction aborted. (Protocol v4's abort LSN and time are not
+        /// requested, so not decoded.)
+        subxid: u32,
+    },
+}
+
+/// A message read inside a streamed block: the (sub)transaction it belongs to
+/// and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamedMessage {
+    /// Transaction id sent before the message body; None for the messages
+    /// that carry none (Origin, the Stream messages themselves, and Begin or
+    /// Commit, which a well-behaved server never sends inside a stream).
+    pub xid: Option<u32>,
+    /// The message itself.
+    pub message: Message,
 }
 
 /// Schema of one table as sent in a Relation message.
@@ -260,10 +319,6 @@ pub enum DecodeError {
 /// Names a tag that [`decode`] rejects, so the error says what was received.
 fn describe_unsupported(tag: u8) -> &'static str {
     match tag {
-        b'S' => "Stream Start, protocol v2 streaming",
-        b'E' => "Stream Stop, protocol v2 streaming",
-        b'c' => "Stream Commit, protocol v2 streaming",
-        b'A' => "Stream Abort, protocol v2 streaming",
         b'b' => "Begin Prepare, protocol v3 two-phase",
         b'P' => "Prepare, protocol v3 two-phase",
         b'K' => "Commit Prepared, protocol v3 two-phase",
@@ -279,10 +334,29 @@ pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
     decode_bytes(&Bytes::copy_from_slice(buf))
 }
 
-/// Decodes one pgoutput message; datum and message payloads share `buf`.
+/// Decodes one pgoutput message read outside a streamed block; datum and
+/// message payloads share `buf`.
 pub fn decode_bytes(buf: &Bytes) -> Result<Message, DecodeError> {
+    decode_in(buf, false).map(|streamed| streamed.message)
+}
+
+/// Decodes one pgoutput message read inside a streamed block (after Stream
+/// Start, before Stream Stop), where data messages carry their xid.
+pub fn decode_stream_bytes(buf: &Bytes) -> Result<StreamedMessage, DecodeError> {
+    decode_in(buf, true)
+}
+
+/// Tags whose messages carry a transaction id inside a streamed block.
+const XID_IN_STREAM: &[u8] = b"RYIUDTM";
+
+fn decode_in(buf: &Bytes, in_stream: bool) -> Result<StreamedMessage, DecodeError> {
     let mut r = Reader::new(buf);
     let tag = r.u8("message tag").map_err(|_| DecodeError::Empty)?;
+    let xid = if in_stream && XID_IN_STREAM.contains(&tag) {
+        Some(r.u32("streamed transaction id")?)
+    } else {
+        None
+    };
     let (message, name) = match tag {
         b'B' => (decode_begin(&mut r)?, "Begin"),
         b'C' => (decode_commit(&mut r)?, "Commit"),
@@ -294,10 +368,38 @@ pub fn decode_bytes(buf: &Bytes) -> Result<Message, DecodeError> {
         b'D' => (decode_delete(&mut r)?, "Delete"),
         b'T' => (decode_truncate(&mut r)?, "Truncate"),
         b'M' => (decode_logical_message(&mut r)?, "Message"),
+        b'S' => (decode_stream_start(&mut r)?, "Stream Start"),
+        b'E' => (Message::StreamStop, "Stream Stop"),
+        b'c' => (decode_stream_commit(&mut r)?, "Stream Commit"),
+        b'A' => (decode_stream_abort(&mut r)?, "Stream Abort"),
         other => return Err(DecodeError::UnsupportedMessage(other)),
     };
     r.finish(name)?;
-    Ok(message)
+    Ok(StreamedMessage { xid, message })
+}
+
+fn decode_stream_start(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    Ok(Message::StreamStart {
+        xid: r.u32("Stream Start xid")?,
+        first_segment: r.u8("Stream Start first-segment flag")? == 1,
+    })
+}
+
+fn decode_stream_commit(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    Ok(Message::StreamCommit {
+        xid: r.u32("Stream Commit xid")?,
+        flags: r.u8("Stream Commit flags")?,
+        commit_lsn: r.u64("Stream Commit LSN")?,
+        end_lsn: r.u64("Stream Commit end LSN")?,
+        commit_time: r.i64("Stream Commit time")?,
+    })
+}
+
+fn decode_stream_abort(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+    Ok(Message::StreamAbort {
+        xid: r.u32("Stream Abort xid")?,
+        subxid: r.u32("Stream Abort subtransaction xid")?,
+    })
 }
 
 fn decode_begin(r: &mut Reader<'_>) -> Result<Message, DecodeError> {

@@ -1,10 +1,35 @@
-//! Test-only encoder: builds pgoutput v1 bytes from a [`Message`], written
+//! Test-only encoder: builds pgoutput v1/v2 bytes from a [`Message`], written
 //! straight from the protocol docs so the decoder tests do not depend on the
 //! decoder to make their input.
 
 use super::{Column, Datum, Message, OldTuple, Relation, ReplicaIdentity, Tuple};
 
+/// The message as sent outside a streamed block.
 pub(crate) fn encode(message: &Message) -> Vec<u8> {
+    encode_with(message, None)
+}
+
+/// The message as sent inside a streamed block: data messages carry `xid`
+/// right after the tag; the others are sent as outside one.
+pub(crate) fn encode_in_stream(xid: u32, message: &Message) -> Vec<u8> {
+    encode_with(message, Some(xid))
+}
+
+/// Whether a message with this tag carries the xid inside a streamed block (per the
+/// protocol docs, kept apart from the decoder's own list so a slip in either shows).
+pub(crate) fn carries_xid_in_stream(tag: u8) -> bool {
+    matches!(tag, b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M')
+}
+
+fn encode_with(message: &Message, xid: Option<u32>) -> Vec<u8> {
+    let mut out = encode_body(message);
+    if let Some(xid) = xid.filter(|_| carries_xid_in_stream(out[0])) {
+        out.splice(1..1, xid.to_be_bytes());
+    }
+    out
+}
+
+fn encode_body(message: &Message) -> Vec<u8> {
     let mut out = Vec::new();
     match message {
         Message::Begin {
@@ -92,6 +117,31 @@ pub(crate) fn encode(message: &Message) -> Vec<u8> {
             cstr(&mut out, prefix);
             out.extend(len32(content.len()).to_be_bytes());
             out.extend_from_slice(content);
+        }
+        Message::StreamStart { xid, first_segment } => {
+            out.push(b'S');
+            out.extend(xid.to_be_bytes());
+            out.push(u8::from(*first_segment));
+        }
+        Message::StreamStop => out.push(b'E'),
+        Message::StreamCommit {
+            xid,
+            flags,
+            commit_lsn,
+            end_lsn,
+            commit_time,
+        } => {
+            out.push(b'c');
+            out.extend(xid.to_be_bytes());
+            out.push(*flags);
+            out.extend(commit_lsn.to_be_bytes());
+            out.extend(end_lsn.to_be_bytes());
+            out.extend(commit_time.to_be_bytes());
+        }
+        Message::StreamAbort { xid, subxid } => {
+            out.push(b'A');
+            out.extend(xid.to_be_bytes());
+            out.extend(subxid.to_be_bytes());
         }
     }
     out

@@ -309,6 +309,9 @@ impl ReplicationConnection {
 
     /// START_REPLICATION SLOT "slot" LOGICAL X/Y (proto_version '1', publication_names '"pub"',
     /// messages 'true'): logical messages carry the resync watermarks (PostgreSQL 14+).
+    /// Protocol 1 on purpose: `proto_version '2', streaming 'on'` (large transactions
+    /// sent before they commit) needs the reader to stage streamed blocks durably
+    /// first; the decoder already reads them (`pgoutput::decode_stream_bytes`).
     pub async fn start_replication(
         mut self,
         slot: &str,

@@ -7,6 +7,7 @@
 
 pub(crate) mod failover;
 pub(crate) mod identity;
+pub(crate) mod publication;
 mod role;
 mod state_schema;
 
@@ -217,6 +218,9 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
         )
         .await,
     );
+    checks.extend(
+        publication::checks(config, client, major, all_owned || superuser, &resolved).await,
+    );
     checks.extend(check_slot(client, &src.slot, src.on_slot_lost).await);
     checks.extend(failover::checks(config, client, major).await);
     checks.extend(state_schema::check(config, client).await);
@@ -347,23 +351,33 @@ async fn check_publication(
         Ok(None) => fail(
             name,
             format!("publication {publication} is missing and this role does not own every table, so it cannot create it"),
-            format!(
-                "as the tables' owner run: CREATE PUBLICATION {} FOR TABLE {};",
-                quote_ident(publication),
-                config.tables().iter().map(TableName::quoted).collect::<Vec<_>>().join(", ")
-            ),
+            format!("as the tables' owner run: {};", publication::create_sql(config)),
         ),
         Ok(Some(row)) => {
-            let ops: Vec<bool> = (1..4).map(|i| row.get(i)).collect();
-            let truncate: bool = row.get(4);
+            let ops: Vec<bool> = (1..5).map(|i| row.get(i)).collect();
+            let wanted = config.source.published_operations();
+            let unpublished: Vec<&str> = crate::config::SourceConfig::ALL_OPERATIONS
+                .iter()
+                .zip(&ops)
+                .filter(|(op, published)| !**published && wanted.contains(op))
+                .map(|(op, _)| *op)
+                .collect();
             let set_publish = format!(
-                "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
-                quote_ident(publication)
+                "ALTER PUBLICATION {} SET (publish = {});",
+                quote_ident(publication),
+                pgcdc_schema::quote_literal(&config.source.publish)
             );
-            if ops.iter().any(|o| !o) {
+            // A missing truncate is a warning below; missing row changes fail.
+            let truncate = !unpublished.contains(&"truncate");
+            let rows: Vec<&str> = unpublished.into_iter().filter(|o| *o != "truncate").collect();
+            if !rows.is_empty() {
                 return fail(
                     name,
-                    format!("publication {publication} does not publish every insert, update and delete"),
+                    format!(
+                        "publication {publication} does not publish {} (source.publish = {:?})",
+                        rows.join(", "),
+                        config.source.publish
+                    ),
                     set_publish,
                 );
             }
@@ -549,29 +563,7 @@ pub(crate) async fn ensure_publication(
     config: &Config,
     client: &Client,
 ) -> Result<bool, tokio_postgres::Error> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&config.source.publication],
-        )
-        .await?
-        .is_some();
-    if exists {
-        return Ok(false);
-    }
-    let tables = config
-        .tables()
-        .iter()
-        .map(TableName::quoted)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "CREATE PUBLICATION {} FOR TABLE {tables}",
-        quote_ident(&config.source.publication)
-    );
-    client.batch_execute(&sql).await?;
-    tracing::info!(publication = %config.source.publication, "created publication");
-    Ok(true)
+    publication::ensure(config, client).await
 }
 
 /// Creates the slot when missing. Returns whether pgcdc created it.
