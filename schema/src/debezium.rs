@@ -184,6 +184,7 @@ mod tests {
             xid: Some(731),
             commit_time: Some("2026-11-26T10:00:00.123456Z".into()),
             unchanged_toast: vec!["notes".into()],
+            origin: Default::default(),
         };
         let v = envelope(&ev, &source(), 1_800_000_000_000);
         assert_eq!(v["op"], "u");
@@ -227,6 +228,7 @@ mod tests {
             xid: Some(1),
             commit_time: None,
             unchanged_toast: vec![],
+            origin: Default::default(),
         };
         let v = envelope(&ev, &source(), 0);
         assert_eq!(v["op"], "d");

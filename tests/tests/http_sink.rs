@@ -33,6 +33,7 @@ fn item(row: &str, seq: u32) -> Outgoing {
         xid: Some(7),
         commit_time: Some(COMMIT_TIME.into()),
         unchanged_toast: vec![],
+        origin: Default::default(),
     };
     Outgoing {
         event: Arc::new(event),

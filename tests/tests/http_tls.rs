@@ -23,6 +23,7 @@ fn item() -> Outgoing {
         xid: Some(1),
         commit_time: Some("2026-11-26T10:00:00Z".into()),
         unchanged_toast: vec![],
+        origin: Default::default(),
     };
     Outgoing {
         event: Arc::new(event),

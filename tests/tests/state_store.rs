@@ -84,6 +84,7 @@ fn entry(lsn: u64, seq: u32) -> JournalEntry {
             xid: Some(7),
             commit_time: None,
             unchanged_toast: vec![],
+            origin: Default::default(),
         },
     }
 }

@@ -338,6 +338,7 @@ mod tests {
                 xid: None,
                 commit_time: None,
                 unchanged_toast: vec![],
+                origin: Default::default(),
             },
         }))
     }

@@ -67,6 +67,13 @@ pub(crate) struct TableShape {
     key: Vec<String>,
 }
 
+impl TableShape {
+    /// The json/jsonb columns.
+    pub(crate) fn json_columns(&self) -> Vec<String> {
+        crate::ingest::changes::json_columns(&self.columns)
+    }
+}
+
 pub(crate) async fn with_journal<T: Send + 'static>(
     store: Store,
     f: impl FnOnce(&mut dyn StateStore) -> Result<T, JournalError> + Send + 'static,
@@ -246,6 +253,7 @@ pub(crate) async fn select_chunk(
         rows: Vec::with_capacity(rows.len()),
         last_key: None,
         done: (rows.len() as i64) < CHUNK_ROWS,
+        json_columns: shape.json_columns(),
     };
     let mut raw_key = serde_json::Map::new();
     for r in &rows {

@@ -206,6 +206,7 @@ pub(crate) async fn resync_all(
                 xid: None,
                 commit_time: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
                 unchanged_toast: Vec::new(),
+                origin: Default::default(),
             };
             let entry = JournalEntry {
                 table: name.clone(),

@@ -119,6 +119,7 @@ mod tests {
             xid: Some(1),
             commit_time: None,
             unchanged_toast: vec![],
+            origin: Default::default(),
         };
         Outgoing {
             body: serde_json::to_value(&event).unwrap_or_default(),

@@ -46,6 +46,7 @@ fn event(
         xid: Some(1),
         commit_time: None,
         unchanged_toast: vec![],
+        origin: Default::default(),
     }
 }
 

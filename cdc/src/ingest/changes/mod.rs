@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use pgcdc_schema::event::{pg_micros_to_rfc3339, pg_micros_to_unix_micros, Row};
 use pgcdc_schema::value::{decode_text, PgType};
-use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
+use pgcdc_schema::{ChangeEvent, EventId, Lsn, OldSent, Op, Origin, SnapshotMark};
 use serde_json::Value;
 
 use crate::journal::JournalEntry;
@@ -24,6 +24,8 @@ pub(crate) struct RelationInfo {
     pub(crate) columns: Vec<(String, PgType)>,
     /// Indices of the key columns (primary key, else the replica identity columns).
     pub(crate) key: Vec<usize>,
+    /// The key is the primary key (not replica identity columns).
+    pub(crate) has_primary_key: bool,
     /// The captured table (as `source.tables` names it) this relation's changes belong
     /// to, matched by OID; None: a table of the publication that pgcdc does not capture.
     pub(crate) identity: Option<TableName>,
@@ -52,6 +54,7 @@ impl RelationInfo {
             .iter()
             .filter_map(|k| columns.iter().position(|(n, _)| n == k))
             .collect();
+        let has_primary_key = !key.is_empty();
         if key.is_empty() {
             key = rel
                 .columns
@@ -66,8 +69,23 @@ impl RelationInfo {
             name,
             columns,
             key,
+            has_primary_key,
         }
     }
+
+    /// The json/jsonb columns.
+    pub(crate) fn json_columns(&self) -> Vec<String> {
+        json_columns(&self.columns)
+    }
+}
+
+/// The json/jsonb columns of `columns`.
+pub(crate) fn json_columns(columns: &[(String, PgType)]) -> Vec<String> {
+    columns
+        .iter()
+        .filter(|(_, kind)| matches!(kind, PgType::Json | PgType::Jsonb))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// The transaction being decoded.
@@ -83,6 +101,8 @@ pub(crate) struct TxnState {
     pub(crate) commit_time_text: String,
     /// Ordinal of the next change.
     pub(crate) next_seq: u32,
+    /// End LSN of the transaction committed before this one, if this session saw it.
+    pub(crate) last_commit_lsn: Option<Lsn>,
 }
 
 /// Why a message could not be turned into an event (definite: the stream is inconsistent).
@@ -106,11 +126,26 @@ pub(crate) enum ChangeError {
     },
 }
 
+/// What one row change is, before the transaction's position is added.
+struct Built {
+    op: Op,
+    key: Option<Row>,
+    old: Option<Row>,
+    new: Option<Row>,
+    unchanged_toast: Vec<String>,
+    old_sent: Option<OldSent>,
+}
+
 /// Decodes row changes into journal entries.
 #[derive(Default)]
 pub(crate) struct ChangeBuilder {
     relations: HashMap<u32, RelationInfo>,
     txn: Option<TxnState>,
+    /// WAL start of the message being decoded (the change's own LSN).
+    at: Option<Lsn>,
+    /// End LSN of the last COMMIT seen (Debezium's "last commit LSN"); kept across
+    /// reconnects, as the stream resumes right after it.
+    last_commit_end: Option<Lsn>,
 }
 
 fn datum_value(kind: &PgType, datum: &Datum) -> Option<Value> {
@@ -129,6 +164,12 @@ impl ChangeBuilder {
     pub(crate) fn reset(&mut self) {
         self.relations.clear();
         self.txn = None;
+        self.at = None;
+    }
+
+    /// The WAL start of the message about to be decoded: the next change's own LSN.
+    pub(crate) fn message_at(&mut self, at: Lsn) {
+        self.at = Some(at);
     }
 
     /// Records a relation description.
@@ -149,12 +190,14 @@ impl ChangeBuilder {
             commit_time,
             commit_time_text: pg_micros_to_rfc3339(commit_time),
             next_seq: 0,
+            last_commit_lsn: self.last_commit_end,
         });
     }
 
-    /// COMMIT: closes the transaction.
-    pub(crate) fn commit(&mut self) {
+    /// COMMIT at `end_lsn`: closes the transaction.
+    pub(crate) fn commit(&mut self, end_lsn: Lsn) {
         self.txn = None;
+        self.last_commit_end = Some(end_lsn);
     }
 
     fn row(&self, info: &RelationInfo, tuple: &Tuple) -> Result<(Row, Vec<String>), ChangeError> {
@@ -192,10 +235,7 @@ impl ChangeBuilder {
         build: impl FnOnce(
             &Self,
             &RelationInfo,
-        ) -> Result<
-            (Op, Option<Row>, Option<Row>, Option<Row>, Vec<String>),
-            ChangeError,
-        >,
+        ) -> Result<Built, ChangeError>,
     ) -> Result<Option<JournalEntry>, ChangeError> {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;
@@ -208,7 +248,22 @@ impl ChangeBuilder {
         let Some(identity) = &info.identity else {
             return Ok(None);
         };
-        let (op, key, old, new, unchanged_toast) = build(self, info)?;
+        let Built {
+            op,
+            key,
+            old,
+            new,
+            unchanged_toast,
+            old_sent,
+        } = build(self, info)?;
+        let origin = Origin {
+            change_lsn: self.at,
+            last_commit_lsn: txn.last_commit_lsn,
+            snapshot: None,
+            old_sent,
+            no_primary_key: !info.has_primary_key,
+            json_columns: info.json_columns(),
+        };
         Ok(Some(JournalEntry {
             table: identity.to_string(),
             seq,
@@ -226,6 +281,7 @@ impl ChangeBuilder {
                 xid: Some(txn.xid),
                 commit_time: Some(txn.commit_time_text),
                 unchanged_toast,
+                origin,
             },
         }))
     }
@@ -238,13 +294,14 @@ impl ChangeBuilder {
     ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |b, info| {
             let (row, toast) = b.row(info, new)?;
-            Ok((
-                Op::Insert,
-                Some(Self::key_of(info, &row)),
-                None,
-                Some(row),
-                toast,
-            ))
+            Ok(Built {
+                op: Op::Insert,
+                key: Some(Self::key_of(info, &row)),
+                old: None,
+                new: Some(row),
+                unchanged_toast: toast,
+                old_sent: None,
+            })
         })
     }
 
@@ -257,18 +314,22 @@ impl ChangeBuilder {
     ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |b, info| {
             let (row, toast) = b.row(info, new)?;
-            let old = match old {
-                None => None,
-                Some(OldTuple::Full(t)) => Some(b.row(info, t)?.0),
-                Some(OldTuple::Key(t)) => Some(Self::key_of(info, &b.row(info, t)?.0)),
+            let (old, old_sent) = match old {
+                None => (None, None),
+                Some(OldTuple::Full(t)) => (Some(b.row(info, t)?.0), Some(OldSent::Full)),
+                Some(OldTuple::Key(t)) => (
+                    Some(Self::key_of(info, &b.row(info, t)?.0)),
+                    Some(OldSent::Key),
+                ),
             };
-            Ok((
-                Op::Update,
-                Some(Self::key_of(info, &row)),
+            Ok(Built {
+                op: Op::Update,
+                key: Some(Self::key_of(info, &row)),
                 old,
-                Some(row),
-                toast,
-            ))
+                new: Some(row),
+                unchanged_toast: toast,
+                old_sent,
+            })
         })
     }
 
@@ -279,18 +340,25 @@ impl ChangeBuilder {
         old: &OldTuple,
     ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |b, info| {
-            let (old, key) = match old {
+            let (old, key, old_sent) = match old {
                 OldTuple::Full(t) => {
                     let row = b.row(info, t)?.0;
                     let key = Self::key_of(info, &row);
-                    (row, key)
+                    (row, key, OldSent::Full)
                 }
                 OldTuple::Key(t) => {
                     let key = Self::key_of(info, &b.row(info, t)?.0);
-                    (key.clone(), key)
+                    (key.clone(), key, OldSent::Key)
                 }
             };
-            Ok((Op::Delete, Some(key), Some(old), None, Vec::new()))
+            Ok(Built {
+                op: Op::Delete,
+                key: Some(key),
+                old: Some(old),
+                new: None,
+                unchanged_toast: Vec::new(),
+                old_sent: Some(old_sent),
+            })
         })
     }
 
@@ -303,6 +371,7 @@ impl ChangeBuilder {
         table: &TableName,
         key: Row,
         row: Row,
+        json_columns: &[String],
     ) -> Result<JournalEntry, ChangeError> {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;
@@ -318,6 +387,11 @@ impl ChangeBuilder {
                 row,
                 txn.commit_lsn,
                 txn.commit_time_text.clone(),
+                Origin {
+                    snapshot: Some(SnapshotMark::Incremental),
+                    json_columns: json_columns.to_vec(),
+                    ..Origin::default()
+                },
             ),
         })
     }
@@ -328,7 +402,14 @@ impl ChangeBuilder {
         relation_id: u32,
     ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |_, _| {
-            Ok((Op::Truncate, None, None, None, Vec::new()))
+            Ok(Built {
+                op: Op::Truncate,
+                key: None,
+                old: None,
+                new: None,
+                unchanged_toast: Vec::new(),
+                old_sent: None,
+            })
         })
     }
 }
@@ -341,6 +422,7 @@ pub(crate) fn read_event(
     row: Row,
     lsn: Lsn,
     commit_time: String,
+    origin: Origin,
 ) -> ChangeEvent {
     ChangeEvent {
         id: read_event_id(resync_id, table, &key),
@@ -355,6 +437,7 @@ pub(crate) fn read_event(
         xid: None,
         commit_time: Some(commit_time),
         unchanged_toast: Vec::new(),
+        origin,
     }
 }
 

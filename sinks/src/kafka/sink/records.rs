@@ -130,6 +130,7 @@ mod tests {
             xid: Some(5),
             commit_time: Some("2026-11-26T10:00:00Z".into()),
             unchanged_toast: vec![],
+            origin: Default::default(),
         };
         Outgoing {
             event: Arc::new(event),
