@@ -130,9 +130,11 @@ pub struct Origin {
     /// The table has no primary key: `key` holds its replica identity columns.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_primary_key: bool,
-    /// The json/jsonb columns (Debezium sends their values as JSON text).
+    /// Each column's type (`int4`, `jsonb`, `timestamptz`, `text[]`, ... see
+    /// [`crate::value::PgType::name`]), in table order: for Debezium's JSON-as-text and
+    /// its schemas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub json_columns: Vec<String>,
+    pub column_types: Vec<(String, String)>,
 }
 
 impl Origin {
@@ -330,10 +332,10 @@ mod tests {
             snapshot: Some(SnapshotMark::LastInDataCollection),
             old_sent: Some(OldSent::Key),
             no_primary_key: true,
-            json_columns: vec!["doc".into()],
+            column_types: vec![("id".into(), "int4".into()), ("doc".into(), "jsonb".into())],
         };
         let text = serde_json::to_string(&ev).unwrap_or_default();
-        assert!(text.contains(r#""origin":{"change_lsn":"0/FFFFF00","last_commit_lsn":"0/FFF0000","snapshot":"last_in_data_collection","old_sent":"key","no_primary_key":true,"json_columns":["doc"]}"#), "{text}");
+        assert!(text.contains(r#""origin":{"change_lsn":"0/FFFFF00","last_commit_lsn":"0/FFF0000","snapshot":"last_in_data_collection","old_sent":"key","no_primary_key":true,"column_types":[["id","int4"],["doc","jsonb"]]}"#), "{text}");
         let back: ChangeEvent = from_stored_json(&text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, ev);
     }

@@ -560,16 +560,16 @@ async fn journal_chunk(
     journal: &JournalSender,
 ) -> Result<(), ChunkError> {
     let rows = window.surviving_rows();
-    let json_columns = window
+    let column_types = window
         .rows
         .as_ref()
-        .map(|c| c.json_columns.clone())
+        .map(|c| c.column_types.clone())
         .unwrap_or_default();
     let mut entries = Vec::with_capacity(rows.len());
     for (key, row) in rows {
         entries.push(
             builder
-                .read(window.resync_id, &window.table, key, row, &json_columns)
+                .read(window.resync_id, &window.table, key, row, &column_types)
                 .map_err(ChunkError::Change)?,
         );
     }

@@ -68,9 +68,9 @@ pub(crate) struct TableShape {
 }
 
 impl TableShape {
-    /// The json/jsonb columns.
-    pub(crate) fn json_columns(&self) -> Vec<String> {
-        crate::ingest::changes::json_columns(&self.columns)
+    /// Each column's type name.
+    pub(crate) fn column_types(&self) -> Vec<(String, String)> {
+        crate::ingest::changes::column_types(&self.columns)
     }
 }
 
@@ -253,7 +253,7 @@ pub(crate) async fn select_chunk(
         rows: Vec::with_capacity(rows.len()),
         last_key: None,
         done: (rows.len() as i64) < CHUNK_ROWS,
-        json_columns: shape.json_columns(),
+        column_types: shape.column_types(),
     };
     let mut raw_key = serde_json::Map::new();
     for r in &rows {

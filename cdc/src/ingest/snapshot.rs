@@ -90,7 +90,7 @@ pub(crate) async fn copy(
         // table resumed after a crash has had its first row already.
         let (first_table, last_table) = (index == 0, index + 1 == tables);
         let mut first_row = last_key.is_none();
-        let json_columns = shape.json_columns();
+        let column_types = shape.column_types();
         let started = std::time::Instant::now();
         let mut rows_in_table = 0u64;
         loop {
@@ -107,7 +107,7 @@ pub(crate) async fn copy(
                         first_row,
                         last_row,
                     )),
-                    json_columns: json_columns.clone(),
+                    column_types: column_types.clone(),
                     ..Origin::default()
                 };
                 first_row = false;

@@ -35,8 +35,8 @@ pub(crate) struct ChunkRows {
     pub(crate) last_key: Option<String>,
     /// Whether this is the table's last chunk.
     pub(crate) done: bool,
-    /// The table's json/jsonb columns.
-    pub(crate) json_columns: Vec<String>,
+    /// The table's column types (see `Origin::column_types`).
+    pub(crate) column_types: Vec<(String, String)>,
 }
 
 /// One chunk's window, from the driver's open to the reader's high watermark.
@@ -254,7 +254,7 @@ mod tests {
             rows: vec![row(1, "a"), row(2, "b"), row(3, "c"), row(4, "d")],
             last_key: None,
             done: true,
-            json_columns: Vec::new(),
+            column_types: Vec::new(),
         };
         assert!(w.set_rows("1.0.x", rows));
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {

@@ -73,18 +73,17 @@ impl RelationInfo {
         }
     }
 
-    /// The json/jsonb columns.
-    pub(crate) fn json_columns(&self) -> Vec<String> {
-        json_columns(&self.columns)
+    /// Each column's type name.
+    pub(crate) fn column_types(&self) -> Vec<(String, String)> {
+        column_types(&self.columns)
     }
 }
 
-/// The json/jsonb columns of `columns`.
-pub(crate) fn json_columns(columns: &[(String, PgType)]) -> Vec<String> {
+/// Each column's type name (what `Origin::column_types` holds).
+pub(crate) fn column_types(columns: &[(String, PgType)]) -> Vec<(String, String)> {
     columns
         .iter()
-        .filter(|(_, kind)| matches!(kind, PgType::Json | PgType::Jsonb))
-        .map(|(name, _)| name.clone())
+        .map(|(name, kind)| (name.clone(), kind.name()))
         .collect()
 }
 
@@ -262,7 +261,7 @@ impl ChangeBuilder {
             snapshot: None,
             old_sent,
             no_primary_key: !info.has_primary_key,
-            json_columns: info.json_columns(),
+            column_types: info.column_types(),
         };
         Ok(Some(JournalEntry {
             table: identity.to_string(),
@@ -371,7 +370,7 @@ impl ChangeBuilder {
         table: &TableName,
         key: Row,
         row: Row,
-        json_columns: &[String],
+        column_types: &[(String, String)],
     ) -> Result<JournalEntry, ChangeError> {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;
@@ -389,7 +388,7 @@ impl ChangeBuilder {
                 txn.commit_time_text.clone(),
                 Origin {
                     snapshot: Some(SnapshotMark::Incremental),
-                    json_columns: json_columns.to_vec(),
+                    column_types: column_types.to_vec(),
                     ..Origin::default()
                 },
             ),
