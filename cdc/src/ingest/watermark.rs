@@ -291,6 +291,7 @@ mod tests {
                 rows: vec![row(1, "a")],
                 last_key: None,
                 done: true,
+                column_types: Vec::new(),
             },
         );
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {
