@@ -346,8 +346,14 @@ mod tests {
         // (first table, last table, first row, last row)
         assert_eq!(SnapshotMark::of(true, false, true, false), First);
         assert_eq!(SnapshotMark::of(true, false, false, false), True);
-        assert_eq!(SnapshotMark::of(true, false, false, true), LastInDataCollection);
-        assert_eq!(SnapshotMark::of(false, true, true, false), FirstInDataCollection);
+        assert_eq!(
+            SnapshotMark::of(true, false, false, true),
+            LastInDataCollection
+        );
+        assert_eq!(
+            SnapshotMark::of(false, true, true, false),
+            FirstInDataCollection
+        );
         assert_eq!(SnapshotMark::of(false, true, false, true), Last);
         assert_eq!(SnapshotMark::of(true, true, true, true), Last);
         assert_eq!(Last.as_str(), "last");

@@ -776,7 +776,12 @@ async fn debezium_defaults_match_debeziums_connector() -> anyhow::Result<()> {
     // queued): one row is the snapshot's first, one its last, and docs' rows open and
     // close docs' part.
     ensure!(marks.len() == 3, "snapshot rows: {marks:?}");
-    let count = |m: &str| marks.iter().filter(|x| x.ends_with(&format!(":\"{m}\""))).count();
+    let count = |m: &str| {
+        marks
+            .iter()
+            .filter(|x| x.ends_with(&format!(":\"{m}\"")))
+            .count()
+    };
     ensure!(count("first") == 1 && count("last") == 1, "{marks:?}");
     ensure!(
         marks[0].ends_with(":\"first\"") || marks[0].ends_with(":\"first_in_data_collection\""),
@@ -791,7 +796,11 @@ async fn debezium_defaults_match_debeziums_connector() -> anyhow::Result<()> {
     let doc_text: String = pg
         .query_scalar("SELECT '{\"b\": [1, 2], \"a\": {\"x\": \"y\"}}'::jsonb::text")
         .await?;
-    ensure!(snap1["after"]["doc"] == doc_text.as_str(), "jsonb: {} vs {doc_text}", snap1["after"]["doc"]);
+    ensure!(
+        snap1["after"]["doc"] == doc_text.as_str(),
+        "jsonb: {} vs {doc_text}",
+        snap1["after"]["doc"]
+    );
 
     // The two updates of one transaction: each its own LSN, below the commit LSN.
     let updates: Vec<(&Record, Value)> = docs
@@ -805,10 +814,17 @@ async fn debezium_defaults_match_debeziums_connector() -> anyhow::Result<()> {
     let lsn1 = u1["source"]["lsn"].as_u64().context("lsn")?;
     let lsn2 = u2["source"]["lsn"].as_u64().context("lsn")?;
     let commit: pgcdc_schema::Lsn = r1.headers["pgcdc-lsn"].parse()?;
-    ensure!(lsn1 < lsn2 && lsn2 < commit.0, "change LSNs {lsn1} {lsn2}, commit {}", commit.0);
+    ensure!(
+        lsn1 < lsn2 && lsn2 < commit.0,
+        "change LSNs {lsn1} {lsn2}, commit {}",
+        commit.0
+    );
     let seq: Vec<Option<String>> =
         serde_json::from_str(u1["source"]["sequence"].as_str().context("sequence")?)?;
-    ensure!(seq.len() == 2 && seq[1] == Some(lsn1.to_string()), "sequence {seq:?}");
+    ensure!(
+        seq.len() == 2 && seq[1] == Some(lsn1.to_string()),
+        "sequence {seq:?}"
+    );
     let last_commit: u64 = seq[0].as_deref().context("no last commit LSN")?.parse()?;
     // The previous transaction (the nopk insert) committed before these changes.
     let prev: pgcdc_schema::Lsn = nopk
@@ -817,49 +833,98 @@ async fn debezium_defaults_match_debeziums_connector() -> anyhow::Result<()> {
         .context("nopk insert")?
         .headers["pgcdc-lsn"]
         .parse()?;
-    ensure!(prev.0 < last_commit && last_commit <= lsn1, "last commit {last_commit}, previous commit {}, change {lsn1}", prev.0);
+    ensure!(
+        prev.0 < last_commit && last_commit <= lsn1,
+        "last commit {last_commit}, previous commit {}, change {lsn1}",
+        prev.0
+    );
     // Default identity: an update has no before, even though a trigger watches
     // `.old.status` (pgcdc remembers it); the jsonb update is text.
-    ensure!(u1["before"].is_null() && u2["before"].is_null(), "before: {} {}", u1["before"], u2["before"]);
-    ensure!(u2["after"]["doc"] == "{\"k\": \"v\\n\", \"n\": 1.50}", "jsonb: {}", u2["after"]["doc"]);
+    ensure!(
+        u1["before"].is_null() && u2["before"].is_null(),
+        "before: {} {}",
+        u1["before"],
+        u2["before"]
+    );
+    ensure!(
+        u2["after"]["doc"] == "{\"k\": \"v\\n\", \"n\": 1.50}",
+        "jsonb: {}",
+        u2["after"]["doc"]
+    );
     // The delete: the key as before, then a tombstone, by default.
     let del_at = docs
         .iter()
         .position(|r| json(r).is_ok_and(|v| v["op"] == "d"))
         .context("no delete")?;
     let del = json(&docs[del_at])?;
-    ensure!(del["before"] == serde_json::json!({"id": 1}), "delete before: {}", del["before"]);
-    let tomb = docs.get(del_at + 1).context("no tombstone after the delete")?;
-    ensure!(tomb.value.is_none() && tomb.key == docs[del_at].key, "tombstone: {tomb:?}");
+    ensure!(
+        del["before"] == serde_json::json!({"id": 1}),
+        "delete before: {}",
+        del["before"]
+    );
+    let tomb = docs
+        .get(del_at + 1)
+        .context("no tombstone after the delete")?;
+    ensure!(
+        tomb.value.is_none() && tomb.key == docs[del_at].key,
+        "tombstone: {tomb:?}"
+    );
     // nopk: no truncate record, null keys.
     for r in &nopk {
         let v = json(r)?;
         ensure!(v["op"] != "t", "a truncate was written: {v}");
-        ensure!(r.key.is_none(), "a table without a primary key has a null key: {r:?}");
+        ensure!(
+            r.key.is_none(),
+            "a table without a primary key has a null key: {r:?}"
+        );
     }
 
     // The opt-in sink: schemas, truncates, pgcdc's old row, no tombstone.
     let sdocs = wait_records(&b, "dbzs.public.docs", 5, &mut p, Duration::from_secs(60)).await?;
     let snopk = wait_records(&b, "dbzs.public.nopk", 3, &mut p, Duration::from_secs(60)).await?;
-    ensure!(sdocs.iter().all(|r| r.value.is_some()), "tombstones = false wrote one");
+    ensure!(
+        sdocs.iter().all(|r| r.value.is_some()),
+        "tombstones = false wrote one"
+    );
     let first = json(&sdocs[0])?;
-    ensure!(first["schema"]["name"] == "pgcdc.public.docs.Envelope", "schema: {}", first["schema"]);
+    ensure!(
+        first["schema"]["name"] == "pgcdc.public.docs.Envelope",
+        "schema: {}",
+        first["schema"]
+    );
     let key: Value = serde_json::from_str(sdocs[0].key.as_deref().context("key")?)?;
-    ensure!(key["payload"] == serde_json::json!({"id": 1}) && key["schema"]["name"] == "pgcdc.public.docs.Key", "key: {key}");
+    ensure!(
+        key["payload"] == serde_json::json!({"id": 1})
+            && key["schema"]["name"] == "pgcdc.public.docs.Key",
+        "key: {key}"
+    );
     let upd = sdocs
         .iter()
         .filter_map(|r| json(r).ok())
         .find(|v| v["payload"]["op"] == "u")
         .context("no update")?;
-    ensure!(upd["payload"]["before"]["status"] == "draft", "before = known: {}", upd["payload"]["before"]);
     ensure!(
-        snopk.iter().filter_map(|r| json(r).ok()).any(|v| v["payload"]["op"] == "t"),
+        upd["payload"]["before"]["status"] == "draft",
+        "before = known: {}",
+        upd["payload"]["before"]
+    );
+    ensure!(
+        snopk
+            .iter()
+            .filter_map(|r| json(r).ok())
+            .any(|v| v["payload"]["op"] == "t"),
         "truncates = true wrote no truncate"
     );
 
     // A resync's rows are Debezium's incremental snapshot rows.
     let (code, out, err) = pgcdc_output(&[
-        "resync", "--config", &cfg.arg(), "--table", "public.docs", "--sink", "dbz",
+        "resync",
+        "--config",
+        &cfg.arg(),
+        "--table",
+        "public.docs",
+        "--sink",
+        "dbz",
     ])
     .await?;
     ensure!(code == 0, "resync: {out}{err}");

@@ -111,7 +111,15 @@ pub(crate) async fn copy(
                     ..Origin::default()
                 };
                 first_row = false;
-                let event = read_event(resync.id, &table, key, row, Lsn(lsn), now_text.clone(), origin);
+                let event = read_event(
+                    resync.id,
+                    &table,
+                    key,
+                    row,
+                    Lsn(lsn),
+                    now_text.clone(),
+                    origin,
+                );
                 entries.push(JournalEntry {
                     table: table.to_string(),
                     seq,

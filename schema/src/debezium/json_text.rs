@@ -88,9 +88,14 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(
             value(&doc, "jsonb").as_ref(),
-            &json!(r#"{"a": 1, "tags": ["x", "y\n"], "n": 123456789012345678901234567890, "e": {}, "z": []}"#)
+            &json!(
+                r#"{"a": 1, "tags": ["x", "y\n"], "n": 123456789012345678901234567890, "e": {}, "z": []}"#
+            )
         );
-        assert_eq!(value(&json!("plain"), "jsonb").as_ref(), &json!("\"plain\""));
+        assert_eq!(
+            value(&json!("plain"), "jsonb").as_ref(),
+            &json!("\"plain\"")
+        );
         assert_eq!(value(&Value::Null, "json").as_ref(), &Value::Null);
         assert_eq!(value(&json!({"a": 1}), "text").as_ref(), &json!({"a": 1}));
     }

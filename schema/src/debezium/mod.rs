@@ -84,8 +84,8 @@ pub fn envelope(
     options: DebeziumOptions,
     now_ms: i64,
 ) -> Value {
-    let payload = serde_json::to_value(Envelope::new(event, source, options, now_ms))
-        .unwrap_or(Value::Null);
+    let payload =
+        serde_json::to_value(Envelope::new(event, source, options, now_ms)).unwrap_or(Value::Null);
     if options.schemas {
         serde_json::json!({
             "schema": connect_schema::envelope(event, source),
@@ -113,7 +113,11 @@ pub fn to_vec(
 
 /// The record key: the primary key columns (`{"id":42}`), or None (a null key) for a
 /// table without a primary key and for a truncate, as Debezium.
-pub fn key(event: &ChangeEvent, source: &DebeziumSource, options: DebeziumOptions) -> Option<Value> {
+pub fn key(
+    event: &ChangeEvent,
+    source: &DebeziumSource,
+    options: DebeziumOptions,
+) -> Option<Value> {
     if event.origin.no_primary_key || event.op == Op::Truncate {
         return None;
     }
@@ -193,9 +197,7 @@ impl Serialize for Image<'_> {
             }
             match self.row.get(col) {
                 Some(v) => map.serialize_entry(col, &json_text::value(v, ty))?,
-                None if self.toast.contains(col) => {
-                    map.serialize_entry(col, UNAVAILABLE_VALUE)?
-                }
+                None if self.toast.contains(col) => map.serialize_entry(col, UNAVAILABLE_VALUE)?,
                 // Not sent (a key-only old row): left out, as Debezium's docs show.
                 None => {}
             }

@@ -103,7 +103,9 @@ fn create_event_matches_the_docs() {
     let ev = customers_event(
         Op::Insert,
         None,
-        Some(json!({"id": 1, "first_name": "Anne", "last_name": "Kretchmar", "email": "annek@noanswer.org"})),
+        Some(
+            json!({"id": 1, "first_name": "Anne", "last_name": "Kretchmar", "email": "annek@noanswer.org"}),
+        ),
         555,
         "2019-05-28T08:58:24.863000Z",
         24_023_128,
@@ -148,7 +150,9 @@ fn update_event_matches_the_docs_with_a_null_before_under_the_default_identity()
     let ev = customers_event(
         Op::Update,
         None,
-        Some(json!({"id": 1, "first_name": "Anne Marie", "last_name": "Kretchmar", "email": "annek@noanswer.org"})),
+        Some(
+            json!({"id": 1, "first_name": "Anne Marie", "last_name": "Kretchmar", "email": "annek@noanswer.org"}),
+        ),
         556,
         "2019-05-28T08:58:24.863769Z",
         24_023_128,
@@ -263,7 +267,9 @@ fn full_identity_keeps_the_whole_old_row_and_remembered_columns_never_leak() {
     let full = customers_event(
         Op::Update,
         Some(json!({"id": 1, "first_name": "Anne", "last_name": "Kretchmar", "email": "a@x"})),
-        Some(json!({"id": 1, "first_name": "Anne Marie", "last_name": "Kretchmar", "email": "a@x"})),
+        Some(
+            json!({"id": 1, "first_name": "Anne Marie", "last_name": "Kretchmar", "email": "a@x"}),
+        ),
         1,
         "2019-05-28T08:58:24.863769Z",
         10,
@@ -306,7 +312,10 @@ fn json_is_text_toast_is_placed_in_column_order_and_keyless_tables_have_no_key()
     ev.unchanged_toast = vec!["notes".into()];
     let v = envelope(&ev, &docs_source(), DebeziumOptions::default(), 0);
     assert_eq!(v["after"]["doc"], r#"{"b": [1, 2], "a": "x"}"#);
-    let cols: Vec<&String> = v["after"].as_object().map(|o| o.keys().collect()).unwrap_or_default();
+    let cols: Vec<&String> = v["after"]
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
     assert_eq!(cols, ["id", "notes", "doc"]);
     assert_eq!(v["after"]["notes"], UNAVAILABLE_VALUE);
     ev.origin.no_primary_key = true;
@@ -367,7 +376,9 @@ fn schema_variant_wraps_key_and_value_with_debeziums_schemas() {
     let mut ev = customers_event(
         Op::Insert,
         None,
-        Some(json!({"id": 1, "at": "2026-11-26T10:00:00.123456Z", "doc": {"a": 1}, "fee": "1.50", "tags": ["a"]})),
+        Some(
+            json!({"id": 1, "at": "2026-11-26T10:00:00.123456Z", "doc": {"a": 1}, "fee": "1.50", "tags": ["a"]}),
+        ),
         555,
         "2019-05-28T08:58:24.863000Z",
         24_023_128,
@@ -389,14 +400,26 @@ fn schema_variant_wraps_key_and_value_with_debeziums_schemas() {
     let plain = envelope(&ev, &docs_source(), DebeziumOptions::default(), NOW_MS);
     assert_eq!(v["payload"], plain, "the payload is the schemaless value");
     let schema = &v["schema"];
-    assert_eq!(schema["name"], "PostgreSQL_server.public.customers.Envelope");
+    assert_eq!(
+        schema["name"],
+        "PostgreSQL_server.public.customers.Envelope"
+    );
     let fields: Vec<&str> = schema["fields"]
         .as_array()
         .map(|f| f.iter().filter_map(|f| f["field"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(
         fields,
-        ["before", "after", "source", "op", "ts_ms", "ts_us", "ts_ns", "transaction"]
+        [
+            "before",
+            "after",
+            "source",
+            "op",
+            "ts_ms",
+            "ts_us",
+            "ts_ns",
+            "transaction"
+        ]
     );
     let after = &schema["fields"][1];
     assert_eq!(after["name"], "PostgreSQL_server.public.customers.Value");
@@ -409,7 +432,10 @@ fn schema_variant_wraps_key_and_value_with_debeziums_schemas() {
         json!({"type": "string", "optional": true, "name": "io.debezium.time.ZonedTimestamp", "version": 1, "field": "at"})
     );
     assert_eq!(after["fields"][2]["name"], "io.debezium.data.Json");
-    assert_eq!(after["fields"][3], json!({"type": "string", "optional": true, "field": "fee"}));
+    assert_eq!(
+        after["fields"][3],
+        json!({"type": "string", "optional": true, "field": "fee"})
+    );
     assert_eq!(after["fields"][4]["type"], "array");
     assert_eq!(after["fields"][4]["items"]["type"], "string");
     let source = &schema["fields"][2];

@@ -231,10 +231,7 @@ impl ChangeBuilder {
     fn entry(
         &mut self,
         relation_id: u32,
-        build: impl FnOnce(
-            &Self,
-            &RelationInfo,
-        ) -> Result<Built, ChangeError>,
+        build: impl FnOnce(&Self, &RelationInfo) -> Result<Built, ChangeError>,
     ) -> Result<Option<JournalEntry>, ChangeError> {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;

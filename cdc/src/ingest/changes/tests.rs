@@ -269,7 +269,11 @@ fn each_change_carries_its_own_lsn_the_last_commit_and_what_postgres_sent() {
     b.message_at(Lsn(0x400));
     let full = OldTuple::Full(tuple(vec![text("1"), text("a"), Datum::Null]));
     let upd = b
-        .update(PERMITS, Some(&full), &tuple(vec![text("1"), text("b"), Datum::Null]))
+        .update(
+            PERMITS,
+            Some(&full),
+            &tuple(vec![text("1"), text("b"), Datum::Null]),
+        )
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("update"));
@@ -278,7 +282,11 @@ fn each_change_carries_its_own_lsn_the_last_commit_and_what_postgres_sent() {
     assert_eq!(upd.event.origin.old_sent, Some(OldSent::Full));
     b.message_at(Lsn(0x440));
     let plain = b
-        .update(PERMITS, None, &tuple(vec![text("1"), text("c"), Datum::Null]))
+        .update(
+            PERMITS,
+            None,
+            &tuple(vec![text("1"), text("c"), Datum::Null]),
+        )
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("update"));
@@ -286,7 +294,10 @@ fn each_change_carries_its_own_lsn_the_last_commit_and_what_postgres_sent() {
     assert_eq!(plain.event.origin.old_sent, None);
     b.message_at(Lsn(0x480));
     let del = b
-        .delete(PERMITS, &OldTuple::Key(tuple(vec![text("1"), Datum::Null, Datum::Null])))
+        .delete(
+            PERMITS,
+            &OldTuple::Key(tuple(vec![text("1"), Datum::Null, Datum::Null])),
+        )
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("delete"));
@@ -306,10 +317,16 @@ fn a_table_without_a_primary_key_is_marked() {
     b.relation(OTHER, RelationInfo::new(&rel, kinds, &[], captured));
     b.begin(0x100, 1, 0);
     let e = b
-        .insert(OTHER, &tuple(vec![text("1"), text("{\"a\": 1}"), Datum::Null]))
+        .insert(
+            OTHER,
+            &tuple(vec![text("1"), text("{\"a\": 1}"), Datum::Null]),
+        )
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("insert"));
     assert!(e.event.origin.no_primary_key);
-    assert_eq!(e.event.origin.column_types[1], ("status".to_string(), "jsonb".to_string()));
+    assert_eq!(
+        e.event.origin.column_types[1],
+        ("status".to_string(), "jsonb".to_string())
+    );
 }

@@ -212,7 +212,11 @@ mod tests {
         let recs = s
             .records(0, &item(Op::Delete, serde_json::Value::Null))
             .unwrap_or_default();
-        assert_eq!(recs.len(), 2, "a delete is followed by a tombstone by default");
+        assert_eq!(
+            recs.len(),
+            2,
+            "a delete is followed by a tombstone by default"
+        );
         assert!(recs[1].value.is_none());
         assert_eq!(text(&recs[1].key), "{\"id\":7}");
 
@@ -230,8 +234,18 @@ mod tests {
         assert_eq!(recs.len(), 1, "tombstones = false: no tombstone");
         // Native and transformed records keep their old defaults: truncates, no tombstones.
         let n = sink("format = \"native\"\n", false);
-        assert_eq!(n.records(0, &item(Op::Truncate, json!({}))).unwrap_or_default().len(), 1);
-        assert_eq!(n.records(0, &item(Op::Delete, json!({}))).unwrap_or_default().len(), 1);
+        assert_eq!(
+            n.records(0, &item(Op::Truncate, json!({})))
+                .unwrap_or_default()
+                .len(),
+            1
+        );
+        assert_eq!(
+            n.records(0, &item(Op::Delete, json!({})))
+                .unwrap_or_default()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -246,7 +260,10 @@ mod tests {
 
         let s = sink("format = \"debezium-schema\"\n", false);
         ev.origin.no_primary_key = false;
-        ev.origin.column_types = vec![("id".into(), "int4".into()), ("status".into(), "text".into())];
+        ev.origin.column_types = vec![
+            ("id".into(), "int4".into()),
+            ("status".into(), "text".into()),
+        ];
         it.event = Arc::new(ev);
         let recs = s.records(0, &it).unwrap_or_default();
         let k: serde_json::Value = serde_json::from_str(&text(&recs[0].key)).unwrap_or_default();
@@ -265,7 +282,11 @@ mod tests {
             let value: toml::Value = toml::from_str(&text).unwrap_or(toml::Value::Boolean(false));
             let config: KafkaSinkConfig =
                 serde::Deserialize::deserialize(value).unwrap_or_else(|e| panic!("{e}"));
-            let e = config.validate("sink[0]", false).err().map(|e| e.to_string()).unwrap_or_default();
+            let e = config
+                .validate("sink[0]", false)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains("applies to the Debezium formats only"), "{e}");
         }
     }
