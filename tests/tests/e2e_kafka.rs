@@ -916,6 +916,49 @@ async fn debezium_defaults_match_debeziums_connector() -> anyhow::Result<()> {
         "truncates = true wrote no truncate"
     );
 
+    // A primary key change: a delete of the old key, its tombstone, a create of the
+    // new key, with Debezium's key headers.
+    pg.batch("UPDATE docs SET id = 3 WHERE id = 2").await?;
+    let docs = wait_records(&b, "dbz.public.docs", 9, &mut p, Duration::from_secs(60)).await?;
+    let moved = &docs[6..9];
+    let (d, c) = (json(&moved[0])?, json(&moved[2])?);
+    ensure!(
+        d["op"] == "d"
+            && d["before"] == serde_json::json!({"id": 2})
+            && moved[0].key.as_deref() == Some("{\"id\":2}"),
+        "key change, delete: {d}"
+    );
+    ensure!(
+        moved[0]
+            .headers
+            .get("__debezium.newkey")
+            .map(String::as_str)
+            == Some("{\"id\":3}"),
+        "{:?}",
+        moved[0].headers
+    );
+    ensure!(
+        moved[1].value.is_none() && moved[1].key == moved[0].key,
+        "key change, tombstone: {:?}",
+        moved[1]
+    );
+    ensure!(
+        c["op"] == "c"
+            && c["before"].is_null()
+            && c["after"]["id"] == 3
+            && moved[2].key.as_deref() == Some("{\"id\":3}"),
+        "key change, create: {c}"
+    );
+    ensure!(
+        moved[2]
+            .headers
+            .get("__debezium.oldkey")
+            .map(String::as_str)
+            == Some("{\"id\":2}"),
+        "{:?}",
+        moved[2].headers
+    );
+
     // A resync's rows are Debezium's incremental snapshot rows.
     let (code, out, err) = pgcdc_output(&[
         "resync",
@@ -928,7 +971,7 @@ async fn debezium_defaults_match_debeziums_connector() -> anyhow::Result<()> {
     ])
     .await?;
     ensure!(code == 0, "resync: {out}{err}");
-    let docs = wait_records(&b, "dbz.public.docs", 7, &mut p, Duration::from_secs(60)).await?;
+    let docs = wait_records(&b, "dbz.public.docs", 10, &mut p, Duration::from_secs(60)).await?;
     let last = json(docs.last().context("no record")?)?;
     ensure!(
         last["op"] == "r" && last["source"]["snapshot"] == "incremental",

@@ -133,6 +133,44 @@ pub fn key(
     })
 }
 
+/// An update that changed the primary key, as Debezium writes it: a delete of the
+/// old key (`before` = the old row as Postgres sent it) and a create of the new one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyChange {
+    /// The `d` record's event (its key is the old key).
+    pub delete: ChangeEvent,
+    /// The `c` record's event.
+    pub create: ChangeEvent,
+}
+
+/// Splits an update whose primary key changed into Debezium's delete and create;
+/// None for any other change. Postgres sends the old key only when it changed
+/// (or the whole old row under REPLICA IDENTITY FULL).
+pub fn key_change(event: &ChangeEvent) -> Option<KeyChange> {
+    if event.op != Op::Update || event.origin.no_primary_key || event.origin.old_sent.is_none() {
+        return None;
+    }
+    let key = event.key.as_ref()?;
+    let old = event.old.as_ref()?;
+    let old_key: Row = key
+        .keys()
+        .map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
+        .collect::<Option<Row>>()?;
+    if &old_key == key {
+        return None;
+    }
+    let mut delete = event.clone();
+    delete.op = Op::Delete;
+    delete.key = Some(old_key);
+    delete.new = None;
+    delete.unchanged_toast = Vec::new();
+    let mut create = event.clone();
+    create.op = Op::Insert;
+    create.old = None;
+    create.origin.old_sent = None;
+    Some(KeyChange { delete, create })
+}
+
 #[derive(Serialize)]
 struct Envelope<'a> {
     before: Option<Image<'a>>,

@@ -472,3 +472,47 @@ fn op_codes_follow_debezium() {
         .collect();
     assert_eq!(codes, ["c", "u", "d", "r", "t"]);
 }
+
+#[test]
+fn a_primary_key_change_is_a_delete_and_a_create() {
+    let mut ev = customers_event(
+        Op::Update,
+        Some(json!({"id": 1})),
+        Some(json!({"id": 2, "first_name": "Anne", "last_name": "K", "email": "a@x"})),
+        556,
+        "2019-05-28T08:58:24.863769Z",
+        24_023_128,
+        Some(24_023_119),
+        Some(OldSent::Key),
+    );
+    ev.key = row(json!({"id": 2}));
+    let split = key_change(&ev).unwrap_or_else(|| panic!("a key change"));
+    let opts = DebeziumOptions::default();
+    let d = envelope(&split.delete, &docs_source(), opts, 0);
+    assert_eq!(d["op"], "d");
+    assert_eq!(d["before"], json!({"id": 1}));
+    assert_eq!(d["after"], Value::Null);
+    assert_eq!(
+        key(&split.delete, &docs_source(), opts),
+        Some(json!({"id": 1}))
+    );
+    let c = envelope(&split.create, &docs_source(), opts, 0);
+    assert_eq!(c["op"], "c");
+    assert_eq!(c["before"], Value::Null);
+    assert_eq!(c["after"]["id"], 2);
+    assert_eq!(
+        key(&split.create, &docs_source(), opts),
+        Some(json!({"id": 2}))
+    );
+    // Both keep the change's position.
+    assert_eq!(d["source"]["lsn"], 24_023_128);
+    assert_eq!(c["source"]["sequence"], "[\"24023119\",\"24023128\"]");
+    // No split when the key stayed (REPLICA IDENTITY FULL) or Postgres sent no old row.
+    let mut same = ev.clone();
+    same.old = row(json!({"id": 2, "first_name": "x"}));
+    same.origin.old_sent = Some(OldSent::Full);
+    assert!(key_change(&same).is_none());
+    let mut none = ev;
+    none.origin.old_sent = None;
+    assert!(key_change(&none).is_none());
+}

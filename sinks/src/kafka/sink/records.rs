@@ -18,7 +18,14 @@ pub(super) struct Rec {
     pub(super) lsn: String,
     pub(super) table: String,
     pub(super) op: &'static str,
+    /// One more header: Debezium's `__debezium.newkey`/`__debezium.oldkey` on the
+    /// records of a primary key change.
+    pub(super) header: Option<(&'static str, Vec<u8>)>,
 }
+
+/// Suffix of the delivery id of the delete record a primary key change writes
+/// before its create record (which keeps the plain id), so the read-back tells them apart.
+const OLD_KEY_SUFFIX: &str = "/old-key";
 
 impl KafkaSink {
     /// How the Debezium envelope is rendered, when the sink writes it (a Debezium
@@ -47,6 +54,11 @@ impl KafkaSink {
             .topic
             .render(&event.schema, &event.table, event.trigger.as_deref());
         crate::kafka::config::check_topic_name(&topic)?;
+        if let (None, Some(options)) = (&self.key, debezium) {
+            if let Some(split) = debezium::key_change(event) {
+                return self.key_change_records(index, item, &topic, options, &split);
+            }
+        }
         let key = match (&self.key, debezium) {
             (None, Some(options)) => debezium::key(event, &self.source, options)
                 .map(|k| serde_json::to_vec(&k))
@@ -84,6 +96,7 @@ impl KafkaSink {
             lsn: event.lsn.to_string(),
             table: event.qualified_table(),
             op: event.op.as_str(),
+            header: None,
         }];
         let tombstones = self.config.tombstones.unwrap_or(debezium.is_some());
         if tombstones && event.op == Op::Delete && key.is_some() {
@@ -96,8 +109,63 @@ impl KafkaSink {
                 lsn: event.lsn.to_string(),
                 table: event.qualified_table(),
                 op: event.op.as_str(),
+                header: None,
             });
         }
+        Ok(recs)
+    }
+
+    /// Debezium's records of an update that changed the primary key: a delete of the
+    /// old key (header `__debezium.newkey`), its tombstone, and a create of the new
+    /// key (header `__debezium.oldkey`).
+    fn key_change_records(
+        &self,
+        index: usize,
+        item: &Outgoing,
+        topic: &str,
+        options: DebeziumOptions,
+        split: &debezium::KeyChange,
+    ) -> Result<Vec<Rec>, String> {
+        let event = &item.event;
+        let json = |v: Option<serde_json::Value>| {
+            v.map(|v| serde_json::to_vec(&v))
+                .transpose()
+                .map_err(|e| e.to_string())
+        };
+        let old_key = json(debezium::key(&split.delete, &self.source, options))?;
+        let new_key = json(debezium::key(&split.create, &self.source, options))?;
+        let render = |e| {
+            debezium::to_vec(e, &self.source, options, self.batch_started_ms)
+                .map_err(|e| e.to_string())
+        };
+        let id = item.delivery_id();
+        let old_id = format!("{id}{OLD_KEY_SUFFIX}");
+        let rec = |id: (String, bool), key: &Option<Vec<u8>>, value, header| Rec {
+            item: index,
+            id,
+            topic: topic.to_string(),
+            key: key.clone(),
+            value,
+            lsn: event.lsn.to_string(),
+            table: event.qualified_table(),
+            op: event.op.as_str(),
+            header,
+        };
+        let mut recs = vec![rec(
+            (old_id.clone(), false),
+            &old_key,
+            Some(render(&split.delete)?),
+            new_key.clone().map(|k| ("__debezium.newkey", k)),
+        )];
+        if self.config.tombstones.unwrap_or(true) && old_key.is_some() {
+            recs.push(rec((old_id, true), &old_key, None, None));
+        }
+        recs.push(rec(
+            (id, false),
+            &new_key,
+            Some(render(&split.create)?),
+            old_key.clone().map(|k| ("__debezium.oldkey", k)),
+        ));
         Ok(recs)
     }
 }
@@ -273,6 +341,49 @@ mod tests {
         assert_eq!(v["schema"]["name"], "pgcdc.public.permits.Envelope");
         assert_eq!(v["payload"]["op"], "c");
         assert!(!s.wants_native_body());
+    }
+
+    #[test]
+    fn a_primary_key_change_is_a_delete_a_tombstone_and_a_create() {
+        let s = sink("", false);
+        let mut it = item(Op::Update, serde_json::Value::Null);
+        let mut ev = (*it.event).clone();
+        ev.key = json!({"id": 8}).as_object().cloned();
+        ev.new = json!({"id": 8, "status": "approved"}).as_object().cloned();
+        ev.old = json!({"id": 7}).as_object().cloned();
+        ev.origin.old_sent = Some(pgcdc_schema::OldSent::Key);
+        it.event = Arc::new(ev);
+        let recs = s.records(0, &it).unwrap_or_default();
+        assert_eq!(recs.len(), 3);
+        let v0: serde_json::Value = serde_json::from_str(&text(&recs[0].value)).unwrap_or_default();
+        assert_eq!(
+            (v0["op"].as_str(), text(&recs[0].key).as_str()),
+            (Some("d"), "{\"id\":7}")
+        );
+        assert_eq!(
+            recs[0].header,
+            Some(("__debezium.newkey", b"{\"id\":8}".to_vec()))
+        );
+        assert!(
+            recs[1].value.is_none() && recs[1].id.1,
+            "the tombstone of the old key"
+        );
+        assert_eq!(text(&recs[1].key), "{\"id\":7}");
+        let v2: serde_json::Value = serde_json::from_str(&text(&recs[2].value)).unwrap_or_default();
+        assert_eq!(
+            (v2["op"].as_str(), text(&recs[2].key).as_str()),
+            (Some("c"), "{\"id\":8}")
+        );
+        assert_eq!(
+            recs[2].header,
+            Some(("__debezium.oldkey", b"{\"id\":7}".to_vec()))
+        );
+        // Distinct identities for the read-back; the create keeps the delivery id.
+        assert_eq!(recs[2].id, ("0000000000000010-00000002".to_string(), false));
+        assert_eq!(
+            recs[0].id,
+            ("0000000000000010-00000002/old-key".to_string(), false)
+        );
     }
 
     #[test]
