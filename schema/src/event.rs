@@ -111,6 +111,33 @@ pub struct ChangeEvent {
     /// A schema event's columns before the change (absent from row events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Vec<Column>>,
+    /// Where the change came from, beyond the commit position (for the Debezium
+    /// envelope). Kept in the journal ([`Journaled`]) but never part of the native
+    /// event (ARCHITECTURE.md's contract): absent from events journaled before it
+    /// existed.
+    #[serde(default, skip_serializing)]
+    pub origin: Origin,
+}
+
+/// An event as the journal stores it: the native event plus its [`Origin`].
+#[derive(Serialize)]
+pub struct Journaled<'a> {
+    /// The native event's fields.
+    #[serde(flatten)]
+    pub event: &'a ChangeEvent,
+    /// The origin (left out when empty).
+    #[serde(skip_serializing_if = "Origin::is_empty")]
+    pub origin: &'a Origin,
+}
+
+impl<'a> Journaled<'a> {
+    /// The journal record of `event`.
+    pub fn of(event: &'a ChangeEvent) -> Self {
+        Journaled {
+            event,
+            origin: &event.origin,
+        }
+    }
 }
 
 /// One column of a table, as a schema event describes it.
@@ -123,6 +150,100 @@ pub struct Column {
     pub type_name: String,
     /// Part of the key (primary key, else replica identity).
     pub key: bool,
+}
+
+/// Facts about a change's source that only some outputs need: its own WAL
+/// position, the snapshot it belongs to, what Postgres sent as the old row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The change's own WAL position (the start of the WAL data carrying it); the
+    /// event's `lsn` is its transaction's commit LSN. None for snapshot and resync rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_lsn: Option<Lsn>,
+    /// The end LSN of the last transaction committed before this change's (as the
+    /// replication stream showed it since pgcdc started reading); Debezium's
+    /// `sequence[0]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit_lsn: Option<Lsn>,
+    /// For a `read` row: which part of a snapshot it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotMark>,
+    /// What Postgres sent as the old row of an update or delete (None: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_sent: Option<OldSent>,
+    /// The table has no primary key: `key` holds its replica identity columns.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_primary_key: bool,
+    /// Each column's type (`int4`, `jsonb`, `timestamptz`, `text[]`, ... see
+    /// [`crate::value::PgType::name`]), in table order: for Debezium's JSON-as-text and
+    /// its schemas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub column_types: Vec<(String, String)>,
+}
+
+impl Origin {
+    /// Nothing known (an event journaled before origins existed, or built in a test).
+    pub fn is_empty(&self) -> bool {
+        *self == Origin::default()
+    }
+}
+
+/// Which part of a snapshot a row is, in Debezium's words (`source.snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMark {
+    /// The first row of the initial snapshot.
+    First,
+    /// The first row of a table's snapshot (not the first table).
+    FirstInDataCollection,
+    /// Any other row of the initial snapshot.
+    True,
+    /// The last row of a table's snapshot (not the last table).
+    LastInDataCollection,
+    /// The last row of the initial snapshot.
+    Last,
+    /// A row read by a resync (Debezium's incremental snapshot).
+    Incremental,
+}
+
+impl SnapshotMark {
+    /// The mark of the row at (`first_row`, `last_row`) of a table that is the
+    /// first/last of the snapshot, as Debezium's relational snapshot marks it.
+    pub fn of(first_table: bool, last_table: bool, first_row: bool, last_row: bool) -> Self {
+        if last_row && last_table {
+            SnapshotMark::Last
+        } else if first_row && first_table {
+            SnapshotMark::First
+        } else if last_row {
+            SnapshotMark::LastInDataCollection
+        } else if first_row {
+            SnapshotMark::FirstInDataCollection
+        } else {
+            SnapshotMark::True
+        }
+    }
+
+    /// The `source.snapshot` text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMark::First => "first",
+            SnapshotMark::FirstInDataCollection => "first_in_data_collection",
+            SnapshotMark::True => "true",
+            SnapshotMark::LastInDataCollection => "last_in_data_collection",
+            SnapshotMark::Last => "last",
+            SnapshotMark::Incremental => "incremental",
+        }
+    }
+}
+
+/// The old row Postgres sent with an update or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OldSent {
+    /// The whole row (REPLICA IDENTITY FULL).
+    Full,
+    /// The replica identity columns only (a delete, or an update that changed the key).
+    Key,
 }
 
 impl ChangeEvent {
@@ -214,6 +335,7 @@ mod tests {
             unchanged_toast: vec!["notes".into()],
             columns: None,
             previous: None,
+            origin: Origin::default(),
         };
         let v = serde_json::to_value(&ev).unwrap_or_default();
         let keys: Vec<&str> = v
@@ -242,5 +364,52 @@ mod tests {
         assert_eq!(v["old"], Value::Null);
         let back: ChangeEvent = serde_json::from_value(v).unwrap_or_else(|_| ev.clone());
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn origin_round_trips_and_old_records_still_read() {
+        let old_record = r#"{"id":"0000000001000000-00000000","op":"delete","schema":"public","table":"t","key":{"id":1},"old":{"id":1},"new":null,"lsn":"0/1000000","xid":5,"commit_time":null}"#;
+        let ev: ChangeEvent = from_stored_json(old_record).unwrap_or_else(|e| panic!("{e}"));
+        assert!(ev.origin.is_empty());
+        let mut ev = ev;
+        ev.origin = Origin {
+            change_lsn: Some(Lsn(0x0FFF_FF00)),
+            last_commit_lsn: Some(Lsn(0x0FFF_0000)),
+            snapshot: Some(SnapshotMark::LastInDataCollection),
+            old_sent: Some(OldSent::Key),
+            no_primary_key: true,
+            column_types: vec![("id".into(), "int4".into()), ("doc".into(), "jsonb".into())],
+        };
+        // The native event never shows it; the journal's record keeps it.
+        let native = serde_json::to_string(&ev).unwrap_or_default();
+        assert!(!native.contains("origin"), "{native}");
+        let text = serde_json::to_string(&Journaled::of(&ev)).unwrap_or_default();
+        assert!(text.starts_with(&native[..native.len() - 1]), "{text}");
+        assert!(text.contains(r#""origin":{"change_lsn":"0/FFFFF00","last_commit_lsn":"0/FFF0000","snapshot":"last_in_data_collection","old_sent":"key","no_primary_key":true,"column_types":[["id","int4"],["doc","jsonb"]]}"#), "{text}");
+        let back: ChangeEvent = from_stored_json(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn snapshot_marks_follow_debezium() {
+        use SnapshotMark::*;
+        // (first table, last table, first row, last row)
+        assert_eq!(SnapshotMark::of(true, false, true, false), First);
+        assert_eq!(SnapshotMark::of(true, false, false, false), True);
+        assert_eq!(
+            SnapshotMark::of(true, false, false, true),
+            LastInDataCollection
+        );
+        assert_eq!(
+            SnapshotMark::of(false, true, true, false),
+            FirstInDataCollection
+        );
+        assert_eq!(SnapshotMark::of(false, true, false, true), Last);
+        assert_eq!(SnapshotMark::of(true, true, true, true), Last);
+        assert_eq!(Last.as_str(), "last");
+        assert_eq!(
+            serde_json::to_value(FirstInDataCollection).unwrap_or_default(),
+            "first_in_data_collection"
+        );
     }
 }

@@ -17,7 +17,7 @@ pub mod secret;
 pub mod table;
 pub mod value;
 
-pub use event::{ChangeEvent, EventId, Op};
+pub use event::{ChangeEvent, EventId, OldSent, Op, Origin, SnapshotMark};
 pub use lsn::Lsn;
 pub use secret::Secret;
 pub use table::{quote_ident, quote_literal, TableName};

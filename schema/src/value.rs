@@ -64,6 +64,38 @@ pub enum PgType {
 }
 
 impl PgType {
+    /// The type's name as events carry it: `bool`, `int2`, `int4`, `int8`, `oid`,
+    /// `float4`, `float8`, `numeric`, `money`, `text`, `uuid`, `date`, `time`,
+    /// `timetz`, `timestamp`, `timestamptz`, `interval`, `json`, `jsonb`, `bytea`,
+    /// `other`, and `<element>[]` for arrays.
+    pub fn name(&self) -> String {
+        let scalar = match self {
+            PgType::Bool => "bool",
+            PgType::Int2 => "int2",
+            PgType::Int4 => "int4",
+            PgType::Int8 => "int8",
+            PgType::Oid => "oid",
+            PgType::Float4 => "float4",
+            PgType::Float8 => "float8",
+            PgType::Numeric => "numeric",
+            PgType::Money => "money",
+            PgType::Text => "text",
+            PgType::Uuid => "uuid",
+            PgType::Date => "date",
+            PgType::Time => "time",
+            PgType::TimeTz => "timetz",
+            PgType::Timestamp => "timestamp",
+            PgType::TimestampTz => "timestamptz",
+            PgType::Interval => "interval",
+            PgType::Json => "json",
+            PgType::Jsonb => "jsonb",
+            PgType::Bytea => "bytea",
+            PgType::Other => "other",
+            PgType::Array(elem) => return format!("{}[]", elem.name()),
+        };
+        scalar.to_string()
+    }
+
     /// Kind of a built-in type OID (incl. the built-in array OIDs, e.g. 1007 = int4[]), or None.
     pub fn from_builtin_oid(oid: u32) -> Option<PgType> {
         if let Some(scalar) = scalar_from_oid(oid) {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use e2e_fixture::{spawn_run, start_streaming, stderr_with, SocketAddr};
+use e2e_fixture::{pgcdc_output, spawn_run, start_streaming, stderr_with, SocketAddr};
 use pgcdc_tests::kafka::{produce_foreign, read_topic, Broker, Record};
 use pgcdc_tests::{state_dir, ConfigFile, PgCluster};
 use serde_json::Value;
@@ -712,5 +712,275 @@ async fn a_checkpoint_reset_while_stopped_wins_over_the_progress_record() -> any
         log.contains("checkpoint was reset"),
         "no reset notice:\n{log}"
     );
+    Ok(())
+}
+
+/// The Debezium defaults end to end, as Debezium's PostgreSQL connector writes them:
+/// snapshot marks, per-change `source.lsn` and `sequence`, `before` null for an
+/// update under the default identity and the key for a delete, a tombstone after a
+/// delete without asking, truncates skipped, jsonb as Postgres' text, a null key for
+/// a table without a primary key, `incremental` for resync rows; and a second sink
+/// with the opt-ins (`debezium-schema`, `before = "known"`, `truncates`, no tombstones).
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_defaults_match_debeziums_connector() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let pg = PgCluster::new().await?;
+    pg.batch(
+        "CREATE TABLE docs (id int8 PRIMARY KEY, status text NOT NULL, doc jsonb); \
+         CREATE TABLE nopk (a int, b text); ALTER TABLE nopk REPLICA IDENTITY FULL; CREATE TABLE zeta (id int PRIMARY KEY); \
+         INSERT INTO docs VALUES (1, 'draft', '{\"b\": [1, 2], \"a\": {\"x\": \"y\"}}'), (2, 'draft', NULL); \
+         INSERT INTO zeta VALUES (1);",
+    )
+    .await?;
+    let state = state_dir()?;
+    let text = format!(
+        "[source]\nurl = \"{url}\"\nsnapshot = \"initial\"\ntables = [\"public.docs\", \"public.nopk\", \"public.zeta\"]\n\n\
+         [state]\ndir = \"{dir}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[trigger]]\nname = \"statusChanged\"\ntable = \"public.docs\"\nwhen = '.old.status != .new.status'\n\n\
+         [[sink]]\nname = \"dbz\"\ntype = \"kafka\"\ntables = [\"public.docs\", \"public.nopk\", \"public.zeta\"]\n\
+         brokers = \"{brokers}\"\ntopic = \"dbz.{{schema}}.{{table}}\"\ncreate_topics = true\n\n\
+         [[sink]]\nname = \"dbzs\"\ntype = \"kafka\"\ntables = [\"public.docs\", \"public.nopk\", \"public.zeta\"]\n\
+         brokers = \"{brokers}\"\ntopic = \"dbzs.{{schema}}.{{table}}\"\ncreate_topics = true\n\
+         format = \"debezium-schema\"\nbefore = \"known\"\ntruncates = true\ntombstones = false\n",
+        url = pg.url(),
+        dir = state.path().display(),
+        brokers = broker.bootstrap(),
+    );
+    let cfg = ConfigFile::new(&text)?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let b = broker.bootstrap();
+    // The snapshot: docs (first table) rows 1 and 2, zeta (last table) its one row
+    // (nopk, without a primary key, cannot be snapshotted in chunks: its snapshot fails).
+    let zeta = wait_records(&b, "dbz.public.zeta", 1, &mut p, Duration::from_secs(60)).await?;
+    // A first transaction, so the next one's sequence has a last commit.
+    pg.batch("INSERT INTO nopk VALUES (2, 'second')").await?;
+    pg.batch(
+        "BEGIN; UPDATE docs SET status = 'final' WHERE id = 1; \
+         UPDATE docs SET doc = '{\"k\": \"v\\n\", \"n\": 1.50}' WHERE id = 2; COMMIT; \
+         DELETE FROM docs WHERE id = 1; TRUNCATE nopk; INSERT INTO nopk VALUES (3, 'third');",
+    )
+    .await?;
+    // docs: 2 reads, 2 updates, a delete and its tombstone; nopk: 2 inserts.
+    let docs = wait_records(&b, "dbz.public.docs", 6, &mut p, Duration::from_secs(60)).await?;
+    let nopk = wait_records(&b, "dbz.public.nopk", 2, &mut p, Duration::from_secs(60)).await?;
+
+    // Snapshot marks, as Debezium's relational snapshot sets them.
+    let marks: Vec<String> = docs
+        .iter()
+        .chain(zeta.iter())
+        .filter_map(|r| json(r).ok())
+        .filter(|v| v["op"] == "r")
+        .map(|v| format!("{}:{}", v["after"], v["source"]["snapshot"]))
+        .collect();
+    // The tables are copied one after the other (in the order their snapshots were
+    // queued): one row is the snapshot's first, one its last, and docs' rows open and
+    // close docs' part.
+    ensure!(marks.len() == 3, "snapshot rows: {marks:?}");
+    let count = |m: &str| {
+        marks
+            .iter()
+            .filter(|x| x.ends_with(&format!(":\"{m}\"")))
+            .count()
+    };
+    ensure!(count("first") == 1 && count("last") == 1, "{marks:?}");
+    ensure!(
+        marks[0].ends_with(":\"first\"") || marks[0].ends_with(":\"first_in_data_collection\""),
+        "docs' first row: {marks:?}"
+    );
+    ensure!(
+        marks[1].ends_with(":\"last\"") || marks[1].ends_with(":\"last_in_data_collection\""),
+        "docs' last row: {marks:?}"
+    );
+    // jsonb as Postgres' own text of it.
+    let snap1 = json(&docs[0])?;
+    let doc_text: String = pg
+        .query_scalar("SELECT '{\"b\": [1, 2], \"a\": {\"x\": \"y\"}}'::jsonb::text")
+        .await?;
+    ensure!(
+        snap1["after"]["doc"] == doc_text.as_str(),
+        "jsonb: {} vs {doc_text}",
+        snap1["after"]["doc"]
+    );
+
+    // The two updates of one transaction: each its own LSN, below the commit LSN.
+    let updates: Vec<(&Record, Value)> = docs
+        .iter()
+        .filter_map(|r| json(r).ok().map(|v| (r, v)))
+        .filter(|(_, v)| v["op"] == "u")
+        .collect();
+    ensure!(updates.len() == 2, "updates: {}", updates.len());
+    let (r1, u1) = &updates[0];
+    let (_, u2) = &updates[1];
+    let lsn1 = u1["source"]["lsn"].as_u64().context("lsn")?;
+    let lsn2 = u2["source"]["lsn"].as_u64().context("lsn")?;
+    let commit: pgcdc_schema::Lsn = r1.headers["pgcdc-lsn"].parse()?;
+    ensure!(
+        lsn1 < lsn2 && lsn2 < commit.0,
+        "change LSNs {lsn1} {lsn2}, commit {}",
+        commit.0
+    );
+    let seq: Vec<Option<String>> =
+        serde_json::from_str(u1["source"]["sequence"].as_str().context("sequence")?)?;
+    ensure!(
+        seq.len() == 2 && seq[1] == Some(lsn1.to_string()),
+        "sequence {seq:?}"
+    );
+    let last_commit: u64 = seq[0].as_deref().context("no last commit LSN")?.parse()?;
+    // The previous transaction (the nopk insert) committed before these changes.
+    let prev: pgcdc_schema::Lsn = nopk
+        .iter()
+        .find(|r| json(r).is_ok_and(|v| v["after"]["a"] == 2))
+        .context("nopk insert")?
+        .headers["pgcdc-lsn"]
+        .parse()?;
+    ensure!(
+        prev.0 < last_commit && last_commit <= lsn1,
+        "last commit {last_commit}, previous commit {}, change {lsn1}",
+        prev.0
+    );
+    // Default identity: an update has no before, even though a trigger watches
+    // `.old.status` (pgcdc remembers it); the jsonb update is text.
+    ensure!(
+        u1["before"].is_null() && u2["before"].is_null(),
+        "before: {} {}",
+        u1["before"],
+        u2["before"]
+    );
+    ensure!(
+        u2["after"]["doc"] == "{\"k\": \"v\\n\", \"n\": 1.50}",
+        "jsonb: {}",
+        u2["after"]["doc"]
+    );
+    // The delete: the key as before, then a tombstone, by default.
+    let del_at = docs
+        .iter()
+        .position(|r| json(r).is_ok_and(|v| v["op"] == "d"))
+        .context("no delete")?;
+    let del = json(&docs[del_at])?;
+    ensure!(
+        del["before"] == serde_json::json!({"id": 1}),
+        "delete before: {}",
+        del["before"]
+    );
+    let tomb = docs
+        .get(del_at + 1)
+        .context("no tombstone after the delete")?;
+    ensure!(
+        tomb.value.is_none() && tomb.key == docs[del_at].key,
+        "tombstone: {tomb:?}"
+    );
+    // nopk: no truncate record, null keys.
+    for r in &nopk {
+        let v = json(r)?;
+        ensure!(v["op"] != "t", "a truncate was written: {v}");
+        ensure!(
+            r.key.is_none(),
+            "a table without a primary key has a null key: {r:?}"
+        );
+    }
+
+    // The opt-in sink: schemas, truncates, pgcdc's old row, no tombstone.
+    let sdocs = wait_records(&b, "dbzs.public.docs", 5, &mut p, Duration::from_secs(60)).await?;
+    let snopk = wait_records(&b, "dbzs.public.nopk", 3, &mut p, Duration::from_secs(60)).await?;
+    ensure!(
+        sdocs.iter().all(|r| r.value.is_some()),
+        "tombstones = false wrote one"
+    );
+    let first = json(&sdocs[0])?;
+    ensure!(
+        first["schema"]["name"] == "pgcdc.public.docs.Envelope",
+        "schema: {}",
+        first["schema"]
+    );
+    let key: Value = serde_json::from_str(sdocs[0].key.as_deref().context("key")?)?;
+    ensure!(
+        key["payload"] == serde_json::json!({"id": 1})
+            && key["schema"]["name"] == "pgcdc.public.docs.Key",
+        "key: {key}"
+    );
+    let upd = sdocs
+        .iter()
+        .filter_map(|r| json(r).ok())
+        .find(|v| v["payload"]["op"] == "u")
+        .context("no update")?;
+    ensure!(
+        upd["payload"]["before"]["status"] == "draft",
+        "before = known: {}",
+        upd["payload"]["before"]
+    );
+    ensure!(
+        snopk
+            .iter()
+            .filter_map(|r| json(r).ok())
+            .any(|v| v["payload"]["op"] == "t"),
+        "truncates = true wrote no truncate"
+    );
+
+    // A primary key change: a delete of the old key, its tombstone, a create of the
+    // new key, with Debezium's key headers.
+    pg.batch("UPDATE docs SET id = 3 WHERE id = 2").await?;
+    let docs = wait_records(&b, "dbz.public.docs", 9, &mut p, Duration::from_secs(60)).await?;
+    let moved = &docs[6..9];
+    let (d, c) = (json(&moved[0])?, json(&moved[2])?);
+    ensure!(
+        d["op"] == "d"
+            && d["before"] == serde_json::json!({"id": 2})
+            && moved[0].key.as_deref() == Some("{\"id\":2}"),
+        "key change, delete: {d}"
+    );
+    ensure!(
+        moved[0]
+            .headers
+            .get("__debezium.newkey")
+            .map(String::as_str)
+            == Some("{\"id\":3}"),
+        "{:?}",
+        moved[0].headers
+    );
+    ensure!(
+        moved[1].value.is_none() && moved[1].key == moved[0].key,
+        "key change, tombstone: {:?}",
+        moved[1]
+    );
+    ensure!(
+        c["op"] == "c"
+            && c["before"].is_null()
+            && c["after"]["id"] == 3
+            && moved[2].key.as_deref() == Some("{\"id\":3}"),
+        "key change, create: {c}"
+    );
+    ensure!(
+        moved[2]
+            .headers
+            .get("__debezium.oldkey")
+            .map(String::as_str)
+            == Some("{\"id\":2}"),
+        "{:?}",
+        moved[2].headers
+    );
+
+    // A resync's rows are Debezium's incremental snapshot rows.
+    let (code, out, err) = pgcdc_output(&[
+        "resync",
+        "--config",
+        &cfg.arg(),
+        "--table",
+        "public.docs",
+        "--sink",
+        "dbz",
+    ])
+    .await?;
+    ensure!(code == 0, "resync: {out}{err}");
+    let docs = wait_records(&b, "dbz.public.docs", 10, &mut p, Duration::from_secs(60)).await?;
+    let last = json(docs.last().context("no record")?)?;
+    ensure!(
+        last["op"] == "r" && last["source"]["snapshot"] == "incremental",
+        "resync row: {last}"
+    );
+    p.terminate()?;
+    ensure!(p
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some_and(|s| s.success()));
     Ok(())
 }

@@ -35,6 +35,7 @@ fn item(row: &str, seq: u32) -> Outgoing {
         unchanged_toast: vec![],
         columns: None,
         previous: None,
+        origin: Default::default(),
     };
     Outgoing {
         event: Arc::new(event),

@@ -25,6 +25,7 @@ fn item() -> Outgoing {
         unchanged_toast: vec![],
         columns: None,
         previous: None,
+        origin: Default::default(),
     };
     Outgoing {
         event: Arc::new(event),

@@ -86,6 +86,7 @@ fn entry(lsn: u64, seq: u32) -> JournalEntry {
             unchanged_toast: vec![],
             columns: None,
             previous: None,
+            origin: Default::default(),
         },
     }
 }

@@ -395,6 +395,7 @@ mod tests {
                 unchanged_toast: vec![],
                 columns: None,
                 previous: None,
+                origin: Default::default(),
             },
         }))
     }

@@ -448,6 +448,7 @@ async fn handle(
     journal: &JournalSender,
 ) -> Result<(), ReaderError> {
     let builder = &mut *state.builder;
+    builder.message_at(at);
     let change_err = |source| ReaderError::Change { lsn: at, source };
     let entry = match message {
         Message::Begin {
@@ -459,7 +460,7 @@ async fn handle(
             None
         }
         Message::Commit { end_lsn, .. } => {
-            builder.commit();
+            builder.commit(Lsn(end_lsn));
             send(journal, JournalCommand::Confirm(Lsn(end_lsn))).await?;
             None
         }
@@ -554,11 +555,16 @@ async fn journal_chunk(
     journal: &JournalSender,
 ) -> Result<(), ChunkError> {
     let rows = window.surviving_rows();
+    let column_types = window
+        .rows
+        .as_ref()
+        .map(|c| c.column_types.clone())
+        .unwrap_or_default();
     let mut entries = Vec::with_capacity(rows.len());
     for (key, row) in rows {
         entries.push(
             builder
-                .read(window.resync_id, &window.table, key, row)
+                .read(window.resync_id, &window.table, key, row, &column_types)
                 .map_err(ChunkError::Change)?,
         );
     }

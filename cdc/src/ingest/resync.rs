@@ -72,6 +72,13 @@ pub(crate) struct TableShape {
     row_filter: Option<String>,
 }
 
+impl TableShape {
+    /// Each column's type name.
+    pub(crate) fn column_types(&self) -> Vec<(String, String)> {
+        crate::ingest::changes::column_types(&self.columns)
+    }
+}
+
 pub(crate) async fn with_journal<T: Send + 'static>(
     store: Store,
     f: impl FnOnce(&mut dyn StateStore) -> Result<T, JournalError> + Send + 'static,
@@ -282,6 +289,7 @@ pub(crate) async fn select_chunk(
         rows: Vec::with_capacity(rows.len()),
         last_key: None,
         done: (rows.len() as i64) < CHUNK_ROWS,
+        column_types: shape.column_types(),
     };
     let mut raw_key = serde_json::Map::new();
     for r in &rows {

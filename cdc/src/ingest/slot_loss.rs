@@ -208,6 +208,7 @@ pub(crate) async fn resync_all(
                 unchanged_toast: Vec::new(),
                 columns: None,
                 previous: None,
+                origin: Default::default(),
             };
             let entry = JournalEntry {
                 table: name.clone(),

@@ -11,7 +11,7 @@
 //! a crash the tables' remaining chunks are read by the resync driver with
 //! watermarks (`ingest::resync`), which is just as exact.
 
-use pgcdc_schema::{Lsn, TableName};
+use pgcdc_schema::{Lsn, Origin, SnapshotMark, TableName};
 
 use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
 use crate::config::Config;
@@ -72,7 +72,8 @@ pub(crate) async fn copy(
     let now_us = chrono::Utc::now().timestamp_micros();
     let now_text = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut total = 0u64;
-    for resync in queued {
+    let tables = queued.len();
+    for (index, resync) in queued.into_iter().enumerate() {
         let table = TableName::parse(&resync.table).map_err(ResyncError::Definite)?;
         // A table that cannot be copied (no primary key, gone) fails its own resync,
         // visible in `status`; the other tables and the stream go on.
@@ -87,18 +88,45 @@ pub(crate) async fn copy(
             Err(e) => return Err(e),
         };
         let mut last_key = resync.last_key.clone();
+        // Debezium's snapshot marks: first/last row of the snapshot, of each table. A
+        // table resumed after a crash has had its first row already.
+        let (first_table, last_table) = (index == 0, index + 1 == tables);
+        let mut first_row = last_key.is_none();
+        let column_types = shape.column_types();
         let started = std::time::Instant::now();
         let mut rows_in_table = 0u64;
         loop {
             let sql = chunk_sql(&table, &shape, None, last_key.as_deref())?;
             let chunk = select_chunk(catalog.client(), &sql, &shape).await?;
             let mut entries = Vec::with_capacity(chunk.rows.len());
-            for (key, row) in chunk.rows {
+            let in_chunk = chunk.rows.len();
+            for (i, (key, row)) in chunk.rows.into_iter().enumerate() {
+                let last_row = chunk.done && i + 1 == in_chunk;
+                let origin = Origin {
+                    snapshot: Some(SnapshotMark::of(
+                        first_table,
+                        last_table,
+                        first_row,
+                        last_row,
+                    )),
+                    column_types: column_types.clone(),
+                    ..Origin::default()
+                };
+                first_row = false;
+                let event = read_event(
+                    resync.id,
+                    &table,
+                    key,
+                    row,
+                    Lsn(lsn),
+                    now_text.clone(),
+                    origin,
+                );
                 entries.push(JournalEntry {
                     table: table.to_string(),
                     seq,
                     commit_time_unix_us: Some(now_us),
-                    event: read_event(resync.id, &table, key, row, Lsn(lsn), now_text.clone()),
+                    event,
                 });
                 seq = seq.checked_add(1).ok_or_else(|| {
                     ResyncError::Definite(

@@ -35,6 +35,8 @@ pub(crate) struct ChunkRows {
     pub(crate) last_key: Option<String>,
     /// Whether this is the table's last chunk.
     pub(crate) done: bool,
+    /// The table's column types (see `Origin::column_types`).
+    pub(crate) column_types: Vec<(String, String)>,
 }
 
 /// One chunk's window, from the driver's open to the reader's high watermark.
@@ -230,6 +232,7 @@ mod tests {
             unchanged_toast: Vec::new(),
             columns: None,
             previous: None,
+            origin: Default::default(),
         }
     }
 
@@ -253,6 +256,7 @@ mod tests {
             rows: vec![row(1, "a"), row(2, "b"), row(3, "c"), row(4, "d")],
             last_key: None,
             done: true,
+            column_types: Vec::new(),
         };
         assert!(w.set_rows("1.0.x", rows));
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {
@@ -289,6 +293,7 @@ mod tests {
                 rows: vec![row(1, "a")],
                 last_key: None,
                 done: true,
+                column_types: Vec::new(),
             },
         );
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {

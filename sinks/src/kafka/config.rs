@@ -13,6 +13,8 @@ pub const KAFKA_KEYS: &[&str] = &[
     "format",
     "key",
     "tombstones",
+    "truncates",
+    "before",
     "create_topics",
     "partitions",
     "replication_factor",
@@ -73,8 +75,29 @@ pub enum Format {
     /// Debezium's PostgreSQL envelope, `schemas.enable=false` (the default).
     #[default]
     Debezium,
+    /// Debezium's envelope with its Kafka Connect schemas, `schemas.enable=true`.
+    #[serde(rename = "debezium-schema")]
+    DebeziumSchema,
     /// pgcdc's native event.
     Native,
+}
+
+impl Format {
+    /// One of the Debezium envelopes.
+    pub fn is_debezium(self) -> bool {
+        matches!(self, Format::Debezium | Format::DebeziumSchema)
+    }
+}
+
+/// `before` of the Debezium formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Before {
+    /// What Postgres sent, as Debezium (the default).
+    #[default]
+    Postgres,
+    /// What pgcdc knows of the old row (the native event's `old`).
+    Known,
 }
 
 /// `[[sink]] type = "kafka"`.
@@ -92,9 +115,18 @@ pub struct KafkaSinkConfig {
     /// jq program over the native event giving the record key (default: the primary key).
     #[serde(default)]
     pub key: Option<String>,
-    /// After a delete, also write a record with the same key and a null value.
+    /// After a delete, also write a record with the same key and a null value
+    /// (default: on for the Debezium formats without a `transform`, as Debezium's
+    /// `tombstones.on.delete`; off otherwise).
     #[serde(default)]
-    pub tombstones: bool,
+    pub tombstones: Option<bool>,
+    /// Debezium formats: write truncates (`op: "t"`); Debezium's default
+    /// `skipped.operations = t` leaves them out.
+    #[serde(default)]
+    pub truncates: bool,
+    /// Debezium formats: what `before` holds.
+    #[serde(default)]
+    pub before: Before,
     /// Create missing topics (with `partitions` and `replication_factor`).
     #[serde(default)]
     pub create_topics: bool,
@@ -188,6 +220,14 @@ impl KafkaSinkConfig {
             check_topic_name(&fixed).map_err(|m| err("topic", m))?;
         }
         check_topic_name(&self.progress_topic).map_err(|m| err("progress_topic", m))?;
+        if !self.format.is_debezium() && (self.truncates || self.before != Before::Postgres) {
+            return Err(err(
+                if self.truncates { "truncates" } else { "before" },
+                "applies to the Debezium formats only (format = \"debezium\" or \"debezium-schema\"); \
+                 the native event always carries truncates and pgcdc's `old`"
+                    .into(),
+            ));
+        }
         if self.partitions < 1 {
             return Err(err("partitions", "must be at least 1".into()));
         }

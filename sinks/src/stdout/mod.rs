@@ -121,6 +121,7 @@ mod tests {
             unchanged_toast: vec![],
             columns: None,
             previous: None,
+            origin: Default::default(),
         };
         Outgoing {
             body: serde_json::to_value(&event).unwrap_or_default(),

@@ -48,6 +48,7 @@ fn event(
         unchanged_toast: vec![],
         columns: None,
         previous: None,
+        origin: Default::default(),
     }
 }
 

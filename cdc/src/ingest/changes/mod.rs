@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use pgcdc_schema::event::{pg_micros_to_rfc3339, pg_micros_to_unix_micros, Column, Row};
 use pgcdc_schema::value::{decode_text, PgType};
-use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
+use pgcdc_schema::{ChangeEvent, EventId, Lsn, OldSent, Op, Origin, SnapshotMark};
 use serde_json::Value;
 
 use crate::journal::JournalEntry;
@@ -30,6 +30,8 @@ pub(crate) struct RelationInfo {
     pub(crate) type_names: Vec<String>,
     /// Indices of the key columns (primary key, else the replica identity columns).
     pub(crate) key: Vec<usize>,
+    /// The key is the primary key (not replica identity columns).
+    pub(crate) has_primary_key: bool,
     /// The captured table (as `source.tables` names it) this relation's changes belong
     /// to, matched by OID; None: a table of the publication that pgcdc does not capture.
     pub(crate) identity: Option<TableName>,
@@ -84,6 +86,7 @@ impl RelationInfo {
         } else {
             flagged
         };
+        let has_primary_key = !key.is_empty();
         if key.is_empty() {
             key = rel
                 .columns
@@ -99,6 +102,7 @@ impl RelationInfo {
             columns,
             type_names,
             key,
+            has_primary_key,
         }
     }
 
@@ -114,6 +118,18 @@ impl RelationInfo {
             })
             .collect()
     }
+    /// Each column's type name.
+    pub(crate) fn column_types(&self) -> Vec<(String, String)> {
+        column_types(&self.columns)
+    }
+}
+
+/// Each column's type name (what `Origin::column_types` holds).
+pub(crate) fn column_types(columns: &[(String, PgType)]) -> Vec<(String, String)> {
+    columns
+        .iter()
+        .map(|(name, kind)| (name.clone(), kind.name()))
+        .collect()
 }
 
 /// The transaction being decoded.
@@ -129,6 +145,8 @@ pub(crate) struct TxnState {
     pub(crate) commit_time_text: String,
     /// Ordinal of the next change.
     pub(crate) next_seq: u32,
+    /// End LSN of the transaction committed before this one, if this session saw it.
+    pub(crate) last_commit_lsn: Option<Lsn>,
 }
 
 /// Why a message could not be turned into an event (definite: the stream is inconsistent).
@@ -152,6 +170,16 @@ pub(crate) enum ChangeError {
     },
 }
 
+/// What one row change is, before the transaction's position is added.
+struct Built {
+    op: Op,
+    key: Option<Row>,
+    old: Option<Row>,
+    new: Option<Row>,
+    unchanged_toast: Vec<String>,
+    old_sent: Option<OldSent>,
+}
+
 /// Decodes row changes into journal entries.
 #[derive(Default)]
 pub(crate) struct ChangeBuilder {
@@ -159,6 +187,11 @@ pub(crate) struct ChangeBuilder {
     txn: Option<TxnState>,
     /// Captured tables' columns, to see schema changes (outlives a reconnect).
     shapes: Shapes,
+    /// WAL start of the message being decoded (the change's own LSN).
+    at: Option<Lsn>,
+    /// End LSN of the last COMMIT seen (Debezium's "last commit LSN"); kept across
+    /// reconnects, as the stream resumes right after it.
+    last_commit_end: Option<Lsn>,
 }
 
 /// What a Relation message brought.
@@ -186,6 +219,12 @@ impl ChangeBuilder {
     pub(crate) fn reset(&mut self) {
         self.relations.clear();
         self.txn = None;
+        self.at = None;
+    }
+
+    /// The WAL start of the message about to be decoded: the next change's own LSN.
+    pub(crate) fn message_at(&mut self, at: Lsn) {
+        self.at = Some(at);
     }
 
     /// Starts from the shapes the store holds (at process start).
@@ -235,6 +274,7 @@ impl ChangeBuilder {
                         unchanged_toast: Vec::new(),
                         columns: Some(columns),
                         previous: Some(previous),
+                        origin: Default::default(),
                     },
                 });
             }
@@ -256,12 +296,14 @@ impl ChangeBuilder {
             commit_time,
             commit_time_text: pg_micros_to_rfc3339(commit_time),
             next_seq: 0,
+            last_commit_lsn: self.last_commit_end,
         });
     }
 
-    /// COMMIT: closes the transaction.
-    pub(crate) fn commit(&mut self) {
+    /// COMMIT at `end_lsn`: closes the transaction.
+    pub(crate) fn commit(&mut self, end_lsn: Lsn) {
         self.txn = None;
+        self.last_commit_end = Some(end_lsn);
     }
 
     fn row(&self, info: &RelationInfo, tuple: &Tuple) -> Result<(Row, Vec<String>), ChangeError> {
@@ -296,13 +338,7 @@ impl ChangeBuilder {
     fn entry(
         &mut self,
         relation_id: u32,
-        build: impl FnOnce(
-            &Self,
-            &RelationInfo,
-        ) -> Result<
-            (Op, Option<Row>, Option<Row>, Option<Row>, Vec<String>),
-            ChangeError,
-        >,
+        build: impl FnOnce(&Self, &RelationInfo) -> Result<Built, ChangeError>,
     ) -> Result<Option<JournalEntry>, ChangeError> {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;
@@ -315,7 +351,22 @@ impl ChangeBuilder {
         let Some(identity) = &info.identity else {
             return Ok(None);
         };
-        let (op, key, old, new, unchanged_toast) = build(self, info)?;
+        let Built {
+            op,
+            key,
+            old,
+            new,
+            unchanged_toast,
+            old_sent,
+        } = build(self, info)?;
+        let origin = Origin {
+            change_lsn: self.at,
+            last_commit_lsn: txn.last_commit_lsn,
+            snapshot: None,
+            old_sent,
+            no_primary_key: !info.has_primary_key,
+            column_types: info.column_types(),
+        };
         Ok(Some(JournalEntry {
             table: identity.to_string(),
             seq,
@@ -335,6 +386,7 @@ impl ChangeBuilder {
                 unchanged_toast,
                 columns: None,
                 previous: None,
+                origin,
             },
         }))
     }
@@ -347,13 +399,14 @@ impl ChangeBuilder {
     ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |b, info| {
             let (row, toast) = b.row(info, new)?;
-            Ok((
-                Op::Insert,
-                Some(Self::key_of(info, &row)),
-                None,
-                Some(row),
-                toast,
-            ))
+            Ok(Built {
+                op: Op::Insert,
+                key: Some(Self::key_of(info, &row)),
+                old: None,
+                new: Some(row),
+                unchanged_toast: toast,
+                old_sent: None,
+            })
         })
     }
 
@@ -366,18 +419,22 @@ impl ChangeBuilder {
     ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |b, info| {
             let (row, toast) = b.row(info, new)?;
-            let old = match old {
-                None => None,
-                Some(OldTuple::Full(t)) => Some(b.row(info, t)?.0),
-                Some(OldTuple::Key(t)) => Some(Self::key_of(info, &b.row(info, t)?.0)),
+            let (old, old_sent) = match old {
+                None => (None, None),
+                Some(OldTuple::Full(t)) => (Some(b.row(info, t)?.0), Some(OldSent::Full)),
+                Some(OldTuple::Key(t)) => (
+                    Some(Self::key_of(info, &b.row(info, t)?.0)),
+                    Some(OldSent::Key),
+                ),
             };
-            Ok((
-                Op::Update,
-                Some(Self::key_of(info, &row)),
+            Ok(Built {
+                op: Op::Update,
+                key: Some(Self::key_of(info, &row)),
                 old,
-                Some(row),
-                toast,
-            ))
+                new: Some(row),
+                unchanged_toast: toast,
+                old_sent,
+            })
         })
     }
 
@@ -388,18 +445,25 @@ impl ChangeBuilder {
         old: &OldTuple,
     ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |b, info| {
-            let (old, key) = match old {
+            let (old, key, old_sent) = match old {
                 OldTuple::Full(t) => {
                     let row = b.row(info, t)?.0;
                     let key = Self::key_of(info, &row);
-                    (row, key)
+                    (row, key, OldSent::Full)
                 }
                 OldTuple::Key(t) => {
                     let key = Self::key_of(info, &b.row(info, t)?.0);
-                    (key.clone(), key)
+                    (key.clone(), key, OldSent::Key)
                 }
             };
-            Ok((Op::Delete, Some(key), Some(old), None, Vec::new()))
+            Ok(Built {
+                op: Op::Delete,
+                key: Some(key),
+                old: Some(old),
+                new: None,
+                unchanged_toast: Vec::new(),
+                old_sent: Some(old_sent),
+            })
         })
     }
 
@@ -412,6 +476,7 @@ impl ChangeBuilder {
         table: &TableName,
         key: Row,
         row: Row,
+        column_types: &[(String, String)],
     ) -> Result<JournalEntry, ChangeError> {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;
@@ -427,6 +492,11 @@ impl ChangeBuilder {
                 row,
                 txn.commit_lsn,
                 txn.commit_time_text.clone(),
+                Origin {
+                    snapshot: Some(SnapshotMark::Incremental),
+                    column_types: column_types.to_vec(),
+                    ..Origin::default()
+                },
             ),
         })
     }
@@ -437,7 +507,14 @@ impl ChangeBuilder {
         relation_id: u32,
     ) -> Result<Option<JournalEntry>, ChangeError> {
         self.entry(relation_id, |_, _| {
-            Ok((Op::Truncate, None, None, None, Vec::new()))
+            Ok(Built {
+                op: Op::Truncate,
+                key: None,
+                old: None,
+                new: None,
+                unchanged_toast: Vec::new(),
+                old_sent: None,
+            })
         })
     }
 }
@@ -450,6 +527,7 @@ pub(crate) fn read_event(
     row: Row,
     lsn: Lsn,
     commit_time: String,
+    origin: Origin,
 ) -> ChangeEvent {
     ChangeEvent {
         id: read_event_id(resync_id, table, &key),
@@ -466,6 +544,7 @@ pub(crate) fn read_event(
         unchanged_toast: Vec::new(),
         columns: None,
         previous: None,
+        origin,
     }
 }
 

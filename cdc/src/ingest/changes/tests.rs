@@ -250,3 +250,94 @@ fn a_renamed_relation_keeps_its_identity_and_carries_its_new_name() {
         ("public.permits", "permits_v2")
     );
 }
+
+#[test]
+fn each_change_carries_its_own_lsn_the_last_commit_and_what_postgres_sent() {
+    let mut b = builder();
+    b.begin(0x300, 1, 0);
+    b.message_at(Lsn(0x210));
+    let first = b
+        .insert(PERMITS, &tuple(vec![text("1"), text("a"), Datum::Null]))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("insert"));
+    // The session has seen no commit yet: Debezium's sequence[0] is null.
+    assert_eq!(first.event.origin.change_lsn, Some(Lsn(0x210)));
+    assert_eq!(first.event.origin.last_commit_lsn, None);
+    assert_eq!(first.event.lsn, Lsn(0x300), "lsn stays the commit LSN");
+    assert_eq!(
+        first.event.origin.column_types,
+        [("id", "int4"), ("status", "text"), ("notes", "text")]
+            .map(|(c, t)| (c.to_string(), t.to_string()))
+    );
+    assert!(!first.event.origin.no_primary_key);
+    b.commit(Lsn(0x308));
+
+    b.begin(0x500, 2, 0);
+    b.message_at(Lsn(0x400));
+    let full = OldTuple::Full(tuple(vec![text("1"), text("a"), Datum::Null]));
+    let upd = b
+        .update(
+            PERMITS,
+            Some(&full),
+            &tuple(vec![text("1"), text("b"), Datum::Null]),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("update"));
+    assert_eq!(upd.event.origin.change_lsn, Some(Lsn(0x400)));
+    assert_eq!(upd.event.origin.last_commit_lsn, Some(Lsn(0x308)));
+    assert_eq!(upd.event.origin.old_sent, Some(OldSent::Full));
+    b.message_at(Lsn(0x440));
+    let plain = b
+        .update(
+            PERMITS,
+            None,
+            &tuple(vec![text("1"), text("c"), Datum::Null]),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("update"));
+    assert_eq!(plain.event.origin.change_lsn, Some(Lsn(0x440)));
+    assert_eq!(plain.event.origin.old_sent, None);
+    b.message_at(Lsn(0x480));
+    let del = b
+        .delete(
+            PERMITS,
+            &OldTuple::Key(tuple(vec![text("1"), Datum::Null, Datum::Null])),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("delete"));
+    assert_eq!(del.event.origin.old_sent, Some(OldSent::Key));
+    assert_eq!(del.event.origin.change_lsn, Some(Lsn(0x480)));
+}
+
+#[test]
+fn a_table_without_a_primary_key_is_marked() {
+    let mut b = ChangeBuilder::default();
+    let rel = relation(OTHER, "nopk", ReplicaIdentity::Full, [true, true, true]);
+    let kinds = vec![PgType::Int4, PgType::Jsonb, PgType::Text];
+    let captured = Some(TableName {
+        schema: "public".into(),
+        table: "nopk".into(),
+    });
+    b.relation(
+        OTHER,
+        RelationInfo::new(&rel, kinds, Vec::new(), &[], captured),
+    );
+    b.begin(0x100, 1, 0);
+    let e = b
+        .insert(
+            OTHER,
+            &tuple(vec![text("1"), text("{\"a\": 1}"), Datum::Null]),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("insert"));
+    assert!(e.event.origin.no_primary_key);
+    assert_eq!(
+        e.event.origin.column_types[1],
+        ("status".to_string(), "jsonb".to_string())
+    );
+}

@@ -321,9 +321,9 @@ impl PgWriter {
                 let payload = if tracking.contains_key(&entry.table) {
                     let mut event = entry.event.clone();
                     apply_row_state(pg, tracking, &entry.table, &mut event)?;
-                    serde_json::to_vec(&event)
+                    serde_json::to_vec(&pgcdc_schema::event::Journaled::of(&event))
                 } else {
-                    serde_json::to_vec(&entry.event)
+                    serde_json::to_vec(&pgcdc_schema::event::Journaled::of(&entry.event))
                 }
                 .map_err(|source| JournalError::Corrupt {
                     pos: pos + 1,

@@ -173,8 +173,8 @@ impl JournalWriter for SqliteWriter {
                 } else {
                     &entry.event
                 };
-                let payload =
-                    serde_json::to_string(event).map_err(|source| JournalError::Corrupt {
+                let payload = serde_json::to_string(&pgcdc_schema::event::Journaled::of(event))
+                    .map_err(|source| JournalError::Corrupt {
                         pos: pos + 1,
                         source,
                     })?;

@@ -218,7 +218,7 @@ impl KafkaSink {
         let mut futures = Vec::with_capacity(pending.len());
         for &i in pending {
             let r = &recs[i];
-            let headers = OwnedHeaders::new_with_capacity(5)
+            let mut headers = OwnedHeaders::new_with_capacity(6)
                 .insert(Header {
                     key: progress::H_EVENT_ID,
                     value: Some(r.id.0.as_bytes()),
@@ -239,6 +239,12 @@ impl KafkaSink {
                     key: progress::H_SINK,
                     value: Some(self.name.as_bytes()),
                 });
+            if let Some((key, value)) = &r.header {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_slice()),
+                });
+            }
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&r.topic).headers(headers);
             if let Some(k) = &r.key {
