@@ -176,6 +176,17 @@ where
     }
 }
 
+/// systemd readiness under HA: streaming as the leader, or a healthy standby
+/// (state database reachable, lease observed lately: what `/readyz` checks).
+pub(crate) fn sd_ready() -> Option<&'static str> {
+    if let Some(status) = crate::sd_notify::streaming() {
+        return Some(status);
+    }
+    role::standby_not_ready_reasons()
+        .is_some_and(|reasons| reasons.is_empty())
+        .then_some("standing by (HA): ready to take over")
+}
+
 /// `ha` of `pgcdc status`: the current leader as the lease says (a CLI command
 /// has no role of its own).
 pub(crate) async fn leader_json(config: &Config) -> serde_json::Value {
