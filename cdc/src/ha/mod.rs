@@ -35,8 +35,9 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::{Config, Secret};
+use crate::journal::{LeaseRow, LeaseSession};
 use crate::replication::SourceUrl;
-use lease::{bounded, LeaseRow, LeaseSession};
+use lease::bounded;
 use role::Role;
 
 /// How long a leader that lost the lease waits for its engine to stop before it

@@ -113,6 +113,9 @@ impl KafkaSink {
                     Err(f) => last_error = f.to_string(),
                 }
             }
+            if let Err(f) = self.check_not_fenced() {
+                return Err(self.definite(f.to_string()));
+            }
             if self.transactional() {
                 // The transaction is aborted: every record it held is sent again
                 // (unless the read-back finds it), not only the failed ones.
@@ -217,6 +220,9 @@ impl KafkaSink {
         recs: &[Rec],
         failed: Vec<usize>,
     ) -> Result<Vec<usize>, SinkError> {
+        if let Err(f) = self.check_not_fenced() {
+            return Err(self.definite(f.to_string()));
+        }
         self.drop_producer();
         if let Err(f) = self.fence_others().await {
             if f.disposition() == Disposition::Definite {

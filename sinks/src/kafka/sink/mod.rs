@@ -258,6 +258,11 @@ impl Sink for KafkaSink {
         if !self.dirty && at.pos == self.progress.pos {
             return Ok(());
         }
+        // Under HA only over the session in hand: starting one now (after a failure,
+        // or once taken over) would fence the leader; the next leader reads back.
+        if self.transactional() && !self.txn_ready {
+            return Ok(());
+        }
         // One attempt: a restart reads back whatever this record would have covered.
         let record = self.progress_at(&at);
         match self.write_progress(&record).await {

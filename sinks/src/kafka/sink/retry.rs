@@ -101,6 +101,9 @@ impl KafkaSink {
         if failure.disposition() == Disposition::Definite {
             return Err(self.definite(failure.to_string()));
         }
+        if let Err(fenced) = self.check_not_fenced() {
+            return Err(self.definite(fenced.to_string()));
+        }
         tracing::warn!(sink = %self.name, round, error = %failure, "{what}; retrying");
         self.drop_producer();
         tokio::time::sleep(backoff(round)).await;

@@ -79,10 +79,44 @@ impl KafkaSink {
         let result = blocking(move || producer.commit_transaction(STALL)).await;
         self.in_txn = false;
         result.map_err(|e| {
-            let f = self.txn_failure("commit", e);
-            self.drop_producer();
+            // Fenced is checked on the session itself before it is dropped: a
+            // dropped one can no longer say so, and a new one would fence the leader.
+            let f = match self.check_not_fenced() {
+                Err(fenced) => fenced,
+                Ok(()) => self.txn_failure("commit", e),
+            };
+            if !matches!(f, Failure::Fenced(_)) {
+                self.drop_producer();
+            }
             f
         })
+    }
+
+    /// Under HA: `Fenced` once a newer session of this sink exists (librdkafka then
+    /// holds a fatal "fenced" error and purges what was queued). Checked before a
+    /// session is replaced: a taken-over leader must never start a new session,
+    /// which would fence the new leader in turn.
+    pub(super) fn check_not_fenced(&self) -> Result<(), Failure> {
+        let Some(p) = self.producer.as_ref().filter(|_| self.transactional()) else {
+            return Ok(());
+        };
+        match p.client().fatal_error() {
+            Some((code, reason))
+                if matches!(
+                    code,
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                ) =>
+            {
+                Err(Failure::Fenced(format!(
+                    "lost leadership: another pgcdc's producer ({}) fenced this one; \
+                     nothing more is written to Kafka by this process ({reason})",
+                    self.transactional_id()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A transaction call's error: `Fenced` when a newer session of the sink took
