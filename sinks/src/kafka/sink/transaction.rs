@@ -101,20 +101,16 @@ impl KafkaSink {
             return Ok(());
         };
         match p.client().fatal_error() {
-            Some((code, reason))
-                if matches!(
-                    code,
-                    RDKafkaErrorCode::Fenced
-                        | RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                ) =>
-            {
-                Err(Failure::Fenced(format!(
-                    "lost leadership: another pgcdc's producer ({}) fenced this one; \
-                     nothing more is written to Kafka by this process ({reason})",
-                    self.transactional_id()
-                )))
-            }
+            Some((
+                RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch,
+                reason,
+            )) => Err(Failure::Fenced(format!(
+                "lost leadership: another pgcdc's producer ({}) fenced this one; \
+                 nothing more is written to Kafka by this process ({reason})",
+                self.transactional_id()
+            ))),
             _ => Ok(()),
         }
     }
