@@ -47,6 +47,11 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
         tokio::task::spawn_blocking(move || store.open(Access::Create).map(drop))
             .await
             .map_err(|e| anyhow!("state store task failed: {e}"))??;
+        // One notifier for the process: a standby is ready (and pinging) too.
+        let _notify = AbortOnDrop(tokio::spawn(crate::sd_notify::run(
+            shutdown.clone(),
+            crate::ha::sd_ready,
+        )));
         return crate::ha::run(
             config,
             shutdown,
@@ -85,8 +90,14 @@ async fn lead(
         None => Some(crate::admin::start(config.clone()).await?),
         Some(_) => None,
     };
-    // systemd (`Type=notify`): watchdog pings from now on, READY=1 once streaming.
-    let _notify = AbortOnDrop(tokio::spawn(crate::sd_notify::run(shutdown.clone())));
+    // systemd (`Type=notify`): watchdog pings from now on, READY=1 once streaming
+    // (under HA the process-wide notifier in `run` does this).
+    let _notify = fence.is_none().then(|| {
+        AbortOnDrop(tokio::spawn(crate::sd_notify::run(
+            shutdown.clone(),
+            crate::sd_notify::streaming,
+        )))
+    });
 
     let client = connect_sql(&url)
         .await

@@ -4,8 +4,14 @@
 //!
 //! ```text
 //!  start ─▶ WATCHDOG=1 every WATCHDOG_USEC/2 (from the start: a slow preflight is not a hang)
-//!    └─▶ replication started ─▶ READY=1          shutdown ─▶ STOPPING=1
+//!    └─▶ ready ─▶ READY=1                         shutdown ─▶ STOPPING=1
 //! ```
+//!
+//! Ready is the caller's [`Readiness`]: replication started; under `[ha]` also a
+//! healthy standby (state database reachable, lease observed), so a standby is
+//! a started service too and systemd can supervise it with `Type=notify`. Under
+//! `[ha]` one task serves the whole process, standby and leader alike: its
+//! pings go on across role changes.
 //!
 //! The pings come from a task on the engine's runtime, so a wedged runtime stops
 //! them and systemd restarts pgcdc. A lost replication connection does not: pgcdc
@@ -90,9 +96,19 @@ fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Opt
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
 }
 
-/// Sends watchdog pings from now on, `READY=1` once replication has started, and
+/// When the process is ready, and what `STATUS=` then says (None: not yet).
+pub(crate) type Readiness = fn() -> Option<&'static str>;
+
+/// Ready once replication has started (a single pgcdc, or a leader).
+pub(crate) fn streaming() -> Option<&'static str> {
+    crate::health::health()
+        .is_replication_connected()
+        .then_some("streaming changes and delivering")
+}
+
+/// Sends watchdog pings from now on, `READY=1` once `ready` says so, and
 /// `STOPPING=1` when `shutdown` turns true. Returns at once without `NOTIFY_SOCKET`.
-pub(crate) async fn run(mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(mut shutdown: watch::Receiver<bool>, ready_when: Readiness) {
     let Some(n) = Notifier::from_env() else {
         return;
     };
@@ -109,10 +125,10 @@ pub(crate) async fn run(mut shutdown: watch::Receiver<bool>) {
                 n.send("WATCHDOG=1");
             }
             _ = poll.tick(), if !ready => {
-                if crate::health::health().is_replication_connected() {
+                if let Some(status) = ready_when() {
                     ready = true;
-                    n.send("READY=1\nSTATUS=streaming changes and delivering");
-                    tracing::info!("told systemd pgcdc is ready");
+                    n.send(&format!("READY=1\nSTATUS={status}"));
+                    tracing::info!(status, "told systemd pgcdc is ready");
                 }
             }
             r = shutdown.changed() => {

@@ -38,10 +38,14 @@ async fn configmap_toml(manifest: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-const FAKE_ENV: [(&str, &str); 4] = [
+const FAKE_ENV: [(&str, &str); 5] = [
     (
         "PGCDC_SOURCE_URL",
         "postgres://pgcdc@db.invalid:5432/portal",
+    ),
+    (
+        "PGCDC_STATE_URL",
+        "postgres://pgcdc_state@state.invalid:5432/pgcdc",
     ),
     ("PGCDC_ADMIN_TOKEN", "0123456789abcdef0123456789abcdef"),
     ("REGISTRY_TOKEN", "registry-token"),
@@ -50,36 +54,73 @@ const FAKE_ENV: [(&str, &str); 4] = [
 
 #[tokio::test]
 async fn kubernetes_manifests_validate_and_their_config_is_valid() -> anyhow::Result<()> {
-    let manifest = repo().join("deploy/kubernetes/pgcdc.yaml");
-    let (code, out, err) = run_output(
-        Path::new("kubernetes-validate"),
-        &["--strict", "-k", "1.30.0", &manifest.to_string_lossy()],
-    )
-    .await
-    .context("kubernetes-validate (pip install kubernetes-validate; scripts/test installs it)")?;
-    ensure!(code == 0, "kubernetes-validate failed:\n{out}\n{err}");
-    for kind in ["configmap", "statefulset", "service", "poddisruptionbudget"] {
+    // (file, name, kinds): the single node and the HA pair.
+    let manifests = [
+        (
+            "pgcdc.yaml",
+            "pgcdc",
+            &["configmap", "statefulset", "service", "poddisruptionbudget"][..],
+        ),
+        (
+            "pgcdc-ha.yaml",
+            "pgcdc-ha",
+            &["configmap", "deployment", "service", "poddisruptionbudget"][..],
+        ),
+    ];
+    for (file, name, kinds) in manifests {
+        let manifest = repo().join("deploy/kubernetes").join(file);
+        let (code, out, err) = run_output(
+            Path::new("kubernetes-validate"),
+            &["--strict", "-k", "1.30.0", &manifest.to_string_lossy()],
+        )
+        .await
+        .context(
+            "kubernetes-validate (pip install kubernetes-validate; scripts/test installs it)",
+        )?;
         ensure!(
-            out.contains(&format!("resource {kind}/pgcdc")),
-            "no {kind} validated:\n{out}"
+            code == 0,
+            "kubernetes-validate {file} failed:\n{out}\n{err}"
         );
-    }
+        for kind in kinds {
+            ensure!(
+                out.contains(&format!("resource {kind}/{name}")),
+                "{file}: no {kind} validated:\n{out}"
+            );
+        }
 
-    // The config the pod runs must itself be valid for this pgcdc.
-    let toml = configmap_toml(&manifest).await?;
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("pgcdc.toml");
-    std::fs::write(&path, toml)?;
-    let (code, out, err) = run_output_env(
-        &pgcdc_bin(),
-        &["validate", "--config", &path.to_string_lossy()],
-        &FAKE_ENV,
-    )
-    .await?;
-    ensure!(
-        code == 0,
-        "the ConfigMap's pgcdc.toml is invalid:\n{out}{err}"
-    );
+        // The config the pod runs must itself be valid for this pgcdc.
+        let toml = configmap_toml(&manifest).await?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("pgcdc.toml");
+        std::fs::write(&path, &toml)?;
+        let (code, out, err) = run_output_env(
+            &pgcdc_bin(),
+            &["validate", "--config", &path.to_string_lossy()],
+            &FAKE_ENV,
+        )
+        .await?;
+        ensure!(
+            code == 0,
+            "{file}: the ConfigMap's pgcdc.toml is invalid:\n{out}{err}"
+        );
+        if name == "pgcdc-ha" {
+            ensure!(
+                toml.contains("[ha]") && toml.contains("${PGCDC_STATE_URL}"),
+                "{file}: the HA config has no [ha] or no state url from the Secret"
+            );
+        }
+    }
+    // The HA pair: two replicas, one may be disrupted at a time, both probed.
+    let ha = std::fs::read_to_string(repo().join("deploy/kubernetes/pgcdc-ha.yaml"))?;
+    for needle in [
+        "replicas: 2",
+        "minAvailable: 1",
+        "path: /readyz",
+        "path: /healthz",
+        "secretRef: {name: pgcdc-ha}",
+    ] {
+        ensure!(ha.contains(needle), "pgcdc-ha.yaml lacks {needle:?}");
+    }
     Ok(())
 }
 

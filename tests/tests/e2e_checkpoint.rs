@@ -13,7 +13,7 @@ use pgcdc_tests::{free_port, state_dir, wait_until_msg, ConfigFile, PgCluster};
 use serde_json::Value;
 
 fn config(url: &str, state: &Path, a: &str, b: &str, admin_port: u16) -> String {
-    format!(
+    let text = format!(
         r#"
 [source]
 url = "{url}"
@@ -32,7 +32,8 @@ type = "http"
 url = "{b}"
 "#,
         state = state.display()
-    )
+    );
+    e2e_fixture::test_state(&text, url, state)
 }
 
 fn ids(rx: &Receiver) -> Vec<i64> {

@@ -23,7 +23,7 @@ const PERMITS: &str = "CREATE TABLE permits (
 )";
 
 fn config(url: &str, state: &Path, receiver: &str, sink_extra: &str) -> String {
-    format!(
+    let text = format!(
         r#"
 [source]
 url = "{url}"
@@ -53,7 +53,8 @@ retry = {{ initial_backoff_ms = 50, max_backoff_ms = 200 }}
 {sink_extra}
 "#,
         state = state.display()
-    )
+    );
+    e2e_fixture::test_state(&text, url, state)
 }
 
 fn bodies(reqs: &[Recorded]) -> Vec<Value> {

@@ -18,13 +18,14 @@ use serde_json::Value;
 const TOPIC: &str = "portal.public.permits";
 
 fn kafka_config(url: &str, state: &std::path::Path, brokers: &str, extra: &str) -> String {
-    format!(
+    let text = format!(
         "[source]\nurl = \"{url}\"\ntables = [\"public.permits\"]\n\n[state]\ndir = \"{}\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [[sink]]\nname = \"kafka\"\ntype = \"kafka\"\ntables = [\"public.permits\"]\n\
          brokers = \"{brokers}\"\ntopic = \"portal.{{schema}}.{{table}}\"\n{extra}",
         state.display()
-    )
+    );
+    e2e_fixture::test_state(&text, url, state)
 }
 
 async fn permits_table(pg: &PgCluster) -> anyhow::Result<()> {

@@ -35,8 +35,9 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::{Config, Secret};
+use crate::journal::{LeaseRow, LeaseSession};
 use crate::replication::SourceUrl;
-use lease::{bounded, LeaseRow, LeaseSession};
+use lease::bounded;
 use role::Role;
 
 /// How long a leader that lost the lease waits for its engine to stop before it
@@ -174,6 +175,17 @@ where
             ),
         }
     }
+}
+
+/// systemd readiness under HA: streaming as the leader, or a healthy standby
+/// (state database reachable, lease observed lately: what `/readyz` checks).
+pub(crate) fn sd_ready() -> Option<&'static str> {
+    if let Some(status) = crate::sd_notify::streaming() {
+        return Some(status);
+    }
+    role::standby_not_ready_reasons()
+        .is_some_and(|reasons| reasons.is_empty())
+        .then_some("standing by (HA): ready to take over")
 }
 
 /// `ha` of `pgcdc status`: the current leader as the lease says (a CLI command

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::lease::LeaseRow;
+use crate::journal::LeaseRow;
 
 /// What this process does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

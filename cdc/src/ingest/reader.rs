@@ -430,12 +430,29 @@ async fn session(
                         }
                         if reply_requested {
                             let durable = head.borrow_and_update().confirmed_lsn.0;
-                            stream.send_status(received.max(durable), durable, durable, false).await?;
+                            stream.send_status(received.max(durable), reply_flush(durable, received), durable, false).await?;
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// The flush position of a reply the server asked for. A walsender that is
+/// shutting down asks for replies until the client has everything it sent, and
+/// judges that by the flush position when it is valid, else by the write
+/// position. With the journal behind what was received (with the state store in
+/// the very cluster that is shutting down it cannot catch up: its sessions are
+/// gone) a valid flush would hold the shutdown for `wal_sender_timeout`. So then
+/// the reply says "not flushed" (invalid, 0): the server confirms nothing to the
+/// slot from it (only a valid flush moves the slot), and lets the walsender end.
+/// The slot keeps the last durable position; the next session resumes there.
+fn reply_flush(durable: u64, received: u64) -> u64 {
+    if durable < received {
+        0
+    } else {
+        durable
     }
 }
 

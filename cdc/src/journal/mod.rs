@@ -47,6 +47,7 @@ pub mod testing;
 pub use checkpoint::{CursorState, DroppedCursor, OrphanedCursor, ResetError, ResetTarget};
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use meta::MetaKey;
+pub(crate) use postgres::lease::{LeaseRow, LeaseSession};
 pub use resync::ResyncProgress;
 pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
 pub use row_state::{fill_toast_of, OldTracking, Tracked};

@@ -41,7 +41,7 @@ const MANAGED: &[(&str, &str)] = &[
     ),
     (
         "transactional.id",
-        "transactions are not used (see README, Kafka guarantees)",
+        "pgcdc sets it itself under [ha] (pgcdc.<progress_topic>.<sink>) and uses no transactions otherwise (see README, Kafka guarantees)",
     ),
     (
         "enable.gapless.guarantee",

@@ -96,14 +96,25 @@ pub enum ReadBackError {
 pub type ReadBackConsumer = BaseConsumer<SinkContext>;
 
 /// A consumer for the read-back: manual assignment, no group, every record.
-pub fn consumer(base: &ClientConfig, ctx: SinkContext) -> Result<ReadBackConsumer, ReadBackError> {
+pub fn consumer(
+    base: &ClientConfig,
+    ctx: SinkContext,
+    committed: bool,
+) -> Result<ReadBackConsumer, ReadBackError> {
     let mut cfg = base.clone();
+    // Under HA the sink writes in transactions: read what a read_committed
+    // consumer reads (an aborted record is not there for it, so it is re-sent).
+    let isolation = if committed {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
     cfg.set("group.id", "pgcdc-read-back")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "error")
-        .set("isolation.level", "read_uncommitted")
+        .set("isolation.level", isolation)
         .set("allow.auto.create.topics", "false");
     let masked = ctx.clone();
     cfg.create_with_context(ctx)

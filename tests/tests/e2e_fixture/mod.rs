@@ -12,6 +12,7 @@ use anyhow::{ensure, Context};
 
 pub use pgcdc_tests::fixture::*;
 
+pub mod ha;
 pub mod view;
 
 /// The store of the state dir `state` (Postgres when [`with_pg_state`] moved it).

@@ -40,6 +40,7 @@ use crate::replication::SourceUrl;
 
 mod dlq;
 mod known_keys;
+pub(crate) mod lease;
 mod resync;
 mod schema;
 mod session;

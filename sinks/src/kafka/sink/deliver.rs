@@ -10,6 +10,7 @@ use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
 use super::records::Rec;
 use super::retry::{backoff, record_disposition, Failure};
+use super::transaction::is_fenced;
 use super::{KafkaSink, RENDER_CHUNK, STALL};
 use crate::kafka::progress::{self, RecordId};
 use crate::retry::Disposition;
@@ -61,6 +62,8 @@ impl KafkaSink {
         if skipped > 0 {
             tracing::info!(sink = %self.name, skipped, "skipping records already in Kafka (found by the read-back)");
         }
+        // Under HA a batch is one transaction: a failed round aborts all of it.
+        let sent_in_batch = pending.clone();
         let mut first_round = Some((self.await_all(futures).await, enqueue_error));
         let mut round = 0u32;
         while !pending.is_empty() {
@@ -79,7 +82,7 @@ impl KafkaSink {
                 }
                 None => self.send(&recs, &pending).await,
             };
-            let failed = match sent {
+            let mut failed = match sent {
                 Err(f) if f.disposition() == Disposition::Definite => {
                     return Err(self.definite(f.to_string()))
                 }
@@ -88,11 +91,42 @@ impl KafkaSink {
                     pending.clone()
                 }
                 Ok(outcomes) => {
+                    if let Some(e) = outcomes.iter().find_map(|o| o.as_ref().err()) {
+                        if is_fenced(e) {
+                            return Err(self.definite(format!(
+                                "lost leadership: a newer producer of this sink fenced this one ({e})"
+                            )));
+                        }
+                    }
                     self.settle(&recs, &pending, outcomes, &mut results, &mut last_error)
                 }
             };
             if failed.is_empty() {
-                break;
+                match self.commit().await {
+                    Ok(()) => {
+                        self.settle_committed();
+                        break;
+                    }
+                    Err(f) if f.disposition() == Disposition::Definite => {
+                        return Err(self.definite(f.to_string()))
+                    }
+                    Err(f) => last_error = f.to_string(),
+                }
+            }
+            if let Err(f) = self.check_not_fenced() {
+                return Err(self.definite(f.to_string()));
+            }
+            if self.transactional() {
+                // The transaction is aborted: every record it held is sent again
+                // (unless the read-back finds it), not only the failed ones.
+                self.uncommitted.clear();
+                failed = sent_in_batch
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        !matches!(results[recs[i].item], Some(ItemResult::DeadLettered { .. }))
+                    })
+                    .collect();
             }
             tracing::warn!(sink = %self.name, round, failed = failed.len(), error = %last_error,
                 "Kafka delivery failed; will start a new producer session, read back what reached the broker, and retry");
@@ -141,10 +175,13 @@ impl KafkaSink {
         for (&i, outcome) in pending.iter().zip(outcomes) {
             match outcome {
                 Ok((partition, offset)) => {
-                    let e = self
-                        .next
-                        .entry((recs[i].topic.clone(), partition))
-                        .or_insert(0);
+                    // Under HA an offset counts once its transaction is committed.
+                    let next = if self.transactional() {
+                        &mut self.uncommitted
+                    } else {
+                        &mut self.next
+                    };
+                    let e = next.entry((recs[i].topic.clone(), partition)).or_insert(0);
                     *e = (*e).max(offset + 1);
                     self.dirty = true;
                     self.since_progress += 1;
@@ -165,15 +202,35 @@ impl KafkaSink {
         failed
     }
 
+    /// The committed transaction's offsets now count for the progress record.
+    fn settle_committed(&mut self) {
+        for (tp, next) in std::mem::take(&mut self.uncommitted) {
+            let e = self.next.entry(tp).or_insert(next);
+            *e = (*e).max(next);
+        }
+    }
+
     /// After a failed round: a new idempotent session (what the old one had in
     /// flight is settled by the read-back), and of `failed` what the read-back
     /// did not find; all of it when the read-back fails for a passing reason.
+    /// Under HA the new session is started before the read-back: that ends the
+    /// old one's transaction, so the read-back sees what consumers will see.
     async fn recover_round(
         &mut self,
         recs: &[Rec],
         failed: Vec<usize>,
     ) -> Result<Vec<usize>, SinkError> {
+        if let Err(f) = self.check_not_fenced() {
+            return Err(self.definite(f.to_string()));
+        }
         self.drop_producer();
+        if let Err(f) = self.fence_others().await {
+            if f.disposition() == Disposition::Definite {
+                return Err(self.definite(f.to_string()));
+            }
+            tracing::warn!(sink = %self.name, error = %f, "cannot start a new transactional session yet; retrying");
+            return Ok(failed);
+        }
         match self.recover().await {
             Ok(found) => {
                 self.dirty = true;
@@ -214,7 +271,7 @@ impl KafkaSink {
             .cloned()
             .collect();
         self.register_topics(topics).await?;
-        let producer = self.producer()?;
+        let producer = self.writing_producer().await?;
         let mut futures = Vec::with_capacity(pending.len());
         for &i in pending {
             let r = &recs[i];
@@ -293,8 +350,9 @@ impl KafkaSink {
         let record = self.progress.clone();
         let name = self.name.clone();
         let ctx = self.context();
+        let committed = self.transactional();
         let found = tokio::task::spawn_blocking(move || {
-            let consumer = progress::consumer(&base, ctx)?;
+            let consumer = progress::consumer(&base, ctx, committed)?;
             progress::read_written(&consumer, &record, &name, STALL)
         })
         .await

@@ -24,6 +24,7 @@ mod records;
 mod resume;
 mod retry;
 mod topics;
+mod transaction;
 
 /// How long a read-back or metadata request may go without an answer.
 const STALL: Duration = Duration::from_secs(30);
@@ -83,10 +84,17 @@ pub struct KafkaSink {
     producer: Option<FutureProducer<SinkContext>>,
     /// The last progress record written (or read at start).
     progress: Progress,
-    /// The HA epoch this process leads with, carried by its progress records.
+    /// The HA epoch this process leads with, carried by its progress records. With
+    /// one, the producer is transactional (see `transaction.rs`).
     epoch: Option<i64>,
+    /// The transactional producer's `init_transactions` has run for this session.
+    txn_ready: bool,
+    /// A transaction is open (records or a progress record not yet committed).
+    in_txn: bool,
     /// Next offsets acknowledged since `progress` was written.
     next: BTreeMap<(String, i32), i64>,
+    /// Under HA: next offsets acknowledged in the open transaction, not yet in `next`.
+    uncommitted: BTreeMap<(String, i32), i64>,
     /// Records the read-back found after the progress record, not yet met again.
     seen: HashSet<RecordId>,
     /// Something was produced since the last progress record.
@@ -151,7 +159,10 @@ impl KafkaSink {
             producer: None,
             progress: Progress::default(),
             epoch: None,
+            txn_ready: false,
+            in_txn: false,
             next: BTreeMap::new(),
+            uncommitted: BTreeMap::new(),
             seen: HashSet::new(),
             dirty: false,
             since_progress: 0,
@@ -173,6 +184,9 @@ impl KafkaSink {
             .set("allow.auto.create.topics", "false");
         if cfg.get("message.timeout.ms").is_none() && cfg.get("delivery.timeout.ms").is_none() {
             cfg.set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
+        }
+        if self.transactional() {
+            cfg.set("transactional.id", self.transactional_id());
         }
         let producer: FutureProducer<SinkContext> =
             cfg.create_with_context(self.context()).map_err(|e| {
@@ -244,6 +258,11 @@ impl Sink for KafkaSink {
         if !self.dirty && at.pos == self.progress.pos {
             return Ok(());
         }
+        // Under HA only over the session in hand: starting one now (after a failure,
+        // or once taken over) would fence the leader; the next leader reads back.
+        if self.transactional() && !self.txn_ready {
+            return Ok(());
+        }
         // One attempt: a restart reads back whatever this record would have covered.
         let record = self.progress_at(&at);
         match self.write_progress(&record).await {
@@ -305,6 +324,9 @@ impl KafkaSink {
     /// Ends the producer session. Dropping a producer purges and flushes for up to
     /// 500 ms, so that happens off the async workers.
     fn drop_producer(&mut self) {
+        self.txn_ready = false;
+        self.in_txn = false;
+        self.uncommitted.clear();
         if let Some(p) = self.producer.take() {
             drop(tokio::task::spawn_blocking(move || drop(p)));
         }

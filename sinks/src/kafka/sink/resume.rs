@@ -11,8 +11,8 @@ use crate::Checkpoint;
 
 impl KafkaSink {
     pub(super) async fn write_progress(&mut self, record: &Progress) -> Result<(), Failure> {
-        let producer = self.producer()?;
         let value = serde_json::to_vec(record).map_err(|e| Failure::Encode(e.to_string()))?;
+        let producer = self.writing_producer().await?;
         let delivery = producer
             .send_result(
                 FutureRecord::to(&self.config.progress_topic)
@@ -21,13 +21,19 @@ impl KafkaSink {
             )
             .map_err(|(e, _)| Failure::Broker(format!("progress record: {e}")))?;
         match delivery.await {
-            Ok(Ok(_)) => {
-                self.last_progress_write = Instant::now();
-                Ok(())
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) if super::transaction::is_fenced(&e) => {
+                return Err(Failure::Fenced(format!(
+                    "lost leadership: a newer producer of this sink fenced this one ({e})"
+                )))
             }
-            Ok(Err((e, _))) => Err(Failure::Broker(format!("progress record: {e}"))),
-            Err(_) => Err(Failure::Broker("progress record: producer closed".into())),
+            Ok(Err((e, _))) => return Err(Failure::Broker(format!("progress record: {e}"))),
+            Err(_) => return Err(Failure::Broker("progress record: producer closed".into())),
         }
+        // Under HA the record is its own transaction: visible once committed.
+        self.commit().await?;
+        self.last_progress_write = Instant::now();
+        Ok(())
     }
 
     /// The progress record for `at`: the last one plus the offsets acknowledged since.
@@ -50,6 +56,9 @@ impl KafkaSink {
         &mut self,
         local: &Checkpoint,
     ) -> Result<Option<Checkpoint>, Failure> {
+        // Under HA: fence the previous leader's producer (and end its open
+        // transaction) before reading what it wrote.
+        self.fence_others().await?;
         let topic = self.config.progress_topic.clone();
         let partitions = match self.partition_count(&topic).await? {
             Some(n) => n,
@@ -63,8 +72,9 @@ impl KafkaSink {
         let base = self.base.clone();
         let name = self.name.clone();
         let ctx = self.context();
+        let committed = self.transactional();
         let stored = tokio::task::spawn_blocking(move || {
-            let consumer = progress::consumer(&base, ctx)?;
+            let consumer = progress::consumer(&base, ctx, committed)?;
             progress::read_progress(&consumer, &topic, partitions, &name, STALL)
         })
         .await

@@ -47,6 +47,10 @@ pub(super) enum Failure {
     /// A progress record cannot be encoded.
     #[error("{0}")]
     Encode(String),
+    /// Under HA, a newer leader's transactional producer fenced this one: this
+    /// process lost leadership and must write nothing more.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl Failure {
@@ -59,7 +63,8 @@ impl Failure {
             Failure::ReadBack(ReadBackError::Definite(_))
             | Failure::Config(_)
             | Failure::Topics(_)
-            | Failure::Encode(_) => Disposition::Definite,
+            | Failure::Encode(_)
+            | Failure::Fenced(_) => Disposition::Definite,
         }
     }
 }
@@ -95,6 +100,9 @@ impl KafkaSink {
     ) -> Result<(), SinkError> {
         if failure.disposition() == Disposition::Definite {
             return Err(self.definite(failure.to_string()));
+        }
+        if let Err(fenced) = self.check_not_fenced() {
+            return Err(self.definite(fenced.to_string()));
         }
         tracing::warn!(sink = %self.name, round, error = %failure, "{what}; retrying");
         self.drop_producer();
