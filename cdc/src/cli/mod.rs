@@ -89,6 +89,12 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Deliver from Kafka: run the config's HTTP/stdout sinks fed from the topics in
+    /// `[deliver]`, as one worker of a Kafka consumer group, until SIGINT/SIGTERM.
+    Deliver {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Preflight: check the source (and sinks); exit 0 only when ready.
     Check {
         #[command(flatten)]
@@ -161,6 +167,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 let _ = tx.send(true);
             });
             engine::run(config, rx).await?;
+            Ok(0)
+        }
+        Command::Deliver { config } => {
+            let config = config.load()?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = tx.send(true);
+            });
+            crate::deliver_engine::run(config, rx).await?;
             Ok(0)
         }
         Command::Check { config, json } => check(&config.load()?, json).await,
