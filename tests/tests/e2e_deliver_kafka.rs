@@ -108,12 +108,26 @@ fn versions_by_row(events: &[(String, Value)]) -> BTreeMap<i64, Vec<i64>> {
     rows
 }
 
-async fn wait_distinct(receiver: &Receiver, n: usize, within: Duration, what: &str) {
-    wait_until_msg(within, what, || {
-        let got = distinct(&receiver.requests()).map(|d| d.len()).unwrap_or(0);
-        async move { got >= n }
-    })
-    .await;
+/// Waits until `n` distinct deliveries arrived; on the deadline, fails with the
+/// workers' logs.
+async fn wait_distinct(
+    receiver: &Receiver,
+    n: usize,
+    within: Duration,
+    workers: &[Pgcdc],
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got = distinct(&receiver.requests())?.len();
+        if got >= n {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = workers.iter().map(|w| w.stderr_tail(15)).collect();
+            anyhow::bail!("{got} of {n} distinct deliveries after {within:?}; workers:\n{}", logs.join("\n---\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Three workers share the partitions; under load one is killed with -9, a
@@ -128,6 +142,7 @@ async fn workers_share_partitions_through_kill_join_and_leave() -> anyhow::Resul
     let pg = PgCluster::new().await?;
     permits_table(&pg).await?;
     let receiver = Receiver::start().await?;
+    broker.create_topic(TOPIC, 6)?;
     let run_state = state_dir()?;
     let run_cfg = ConfigFile::new(&run_config(&pg, run_state.path(), &broker.bootstrap()))?;
     let mut run = start_streaming(&pg, &run_cfg).await?;
@@ -163,11 +178,11 @@ async fn workers_share_partitions_through_kill_join_and_leave() -> anyhow::Resul
         }
         anyhow::Ok(())
     });
-    wait_distinct(&receiver, 100, Duration::from_secs(90), "first deliveries").await;
+    wait_distinct(&receiver, 100, Duration::from_secs(90), &workers).await?;
     workers[0].kill9()?;
     workers.push(spawn_deliver(&cfg)?);
     let seen = distinct(&receiver.requests())?.len();
-    wait_distinct(&receiver, seen + 100, Duration::from_secs(90), "deliveries after kill -9").await;
+    wait_distinct(&receiver, seen + 100, Duration::from_secs(90), &workers).await?;
     workers[1].terminate()?;
     let exit = workers[1].wait_exit(Duration::from_secs(30)).await;
     ensure!(
@@ -177,7 +192,7 @@ async fn workers_share_partitions_through_kill_join_and_leave() -> anyhow::Resul
     );
     load.await??;
     let total = (ROWS * VERSIONS) as usize;
-    wait_distinct(&receiver, total, Duration::from_secs(120), "every change").await;
+    wait_distinct(&receiver, total, Duration::from_secs(120), &workers).await?;
     // What is still in flight lands; nothing beyond the table's changes may come.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let events = distinct(&receiver.requests())?;
