@@ -51,7 +51,10 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
                 crate::engine::build_http_sink(&sink.name, http, audit.clone())?
                     .with_native_body_from_event(sink.transform.is_none()),
             ),
-            SinkKind::Kafka(_) => bail!("sink {}: `pgcdc deliver` runs http and stdout sinks", sink.name),
+            SinkKind::Kafka(_) => bail!(
+                "sink {}: `pgcdc deliver` runs http and stdout sinks",
+                sink.name
+            ),
         };
         let s = store.clone();
         let session = tokio::task::spawn_blocking(move || s.open(Access::Create))

@@ -62,8 +62,10 @@ fn spawn_deliver(cfg: &ConfigFile) -> anyhow::Result<Pgcdc> {
 }
 
 async fn permits_table(pg: &PgCluster) -> anyhow::Result<()> {
-    pg.batch("CREATE TABLE permits (id int8 PRIMARY KEY, status text NOT NULL, version int NOT NULL)")
-        .await?;
+    pg.batch(
+        "CREATE TABLE permits (id int8 PRIMARY KEY, status text NOT NULL, version int NOT NULL)",
+    )
+    .await?;
     Ok(())
 }
 
@@ -124,7 +126,10 @@ async fn wait_distinct(
         }
         if std::time::Instant::now() > deadline {
             let logs: Vec<String> = workers.iter().map(|w| w.stderr_tail(15)).collect();
-            anyhow::bail!("{got} of {n} distinct deliveries after {within:?}; workers:\n{}", logs.join("\n---\n"));
+            anyhow::bail!(
+                "{got} of {n} distinct deliveries after {within:?}; workers:\n{}",
+                logs.join("\n---\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -202,7 +207,11 @@ async fn workers_share_partitions_through_kill_join_and_leave() -> anyhow::Resul
         events.len()
     );
     let rows = versions_by_row(&events);
-    ensure!(rows.len() == ROWS as usize, "rows delivered: {}", rows.len());
+    ensure!(
+        rows.len() == ROWS as usize,
+        "rows delivered: {}",
+        rows.len()
+    );
     let expected: Vec<i64> = (1..=VERSIONS).collect();
     for (id, versions) in &rows {
         ensure!(
@@ -215,5 +224,250 @@ async fn workers_share_partitions_through_kill_join_and_leave() -> anyhow::Resul
         w.terminate()?;
     }
     run.terminate()?;
+    Ok(())
+}
+
+/// The receiver rejects permit 7: its first event is dead-lettered and its later
+/// ones park behind it, on one worker and then, after a rebalance hands the
+/// partitions to another, on that one too (the DLQ is in the shared state
+/// store). `pgcdc dlq replay` then delivers the row's events in order; other
+/// rows were never held up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_row_stays_parked_across_a_rebalance_and_replays_in_order() -> anyhow::Result<()>
+{
+    let broker = Broker::start().await?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    broker.create_topic(TOPIC, 4)?;
+    let receiver = Receiver::start().await?;
+    receiver.set_mode(Mode::FailFor {
+        status: 422,
+        when: Arc::new(|body: &Value| body["new"]["id"] == 7),
+    });
+    let run_state = state_dir()?;
+    let run_cfg = ConfigFile::new(&run_config(&pg, run_state.path(), &broker.bootstrap()))?;
+    let mut run = start_streaming(&pg, &run_cfg).await?;
+    let deliver_state = state_dir()?;
+    let cfg = ConfigFile::new(&deliver_config(
+        &pg,
+        deliver_state.path(),
+        &broker.bootstrap(),
+        &receiver,
+        "",
+    ))?;
+    let mut first = spawn_deliver(&cfg)?;
+    pg.batch(
+        "INSERT INTO permits SELECT g, 'pending', 1 FROM generate_series(1, 10) g; \
+         UPDATE permits SET version = 2 WHERE id = 7; UPDATE permits SET version = 3 WHERE id = 7;",
+    )
+    .await?;
+    // 9 other rows arrive; 7 was tried (and refused) once.
+    wait_distinct(
+        &receiver,
+        10,
+        Duration::from_secs(60),
+        std::slice::from_ref(&first),
+    )
+    .await?;
+    let dlq_count = || async {
+        let (_, out, _) =
+            pgcdc_output(&["dlq", "list", "--config", &cfg.arg(), "--sink", "registry"])
+                .await
+                .unwrap_or_default();
+        out.lines().filter(|l| l.contains("permits")).count()
+    };
+    wait_until_msg(
+        Duration::from_secs(30),
+        "row 7's 3 events in the DLQ",
+        || async { dlq_count().await >= 3 },
+    )
+    .await;
+    // A rebalance: the first worker leaves, a second takes every partition.
+    first.terminate()?;
+    ensure!(first
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .is_some_and(|s| s.success()));
+    let mut second = spawn_deliver(&cfg)?;
+    pg.batch(
+        "UPDATE permits SET version = 4 WHERE id = 7; UPDATE permits SET version = 2 WHERE id = 1;",
+    )
+    .await?;
+    wait_until_msg(Duration::from_secs(60), "row 1's update delivered", || {
+        let got = versions_by_row(&distinct(&receiver.requests()).unwrap_or_default());
+        async move { got.get(&1).is_some_and(|v| v.contains(&2)) }
+    })
+    .await;
+    wait_until_msg(
+        Duration::from_secs(30),
+        "row 7's 4th event parked by the new worker",
+        || async { dlq_count().await >= 4 },
+    )
+    .await;
+    let delivered_7 = |r: &Receiver| {
+        r.requests()
+            .iter()
+            .filter(|q| q.json()["new"]["id"] == 7)
+            .count()
+    };
+    ensure!(
+        delivered_7(&receiver) == 1,
+        "only the first (refused) attempt of row 7 reached the receiver: {}",
+        delivered_7(&receiver)
+    );
+    receiver.set_mode(Mode::Ok);
+    let (code, out, err) = pgcdc_output(&[
+        "dlq",
+        "replay",
+        "--config",
+        &cfg.arg(),
+        "--sink",
+        "registry",
+        "--all",
+    ])
+    .await?;
+    ensure!(code == 0, "dlq replay: {out}{err}");
+    wait_until_msg(Duration::from_secs(60), "row 7 replayed", || {
+        let n = delivered_7(&receiver);
+        async move { n >= 5 }
+    })
+    .await;
+    let sent: Vec<i64> = receiver
+        .requests()
+        .iter()
+        .filter(|q| q.json()["new"]["id"] == 7)
+        .skip(1)
+        .filter_map(|q| q.json()["new"]["version"].as_i64())
+        .collect();
+    ensure!(sent == vec![1, 2, 3, 4], "row 7 replayed as {sent:?}");
+    ensure!(dlq_count().await == 0, "the DLQ is empty after the replay");
+    ensure!(!second.has_exited(), "{}", second.stderr_tail(20));
+    second.terminate()?;
+    run.terminate()?;
+    Ok(())
+}
+
+/// A trigger that reads `.old` gives the same deliveries from Kafka as from the
+/// journal: one `pgcdc run` delivers over HTTP directly and writes the native
+/// topic; a `pgcdc deliver` with the same trigger and sink reads the topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_on_old_deliver_the_same_from_kafka_as_from_the_journal() -> anyhow::Result<()> {
+    const TRIGGER: &str = "[[trigger]]\nname = \"permitApproved\"\ntable = \"public.permits\"\n\
+        when = '.old.status != \"approved\" and .new.status == \"approved\"'\n\n";
+    const SINK: &str = "events = [\"permitApproved\"]\n\
+        transform = '{id: .new.id, was: .old.status, trigger: .trigger, version: .new.version}'\n";
+    let broker = Broker::start().await?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    broker.create_topic(TOPIC, 3)?;
+    let direct = Receiver::start().await?;
+    let via_kafka = Receiver::start().await?;
+    let run_state = state_dir()?;
+    let run_cfg = ConfigFile::new(&format!(
+        "{TRIGGER}{}\n[[sink]]\nname = \"direct\"\ntype = \"http\"\nurl = \"{}\"\n{SINK}",
+        run_config(&pg, run_state.path(), &broker.bootstrap()),
+        direct.url()
+    ))?;
+    let mut run = start_streaming(&pg, &run_cfg).await?;
+    let deliver_state = state_dir()?;
+    let cfg = ConfigFile::new(&format!(
+        "{TRIGGER}{}",
+        deliver_config(
+            &pg,
+            deliver_state.path(),
+            &broker.bootstrap(),
+            &via_kafka,
+            SINK
+        )
+        .replace("tables = [\"public.permits\"]\n", "")
+    ))?;
+    let mut worker = spawn_deliver(&cfg)?;
+    pg.batch(
+        "INSERT INTO permits SELECT g, 'pending', 1 FROM generate_series(1, 6) g; \
+         UPDATE permits SET status = 'approved', version = 2 WHERE id IN (1, 3, 5); \
+         UPDATE permits SET version = 3 WHERE id = 1; \
+         UPDATE permits SET status = 'pending', version = 4 WHERE id = 3; \
+         UPDATE permits SET status = 'approved', version = 5 WHERE id = 3; \
+         INSERT INTO permits VALUES (7, 'approved', 1);",
+    )
+    .await?;
+    // 1, 3, 5 approved; 3 approved again; 7 inserted approved (.old is null).
+    wait_distinct(
+        &direct,
+        5,
+        Duration::from_secs(60),
+        std::slice::from_ref(&run),
+    )
+    .await?;
+    wait_distinct(
+        &via_kafka,
+        5,
+        Duration::from_secs(60),
+        std::slice::from_ref(&worker),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a = distinct(&direct.requests())?;
+    let b = distinct(&via_kafka.requests())?;
+    ensure!(a.len() == 5, "direct: {a:?}");
+    let sorted = |mut v: Vec<(String, Value)>| {
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    ensure!(
+        sorted(a.clone()) == sorted(b.clone()),
+        "the same deliveries (ids and bodies):\n{a:?}\n{b:?}"
+    );
+    ensure!(a.iter().any(|(_, body)| body["was"] == "pending"), "{a:?}");
+    worker.terminate()?;
+    run.terminate()?;
+    Ok(())
+}
+
+/// A record no pgcdc sink wrote stops the worker with its topic, partition and
+/// offset named, and nothing past it is committed: a restarted worker stops at
+/// the same record. A topic that does not exist is refused at the start.
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_records_and_missing_topics_are_named() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let pg = PgCluster::new().await?;
+    broker.create_topic(TOPIC, 1)?;
+    let receiver = Receiver::start().await?;
+    let state = state_dir()?;
+    produce_foreign(&broker.bootstrap(), TOPIC, "1", "{\"hello\": 1}")?;
+    let cfg = ConfigFile::new(&deliver_config(
+        &pg,
+        state.path(),
+        &broker.bootstrap(),
+        &receiver,
+        "",
+    ))?;
+    for attempt in 0..2 {
+        let mut w = spawn_deliver(&cfg)?;
+        let exit = w.wait_exit(Duration::from_secs(60)).await;
+        ensure!(
+            exit.is_some_and(|s| !s.success()),
+            "attempt {attempt}: {exit:?}"
+        );
+        let log = stderr_with(&w, &["no pgcdc-event-id header"]).await;
+        ensure!(
+            log.contains(&format!("topic {TOPIC} partition 0 offset 0"))
+                && log.contains("no pgcdc-event-id header"),
+            "attempt {attempt}: {log}"
+        );
+    }
+    ensure!(receiver.requests().is_empty());
+    let missing = ConfigFile::new(
+        &deliver_config(&pg, state.path(), &broker.bootstrap(), &receiver, "")
+            .replace(&format!("[\"{TOPIC}\"]"), "[\"portal.public.nope\"]"),
+    )?;
+    let mut w = spawn_deliver(&missing)?;
+    let exit = w.wait_exit(Duration::from_secs(60)).await;
+    ensure!(exit.is_some_and(|s| !s.success()), "{exit:?}");
+    let log = stderr_with(&w, &["does not exist"]).await;
+    ensure!(
+        log.contains("deliver.topics[0]") && log.contains("portal.public.nope"),
+        "{log}"
+    );
     Ok(())
 }

@@ -263,7 +263,9 @@ pub(crate) async fn commit(
                 state.settled(topic, *partition);
             }
         }
-        Ok(Err(e)) => tracing::warn!(error = %e, "offset commit failed; the records are settled and will be committed with the next batch (or delivered again, with the same ids, by the partition's next owner)"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "offset commit failed; the records are settled and will be committed with the next batch (or delivered again, with the same ids, by the partition's next owner)")
+        }
         Err(e) => tracing::warn!(error = %e, "offset commit task failed"),
     }
 }

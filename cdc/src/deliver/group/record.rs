@@ -113,8 +113,12 @@ fn debezium(json: &Value, record: &RawRecord<'_>, id: &str) -> Result<ChangeEven
         Some("t") => Op::Truncate,
         _ => return Err(bad("op (c, u, d, r, t)")),
     };
-    let schema = source["schema"].as_str().ok_or_else(|| bad("source.schema"))?;
-    let table = source["table"].as_str().ok_or_else(|| bad("source.table"))?;
+    let schema = source["schema"]
+        .as_str()
+        .ok_or_else(|| bad("source.schema"))?;
+    let table = source["table"]
+        .as_str()
+        .ok_or_else(|| bad("source.table"))?;
     let lsn = match record.header(H_LSN).map(str::parse::<Lsn>) {
         Some(Ok(lsn)) => lsn,
         _ => Lsn(source["lsn"].as_u64().ok_or_else(|| bad("source.lsn"))?),

@@ -213,7 +213,11 @@ impl Worker {
             }
         }
         consumer::commit(&self.consumer, &self.state, &next).await;
-        tracing::debug!(records = events.len(), partitions = next.len(), "batch settled and committed");
+        tracing::debug!(
+            records = events.len(),
+            partitions = next.len(),
+            "batch settled and committed"
+        );
         Ok(Next::Continue)
     }
 
