@@ -36,6 +36,7 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
     plan::sandbox::install(&config.jq)?;
     let config = Arc::new(config);
     crate::metrics::metrics().leader.set(1);
+    crate::health::health().set_deliver_mode();
     let store = Store::from_config(&config.state);
     let triggers = plan::triggers(&config);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -419,8 +419,71 @@ async fn triggers_on_old_deliver_the_same_from_kafka_as_from_the_journal() -> an
         "the same deliveries (ids and bodies):\n{a:?}\n{b:?}"
     );
     ensure!(a.iter().any(|(_, body)| body["was"] == "pending"), "{a:?}");
+    check_worker_status(&worker, &cfg).await?;
     worker.terminate()?;
     run.terminate()?;
+    Ok(())
+}
+
+/// GET on the worker's admin API: (status, body).
+async fn admin_get(base: &str, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_else(|e| panic!("reqwest client: {e}"));
+    match client.get(format!("{base}{path}")).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The worker (alone in its group, caught up) holds all 3 partitions: its
+/// `/api/status` lists them with their lag, `/metrics` has a lag series per
+/// partition, `/readyz` is 200; `pgcdc status` reads the group's lag (0) from Kafka.
+async fn check_worker_status(worker: &Pgcdc, cfg: &ConfigFile) -> anyhow::Result<()> {
+    let log = stderr_with(worker, &["admin API listening"]).await;
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("admin API listening addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("the worker logs its admin address")?;
+    let base = format!("http://{addr}");
+    wait_until_msg(
+        Duration::from_secs(30),
+        "readyz 200 and 3 partitions with lag 0",
+        || {
+            let base = base.clone();
+            async move {
+                let ready = admin_get(&base, "/readyz").await.0 == 200;
+                let status: Value = serde_json::from_str(&admin_get(&base, "/api/status").await.1)
+                    .unwrap_or_default();
+                let parts = status["deliver"]["partitions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                ready && parts.len() == 3 && parts.iter().all(|p| p["lag_records"] == 0)
+            }
+        },
+    )
+    .await;
+    let (_, metrics) = admin_get(&base, "/metrics").await;
+    ensure!(
+        metrics.contains(&format!(
+            "pgcdc_deliver_partition_lag_records{{topic=\"{TOPIC}\",partition=\"2\"}} 0"
+        )),
+        "{metrics}"
+    );
+    let (code, out, err) = pgcdc_output(&["status", "--json", "--config", &cfg.arg()]).await?;
+    ensure!(code == 0, "{out}{err}");
+    let status: Value = serde_json::from_str(&out)?;
+    ensure!(status["deliver"]["scope"] == "group", "{status}");
+    let parts = status["deliver"]["partitions"]
+        .as_array()
+        .context("partitions")?;
+    ensure!(
+        parts.len() == 3 && parts.iter().all(|p| p["lag_records"] == 0),
+        "{status}"
+    );
     Ok(())
 }
 

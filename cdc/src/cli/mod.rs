@@ -418,6 +418,35 @@ fn origin(url: &str) -> String {
     }
 }
 
+/// `pgcdc status` of a `[deliver]` config: the group's partitions and the DLQs.
+fn print_deliver_status(status: &serde_json::Value) {
+    let d = &status["deliver"];
+    println!("group:    {}", d["group"].as_str().unwrap_or("?"));
+    match d["partitions"].as_array() {
+        Some(parts) => {
+            for p in parts {
+                println!(
+                    "partition {}[{}]: lag {} records",
+                    p["topic"].as_str().unwrap_or("?"),
+                    p["partition"],
+                    p["lag_records"]
+                );
+            }
+        }
+        None => println!(
+            "partitions: cannot read from Kafka: {}",
+            d["partitions"]["error"]
+        ),
+    }
+    for s in status["sinks"].as_array().into_iter().flatten() {
+        println!(
+            "sink {}: {} in the DLQ",
+            s["name"].as_str().unwrap_or("?"),
+            s["dlq_events"]
+        );
+    }
+}
+
 async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
     let store = Store::from_config(&config.state);
     let journal = store
@@ -434,6 +463,10 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(0);
+    }
+    if config.deliver.is_some() {
+        print_deliver_status(&status);
         return Ok(0);
     }
     let s = &status["source"];

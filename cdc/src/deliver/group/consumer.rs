@@ -104,6 +104,11 @@ pub(crate) struct GroupContext {
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        crate::health::health().set_kafka_reachable(up);
         let Ok(mut lag) = self.state.lag.lock() else {
             return;
         };
@@ -268,4 +273,44 @@ pub(crate) async fn commit(
         }
         Err(e) => tracing::warn!(error = %e, "offset commit task failed"),
     }
+}
+
+/// The whole group's lag per partition, read from Kafka (committed offsets
+/// against the high watermarks), for `pgcdc status` outside the workers.
+pub(crate) async fn group_lag(config: &DeliverConfig) -> anyhow::Result<Vec<PartitionLag>> {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in &config.topics {
+            let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition(t.name(), p.id());
+                }
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, TIMEOUT)?;
+        let mut out = Vec::new();
+        for e in committed.elements() {
+            let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), TIMEOUT)?;
+            let from = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            out.push(PartitionLag {
+                topic: e.topic().to_owned(),
+                partition: e.partition(),
+                lag_records: (high - from).max(0),
+                lag_seconds: 0.0,
+            });
+        }
+        Ok(out)
+    })
+    .await?
 }

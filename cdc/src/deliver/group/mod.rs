@@ -21,7 +21,7 @@ pub(crate) mod worker;
 
 use std::sync::{Arc, OnceLock};
 
-pub(crate) use consumer::{GroupState, PartitionLag};
+pub(crate) use consumer::GroupState;
 
 /// This process's group state, for status, `/api/status` and `/metrics`
 /// (unset outside `pgcdc deliver`).
