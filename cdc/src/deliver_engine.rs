@@ -48,10 +48,10 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
             SinkKind::Stdout => DeliverSink::Stdout(
                 StdoutSink::new(&sink.name).with_native_body_from_event(sink.transform.is_none()),
             ),
-            SinkKind::Http(http) => DeliverSink::Http(
+            SinkKind::Http(http) => DeliverSink::Http(Box::new(
                 crate::engine::build_http_sink(&sink.name, http, audit.clone())?
                     .with_native_body_from_event(sink.transform.is_none()),
-            ),
+            )),
             SinkKind::Kafka(_) => bail!(
                 "sink {}: `pgcdc deliver` runs http and stdout sinks",
                 sink.name

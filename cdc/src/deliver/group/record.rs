@@ -32,7 +32,7 @@ pub(crate) const MAX_VALUE_BYTES: usize = 64 << 20;
 #[derive(Debug)]
 pub(crate) enum Decoded {
     /// A change, and the captured table it belongs to (`schema.table`).
-    Event(ChangeEvent, String),
+    Event(Box<ChangeEvent>, String),
     /// A tombstone: nothing to deliver.
     Tombstone,
 }
@@ -98,7 +98,7 @@ pub(crate) fn decode(record: &RawRecord<'_>) -> Result<Decoded, String> {
         .header(H_TABLE)
         .map(str::to_owned)
         .unwrap_or_else(|| event.qualified_table());
-    Ok(Decoded::Event(event, table))
+    Ok(Decoded::Event(Box::new(event), table))
 }
 
 /// A Debezium envelope back into the native event, as far as it holds it.
@@ -210,7 +210,7 @@ mod tests {
             panic!("not decoded");
         };
         assert_eq!(table, "public.permits");
-        assert_eq!(got, ChangeEvent { trigger: None, ..e });
+        assert_eq!(*got, ChangeEvent { trigger: None, ..e });
     }
 
     #[test]

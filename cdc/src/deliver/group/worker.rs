@@ -33,7 +33,7 @@ const LINGER: Duration = Duration::from_millis(20);
 /// A sink `pgcdc deliver` runs.
 pub(crate) enum DeliverSink {
     /// HTTP.
-    Http(HttpSink),
+    Http(Box<HttpSink>),
     /// Standard output.
     Stdout(StdoutSink),
 }
@@ -59,7 +59,7 @@ impl DeliverSink {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<Vec<ItemResult>>, RunnerError> {
         match self {
-            DeliverSink::Http(s) => deliver_or_stop(s, items, shutdown).await,
+            DeliverSink::Http(s) => deliver_or_stop(&mut **s, items, shutdown).await,
             DeliverSink::Stdout(s) => deliver_or_stop(s, items, shutdown).await,
         }
     }
@@ -203,7 +203,7 @@ impl Worker {
         let events: Vec<(i64, pgcdc_schema::ChangeEvent, String)> = batch
             .into_iter()
             .filter_map(|t| match t.decoded {
-                Decoded::Event(e, table) => Some((t.offset, e, table)),
+                Decoded::Event(e, table) => Some((t.offset, *e, table)),
                 Decoded::Tombstone => None,
             })
             .collect();
