@@ -425,6 +425,17 @@ async fn triggers_on_old_deliver_the_same_from_kafka_as_from_the_journal() -> an
     Ok(())
 }
 
+/// `http://IP:PORT` of the worker's admin API, from its log.
+async fn admin_base(worker: &Pgcdc) -> anyhow::Result<String> {
+    let log = stderr_with(worker, &["admin API listening"]).await;
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("admin API listening addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("the worker logs its admin address")?;
+    Ok(format!("http://{addr}"))
+}
+
 /// GET on the worker's admin API: (status, body).
 async fn admin_get(base: &str, path: &str) -> (u16, String) {
     let client = reqwest::Client::builder()
@@ -441,13 +452,7 @@ async fn admin_get(base: &str, path: &str) -> (u16, String) {
 /// `/api/status` lists them with their lag, `/metrics` has a lag series per
 /// partition, `/readyz` is 200; `pgcdc status` reads the group's lag (0) from Kafka.
 async fn check_worker_status(worker: &Pgcdc, cfg: &ConfigFile) -> anyhow::Result<()> {
-    let log = stderr_with(worker, &["admin API listening"]).await;
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("admin API listening addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .context("the worker logs its admin address")?;
-    let base = format!("http://{addr}");
+    let base = admin_base(worker).await?;
     wait_until_msg(
         Duration::from_secs(30),
         "readyz 200 and 3 partitions with lag 0",
@@ -532,5 +537,72 @@ async fn foreign_records_and_missing_topics_are_named() -> anyhow::Result<()> {
         log.contains("deliver.topics[0]") && log.contains("portal.public.nope"),
         "{log}"
     );
+    Ok(())
+}
+
+/// The broker goes away while rows change: the worker is not ready (the reason
+/// names Kafka), keeps running, and delivers everything once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_outage_is_waited_for_and_shown_in_readyz() -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    broker.create_topic(TOPIC, 2)?;
+    let receiver = Receiver::start().await?;
+    let run_state = state_dir()?;
+    let run_cfg = ConfigFile::new(&run_config(&pg, run_state.path(), &broker.bootstrap()))?;
+    let mut run = start_streaming(&pg, &run_cfg).await?;
+    let deliver_state = state_dir()?;
+    let cfg = ConfigFile::new(&deliver_config(
+        &pg,
+        deliver_state.path(),
+        &broker.bootstrap(),
+        &receiver,
+        "",
+    ))?;
+    let mut worker = spawn_deliver(&cfg)?;
+    pg.batch("INSERT INTO permits SELECT g, 'pending', 1 FROM generate_series(1, 5) g")
+        .await?;
+    wait_distinct(
+        &receiver,
+        5,
+        Duration::from_secs(60),
+        std::slice::from_ref(&worker),
+    )
+    .await?;
+    let base = admin_base(&worker).await?;
+    wait_until_msg(Duration::from_secs(30), "readyz 200", || {
+        let base = base.clone();
+        async move { admin_get(&base, "/readyz").await.0 == 200 }
+    })
+    .await;
+    broker.cut();
+    pg.batch("INSERT INTO permits SELECT g, 'pending', 1 FROM generate_series(6, 10) g")
+        .await?;
+    wait_until_msg(Duration::from_secs(60), "readyz 503 naming Kafka", || {
+        let base = base.clone();
+        async move {
+            let (code, body) = admin_get(&base, "/readyz").await;
+            code == 503 && body.contains("no Kafka broker is reachable")
+        }
+    })
+    .await;
+    ensure!(!worker.has_exited(), "{}", worker.stderr_tail(20));
+    broker.restore();
+    wait_distinct(
+        &receiver,
+        10,
+        Duration::from_secs(120),
+        std::slice::from_ref(&worker),
+    )
+    .await?;
+    wait_until_msg(Duration::from_secs(30), "readyz 200 again", || {
+        let base = base.clone();
+        async move { admin_get(&base, "/readyz").await.0 == 200 }
+    })
+    .await;
+    ensure!(distinct(&receiver.requests())?.len() == 10);
+    worker.terminate()?;
+    run.terminate()?;
     Ok(())
 }
