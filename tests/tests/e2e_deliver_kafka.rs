@@ -340,6 +340,20 @@ async fn a_rejected_row_stays_parked_across_a_rebalance_and_replays_in_order() -
         .filter_map(|q| q.json()["new"]["version"].as_i64())
         .collect();
     ensure!(sent == vec![1, 2, 3, 4], "row 7 replayed as {sent:?}");
+    // The audit (in the shared store) holds the refusal and the replay's delivery.
+    let first_7 = receiver
+        .requests()
+        .iter()
+        .find(|q| q.json()["new"]["id"] == 7)
+        .and_then(|q| q.header("idempotency-key").map(str::to_owned))
+        .context("row 7's first request")?;
+    let (code, out, err) =
+        pgcdc_output(&["audit", "--config", &cfg.arg(), "--event", &first_7]).await?;
+    ensure!(code == 0, "audit: {out}{err}");
+    ensure!(
+        out.contains("Failed") && out.contains("HTTP 422") && out.contains("Delivered"),
+        "audit of {first_7}: {out}"
+    );
     ensure!(dlq_count().await == 0, "the DLQ is empty after the replay");
     ensure!(!second.has_exited(), "{}", second.stderr_tail(20));
     second.terminate()?;
@@ -529,6 +543,16 @@ async fn foreign_records_and_missing_topics_are_named() -> anyhow::Result<()> {
         &deliver_config(&pg, state.path(), &broker.bootstrap(), &receiver, "")
             .replace(&format!("[\"{TOPIC}\"]"), "[\"portal.public.nope\"]"),
     )?;
+    let (code, out, err) = pgcdc_output(&["check", "--config", &missing.arg()]).await?;
+    ensure!(
+        code == 1 && out.contains("portal.public.nope") && out.contains("does not exist"),
+        "check: {code} {out}{err}"
+    );
+    let (code, out, err) = pgcdc_output(&["check", "--config", &cfg.arg()]).await?;
+    ensure!(
+        code == 0,
+        "check of a good deliver config: {code} {out}{err}"
+    );
     let mut w = spawn_deliver(&missing)?;
     let exit = w.wait_exit(Duration::from_secs(60)).await;
     ensure!(exit.is_some_and(|s| !s.success()), "{exit:?}");

@@ -339,6 +339,14 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
             "cannot read the open-files limit (getrlimit)",
         ),
     }
+    if let Some(deliver) = &config.deliver {
+        match crate::deliver::group::consumer::check(deliver).await {
+            Ok(detail) => report.ok("kafka topics", detail),
+            Err(e) => report.fail("kafka topics", format!("{e:#}")),
+        }
+        check_sinks(config, "", report).await;
+        return Ok(());
+    }
     let url = config.source_url()?;
     match connect_sql(&url).await {
         Err(e) => report.fail(
@@ -357,6 +365,13 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
             }
         }
     }
+    check_sinks(config, &url.dbname, report).await;
+    Ok(())
+}
+
+/// Each sink: stdout is fine, an HTTP endpoint must answer, Kafka brokers must
+/// answer; `db` is the source database (Debezium `source.db`).
+async fn check_sinks(config: &Config, db: &str, report: &mut CheckReport) {
     for (i, sink) in config.sink.iter().enumerate() {
         match &sink.kind {
             SinkKind::Stdout => report.ok(format!("sink {}", sink.name), "stdout"),
@@ -380,16 +395,11 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
                 }
             }
             SinkKind::Kafka(kafka) => {
-                let checked = match engine::build_kafka_sink(
-                    i,
-                    sink,
-                    kafka,
-                    &url.dbname,
-                    AuditLog::disabled(),
-                ) {
-                    Ok(s) => s.healthcheck().await.map_err(anyhow::Error::msg),
-                    Err(e) => Err(e),
-                };
+                let checked =
+                    match engine::build_kafka_sink(i, sink, kafka, db, AuditLog::disabled()) {
+                        Ok(s) => s.healthcheck().await.map_err(anyhow::Error::msg),
+                        Err(e) => Err(e),
+                    };
                 match checked {
                     Ok(detail) => report.ok(format!("sink {}", sink.name), detail),
                     Err(e) => report.fail(
@@ -402,7 +412,6 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
             }
         }
     }
-    Ok(())
 }
 
 /// `scheme://host:port` of a URL, for messages (no path, query or credentials).

@@ -170,11 +170,35 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 /// The group's consumer.
 pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
 
+/// `pgcdc check`: the brokers answer and every topic exists (nothing joins the group).
+pub(crate) async fn check(config: &DeliverConfig) -> anyhow::Result<String> {
+    let consumer = Arc::new(client(config, Arc::default())?);
+    check_topics(&consumer, &config.topics, &config.brokers).await?;
+    Ok(format!(
+        "{} topic(s) on {}, group {}",
+        config.topics.len(),
+        config.brokers,
+        config.group
+    ))
+}
+
 /// Joins the group (after checking that every topic exists).
 pub(crate) async fn connect(
     config: &DeliverConfig,
     state: Arc<GroupState>,
 ) -> anyhow::Result<Arc<GroupConsumer>> {
+    let consumer = Arc::new(client(config, state)?);
+    check_topics(&consumer, &config.topics, &config.brokers).await?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| anyhow::anyhow!("deliver.topics: cannot subscribe: {e}"))?;
+    tracing::info!(group = %config.group, topics = ?config.topics, "joined the consumer group");
+    Ok(consumer)
+}
+
+/// The group's consumer, not yet subscribed.
+fn client(config: &DeliverConfig, state: Arc<GroupState>) -> anyhow::Result<GroupConsumer> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
@@ -193,17 +217,9 @@ pub(crate) async fn connect(
         .set("queued.max.messages.kbytes", "16384")
         .set("allow.auto.create.topics", "false")
         .set("client.id", "pgcdc-deliver");
-    let consumer: GroupConsumer = client
+    client
         .create_with_context(GroupContext { state })
-        .map_err(|e| anyhow::anyhow!("deliver.brokers: cannot create the Kafka consumer: {e}"))?;
-    let consumer = Arc::new(consumer);
-    check_topics(&consumer, &config.topics, &config.brokers).await?;
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|e| anyhow::anyhow!("deliver.topics: cannot subscribe: {e}"))?;
-    tracing::info!(group = %config.group, topics = ?config.topics, "joined the consumer group");
-    Ok(consumer)
+        .map_err(|e| anyhow::anyhow!("deliver.brokers: cannot create the Kafka consumer: {e}"))
 }
 
 /// Every topic must exist: a missing one is a typo or a sink that never ran,
