@@ -23,7 +23,7 @@ use super::consumer::{self, GroupConsumer, GroupState};
 use super::record::{self, Decoded, RawRecord};
 use crate::deliver::plan::{Mapped, SinkPlan};
 use crate::deliver::runner::{
-    audit_skipped, blocking, deliver_or_stop, map_or_stop, JournalReader, RunnerError,
+    audit_skipped, blocking, deliver_or_stop, map_or_stop, JournalReader, RunnerError, BATCH_BYTES,
 };
 use crate::journal::{DlqRecord, DlqState, JournalError};
 
@@ -221,12 +221,13 @@ impl Worker {
         Ok(Next::Continue)
     }
 
-    /// Up to `max_batch` records (waiting up to a second for the first, then
-    /// `LINGER` for each next); `None` on shutdown.
+    /// Up to `max_batch` records and about `BATCH_BYTES` of values (waiting up to
+    /// a second for the first, then `LINGER` for each next); `None` on shutdown.
     async fn take(&mut self) -> Result<Option<Vec<Taken>>, WorkerError> {
         let mut batch = Vec::new();
+        let mut bytes = 0usize;
         let first_wait = Duration::from_secs(1);
-        while batch.len() < self.max_batch {
+        while batch.len() < self.max_batch && bytes < BATCH_BYTES {
             let wait = if batch.is_empty() { first_wait } else { LINGER };
             let received = tokio::select! {
                 r = tokio::time::timeout(wait, self.consumer.recv()) => r,
@@ -247,6 +248,7 @@ impl Worker {
                 .headers()
                 .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
                 .unwrap_or_default();
+            bytes += message.payload_len();
             let raw = RawRecord {
                 headers,
                 key: message.key(),
