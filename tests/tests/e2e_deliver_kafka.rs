@@ -219,6 +219,11 @@ async fn workers_share_partitions_through_kill_join_and_leave() -> anyhow::Resul
             "row {id}: versions arrived as {versions:?}"
         );
     }
+    let joined = workers[3].stderr();
+    ensure!(
+        joined.contains("partitions assigned partitions=[(\"portal"),
+        "the fourth worker got partitions: {joined}"
+    );
     for w in &mut workers[2..] {
         ensure!(!w.has_exited(), "a worker stopped: {}", w.stderr_tail(20));
         w.terminate()?;
@@ -304,6 +309,19 @@ async fn a_rejected_row_stays_parked_across_a_rebalance_and_replays_in_order() -
         || async { dlq_count().await >= 4 },
     )
     .await;
+    // The new worker's admin API lists the same DLQ.
+    let base = admin_base(&second).await?;
+    let (code, body) = admin_get(&base, "/api/sinks/registry/dlq").await;
+    let listed: Value = serde_json::from_str(&body).unwrap_or_default();
+    let entries = listed
+        .as_array()
+        .or_else(|| listed["items"].as_array())
+        .map(Vec::len)
+        .unwrap_or(0);
+    ensure!(
+        code == 200 && entries == 4,
+        "GET /api/sinks/registry/dlq: {code} {body}"
+    );
     let delivered_7 = |r: &Receiver| {
         r.requests()
             .iter()
