@@ -41,6 +41,9 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(20);
 /// `shutdown` becomes true. With `[ha] enabled`, only while this process leads
 /// (see `crate::ha`).
 pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if config.deliver.is_some() {
+        bail!("this config has [deliver] (Kafka topics, no [source]): run it with `pgcdc deliver`");
+    }
     if config.ha.enabled {
         // Created (migrated) before anyone stands by: the lease is one of its tables.
         let store = Store::from_config(&config.state);

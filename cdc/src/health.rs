@@ -14,6 +14,10 @@ use std::sync::{LazyLock, Mutex, MutexGuard};
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     replication: AtomicBool,
+    /// `pgcdc deliver`: readiness is the Kafka brokers', not a replication stream's.
+    deliver_mode: AtomicBool,
+    /// `pgcdc deliver`: a broker connection is up (librdkafka's statistics).
+    kafka_reachable: AtomicBool,
     /// Sink name → running.
     sinks: Mutex<BTreeMap<String, bool>>,
     /// Problems seen by the slot poller: the slot's WAL safety, sinks blocked too long.
@@ -137,6 +141,16 @@ impl Health {
             .remove(task);
     }
 
+    /// `pgcdc deliver`: readiness follows the Kafka brokers from now on.
+    pub(crate) fn set_deliver_mode(&self) {
+        self.deliver_mode.store(true, Ordering::SeqCst);
+    }
+
+    /// `pgcdc deliver`: whether a broker connection is up.
+    pub(crate) fn set_kafka_reachable(&self, up: bool) {
+        self.kafka_reachable.store(up, Ordering::SeqCst);
+    }
+
     /// Why the process is not ready; empty when it is.
     pub(crate) fn not_ready_reasons(&self) -> Vec<String> {
         let mut reasons = self
@@ -158,7 +172,15 @@ impl Health {
                     .to_string(),
             );
         }
-        if !self.is_replication_connected() {
+        if self.deliver_mode.load(Ordering::SeqCst) {
+            if !self.kafka_reachable.load(Ordering::SeqCst) {
+                reasons.push(
+                    "no Kafka broker is reachable (pgcdc deliver reconnects by itself and commits \
+                     nothing it has not delivered; check [deliver] brokers and the brokers)"
+                        .to_string(),
+                );
+            }
+        } else if !self.is_replication_connected() {
             reasons.push(
                 "the replication stream is not connected (pgcdc reconnects by itself; \
                  check that the source database is up and the logs for the error)"

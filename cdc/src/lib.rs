@@ -20,6 +20,7 @@ pub(crate) mod admin;
 pub mod cli;
 pub(crate) mod config;
 pub mod deliver;
+pub(crate) mod deliver_engine;
 pub(crate) mod engine;
 pub mod fd_limit;
 pub(crate) mod ha;

@@ -70,6 +70,10 @@ pub(crate) struct Metrics {
     pub(crate) slot_lost: Counter,
     /// 1 while this process leads (always, without HA), 0 while it stands by.
     pub(crate) leader: Gauge,
+    /// `pgcdc deliver`: records after the group's committed offset, per partition held.
+    pub(crate) deliver_partition_lag_records: Family<Labels, Gauge>,
+    /// `pgcdc deliver`: age of the oldest record not yet settled, per partition held.
+    pub(crate) deliver_partition_lag_seconds: Family<Labels, FloatGauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -104,6 +108,8 @@ impl Metrics {
             resync_rows: Counter::default(),
             slot_lost: Counter::default(),
             leader: Gauge::default(),
+            deliver_partition_lag_records: Family::default(),
+            deliver_partition_lag_seconds: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -201,7 +207,36 @@ impl Metrics {
             "1 while this process leads (streams and delivers), 0 while it stands by ([ha])",
             m.leader.clone(),
         );
+        r.register(
+            "pgcdc_deliver_partition_lag_records",
+            "pgcdc deliver: records after the group's committed offset, per partition this worker holds",
+            m.deliver_partition_lag_records.clone(),
+        );
+        r.register(
+            "pgcdc_deliver_partition_lag_seconds",
+            "pgcdc deliver: age of the oldest record not yet settled, per partition this worker holds",
+            m.deliver_partition_lag_seconds.clone(),
+        );
         m
+    }
+
+    /// `pgcdc deliver`: the lag of each partition held now, (topic, partition,
+    /// records, seconds); partitions no longer held lose their series.
+    pub(crate) fn set_partition_lags(&self, lags: &[(String, i32, i64, f64)]) {
+        self.deliver_partition_lag_records.clear();
+        self.deliver_partition_lag_seconds.clear();
+        for (topic, partition, records, seconds) in lags {
+            let l = vec![
+                ("topic".to_string(), topic.clone()),
+                ("partition".to_string(), partition.to_string()),
+            ];
+            self.deliver_partition_lag_records
+                .get_or_create(&l)
+                .set(*records);
+            self.deliver_partition_lag_seconds
+                .get_or_create(&l)
+                .set(*seconds);
+        }
     }
 
     /// Creates the per-sink series at 0 so dashboards see every sink from the start.

@@ -86,6 +86,9 @@ pub(crate) fn sink_names(config: &Config) -> Vec<String> {
 
 /// The full status document: queries the source, then joins the journal's part.
 pub(crate) async fn status_json(config: &Config, journal: JournalStatus) -> Value {
+    if let Some(deliver) = &config.deliver {
+        return deliver_status_json(deliver, journal).await;
+    }
     let mut source_json = json!({ "reachable": false });
     let client = match config.source_url() {
         Ok(url) => connect_sql(&url).await.map_err(|e| e.to_string()),
@@ -132,6 +135,31 @@ pub(crate) async fn status_json(config: &Config, journal: JournalStatus) -> Valu
         "orphaned_cursors": journal.orphaned_cursors,
         "resyncs": journal.resyncs,
         "schedules": schedules_json(config, chrono::Utc::now()),
+    })
+}
+
+/// `pgcdc deliver`: the group, the partitions with their lag (in a worker: the
+/// ones it holds; elsewhere: the whole group's, read from Kafka), each sink's DLQ.
+async fn deliver_status_json(
+    deliver: &crate::config::DeliverConfig,
+    journal: JournalStatus,
+) -> Value {
+    use crate::deliver::group;
+    let (scope, partitions) = match group::group_state() {
+        Some(state) => ("worker", json!(state.lags())),
+        None => match group::consumer::group_lag(deliver).await {
+            Ok(lags) => ("group", json!(lags)),
+            Err(e) => ("group", json!({ "error": e.to_string() })),
+        },
+    };
+    json!({
+        "deliver": {
+            "group": deliver.group,
+            "topics": deliver.topics,
+            "scope": scope,
+            "partitions": partitions,
+        },
+        "sinks": journal.sinks,
     })
 }
 

@@ -89,6 +89,14 @@ async fn scrape(State(state): State<Shared>) -> Result<Response, ApiError> {
         m.set_sink(&m.dlq_events, &s.name, s.dlq_events);
         m.set_sink_lag_seconds(&s.name, s.lag_seconds);
     }
+    if let Some(group) = crate::deliver::group::group_state() {
+        let lags: Vec<_> = group
+            .lags()
+            .into_iter()
+            .map(|l| (l.topic, l.partition, l.lag_records, l.lag_seconds))
+            .collect();
+        m.set_partition_lags(&lags);
+    }
     let h = health();
     m.replication_connected
         .set(i64::from(h.is_replication_connected()));

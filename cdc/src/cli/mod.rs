@@ -89,6 +89,12 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Deliver from Kafka: run the config's HTTP/stdout sinks fed from the topics in
+    /// `[deliver]`, as one worker of a Kafka consumer group, until SIGINT/SIGTERM.
+    Deliver {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Preflight: check the source (and sinks); exit 0 only when ready.
     Check {
         #[command(flatten)]
@@ -161,6 +167,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 let _ = tx.send(true);
             });
             engine::run(config, rx).await?;
+            Ok(0)
+        }
+        Command::Deliver { config } => {
+            let config = config.load()?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = tx.send(true);
+            });
+            crate::deliver_engine::run(config, rx).await?;
             Ok(0)
         }
         Command::Check { config, json } => check(&config.load()?, json).await,
@@ -323,6 +339,14 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
             "cannot read the open-files limit (getrlimit)",
         ),
     }
+    if let Some(deliver) = &config.deliver {
+        match crate::deliver::group::consumer::check(deliver).await {
+            Ok(detail) => report.ok("kafka topics", detail),
+            Err(e) => report.fail("kafka topics", format!("{e:#}")),
+        }
+        check_sinks(config, "", report).await;
+        return Ok(());
+    }
     let url = config.source_url()?;
     match connect_sql(&url).await {
         Err(e) => report.fail(
@@ -342,6 +366,13 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
             }
         }
     }
+    check_sinks(config, &url.dbname, report).await;
+    Ok(())
+}
+
+/// Each sink: stdout is fine, an HTTP endpoint must answer, Kafka brokers must
+/// answer; `db` is the source database (Debezium `source.db`).
+async fn check_sinks(config: &Config, db: &str, report: &mut CheckReport) {
     for (i, sink) in config.sink.iter().enumerate() {
         match &sink.kind {
             SinkKind::Stdout => report.ok(format!("sink {}", sink.name), "stdout"),
@@ -365,16 +396,11 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
                 }
             }
             SinkKind::Kafka(kafka) => {
-                let checked = match engine::build_kafka_sink(
-                    i,
-                    sink,
-                    kafka,
-                    &url.dbname,
-                    AuditLog::disabled(),
-                ) {
-                    Ok(s) => s.healthcheck().await.map_err(anyhow::Error::msg),
-                    Err(e) => Err(e),
-                };
+                let checked =
+                    match engine::build_kafka_sink(i, sink, kafka, db, AuditLog::disabled()) {
+                        Ok(s) => s.healthcheck().await.map_err(anyhow::Error::msg),
+                        Err(e) => Err(e),
+                    };
                 match checked {
                     Ok(detail) => report.ok(format!("sink {}", sink.name), detail),
                     Err(e) => report.fail(
@@ -387,7 +413,6 @@ async fn check_into(config: &Config, report: &mut CheckReport) -> anyhow::Result
             }
         }
     }
-    Ok(())
 }
 
 /// `scheme://host:port` of a URL, for messages (no path, query or credentials).
@@ -400,6 +425,35 @@ fn origin(url: &str) -> String {
             u.port().map(|p| format!(":{p}")).unwrap_or_default()
         ),
         Err(_) => "the endpoint".to_string(),
+    }
+}
+
+/// `pgcdc status` of a `[deliver]` config: the group's partitions and the DLQs.
+fn print_deliver_status(status: &serde_json::Value) {
+    let d = &status["deliver"];
+    println!("group:    {}", d["group"].as_str().unwrap_or("?"));
+    match d["partitions"].as_array() {
+        Some(parts) => {
+            for p in parts {
+                println!(
+                    "partition {}[{}]: lag {} records",
+                    p["topic"].as_str().unwrap_or("?"),
+                    p["partition"],
+                    p["lag_records"]
+                );
+            }
+        }
+        None => println!(
+            "partitions: cannot read from Kafka: {}",
+            d["partitions"]["error"]
+        ),
+    }
+    for s in status["sinks"].as_array().into_iter().flatten() {
+        println!(
+            "sink {}: {} in the DLQ",
+            s["name"].as_str().unwrap_or("?"),
+            s["dlq_events"]
+        );
     }
 }
 
@@ -419,6 +473,10 @@ async fn status(config: &Config, as_json: bool) -> anyhow::Result<i32> {
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(0);
+    }
+    if config.deliver.is_some() {
+        print_deliver_status(&status);
         return Ok(0);
     }
     let s = &status["source"];

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::replication::SourceUrl;
 
 mod admin;
+mod deliver;
 mod duration;
 mod env;
 mod ha;
@@ -33,6 +34,7 @@ mod source_tables;
 mod state;
 mod trigger;
 pub(crate) use admin::AdminConfig;
+pub(crate) use deliver::DeliverConfig;
 pub(crate) use ha::{HaConfig, HaTimings};
 pub(crate) use http::HttpSinkSpec;
 pub(crate) use jq::JqConfig;
@@ -117,6 +119,9 @@ pub(crate) struct Config {
     /// Delivery destinations (parsed separately: common keys + per-type keys).
     #[serde(skip)]
     pub(crate) sink: Vec<SinkConfig>,
+    /// `pgcdc deliver`: the Kafka topics and consumer group (instead of `[source]`).
+    #[serde(default)]
+    pub(crate) deliver: Option<DeliverConfig>,
 }
 
 /// Deserializes `value`, naming errors by their key path under `prefix`.
@@ -177,6 +182,7 @@ impl Config {
         let triggers = take_tables(&mut value, "trigger")?;
         let schedules = take_tables(&mut value, "schedule")?;
         let sinks = take_tables(&mut value, "sink")?;
+        deliver_without_source(&mut value)?;
         let mut config: Config = deserialize_at("", value)?;
         config.trigger = triggers
             .into_iter()
@@ -199,6 +205,9 @@ impl Config {
 
     /// Checks values that the types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(deliver) = &self.deliver {
+            return self.validate_deliver(deliver);
+        }
         self.source.validate()?;
         self.state.validate()?;
         self.admin.validate()?;
@@ -211,7 +220,11 @@ impl Config {
                 "0 would pause the reader for good; give a size in bytes, e.g. 10000000000, or leave it out",
             ));
         }
-        let source_tables = self.tables();
+        self.validate_selection(self.tables())
+    }
+
+    /// Triggers and sinks, against the tables they may name.
+    fn validate_selection(&self, source_tables: &[TableName]) -> Result<(), ConfigError> {
         let mut trigger_names = HashSet::new();
         for (i, t) in self.trigger.iter().enumerate() {
             if t.name.is_empty() || !trigger_names.insert(t.name.as_str()) {
@@ -235,6 +248,38 @@ impl Config {
             sink.validate(i, &mut names, &self.trigger, source_tables)?;
         }
         Ok(())
+    }
+
+    /// A `pgcdc deliver` config: no source, no schedules, no HA; HTTP and stdout
+    /// sinks; triggers and sinks may name any table (the topics decide which come).
+    fn validate_deliver(&self, deliver: &DeliverConfig) -> Result<(), ConfigError> {
+        deliver.validate()?;
+        self.state.validate()?;
+        self.admin.validate()?;
+        self.jq.validate()?;
+        if self.ha.enabled {
+            return Err(key_err(
+                "ha.enabled",
+                "`pgcdc deliver` workers share the work through the Kafka consumer group; remove [ha]",
+            ));
+        }
+        if !self.schedule.is_empty() {
+            return Err(key_err(
+                "schedule",
+                "schedules resync a source table: they belong in the `pgcdc run` config, not beside [deliver]",
+            ));
+        }
+        for (i, sink) in self.sink.iter().enumerate() {
+            if matches!(sink.kind, SinkKind::Kafka(_)) {
+                return Err(key_err(
+                    format!("sink[{i}].type"),
+                    "`pgcdc deliver` runs http and stdout sinks; a kafka sink belongs in the `pgcdc run` config",
+                ));
+            }
+        }
+        let mut tables: Vec<TableName> = self.trigger.iter().map(|t| t.table.clone()).collect();
+        tables.extend(self.sink.iter().flat_map(|s| s.tables.iter().cloned()));
+        self.validate_selection(&tables)
     }
 
     /// `Err` naming the configured sinks when none is called `sink`.
@@ -262,6 +307,29 @@ impl Config {
             .parse::<SourceUrl>()
             .map_err(|e| key_err("source.url", e.to_string()))
     }
+}
+
+/// A `[deliver]` config has no `[source]` (it reads Kafka, not Postgres): an
+/// empty one stands in for it, never used; both at once are refused.
+fn deliver_without_source(value: &mut toml::Value) -> Result<(), ConfigError> {
+    let Some(top) = value.as_table_mut() else {
+        return Ok(());
+    };
+    if !top.contains_key("deliver") {
+        return Ok(());
+    }
+    if top.contains_key("source") {
+        return Err(key_err(
+            "deliver",
+            "a config has either [source] (for `pgcdc run`) or [deliver] (for `pgcdc deliver`), \
+             not both: write the workers' config in a file of its own",
+        ));
+    }
+    let mut source = toml::map::Map::new();
+    source.insert("url".into(), toml::Value::String(String::new()));
+    source.insert("tables".into(), toml::Value::Array(Vec::new()));
+    top.insert("source".into(), toml::Value::Table(source));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -379,3 +379,62 @@ fn tables_take_a_row_filter_and_column_list() {
     ));
     assert!(e.contains("source.publish"), "{e}");
 }
+
+const DELIVER: &str = r#"
+[deliver]
+brokers = "127.0.0.1:9092"
+topics = ["portal.public.permits"]
+group = "registry"
+
+[[trigger]]
+name = "approved"
+table = "public.permits"
+when = '.new.status == "approved"'
+
+[[sink]]
+name = "registry"
+type = "http"
+events = ["approved"]
+url = "http://127.0.0.1:1/hook"
+"#;
+
+#[test]
+fn a_deliver_config_needs_no_source_and_allows_only_http_and_stdout_sinks() {
+    let c = parse(DELIVER).unwrap_or_else(|e| panic!("{e}"));
+    let d = c.deliver.unwrap_or_else(|| panic!("no [deliver]"));
+    assert_eq!((d.group.as_str(), d.max_batch), ("registry", 500));
+    let both = format!(
+        "{GOOD}{}",
+        DELIVER.replace("[[sink]]\nname = \"registry\"", "[[sink]]\nname = \"r2\"")
+    );
+    assert!(err(&both).contains("either [source]"), "{}", err(&both));
+    let kafka =
+        format!("{DELIVER}\n[[sink]]\nname = \"bus\"\ntype = \"kafka\"\nbrokers = \"b:1\"\n");
+    assert!(err(&kafka).contains("sink[1].type"), "{}", err(&kafka));
+    for (from, to, key) in [
+        (
+            "topics = [\"portal.public.permits\"]",
+            "topics = []",
+            "deliver.topics",
+        ),
+        (
+            "topics = [\"portal.public.permits\"]",
+            "topics = [\"a b\"]",
+            "deliver.topics[0]",
+        ),
+        ("group = \"registry\"", "group = \"\"", "deliver.group"),
+        (
+            "group = \"registry\"",
+            "group = \"registry\"\nmax_batch = 0",
+            "deliver.max_batch",
+        ),
+        (
+            "group = \"registry\"",
+            "group = \"registry\"\nauto_commit = true",
+            "deliver.auto_commit",
+        ),
+    ] {
+        let e = err(&DELIVER.replace(from, to));
+        assert!(e.contains(key), "{key}: {e}");
+    }
+}

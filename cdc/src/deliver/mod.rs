@@ -13,5 +13,6 @@
 //! Nothing here imports `ingest/`.
 
 pub(crate) mod audit_writer;
+pub(crate) mod group;
 pub mod plan;
 pub(crate) mod runner;

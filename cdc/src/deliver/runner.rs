@@ -24,7 +24,7 @@ use prefetch::Prefetch;
 use resume::resume_cursor;
 
 /// The runner's session on the state store (moved into each blocking call and back).
-type JournalReader = Box<dyn StateStore>;
+pub(super) type JournalReader = Box<dyn StateStore>;
 
 /// After a shutdown request, how long a batch in delivery may take to finish
 /// (an endpoint that is down would otherwise hold the process forever). The
@@ -45,7 +45,7 @@ async fn stop_after_grace(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Delivers through the sink unless shutdown plus the grace period comes first.
-async fn deliver_or_stop<S: Sink>(
+pub(super) async fn deliver_or_stop<S: Sink>(
     sink: &mut S,
     items: &[Outgoing],
     shutdown: &mut watch::Receiver<bool>,
@@ -78,7 +78,7 @@ async fn or_stop<T>(
 /// mapped again after the restart). jq runs on a blocking thread, since an
 /// evaluation may take up to `[jq] timeout_ms` per program run, and shutdown
 /// does not wait for it: whatever a program does, SIGTERM is honoured.
-async fn map_or_stop(
+pub(super) async fn map_or_stop(
     name: &str,
     plan: &Arc<SinkPlan>,
     events: Vec<(ChangeEvent, String)>,
@@ -136,7 +136,7 @@ pub(crate) enum RunnerError {
     Contract(String, usize, usize),
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     sink: &str,
     mut reader: JournalReader,
     f: impl FnOnce(&mut JournalReader) -> Result<T, JournalError> + Send + 'static,
@@ -175,7 +175,7 @@ async fn close<S: Sink>(sink: &mut S) -> Result<(), RunnerError> {
 }
 
 /// A filter skipped `event`: the audit says so.
-async fn audit_skipped(audit: &AuditLog, sink: &str, event: &ChangeEvent) {
+pub(super) async fn audit_skipped(audit: &AuditLog, sink: &str, event: &ChangeEvent) {
     audit
         .record(Attempt {
             event_id: event.id.to_string(),
