@@ -20,6 +20,7 @@ pub(crate) mod journal_guard;
 pub(crate) mod journal_thread;
 mod placement;
 pub(crate) mod reader;
+pub(crate) mod reader_error;
 pub(crate) mod resync;
 pub(crate) mod scheduler;
 pub(crate) mod slot_loss;

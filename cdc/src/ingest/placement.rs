@@ -7,7 +7,7 @@ use std::time::Duration;
 use pgcdc_schema::{Lsn, TableName};
 
 use super::catalog::Catalog;
-use super::reader::ReaderError;
+use super::reader_error::ReaderError;
 use crate::source::identity::Capture;
 
 /// How long a partition attached by a just-decoded transaction may take to show in

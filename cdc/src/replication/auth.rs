@@ -9,8 +9,7 @@ use postgres_protocol::authentication::sasl::{
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::conn::{auth_err, startup_error, unexpected};
-use super::frame::{Backend, ServerFields};
+use super::frame::{auth_err, startup_error, unexpected, Backend, ServerFields};
 use super::transport::{TlsState, Transport};
 use super::{ChannelBinding, ReplicationError, SourceUrl};
 

@@ -5,7 +5,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::auth::authenticate;
-use super::frame::{self, Backend, ServerFields};
+use super::frame::{self, startup_error, unexpected, Backend, ServerFields};
 use super::hosts;
 use super::stream::ReplicationStream;
 use super::transport::Transport;
@@ -65,34 +65,6 @@ pub(crate) fn quote_ident(name: &str) -> Result<String, ReplicationError> {
         )));
     }
     Ok(pgcdc_schema::quote_ident(name))
-}
-
-pub(super) fn auth_err(message: impl Into<String>) -> ReplicationError {
-    ReplicationError::Auth {
-        message: message.into(),
-    }
-}
-
-/// Class 28 SQLSTATEs (invalid authorization) are Auth, the rest stay Server.
-pub(super) fn startup_error(fields: ServerFields) -> ReplicationError {
-    if fields.code.starts_with("28") {
-        auth_err(format!("{} (SQLSTATE {})", fields.message, fields.code))
-    } else {
-        fields.into_error()
-    }
-}
-
-pub(super) fn unexpected(during: &str, message: &Backend) -> ReplicationError {
-    let what = match message {
-        Backend::CopyBothResponse => "CopyBothResponse",
-        Backend::Message(Message::CopyInResponse(_)) => "CopyInResponse",
-        Backend::Message(Message::CopyOutResponse(_)) => "CopyOutResponse",
-        Backend::Message(Message::CopyData(_)) => "CopyData",
-        Backend::Message(Message::ReadyForQuery(_)) => "ReadyForQuery",
-        Backend::Message(Message::AuthenticationOk) => "AuthenticationOk",
-        _ => "another message",
-    };
-    ReplicationError::Protocol(format!("unexpected {what} during {during}"))
 }
 
 impl ReplicationConnection {

@@ -263,6 +263,34 @@ pub(crate) fn parse_lsn(text: &str) -> Result<u64, ReplicationError> {
         .map_err(|e| protocol(e.to_string()))
 }
 
+pub(super) fn auth_err(message: impl Into<String>) -> ReplicationError {
+    ReplicationError::Auth {
+        message: message.into(),
+    }
+}
+
+/// Class 28 SQLSTATEs (invalid authorization) are Auth, the rest stay Server.
+pub(super) fn startup_error(fields: ServerFields) -> ReplicationError {
+    if fields.code.starts_with("28") {
+        auth_err(format!("{} (SQLSTATE {})", fields.message, fields.code))
+    } else {
+        fields.into_error()
+    }
+}
+
+pub(super) fn unexpected(during: &str, message: &Backend) -> ReplicationError {
+    let what = match message {
+        Backend::CopyBothResponse => "CopyBothResponse",
+        Backend::Message(backend::Message::CopyInResponse(_)) => "CopyInResponse",
+        Backend::Message(backend::Message::CopyOutResponse(_)) => "CopyOutResponse",
+        Backend::Message(backend::Message::CopyData(_)) => "CopyData",
+        Backend::Message(backend::Message::ReadyForQuery(_)) => "ReadyForQuery",
+        Backend::Message(backend::Message::AuthenticationOk) => "AuthenticationOk",
+        _ => "another message",
+    };
+    ReplicationError::Protocol(format!("unexpected {what} during {during}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
