@@ -49,7 +49,7 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
                 StdoutSink::new(&sink.name).with_native_body_from_event(sink.transform.is_none()),
             ),
             SinkKind::Http(http) => DeliverSink::Http(Box::new(
-                crate::engine::build_http_sink(&sink.name, http, audit.clone())?
+                crate::sink_build::build_http_sink(&sink.name, http, audit.clone())?
                     .with_native_body_from_event(sink.transform.is_none()),
             )),
             SinkKind::Kafka(_) => bail!(

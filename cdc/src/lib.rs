@@ -32,6 +32,7 @@ pub(crate) mod ops;
 pub mod pgoutput;
 pub mod replication;
 pub(crate) mod sd_notify;
+pub(crate) mod sink_build;
 pub(crate) mod source;
 pub(crate) mod status;
 pub(crate) mod supervise;

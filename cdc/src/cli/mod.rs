@@ -225,10 +225,16 @@ fn validate(arg: &ConfigArg) -> anyhow::Result<i32> {
         match &sink.kind {
             SinkKind::Stdout => {}
             SinkKind::Http(http) => {
-                engine::build_http_sink(&sink.name, http, AuditLog::disabled())?;
+                crate::sink_build::build_http_sink(&sink.name, http, AuditLog::disabled())?;
             }
             SinkKind::Kafka(kafka) => {
-                engine::build_kafka_sink(i, sink, kafka, "validate", AuditLog::disabled())?;
+                crate::sink_build::build_kafka_sink(
+                    i,
+                    sink,
+                    kafka,
+                    "validate",
+                    AuditLog::disabled(),
+                )?;
             }
         }
     }
@@ -377,7 +383,8 @@ async fn check_sinks(config: &Config, db: &str, report: &mut CheckReport) {
         match &sink.kind {
             SinkKind::Stdout => report.ok(format!("sink {}", sink.name), "stdout"),
             SinkKind::Http(http) => {
-                let built = engine::build_http_sink(&sink.name, http, AuditLog::disabled());
+                let built =
+                    crate::sink_build::build_http_sink(&sink.name, http, AuditLog::disabled());
                 let checked = match built {
                     Ok(s) => s.healthcheck().await.map_err(anyhow::Error::from),
                     Err(e) => Err(e),
@@ -396,11 +403,16 @@ async fn check_sinks(config: &Config, db: &str, report: &mut CheckReport) {
                 }
             }
             SinkKind::Kafka(kafka) => {
-                let checked =
-                    match engine::build_kafka_sink(i, sink, kafka, db, AuditLog::disabled()) {
-                        Ok(s) => s.healthcheck().await.map_err(anyhow::Error::msg),
-                        Err(e) => Err(e),
-                    };
+                let checked = match crate::sink_build::build_kafka_sink(
+                    i,
+                    sink,
+                    kafka,
+                    db,
+                    AuditLog::disabled(),
+                ) {
+                    Ok(s) => s.healthcheck().await.map_err(anyhow::Error::msg),
+                    Err(e) => Err(e),
+                };
                 match checked {
                     Ok(detail) => report.ok(format!("sink {}", sink.name), detail),
                     Err(e) => report.fail(
