@@ -186,6 +186,18 @@ async fn prepare_source(
     {
         writer.set_meta(&MetaKey::CreatedPublication, &config.source.publication)?;
     }
+    if config.source.ddl_capture {
+        client
+            .batch_execute(&source::ddl_capture::install_sql(&config.source.slot))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot install source.ddl_capture's event trigger: {} — it needs a \
+                     superuser; connect as one or set source.ddl_capture = false",
+                    source::sql_message(&e)
+                )
+            })?;
+    }
     let capture = source::identity::capture(config, client, writer).await?;
     let slot_now = source::slot_info(client, &config.source.slot).await?;
     if slot_now

@@ -204,3 +204,64 @@ async fn a_sink_without_schema_changes_sees_only_rows() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_capture_reports_a_schema_change_when_its_ddl_commits() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    pg.batch("CREATE TABLE permits (id int PRIMARY KEY, status text)")
+        .await?;
+    let state = state_dir()?;
+    let text = config_toml(
+        &pg.url(),
+        &["public.permits"],
+        state.path(),
+        "schema_changes = true\n",
+    )
+    .replace("tables = [", "ddl_capture = true\ntables = [");
+    let cfg = ConfigFile::new(&text)?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let triggers: i64 = pg
+        .query_scalar("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgcdc_ddl_pgcdc'")
+        .await?;
+    ensure!(triggers == 1, "the event trigger is installed");
+
+    pg.execute("INSERT INTO permits VALUES (1, 'a')").await?;
+    let ev = next_events(&mut p, 1, Duration::from_secs(60)).await?;
+    ensure!(ev[0]["op"] == "insert", "{}", ev[0]);
+
+    // No write after the DDL: only the trigger's message can report it.
+    pg.execute("ALTER TABLE permits ADD COLUMN note text")
+        .await?;
+    let ev = next_events(&mut p, 1, Duration::from_secs(60)).await?;
+    ensure!(
+        ev[0]["op"] == "schema"
+            && ev[0]["columns"]
+                == cols(&[
+                    ("id", "int4", true),
+                    ("status", "text", false),
+                    ("note", "text", false)
+                ]),
+        "the schema event comes when the DDL commits: {}",
+        ev[0]
+    );
+    // The next write's Relation message finds the shape known: no second event.
+    pg.execute("INSERT INTO permits VALUES (2, 'b', 'n')")
+        .await?;
+    let ev = next_events(&mut p, 1, Duration::from_secs(60)).await?;
+    ensure!(ev[0]["op"] == "insert", "{}", ev[0]);
+
+    p.terminate()?;
+    p.wait_exit(Duration::from_secs(30)).await;
+    let (code, out, err) =
+        e2e_fixture::pgcdc_output(&["teardown", "--config", &cfg.arg(), "--yes"]).await?;
+    ensure!(code == 0, "teardown: {out}\n{err}");
+    ensure!(
+        out.contains("dropped event trigger pgcdc_ddl_pgcdc"),
+        "{out}"
+    );
+    let triggers: i64 = pg
+        .query_scalar("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgcdc_ddl_pgcdc'")
+        .await?;
+    ensure!(triggers == 0, "teardown removes the event trigger");
+    Ok(())
+}

@@ -334,6 +334,13 @@ pub(crate) async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
             config.source.publication
         ),
     }
+    let ddl_trigger = crate::source::ddl_capture::installed(&client, &config.source.slot).await?;
+    if ddl_trigger {
+        plan.push(format!(
+            "drop event trigger {} (source.ddl_capture)",
+            crate::source::ddl_capture::name(&config.source.slot)
+        ));
+    }
     if !args.yes {
         for p in &plan {
             println!("would {p}");
@@ -355,6 +362,15 @@ pub(crate) async fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
             .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
             .await?;
         println!("dropped publication {name}");
+    }
+    if ddl_trigger {
+        client
+            .batch_execute(&crate::source::ddl_capture::drop_sql(&config.source.slot))
+            .await?;
+        println!(
+            "dropped event trigger {}",
+            crate::source::ddl_capture::name(&config.source.slot)
+        );
     }
     Ok(0)
 }

@@ -56,6 +56,10 @@ pub(crate) struct SourceConfig {
     /// (each row's every column kept in the state store: opt-in for its cost).
     #[serde(default)]
     pub(crate) fill_toast: Vec<pgcdc_schema::TableName>,
+    /// Install an event trigger that reports each `ALTER TABLE` when it commits
+    /// (superuser only); otherwise a schema change is seen at the table's next write.
+    #[serde(default)]
+    pub(crate) ddl_capture: bool,
 }
 
 impl SourceConfig {
@@ -126,6 +130,22 @@ impl SourceConfig {
                 "source.tables",
                 "list at least one table to capture, e.g. tables = [\"public.permits\"]",
             ));
+        }
+        if self.ddl_capture {
+            // The trigger describes every column; the stream describes only the
+            // published ones, and the two would disagree on every change.
+            if self.tables.entries().iter().any(|e| e.columns.is_some()) {
+                return Err(key_err(
+                    "source.ddl_capture",
+                    "cannot be used with a column list in source.tables; remove one of them",
+                ));
+            }
+            if self.publish_generated_columns {
+                return Err(key_err(
+                    "source.ddl_capture",
+                    "cannot be used with source.publish_generated_columns; remove one of them",
+                ));
+            }
         }
         for (i, t) in self.fill_toast.iter().enumerate() {
             if !self.tables.names().contains(t) {

@@ -28,6 +28,7 @@ use crate::pgoutput::{self, Message};
 use crate::replication::{
     connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl,
 };
+use crate::source::ddl_capture;
 use crate::source::identity::Capture;
 use crate::supervise::Backoff;
 use pgcdc_schema::TableName;
@@ -433,6 +434,32 @@ async fn handle(
                     })?;
             }
             None
+        }
+        Message::Message {
+            prefix, content, ..
+        } if prefix == ddl_capture::PREFIX => {
+            // Written by source.ddl_capture's event trigger (inside the DDL's transaction).
+            match serde_json::from_slice::<ddl_capture::DdlMessage>(&content) {
+                Ok(ddl) => match state.capture.tables.get(&ddl.oid).cloned() {
+                    Some(identity) => {
+                        let name = TableName {
+                            schema: ddl.schema,
+                            table: ddl.table,
+                        };
+                        let outcome = builder.ddl(&identity, &name, ddl.columns);
+                        if let Some((table, at, columns)) = outcome.stage {
+                            send(journal, JournalCommand::Shape(table, at, columns)).await?;
+                        }
+                        outcome.event
+                    }
+                    // Another table's DDL: not captured.
+                    None => None,
+                },
+                Err(e) => {
+                    tracing::warn!(lsn = %at, error = %e, "unreadable source.ddl_capture message; the change will be seen at the table's next write");
+                    None
+                }
+            }
         }
         Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => None,
         // Streaming (protocol v2) plugs in here: stage each block by xid (read with

@@ -5,6 +5,7 @@
 //! while any fails. Failures here are definite, except an unreachable
 //! database, which `run` retries.
 
+pub(crate) mod ddl_capture;
 pub(crate) mod failover;
 pub(crate) mod identity;
 pub(crate) mod publication;
@@ -175,6 +176,21 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
 
     let (role, superuser) = role::check_role(client).await;
     checks.push(role);
+    if src.ddl_capture {
+        checks.push(if superuser {
+            ok(
+                "source.ddl_capture",
+                "the role is a superuser: pgcdc installs its event trigger",
+            )
+        } else {
+            fail(
+                "source.ddl_capture",
+                "an event trigger needs a superuser, and this role is not one",
+                "connect as a superuser, or set source.ddl_capture = false (schema changes are \
+                 then seen at each table's next write)",
+            )
+        });
+    }
 
     // Tables are matched by identity: a captured table renamed since the journal
     // remembered its OID is still the configured one.

@@ -243,43 +243,67 @@ impl ChangeBuilder {
     /// Records a relation description; for a captured table whose columns changed,
     /// a schema event that takes the transaction's next ordinal.
     pub(crate) fn relation(&mut self, id: u32, info: RelationInfo) -> RelationOutcome {
-        let mut out = RelationOutcome::default();
-        if let (Some(identity), Some(txn)) = (&info.identity, self.txn.as_mut()) {
-            let columns = info.described();
-            let table = identity.to_string();
-            let seen = self.shapes.observe(&table, txn.commit_lsn, &columns);
-            tracing::debug!(table = %table, at = %txn.commit_lsn, ?seen, ?columns, "relation described");
-            if seen != Seen::Same {
-                out.stage = Some((table.clone(), txn.commit_lsn, columns.clone()));
-            }
-            if let Seen::Changed { previous } = seen {
-                let seq = txn.next_seq;
-                txn.next_seq += 1;
-                out.event = Some(JournalEntry {
-                    table,
-                    seq,
-                    commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
-                    event: ChangeEvent {
-                        id: EventId::from_position(txn.commit_lsn, seq),
-                        op: Op::Schema,
-                        schema: info.name.schema.clone(),
-                        table: info.name.table.clone(),
-                        key: None,
-                        old: None,
-                        new: None,
-                        trigger: None,
-                        lsn: txn.commit_lsn,
-                        xid: Some(txn.xid),
-                        commit_time: Some(txn.commit_time_text.clone()),
-                        unchanged_toast: Vec::new(),
-                        columns: Some(columns),
-                        previous: Some(previous),
-                        origin: Default::default(),
-                    },
-                });
-            }
-        }
+        let out = match &info.identity {
+            Some(identity) => self.shape(identity, &info.name, info.described()),
+            None => RelationOutcome::default(),
+        };
         self.relations.insert(id, info);
+        out
+    }
+
+    /// A captured table's columns as `source.ddl_capture`'s message gives them at its
+    /// DDL's commit: compared like a Relation message's.
+    pub(crate) fn ddl(
+        &mut self,
+        identity: &TableName,
+        name: &TableName,
+        columns: Vec<Column>,
+    ) -> RelationOutcome {
+        self.shape(identity, name, columns)
+    }
+
+    fn shape(
+        &mut self,
+        identity: &TableName,
+        name: &TableName,
+        columns: Vec<Column>,
+    ) -> RelationOutcome {
+        let mut out = RelationOutcome::default();
+        let Some(txn) = self.txn.as_mut() else {
+            return out;
+        };
+        let table = identity.to_string();
+        let seen = self.shapes.observe(&table, txn.commit_lsn, &columns);
+        tracing::debug!(table = %table, at = %txn.commit_lsn, ?seen, ?columns, "table shape");
+        if seen != Seen::Same {
+            out.stage = Some((table.clone(), txn.commit_lsn, columns.clone()));
+        }
+        if let Seen::Changed { previous } = seen {
+            let seq = txn.next_seq;
+            txn.next_seq += 1;
+            out.event = Some(JournalEntry {
+                table,
+                seq,
+                commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
+                event: ChangeEvent {
+                    id: EventId::from_position(txn.commit_lsn, seq),
+                    op: Op::Schema,
+                    schema: name.schema.clone(),
+                    table: name.table.clone(),
+                    key: None,
+                    old: None,
+                    new: None,
+                    trigger: None,
+                    lsn: txn.commit_lsn,
+                    xid: Some(txn.xid),
+                    commit_time: Some(txn.commit_time_text.clone()),
+                    unchanged_toast: Vec::new(),
+                    columns: Some(columns),
+                    previous: Some(previous),
+                    origin: Default::default(),
+                },
+            });
+        }
         out
     }
 
