@@ -47,12 +47,24 @@ impl Spawner<'_> {
                 }
                 SinkKind::Kafka(kafka) => {
                     let sink_impl = build_kafka_sink(i, sink, kafka, db, self.audit.clone())?
-                        .with_epoch(self.fence);
+                        .with_epoch(self.fence)
+                        .with_leadership(self.fence.map(|_| self.leadership()));
                     self.runner(&mut runners, sink_impl, plan)
                 }
             }
         }
         Ok(runners)
+    }
+
+    /// Under HA: whether the state store's lease is still this process's.
+    fn leadership(&self) -> pgcdc_sinks::kafka::LeadershipCheck {
+        let store = self.store.clone();
+        std::sync::Arc::new(move || {
+            store
+                .open(crate::journal::Access::Existing)
+                .and_then(|session| session.check_fence())
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn runner<S: pgcdc_sinks::Sink>(

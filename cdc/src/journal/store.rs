@@ -130,6 +130,12 @@ pub trait StateStore: Send {
     /// Reads a metadata value.
     fn meta(&self, key: &MetaKey) -> Result<Option<String>, JournalError>;
 
+    /// Fails with [`JournalError::Fenced`] unless this process still holds the lease
+    /// its writes are fenced with (always Ok without a fence).
+    fn check_fence(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
+
     /// Removes a metadata value (an operator's or a test's repair).
     fn delete_meta(&mut self, key: &MetaKey) -> Result<(), JournalError>;
 

@@ -20,4 +20,4 @@ mod sink;
 
 pub use config::{check_topic_name, toml_like, Format, KafkaSinkConfig, TopicTemplate, KAFKA_KEYS};
 pub use progress::{Progress, TopicProgress};
-pub use sink::{KafkaSink, KafkaSinkContext, KafkaSinkError};
+pub use sink::{KafkaSink, KafkaSinkContext, KafkaSinkError, LeadershipCheck};

@@ -160,6 +160,11 @@ impl PgStore {
 }
 
 impl StateStore for PgStore {
+    fn check_fence(&self) -> Result<(), JournalError> {
+        // An empty write: its transaction checks the lease's epoch first.
+        self.pg.write(|_| Ok::<(), JournalError>(()))
+    }
+
     fn head(&self) -> Result<JournalHead, JournalError> {
         read_head(&self.pg)
     }

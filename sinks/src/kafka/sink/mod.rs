@@ -87,6 +87,9 @@ pub struct KafkaSink {
     /// The HA epoch this process leads with, carried by its progress records. With
     /// one, the producer is transactional (see `transaction.rs`).
     epoch: Option<i64>,
+    /// Under HA: asks the state store whether this process still leads, before a new
+    /// producer session would fence whoever does (see `transaction::fence_others`).
+    leadership: Option<LeadershipCheck>,
     /// The transactional producer's `init_transactions` has run for this session.
     txn_ready: bool,
     /// A transaction is open (records or a progress record not yet committed).
@@ -110,11 +113,23 @@ pub struct KafkaSink {
     batch_started_ms: i64,
 }
 
+/// Whether this process still leads (Err: why not); blocking, called off the executor.
+pub type LeadershipCheck = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 impl KafkaSink {
     /// Marks its progress records with the HA epoch of the process that writes them,
     /// so a record of an older leader written late never wins over a newer one.
     pub fn with_epoch(mut self, epoch: Option<i64>) -> KafkaSink {
         self.epoch = epoch;
+        self
+    }
+
+    /// Under HA: the check that this process still holds the lease (Err: why not),
+    /// asked before every new transactional session. A paused leader that wakes up
+    /// after a takeover may not know it was fenced yet (its transaction merely timed
+    /// out); its new session would fence the new leader.
+    pub fn with_leadership(mut self, check: Option<LeadershipCheck>) -> KafkaSink {
+        self.leadership = check;
         self
     }
 
@@ -159,6 +174,7 @@ impl KafkaSink {
             producer: None,
             progress: Progress::default(),
             epoch: None,
+            leadership: None,
             txn_ready: false,
             in_txn: false,
             next: BTreeMap::new(),

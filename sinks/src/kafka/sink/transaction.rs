@@ -39,6 +39,17 @@ impl KafkaSink {
         if !self.transactional() || self.txn_ready {
             return Ok(());
         }
+        if let Some(check) = self.leadership.clone() {
+            let still = tokio::task::spawn_blocking(move || check())
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(why) = still {
+                return Err(Failure::Fenced(format!(
+                    "lost leadership ({why}): no new Kafka session, which would fence the \
+                     leader; nothing more is written to Kafka by this process"
+                )));
+            }
+        }
         let producer = self.producer()?;
         let txn_id = self.transactional_id();
         blocking(move || producer.init_transactions(STALL))
