@@ -236,6 +236,7 @@ pub(crate) fn checkpoint(cmd: CheckpointCommand) -> anyhow::Result<i32> {
         CheckpointCommand::Drop(args) => return checkpoint_drop(args),
     };
     let config = args.config.load()?;
+    config.require_source()?;
     let mut reader = open(&config, &args.sink)?;
     let target = crate::ops::reset_target(args.lsn.as_deref(), args.time.as_deref(), args.latest)?;
     let before = reader.cursor_state(&args.sink)?.pos;

@@ -28,6 +28,7 @@ pub struct ResyncArgs {
 /// Runs `pgcdc resync`; returns the exit code.
 pub(crate) fn resync(args: ResyncArgs) -> anyhow::Result<i32> {
     let config = args.config.load()?;
+    config.require_source()?;
     let table = crate::ops::validate_resync(&config, &args.table, args.sink.as_deref())
         .map_err(anyhow::Error::msg)?;
     let mut journal = Store::from_config(&config.state).open(Access::Create)?;

@@ -301,11 +301,28 @@ impl Config {
 
     /// The source URL, parsed (validated at load).
     pub(crate) fn source_url(&self) -> Result<SourceUrl, ConfigError> {
+        self.require_source()?;
         self.source
             .url
             .expose()
             .parse::<SourceUrl>()
             .map_err(|e| key_err("source.url", e.to_string()))
+    }
+}
+
+impl Config {
+    /// Fails for a `pgcdc deliver` config: it reads Kafka, so commands about the
+    /// source, its journal and checkpoints (`run`, `resync`, `checkpoint`,
+    /// `teardown`) have nothing to act on.
+    pub(crate) fn require_source(&self) -> Result<(), ConfigError> {
+        if self.deliver.is_some() {
+            return Err(key_err(
+                "deliver",
+                "this is a `pgcdc deliver` config ([deliver], no [source]): this command \
+                 needs the config of the `pgcdc run` that captures the source",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -438,3 +438,24 @@ fn a_deliver_config_needs_no_source_and_allows_only_http_and_stdout_sinks() {
         assert!(e.contains(key), "{key}: {e}");
     }
 }
+
+#[test]
+fn source_commands_refuse_a_deliver_config() {
+    let c = parse(DELIVER).unwrap_or_else(|e| panic!("{e}"));
+    let e = c
+        .require_source()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("pgcdc deliver") && e.contains("pgcdc run"),
+        "{e}"
+    );
+    let e = c
+        .source_url()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("pgcdc deliver"), "{e}");
+    assert!(parse(GOOD).is_ok_and(|c| c.require_source().is_ok()));
+}
