@@ -6,7 +6,7 @@
 //! page in the operator's browser cannot. `pgcdc admin-token` prints it.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Secret};
@@ -132,6 +132,14 @@ fn create(path: &Path) -> Result<Secret, TokenError> {
         .and_then(|mut f| f.read_exact(&mut random))
         .map_err(io(Path::new("/dev/urandom")))?;
     let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    // With the state in Postgres, nothing else creates the state directory.
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let written = std::fs::OpenOptions::new()
@@ -183,6 +191,19 @@ mod tests {
         assert_eq!(first.expose(), second.expose());
         let again = read(&p).ok().flatten().map(|s| s.expose().to_string());
         assert_eq!(again.as_deref(), Some(first.expose()));
+    }
+
+    #[test]
+    fn a_missing_state_dir_is_created_owner_only() {
+        // With the state in Postgres, `state.dir` holds only the token.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let state = dir.path().join("not-yet");
+        let token = create(&path(&state)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(token.expose().len(), 2 * TOKEN_BYTES);
+        let mode = std::fs::metadata(&state)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_default();
+        assert_eq!(mode, 0o700);
     }
 
     #[test]
