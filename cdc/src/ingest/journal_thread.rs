@@ -154,15 +154,23 @@ impl JournalCommand {
 /// Rough heap size of an event: its rows' values plus a fixed overhead.
 fn event_bytes(event: &ChangeEvent) -> usize {
     let rows = [&event.key, &event.old, &event.new];
-    256 + rows
-        .into_iter()
-        .flatten()
-        .map(|row| {
-            row.iter()
-                .map(|(k, v)| k.len() + value_bytes(v))
-                .sum::<usize>()
-        })
-        .sum::<usize>()
+    // The origin's column types: two strings (and a tuple) per column.
+    let types: usize = event
+        .origin
+        .column_types
+        .iter()
+        .map(|(n, t)| 64 + n.len() + t.len())
+        .sum();
+    256 + types
+        + rows
+            .into_iter()
+            .flatten()
+            .map(|row| {
+                row.iter()
+                    .map(|(k, v)| k.len() + value_bytes(v))
+                    .sum::<usize>()
+            })
+            .sum::<usize>()
 }
 
 /// Rough heap size of a JSON value: each node costs about its in-memory size.
