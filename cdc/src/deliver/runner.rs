@@ -370,19 +370,7 @@ impl<S: Sink> Runner<S> {
             return Ok(Some(Next::Stop));
         };
         crate::metrics::delivered(&self.name, &items, &results);
-        let mut delivered = Vec::new();
-        let mut failed = Vec::new();
-        for (entry, result) in replay.iter().zip(results) {
-            match result {
-                ItemResult::Delivered => delivered.push(entry.id),
-                ItemResult::DeadLettered { error } => {
-                    failed.push((entry.id, entry.row.clone(), DlqState::Dead, Some(error)))
-                }
-                ItemResult::Parked => {
-                    failed.push((entry.id, entry.row.clone(), DlqState::Parked, None))
-                }
-            }
-        }
+        let (delivered, failed) = replay_outcome(&replay, results);
         tracing::info!(sink = %self.name, replayed = delivered.len(), failed = failed.len(), "DLQ replay batch");
         let sink_name = self.name.clone();
         self.journal(move |r| r.dlq_settle(&sink_name, &delivered, &failed))
@@ -569,4 +557,29 @@ impl<S: Sink> Runner<S> {
         tracing::debug!(sink = %self.name, cursor = self.cursor, delivered, dead_lettered = dead, "cursor advanced");
         Ok(())
     }
+}
+
+/// A replayed entry that is not delivered: its id, row, new state and error.
+pub(super) type ReplayFailure = (i64, String, DlqState, Option<String>);
+
+/// A DLQ replay's results as `dlq_settle` takes them: the delivered entries' ids, and
+/// the others with their new state (and error).
+pub(super) fn replay_outcome(
+    replay: &[crate::journal::DlqEntry],
+    results: Vec<ItemResult>,
+) -> (Vec<i64>, Vec<ReplayFailure>) {
+    let mut delivered = Vec::new();
+    let mut failed = Vec::new();
+    for (entry, result) in replay.iter().zip(results) {
+        match result {
+            ItemResult::Delivered => delivered.push(entry.id),
+            ItemResult::DeadLettered { error } => {
+                failed.push((entry.id, entry.row.clone(), DlqState::Dead, Some(error)))
+            }
+            ItemResult::Parked => {
+                failed.push((entry.id, entry.row.clone(), DlqState::Parked, None))
+            }
+        }
+    }
+    (delivered, failed)
 }

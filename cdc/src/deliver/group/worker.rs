@@ -391,19 +391,7 @@ impl Worker {
             return Ok(false);
         };
         crate::metrics::delivered(&slot.name, &items, &results);
-        let mut delivered = Vec::new();
-        let mut failed = Vec::new();
-        for (entry, result) in replay.iter().zip(results) {
-            match result {
-                ItemResult::Delivered => delivered.push(entry.id),
-                ItemResult::DeadLettered { error } => {
-                    failed.push((entry.id, entry.row.clone(), DlqState::Dead, Some(error)))
-                }
-                ItemResult::Parked => {
-                    failed.push((entry.id, entry.row.clone(), DlqState::Parked, None))
-                }
-            }
-        }
+        let (delivered, failed) = crate::deliver::runner::replay_outcome(&replay, results);
         tracing::info!(sink = %slot.name, replayed = delivered.len(), failed = failed.len(), "DLQ replay batch");
         let sink_name = slot.name.clone();
         slot.store(move |r| r.dlq_settle(&sink_name, &delivered, &failed))
