@@ -11,7 +11,7 @@
 //! The read-back reads one topic at a time, because librdkafka reports the end
 //! of a partition by partition number only.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -247,10 +247,37 @@ pub fn read_progress(
 /// What a read-back of the written partitions found.
 #[derive(Debug, Default)]
 pub struct Found {
-    /// Records pgcdc's sink wrote after the progress record.
-    pub ids: HashSet<RecordId>,
-    /// Per partition, the offset after the last record read.
-    pub next: BTreeMap<(String, i32), i64>,
+    /// Records pgcdc's sink wrote after the progress record, each with where it
+    /// was read: (topic, partition) and offset.
+    pub records: HashMap<RecordId, ((String, i32), i64)>,
+}
+
+impl Found {
+    /// Whether the read-back found record `id`.
+    pub fn contains(&self, id: &RecordId) -> bool {
+        self.records.contains_key(id)
+    }
+
+    /// The ids of the records found.
+    pub fn ids(&self) -> HashSet<RecordId> {
+        self.records.keys().cloned().collect()
+    }
+
+    /// Per partition, the offset after the last found record that `counts`
+    /// accepts. A progress record may only name offsets whose records belong
+    /// to events at or before its position: a record still awaiting its replay
+    /// (found by the read-back at start, not yet skipped) must not count, or a
+    /// crash after the next progress record would re-send what lies between.
+    pub fn next_where(&self, counts: impl Fn(&RecordId) -> bool) -> BTreeMap<(String, i32), i64> {
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (id, (tp, offset)) in &self.records {
+            if counts(id) {
+                let e = next.entry(tp.clone()).or_insert(0);
+                *e = (*e).max(offset + 1);
+            }
+        }
+        next
+    }
 }
 
 /// Reads every partition of `progress.topics` from its recorded offset to its end,
@@ -274,12 +301,10 @@ pub fn read_written(
             let writer = header(msg, H_SINK);
             match (id, writer) {
                 (Some(id), Some(w)) if w == sink => {
-                    found
-                        .ids
-                        .insert((id.to_string(), msg.payload().is_none()));
-                    found
-                        .next
-                        .insert((topic.clone(), msg.partition()), msg.offset() + 1);
+                    found.records.insert(
+                        (id.to_string(), msg.payload().is_none()),
+                        ((topic.clone(), msg.partition()), msg.offset()),
+                    );
                     Ok(())
                 }
                 _ => Err(ReadBackError::Definite(format!(

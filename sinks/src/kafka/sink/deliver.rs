@@ -1,7 +1,7 @@
 //! One batch through the producer: render and enqueue, await the acks, and on
 //! failure recover (new producer session, read-back) and retry what is missing.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use rdkafka::error::KafkaError;
@@ -12,7 +12,7 @@ use super::records::Rec;
 use super::retry::{backoff, record_disposition, Failure};
 use super::transaction::is_fenced;
 use super::{KafkaSink, RENDER_CHUNK, STALL};
-use crate::kafka::progress::{self, RecordId};
+use crate::kafka::progress;
 use crate::retry::Disposition;
 use crate::{AttemptOutcome, ItemResult, Outgoing, SinkError};
 
@@ -233,6 +233,10 @@ impl KafkaSink {
         }
         match self.recover().await {
             Ok(found) => {
+                // Records a read-back at start found and this process has not
+                // skipped yet belong to events after the checkpoint: they do not count.
+                let seen = &self.seen;
+                self.count_offsets(found.next_where(|id| !seen.contains(id)));
                 self.dirty = true;
                 Ok(failed
                     .into_iter()
@@ -343,9 +347,9 @@ impl KafkaSink {
         out
     }
 
-    /// After a failed round: which of `failed` the broker has anyway (read back
-    /// from the last progress record's offsets).
-    pub(super) async fn recover(&mut self) -> Result<HashSet<RecordId>, Failure> {
+    /// What the broker holds after the last progress record's offsets (read
+    /// back); the caller decides which of it counts for the next progress record.
+    pub(super) async fn recover(&self) -> Result<progress::Found, Failure> {
         let base = self.base.clone();
         let record = self.progress.clone();
         let name = self.name.clone();
@@ -357,10 +361,14 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| Failure::Broker(e.to_string()))??;
-        for (tp, next) in found.next {
+        Ok(found)
+    }
+
+    /// Offsets that now count for the progress record.
+    pub(super) fn count_offsets(&mut self, offsets: BTreeMap<(String, i32), i64>) {
+        for (tp, next) in offsets {
             let e = self.next.entry(tp).or_insert(next);
             *e = (*e).max(next);
         }
-        Ok(found.ids)
     }
 }

@@ -113,6 +113,9 @@ impl KafkaSink {
         self.progress = stored;
         let found = self.recover().await?;
         if reset {
+            // What the broker holds was written before the reset and is sent again:
+            // no later read-back may take it for a delivery of the re-sent events.
+            self.count_offsets(found.next_where(|_| true));
             // An operator reset the checkpoint after this record: re-send from there,
             // records already in Kafka included. The offsets stay, for later read-backs.
             tracing::info!(sink = %self.name, from = local.pos, recorded = self.progress.pos,
@@ -123,10 +126,13 @@ impl KafkaSink {
             self.dirty = true;
             return Ok(None);
         }
-        tracing::info!(sink = %self.name, pos = self.progress.pos, found = found.len(),
+        tracing::info!(sink = %self.name, pos = self.progress.pos, found = found.records.len(),
             "resuming from the progress record; records found after it will not be written again");
-        self.seen = found;
-        self.dirty = !self.next.is_empty();
+        // Every record found belongs to an event after the record's position: its
+        // offset counts for a progress record only once this process has passed
+        // the event (then a record it sends after it moves the offset anyway).
+        self.seen = found.ids();
+        self.dirty = false;
         Ok(Some(Checkpoint {
             pos: self.progress.pos,
             event_id: self.progress.event_id.clone(),
