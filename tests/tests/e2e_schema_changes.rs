@@ -265,3 +265,51 @@ async fn ddl_capture_reports_a_schema_change_when_its_ddl_commits() -> anyhow::R
     ensure!(triggers == 0, "teardown removes the event trigger");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_reading_a_dropped_column_says_so_once() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    pg.batch("CREATE TABLE permits (id int PRIMARY KEY, status text, region text)")
+        .await?;
+    let state = state_dir()?;
+    // Two sinks see the schema change; the log says it once, not per sink or event.
+    let cfg = ConfigFile::new(&config_toml(
+        &pg.url(),
+        &["public.permits"],
+        state.path(),
+        "tables = [\"public.permits\"]\nevents = [\"northApproved\"]\n\n\
+         [[sink]]\nname = \"quiet\"\ntype = \"stdout\"\nevents = [\"northApproved\"]\n\
+         filter = \"false\"\n\n\
+         [[trigger]]\nname = \"northApproved\"\ntable = \"public.permits\"\n\
+         when = '.new.status == \"approved\" and .new.region == \"north\"'\n",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let mut seen = HashSet::new();
+    pg.execute("INSERT INTO permits VALUES (1, 'approved', 'north')")
+        .await?;
+    let ev = next_unique(&mut p, &mut seen, 1).await?;
+    ensure!(ev[0]["trigger"] == "northApproved", "{}", ev[0]);
+
+    pg.batch(
+        "ALTER TABLE permits DROP COLUMN region;
+         UPDATE permits SET status = 'approved' WHERE id = 1;
+         UPDATE permits SET status = 'revoked' WHERE id = 1;
+         INSERT INTO permits VALUES (2, 'approved');",
+    )
+    .await?;
+    let ev = next_unique(&mut p, &mut seen, 3).await?;
+    ensure!(
+        ev.iter()
+            .all(|e| e["op"] != "schema" && e["trigger"].is_null()),
+        "{ev:?}"
+    );
+    let warning = "reads columns the table no longer has";
+    let said = p.stderr().matches(warning).count();
+    ensure!(said == 1, "said {said} times:\n{}", p.stderr_tail(40));
+    ensure!(
+        p.stderr().contains("northApproved") && p.stderr().contains("region"),
+        "{}",
+        p.stderr_tail(40)
+    );
+    Ok(())
+}

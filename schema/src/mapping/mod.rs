@@ -197,6 +197,7 @@ struct Compiled {
     source: String,
     filter: Filter,
     old_columns: OldColumns,
+    new_columns: OldColumns,
 }
 
 impl fmt::Debug for JqProgram {
@@ -224,7 +225,8 @@ impl JqProgram {
                 key: key.to_owned(),
                 source: source.to_owned(),
                 filter,
-                old_columns: old_columns::scan(source),
+                old_columns: old_columns::scan(source, "old"),
+                new_columns: old_columns::scan(source, "new"),
             }),
         })
     }
@@ -254,6 +256,20 @@ impl JqProgram {
     /// Which columns of `.old` the program reads (a conservative AST scan).
     pub fn old_columns(&self) -> OldColumns {
         self.inner.old_columns.clone()
+    }
+
+    /// Which row columns (of `.old` or `.new`) the program reads, by the same scan.
+    pub fn row_columns(&self) -> OldColumns {
+        match (&self.inner.old_columns, &self.inner.new_columns) {
+            (OldColumns::All, _) | (_, OldColumns::All) => OldColumns::All,
+            (OldColumns::None, other) | (other, OldColumns::None) => other.clone(),
+            (OldColumns::Some(a), OldColumns::Some(b)) => {
+                let mut all: Vec<String> = a.iter().chain(b).cloned().collect();
+                all.sort();
+                all.dedup();
+                OldColumns::Some(all)
+            }
+        }
     }
 
     /// Up to `limit` outputs; for placeholders, which need to know "exactly

@@ -1,4 +1,4 @@
-//! Which columns of `.old` a program reads, found by walking jaq's AST.
+//! Which columns of `.old` (or of `.new`) a program reads, found by walking jaq's AST.
 //!
 //! The scan may over-approximate (name a column the program does not need, or
 //! answer `All`) but never under-approximate: whenever the event root can
@@ -21,12 +21,17 @@ const INPUT_SAFE_CALLS: &[&str] = &[
     "infinite",
 ];
 
-/// Scans `source`; `All` when it does not parse as a plain term.
-pub(crate) fn scan(source: &str) -> OldColumns {
+/// Scans `source` for the columns it reads of the event's row `field` (`old`
+/// or `new`); `All` when it does not parse as a plain term.
+pub(crate) fn scan(source: &str, field: &'static str) -> OldColumns {
     let Some(term) = load::parse(source, |p| p.term()) else {
         return OldColumns::All;
     };
-    let mut scan = Scan::default();
+    let mut scan = Scan {
+        field,
+        columns: BTreeSet::new(),
+        all: false,
+    };
     scan.term(&term, true);
     if scan.all {
         OldColumns::All
@@ -37,8 +42,9 @@ pub(crate) fn scan(source: &str) -> OldColumns {
     }
 }
 
-#[derive(Default)]
 struct Scan {
+    /// The top-level field whose columns are collected.
+    field: &'static str,
     columns: BTreeSet<String>,
     all: bool,
 }
@@ -203,7 +209,7 @@ impl Scan {
 
     /// Records `.name` on the event, followed by `next` (if any).
     fn top_field(&mut self, name: &str, next: Option<&Part<Term<&str>>>) {
-        if name != "old" {
+        if name != self.field {
             return;
         }
         match next.and_then(|p| match p {

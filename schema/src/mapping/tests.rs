@@ -262,6 +262,23 @@ fn mapping_old_columns() {
 }
 
 #[test]
+fn mapping_row_columns() {
+    let cases: &[(&str, OldColumns)] = &[
+        (".op", OldColumns::None),
+        (".new.id", OldColumns::Some(vec!["id".into()])),
+        (
+            r#".old.status != "approved" and .new.status == "approved" and .new.x > 1"#,
+            OldColumns::Some(vec!["status".into(), "x".into()]),
+        ),
+        (".new", OldColumns::All),
+        (".old.a == .new", OldColumns::All),
+    ];
+    for (src, want) in cases {
+        assert_eq!(&jq(src).row_columns(), want, "{src}");
+    }
+}
+
+#[test]
 fn mapping_program_source_and_key() {
     let p = jq(" .new.id ");
     assert_eq!(p.source(), " .new.id ");

@@ -10,8 +10,8 @@
 //! filters, then transforms), which gives the same outcome as event by event:
 //! the first event in journal order that fails is the one reported.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 
 use pgcdc_schema::mapping::{evaluate, JqCall, JqProgram, MappingError, OldColumns, Want};
 use pgcdc_schema::{ChangeEvent, Op, TableName};
@@ -29,6 +29,9 @@ pub(crate) struct Trigger {
     pub(crate) table: TableName,
     /// Condition.
     pub(crate) when: JqProgram,
+    /// Columns the condition reads that the table no longer has, as last said in
+    /// the log: shared by every sink's copy, so a schema change is reported once.
+    missing: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// Every trigger, with the condition the config compiled at load.
@@ -40,8 +43,36 @@ pub(crate) fn triggers(config: &Config) -> Vec<Trigger> {
             name: t.name.clone(),
             table: t.table.clone(),
             when: t.program.clone(),
+            missing: Arc::default(),
         })
         .collect()
+}
+
+impl Trigger {
+    /// On a schema event of the trigger's table: warns, once per change, when the
+    /// condition reads a column the table no longer has (dropped or renamed). The
+    /// condition then sees null there, for every event after it; saying so per
+    /// event would flood the log.
+    fn check_columns(&self, event: &ChangeEvent) {
+        let (Some(columns), OldColumns::Some(reads)) = (&event.columns, self.when.row_columns())
+        else {
+            return;
+        };
+        let missing: BTreeSet<String> = reads
+            .into_iter()
+            .filter(|r| !columns.iter().any(|c| c.name == *r))
+            .collect();
+        let Ok(mut said) = self.missing.lock() else {
+            return;
+        };
+        let new: Vec<&String> = missing.difference(&said).collect();
+        if !new.is_empty() {
+            tracing::warn!(trigger = %self.name, table = %self.table, columns = ?new, lsn = %event.lsn,
+                "the trigger's condition reads columns the table no longer has (dropped or renamed): \
+                 it sees null for them from here on; update the trigger's `when`");
+        }
+        *said = missing;
+    }
 }
 
 /// Which `.old` columns the triggers read, per table (for the journal's row state).
@@ -187,6 +218,9 @@ impl SinkPlan {
                 // goes to the sinks that ask for it and receive something of its table.
                 let schema = event.op == Op::Schema;
                 let candidates: Vec<&Trigger> = if schema {
+                    for t in self.triggers.iter().filter(|t| ours(&t.table)) {
+                        t.check_columns(&event);
+                    }
                     Vec::new()
                 } else {
                     self.triggers.iter().filter(|t| ours(&t.table)).collect()
