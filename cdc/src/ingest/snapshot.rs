@@ -13,7 +13,9 @@
 
 use pgcdc_schema::{Lsn, Origin, SnapshotMark, TableName};
 
-use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
+use pgcdc_schema::event::Row;
+
+use super::resync::{chunk_sql, shape, ChunkStream, ResyncError};
 use crate::config::Config;
 use crate::ingest::catalog::Catalog;
 use crate::ingest::changes::read_event;
@@ -97,58 +99,63 @@ pub(crate) async fn copy(
         let mut rows_in_table = 0u64;
         loop {
             let sql = chunk_sql(&table, &shape, None, last_key.as_deref())?;
-            let chunk = select_chunk(catalog.client(), &sql, &shape).await?;
-            let mut entries = Vec::with_capacity(chunk.rows.len());
-            let in_chunk = chunk.rows.len();
-            for (i, (key, row)) in chunk.rows.into_iter().enumerate() {
-                let last_row = chunk.done && i + 1 == in_chunk;
-                let origin = Origin {
-                    snapshot: Some(SnapshotMark::of(
-                        first_table,
-                        last_table,
-                        first_row,
-                        last_row,
-                    )),
-                    column_types: column_types.clone(),
-                    ..Origin::default()
-                };
-                first_row = false;
-                let event = read_event(
-                    resync.id,
-                    &table,
-                    key,
-                    row,
-                    Lsn(lsn),
-                    now_text.clone(),
-                    origin,
-                );
-                entries.push(JournalEntry {
-                    table: table.to_string(),
-                    seq,
-                    commit_time_unix_us: Some(now_us),
-                    event,
-                });
-                seq = seq.checked_add(1).ok_or_else(|| {
-                    ResyncError::Definite(
-                        "more than 4 billion snapshot rows; use snapshot = \"never\" and `pgcdc resync` per table".into(),
-                    )
-                })?;
+            let mut chunk = ChunkStream::start(catalog.client(), &sql, &shape).await?;
+            let mut entries = Vec::new();
+            // A row is made an event once the next one arrived: whether it is the
+            // table's last row is known only at the end of the COPY.
+            let mut held: Option<(Row, Row)> = None;
+            loop {
+                let next = chunk.next().await?;
+                if let Some((key, row)) = held.take() {
+                    let last_row = next.is_none() && chunk.done();
+                    let mark = SnapshotMark::of(first_table, last_table, first_row, last_row);
+                    first_row = false;
+                    let origin = Origin {
+                        snapshot: Some(mark),
+                        column_types: column_types.clone(),
+                        ..Origin::default()
+                    };
+                    let event = read_event(
+                        resync.id,
+                        &table,
+                        key,
+                        row,
+                        Lsn(lsn),
+                        now_text.clone(),
+                        origin,
+                    );
+                    entries.push(JournalEntry {
+                        table: table.to_string(),
+                        seq,
+                        commit_time_unix_us: Some(now_us),
+                        event,
+                    });
+                    seq = seq.checked_add(1).ok_or_else(|| {
+                        ResyncError::Definite(
+                            "more than 4 billion snapshot rows; use snapshot = \"never\" and `pgcdc resync` per table".into(),
+                        )
+                    })?;
+                }
+                match next {
+                    Some(row) => held = Some(row),
+                    None => break,
+                }
             }
             let n = entries.len() as i64;
             let progress = ResyncProgress {
                 id: resync.id,
-                last_key: chunk.last_key.clone(),
+                last_key: chunk.last_key(),
                 rows: n,
-                done: chunk.done,
+                done: chunk.done(),
             };
             let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
             writer.append(&refs, None, &[progress])?;
             crate::metrics::metrics().resync_rows.inc_by(n as u64);
             rows_in_table += n as u64;
-            if chunk.done {
+            if chunk.done() {
                 break;
             }
-            last_key = chunk.last_key;
+            last_key = chunk.last_key();
         }
         total += rows_in_table;
         let secs = started.elapsed().as_secs_f64();
