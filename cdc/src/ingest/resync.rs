@@ -345,8 +345,11 @@ impl<'a> ChunkStream<'a> {
             row.insert(name.clone(), value);
         }
         self.last_key.clear();
-        self.last_key
-            .extend(self.key_columns.iter().map(|&i| line.get(i).map(str::to_owned)));
+        self.last_key.extend(
+            self.key_columns
+                .iter()
+                .map(|&i| line.get(i).map(str::to_owned)),
+        );
         let key: Row = self
             .shape
             .key
