@@ -16,6 +16,7 @@
 
 pub(crate) mod catalog;
 pub(crate) mod changes;
+mod copy_text;
 pub(crate) mod journal_guard;
 pub(crate) mod journal_thread;
 mod placement;

@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::TableEntry;
 use crate::ingest::catalog::Catalog;
+use crate::ingest::copy_text::{CopyReader, CopyTextError};
 use crate::ingest::watermark::{self, ChunkRows, Window, Windows};
 use crate::journal::{Access, JournalError, ResyncInfo, StateStore, Store};
 use crate::replication::{connect_sql, ReplicationError, SourceUrl};
@@ -267,56 +268,143 @@ async fn emit(client: &tokio_postgres::Client, content: &str) -> Result<(), Resy
     Ok(())
 }
 
-/// Selects one chunk: decoded rows (as the stream decodes them) and the raw last key.
-/// The simple query protocol: every value in its type's text output format, under the
-/// session settings the replication connection uses, so a snapshot row renders exactly
-/// as the same row streamed.
-pub(crate) async fn select_chunk(
-    client: &tokio_postgres::Client,
-    sql: &str,
-    shape: &TableShape,
-) -> Result<ChunkRows, ResyncError> {
-    let rows: Vec<tokio_postgres::SimpleQueryRow> = client
-        .simple_query(sql)
-        .await?
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
+/// Bytes of COPY text one chunk holds at most (besides its last row): with
+/// `CHUNK_ROWS`, bounds a window's memory and one journal write, whatever the rows' width.
+pub(crate) const CHUNK_BYTES: usize = 8 << 20;
+
+/// One chunk's rows, streamed from `COPY (<chunk SELECT>) TO STDOUT` and decoded one
+/// at a time as the stream decodes them. COPY's text format is each value in its
+/// type's output format, under the session settings the replication connection uses
+/// (`replication::sql`), so a copied row renders exactly as the same row streamed.
+pub(crate) struct ChunkStream<'a> {
+    reader: CopyReader,
+    shape: &'a TableShape,
+    /// Index in `columns` of each key column, in column order (the last key's order).
+    key_columns: Vec<usize>,
+    /// The last row's key columns as received (text; `None` for NULL).
+    last_key: Vec<Option<String>>,
+    rows: i64,
+    bytes: usize,
+    /// The COPY ended (every row the LIMIT allowed was read).
+    ended: bool,
+}
+
+impl<'a> ChunkStream<'a> {
+    /// Starts the COPY of `sql` (a [`chunk_sql`] query).
+    pub(crate) async fn start(
+        client: &tokio_postgres::Client,
+        sql: &str,
+        shape: &'a TableShape,
+    ) -> Result<Self, ResyncError> {
+        let copy = client.copy_out(&format!("COPY ({sql}) TO STDOUT")).await?;
+        let key_columns = shape
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _))| shape.key.contains(name))
+            .map(|(i, _)| i)
+            .collect();
+        Ok(ChunkStream {
+            reader: CopyReader::new(copy),
+            shape,
+            key_columns,
+            last_key: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            ended: false,
         })
-        .collect();
-    let mut out = ChunkRows {
-        rows: Vec::with_capacity(rows.len()),
-        last_key: None,
-        done: (rows.len() as i64) < CHUNK_ROWS,
-        column_types: shape.column_types(),
-    };
-    let mut raw_key = serde_json::Map::new();
-    for r in &rows {
-        let mut row = Row::new();
-        raw_key.clear();
-        for (i, (name, kind)) in shape.columns.iter().enumerate() {
-            let text: Option<&str> = r.try_get(i).map_err(ResyncError::from)?;
-            if shape.key.contains(name) {
-                raw_key.insert(name.clone(), serde_json::json!(text));
-            }
-            let value = match text {
+    }
+
+    /// The next row (key and full row), or `None` once the chunk is over: the COPY
+    /// ended, or the chunk holds `CHUNK_BYTES` (the rest is the next chunk's; the
+    /// connection discards what the server still sends of this COPY).
+    pub(crate) async fn next(&mut self) -> Result<Option<(Row, Row)>, ResyncError> {
+        if self.ended || self.bytes >= CHUNK_BYTES {
+            return Ok(None);
+        }
+        let Some(line) = self.reader.next().await.map_err(copy_error)? else {
+            self.ended = true;
+            return Ok(None);
+        };
+        let columns = &self.shape.columns;
+        if line.len() != columns.len() {
+            return Err(ResyncError::Definite(format!(
+                "the chunk's COPY sent {} values for {} columns",
+                line.len(),
+                columns.len()
+            )));
+        }
+        self.rows += 1;
+        self.bytes += line.raw_len();
+        let mut row = Row::with_capacity(columns.len());
+        for (i, (name, kind)) in columns.iter().enumerate() {
+            let value = match line.get(i) {
                 Some(t) => decode_text(kind, t),
                 None => serde_json::Value::Null,
             };
             row.insert(name.clone(), value);
         }
-        let key: Row = shape
+        self.last_key.clear();
+        self.last_key.extend(
+            self.key_columns
+                .iter()
+                .map(|&i| line.get(i).map(str::to_owned)),
+        );
+        let key: Row = self
+            .shape
             .key
             .iter()
             .map(|k| (k.clone(), row.get(k).cloned().unwrap_or_default()))
             .collect();
-        out.rows.push((key, row));
+        Ok(Some((key, row)))
     }
-    if !rows.is_empty() {
-        out.last_key = Some(serde_json::Value::Object(raw_key).to_string());
+
+    /// Whether this is the table's last chunk: the COPY ended short of `CHUNK_ROWS`.
+    /// Meaningful once [`next`](Self::next) returned `None`.
+    pub(crate) fn done(&self) -> bool {
+        self.ended && self.rows < CHUNK_ROWS
     }
-    Ok(out)
+
+    /// The last row's key (raw text values, JSON): the next chunk starts after it.
+    pub(crate) fn last_key(&self) -> Option<String> {
+        if self.rows == 0 {
+            return None;
+        }
+        let key: serde_json::Map<String, serde_json::Value> = self
+            .key_columns
+            .iter()
+            .zip(&self.last_key)
+            .map(|(&i, text)| (self.shape.columns[i].0.clone(), serde_json::json!(text)))
+            .collect();
+        Some(serde_json::Value::Object(key).to_string())
+    }
+}
+
+fn copy_error(e: CopyTextError) -> ResyncError {
+    match e {
+        CopyTextError::Source(e) => e.into(),
+        CopyTextError::Malformed(why) => ResyncError::Definite(why),
+    }
+}
+
+/// Reads one chunk into memory (a resync window holds it until its high watermark):
+/// at most `CHUNK_ROWS` rows and about `CHUNK_BYTES` of text.
+pub(crate) async fn select_chunk(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    shape: &TableShape,
+) -> Result<ChunkRows, ResyncError> {
+    let mut chunk = ChunkStream::start(client, sql, shape).await?;
+    let mut rows = Vec::new();
+    while let Some(row) = chunk.next().await? {
+        rows.push(row);
+    }
+    Ok(ChunkRows {
+        rows,
+        last_key: chunk.last_key(),
+        done: chunk.done(),
+        column_types: shape.column_types(),
+    })
 }
 
 /// Runs one chunk query in a READ ONLY transaction under `timeout`: the `where` in it

@@ -13,7 +13,11 @@
 
 use pgcdc_schema::{Lsn, Origin, SnapshotMark, TableName};
 
-use super::resync::{chunk_sql, select_chunk, shape, ResyncError};
+use pgcdc_schema::event::Row;
+
+use tokio::sync::mpsc;
+
+use super::resync::{chunk_sql, shape, ChunkStream, ResyncError, TableShape};
 use crate::config::Config;
 use crate::ingest::catalog::Catalog;
 use crate::ingest::changes::read_event;
@@ -87,43 +91,121 @@ pub(crate) async fn copy(
             }
             Err(e) => return Err(e),
         };
-        let mut last_key = resync.last_key.clone();
         // Debezium's snapshot marks: first/last row of the snapshot, of each table. A
         // table resumed after a crash has had its first row already.
-        let (first_table, last_table) = (index == 0, index + 1 == tables);
-        let mut first_row = last_key.is_none();
-        let column_types = shape.column_types();
+        let plan = TablePlan {
+            resync_id: resync.id,
+            table: table.clone(),
+            last_key: resync.last_key.clone(),
+            first_table: index == 0,
+            last_table: index + 1 == tables,
+            lsn: Lsn(lsn),
+            seq,
+            now_us,
+            now_text: now_text.clone(),
+        };
         let started = std::time::Instant::now();
         let mut rows_in_table = 0u64;
+        // Two stages, so that reading and decoding the next chunk overlaps the journal
+        // write of this one: a task reads the COPY into events, this one journals them.
+        // One chunk waits in the channel at most: three chunks in memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let reading = tokio::spawn(read_table(catalog, shape, plan, tx));
+        while let Some(chunk) = rx.recv().await {
+            let Journaled { entries, progress } = chunk;
+            let n = entries.len() as i64;
+            let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
+            append(writer, &refs, &[progress])?;
+            crate::metrics::metrics().resync_rows.inc_by(n as u64);
+            rows_in_table += n as u64;
+        }
+        let (returned, next_seq) = reading
+            .await
+            .map_err(|e| ResyncError::Definite(format!("snapshot task failed: {e}")))?;
+        catalog = returned;
+        seq = next_seq?;
+        total += rows_in_table;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(table = %table, rows = rows_in_table, seconds = secs, rows_per_s = (rows_in_table as f64 / secs.max(1e-6)) as u64, "snapshot of table journaled");
+    }
+    catalog.client().batch_execute("COMMIT").await?;
+    Ok(total)
+}
+
+/// What one table's copy needs besides its connection and shape.
+struct TablePlan {
+    resync_id: i64,
+    table: TableName,
+    /// Where a copy interrupted by a crash resumes; `None` from the first row.
+    last_key: Option<String>,
+    first_table: bool,
+    last_table: bool,
+    lsn: Lsn,
+    /// Journal position of the table's first row.
+    seq: u32,
+    now_us: i64,
+    now_text: String,
+}
+
+/// One chunk's events with its progress, journaled in one write.
+struct Journaled {
+    entries: Vec<JournalEntry>,
+    progress: ResyncProgress,
+}
+
+/// Reads a table chunk by chunk into `tx`. Gives back the connection, and the journal
+/// position after the table's last row.
+async fn read_table(
+    catalog: Catalog,
+    shape: TableShape,
+    plan: TablePlan,
+    tx: mpsc::Sender<Journaled>,
+) -> (Catalog, Result<u32, ResyncError>) {
+    let result = read_chunks(&catalog, &shape, plan, &tx).await;
+    (catalog, result)
+}
+
+async fn read_chunks(
+    catalog: &Catalog,
+    shape: &TableShape,
+    plan: TablePlan,
+    tx: &mpsc::Sender<Journaled>,
+) -> Result<u32, ResyncError> {
+    let TablePlan {
+        resync_id,
+        table,
+        mut last_key,
+        first_table,
+        last_table,
+        lsn,
+        mut seq,
+        now_us,
+        now_text,
+    } = plan;
+    let mut first_row = last_key.is_none();
+    let column_types = shape.column_types();
+    let table_text = table.to_string();
+    loop {
+        let sql = chunk_sql(&table, shape, None, last_key.as_deref())?;
+        let mut chunk = ChunkStream::start(catalog.client(), &sql, shape).await?;
+        let mut entries = Vec::new();
+        // A row is made an event once the next one arrived: whether it is the
+        // table's last row is known only at the end of the COPY.
+        let mut held: Option<(Row, Row)> = None;
         loop {
-            let sql = chunk_sql(&table, &shape, None, last_key.as_deref())?;
-            let chunk = select_chunk(catalog.client(), &sql, &shape).await?;
-            let mut entries = Vec::with_capacity(chunk.rows.len());
-            let in_chunk = chunk.rows.len();
-            for (i, (key, row)) in chunk.rows.into_iter().enumerate() {
-                let last_row = chunk.done && i + 1 == in_chunk;
+            let next = chunk.next().await?;
+            if let Some((key, row)) = held.take() {
+                let last_row = next.is_none() && chunk.done();
+                let mark = SnapshotMark::of(first_table, last_table, first_row, last_row);
+                first_row = false;
                 let origin = Origin {
-                    snapshot: Some(SnapshotMark::of(
-                        first_table,
-                        last_table,
-                        first_row,
-                        last_row,
-                    )),
+                    snapshot: Some(mark),
                     column_types: column_types.clone(),
                     ..Origin::default()
                 };
-                first_row = false;
-                let event = read_event(
-                    resync.id,
-                    &table,
-                    key,
-                    row,
-                    Lsn(lsn),
-                    now_text.clone(),
-                    origin,
-                );
+                let event = read_event(resync_id, &table, key, row, lsn, now_text.clone(), origin);
                 entries.push(JournalEntry {
-                    table: table.to_string(),
+                    table: table_text.clone(),
                     seq,
                     commit_time_unix_us: Some(now_us),
                     event,
@@ -134,26 +216,43 @@ pub(crate) async fn copy(
                     )
                 })?;
             }
-            let n = entries.len() as i64;
-            let progress = ResyncProgress {
-                id: resync.id,
-                last_key: chunk.last_key.clone(),
-                rows: n,
-                done: chunk.done,
-            };
-            let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
-            writer.append(&refs, None, &[progress])?;
-            crate::metrics::metrics().resync_rows.inc_by(n as u64);
-            rows_in_table += n as u64;
-            if chunk.done {
-                break;
+            match next {
+                Some(row) => held = Some(row),
+                None => break,
             }
-            last_key = chunk.last_key;
         }
-        total += rows_in_table;
-        let secs = started.elapsed().as_secs_f64();
-        tracing::info!(table = %table, rows = rows_in_table, seconds = secs, rows_per_s = (rows_in_table as f64 / secs.max(1e-6)) as u64, "snapshot of table journaled");
+        let progress = ResyncProgress {
+            id: resync_id,
+            last_key: chunk.last_key(),
+            rows: entries.len() as i64,
+            done: chunk.done(),
+        };
+        let done = chunk.done();
+        last_key = chunk.last_key();
+        drop(chunk);
+        if tx.send(Journaled { entries, progress }).await.is_err() {
+            // The journaling side stopped on an error of its own, which it reports.
+            return Ok(seq);
+        }
+        if done {
+            return Ok(seq);
+        }
     }
-    catalog.client().batch_execute("COMMIT").await?;
-    Ok(total)
+}
+
+/// One journal write. It blocks (SQLite, fsync): on a multi-threaded runtime the
+/// worker hands its other tasks (the COPY being read) to another thread meanwhile.
+fn append(
+    writer: &mut dyn JournalWriter,
+    entries: &[(&JournalEntry, Option<&str>)],
+    progress: &[ResyncProgress],
+) -> Result<(), ResyncError> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(|| writer.append(entries, None, progress))?;
+    } else {
+        writer.append(entries, None, progress)?;
+    }
+    Ok(())
 }

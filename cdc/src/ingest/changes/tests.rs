@@ -341,3 +341,22 @@ fn a_table_without_a_primary_key_is_marked() {
         ("status".to_string(), "jsonb".to_string())
     );
 }
+
+#[test]
+fn read_event_ids_keep_their_format() {
+    use sha2::{Digest, Sha256};
+    let table = TableName::parse("public.permits").unwrap_or_else(|e| panic!("{e}"));
+    let mut key = Row::new();
+    key.insert("id".into(), json!(42));
+    // The id as first defined: ids already journaled must not change meaning.
+    let mut hash = Sha256::new();
+    hash.update(b"public.permits\0{\"id\":42}");
+    let hex: String = hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        read_event_id(7, &table, &key).to_string(),
+        format!("R00000007-{hex}")
+    );
+}
