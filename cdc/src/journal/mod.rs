@@ -41,6 +41,7 @@ pub(crate) mod postgres;
 mod resync;
 mod row_state;
 pub(crate) mod sqlite;
+mod staging;
 mod store;
 pub mod testing;
 
@@ -51,6 +52,7 @@ pub(crate) use postgres::lease::{LeaseRow, LeaseSession};
 pub use resync::ResyncProgress;
 pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
 pub use row_state::{fill_toast_of, OldTracking, Tracked};
+pub use staging::{StagedMessage, StagingOp};
 pub(crate) use store::Backend;
 pub use store::JournalWriter;
 pub use store::StateStore;

@@ -214,6 +214,11 @@ impl JournalWriter for PgWriter {
         Ok(())
     }
 
+    fn stage(&mut self, ops: &[crate::journal::StagingOp]) -> Result<(), JournalError> {
+        // Idempotent: puts overwrite their own rows, discards find nothing twice.
+        self.pg.write_idempotent(|pg| super::staging::apply(pg, ops))
+    }
+
     fn prune(&mut self, before_unix_us: i64, limit: usize) -> Result<usize, JournalError> {
         // A range of positions from the oldest: every cursor is past it, the newest
         // entry stays (positions continue from it).

@@ -29,6 +29,7 @@ mod dlq;
 mod known_keys;
 mod resync;
 mod row_state;
+mod staging;
 mod writer;
 
 /// File name of the journal inside `state.dir`.
@@ -172,6 +173,7 @@ fn open_conn(
     conn.execute_batch(SCHEMA).map_err(err)?;
     conn.execute_batch(row_state::SCHEMA).map_err(err)?;
     conn.execute_batch(resync::SCHEMA).map_err(err)?;
+    conn.execute_batch(staging::SCHEMA).map_err(err)?;
     // Journals made before resync have no `target` column (NULL: every sink).
     let has_target: bool = conn
         .query_row(
@@ -325,6 +327,16 @@ impl SqliteStore {
 }
 
 impl StateStore for SqliteStore {
+    fn staged(
+        &self,
+        xid: u32,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<crate::journal::StagedMessage>, JournalError> {
+        staging::page(&self.conn, xid, after_seq, limit, max_bytes).map_err(|e| self.sqlite(e))
+    }
+
     fn head(&self) -> Result<JournalHead, JournalError> {
         read_head(&self.conn).map_err(|e| self.sqlite(e))
     }

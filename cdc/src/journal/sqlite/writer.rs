@@ -120,6 +120,17 @@ impl JournalWriter for SqliteWriter {
         }
     }
 
+    fn stage(&mut self, ops: &[crate::journal::StagingOp]) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let err = move |source| store_error(&path, source);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        super::staging::apply(&tx, ops).map_err(&err)?;
+        tx.commit().map_err(&err)
+    }
+
     fn prune(&mut self, before_unix_us: i64, limit: usize) -> Result<usize, JournalError> {
         self.conn
             .execute(

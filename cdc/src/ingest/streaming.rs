@@ -1,0 +1,313 @@
+//! Large transactions streamed before they commit (protocol v2,
+//! `source.streaming = true`).
+//!
+//! ```text
+//!  Stream Start(xid, first) ─ first: Discard(xid) ─┐
+//!    Relation/Type/Insert/Update/Delete/Truncate/   │  JournalCommand::Stage,
+//!    Message (each with its subxact xid) ─ Put ─────┤  written by the journal
+//!  Stream Stop                                       │  thread after its batch's
+//!  Stream Abort(xid, sub) ─ Discard(xid[, sub]) ─────┘  changes (journal::staging)
+//!  Stream Commit(xid, commit_lsn, end_lsn, time)
+//!    └▶ sync; Begin(commit_lsn); staged messages in seq order, read in pages,
+//!       through reader::handle like any transaction's; Commit(end_lsn) ─ Confirm;
+//!       Discard(xid)
+//! ```
+//!
+//! So a streamed transaction becomes journal entries at its commit, in commit
+//! order, keyed (commit LSN, ordinal) exactly as if it had come whole: the same
+//! decoder, change builder and duplicate skip. Nothing of it is journaled, so
+//! nothing reaches a sink, before its Stream Commit; an abort discards only its
+//! rows. Memory holds one page of staged messages, not the transaction.
+//!
+//! What is confirmed to the slot while a streamed transaction is open: only
+//! what the journal holds (the end of each committed transaction, and keepalive
+//! positions seen outside any transaction and outside any streamed block), never
+//! anything of the open one. That may pass the open transaction's *first*
+//! change: Postgres decides whether to send a transaction again by its *commit*
+//! position, which lies past anything confirmed until the transaction is
+//! journaled, and the slot's restart point stays behind the open transaction's
+//! start whatever is confirmed. After a reconnect the server therefore sends
+//! every open transaction again from its first block; so a new session clears
+//! the staging first (also for a transaction the server now sends unstreamed,
+//! whose stale rows would otherwise stay), and a block that continues a
+//! transaction this session never saw start is a protocol error.
+//!
+//! Errors are definite ([`ReaderError::StreamOrder`], a store failure): pgcdc
+//! stops before confirming anything of the transaction, and a restart streams
+//! it again.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use pgcdc_schema::Lsn;
+
+use super::catalog::Catalog;
+use super::journal_thread::{JournalCommand, JournalSender};
+use super::reader::{handle, send, sync, ReaderConfig, ReaderError, SessionState};
+use crate::journal::{Access, StagedMessage, StagingOp};
+use crate::pgoutput::{self, Message, StreamedMessage};
+
+/// Most staged messages read back at once, and their most bytes (one larger
+/// message comes alone).
+const PAGE_MESSAGES: usize = 5_000;
+const PAGE_BYTES: usize = 4 << 20;
+
+/// What the reader knows of streamed transactions in one replication session.
+#[derive(Debug)]
+pub(super) struct Streams {
+    /// `source.streaming`: without it a stream message is an error.
+    enabled: bool,
+    /// The transaction whose block is being read (between Stream Start and Stop).
+    block: Option<u32>,
+    /// Transactions streamed in this session and not yet committed or aborted.
+    open: HashSet<u32>,
+    /// Order of the next staged message (increasing over the session).
+    next_seq: i64,
+}
+
+/// A Stream Commit: what the replayed transaction's Begin and Commit carry.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StreamCommit {
+    xid: u32,
+    flags: u8,
+    commit_lsn: u64,
+    end_lsn: u64,
+    commit_time: i64,
+}
+
+/// What to do with one message.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Not part of a stream: handled like any message.
+    Handle(Message),
+    /// Stage or discard.
+    Stage(StagingOp),
+    /// A streamed transaction committed: replay it.
+    Replay(StreamCommit),
+    /// Nothing.
+    Skip,
+}
+
+impl Streams {
+    /// A session's state (`enabled`: `source.streaming`).
+    pub(super) fn new(enabled: bool) -> Streams {
+        Streams {
+            enabled,
+            block: None,
+            open: HashSet::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// Whether a streamed block is being read (no position inside it may be confirmed).
+    pub(super) fn in_block(&self) -> bool {
+        self.block.is_some()
+    }
+
+    /// Decodes an XLogData payload: inside a block data messages carry their xid.
+    pub(super) fn decode(&self, data: &Bytes) -> Result<StreamedMessage, pgoutput::DecodeError> {
+        if self.in_block() {
+            pgoutput::decode_stream_bytes(data)
+        } else {
+            pgoutput::decode_bytes(data).map(|message| StreamedMessage { xid: None, message })
+        }
+    }
+
+    /// Decides what `streamed` (sent at `at`, as `data`) means.
+    pub(super) fn step(
+        &mut self,
+        streamed: StreamedMessage,
+        at: Lsn,
+        data: &Bytes,
+    ) -> Result<Step, ReaderError> {
+        let order = |what: String| ReaderError::StreamOrder { lsn: at, what };
+        let StreamedMessage { xid: sub, message } = streamed;
+        let is_stream = matches!(
+            message,
+            Message::StreamStart { .. }
+                | Message::StreamStop
+                | Message::StreamCommit { .. }
+                | Message::StreamAbort { .. }
+        );
+        if is_stream && !self.enabled {
+            return Err(ReaderError::UnexpectedStream { lsn: at });
+        }
+        if let Some(top) = self.block {
+            return match (message, sub) {
+                (Message::StreamStop, _) => {
+                    self.block = None;
+                    Ok(Step::Skip)
+                }
+                // Shapes outlive an aborted subtransaction: Postgres does not send a
+                // table's Relation again in the same transaction after one.
+                (message @ (Message::Relation(_) | Message::Type { .. }), Some(_)) => {
+                    Ok(Step::Stage(self.put(top, top, at, data, &message)))
+                }
+                (message, Some(sub)) => Ok(Step::Stage(self.put(top, sub, at, data, &message))),
+                (Message::Origin { .. }, None) => Ok(Step::Skip),
+                (other, None) => Err(order(format!(
+                    "{} inside the streamed block of transaction {top}",
+                    kind(&other)
+                ))),
+            };
+        }
+        match message {
+            Message::StreamStart { xid, first_segment } => {
+                self.block = Some(xid);
+                if first_segment {
+                    self.open.insert(xid);
+                    Ok(Step::Stage(StagingOp::Discard { xid, subxid: None }))
+                } else if self.open.contains(&xid) {
+                    Ok(Step::Skip)
+                } else {
+                    Err(order(format!(
+                        "a block of transaction {xid} continues one this session never saw start"
+                    )))
+                }
+            }
+            Message::StreamStop => Err(order("Stream Stop outside a streamed block".into())),
+            Message::StreamCommit {
+                xid,
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            } => {
+                if !self.open.remove(&xid) {
+                    return Err(order(format!(
+                        "Stream Commit of transaction {xid}, which this session never saw streamed"
+                    )));
+                }
+                Ok(Step::Replay(StreamCommit {
+                    xid,
+                    flags,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time,
+                }))
+            }
+            Message::StreamAbort { xid, subxid } => {
+                let subxid = if subxid == xid {
+                    self.open.remove(&xid);
+                    None
+                } else {
+                    Some(subxid)
+                };
+                Ok(Step::Stage(StagingOp::Discard { xid, subxid }))
+            }
+            other => Ok(Step::Handle(other)),
+        }
+    }
+
+    fn put(&mut self, xid: u32, subxid: u32, at: Lsn, data: &Bytes, message: &Message) -> StagingOp {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        tracing::trace!(xid, subxid, seq, kind = kind(message), "staged");
+        StagingOp::Put(StagedMessage {
+            xid,
+            subxid,
+            seq,
+            lsn: at,
+            body: data.to_vec(),
+        })
+    }
+}
+
+/// A message kind's name, for errors.
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Begin { .. } => "Begin",
+        Message::Commit { .. } => "Commit",
+        Message::Origin { .. } => "Origin",
+        Message::Relation(_) => "Relation",
+        Message::Type { .. } => "Type",
+        Message::Insert { .. } => "Insert",
+        Message::Update { .. } => "Update",
+        Message::Delete { .. } => "Delete",
+        Message::Truncate { .. } => "Truncate",
+        Message::Message { .. } => "Message",
+        Message::StreamStart { .. } => "Stream Start",
+        Message::StreamStop => "Stream Stop",
+        Message::StreamCommit { .. } => "Stream Commit",
+        Message::StreamAbort { .. } => "Stream Abort",
+    }
+}
+
+/// Journals a committed streamed transaction: its staged messages, in order, between
+/// a Begin and a Commit at its commit position, through the path every transaction
+/// takes; then discards its staging (after its changes, in the journal's order).
+pub(super) async fn replay(
+    commit: StreamCommit,
+    at: Lsn,
+    state: &mut SessionState<'_>,
+    catalog: &mut Catalog,
+    cfg: &ReaderConfig,
+    journal: &JournalSender,
+) -> Result<(), ReaderError> {
+    let StreamCommit {
+        xid,
+        flags,
+        commit_lsn,
+        end_lsn,
+        commit_time,
+    } = commit;
+    // Its last staged messages may still be queued: written once this returns.
+    sync(journal).await?;
+    let staging = |source| ReaderError::Staging { xid, source };
+    let task = |e: tokio::task::JoinError| staging(crate::journal::JournalError::Task(e.to_string()));
+    let store = cfg.store.clone();
+    let mut session = Some(
+        tokio::task::spawn_blocking(move || store.open(Access::Create))
+            .await
+            .map_err(task)?
+            .map_err(staging)?,
+    );
+    let begin = Message::Begin {
+        final_lsn: commit_lsn,
+        commit_time,
+        xid,
+    };
+    handle(begin, at, state, catalog, cfg, journal).await?;
+    let mut after = -1;
+    let mut messages = 0u64;
+    loop {
+        let Some(s) = session.take() else { break };
+        let (s, page) = tokio::task::spawn_blocking(move || {
+            let page = s.staged(xid, after, PAGE_MESSAGES, PAGE_BYTES);
+            (s, page)
+        })
+        .await
+        .map_err(task)?;
+        session = Some(s);
+        let page = page.map_err(staging)?;
+        if page.is_empty() {
+            break;
+        }
+        for staged in page {
+            after = staged.seq;
+            messages += 1;
+            let body = Bytes::from(staged.body);
+            let streamed = pgoutput::decode_stream_bytes(&body).map_err(|source| {
+                ReaderError::Decode {
+                    lsn: staged.lsn,
+                    source,
+                }
+            })?;
+            handle(streamed.message, staged.lsn, state, catalog, cfg, journal).await?;
+        }
+    }
+    let commit = Message::Commit {
+        flags,
+        commit_lsn,
+        end_lsn,
+        commit_time,
+    };
+    handle(commit, at, state, catalog, cfg, journal).await?;
+    send(
+        journal,
+        JournalCommand::Stage(StagingOp::Discard { xid, subxid: None }),
+    )
+    .await?;
+    tracing::debug!(xid, commit_lsn = %Lsn(commit_lsn), messages, "streamed transaction journaled");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The staging of streamed transactions in `journal.db` (see `journal::staging`).
+
+use pgcdc_schema::Lsn;
+use rusqlite::{params, Connection};
+
+use crate::journal::{StagedMessage, StagingOp};
+
+/// Rows are read back by (xid, seq) and discarded by (xid, subxid).
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stream_staging (
+    xid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    subxid INTEGER NOT NULL,
+    lsn INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (xid, seq)
+);
+CREATE INDEX IF NOT EXISTS stream_staging_sub ON stream_staging(xid, subxid);
+";
+
+/// Applies `ops` in order (the caller's transaction makes them one).
+pub(super) fn apply(conn: &Connection, ops: &[StagingOp]) -> rusqlite::Result<()> {
+    let mut put = conn.prepare_cached(
+        "INSERT OR REPLACE INTO stream_staging(xid, seq, subxid, lsn, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for op in ops {
+        match op {
+            StagingOp::Put(m) => {
+                put.execute(params![m.xid, m.seq, m.subxid, m.lsn.0 as i64, m.body])?;
+            }
+            StagingOp::Discard { xid, subxid: None } => {
+                conn.execute("DELETE FROM stream_staging WHERE xid = ?1", [xid])?;
+            }
+            StagingOp::Discard {
+                xid,
+                subxid: Some(sub),
+            } => {
+                conn.execute(
+                    "DELETE FROM stream_staging WHERE xid = ?1 AND subxid = ?2",
+                    [xid, sub],
+                )?;
+            }
+            StagingOp::Clear => {
+                conn.execute("DELETE FROM stream_staging", [])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A page of `xid`'s staged messages after `after_seq` (see `StateStore::staged`).
+pub(super) fn page(
+    conn: &Connection,
+    xid: u32,
+    after_seq: i64,
+    limit: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<Vec<StagedMessage>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, subxid, lsn, body FROM stream_staging \
+         WHERE xid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![xid, after_seq, limit.min(i64::MAX as usize) as i64])?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        let body: Vec<u8> = row.get(3)?;
+        bytes = bytes.saturating_add(body.len());
+        if !out.is_empty() && bytes > max_bytes {
+            break;
+        }
+        out.push(StagedMessage {
+            xid,
+            seq: row.get(0)?,
+            subxid: row.get(1)?,
+            lsn: Lsn(row.get::<_, i64>(2)? as u64),
+            body,
+        });
+    }
+    Ok(out)
+}
