@@ -21,12 +21,11 @@ impl Puts<'_> {
         if self.xid.is_empty() {
             return Ok(());
         }
-        // A write retried after a commit nobody saw puts the same rows again.
+        // A plain INSERT: a row already at (xid, seq) is staging left from an earlier
+        // session, which must have been cleared; failing beats overwriting it.
         pg.execute(
             "INSERT INTO stream_staging(xid, seq, subxid, lsn, body) \
-             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[]) \
-             ON CONFLICT (xid, seq) DO UPDATE SET subxid = excluded.subxid, lsn = excluded.lsn, \
-             body = excluded.body",
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[])",
             &[&self.xid, &self.seq, &self.subxid, &self.lsn, &self.body],
         )?;
         *self = Puts::default();

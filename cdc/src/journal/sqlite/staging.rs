@@ -20,8 +20,10 @@ CREATE INDEX IF NOT EXISTS stream_staging_sub ON stream_staging(xid, subxid);
 
 /// Applies `ops` in order (the caller's transaction makes them one).
 pub(super) fn apply(conn: &Connection, ops: &[StagingOp]) -> rusqlite::Result<()> {
+    // A plain INSERT: a row already at (xid, seq) is staging left from an earlier
+    // session, which must have been cleared; failing beats overwriting it.
     let mut put = conn.prepare_cached(
-        "INSERT OR REPLACE INTO stream_staging(xid, seq, subxid, lsn, body) \
+        "INSERT INTO stream_staging(xid, seq, subxid, lsn, body) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for op in ops {
