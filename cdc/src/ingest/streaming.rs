@@ -311,3 +311,146 @@ pub(super) async fn replay(
     tracing::debug!(xid, commit_lsn = %Lsn(commit_lsn), messages, "streamed transaction journaled");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> Lsn {
+        Lsn(0x100)
+    }
+
+    fn step(s: &mut Streams, xid: Option<u32>, message: Message) -> Result<Step, ReaderError> {
+        s.step(StreamedMessage { xid, message }, at(), &Bytes::from_static(b"raw"))
+    }
+
+    fn insert() -> Message {
+        Message::Insert {
+            relation_id: 1,
+            new: pgoutput::Tuple(vec![]),
+        }
+    }
+
+    fn start(xid: u32, first_segment: bool) -> Message {
+        Message::StreamStart { xid, first_segment }
+    }
+
+    #[test]
+    fn without_streaming_a_stream_message_is_an_error() {
+        let mut s = Streams::new(false);
+        assert!(matches!(
+            step(&mut s, None, start(7, true)),
+            Err(ReaderError::UnexpectedStream { .. })
+        ));
+        assert!(matches!(step(&mut s, None, insert()), Ok(Step::Handle(_))));
+    }
+
+    #[test]
+    fn a_block_is_staged_by_subtransaction_and_shapes_by_top_level() {
+        let mut s = Streams::new(true);
+        assert!(matches!(
+            step(&mut s, None, start(7, true)),
+            Ok(Step::Stage(StagingOp::Discard {
+                xid: 7,
+                subxid: None
+            }))
+        ));
+        assert!(s.in_block());
+        let Ok(Step::Stage(StagingOp::Put(m))) = step(&mut s, Some(9), insert()) else {
+            panic!("an insert in a block is staged");
+        };
+        assert_eq!((m.xid, m.subxid, m.seq, m.body.as_slice()), (7, 9, 0, &b"raw"[..]));
+        let relation = Message::Type {
+            id: 1,
+            namespace: String::new(),
+            name: "t".into(),
+        };
+        let Ok(Step::Stage(StagingOp::Put(m))) = step(&mut s, Some(9), relation) else {
+            panic!("a type in a block is staged");
+        };
+        assert_eq!((m.xid, m.subxid, m.seq), (7, 7, 1));
+        assert!(matches!(
+            step(&mut s, None, Message::StreamStop),
+            Ok(Step::Skip)
+        ));
+        assert!(!s.in_block());
+        // A later block of the same transaction keeps what was staged.
+        assert!(matches!(step(&mut s, None, start(7, false)), Ok(Step::Skip)));
+    }
+
+    #[test]
+    fn aborts_discard_the_subtransaction_or_the_whole() {
+        let mut s = Streams::new(true);
+        let _ = step(&mut s, None, start(7, true));
+        let _ = step(&mut s, None, Message::StreamStop);
+        assert!(matches!(
+            step(&mut s, None, Message::StreamAbort { xid: 7, subxid: 9 }),
+            Ok(Step::Stage(StagingOp::Discard {
+                xid: 7,
+                subxid: Some(9)
+            }))
+        ));
+        assert!(matches!(
+            step(&mut s, None, Message::StreamAbort { xid: 7, subxid: 7 }),
+            Ok(Step::Stage(StagingOp::Discard {
+                xid: 7,
+                subxid: None
+            }))
+        ));
+        // Gone: a commit of it now would journal nothing it staged.
+        let commit = Message::StreamCommit {
+            xid: 7,
+            flags: 0,
+            commit_lsn: 1,
+            end_lsn: 2,
+            commit_time: 0,
+        };
+        assert!(matches!(
+            step(&mut s, None, commit),
+            Err(ReaderError::StreamOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn out_of_order_messages_are_errors() {
+        let mut s = Streams::new(true);
+        assert!(matches!(
+            step(&mut s, None, start(7, false)),
+            Err(ReaderError::StreamOrder { .. })
+        ));
+        let mut s = Streams::new(true);
+        assert!(matches!(
+            step(&mut s, None, Message::StreamStop),
+            Err(ReaderError::StreamOrder { .. })
+        ));
+        let _ = step(&mut s, None, start(7, true));
+        let begin = Message::Begin {
+            final_lsn: 1,
+            commit_time: 0,
+            xid: 8,
+        };
+        assert!(matches!(
+            step(&mut s, None, begin),
+            Err(ReaderError::StreamOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn a_commit_of_a_streamed_transaction_is_replayed() {
+        let mut s = Streams::new(true);
+        let _ = step(&mut s, None, start(7, true));
+        let _ = step(&mut s, Some(7), insert());
+        let _ = step(&mut s, None, Message::StreamStop);
+        let commit = Message::StreamCommit {
+            xid: 7,
+            flags: 0,
+            commit_lsn: 0x200,
+            end_lsn: 0x230,
+            commit_time: 5,
+        };
+        let Ok(Step::Replay(c)) = step(&mut s, None, commit) else {
+            panic!("a stream commit is replayed");
+        };
+        assert_eq!((c.xid, c.commit_lsn, c.end_lsn), (7, 0x200, 0x230));
+    }
+}
