@@ -9,6 +9,7 @@
 //!  journal thread ◀── Store::writer ── Box<dyn JournalWriter>: the single appender
 //!      append (one txn per batch: events, row state, resync progress,
 //!              confirmed LSN) ──▶ events ──▶ slot feedback
+//!      stage (after each batch: streamed transactions' messages, `staging`)
 //!  sink runners, audit writer,
 //!  resync driver, admin, cli ◀── Store::open ── Box<dyn StateStore>: one session
 //!      read_batch(cursor) ◀── events
