@@ -173,7 +173,6 @@ fn open_conn(
     conn.execute_batch(SCHEMA).map_err(err)?;
     conn.execute_batch(row_state::SCHEMA).map_err(err)?;
     conn.execute_batch(resync::SCHEMA).map_err(err)?;
-    conn.execute_batch(staging::SCHEMA).map_err(err)?;
     // Journals made before resync have no `target` column (NULL: every sink).
     let has_target: bool = conn
         .query_row(
@@ -278,6 +277,8 @@ pub(crate) struct SqliteStore {
     path: PathBuf,
     /// The audit log's connection, opened on first use.
     audit: OnceCell<Connection>,
+    /// The staging's connection, opened on first use.
+    staging: OnceCell<(Connection, PathBuf)>,
 }
 
 type SqlErr<'a> = &'a dyn Fn(rusqlite::Error) -> JournalError;
@@ -290,6 +291,7 @@ impl SqliteStore {
             conn,
             path,
             audit: OnceCell::new(),
+            staging: OnceCell::new(),
         })
     }
 
@@ -334,7 +336,15 @@ impl StateStore for SqliteStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<crate::journal::StagedMessage>, JournalError> {
-        staging::page(&self.conn, xid, after_seq, limit, max_bytes).map_err(|e| self.sqlite(e))
+        let (conn, path) = match self.staging.get() {
+            Some(open) => open,
+            None => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                let open = staging::open(dir)?;
+                self.staging.get_or_init(|| open)
+            }
+        };
+        staging::page(conn, xid, after_seq, limit, max_bytes).map_err(|e| store_error(path, e))
     }
 
     fn head(&self) -> Result<JournalHead, JournalError> {

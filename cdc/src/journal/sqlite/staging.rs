@@ -1,12 +1,29 @@
-//! The staging of streamed transactions in `journal.db` (see `journal::staging`).
+//! The staging of streamed transactions (see `journal::staging`), in
+//! `staging.db` beside `journal.db`: `journal.max_bytes` measures the journal's
+//! file, and staged rows, freed only by reading on to the transaction's end,
+//! must never make it pause the reader that would free them.
+
+use std::path::{Path, PathBuf};
 
 use pgcdc_schema::Lsn;
 use rusqlite::{params, Connection};
 
-use crate::journal::{StagedMessage, StagingOp};
+use super::{connect, store_error, Durability};
+use crate::journal::{JournalError, StagedMessage, StagingOp};
+
+/// File name of the staging inside `state.dir`.
+const STAGING_FILE: &str = "staging.db";
+
+/// Opens (or creates) the staging file of the state dir `dir`, with its table.
+pub(super) fn open(dir: &Path) -> Result<(Connection, PathBuf), JournalError> {
+    let (conn, path) = connect(dir, STAGING_FILE, true, Durability::Fsync)?;
+    conn.execute_batch(SCHEMA)
+        .map_err(|e| store_error(&path, e))?;
+    Ok((conn, path))
+}
 
 /// Rows are read back by (xid, seq) and discarded by (xid, subxid).
-pub(super) const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS stream_staging (
     xid INTEGER NOT NULL,
     seq INTEGER NOT NULL,
