@@ -36,7 +36,7 @@
 //! stops before confirming anything of the transaction, and a restart streams
 //! it again.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use pgcdc_schema::Lsn;
@@ -59,8 +59,10 @@ pub(super) struct Streams {
     enabled: bool,
     /// The transaction whose block is being read (between Stream Start and Stop).
     block: Option<u32>,
-    /// Transactions streamed in this session and not yet committed or aborted.
-    open: HashSet<u32>,
+    /// Transactions streamed in this session and not yet committed or aborted, with
+    /// the messages staged for each (a transaction of other tables stages none: its
+    /// commit needs no read of the store).
+    open: HashMap<u32, u64>,
     /// Order of the next staged message (increasing over the session).
     next_seq: i64,
 }
@@ -69,6 +71,8 @@ pub(super) struct Streams {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct StreamCommit {
     xid: u32,
+    /// Messages staged for it (0: nothing to read back).
+    staged: u64,
     flags: u8,
     commit_lsn: u64,
     end_lsn: u64,
@@ -94,7 +98,7 @@ impl Streams {
         Streams {
             enabled,
             block: None,
-            open: HashSet::new(),
+            open: HashMap::new(),
             next_seq: 0,
         }
     }
@@ -155,9 +159,9 @@ impl Streams {
             Message::StreamStart { xid, first_segment } => {
                 self.block = Some(xid);
                 if first_segment {
-                    self.open.insert(xid);
+                    self.open.insert(xid, 0);
                     Ok(Step::Stage(StagingOp::Discard { xid, subxid: None }))
-                } else if self.open.contains(&xid) {
+                } else if self.open.contains_key(&xid) {
                     Ok(Step::Skip)
                 } else {
                     Err(order(format!(
@@ -173,13 +177,14 @@ impl Streams {
                 end_lsn,
                 commit_time,
             } => {
-                if !self.open.remove(&xid) {
+                let Some(staged) = self.open.remove(&xid) else {
                     return Err(order(format!(
                         "Stream Commit of transaction {xid}, which this session never saw streamed"
                     )));
-                }
+                };
                 Ok(Step::Replay(StreamCommit {
                     xid,
+                    staged,
                     flags,
                     commit_lsn,
                     end_lsn,
@@ -202,6 +207,9 @@ impl Streams {
     fn put(&mut self, xid: u32, subxid: u32, at: Lsn, data: &Bytes, message: &Message) -> StagingOp {
         let seq = self.next_seq;
         self.next_seq += 1;
+        if let Some(n) = self.open.get_mut(&xid) {
+            *n += 1;
+        }
         tracing::trace!(xid, subxid, seq, kind = kind(message), "staged");
         StagingOp::Put(StagedMessage {
             xid,
@@ -246,22 +254,26 @@ pub(super) async fn replay(
 ) -> Result<(), ReaderError> {
     let StreamCommit {
         xid,
+        staged,
         flags,
         commit_lsn,
         end_lsn,
         commit_time,
     } = commit;
-    // Its last staged messages may still be queued: written once this returns.
-    sync(journal).await?;
     let staging = |source| ReaderError::Staging { xid, source };
     let task = |e: tokio::task::JoinError| staging(crate::journal::JournalError::Task(e.to_string()));
-    let store = cfg.store.clone();
-    let mut session = Some(
-        tokio::task::spawn_blocking(move || store.open(Access::Create))
-            .await
-            .map_err(task)?
-            .map_err(staging)?,
-    );
+    let mut session = None;
+    if staged > 0 {
+        // Its last staged messages may still be queued: written once this returns.
+        sync(journal).await?;
+        let store = cfg.store.clone();
+        session = Some(
+            tokio::task::spawn_blocking(move || store.open(Access::Create))
+                .await
+                .map_err(task)?
+                .map_err(staging)?,
+        );
+    }
     let begin = Message::Begin {
         final_lsn: commit_lsn,
         commit_time,
@@ -303,11 +315,13 @@ pub(super) async fn replay(
         commit_time,
     };
     handle(commit, at, state, catalog, cfg, journal).await?;
-    send(
-        journal,
-        JournalCommand::Stage(StagingOp::Discard { xid, subxid: None }),
-    )
-    .await?;
+    if staged > 0 {
+        send(
+            journal,
+            JournalCommand::Stage(StagingOp::Discard { xid, subxid: None }),
+        )
+        .await?;
+    }
     tracing::debug!(xid, commit_lsn = %Lsn(commit_lsn), messages, "streamed transaction journaled");
     Ok(())
 }
@@ -451,6 +465,6 @@ mod tests {
         let Ok(Step::Replay(c)) = step(&mut s, None, commit) else {
             panic!("a stream commit is replayed");
         };
-        assert_eq!((c.xid, c.commit_lsn, c.end_lsn), (7, 0x200, 0x230));
+        assert_eq!((c.xid, c.staged, c.commit_lsn, c.end_lsn), (7, 1, 0x200, 0x230));
     }
 }
