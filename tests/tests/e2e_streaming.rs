@@ -37,8 +37,11 @@ async fn cluster(major: u32) -> anyhow::Result<PgCluster> {
 
 /// Config capturing `t` to the stdout sink, with `source.streaming = true`.
 fn config(pg: &PgCluster, state: &Path) -> anyhow::Result<ConfigFile> {
-    let text = config_toml(&pg.url(), &["public.t"], state, "")
-        .replacen("[source]\n", "[source]\nstreaming = true\n", 1);
+    let text = config_toml(&pg.url(), &["public.t"], state, "").replacen(
+        "[source]\n",
+        "[source]\nstreaming = true\n",
+        1,
+    );
     Ok(ConfigFile::new(&text)?)
 }
 
@@ -108,8 +111,11 @@ async fn next_changes(
     lines
         .iter()
         .map(|l| {
-            let e: Value = serde_json::from_str(l).with_context(|| format!("not JSON: {l:.200}"))?;
-            let id = e["key"]["id"].as_i64().with_context(|| format!("no key: {l:.200}"))?;
+            let e: Value =
+                serde_json::from_str(l).with_context(|| format!("not JSON: {l:.200}"))?;
+            let id = e["key"]["id"]
+                .as_i64()
+                .with_context(|| format!("no key: {l:.200}"))?;
             Ok((
                 e["op"].as_str().unwrap_or_default().to_string(),
                 id,
@@ -134,7 +140,10 @@ async fn assert_next_is_marker(pg: &PgCluster, p: &mut Pgcdc, id: i64) -> anyhow
 }
 
 /// Checks `got` are inserts of exactly `ids`, in order.
-fn assert_inserts(got: &[(String, i64, String, i64)], ids: impl Iterator<Item = i64>) -> anyhow::Result<()> {
+fn assert_inserts(
+    got: &[(String, i64, String, i64)],
+    ids: impl Iterator<Item = i64>,
+) -> anyhow::Result<()> {
     for (i, (want, (op, id, _, _))) in ids.zip(got).enumerate() {
         ensure!(
             op == "insert" && *id == want,

@@ -580,7 +580,10 @@ fn staged_messages_read_back_in_order_and_discard_exactly(store: &Store) -> anyh
             .map(|m| m.body)
             .collect())
     };
-    assert_eq!(bodies(7)?, [b"a".to_vec(), b"sub".to_vec(), vec![0, 255, 10]]);
+    assert_eq!(
+        bodies(7)?,
+        [b"a".to_vec(), b"sub".to_vec(), vec![0, 255, 10]]
+    );
     let page = r.staged(7, 0, 1, usize::MAX)?;
     assert_eq!((page.len(), page[0].seq, page[0].subxid), (1, 2, 9));
     assert_eq!(page[0].lsn, Lsn(0x1002));

@@ -20,8 +20,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo, Shapes};
 use super::journal_thread::{JournalCommand, JournalSender};
-use super::streaming::{Step, Streams};
 pub(crate) use super::reader_error::ReaderError;
+use super::streaming::{Step, Streams};
 use super::watermark::{self, Watermark, Windows};
 use crate::ingest::catalog::Catalog;
 use crate::journal::{JournalHead, ResyncChunk, ResyncProgress, StagingOp};

@@ -204,7 +204,14 @@ impl Streams {
         }
     }
 
-    fn put(&mut self, xid: u32, subxid: u32, at: Lsn, data: &Bytes, message: &Message) -> StagingOp {
+    fn put(
+        &mut self,
+        xid: u32,
+        subxid: u32,
+        at: Lsn,
+        data: &Bytes,
+        message: &Message,
+    ) -> StagingOp {
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(n) = self.open.get_mut(&xid) {
@@ -261,7 +268,8 @@ pub(super) async fn replay(
         commit_time,
     } = commit;
     let staging = |source| ReaderError::Staging { xid, source };
-    let task = |e: tokio::task::JoinError| staging(crate::journal::JournalError::Task(e.to_string()));
+    let task =
+        |e: tokio::task::JoinError| staging(crate::journal::JournalError::Task(e.to_string()));
     let mut session = None;
     if staged > 0 {
         // Its last staged messages may still be queued: written once this returns.
@@ -299,12 +307,11 @@ pub(super) async fn replay(
             after = staged.seq;
             messages += 1;
             let body = Bytes::from(staged.body);
-            let streamed = pgoutput::decode_stream_bytes(&body).map_err(|source| {
-                ReaderError::Decode {
+            let streamed =
+                pgoutput::decode_stream_bytes(&body).map_err(|source| ReaderError::Decode {
                     lsn: staged.lsn,
                     source,
-                }
-            })?;
+                })?;
             handle(streamed.message, staged.lsn, state, catalog, cfg, journal).await?;
         }
     }
@@ -335,7 +342,11 @@ mod tests {
     }
 
     fn step(s: &mut Streams, xid: Option<u32>, message: Message) -> Result<Step, ReaderError> {
-        s.step(StreamedMessage { xid, message }, at(), &Bytes::from_static(b"raw"))
+        s.step(
+            StreamedMessage { xid, message },
+            at(),
+            &Bytes::from_static(b"raw"),
+        )
     }
 
     fn insert() -> Message {
@@ -373,7 +384,10 @@ mod tests {
         let Ok(Step::Stage(StagingOp::Put(m))) = step(&mut s, Some(9), insert()) else {
             panic!("an insert in a block is staged");
         };
-        assert_eq!((m.xid, m.subxid, m.seq, m.body.as_slice()), (7, 9, 0, &b"raw"[..]));
+        assert_eq!(
+            (m.xid, m.subxid, m.seq, m.body.as_slice()),
+            (7, 9, 0, &b"raw"[..])
+        );
         let relation = Message::Type {
             id: 1,
             namespace: String::new(),
@@ -389,7 +403,10 @@ mod tests {
         ));
         assert!(!s.in_block());
         // A later block of the same transaction keeps what was staged.
-        assert!(matches!(step(&mut s, None, start(7, false)), Ok(Step::Skip)));
+        assert!(matches!(
+            step(&mut s, None, start(7, false)),
+            Ok(Step::Skip)
+        ));
     }
 
     #[test]
@@ -465,6 +482,9 @@ mod tests {
         let Ok(Step::Replay(c)) = step(&mut s, None, commit) else {
             panic!("a stream commit is replayed");
         };
-        assert_eq!((c.xid, c.staged, c.commit_lsn, c.end_lsn), (7, 1, 0x200, 0x230));
+        assert_eq!(
+            (c.xid, c.staged, c.commit_lsn, c.end_lsn),
+            (7, 1, 0x200, 0x230)
+        );
     }
 }
