@@ -421,6 +421,7 @@ impl Engine {
             failover_slot: config.source.failover_slot,
             store: store.clone(),
             recover_at: prepared.recover_at,
+            streaming: config.source.streaming,
         };
         let reader = tokio::spawn(reader::run(
             reader_cfg,

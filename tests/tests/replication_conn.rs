@@ -396,7 +396,7 @@ async fn replication_stream_and_status() -> anyhow::Result<()> {
     }
 
     let mut stream = conn
-        .start_replication("s", slot.consistent_point, "p")
+        .start_replication("s", slot.consistent_point, "p", false)
         .await?;
     pg.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
         .await?;
@@ -450,7 +450,7 @@ async fn replication_stream_and_status() -> anyhow::Result<()> {
 
     // A second consumer of an active slot gets 55006, classified transient.
     let other = ReplicationConnection::connect(&url).await?;
-    match other.start_replication("s", 0, "p").await {
+    match other.start_replication("s", 0, "p", false).await {
         Err(e @ ReplicationError::Server { .. }) => {
             ensure!(e.sqlstate() == Some("55006"), "{e}");
             ensure!(e.is_transient());
@@ -486,7 +486,7 @@ async fn replication_keepalive_reply_requested() -> anyhow::Result<()> {
     let mut conn = ReplicationConnection::connect(&url).await?;
     let slot = conn.create_logical_slot("s", false).await?;
     let mut stream = conn
-        .start_replication("s", slot.consistent_point, "p")
+        .start_replication("s", slot.consistent_point, "p", false)
         .await?;
     let flushed = slot.consistent_point;
 

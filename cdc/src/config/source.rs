@@ -60,6 +60,11 @@ pub(crate) struct SourceConfig {
     /// (superuser only); otherwise a schema change is seen at the table's next write.
     #[serde(default)]
     pub(crate) ddl_capture: bool,
+    /// Ask for large in-progress transactions in blocks (protocol v2, PostgreSQL 14+),
+    /// staged in the state store until they commit, instead of having the server
+    /// spill them to its disk and send them whole at commit.
+    #[serde(default)]
+    pub(crate) streaming: bool,
 }
 
 impl SourceConfig {

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::journal::{
     Access, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey, ResyncChunk,
-    ResyncProgress, Store,
+    ResyncProgress, StagingOp, Store,
 };
 
 /// What the reader asks of the journal, in stream order.
@@ -51,6 +51,9 @@ pub(crate) enum JournalCommand {
     /// A captured table's columns as of the transaction committing at the position:
     /// stored once that transaction is confirmed (see `changes::shapes`).
     Shape(String, Lsn, Vec<Column>),
+    /// Stage a streamed transaction's message, or discard staged ones (written after
+    /// the batch's changes, in order; see `journal::staging`).
+    Stage(StagingOp),
 }
 
 /// Most commands written in one SQLite transaction: bounds memory and latency.
@@ -141,6 +144,8 @@ impl JournalCommand {
             JournalCommand::Resync(chunk, _) => {
                 chunk.entries.iter().map(|e| event_bytes(&e.event)).sum()
             }
+            // The message's bytes and the op around them.
+            JournalCommand::Stage(op) => 64 + op.body_len(),
             JournalCommand::Confirm(_)
             | JournalCommand::Sync(_)
             | JournalCommand::Check
@@ -278,6 +283,8 @@ pub(crate) fn run(
     let mut recovered = false;
     // New table shapes whose transactions are not confirmed yet (one per table).
     let mut shapes: Vec<(String, Lsn, Vec<Column>)> = Vec::new();
+    // Staging ops of the batch, in order: written after its changes.
+    let mut staging: Vec<StagingOp> = Vec::new();
     // The batch's budget, given back once it is written.
     let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
     while let Some(first) = rx.rx.blocking_recv() {
@@ -304,6 +311,7 @@ pub(crate) fn run(
                     shapes.retain(|(t, _, _)| *t != table);
                     shapes.push((table, at, columns));
                 }
+                JournalCommand::Stage(op) => staging.push(op),
             };
         let mut batch_bytes = 0usize;
         let mut queued = Some(first);
@@ -326,6 +334,12 @@ pub(crate) fn run(
             writer.append(&refs, confirm, &progress)?
         };
         progress.clear();
+        // After the append: a streamed transaction's staged rows are discarded once its
+        // changes are journaled (here, or in an earlier batch), never before.
+        if !staging.is_empty() {
+            writer.stage(&staging)?;
+            staging.clear();
+        }
         for (slot, at) in slots.drain(..) {
             super::journal_guard::created(&mut *writer, &slot, at)?;
             super::journal_guard::set_recovery(&mut *writer, Some(at))?;

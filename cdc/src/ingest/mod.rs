@@ -26,4 +26,5 @@ pub(crate) mod resync;
 pub(crate) mod scheduler;
 pub(crate) mod slot_loss;
 pub(crate) mod snapshot;
+mod streaming;
 pub(crate) mod watermark;

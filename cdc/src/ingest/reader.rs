@@ -21,10 +21,11 @@ use tokio::sync::{oneshot, watch};
 use super::changes::{ChangeBuilder, ChangeError, RelationInfo, Shapes};
 use super::journal_thread::{JournalCommand, JournalSender};
 pub(crate) use super::reader_error::ReaderError;
+use super::streaming::{Step, Streams};
 use super::watermark::{self, Watermark, Windows};
 use crate::ingest::catalog::Catalog;
-use crate::journal::{JournalHead, ResyncChunk, ResyncProgress};
-use crate::pgoutput::{self, Message};
+use crate::journal::{JournalHead, ResyncChunk, ResyncProgress, StagingOp};
+use crate::pgoutput::Message;
 use crate::replication::{
     connect_sql, ReplicationConnection, ReplicationError, ReplicationMessage, SourceUrl,
 };
@@ -67,6 +68,8 @@ pub(crate) struct ReaderConfig {
     /// The slot was found lost at start and recreated at this position: the
     /// recovery's resync and deletes are still to do (`source.on_slot_lost = "resync"`).
     pub(crate) recover_at: Option<Lsn>,
+    /// `source.streaming`: protocol v2, large transactions staged until they end.
+    pub(crate) streaming: bool,
 }
 
 impl ReaderConfig {
@@ -172,14 +175,14 @@ pub(crate) async fn run(
     }
 }
 
-async fn send(journal: &JournalSender, cmd: JournalCommand) -> Result<(), ReaderError> {
+pub(super) async fn send(journal: &JournalSender, cmd: JournalCommand) -> Result<(), ReaderError> {
     journal
         .send(cmd)
         .await
         .map_err(|_| ReaderError::JournalGone)
 }
 
-async fn sync(journal: &JournalSender) -> Result<JournalHead, ReaderError> {
+pub(super) async fn sync(journal: &JournalSender) -> Result<JournalHead, ReaderError> {
     let (tx, rx) = oneshot::channel();
     send(journal, JournalCommand::Sync(tx)).await?;
     rx.await.map_err(|_| ReaderError::JournalGone)
@@ -187,7 +190,7 @@ async fn sync(journal: &JournalSender) -> Result<JournalHead, ReaderError> {
 
 /// What the reader keeps across messages: the decoder's relations and transaction,
 /// and the captured relations.
-struct SessionState<'a> {
+pub(super) struct SessionState<'a> {
     builder: &'a mut ChangeBuilder,
     capture: &'a mut Capture,
     /// The slot's recorded creation point (see `ReaderConfig::slot_floor`).
@@ -212,6 +215,10 @@ async fn session(
             found: ident.systemid,
         });
     }
+    // The server sends every transaction still open again, from its start: what an
+    // earlier session staged goes (see `streaming`).
+    send(journal, JournalCommand::Stage(StagingOp::Clear)).await?;
+    let mut streams = Streams::new(cfg.streaming);
     // Everything journaled is durable; start from there (Postgres starts at
     // the slot's confirmed position if that is later).
     let start = sync(journal).await?.confirmed_lsn;
@@ -219,7 +226,7 @@ async fn session(
     let stream_host = conn.host().to_owned();
     super::slot_loss::check_slot(catalog.client(), &cfg.slot, conn.host(), start).await?;
     let mut stream = conn
-        .start_replication(&cfg.slot, start.0, &cfg.publication)
+        .start_replication(&cfg.slot, start.0, &cfg.publication, cfg.streaming)
         .await?;
     // Re-read now that the slot is ours: nobody else can move it from here on.
     let slot_confirmed = crate::source::slot_info(catalog.client(), &cfg.slot)
@@ -235,7 +242,7 @@ async fn session(
             journal: reach,
         });
     }
-    tracing::info!(slot = %cfg.slot, from = %start, host = %stream_host, timeline = ident.timeline, "replication started");
+    tracing::info!(slot = %cfg.slot, from = %start, host = %stream_host, timeline = ident.timeline, streaming = cfg.streaming, "replication started");
     let _connected = crate::health::health().replication_connected();
 
     let mut ticker = tokio::time::interval(cfg.status_interval);
@@ -311,17 +318,29 @@ async fn session(
                 match msg {
                     ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
                         received = received.max(wal_end);
-                        let message = pgoutput::decode_bytes(&data)
-                            .map_err(|source| ReaderError::Decode { lsn: Lsn(wal_start), source })?;
-                        handle(message, Lsn(wal_start), state, &mut catalog, cfg, journal).await?;
+                        let at = Lsn(wal_start);
+                        let message = streams.decode(&data)
+                            .map_err(|source| ReaderError::Decode { lsn: at, source })?;
+                        match streams.step(message, at, &data)? {
+                            Step::Handle(message) => {
+                                handle(message, at, state, &mut catalog, cfg, journal).await?;
+                            }
+                            Step::Stage(op) => send(journal, JournalCommand::Stage(op)).await?,
+                            Step::Replay(commit) => {
+                                super::streaming::replay(commit, at, state, &mut catalog, cfg, journal).await?;
+                            }
+                            Step::Skip => {}
+                        }
                         // Waiting on a full journal queue is not server silence.
                         last_heard = Instant::now();
                     }
                     ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                         received = received.max(wal_end);
-                        if !state.builder.in_transaction() {
+                        if !state.builder.in_transaction() && !streams.in_block() {
                             // Nothing of ours is pending before wal_end: let the slot move
-                            // past other tables' and databases' traffic.
+                            // past other tables' and databases' traffic. A streamed
+                            // transaction still open commits past wal_end, so the server
+                            // sends it again whatever is confirmed here (see `streaming`).
                             send(journal, JournalCommand::Confirm(Lsn(wal_end))).await?;
                         }
                         if reply_requested {
@@ -352,7 +371,7 @@ fn reply_flush(durable: u64, received: u64) -> u64 {
     }
 }
 
-async fn handle(
+pub(super) async fn handle(
     message: Message,
     at: Lsn,
     state: &mut SessionState<'_>,
@@ -462,11 +481,8 @@ async fn handle(
             }
         }
         Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => None,
-        // Streaming (protocol v2) plugs in here: stage each block by xid (read with
-        // pgoutput::decode_stream_bytes between Stream Start and Stop), discard it on
-        // Stream Abort (a subxid: only that subtransaction's changes), and journal it
-        // in commit order on Stream Commit. Until then replication starts with
-        // proto_version '1', so these never arrive.
+        // `streaming::Streams::step` takes these; staged messages replayed from the
+        // store are data messages only.
         Message::StreamStart { .. }
         | Message::StreamStop
         | Message::StreamCommit { .. }

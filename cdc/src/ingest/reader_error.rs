@@ -30,6 +30,27 @@ pub(crate) enum ReaderError {
         /// Where.
         lsn: Lsn,
     },
+    /// Streamed-transaction messages out of the order protocol v2 sends them in.
+    #[error(
+        "the server's streamed-transaction messages are out of order at {lsn}: {what}; pgcdc stops \
+         rather than journal a transaction it may hold only part of (nothing of it is confirmed to \
+         the slot) — fix: restart pgcdc, and report this if it happens again (set \
+         source.streaming = false to go without streaming meanwhile)"
+    )]
+    StreamOrder {
+        /// Where.
+        lsn: Lsn,
+        /// What was wrong.
+        what: String,
+    },
+    /// The staged messages of a streamed transaction could not be read back.
+    #[error("reading the staged messages of streamed transaction {xid}: {source}")]
+    Staging {
+        /// The transaction.
+        xid: u32,
+        /// The store's error.
+        source: crate::journal::JournalError,
+    },
     /// A change did not fit the session's relations.
     #[error("inconsistent change at {lsn}: {source}")]
     Change {

@@ -9,6 +9,7 @@
 //!  journal thread ◀── Store::writer ── Box<dyn JournalWriter>: the single appender
 //!      append (one txn per batch: events, row state, resync progress,
 //!              confirmed LSN) ──▶ events ──▶ slot feedback
+//!      stage (after each batch: streamed transactions' messages, `staging`)
 //!  sink runners, audit writer,
 //!  resync driver, admin, cli ◀── Store::open ── Box<dyn StateStore>: one session
 //!      read_batch(cursor) ◀── events
@@ -41,6 +42,7 @@ pub(crate) mod postgres;
 mod resync;
 mod row_state;
 pub(crate) mod sqlite;
+mod staging;
 mod store;
 pub mod testing;
 
@@ -51,6 +53,7 @@ pub(crate) use postgres::lease::{LeaseRow, LeaseSession};
 pub use resync::ResyncProgress;
 pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
 pub use row_state::{fill_toast_of, OldTracking, Tracked};
+pub use staging::{StagedMessage, StagingOp};
 pub(crate) use store::Backend;
 pub use store::JournalWriter;
 pub use store::StateStore;

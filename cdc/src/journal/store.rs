@@ -19,7 +19,7 @@ use super::{
     Access, AppendOutcome, CursorInfo, CursorState, DlqEntry, DlqError, DlqRecord, DlqSelector,
     DlqState, DroppedCursor, JournalEntry, JournalError, JournalHead, MetaKey, OldTracking,
     OrphanedCursor, ResetError, ResetTarget, ResyncInfo, ResyncKind, ResyncProgress,
-    ResyncRequestError, StoredEvent,
+    ResyncRequestError, StagedMessage, StagingOp, StoredEvent,
 };
 
 /// An implementation of the store: opens sessions and the writer.
@@ -63,6 +63,10 @@ pub trait JournalWriter: Send {
         confirm: Option<Lsn>,
         progress: &[ResyncProgress],
     ) -> Result<AppendOutcome, JournalError>;
+
+    /// Applies `ops` to the staging of streamed transactions, in order, in one
+    /// transaction (see `journal::staging`). Durable when this returns.
+    fn stage(&mut self, ops: &[StagingOp]) -> Result<(), JournalError>;
 
     /// Removes up to `limit` entries that every sink's cursor has passed and that
     /// committed before `before_unix_us`. Returns how many. The newest entry always
@@ -115,6 +119,17 @@ pub trait StateStore: Send {
     fn read_after(&self, pos: i64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
         self.read_batch(pos, limit, usize::MAX)
     }
+
+    /// Up to `limit` staged messages of transaction `xid` after `after_seq`, in `seq`
+    /// order, stopping before the one that would take their bytes past `max_bytes`;
+    /// the first always comes (see `journal::staging`).
+    fn staged(
+        &self,
+        xid: u32,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StagedMessage>, JournalError>;
 
     /// The id of the event at `pos`, if the journal (still) holds it.
     fn event_id_at(&self, pos: i64) -> Result<Option<String>, JournalError>;

@@ -13,10 +13,9 @@
 //! stateless, so the caller says which it is reading: [`decode_bytes`] outside
 //! a stream, [`decode_stream_bytes`] inside one.
 //!
-//! Streaming is decoded only: the reader still starts replication with
-//! `proto_version '1'` (see `replication::conn`), so the server never sends
-//! these messages yet. Staging streamed chunks until their Stream Commit is
-//! what plugs in there.
+//! The reader asks for protocol v2 with streaming when `source.streaming` is
+//! set (see `replication::conn`); `ingest::streaming` stages the blocks until
+//! their Stream Commit.
 //!
 //! The decoder is pure: no I/O, no async, no global state, and it never
 //! panics on any input. Every length, count and string is bounds-checked;

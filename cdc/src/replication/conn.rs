@@ -281,17 +281,24 @@ impl ReplicationConnection {
 
     /// START_REPLICATION SLOT "slot" LOGICAL X/Y (proto_version '1', publication_names '"pub"',
     /// messages 'true'): logical messages carry the resync watermarks (PostgreSQL 14+).
-    /// Protocol 1 on purpose: `proto_version '2', streaming 'on'` (large transactions
-    /// sent before they commit) needs the reader to stage streamed blocks durably
-    /// first; the decoder already reads them (`pgoutput::decode_stream_bytes`).
+    /// With `streaming` (`source.streaming`, PostgreSQL 14+): `proto_version '2',
+    /// streaming 'on'`, so a transaction larger than `logical_decoding_work_mem` comes in
+    /// blocks before it commits (the reader stages them: `ingest::streaming`) instead of
+    /// being spilled to disk by the server.
     pub async fn start_replication(
         mut self,
         slot: &str,
         start_lsn: u64,
         publication: &str,
+        streaming: bool,
     ) -> Result<ReplicationStream, ReplicationError> {
+        let protocol = if streaming {
+            "proto_version '2', streaming 'on'"
+        } else {
+            "proto_version '1'"
+        };
         let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')",
+            "START_REPLICATION SLOT {} LOGICAL {} ({protocol}, publication_names {}, messages 'true')",
             quote_ident(slot)?,
             pgcdc_schema::Lsn(start_lsn),
             quote_literal(&quote_ident(publication)?)

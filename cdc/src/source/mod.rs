@@ -11,6 +11,7 @@ pub(crate) mod identity;
 pub(crate) mod publication;
 mod role;
 mod state_schema;
+mod streaming;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -136,6 +137,9 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
             let too_old = check.outcome.is_err();
             checks.push(check);
             if too_old {
+                if src.streaming {
+                    checks.push(streaming::too_old(failover::major_of(num)));
+                }
                 // Later checks would fail on catalog columns an old server lacks.
                 return checks;
             }
@@ -172,6 +176,10 @@ pub(crate) async fn preflight(config: &Config, client: &Client) -> Vec<Check> {
             sql_message(&e),
             "check the source connection",
         )),
+    }
+
+    if src.streaming {
+        checks.push(streaming::check(client, major).await);
     }
 
     let (role, superuser) = role::check_role(client).await;

@@ -44,6 +44,7 @@ pub(crate) mod lease;
 mod resync;
 mod schema;
 mod session;
+mod staging;
 mod writer;
 
 /// How long one statement (and the client's wait for it) may take. Bounds a hung

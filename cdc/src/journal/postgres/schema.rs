@@ -95,6 +95,18 @@ INSERT INTO meta VALUES ('store_id', md5(random()::text || clock_timestamp()::te
     "
 ALTER TABLE lease ADD COLUMN since timestamptz, ADD COLUMN holder_pid integer;
 ",
+    // 3: streamed transactions staged until they end (`journal::staging`).
+    "
+CREATE TABLE stream_staging (
+    xid bigint NOT NULL,
+    seq bigint NOT NULL,
+    subxid bigint NOT NULL,
+    lsn bigint NOT NULL,
+    body bytea NOT NULL,
+    PRIMARY KEY (xid, seq)
+);
+CREATE INDEX stream_staging_sub ON stream_staging(xid, subxid);
+",
 ];
 
 /// The schema version this binary writes.

@@ -169,6 +169,16 @@ impl StateStore for PgStore {
         read_head(&self.pg)
     }
 
+    fn staged(
+        &self,
+        xid: u32,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<crate::journal::StagedMessage>, JournalError> {
+        super::staging::page(&self.pg, xid, after_seq, limit, max_bytes)
+    }
+
     fn read_batch(
         &self,
         pos: i64,

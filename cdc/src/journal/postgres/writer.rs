@@ -214,6 +214,12 @@ impl JournalWriter for PgWriter {
         Ok(())
     }
 
+    fn stage(&mut self, ops: &[crate::journal::StagingOp]) -> Result<(), JournalError> {
+        // Not retried when cut at COMMIT (its puts would collide with themselves):
+        // pgcdc stops, and the next session clears the staging anyway.
+        self.pg.write(|pg| super::staging::apply(pg, ops))
+    }
+
     fn prune(&mut self, before_unix_us: i64, limit: usize) -> Result<usize, JournalError> {
         // A range of positions from the oldest: every cursor is past it, the newest
         // entry stays (positions continue from it).

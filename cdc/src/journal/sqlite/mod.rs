@@ -29,6 +29,7 @@ mod dlq;
 mod known_keys;
 mod resync;
 mod row_state;
+mod staging;
 mod writer;
 
 /// File name of the journal inside `state.dir`.
@@ -276,6 +277,8 @@ pub(crate) struct SqliteStore {
     path: PathBuf,
     /// The audit log's connection, opened on first use.
     audit: OnceCell<Connection>,
+    /// The staging's connection, opened on first use.
+    staging: OnceCell<(Connection, PathBuf)>,
 }
 
 type SqlErr<'a> = &'a dyn Fn(rusqlite::Error) -> JournalError;
@@ -288,6 +291,7 @@ impl SqliteStore {
             conn,
             path,
             audit: OnceCell::new(),
+            staging: OnceCell::new(),
         })
     }
 
@@ -325,6 +329,24 @@ impl SqliteStore {
 }
 
 impl StateStore for SqliteStore {
+    fn staged(
+        &self,
+        xid: u32,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<crate::journal::StagedMessage>, JournalError> {
+        let (conn, path) = match self.staging.get() {
+            Some(open) => open,
+            None => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                let open = staging::open(dir)?;
+                self.staging.get_or_init(|| open)
+            }
+        };
+        staging::page(conn, xid, after_seq, limit, max_bytes).map_err(|e| store_error(path, e))
+    }
+
     fn head(&self) -> Result<JournalHead, JournalError> {
         read_head(&self.conn).map_err(|e| self.sqlite(e))
     }

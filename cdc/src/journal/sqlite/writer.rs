@@ -31,6 +31,8 @@ pub(super) struct SqliteWriter {
     tracking: OldTracking,
     /// (device, inode) of the file at open: checked before each durable head is published.
     file: (u64, u64),
+    /// The staging of streamed transactions (its own file), opened on first use.
+    staging: Option<(Connection, PathBuf)>,
 }
 
 impl SqliteWriter {
@@ -58,6 +60,7 @@ impl SqliteWriter {
             head,
             tracking: OldTracking::new(),
             file,
+            staging: None,
         })
     }
 
@@ -118,6 +121,22 @@ impl JournalWriter for SqliteWriter {
             )),
             Err(e) => Err(replaced(format!("the file cannot be checked ({e})"))),
         }
+    }
+
+    fn stage(&mut self, ops: &[crate::journal::StagingOp]) -> Result<(), JournalError> {
+        let (conn, path) = match &mut self.staging {
+            Some(open) => open,
+            None => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                self.staging.insert(super::staging::open(dir)?)
+            }
+        };
+        let err = |source| store_error(path, source);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        super::staging::apply(&tx, ops).map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     fn prune(&mut self, before_unix_us: i64, limit: usize) -> Result<usize, JournalError> {
