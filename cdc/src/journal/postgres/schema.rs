@@ -95,6 +95,14 @@ INSERT INTO meta VALUES ('store_id', md5(random()::text || clock_timestamp()::te
     "
 ALTER TABLE lease ADD COLUMN since timestamptz, ADD COLUMN holder_pid integer;
 ",
+    // 3: record v2 (`journal::record`): the relation versions its records name. The
+    // v1 records (JSON) already in `events` stay and read as before.
+    "
+CREATE TABLE relations (
+    id bigint PRIMARY KEY,
+    body text NOT NULL
+);
+",
 ];
 
 /// The schema version this binary writes.
