@@ -3,11 +3,11 @@
 //! delivered.
 //!
 //! `tests/fixtures/journal_v1/` holds a small `journal.db` written by that
-//! release's binary, the stdout lines it delivered from it (`native.jsonl`)
-//! and each event as that release's store read it back, origin included
-//! (`journaled.jsonl`). `record_fixture` (ignored) made them: run it with
-//! `PGCDC_BIN` set to a binary built from before the change, and
-//! `PGCDC_RECORD_FIXTURE=1`.
+//! release's binary (commit 993132f), the stdout lines it delivered from it
+//! (`native.jsonl`) and each record as stored (`journaled.jsonl`: a v1 record
+//! is the JSON of `Journaled`, origin included, from which Debezium renders).
+//! `record_fixture` (ignored) made them: run it with `PGCDC_BIN` set to a
+//! binary built from before the change, and `PGCDC_RECORD_FIXTURE=1`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -95,8 +95,51 @@ fn new_records_follow_v1_records_in_one_journal() -> anyhow::Result<()> {
     let dir = copy_fixture()?;
     let store = Store::sqlite(dir.path());
     let before = read_all(&store)?;
+    follow_with_new_records(&store, &before)
+}
+
+/// A Postgres store as the previous release left it (schema version 2, no
+/// `relations`, v1 records) is migrated at the first start; its records read as
+/// they are and new ones follow them.
+#[tokio::test]
+async fn a_postgres_store_of_the_previous_release_is_migrated_and_read() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    let store = Store::postgres(pg.url().parse()?, "pgcdc");
+    drop(store.writer()?);
+    let client = pg.client().await?;
+    client
+        .batch_execute("DROP TABLE pgcdc.relations; UPDATE pgcdc.schema_version SET version = 2")
+        .await?;
+    let journaled = lines(&fixture_dir().join("journaled.jsonl"))?;
+    for (i, line) in journaled.iter().enumerate() {
+        let pos = i as i64 + 1;
+        client
+            .execute(
+                "INSERT INTO pgcdc.events(pos, commit_lsn, seq, tbl, payload) \
+                 VALUES ($1, $1, 0, 'public.v1', convert_to($2, 'UTF8'))",
+                &[&pos, line],
+            )
+            .await?;
+    }
+    let before = read_all(&store)?;
+    let version: i32 = pg
+        .query_scalar("SELECT version FROM pgcdc.schema_version")
+        .await?;
+    ensure!(version == 3, "schema at version {version}");
+    ensure!(before.len() == journaled.len(), "{} events", before.len());
+    for (e, want) in before.iter().zip(&journaled) {
+        let got = serde_json::to_string(&Journaled::of(&e.event))?;
+        ensure!(&got == want, "\n got: {got}\nwant: {want}");
+    }
+    follow_with_new_records(&store, &before)
+}
+
+/// Appends a copy of `before` (after it, in the new format) and checks that the
+/// journal reads back as `before` followed by the copies, each equal to what was
+/// appended.
+fn follow_with_new_records(store: &Store, before: &[StoredEvent]) -> anyhow::Result<()> {
     let last = before.last().context("fixture journal is empty")?;
-    let base = last.event.lsn.0 + 0x1000;
+    let base = last.event.lsn.0.max(last.pos as u64) + 0x1000;
     let entries: Vec<JournalEntry> = before
         .iter()
         .enumerate()
@@ -119,7 +162,7 @@ fn new_records_follow_v1_records_in_one_journal() -> anyhow::Result<()> {
     let outcome = writer.append(&refs, None, &[])?;
     ensure!(outcome.appended == entries.len(), "{outcome:?}");
     drop(writer);
-    let after = read_all(&store)?;
+    let after = read_all(store)?;
     ensure!(after.len() == 2 * before.len(), "{} events", after.len());
     for (old, again) in before.iter().zip(&after) {
         ensure!(old.event == again.event && old.table == again.table);
