@@ -206,3 +206,103 @@ fn v1_records_still_read_and_unknown_formats_are_refused() {
             .is_err());
     }
 }
+
+/// The rows of `scripts/bench-stream` (9 columns, REPLICA IDENTITY FULL): an
+/// insert and an update with the whole old row.
+fn bench_stream_events() -> [ChangeEvent; 2] {
+    let types = [
+        ("id", "int8"),
+        ("status", "text"),
+        ("fee", "numeric"),
+        ("issued", "date"),
+        ("decided_at", "timestamptz"),
+        ("meta", "jsonb"),
+        ("tags", "text[]"),
+        ("kind", "permit_kind"),
+        ("notes", "text"),
+    ]
+    .map(|(c, t)| (c.to_string(), t.to_string()))
+    .to_vec();
+    let row_of = |status: &str, fee: &str| {
+        row(json!({"id": 123456, "status": status, "fee": fee, "issued": "2026-05-04",
+            "decided_at": "2026-12-02T04:30:10.123456Z",
+            "meta": {"applicant": "user123456", "floors": 2}, "tags": ["a", "b123456"],
+            "kind": "building", "notes": "notes for permit 123456"}))
+    };
+    let insert = ChangeEvent {
+        id: EventId::from_position(Lsn(0x2_1534_44B0), 455),
+        op: Op::Insert,
+        schema: "public".into(),
+        table: "permits".into(),
+        key: row(json!({"id": 123456})),
+        old: None,
+        new: row_of("submitted", "456.25"),
+        trigger: None,
+        lsn: Lsn(0x2_1534_44B0),
+        xid: Some(1_234_567),
+        commit_time: Some("2026-12-02T04:30:10.154484Z".into()),
+        unchanged_toast: Vec::new(),
+        columns: None,
+        previous: None,
+        origin: Origin {
+            change_lsn: Some(Lsn(0x2_1533_0000)),
+            last_commit_lsn: Some(Lsn(0x2_1520_0000)),
+            column_types: types,
+            ..Origin::default()
+        },
+    };
+    let mut update = insert.clone();
+    update.op = Op::Update;
+    update.old = row_of("submitted", "456.25");
+    update.new = row_of("approved", "457.25");
+    update.origin.old_sent = Some(OldSent::Full);
+    [insert, update]
+}
+
+/// The README's native event sample (`permits`: id, status, fee).
+fn readme_event() -> ChangeEvent {
+    ChangeEvent {
+        id: EventId::from_position(Lsn(0x15344B0), 2),
+        op: Op::Update,
+        schema: "public".into(),
+        table: "permits".into(),
+        key: row(json!({"id": 42})),
+        old: None,
+        new: row(json!({"id": 42, "status": "approved", "fee": "125.50"})),
+        trigger: None,
+        lsn: Lsn(0x15344B0),
+        xid: Some(726),
+        commit_time: Some("2026-11-26T17:09:36.154484Z".into()),
+        unchanged_toast: Vec::new(),
+        columns: None,
+        previous: None,
+        origin: Origin {
+            change_lsn: Some(Lsn(0x1534000)),
+            last_commit_lsn: Some(Lsn(0x1520000)),
+            column_types: [("id", "int4"), ("status", "text"), ("fee", "numeric")]
+                .map(|(c, t)| (c.to_string(), t.to_string()))
+                .to_vec(),
+            ..Origin::default()
+        },
+    }
+}
+
+/// Bytes per record, v1 and v2 (docs/benchmarks.md quotes these: run with
+/// `--nocapture`). v2 takes well under half.
+#[test]
+fn record_sizes_of_the_documented_events() {
+    let [insert, update] = bench_stream_events();
+    for (name, event) in [
+        ("README sample", readme_event()),
+        ("bench-stream insert", insert),
+        ("bench-stream FULL update", update),
+    ] {
+        let mut enc = Encoder::new(Vec::new());
+        let _first = encode(&mut enc, &event);
+        let v2 = encode(&mut enc, &event);
+        let v1 = encode_v1(&event);
+        eprintln!("{name}: v1 {} bytes, v2 {} bytes", v1.len(), v2.len());
+        assert_eq!(decode(&enc, &v2), event);
+        assert!(2 * v2.len() < v1.len(), "{name}: v1 {} v2 {}", v1.len(), v2.len());
+    }
+}
