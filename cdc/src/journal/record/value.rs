@@ -245,7 +245,7 @@ mod tests {
         for bytes in [&[ARRAY, 0xff, 0xff, 0x7f][..], &[9], &[STRING, 5, b'a']] {
             assert!(Reader::new(bytes).value().is_err(), "{bytes:?}");
         }
-        let mut deep = vec![ARRAY, 1].repeat(MAX_DEPTH + 2);
+        let mut deep = [ARRAY, 1].repeat(MAX_DEPTH + 2);
         deep.push(NULL);
         assert!(Reader::new(&deep).value().is_err());
     }
