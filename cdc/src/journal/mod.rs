@@ -39,6 +39,7 @@ mod checkpoint;
 mod dlq;
 mod meta;
 pub(crate) mod postgres;
+mod record;
 mod resync;
 mod row_state;
 pub(crate) mod sqlite;
@@ -268,4 +269,37 @@ pub(crate) fn pruning_floor(cursors: &[CursorInfo], configured: &[String], head:
         })
         .min()
         .unwrap_or(head)
+}
+
+/// The live keys of one table, shared by every store's `known_keys`: from its
+/// events, newest first as (op, key), each key whose newest event is neither a
+/// delete nor a truncate (events without a key, truncates, do not count); and the
+/// keys remembered in its row state (`remembered`, stored JSON). Each key once,
+/// whatever the order of its members.
+pub(crate) fn live_keys(
+    newest_first: Vec<(pgcdc_schema::Op, Option<pgcdc_schema::event::Row>)>,
+    remembered: &[String],
+) -> Vec<pgcdc_schema::event::Row> {
+    use pgcdc_schema::Op;
+    use std::collections::{BTreeMap, HashSet};
+    let canonical = |key: &pgcdc_schema::event::Row| {
+        serde_json::to_string(&key.iter().collect::<BTreeMap<_, _>>()).unwrap_or_default()
+    };
+    let mut seen = HashSet::new();
+    let mut keys = Vec::new();
+    for (op, key) in newest_first {
+        let Some(key) = key else { continue };
+        if seen.insert(canonical(&key)) && !matches!(op, Op::Delete | Op::Truncate) {
+            keys.push(key);
+        }
+    }
+    keys.extend(
+        remembered
+            .iter()
+            .filter_map(|t| serde_json::from_str::<pgcdc_schema::event::Row>(t).ok()),
+    );
+    // Events and row state may spell one key with its members in another order.
+    keys.sort_by_key(|k| canonical(k));
+    keys.dedup_by(|a, b| canonical(a) == canonical(b));
+    keys
 }

@@ -106,8 +106,8 @@ pub trait StateStore: Send {
     fn head(&self) -> Result<JournalHead, JournalError>;
 
     /// Up to `limit` events after `pos`, in journal order, stopping before the one
-    /// that would take their stored JSON past `max_bytes`; the first event always
-    /// comes, however large, so one huge row passes alone.
+    /// that would take their stored records past `max_bytes`; the first event
+    /// always comes, however large, so one huge row passes alone.
     fn read_batch(
         &self,
         pos: i64,

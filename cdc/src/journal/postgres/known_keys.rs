@@ -2,33 +2,38 @@
 
 use pgcdc_schema::event::Row;
 
-use super::Pg;
-use crate::journal::JournalError;
+use super::session::{relation_body, PgStore};
+use crate::journal::{live_keys, JournalError};
 
 /// Every key of `table` whose latest journaled event is not a delete or truncate, and
-/// every key in its row state, each once (jsonb compares keys whatever the order of
-/// their members).
-pub(super) fn known_keys(pg: &Pg, table: &str) -> Result<Vec<Row>, JournalError> {
-    let rows = pg.query(
-        "SELECT k::text FROM ( \
-           SELECT DISTINCT ON (e.k) e.k, e.op FROM ( \
-             SELECT convert_from(payload, 'UTF8')::jsonb -> 'key' AS k, \
-                    convert_from(payload, 'UTF8')::jsonb ->> 'op' AS op, pos \
-             FROM events WHERE tbl = $1) e \
-           WHERE jsonb_typeof(e.k) = 'object' \
-           ORDER BY e.k, e.pos DESC) latest \
-         WHERE op IS NULL OR op NOT IN ('delete', 'truncate') \
-         UNION SELECT row_key::jsonb::text FROM row_state WHERE tbl = $1",
-        &[&table],
-    )?;
-    let mut keys = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let text: String = pg.get(r, 0)?;
-        if let Ok(key) = serde_json::from_str::<Row>(&text) {
-            keys.push(key);
+/// every key in its row state, each once. Records are decoded here (v2 records are
+/// not JSON the database could look into); this runs only after a lost slot.
+pub(super) fn known_keys(store: &PgStore, table: &str) -> Result<Vec<Row>, JournalError> {
+    let pg = &store.pg;
+    let mut decoder = store.decoder.borrow_mut();
+    let mut newest_first = Vec::new();
+    // In pages, so that no more than one page of records is held at once.
+    let mut before = i64::MAX;
+    loop {
+        let rows = pg.query(
+            "SELECT pos, payload FROM events WHERE tbl = $1 AND pos < $2 ORDER BY pos DESC LIMIT 1000",
+            &[&table, &before],
+        )?;
+        let Some(last) = rows.last() else { break };
+        before = pg.get(last, 0)?;
+        for row in &rows {
+            let pos: i64 = pg.get(row, 0)?;
+            let payload: &[u8] = pg.get(row, 1)?;
+            let event = decoder
+                .decode(payload, |id| relation_body(pg, id))
+                .map_err(|e| e.at(pos))?;
+            newest_first.push((event.op, event.key));
         }
     }
-    keys.sort_by_key(|k| serde_json::to_string(k).unwrap_or_default());
-    keys.dedup();
-    Ok(keys)
+    let remembered = pg
+        .query("SELECT row_key FROM row_state WHERE tbl = $1", &[&table])?
+        .iter()
+        .map(|r| pg.get::<String>(r, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(live_keys(newest_first, &remembered))
 }

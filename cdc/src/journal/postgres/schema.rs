@@ -107,6 +107,14 @@ CREATE TABLE stream_staging (
 );
 CREATE INDEX stream_staging_sub ON stream_staging(xid, subxid);
 ",
+    // 4: record v2 (`journal::record`): the relation versions its records name. The
+    // v1 records (JSON) already in `events` stay and read as before.
+    "
+CREATE TABLE relations (
+    id bigint PRIMARY KEY,
+    body text NOT NULL
+);
+",
 ];
 
 /// The schema version this binary writes.

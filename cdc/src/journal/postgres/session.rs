@@ -8,6 +8,7 @@ use pgcdc_sinks::Attempt;
 
 use super::{dlq, resync, Pg, NOW_TEXT};
 use crate::journal::meta::TABLE_OID_PREFIX;
+use crate::journal::record::{Decoder, Relation};
 use crate::journal::{
     CursorInfo, CursorState, DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState, DroppedCursor,
     JournalError, JournalHead, MetaKey, OrphanedCursor, ResetError, ResetTarget, ResyncInfo,
@@ -16,12 +17,42 @@ use crate::journal::{
 
 pub(super) struct PgStore {
     pub(super) pg: Pg,
+    /// The relation versions read so far.
+    pub(super) decoder: std::cell::RefCell<Decoder>,
 }
 
 impl PgStore {
     pub(super) fn new(pg: Pg) -> PgStore {
-        PgStore { pg }
+        PgStore {
+            pg,
+            decoder: std::cell::RefCell::new(Decoder::default()),
+        }
     }
+}
+
+/// The stored body of relation version `id` (see `journal::record`).
+pub(super) fn relation_body(pg: &Pg, id: i64) -> Result<Option<String>, JournalError> {
+    match pg.query_opt("SELECT body FROM relations WHERE id = $1", &[&id])? {
+        Some(row) => Ok(Some(pg.get(&row, 0)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every stored relation version, for the writer's encoder.
+pub(super) fn relations(pg: &Pg) -> Result<Vec<(i64, Relation)>, JournalError> {
+    let rows = pg.query("SELECT id, body FROM relations ORDER BY id", &[])?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = pg.get(row, 0)?;
+        let body: String = pg.get(row, 1)?;
+        let rel = Relation::from_stored(&body).map_err(|e| {
+            pg.corrupt(format!(
+                "relation version {id} cannot be read ({e}); the state is damaged"
+            ))
+        })?;
+        out.push((id, rel));
+    }
+    Ok(out)
 }
 
 pub(super) fn meta_get(pg: &Pg, key: &MetaKey) -> Result<Option<String>, JournalError> {
@@ -73,13 +104,6 @@ pub(super) fn read_head(pg: &Pg) -> Result<JournalHead, JournalError> {
 pub(super) fn used_bytes(pg: &Pg) -> Result<u64, JournalError> {
     let row = pg.query_one("SELECT journal_bytes FROM stats WHERE id = 1", &[])?;
     Ok(pg.get::<i64>(&row, 0)?.max(0) as u64)
-}
-
-fn corrupt(pos: i64, e: std::str::Utf8Error) -> JournalError {
-    JournalError::Corrupt {
-        pos,
-        source: serde::de::Error::custom(format!("payload is not UTF-8: {e}")),
-    }
 }
 
 impl PgStore {
@@ -192,6 +216,7 @@ impl StateStore for PgStore {
         )?;
         let mut out = Vec::with_capacity(rows.len());
         let mut bytes = 0usize;
+        let mut decoder = self.decoder.borrow_mut();
         for row in &rows {
             let pos: i64 = pg.get(row, 0)?;
             let payload: &[u8] = pg.get(row, 1)?;
@@ -199,9 +224,9 @@ impl StateStore for PgStore {
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
-            let text = std::str::from_utf8(payload).map_err(|e| corrupt(pos, e))?;
-            let event = pgcdc_schema::event::from_stored_json(text)
-                .map_err(|source| JournalError::Corrupt { pos, source })?;
+            let event = decoder
+                .decode(payload, |id| relation_body(pg, id))
+                .map_err(|e| e.at(pos))?;
             out.push(StoredEvent {
                 pos,
                 seq: pg.get::<i32>(row, 4)? as u32,
@@ -214,14 +239,11 @@ impl StateStore for PgStore {
     }
 
     fn event_id_at(&self, pos: i64) -> Result<Option<String>, JournalError> {
-        let row = self.pg.query_opt(
-            "SELECT convert_from(payload, 'UTF8')::json->>'id' FROM events WHERE pos = $1",
-            &[&pos],
-        )?;
-        match row {
-            Some(row) => Ok(self.pg.get(&row, 0)?),
-            None => Ok(None),
-        }
+        Ok(self
+            .read_batch(pos - 1, 1, usize::MAX)?
+            .into_iter()
+            .find(|e| e.pos == pos)
+            .map(|e| e.event.id.as_str().to_string()))
     }
 
     fn used_bytes(&self) -> Result<u64, JournalError> {
@@ -256,7 +278,7 @@ impl StateStore for PgStore {
     }
 
     fn known_keys(&self, table: &str) -> Result<Vec<pgcdc_schema::event::Row>, JournalError> {
-        super::known_keys::known_keys(&self.pg, table)
+        super::known_keys::known_keys(self, table)
     }
 
     fn cursor(&mut self, sink: &str) -> Result<i64, JournalError> {

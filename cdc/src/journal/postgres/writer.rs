@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use pgcdc_schema::Lsn;
 
-use super::session::{meta_get, meta_set, read_head, table_oids, used_bytes};
+use super::session::{meta_get, meta_set, read_head, relations, table_oids, used_bytes};
 use super::{message, resync, Pg};
+use crate::journal::record::Encoder;
 use crate::journal::row_state::{self, Lookup, Remember};
 use crate::journal::{
     AppendOutcome, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey, OldTracking,
@@ -45,6 +46,8 @@ pub(super) struct PgWriter {
     pending_confirm: Option<Lsn>,
     confirm_written: Instant,
     intact_checked: std::cell::Cell<Option<Instant>>,
+    /// Makes the records (knows the relation versions stored).
+    encoder: Encoder,
 }
 
 /// What is durable: the last position, the head, the byte count.
@@ -65,6 +68,7 @@ impl PgWriter {
     pub(super) fn open(pg: Pg) -> Result<PgWriter, JournalError> {
         let (last, head, bytes) = durable(&pg)?;
         let store_id = store_id(&pg)?;
+        let encoder = Encoder::new(relations(&pg)?);
         Ok(PgWriter {
             pg,
             last,
@@ -75,6 +79,7 @@ impl PgWriter {
             pending_confirm: None,
             confirm_written: Instant::now() - CONFIRM_ALONE_EVERY,
             intact_checked: std::cell::Cell::new(None),
+            encoder,
         })
     }
 }
@@ -258,7 +263,9 @@ impl JournalWriter for PgWriter {
         confirm: Option<Lsn>,
         progress: &[ResyncProgress],
     ) -> Result<AppendOutcome, JournalError> {
-        match self.try_append(entries, confirm, progress) {
+        let first = self.try_append(entries, confirm, progress);
+        self.encoder.settle(first.is_ok());
+        match first {
             Err(e) if self.pg.is_closed() => {
                 tracing::warn!(error = %e, "state database connection lost during a journal batch; writing it again");
                 self.pg.reconnect_if_closed()?;
@@ -267,6 +274,8 @@ impl JournalWriter for PgWriter {
                 let new_before = newest.filter(|n| self.last.is_none_or(|l| *n > l));
                 let (last, head, bytes) = durable(&self.pg)?;
                 (self.last, self.head, self.bytes) = (last, head, bytes);
+                // Whether its relation versions landed is unknown as well.
+                self.encoder = Encoder::new(relations(&self.pg)?);
                 if new_before.is_some() && newest.is_some_and(|n| last.is_some_and(|l| l >= n)) {
                     // It landed: its resync progress too (never counted twice).
                     return Ok(AppendOutcome {
@@ -274,7 +283,9 @@ impl JournalWriter for PgWriter {
                         skipped: entries.len(),
                     });
                 }
-                self.try_append(entries, confirm, progress)
+                let again = self.try_append(entries, confirm, progress);
+                self.encoder.settle(again.is_ok());
+                again
             }
             other => other,
         }
@@ -313,6 +324,7 @@ impl PgWriter {
             }
         }
         let tracking = &self.tracking;
+        let encoder = &mut self.encoder;
         let mut last = self.last;
         let mut pos = self.head.pos;
         let mut added_bytes = 0i64;
@@ -324,17 +336,14 @@ impl PgWriter {
                     outcome.skipped += 1;
                     continue;
                 }
-                let payload = if tracking.contains_key(&entry.table) {
+                let mut payload = Vec::new();
+                if tracking.contains_key(&entry.table) {
                     let mut event = entry.event.clone();
                     apply_row_state(pg, tracking, &entry.table, &mut event)?;
-                    serde_json::to_vec(&pgcdc_schema::event::Journaled::of(&event))
+                    encoder.encode(&event, &mut payload);
                 } else {
-                    serde_json::to_vec(&pgcdc_schema::event::Journaled::of(&entry.event))
+                    encoder.encode(&entry.event, &mut payload);
                 }
-                .map_err(|source| JournalError::Corrupt {
-                    pos: pos + 1,
-                    source,
-                })?;
                 pos += 1;
                 added_bytes += payload.len() as i64 + ROW_OVERHEAD;
                 cols.pos.push(pos);
@@ -346,6 +355,14 @@ impl PgWriter {
                 cols.target.push(target);
                 last = Some(position);
                 outcome.appended += 1;
+            }
+            let fresh: (Vec<i64>, Vec<String>) =
+                encoder.fresh().map(|(id, rel)| (id, rel.to_stored())).unzip();
+            if !fresh.0.is_empty() {
+                pg.execute(
+                    "INSERT INTO relations(id, body) SELECT * FROM unnest($1::int8[], $2::text[])",
+                    &[&fresh.0, &fresh.1],
+                )?;
             }
             if !cols.pos.is_empty() {
                 pg.execute(

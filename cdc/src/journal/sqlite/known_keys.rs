@@ -1,28 +1,39 @@
 //! The keys the SQLite store knows of a table (see `StateStore::known_keys`).
 
 use pgcdc_schema::event::Row;
-use rusqlite::{params, Connection};
+use rusqlite::params;
+
+use super::{record_bytes, relation_body, SqliteStore};
+use crate::journal::{live_keys, JournalError};
 
 /// Every key of `table` whose latest journaled event is not a delete or truncate, and
-/// every key in its row state, each once.
-pub(super) fn known_keys(conn: &Connection, table: &str) -> rusqlite::Result<Vec<Row>> {
-    let mut stmt = conn.prepare(
-        "SELECT k FROM ( \
-           SELECT json_extract(payload, '$.key') AS k, json_extract(payload, '$.op') AS op, \
-                  ROW_NUMBER() OVER (PARTITION BY json_extract(payload, '$.key') ORDER BY pos DESC) AS rn \
-           FROM events WHERE tbl = ?1) \
-         WHERE rn = 1 AND op NOT IN ('delete', 'truncate') AND k IS NOT NULL \
-         UNION SELECT row_key FROM row_state WHERE tbl = ?1",
-    )?;
-    let texts = stmt
-        .query_map(params![table], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut keys: Vec<Row> = texts
-        .iter()
-        .filter_map(|t| serde_json::from_str::<Row>(t).ok())
-        .collect();
-    // Events and row state may spell one key with its members in another order.
-    keys.sort_by_key(|k| serde_json::to_string(k).unwrap_or_default());
-    keys.dedup();
-    Ok(keys)
+/// every key in its row state, each once. Records are decoded here (v2 records are
+/// not JSON the database could look into); this runs only after a lost slot.
+pub(super) fn known_keys(store: &SqliteStore, table: &str) -> Result<Vec<Row>, JournalError> {
+    let err = |e| store.sqlite(e);
+    let mut stmt = store
+        .conn
+        .prepare("SELECT pos, payload FROM events WHERE tbl = ?1 ORDER BY pos DESC")
+        .map_err(err)?;
+    let mut rows = stmt.query(params![table]).map_err(err)?;
+    let mut decoder = store.decoder.borrow_mut();
+    let mut newest_first = Vec::new();
+    while let Some(row) = rows.next().map_err(err)? {
+        let pos: i64 = row.get(0).map_err(err)?;
+        let payload = record_bytes(row.get_ref(1).map_err(err)?).map_err(err)?;
+        let event = decoder
+            .decode(payload, |id| relation_body(&store.conn, id).map_err(err))
+            .map_err(|e| e.at(pos))?;
+        newest_first.push((event.op, event.key));
+    }
+    let mut stmt = store
+        .conn
+        .prepare("SELECT row_key FROM row_state WHERE tbl = ?1")
+        .map_err(err)?;
+    let remembered = stmt
+        .query_map(params![table], |r| r.get::<_, String>(0))
+        .map_err(err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    Ok(live_keys(newest_first, &remembered))
 }

@@ -7,7 +7,7 @@
 //! Files: `mod.rs` (opening, schema, events, meta, the `StateStore` impl),
 //! `writer.rs` (the single appender), then one file per kind of state.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use pgcdc_sinks::Attempt;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::meta::TABLE_OID_PREFIX;
+use super::record::{Decoder, Relation};
 use super::{
     Access, Backend, CursorInfo, CursorState, DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState,
     DroppedCursor, JournalError, JournalHead, JournalWriter, MetaKey, OrphanedCursor, ResetError,
@@ -31,6 +32,12 @@ mod resync;
 mod row_state;
 mod staging;
 mod writer;
+
+// `events.payload` is declared TEXT, as the first releases made it: v1 records
+// (JSON) are stored as text, v2 records (`journal::record`) as blobs, which
+// SQLite keeps as they are whatever the column's declared type. So a journal of
+// an earlier release needs no rewrite: its records read as they are, and new
+// ones follow them. `relations` holds the relation versions v2 records name.
 
 /// File name of the journal inside `state.dir`.
 pub(crate) const JOURNAL_FILE: &str = "journal.db";
@@ -70,6 +77,10 @@ CREATE TABLE IF NOT EXISTS dlq (
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS dlq_sink_row ON dlq(sink, row_key, id);
+CREATE TABLE IF NOT EXISTS relations (
+    id INTEGER PRIMARY KEY,
+    body TEXT NOT NULL
+);
 ";
 
 /// The SQLite store in a state directory.
@@ -248,6 +259,48 @@ fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     .map(|n| n.max(0) as u64)
 }
 
+/// The stored body of relation version `id` (see `journal::record`).
+fn relation_body(conn: &Connection, id: i64) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT body FROM relations WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
+/// Every stored relation version, for the writer's encoder.
+fn relations(conn: &Connection, path: &Path) -> Result<Vec<(i64, Relation)>, JournalError> {
+    let err = |source| store_error(path, source);
+    let mut stmt = conn
+        .prepare("SELECT id, body FROM relations ORDER BY id")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, body) = row.map_err(err)?;
+        let rel = Relation::from_stored(&body).map_err(|e| JournalError::Store {
+            at: path.display().to_string(),
+            source: format!("relation version {id} cannot be read ({e}); the journal is damaged")
+                .into(),
+        })?;
+        out.push((id, rel));
+    }
+    Ok(out)
+}
+
+/// A record's bytes as SQLite holds them: text (v1) or a blob (v2).
+fn record_bytes<'a>(v: rusqlite::types::ValueRef<'a>) -> rusqlite::Result<&'a [u8]> {
+    match v {
+        rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => Ok(b),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            1,
+            "payload".into(),
+            other.data_type(),
+        )),
+    }
+}
+
 fn read_head(conn: &Connection) -> rusqlite::Result<JournalHead> {
     let pos: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| r.get(0))?;
     let confirmed = meta_get(conn, &MetaKey::ConfirmedLsn)?
@@ -279,6 +332,8 @@ pub(crate) struct SqliteStore {
     audit: OnceCell<Connection>,
     /// The staging's connection, opened on first use.
     staging: OnceCell<(Connection, PathBuf)>,
+    /// The relation versions read so far.
+    decoder: RefCell<Decoder>,
 }
 
 type SqlErr<'a> = &'a dyn Fn(rusqlite::Error) -> JournalError;
@@ -292,6 +347,7 @@ impl SqliteStore {
             path,
             audit: OnceCell::new(),
             staging: OnceCell::new(),
+            decoder: RefCell::new(Decoder::default()),
         })
     }
 
@@ -368,19 +424,21 @@ impl StateStore for SqliteStore {
             .map_err(|e| self.sqlite(e))?;
         let mut out = Vec::with_capacity(limit.min(4096));
         let mut bytes = 0usize;
+        let mut decoder = self.decoder.borrow_mut();
         while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
             let pos: i64 = row.get(0).map_err(|e| self.sqlite(e))?;
-            // Parsed from SQLite's own buffer: no copy of the payload text.
+            // Decoded from SQLite's own buffer: no copy of the record.
             let payload = row.get_ref(1).map_err(|e| self.sqlite(e))?;
-            let payload = payload
-                .as_str()
-                .map_err(|e| self.sqlite(rusqlite::Error::from(e)))?;
+            let payload = record_bytes(payload).map_err(|e| self.sqlite(e))?;
             bytes = bytes.saturating_add(payload.len());
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
-            let event = pgcdc_schema::event::from_stored_json(payload)
-                .map_err(|source| JournalError::Corrupt { pos, source })?;
+            let event = decoder
+                .decode(payload, |id| {
+                    relation_body(&self.conn, id).map_err(|e| self.sqlite(e))
+                })
+                .map_err(|e| e.at(pos))?;
             let target: Option<String> = row.get(2).map_err(|e| self.sqlite(e))?;
             let table: String = row.get(3).map_err(|e| self.sqlite(e))?;
             let seq: u32 = row.get(4).map_err(|e| self.sqlite(e))?;
@@ -396,23 +454,11 @@ impl StateStore for SqliteStore {
     }
 
     fn event_id_at(&self, pos: i64) -> Result<Option<String>, JournalError> {
-        let payload: Option<String> = self
-            .conn
-            .query_row("SELECT payload FROM events WHERE pos = ?1", [pos], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| self.sqlite(e))?;
-        let Some(payload) = payload else {
-            return Ok(None);
-        };
-        #[derive(serde::Deserialize)]
-        struct Id {
-            id: String,
-        }
-        let id: Id = serde_json::from_str(&payload)
-            .map_err(|source| JournalError::Corrupt { pos, source })?;
-        Ok(Some(id.id))
+        Ok(self
+            .read_batch(pos - 1, 1, usize::MAX)?
+            .into_iter()
+            .find(|e| e.pos == pos)
+            .map(|e| e.event.id.as_str().to_string()))
     }
 
     fn used_bytes(&self) -> Result<u64, JournalError> {
@@ -444,7 +490,7 @@ impl StateStore for SqliteStore {
     }
 
     fn known_keys(&self, table: &str) -> Result<Vec<pgcdc_schema::event::Row>, JournalError> {
-        known_keys::known_keys(&self.conn, table).map_err(|e| self.sqlite(e))
+        known_keys::known_keys(self, table)
     }
 
     fn cursor(&mut self, sink: &str) -> Result<i64, JournalError> {

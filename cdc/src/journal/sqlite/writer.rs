@@ -6,9 +6,10 @@ use pgcdc_schema::Lsn;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    meta_get, meta_set, open_conn, read_head, resync, row_state, store_error, Durability,
-    JOURNAL_FILE,
+    meta_get, meta_set, open_conn, read_head, relations, resync, row_state, store_error,
+    Durability, JOURNAL_FILE,
 };
+use crate::journal::record::Encoder;
 use crate::journal::{
     Access, AppendOutcome, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey,
     OldTracking, ResyncProgress,
@@ -33,6 +34,10 @@ pub(super) struct SqliteWriter {
     file: (u64, u64),
     /// The staging of streamed transactions (its own file), opened on first use.
     staging: Option<(Connection, PathBuf)>,
+    /// Makes the records (knows the relation versions stored).
+    encoder: Encoder,
+    /// One record's bytes, reused.
+    record: Vec<u8>,
 }
 
 impl SqliteWriter {
@@ -49,6 +54,7 @@ impl SqliteWriter {
             .optional()
             .map_err(err)?;
         let head = read_head(&conn).map_err(err)?;
+        let encoder = Encoder::new(relations(&conn, &path)?);
         let file = file_identity(&path).map_err(|e| JournalError::StateDir {
             path: dir.to_path_buf(),
             message: format!("cannot stat {JOURNAL_FILE} after opening it ({e})"),
@@ -61,6 +67,8 @@ impl SqliteWriter {
             tracking: OldTracking::new(),
             file,
             staging: None,
+            encoder,
+            record: Vec::new(),
         })
     }
 
@@ -157,6 +165,20 @@ impl JournalWriter for SqliteWriter {
         confirm: Option<Lsn>,
         progress: &[ResyncProgress],
     ) -> Result<AppendOutcome, JournalError> {
+        let result = self.append_tx(entries, confirm, progress);
+        // The batch's new relation versions are stored only if it committed.
+        self.encoder.settle(result.is_ok());
+        result
+    }
+}
+
+impl SqliteWriter {
+    fn append_tx(
+        &mut self,
+        entries: &[(&JournalEntry, Option<&str>)],
+        confirm: Option<Lsn>,
+        progress: &[ResyncProgress],
+    ) -> Result<AppendOutcome, JournalError> {
         let mut outcome = AppendOutcome::default();
         let path = self.path.clone();
         let err = move |source| store_error(&path, source);
@@ -192,11 +214,8 @@ impl JournalWriter for SqliteWriter {
                 } else {
                     &entry.event
                 };
-                let payload = serde_json::to_string(&pgcdc_schema::event::Journaled::of(event))
-                    .map_err(|source| JournalError::Corrupt {
-                        pos: pos + 1,
-                        source,
-                    })?;
+                self.record.clear();
+                self.encoder.encode(event, &mut self.record);
                 pos += 1;
                 insert
                     .execute(params![
@@ -205,13 +224,20 @@ impl JournalWriter for SqliteWriter {
                         position.1,
                         entry.commit_time_unix_us,
                         entry.table,
-                        payload,
+                        self.record.as_slice(),
                         target
                     ])
                     .map_err(&err)?;
                 last = Some(position);
                 outcome.appended += 1;
             }
+        }
+        for (id, rel) in self.encoder.fresh() {
+            tx.execute(
+                "INSERT INTO relations(id, body) VALUES (?1, ?2)",
+                params![id, rel.to_stored()],
+            )
+            .map_err(&err)?;
         }
         for p in progress {
             resync::apply_progress(&tx, p).map_err(&err)?;
