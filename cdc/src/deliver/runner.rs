@@ -15,6 +15,8 @@
 
 mod prefetch;
 mod resume;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
