@@ -40,7 +40,10 @@ pub(crate) async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyh
     let store = Store::from_config(&config.state);
     let triggers = plan::triggers(&config);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
+    let (audit, audit_rx) = AuditLog::split(
+        audit_writer::QUEUE_CAPACITY,
+        audit_writer::BATCH_QUEUE_CAPACITY,
+    );
     let mut sinks = Vec::new();
     for sink in &config.sink {
         let plan = plan::SinkPlan::new(sink, &triggers);

@@ -351,7 +351,10 @@ impl Engine {
 
         // Background tasks and what their failures do: see `supervise`.
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (audit, audit_rx) = AuditLog::channel(audit_writer::QUEUE_CAPACITY);
+        let (audit, audit_rx) = AuditLog::split(
+            audit_writer::QUEUE_CAPACITY,
+            audit_writer::BATCH_QUEUE_CAPACITY,
+        );
         let audit_task = tokio::spawn(audit_writer::run(
             store.clone(),
             audit_rx,

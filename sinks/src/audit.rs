@@ -1,5 +1,8 @@
 //! The delivery audit: every attempt a sink makes is sent, through a bounded
-//! queue, to the engine, which stores it in the state dir.
+//! queue, to the engine, which stores it in the state dir. A sink that settles a
+//! whole batch at once (Kafka) sends one [`BatchAttempt`] for what it delivered.
+
+mod batch;
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,6 +10,8 @@ use std::str::FromStr;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
+
+pub use batch::{BatchAttempt, CorruptIds, DeliveryIds};
 
 /// When an attempt started: UTC to the microsecond, written as RFC 3339 with six
 /// fraction digits and `Z` (`2026-11-26T10:00:00.123456Z`), so stored times sort
@@ -101,14 +106,49 @@ pub struct Attempt {
 /// Where sinks record attempts. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: Option<mpsc::Sender<Attempt>>,
+    tx: Option<Tx>,
+}
+
+#[derive(Debug, Clone)]
+enum Tx {
+    /// One queue of attempts: a batch is sent as its attempts, one per id.
+    Attempts(mpsc::Sender<Attempt>),
+    /// The engine's queues: batches go whole, through a short queue of their own
+    /// (each holds up to a sink batch of ids).
+    Split(mpsc::Sender<Attempt>, mpsc::Sender<BatchAttempt>),
+}
+
+/// The receiving ends of [`AuditLog::split`].
+#[derive(Debug)]
+pub struct AuditQueues {
+    /// Single attempts.
+    pub attempts: mpsc::Receiver<Attempt>,
+    /// Whole batches.
+    pub batches: mpsc::Receiver<BatchAttempt>,
 }
 
 impl AuditLog {
     /// A log and the receiving end the engine drains.
     pub fn channel(capacity: usize) -> (AuditLog, mpsc::Receiver<Attempt>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (AuditLog { tx: Some(tx) }, rx)
+        (
+            AuditLog {
+                tx: Some(Tx::Attempts(tx)),
+            },
+            rx,
+        )
+    }
+
+    /// A log whose batches arrive whole: `capacity` attempts, `batches` batches.
+    pub fn split(capacity: usize, batches: usize) -> (AuditLog, AuditQueues) {
+        let (tx, attempts) = mpsc::channel(capacity);
+        let (btx, batches) = mpsc::channel(batches.max(1));
+        (
+            AuditLog {
+                tx: Some(Tx::Split(tx, btx)),
+            },
+            AuditQueues { attempts, batches },
+        )
     }
 
     /// A log that records nothing (tests, sinks without audit).
@@ -119,10 +159,34 @@ impl AuditLog {
     /// Records an attempt; waits when the queue is full (nothing is dropped while the
     /// engine runs).
     pub async fn record(&self, attempt: Attempt) {
-        if let Some(tx) = &self.tx {
-            if tx.send(attempt).await.is_err() {
-                tracing::debug!("audit log closed; attempt not recorded (shutting down)");
+        let sent = match &self.tx {
+            None => return,
+            Some(Tx::Attempts(tx) | Tx::Split(tx, _)) => tx.send(attempt).await.is_ok(),
+        };
+        if !sent {
+            tracing::debug!("audit log closed; attempt not recorded (shutting down)");
+        }
+    }
+
+    /// Records a batch settled as a whole; waits when the queue is full.
+    pub async fn record_batch(&self, batch: BatchAttempt) {
+        if batch.ids.is_empty() {
+            return;
+        }
+        let sent = match &self.tx {
+            None => return,
+            Some(Tx::Split(_, tx)) => tx.send(batch).await.is_ok(),
+            Some(Tx::Attempts(tx)) => {
+                let ids = DeliveryIds::decode(batch.ids.as_bytes()).unwrap_or_default();
+                let mut sent = true;
+                for id in ids {
+                    sent &= tx.send(batch.attempt_of(id)).await.is_ok();
+                }
+                sent
             }
+        };
+        if !sent {
+            tracing::debug!("audit log closed; batch not recorded (shutting down)");
         }
     }
 }

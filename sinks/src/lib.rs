@@ -21,7 +21,10 @@ use std::sync::Arc;
 use pgcdc_schema::ChangeEvent;
 use serde::{Deserialize, Serialize};
 
-pub use audit::{Attempt, AttemptOutcome, AttemptTime, AuditLog, ParseAttemptTimeError};
+pub use audit::{
+    Attempt, AttemptOutcome, AttemptTime, AuditLog, AuditQueues, BatchAttempt, CorruptIds,
+    DeliveryIds, ParseAttemptTimeError,
+};
 
 /// A configuration mistake in a sink's own keys, naming the key path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +99,28 @@ pub trait Sink: Send + 'static {
         &mut self,
         items: &[Outgoing],
     ) -> impl Future<Output = Result<Vec<ItemResult>, SinkError>> + Send;
+
+    /// Two-phase delivery, first half: hands a batch over (render, enqueue)
+    /// without waiting for its outcome, so the runner can book the previous batch
+    /// (cursor, DLQ, metrics) while the destination works; `settle` then waits for
+    /// it. `false`: this sink does not split delivery, and `settle` does it all.
+    /// The runner calls `settle` with the same items before anything else.
+    fn submit(
+        &mut self,
+        items: &[Outgoing],
+    ) -> impl Future<Output = Result<bool, SinkError>> + Send {
+        let _ = items;
+        async { Ok(false) }
+    }
+
+    /// Two-phase delivery, second half: the results of the batch `submit` handed
+    /// over (or, when it did not, of delivering `items` now), as `deliver` returns them.
+    fn settle(
+        &mut self,
+        items: &[Outgoing],
+    ) -> impl Future<Output = Result<Vec<ItemResult>, SinkError>> + Send {
+        self.deliver(items)
+    }
 
     /// How many journal events the runner reads per batch for this sink.
     fn batch_size(&self) -> usize {

@@ -46,6 +46,7 @@ both!(
     entries_keep_the_captured_tables_name_beside_the_events_name,
     read_batch_stops_at_its_byte_budget_but_returns_one_event,
     the_audit_log_does_not_count_against_the_journal,
+    a_batch_audit_row_answers_for_each_of_its_events,
     a_missing_store_says_what_to_do,
     dlq_items_replay_in_row_order,
     resyncs_queue_once_per_table,
@@ -427,6 +428,101 @@ fn the_audit_log_does_not_count_against_the_journal(store: &Store) -> anyhow::Re
     assert_eq!((w.used_bytes()?, r.used_bytes()?), before);
     Ok(())
 }
+/// A batch a sink settled as a whole is one row, found by every one of its
+/// delivery ids (and only by those), beside single attempts of the same events.
+fn a_batch_audit_row_answers_for_each_of_its_events(store: &Store) -> anyhow::Result<()> {
+    use pgcdc_sinks::{AttemptOutcome, BatchAttempt, DeliveryIds};
+    let mut r = store.open(Access::Create)?;
+    let id = |lsn: u64, seq: u32| EventId::from_position(Lsn(lsn), seq).as_str().to_string();
+    let batch = |from: u64, at: &str, extra: &[String]| -> anyhow::Result<BatchAttempt> {
+        let mut ids = DeliveryIds::default();
+        for lsn in from..from + 1_000 {
+            ids.push(&id(lsn, 0));
+        }
+        for e in extra {
+            ids.push(e);
+        }
+        Ok(BatchAttempt {
+            sink: "kafka".into(),
+            attempt: 1,
+            at: at.parse()?,
+            latency_ms: 12,
+            outcome: AttemptOutcome::Delivered,
+            ids,
+        })
+    };
+    let resync_row = "R00000001-00112233445566778899aabbccddeeff".to_string();
+    let first = batch(100, "2026-01-01T00:00:01Z", &[format!("{}.1", id(100, 0))])?;
+    let second = batch(
+        1_100,
+        "2026-01-01T00:00:02Z",
+        std::slice::from_ref(&resync_row),
+    )?;
+    r.audit_insert_batches(&[first, second])?;
+    // A retry of an event before the round that delivered it, as a single attempt.
+    let retry = pgcdc_sinks::Attempt {
+        event_id: id(150, 0),
+        sink: "kafka".into(),
+        attempt: 1,
+        at: "2026-01-01T00:00:00.5Z".parse()?,
+        status: None,
+        error: Some("broker down".into()),
+        latency_ms: 3,
+        outcome: AttemptOutcome::Retrying,
+    };
+    r.audit_insert(&[retry])?;
+
+    type Outcomes = anyhow::Result<Vec<(String, AttemptOutcome)>>;
+    let outcomes = |r: &dyn StateStore, event: &str| -> Outcomes {
+        Ok(r.audit_by_event(event)?
+            .into_iter()
+            .map(|a| (a.event_id, a.outcome))
+            .collect())
+    };
+    assert_eq!(
+        outcomes(&*r, &id(150, 0))?,
+        [
+            (id(150, 0), AttemptOutcome::Retrying),
+            (id(150, 0), AttemptOutcome::Delivered)
+        ]
+    );
+    assert_eq!(
+        outcomes(&*r, &id(100, 0))?,
+        [
+            (id(100, 0), AttemptOutcome::Delivered),
+            (format!("{}.1", id(100, 0)), AttemptOutcome::Delivered)
+        ]
+    );
+    for lsn in [101, 1_099, 1_100, 2_099] {
+        let got = r.audit_by_event(&id(lsn, 0))?;
+        assert_eq!(got.len(), 1, "{lsn}: {got:?}");
+        assert_eq!((got[0].sink.as_str(), got[0].latency_ms), ("kafka", 12));
+    }
+    assert_eq!(outcomes(&*r, &resync_row)?.len(), 1);
+    // Inside a batch's id range but not in it; and outside every range.
+    for absent in [id(150, 1), id(99, 0), id(2_100, 0), "R00000001-00".into()] {
+        assert!(outcomes(&*r, &absent)?.is_empty(), "{absent}");
+    }
+    let all = r.audit_by_sink("kafka", "2000-01-01T00:00:00Z", 10_000)?;
+    assert_eq!(all.len(), 2_003);
+    assert!(all.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(all[0].outcome, AttemptOutcome::Retrying);
+    assert_eq!(
+        r.audit_by_sink("kafka", "2000-01-01T00:00:00Z", 10)?.len(),
+        10
+    );
+    assert_eq!(
+        r.audit_by_sink("kafka", "2026-01-01T00:00:02.000000Z", 10_000)?
+            .len(),
+        1_001
+    );
+    // Pruning removes whole batches by time.
+    assert_eq!(r.audit_prune("2026-01-01T00:00:01.500000Z")?, 2);
+    assert!(outcomes(&*r, &id(150, 0))?.is_empty());
+    assert_eq!(outcomes(&*r, &id(1_500, 0))?.len(), 1);
+    Ok(())
+}
+
 fn a_missing_store_says_what_to_do(store: &Store) -> anyhow::Result<()> {
     assert!(!store.exists());
     match store.open(Access::Existing) {
@@ -727,7 +823,7 @@ async fn a_newer_schema_is_refused_with_both_versions() -> anyhow::Result<()> {
     sql(&pg, "UPDATE state.schema_version SET version = 99").await?;
     for e in [store.writer().err(), store.open(Access::Create).err()] {
         let e = e.map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("version 99") && e.contains("up to 4"), "{e}");
+        assert!(e.contains("version 99") && e.contains("up to 5"), "{e}");
     }
     // Version 0 (an empty schema_version): the migrations run again from the start.
     let other = pg_store(&pg, "other")?;
@@ -740,6 +836,40 @@ async fn a_newer_schema_is_refused_with_both_versions() -> anyhow::Result<()> {
     let mut w = other.writer()?;
     append(&mut *w, &[entry(1, 0)], None)?;
     assert_eq!(other.open(Access::Existing)?.head()?.pos, 1);
+    Ok(())
+}
+
+/// A store at version 4 (before per-batch audit rows) gets the batch table on
+/// the next start; its per-event audit rows still answer.
+#[tokio::test]
+async fn a_store_before_batch_audit_rows_migrates_to_them() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    let store = pg_store(&pg, "pgcdc")?;
+    store.open(Access::Create)?.audit_insert(&[attempt(1)])?;
+    sql(
+        &pg,
+        "DROP TABLE pgcdc.audit_batch; UPDATE pgcdc.schema_version SET version = 4",
+    )
+    .await?;
+    let mut r = store.open(Access::Create)?;
+    assert_eq!(r.audit_by_event("ev-1")?.len(), 1);
+    let mut ids = pgcdc_sinks::DeliveryIds::default();
+    ids.push("ev-2");
+    r.audit_insert_batches(&[pgcdc_sinks::BatchAttempt {
+        sink: "kafka".into(),
+        attempt: 1,
+        at: "2026-01-01T00:00:00Z".parse()?,
+        latency_ms: 1,
+        outcome: pgcdc_sinks::AttemptOutcome::Delivered,
+        ids,
+    }])?;
+    assert_eq!(r.audit_by_event("ev-2")?.len(), 1);
+    let v = pg
+        .client()
+        .await?
+        .query_one("SELECT version FROM pgcdc.schema_version", &[])
+        .await?;
+    assert_eq!(v.get::<_, i32>(0), 5);
     Ok(())
 }
 

@@ -3,9 +3,20 @@
 //! transaction — dead-letters what failed and moves the cursor. Items of a
 //! row with dead letters are parked behind them, in order. Replays requested
 //! by an operator run before new events.
+//!
+//! Two-phase sinks (Kafka): the runner submits batch N+1 and books batch N
+//! (the sink's checkpoint, then the DLQ rows and the cursor) while the
+//! destination acknowledges N+1; then it settles N+1. A batch's cursor moves
+//! only after its own settle, and at most one batch is booked late.
+//!
+//! ```text
+//!  read+map+park N+1 ─▶ submit N+1 ─▶ book N (checkpoint, commit) ─▶ settle N+1 ─▶ ...
+//! ```
 
 mod prefetch;
 mod resume;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -229,6 +240,9 @@ struct Runner<S: Sink> {
     prefetch: Prefetch,
     cursor: i64,
     generation: i64,
+    /// The settled batch not yet booked (and how many items it delivered): its
+    /// checkpoint and commit run while the sink works on the next one.
+    settled: Option<(Batch, usize)>,
     head: watch::Receiver<JournalHead>,
     shutdown: watch::Receiver<bool>,
 }
@@ -256,6 +270,7 @@ pub(crate) async fn run<S: Sink>(
         prefetch: Prefetch::new(store.open(Access::Existing)?),
         cursor: 0,
         generation: 0,
+        settled: None,
         head,
         shutdown,
     };
@@ -315,42 +330,83 @@ impl<S: Sink> Runner<S> {
     }
 
     /// One turn of the loop: an operator's reset, then a replay batch, or else the
-    /// next batch of new events (or a wait for one).
+    /// next batch of new events (or a wait for one). The settled batch is booked
+    /// while the sink works on the next, or before anything that needs the
+    /// state it commits.
     async fn step(&mut self) -> Result<Next, RunnerError> {
         if *self.shutdown.borrow() {
-            return Ok(Next::Close);
+            return Ok(if self.book().await? {
+                Next::Close
+            } else {
+                Next::Stop
+            });
         }
-        self.follow_reset().await?;
+        if !self.follow_reset().await? {
+            return Ok(Next::Stop);
+        }
         if let Some(next) = self.replay().await? {
             return Ok(next);
         }
         let batch = self.next_batch().await?;
         if batch.is_empty() {
+            if !self.book().await? {
+                return Ok(Next::Stop);
+            }
             return Ok(self.wait_for_events().await);
         }
         let Some(mut batch) = self.map(batch).await? else {
-            return Ok(Next::Close);
+            return Ok(if self.book().await? {
+                Next::Close
+            } else {
+                Next::Stop
+            });
         };
+        // Rows the settled batch dead-letters or parks must be in the DLQ before
+        // this batch's items of those rows are parked behind them.
+        if self
+            .settled
+            .as_ref()
+            .is_some_and(|(b, _)| !b.records.is_empty())
+            && !self.book().await?
+        {
+            return Ok(Next::Stop);
+        }
         self.park(&mut batch).await?;
         let Some(delivered) = self.deliver(&mut batch).await? else {
             return Ok(Next::Stop);
         };
-        if !self.checkpoint(&batch).await? {
-            return Ok(Next::Stop);
-        }
-        self.commit(batch, delivered).await?;
+        self.settled = Some((batch, delivered));
         Ok(Next::Continue)
     }
 
-    /// An operator's checkpoint reset (CLI or admin API) bumps the generation.
-    async fn follow_reset(&mut self) -> Result<(), RunnerError> {
+    /// Books the settled batch, if any: the sink's checkpoint, then its DLQ rows
+    /// and the cursor. `false` when shutdown cut the checkpoint short (the batch
+    /// is delivered again after the restart).
+    async fn book(&mut self) -> Result<bool, RunnerError> {
+        let Some((batch, delivered)) = self.settled.take() else {
+            return Ok(true);
+        };
+        if !self.checkpoint(&batch).await? {
+            return Ok(false);
+        }
+        self.commit(batch, delivered).await?;
+        Ok(true)
+    }
+
+    /// An operator's checkpoint reset (CLI or admin API) bumps the generation; the
+    /// settled batch is booked first (under the generation it was read in).
+    /// `false` when shutdown cut that short.
+    async fn follow_reset(&mut self) -> Result<bool, RunnerError> {
         let sink_name = self.name.clone();
         let state = self.journal(move |r| r.cursor_state(&sink_name)).await?;
         if state.generation != self.generation {
+            if !self.book().await? {
+                return Ok(false);
+            }
             tracing::info!(sink = %self.name, from = self.cursor, to = state.pos, "cursor reset by an operator");
             (self.cursor, self.generation) = (state.pos, state.generation);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Replays an operator asked for go first, in DLQ order; `None` when there
@@ -363,6 +419,9 @@ impl<S: Sink> Runner<S> {
             .await?;
         if replay.is_empty() {
             return Ok(None);
+        }
+        if !self.book().await? {
+            return Ok(Some(Next::Stop));
         }
         let items: Vec<Outgoing> = replay.iter().map(|e| e.item.clone()).collect();
         let Some(results) = deliver_or_stop(&mut self.sink, &items, &mut self.shutdown).await?
@@ -378,10 +437,11 @@ impl<S: Sink> Runner<S> {
         Ok(Some(Next::Continue))
     }
 
-    /// The batch after the cursor (prefetched, if the prefetch is still current),
-    /// and the prefetch of the one after it.
+    /// The batch after the cursor, or after the settled batch not yet booked
+    /// (prefetched, if the prefetch is still current), and the prefetch of the
+    /// one after it.
     async fn next_batch(&mut self) -> Result<Vec<StoredEvent>, RunnerError> {
-        let from = self.cursor;
+        let from = self.settled.as_ref().map_or(self.cursor, |(b, _)| b.last);
         let batch_size = self.batch_size;
         let batch = match self.prefetch.take(&self.name, from).await? {
             Some(batch) => batch,
@@ -477,19 +537,32 @@ impl<S: Sink> Runner<S> {
         Ok(())
     }
 
-    /// Hands the batch's items to the sink; what it dead-letters or parks joins
-    /// the batch's DLQ records. The number delivered, or `None` when shutdown
-    /// came first.
+    /// Hands the batch's items to the sink in two phases (submit, then settle),
+    /// booking the settled batch in between; what the sink dead-letters or parks
+    /// joins the batch's DLQ records. The number delivered, or `None` when
+    /// shutdown came first.
     async fn deliver(&mut self, batch: &mut Batch) -> Result<Option<usize>, RunnerError> {
         if batch.items.is_empty() {
-            return Ok(Some(0));
+            return Ok(if self.book().await? { Some(0) } else { None });
         }
         let (send, send_pos): (Vec<Outgoing>, Vec<i64>) =
             std::mem::take(&mut batch.items).into_iter().unzip();
-        let Some(results) = deliver_or_stop(&mut self.sink, &send, &mut self.shutdown).await?
+        if or_stop(&self.name, self.sink.submit(&send), &mut self.shutdown)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        if !self.book().await? {
+            return Ok(None);
+        }
+        let Some(results) =
+            or_stop(&self.name, self.sink.settle(&send), &mut self.shutdown).await?
         else {
+            tracing::warn!(sink = %self.name, items = send.len(), "shutting down with a batch still in delivery; it will be delivered again after restart");
             return Ok(None);
         };
+        check_len(&self.name, &results, send.len())?;
         crate::metrics::delivered(&self.name, &send, &results);
         let mut delivered = 0usize;
         for ((item, pos), result) in send.into_iter().zip(send_pos).zip(results) {

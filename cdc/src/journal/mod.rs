@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use pgcdc_schema::{ChangeEvent, Lsn};
 
+mod audit;
 mod checkpoint;
 mod dlq;
 mod meta;

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 
 use pgcdc_schema::Lsn;
-use pgcdc_sinks::Attempt;
+use pgcdc_sinks::{Attempt, BatchAttempt};
 
 use super::{
     Access, AppendOutcome, CursorInfo, CursorState, DlqEntry, DlqError, DlqRecord, DlqSelector,
@@ -238,6 +238,10 @@ pub trait StateStore: Send {
     /// Stores attempts (one transaction).
     fn audit_insert(&mut self, attempts: &[Attempt]) -> Result<(), JournalError>;
 
+    /// Stores batches settled as a whole, one row each (one transaction). The
+    /// queries below answer for each of their ids as for a single attempt.
+    fn audit_insert_batches(&mut self, batches: &[BatchAttempt]) -> Result<(), JournalError>;
+
     /// Every attempt for one event (its delivery ids `ID` and `ID.N`), oldest first.
     fn audit_by_event(&self, event_id: &str) -> Result<Vec<Attempt>, JournalError>;
 
@@ -249,7 +253,7 @@ pub trait StateStore: Send {
         limit: usize,
     ) -> Result<Vec<Attempt>, JournalError>;
 
-    /// Removes attempts older than `before` (RFC 3339). Returns how many.
+    /// Removes attempts (and batches) older than `before` (RFC 3339). Returns how many rows.
     fn audit_prune(&mut self, before: &str) -> Result<usize, JournalError>;
 
     // --- resync queue and progress ---

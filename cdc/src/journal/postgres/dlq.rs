@@ -1,9 +1,8 @@
 //! The dead-letter queue (and the batch commit that writes DLQ rows and advances
-//! the cursor in one transaction), and the delivery audit log, in Postgres.
+//! the cursor in one transaction), in Postgres.
 
 use std::collections::HashSet;
 
-use pgcdc_sinks::{Attempt, AttemptOutcome};
 use tokio_postgres::Row;
 
 use super::{Params, Pg, NOW_TEXT};
@@ -245,97 +244,4 @@ pub(super) fn drop(pg: &Pg, sink: &str, sel: &DlqSelector) -> Result<usize, DlqE
         }
     };
     Ok(n as usize)
-}
-
-fn outcome_str(o: AttemptOutcome) -> &'static str {
-    match o {
-        AttemptOutcome::Delivered => "delivered",
-        AttemptOutcome::Retrying => "retrying",
-        AttemptOutcome::Failed => "failed",
-        AttemptOutcome::Skipped => "skipped",
-    }
-}
-
-fn outcome_parse(s: &str) -> AttemptOutcome {
-    match s {
-        "delivered" => AttemptOutcome::Delivered,
-        "retrying" => AttemptOutcome::Retrying,
-        "skipped" => AttemptOutcome::Skipped,
-        _ => AttemptOutcome::Failed,
-    }
-}
-
-/// Stores attempts (one statement).
-pub(super) fn audit_insert(pg: &Pg, attempts: &[Attempt]) -> Result<(), JournalError> {
-    if attempts.is_empty() {
-        return Ok(());
-    }
-    let event_ids: Vec<&str> = attempts.iter().map(|a| a.event_id.as_str()).collect();
-    let sinks: Vec<&str> = attempts.iter().map(|a| a.sink.as_str()).collect();
-    let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt as i32).collect();
-    let ats: Vec<String> = attempts.iter().map(|a| a.at.to_string()).collect();
-    let statuses: Vec<Option<i32>> = attempts.iter().map(|a| a.status.map(i32::from)).collect();
-    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
-    let latencies: Vec<i64> = attempts
-        .iter()
-        .map(|a| a.latency_ms.min(i64::MAX as u64) as i64)
-        .collect();
-    let outcomes: Vec<&str> = attempts.iter().map(|a| outcome_str(a.outcome)).collect();
-    pg.write_one(
-        "INSERT INTO audit(event_id, sink, attempt, at, status, error, latency_ms, outcome) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::int4[], \
-         $6::text[], $7::int8[], $8::text[])",
-        &[
-            &event_ids, &sinks, &numbers, &ats, &statuses, &errors, &latencies, &outcomes,
-        ],
-    )?;
-    Ok(())
-}
-
-fn attempts(pg: &Pg, sql: &str, params: Params<'_>) -> Result<Vec<Attempt>, JournalError> {
-    let rows = pg.query(sql, params)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        out.push(Attempt {
-            event_id: pg.get(r, 0)?,
-            sink: pg.get(r, 1)?,
-            attempt: pg.get::<i32>(r, 2)?.max(0) as u32,
-            at: pg
-                .get::<String>(r, 3)?
-                .parse()
-                .map_err(|e: pgcdc_sinks::ParseAttemptTimeError| pg.corrupt(e.to_string()))?,
-            status: pg
-                .get::<Option<i32>>(r, 4)?
-                .and_then(|s| u16::try_from(s).ok()),
-            error: pg.get(r, 5)?,
-            latency_ms: pg.get::<i64>(r, 6)?.max(0) as u64,
-            outcome: outcome_parse(pg.get(r, 7)?),
-        });
-    }
-    Ok(out)
-}
-
-/// Every attempt for one event (its delivery ids `ID` and `ID.N`), oldest first.
-pub(super) fn audit_by_event(pg: &Pg, event_id: &str) -> Result<Vec<Attempt>, JournalError> {
-    attempts(
-        pg,
-        "SELECT event_id, sink, attempt, at, status, error, latency_ms, outcome FROM audit \
-         WHERE event_id = $1 OR starts_with(event_id, $1 || '.') ORDER BY id",
-        &[&event_id],
-    )
-}
-
-/// Attempts of one sink since an RFC 3339 time (UTC, `Z`), oldest first, at most `limit`.
-pub(super) fn audit_by_sink(
-    pg: &Pg,
-    sink: &str,
-    since: &str,
-    limit: usize,
-) -> Result<Vec<Attempt>, JournalError> {
-    attempts(
-        pg,
-        "SELECT event_id, sink, attempt, at, status, error, latency_ms, outcome FROM audit \
-         WHERE sink = $1 AND at >= $2 ORDER BY id LIMIT $3",
-        &[&sink, &since, &(limit.min(i64::MAX as usize) as i64)],
-    )
 }

@@ -21,7 +21,7 @@
 //!
 //! Files: `mod.rs` (connection, transactions, fencing), `schema.rs`
 //! (migrations), `session.rs` (the `StateStore` impl: events, meta, cursors),
-//! `dlq.rs` (DLQ and audit log), `resync.rs`, `writer.rs` (the appender and
+//! `dlq.rs` (DLQ), `audit.rs` (audit log), `resync.rs`, `writer.rs` (the appender and
 //! row state).
 
 use std::cell::{Cell, RefCell};
@@ -38,6 +38,7 @@ use tokio_postgres::{Client, Row, Statement};
 use super::{Access, Backend, JournalError, JournalWriter, StateStore};
 use crate::replication::SourceUrl;
 
+mod audit;
 mod dlq;
 mod known_keys;
 pub(crate) mod lease;

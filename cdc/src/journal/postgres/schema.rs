@@ -115,6 +115,25 @@ CREATE TABLE relations (
     body text NOT NULL
 );
 ",
+    // 5: one audit row per batch a sink settled as a whole (Kafka); `min_id` and
+    // `max_id` bound its delivery ids in byte order ("C"), so a lookup by event
+    // reads the blobs of few rows.
+    "
+CREATE TABLE audit_batch (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    sink text NOT NULL,
+    attempt integer NOT NULL,
+    at text NOT NULL,
+    latency_ms bigint NOT NULL,
+    outcome text NOT NULL,
+    events integer NOT NULL,
+    min_id text COLLATE \"C\" NOT NULL,
+    max_id text COLLATE \"C\" NOT NULL,
+    ids bytea NOT NULL
+);
+CREATE INDEX audit_batch_range ON audit_batch(max_id, min_id);
+CREATE INDEX audit_batch_sink_at ON audit_batch(sink, at);
+",
 ];
 
 /// The schema version this binary writes.

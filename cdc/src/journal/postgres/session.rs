@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 
 use pgcdc_schema::Lsn;
-use pgcdc_sinks::Attempt;
+use pgcdc_sinks::{Attempt, BatchAttempt};
 
-use super::{dlq, resync, Pg, NOW_TEXT};
+use super::{audit, dlq, resync, Pg, NOW_TEXT};
 use crate::journal::meta::TABLE_OID_PREFIX;
 use crate::journal::record::{Decoder, Relation};
 use crate::journal::{
@@ -418,11 +418,15 @@ impl StateStore for PgStore {
     }
 
     fn audit_insert(&mut self, attempts: &[Attempt]) -> Result<(), JournalError> {
-        dlq::audit_insert(&self.pg, attempts)
+        audit::audit_insert(&self.pg, attempts)
+    }
+
+    fn audit_insert_batches(&mut self, batches: &[BatchAttempt]) -> Result<(), JournalError> {
+        audit::audit_insert_batches(&self.pg, batches)
     }
 
     fn audit_by_event(&self, event_id: &str) -> Result<Vec<Attempt>, JournalError> {
-        dlq::audit_by_event(&self.pg, event_id)
+        audit::audit_by_event(&self.pg, event_id)
     }
 
     fn audit_by_sink(
@@ -431,13 +435,11 @@ impl StateStore for PgStore {
         since: &str,
         limit: usize,
     ) -> Result<Vec<Attempt>, JournalError> {
-        dlq::audit_by_sink(&self.pg, sink, since, limit)
+        audit::audit_by_sink(&self.pg, sink, since, limit)
     }
 
     fn audit_prune(&mut self, before: &str) -> Result<usize, JournalError> {
-        Ok(self
-            .pg
-            .write_one("DELETE FROM audit WHERE at < $1", &[&before])? as usize)
+        audit::audit_prune(&self.pg, before)
     }
 
     fn request_resync(

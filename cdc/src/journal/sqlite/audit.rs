@@ -2,14 +2,17 @@
 //! and time. In a file of its own (`audit.db`), opened on first use: its pages are
 //! not the journal's, so `journal.max_bytes` does not count them (the attempts of a
 //! sink retrying against a full journal would otherwise keep it full), and its
-//! writes never wait on the journal's lock.
+//! writes never wait on the journal's lock. A batch a sink settled as a whole
+//! (Kafka) is one `audit_batch` row, its delivery ids in a blob; the queries
+//! answer for each id as for a single attempt (`journal::audit`).
 
 use std::path::Path;
 
-use pgcdc_sinks::{Attempt, AttemptOutcome};
+use pgcdc_sinks::{Attempt, BatchAttempt, CorruptIds};
 use rusqlite::{params, Connection};
 
 use super::{connect, store_error, Durability, SqliteStore, AUDIT_FILE};
+use crate::journal::audit::{self as shared, outcome_parse, outcome_str, BatchRow};
 use crate::journal::JournalError;
 
 /// The audit table, in the schema `{db}`.
@@ -33,6 +36,52 @@ pub(super) fn schema(db: &str) -> String {
     SCHEMA.replace("{db}", db)
 }
 
+/// The audit file's migrations after the first (`SCHEMA`, which files of earlier
+/// releases hold at `user_version` 0), in order; `user_version` counts the ones
+/// applied. Never edit one that shipped: add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: one row per batch a sink settled as a whole; `min_id`/`max_id` bound
+    // its delivery ids (byte order) so a lookup by event reads few blobs.
+    "
+CREATE TABLE IF NOT EXISTS audit_batch (
+    id INTEGER PRIMARY KEY,
+    sink TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    min_id TEXT NOT NULL,
+    max_id TEXT NOT NULL,
+    ids BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_batch_range ON audit_batch(max_id, min_id);
+CREATE INDEX IF NOT EXISTS audit_batch_sink_at ON audit_batch(sink, at);
+",
+];
+
+/// Makes the audit file's tables and applies the migrations it lacks, under the
+/// write lock (sessions opening together do not race).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version = |conn: &Connection| -> rusqlite::Result<usize> {
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        Ok(v.max(0) as usize)
+    };
+    if version(conn)? >= MIGRATIONS.len() {
+        return Ok(());
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let from = version(&tx)?;
+    if from < MIGRATIONS.len() {
+        tx.execute_batch(&schema("main"))?;
+        for sql in &MIGRATIONS[from..] {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    }
+    tx.commit()
+}
+
 /// Journals of earlier releases kept the audit table in `journal.db`: moves its rows
 /// to `audit_path` and drops it there, once. The two files do not commit atomically
 /// together: a crash in between leaves the rows in both, and the next open moves
@@ -52,7 +101,7 @@ pub(super) fn move_out_of_journal(conn: &Connection, audit_path: &Path) -> rusql
     {
         let audit = Connection::open(audit_path)?;
         audit.pragma_update(None, "journal_mode", "WAL")?;
-        audit.execute_batch(&schema("main"))?;
+        migrate(&audit)?;
     }
     conn.execute(
         "ATTACH DATABASE ?1 AS moved_audit",
@@ -83,32 +132,13 @@ fn conn(s: &SqliteStore) -> Result<&Connection, JournalError> {
     }
     let dir = s.path.parent().unwrap_or(Path::new("."));
     let (conn, path) = connect(dir, AUDIT_FILE, true, Durability::Atomic)?;
-    conn.execute_batch(&schema("main"))
-        .map_err(|e| store_error(&path, e))?;
+    migrate(&conn).map_err(|e| store_error(&path, e))?;
     Ok(s.audit.get_or_init(|| conn))
 }
 
 fn audit_error(s: &SqliteStore, source: rusqlite::Error) -> JournalError {
     let dir = s.path.parent().unwrap_or(Path::new("."));
     store_error(&dir.join(AUDIT_FILE), source)
-}
-
-fn outcome_str(o: AttemptOutcome) -> &'static str {
-    match o {
-        AttemptOutcome::Delivered => "delivered",
-        AttemptOutcome::Retrying => "retrying",
-        AttemptOutcome::Failed => "failed",
-        AttemptOutcome::Skipped => "skipped",
-    }
-}
-
-fn outcome_parse(s: &str) -> AttemptOutcome {
-    match s {
-        "delivered" => AttemptOutcome::Delivered,
-        "retrying" => AttemptOutcome::Retrying,
-        "skipped" => AttemptOutcome::Skipped,
-        _ => AttemptOutcome::Failed,
-    }
 }
 
 /// Stores attempts (one transaction).
@@ -172,14 +202,93 @@ fn query(
         .map_err(|e| audit_error(s, e))
 }
 
+/// Stores batches, one row each (one transaction).
+pub(super) fn insert_batches(
+    s: &SqliteStore,
+    batches: &[BatchAttempt],
+) -> Result<(), JournalError> {
+    let err = |e| audit_error(s, e);
+    let tx = conn(s)?.unchecked_transaction().map_err(err)?;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO audit_batch(sink, attempt, at, latency_ms, outcome, events, min_id, max_id, ids) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(err)?;
+        for b in batches.iter().filter(|b| !b.ids.is_empty()) {
+            insert
+                .execute(params![
+                    b.sink,
+                    b.attempt,
+                    b.at.to_string(),
+                    b.latency_ms.min(i64::MAX as u64) as i64,
+                    outcome_str(b.outcome),
+                    b.ids.len() as i64,
+                    b.ids.min(),
+                    b.ids.max(),
+                    b.ids.as_bytes(),
+                ])
+                .map_err(err)?;
+        }
+    }
+    tx.commit().map_err(err)
+}
+
+fn batch_rows(
+    s: &SqliteStore,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<BatchRow>, JournalError> {
+    let mut stmt = conn(s)?
+        .prepare_cached(sql)
+        .map_err(|e| audit_error(s, e))?;
+    let rows = stmt
+        .query_map(args, |r| {
+            Ok(BatchRow {
+                sink: r.get(0)?,
+                attempt: r.get(1)?,
+                at: r.get::<_, String>(2)?.parse().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
+                latency_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                outcome: outcome_parse(&r.get::<_, String>(4)?),
+                ids: r.get(5)?,
+            })
+        })
+        .map_err(|e| audit_error(s, e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| audit_error(s, e))
+}
+
+fn corrupt(s: &SqliteStore) -> impl Fn(CorruptIds) -> JournalError + '_ {
+    move |e| {
+        audit_error(
+            s,
+            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Blob, Box::new(e)),
+        )
+    }
+}
+
 /// Every attempt for one event (its delivery ids `ID` and `ID.N`), oldest first.
 pub(super) fn by_event(s: &SqliteStore, event_id: &str) -> Result<Vec<Attempt>, JournalError> {
-    query(
+    let single = query(
         s,
         "SELECT event_id, sink, attempt, at, status, error, latency_ms, outcome FROM audit \
              WHERE event_id = ?1 OR event_id LIKE ?1 || '.%' ORDER BY id",
         [event_id],
-    )
+    )?;
+    let batches = batch_rows(
+        s,
+        "SELECT sink, attempt, at, latency_ms, outcome, ids FROM audit_batch \
+             WHERE max_id >= ?1 AND min_id <= ?2 ORDER BY id",
+        params![event_id, shared::id_bound(event_id)],
+    )?;
+    shared::by_event(single, batches, event_id, corrupt(s))
 }
 
 /// Attempts of one sink since an RFC 3339 time (UTC, `Z`), oldest first, at most `limit`.
@@ -189,17 +298,31 @@ pub(super) fn by_sink(
     since: &str,
     limit: usize,
 ) -> Result<Vec<Attempt>, JournalError> {
-    query(
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let single = query(
         s,
         "SELECT event_id, sink, attempt, at, status, error, latency_ms, outcome FROM audit \
              WHERE sink = ?1 AND at >= ?2 ORDER BY id LIMIT ?3",
-        params![sink, since, limit as i64],
-    )
+        params![sink, since, limit],
+    )?;
+    // Each row holds at least one id: `limit` rows are enough.
+    let batches = batch_rows(
+        s,
+        "SELECT sink, attempt, at, latency_ms, outcome, ids FROM audit_batch \
+             WHERE sink = ?1 AND at >= ?2 ORDER BY id LIMIT ?3",
+        params![sink, since, limit],
+    )?;
+    shared::by_sink(single, batches, limit as usize, corrupt(s))
 }
 
-/// Removes attempts older than `before` (RFC 3339). Returns how many.
+/// Removes attempts and batches older than `before` (RFC 3339). Returns how many rows.
 pub(super) fn prune(s: &SqliteStore, before: &str) -> Result<usize, JournalError> {
-    conn(s)?
+    let conn = conn(s)?;
+    let single = conn
         .execute("DELETE FROM audit WHERE at < ?1", [before])
-        .map_err(|e| audit_error(s, e))
+        .map_err(|e| audit_error(s, e))?;
+    let batches = conn
+        .execute("DELETE FROM audit_batch WHERE at < ?1", [before])
+        .map_err(|e| audit_error(s, e))?;
+    Ok(single + batches)
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgcdc_schema::Lsn;
-use pgcdc_sinks::Attempt;
+use pgcdc_sinks::{Attempt, BatchAttempt};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::meta::TABLE_OID_PREFIX;
@@ -569,6 +569,10 @@ impl StateStore for SqliteStore {
 
     fn audit_insert(&mut self, attempts: &[Attempt]) -> Result<(), JournalError> {
         audit::insert(self, attempts)
+    }
+
+    fn audit_insert_batches(&mut self, batches: &[BatchAttempt]) -> Result<(), JournalError> {
+        audit::insert_batches(self, batches)
     }
 
     fn audit_by_event(&self, event_id: &str) -> Result<Vec<Attempt>, JournalError> {

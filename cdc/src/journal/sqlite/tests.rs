@@ -84,3 +84,45 @@ fn an_older_journals_audit_rows_move_to_the_audit_file() -> Result<(), JournalEr
     assert_eq!(session(dir.path())?.audit_by_event("ev-1")?.len(), 1);
     Ok(())
 }
+
+/// An audit file of an earlier release (per-event rows only, `user_version` 0)
+/// gets the batch table on first use; its rows still answer.
+#[test]
+fn an_older_audit_file_gains_the_batch_table() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    drop(writer(dir.path())?);
+    let path = dir.path().join(AUDIT_FILE);
+    let err = |e| store_error(&path, e);
+    {
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.execute_batch(&audit::schema("main")).map_err(err)?;
+        conn.execute(
+            "INSERT INTO audit(event_id, sink, attempt, at, status, error, latency_ms, outcome) \
+             VALUES ('ev-1', 'kafka', 1, '2026-01-01T00:00:00Z', NULL, NULL, 4, 'delivered')",
+            [],
+        )
+        .map_err(err)?;
+    }
+    let mut r = session(dir.path())?;
+    assert_eq!(r.audit_by_event("ev-1")?.len(), 1);
+    let mut ids = pgcdc_sinks::DeliveryIds::default();
+    ids.push("ev-2");
+    r.audit_insert_batches(&[pgcdc_sinks::BatchAttempt {
+        sink: "kafka".into(),
+        attempt: 1,
+        at: pgcdc_sinks::AttemptTime::now(),
+        latency_ms: 1,
+        outcome: pgcdc_sinks::AttemptOutcome::Delivered,
+        ids,
+    }])?;
+    assert_eq!(r.audit_by_event("ev-2")?.len(), 1);
+    let conn = Connection::open(&path).map_err(err)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    assert_eq!(version, 1);
+    Ok(())
+}

@@ -14,7 +14,19 @@ use super::transaction::is_fenced;
 use super::{KafkaSink, RENDER_CHUNK, STALL};
 use crate::kafka::progress;
 use crate::retry::Disposition;
-use crate::{AttemptOutcome, ItemResult, Outgoing, SinkError};
+use crate::{AttemptOutcome, BatchAttempt, DeliveryIds, ItemResult, Outgoing, SinkError};
+
+/// A batch handed to the producer whose acknowledgements are not yet awaited
+/// (`submit_batch` → `settle_batch`).
+pub(super) struct Submitted {
+    started: Instant,
+    results: Vec<Option<ItemResult>>,
+    recs: Vec<Rec>,
+    pending: Vec<usize>,
+    futures: Vec<Option<DeliveryFuture>>,
+    /// Why enqueueing stopped part-way (the rest was never handed over).
+    enqueue_error: Option<String>,
+}
 
 impl KafkaSink {
     /// `Sink::deliver`: every item delivered or dead-lettered, retrying for ever
@@ -23,13 +35,21 @@ impl KafkaSink {
         &mut self,
         items: &[Outgoing],
     ) -> Result<Vec<ItemResult>, SinkError> {
+        self.submit_batch(items).await?;
+        self.settle_batch(items).await
+    }
+
+    /// The first half of a delivery: renders the batch and hands it to the
+    /// producer, without waiting for the broker.
+    pub(super) async fn submit_batch(&mut self, items: &[Outgoing]) -> Result<(), SinkError> {
+        self.submitted = None;
         let started = Instant::now();
         let now = chrono::Utc::now();
         self.batch_started_at = now.to_rfc3339();
         self.batch_started_ms = now.timestamp_millis();
         let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
         let mut recs = Vec::with_capacity(items.len());
-        // Round 1 renders and enqueues chunk by chunk, so the broker works on the first
+        // Rendered and enqueued chunk by chunk, so the broker works on the first
         // records while the rest are rendered.
         let mut pending = Vec::with_capacity(items.len());
         let mut futures = Vec::with_capacity(items.len());
@@ -62,6 +82,41 @@ impl KafkaSink {
         if skipped > 0 {
             tracing::info!(sink = %self.name, skipped, "skipping records already in Kafka (found by the read-back)");
         }
+        self.submitted = Some(Submitted {
+            started,
+            results,
+            recs,
+            pending,
+            futures,
+            enqueue_error,
+        });
+        Ok(())
+    }
+
+    /// The second half: awaits the acknowledgements of the submitted batch (or
+    /// submits `items` first when nothing is), recovers and retries what failed,
+    /// and audits the batch.
+    pub(super) async fn settle_batch(
+        &mut self,
+        items: &[Outgoing],
+    ) -> Result<Vec<ItemResult>, SinkError> {
+        let submitted = match self.submitted.take() {
+            Some(s) if s.results.len() == items.len() => s,
+            _ => {
+                self.submit_batch(items).await?;
+                self.submitted.take().ok_or_else(|| {
+                    self.definite("the batch was not submitted (a bug in pgcdc)".into())
+                })?
+            }
+        };
+        let Submitted {
+            started,
+            mut results,
+            recs,
+            mut pending,
+            futures,
+            enqueue_error,
+        } = submitted;
         // Under HA a batch is one transaction: a failed round aborts all of it.
         let sent_in_batch = pending.clone();
         let mut first_round = Some((self.await_all(futures).await, enqueue_error));
@@ -98,7 +153,7 @@ impl KafkaSink {
                             )));
                         }
                     }
-                    self.settle(&recs, &pending, outcomes, &mut results, &mut last_error)
+                    self.book_acks(&recs, &pending, outcomes, &mut results, &mut last_error)
                 }
             };
             if failed.is_empty() {
@@ -146,24 +201,45 @@ impl KafkaSink {
             tokio::time::sleep(backoff(round)).await;
             pending = self.recover_round(&recs, failed).await?;
         }
+        // What the broker took is one audit row for the batch; a dead letter keeps its own.
         let mut out = Vec::with_capacity(items.len());
-        for (i, r) in results.into_iter().enumerate() {
+        let mut delivered = DeliveryIds::default();
+        for (item, r) in items.iter().zip(results) {
             let r = r.unwrap_or(ItemResult::Delivered);
-            let (outcome, error) = match &r {
-                ItemResult::DeadLettered { error } => (AttemptOutcome::Failed, Some(error.clone())),
-                _ => (AttemptOutcome::Delivered, None),
-            };
-            let a = self.audit_attempt(&items[i], round.max(1), started, outcome, error);
-            self.audit.record(a).await;
+            match &r {
+                ItemResult::DeadLettered { error } => {
+                    let error = Some(error.clone());
+                    let a = self.audit_attempt(
+                        item,
+                        round.max(1),
+                        started,
+                        AttemptOutcome::Failed,
+                        error,
+                    );
+                    self.audit.record(a).await;
+                }
+                _ if item.part == 0 => delivered.push(item.event.id.as_str()),
+                _ => delivered.push(&item.delivery_id()),
+            }
             out.push(r);
         }
+        self.audit
+            .record_batch(BatchAttempt {
+                sink: self.name.clone(),
+                attempt: round.max(1),
+                at: crate::AttemptTime::now(),
+                latency_ms: started.elapsed().as_millis() as u64,
+                outcome: AttemptOutcome::Delivered,
+                ids: delivered,
+            })
+            .await;
         Ok(out)
     }
 
     /// Books a round's acknowledgements: offsets of what the broker took, dead
     /// letters for records it refused for good; returns the records to retry
     /// (`last_error` says why).
-    fn settle(
+    fn book_acks(
         &mut self,
         recs: &[Rec],
         pending: &[usize],

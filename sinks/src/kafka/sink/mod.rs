@@ -111,6 +111,8 @@ pub struct KafkaSink {
     batch_started_at: String,
     /// The same instant in Unix ms (Debezium's top-level `ts_ms`).
     batch_started_ms: i64,
+    /// The batch `submit` handed to the producer, for `settle` (at most one).
+    submitted: Option<deliver::Submitted>,
 }
 
 /// Whether this process still leads (Err: why not); blocking, called off the executor.
@@ -185,6 +187,7 @@ impl KafkaSink {
             last_progress_write: Instant::now(),
             batch_started_at: String::new(),
             batch_started_ms: 0,
+            submitted: None,
             last_at: None,
         })
     }
@@ -243,6 +246,22 @@ impl Sink for KafkaSink {
 
     async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
         self.deliver_batch(items).await
+    }
+
+    /// Renders and enqueues; the broker works on the batch while the runner books
+    /// the previous one. Not under HA: there a batch and the progress record that
+    /// follows it are separate transactions, and a progress record written while
+    /// this batch's transaction is open would commit it unsettled.
+    async fn submit(&mut self, items: &[Outgoing]) -> Result<bool, SinkError> {
+        if self.transactional() {
+            return Ok(false);
+        }
+        self.submit_batch(items).await?;
+        Ok(true)
+    }
+
+    async fn settle(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
+        self.settle_batch(items).await
     }
 
     async fn resume(&mut self, local: &Checkpoint) -> Result<Option<Checkpoint>, SinkError> {

@@ -1,0 +1,160 @@
+//! The two-phase loop: a batch is booked while the sink works on the next one,
+//! and its cursor moves only after its own settle.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
+use pgcdc_sinks::{AuditLog, Checkpoint, ItemResult, Outgoing, Sink, SinkError};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::deliver::plan::{triggers, SinkPlan};
+use crate::journal::{Access, JournalEntry, JournalHead, Store};
+
+/// A two-phase sink that logs each call with the cursor stored at that moment.
+struct Recording {
+    store: Store,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recording {
+    fn note(&self, what: String) {
+        let cursor = self
+            .store
+            .open(Access::Existing)
+            .and_then(|mut r| r.cursor_state("rec"))
+            .map_or(-1, |s| s.pos);
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!("{what} (cursor {cursor})"));
+        }
+    }
+}
+
+fn span(items: &[Outgoing]) -> String {
+    let lsn = |i: Option<&Outgoing>| i.map_or(0, |i| i.event.lsn.0);
+    format!("{}-{}", lsn(items.first()), lsn(items.last()))
+}
+
+impl Sink for Recording {
+    fn name(&self) -> &str {
+        "rec"
+    }
+
+    fn batch_size(&self) -> usize {
+        2
+    }
+
+    async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
+        self.note(format!("deliver {}", span(items)));
+        Ok(vec![ItemResult::Delivered; items.len()])
+    }
+
+    async fn submit(&mut self, items: &[Outgoing]) -> Result<bool, SinkError> {
+        self.note(format!("submit {}", span(items)));
+        Ok(true)
+    }
+
+    async fn settle(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
+        self.note(format!("settle {}", span(items)));
+        Ok(vec![ItemResult::Delivered; items.len()])
+    }
+
+    async fn checkpoint(&mut self, at: &Checkpoint) -> Result<(), SinkError> {
+        self.note(format!("checkpoint {}", at.pos));
+        Ok(())
+    }
+}
+
+fn entry(lsn: u64) -> JournalEntry {
+    JournalEntry {
+        table: "public.permits".into(),
+        seq: 0,
+        commit_time_unix_us: None,
+        event: ChangeEvent {
+            id: EventId::from_position(Lsn(lsn), 0),
+            op: Op::Insert,
+            schema: "public".into(),
+            table: "permits".into(),
+            key: serde_json::json!({"id": lsn}).as_object().cloned(),
+            old: None,
+            new: serde_json::json!({"id": lsn}).as_object().cloned(),
+            trigger: None,
+            lsn: Lsn(lsn),
+            xid: None,
+            commit_time: None,
+            unchanged_toast: vec![],
+            columns: None,
+            previous: None,
+            origin: Default::default(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_booked_while_the_next_one_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::sqlite(dir.path());
+    let entries: Vec<JournalEntry> = (1..=6).map(entry).collect();
+    let all: Vec<(&JournalEntry, Option<&str>)> = entries.iter().map(|e| (e, None)).collect();
+    let mut writer = store.writer().unwrap_or_else(|e| panic!("{e}"));
+    writer
+        .append(&all, Some(Lsn(6)), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(
+        "[source]\nurl = \"postgres://u@localhost/db\"\ntables = [\"public.permits\"]\n\n\
+         [[sink]]\nname = \"rec\"\ntype = \"stdout\"\n",
+        std::path::Path::new("t.toml"),
+        &|_| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let plan = SinkPlan::new(&config.sink[0], &triggers(&config));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Recording {
+        store: store.clone(),
+        log: log.clone(),
+    };
+    let (_head_tx, head) = watch::channel(JournalHead {
+        pos: 6,
+        confirmed_lsn: Lsn(6),
+    });
+    let (stop_tx, stop) = watch::channel(false);
+    let runner = tokio::spawn(super::run(
+        sink,
+        plan,
+        AuditLog::disabled(),
+        store.clone(),
+        head,
+        stop,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log.lock().map_or(0, |l| l.len()) < 9 {
+        assert!(Instant::now() < deadline, "{log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    runner
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(
+        log,
+        [
+            "submit 1-2 (cursor 0)",
+            "settle 1-2 (cursor 0)",
+            "submit 3-4 (cursor 0)",
+            "checkpoint 2 (cursor 0)",
+            "settle 3-4 (cursor 2)",
+            "submit 5-6 (cursor 2)",
+            "checkpoint 4 (cursor 2)",
+            "settle 5-6 (cursor 4)",
+            "checkpoint 6 (cursor 4)",
+        ]
+    );
+    let cursor = store
+        .open(Access::Existing)
+        .and_then(|mut r| r.cursor_state("rec"))
+        .map_or(-1, |s| s.pos);
+    assert_eq!(cursor, 6);
+}
