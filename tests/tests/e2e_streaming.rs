@@ -25,8 +25,11 @@ const LARGE: i64 = 60_000;
 
 /// A cluster whose transactions stream past 64 kB of changes, with table `t`.
 async fn cluster(major: u32) -> anyhow::Result<PgCluster> {
-    let pg = PgCluster::builder()
-        .version(major)
+    cluster_with(PgCluster::builder().version(major)).await
+}
+
+async fn cluster_with(builder: pgcdc_tests::PgClusterBuilder) -> anyhow::Result<PgCluster> {
+    let pg = builder
         .setting("logical_decoding_work_mem", "64kB")
         .start()
         .await?;
@@ -154,9 +157,14 @@ fn assert_inserts(
 }
 
 /// One transaction of [`LARGE`] rows, streamed: every row once, in order, all with the
-/// transaction's commit LSN; the staging is emptied afterwards.
+/// transaction's commit LSN; the staging is emptied afterwards. The walsender's
+/// timeout is shorter than journaling the transaction at its commit takes: pgcdc
+/// keeps sending status updates meanwhile, and the connection stays.
 async fn large_transaction(major: u32) -> anyhow::Result<()> {
-    let pg = cluster(major).await?;
+    let builder = PgCluster::builder()
+        .version(major)
+        .wal_sender_timeout(Duration::from_secs(3));
+    let pg = cluster_with(builder).await?;
     let state = state_dir()?;
     let cfg = config(&pg, state.path())?;
     let mut p = start_streaming(&pg, &cfg).await?;
@@ -184,6 +192,12 @@ async fn large_transaction(major: u32) -> anyhow::Result<()> {
     )
     .await;
     assert_journal_exact(state.path(), LARGE as u64 + 1)?;
+    let log = p.stderr();
+    ensure!(
+        !log.contains("replication connection lost"),
+        "the replication connection dropped:\n{}",
+        p.stderr_tail(30)
+    );
     p.terminate()?;
     Ok(())
 }
