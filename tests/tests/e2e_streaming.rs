@@ -154,7 +154,9 @@ fn assert_inserts(
 }
 
 /// One transaction of [`LARGE`] rows, streamed: every row once, in order, all with the
-/// transaction's commit LSN; the staging is emptied afterwards.
+/// transaction's commit LSN; the staging is emptied afterwards, and the connection
+/// never dropped (a reconnect would make the server decode the transaction again,
+/// spilling it).
 async fn large_transaction(major: u32) -> anyhow::Result<()> {
     let pg = cluster(major).await?;
     let state = state_dir()?;
@@ -184,6 +186,12 @@ async fn large_transaction(major: u32) -> anyhow::Result<()> {
     )
     .await;
     assert_journal_exact(state.path(), LARGE as u64 + 1)?;
+    let log = p.stderr();
+    ensure!(
+        !log.contains("replication connection lost"),
+        "the replication connection dropped:\n{}",
+        p.stderr_tail(30)
+    );
     p.terminate()?;
     Ok(())
 }

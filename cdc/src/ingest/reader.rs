@@ -327,7 +327,8 @@ async fn session(
                             }
                             Step::Stage(op) => send(journal, JournalCommand::Stage(op)).await?,
                             Step::Replay(commit) => {
-                                super::streaming::replay(commit, at, state, &mut catalog, cfg, journal).await?;
+                                let feedback = super::streaming::Feedback { stream: &mut stream, head, received };
+                                super::streaming::replay(commit, at, state, &mut catalog, cfg, journal, feedback).await?;
                             }
                             Step::Skip => {}
                         }

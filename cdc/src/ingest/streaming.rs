@@ -37,15 +37,18 @@
 //! it again.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use bytes::Bytes;
 use pgcdc_schema::Lsn;
+use tokio::sync::watch;
 
 use super::catalog::Catalog;
 use super::journal_thread::{JournalCommand, JournalSender};
 use super::reader::{handle, send, sync, ReaderConfig, ReaderError, SessionState};
-use crate::journal::{Access, StagedMessage, StagingOp};
+use crate::journal::{Access, JournalHead, StagedMessage, StagingOp};
 use crate::pgoutput::{self, Message, StreamedMessage};
+use crate::replication::ReplicationStream;
 
 /// Most staged messages read back at once, and their most bytes (one larger
 /// message comes alone).
@@ -248,6 +251,28 @@ fn kind(message: &Message) -> &'static str {
     }
 }
 
+/// The replication stream while a replay holds the reader: status updates keep the
+/// walsender from timing out (`wal_sender_timeout`) on a transaction that takes
+/// longer to journal than that.
+pub(super) struct Feedback<'a> {
+    /// The stream.
+    pub(super) stream: &'a mut ReplicationStream,
+    /// What the journal holds durably.
+    pub(super) head: &'a mut watch::Receiver<JournalHead>,
+    /// The WAL position received so far.
+    pub(super) received: u64,
+}
+
+impl Feedback<'_> {
+    async fn send(&mut self) -> Result<(), ReaderError> {
+        let durable = self.head.borrow_and_update().confirmed_lsn.0;
+        self.stream
+            .send_status(self.received.max(durable), durable, durable, false)
+            .await?;
+        Ok(())
+    }
+}
+
 /// Journals a committed streamed transaction: its staged messages, in order, between
 /// a Begin and a Commit at its commit position, through the path every transaction
 /// takes; then discards its staging (after its changes, in the journal's order).
@@ -258,6 +283,7 @@ pub(super) async fn replay(
     catalog: &mut Catalog,
     cfg: &ReaderConfig,
     journal: &JournalSender,
+    mut feedback: Feedback<'_>,
 ) -> Result<(), ReaderError> {
     let StreamCommit {
         xid,
@@ -290,7 +316,12 @@ pub(super) async fn replay(
     handle(begin, at, state, catalog, cfg, journal).await?;
     let mut after = -1;
     let mut messages = 0u64;
+    let mut status_sent = Instant::now();
     loop {
+        if status_sent.elapsed() >= cfg.status_interval {
+            feedback.send().await?;
+            status_sent = Instant::now();
+        }
         let Some(s) = session.take() else { break };
         let (s, page) = tokio::task::spawn_blocking(move || {
             let page = s.staged(xid, after, PAGE_MESSAGES, PAGE_BYTES);
