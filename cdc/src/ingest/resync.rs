@@ -1,8 +1,8 @@
 //! The resync driver: the SQL half of the watermark algorithm (see
 //! `ingest::watermark` for the reader's half). It polls the journal for
 //! the next queued resync, then per chunk: opens a window, writes the low
-//! watermark, SELECTs the next rows by primary-key range (no lock: a plain
-//! READ COMMITTED query, in a READ ONLY transaction with a statement timeout,
+//! watermark, reads the next rows by primary-key range with `COPY (SELECT ...)
+//! TO STDOUT` (no lock: a plain READ COMMITTED query, in a READ ONLY transaction with a statement timeout,
 //! because it carries the operator's `where`), hands them to the window, writes the high
 //! watermark and waits until the reader has journaled the chunk.
 //!
@@ -208,10 +208,9 @@ pub(crate) async fn shape(
 /// The chunk query: the next `CHUNK_ROWS` rows after `$1` (the last key, JSON of text
 /// values, parsed by the columns' own input functions) in key order.
 /// The chunk's `SELECT`: the rows after `after` (the previous chunk's last key, as
-/// JSON) in key order. Columns are selected as they are, not cast to text: the simple
-/// query protocol returns each in its type's output format, as pgoutput sends it
-/// (a `::text` cast differs: bool gives `true`, char(n) loses its padding, inet shows
-/// its netmask).
+/// JSON) in key order. Columns are selected as they are, not cast to text: COPY's text
+/// format sends each in its type's output format, as pgoutput sends it (a `::text`
+/// cast differs: bool gives `true`, char(n) loses its padding, inet shows its netmask).
 pub(crate) fn chunk_sql(
     table: &TableName,
     shape: &TableShape,

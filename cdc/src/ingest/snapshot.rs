@@ -1,6 +1,7 @@
 //! The initial snapshot (`source.snapshot = "initial"`): when pgcdc creates
 //! the slot, it exports the slot's snapshot and copies every table under
-//! `SET TRANSACTION SNAPSHOT`, chunk by chunk in primary-key order, as `read`
+//! `SET TRANSACTION SNAPSHOT`, chunk by chunk in primary-key order (`COPY (SELECT
+//! ...) TO STDOUT`, see `resync::ChunkStream`), as `read`
 //! events journaled ahead of the stream (positions just before the slot's
 //! consistent point). Each row is in the snapshot or in the stream, never
 //! both missing, never stale.
@@ -109,7 +110,7 @@ pub(crate) async fn copy(
         // Two stages, so that reading and decoding the next chunk overlaps the journal
         // write of this one: a task reads the COPY into events, this one journals them.
         // One chunk waits in the channel at most: three chunks in memory.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (tx, mut rx) = mpsc::channel(1);
         let reading = tokio::spawn(read_table(catalog, shape, plan, tx));
         while let Some(chunk) = rx.recv().await {
             let Journaled { entries, progress } = chunk;
