@@ -8,6 +8,8 @@
 //!
 //! A sink reports durability explicitly: `deliver` returns one `ItemResult`
 //! per item, and only delivered or dead-lettered items let the cursor move.
+//! A sink may split delivery in two (`submit`, then `settle`: Kafka), so the
+//! runner books the previous batch while the destination works on this one.
 
 pub mod audit;
 pub mod http;
