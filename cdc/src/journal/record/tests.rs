@@ -224,10 +224,12 @@ fn bench_stream_events() -> [ChangeEvent; 2] {
     .map(|(c, t)| (c.to_string(), t.to_string()))
     .to_vec();
     let row_of = |status: &str, fee: &str| {
-        row(json!({"id": 123456, "status": status, "fee": fee, "issued": "2026-05-04",
+        row(
+            json!({"id": 123456, "status": status, "fee": fee, "issued": "2026-05-04",
             "decided_at": "2026-12-02T04:30:10.123456Z",
             "meta": {"applicant": "user123456", "floors": 2}, "tags": ["a", "b123456"],
-            "kind": "building", "notes": "notes for permit 123456"}))
+            "kind": "building", "notes": "notes for permit 123456"}),
+        )
     };
     let insert = ChangeEvent {
         id: EventId::from_position(Lsn(0x2_1534_44B0), 455),
@@ -303,6 +305,11 @@ fn record_sizes_of_the_documented_events() {
         let v1 = encode_v1(&event);
         eprintln!("{name}: v1 {} bytes, v2 {} bytes", v1.len(), v2.len());
         assert_eq!(decode(&enc, &v2), event);
-        assert!(2 * v2.len() < v1.len(), "{name}: v1 {} v2 {}", v1.len(), v2.len());
+        assert!(
+            2 * v2.len() < v1.len(),
+            "{name}: v1 {} v2 {}",
+            v1.len(),
+            v2.len()
+        );
     }
 }
