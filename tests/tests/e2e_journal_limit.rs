@@ -94,8 +94,18 @@ retry = {{ initial_backoff_ms = 100, max_backoff_ms = 300 }}
         || async { rx.requests().iter().any(|r| r.json()["new"]["id"] == 1050) },
     )
     .await;
-    let s = status_json(&cfg).await?;
-    ensure!(s["journal"]["reader_paused"] == false, "{s}");
+    // Pruning runs at the journal thread's next wake-up after the last delivery
+    // (a paused reader syncs every second): wait for it.
+    wait_until_msg(
+        Duration::from_secs(30),
+        "pruning resumes the reader",
+        || async {
+            status_json(&cfg)
+                .await
+                .is_ok_and(|s| s["journal"]["reader_paused"] == false)
+        },
+    )
+    .await;
     let (_, metrics) = get(&format!("{base}/metrics")).await?;
     ensure!(
         metrics.lines().any(|l| l == "pgcdc_reader_paused 0"),
