@@ -2,34 +2,16 @@
 //! batches (one row per batch a sink settled at once, its delivery ids in a
 //! blob) and answer with attempts, a batch expanded to one per matching id.
 
-use pgcdc_sinks::{Attempt, AttemptOutcome, AttemptTime, CorruptIds, DeliveryIds};
+use pgcdc_sinks::{Attempt, AttemptOutcome, BatchAttempt, CorruptIds, DeliveryIds};
 
 use super::JournalError;
 
-/// A stored batch row, as read back.
+/// A stored batch row, as read back: the batch's attempt (its `ids` left empty)
+/// and its delivery ids as stored, decoded only for the ids a query asks about.
 pub(crate) struct BatchRow {
-    pub(crate) sink: String,
-    pub(crate) attempt: u32,
-    pub(crate) at: AttemptTime,
-    pub(crate) latency_ms: u64,
-    pub(crate) outcome: AttemptOutcome,
+    pub(crate) head: BatchAttempt,
     /// The front-coded delivery ids ([`DeliveryIds`]).
     pub(crate) ids: Vec<u8>,
-}
-
-impl BatchRow {
-    fn attempt(&self, event_id: String) -> Attempt {
-        Attempt {
-            event_id,
-            sink: self.sink.clone(),
-            attempt: self.attempt,
-            at: self.at,
-            status: None,
-            error: None,
-            latency_ms: self.latency_ms,
-            outcome: self.outcome,
-        }
-    }
 }
 
 /// The upper bound of the ids a lookup of `event_id` matches (`ID` and `ID.N`):
@@ -53,7 +35,7 @@ pub(crate) fn by_event(
     let mut out = single;
     for b in &batches {
         for id in DeliveryIds::matching(&b.ids, event_id).map_err(&corrupt)? {
-            out.push(b.attempt(id));
+            out.push(b.head.attempt_of(id));
         }
     }
     // Stable: equal times keep single attempts (a batch's retries) first. Without
@@ -80,7 +62,7 @@ pub(crate) fn by_sink(
             break;
         }
         for id in DeliveryIds::decode(&b.ids).map_err(&corrupt)? {
-            out.push(b.attempt(id));
+            out.push(b.head.attempt_of(id));
             expanded += 1;
         }
     }

@@ -96,14 +96,17 @@ fn batch_rows(pg: &Pg, sql: &str, params: Params<'_>) -> Result<Vec<BatchRow>, J
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         out.push(BatchRow {
-            sink: pg.get(r, 0)?,
-            attempt: pg.get::<i32>(r, 1)?.max(0) as u32,
-            at: pg
-                .get::<String>(r, 2)?
-                .parse()
-                .map_err(|e: pgcdc_sinks::ParseAttemptTimeError| pg.corrupt(e.to_string()))?,
-            latency_ms: pg.get::<i64>(r, 3)?.max(0) as u64,
-            outcome: outcome_parse(pg.get(r, 4)?),
+            head: BatchAttempt {
+                sink: pg.get(r, 0)?,
+                attempt: pg.get::<i32>(r, 1)?.max(0) as u32,
+                at: pg
+                    .get::<String>(r, 2)?
+                    .parse()
+                    .map_err(|e: pgcdc_sinks::ParseAttemptTimeError| pg.corrupt(e.to_string()))?,
+                latency_ms: pg.get::<i64>(r, 3)?.max(0) as u64,
+                outcome: outcome_parse(pg.get(r, 4)?),
+                ids: Default::default(),
+            },
             ids: pg.get(r, 5)?,
         });
     }

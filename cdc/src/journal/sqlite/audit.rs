@@ -246,17 +246,20 @@ fn batch_rows(
     let rows = stmt
         .query_map(args, |r| {
             Ok(BatchRow {
-                sink: r.get(0)?,
-                attempt: r.get(1)?,
-                at: r.get::<_, String>(2)?.parse().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        2,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?,
-                latency_ms: r.get::<_, i64>(3)?.max(0) as u64,
-                outcome: outcome_parse(&r.get::<_, String>(4)?),
+                head: BatchAttempt {
+                    sink: r.get(0)?,
+                    attempt: r.get(1)?,
+                    at: r.get::<_, String>(2)?.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            2,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
+                    latency_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                    outcome: outcome_parse(&r.get::<_, String>(4)?),
+                    ids: Default::default(),
+                },
                 ids: r.get(5)?,
             })
         })
