@@ -23,7 +23,17 @@ pub struct EventId(String);
 impl EventId {
     /// The id of the `seq`-th change (0-based) of the transaction committed at `commit_lsn`.
     pub fn from_position(commit_lsn: Lsn, seq: u32) -> Self {
-        EventId(format!("{:016X}-{:08X}", commit_lsn.0, seq))
+        // `format!("{:016X}-{:08X}")` by hand: one per change, on the hot path.
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = [0u8; 25];
+        for (i, b) in out[..16].iter_mut().enumerate() {
+            *b = HEX[((commit_lsn.0 >> (60 - 4 * i)) & 0xF) as usize];
+        }
+        out[16] = b'-';
+        for (i, b) in out[17..].iter_mut().enumerate() {
+            *b = HEX[((seq >> (28 - 4 * i)) & 0xF) as usize];
+        }
+        EventId(out.iter().map(|&b| char::from(b)).collect())
     }
 
     /// Wraps an id read back from storage or from an operator.
@@ -177,8 +187,16 @@ pub struct Origin {
     /// Each column's type (`int4`, `jsonb`, `timestamptz`, `text[]`, ... see
     /// [`crate::value::PgType::name`]), in table order: for Debezium's JSON-as-text and
     /// its schemas.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub column_types: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "column_types_empty")]
+    pub column_types: ColumnTypes,
+}
+
+/// (column name, type name) in table order; shared by every event of one
+/// relation version, so an event costs a reference count, not a copy.
+pub type ColumnTypes = std::sync::Arc<[(String, String)]>;
+
+fn column_types_empty(types: &ColumnTypes) -> bool {
+    types.is_empty()
 }
 
 impl Origin {
@@ -297,12 +315,23 @@ pub fn from_stored_json<T: serde::de::DeserializeOwned>(text: &str) -> serde_jso
 mod tests {
     use super::*;
 
+    fn mixed_lsn() -> u64 {
+        0x0123_4567_89AB_CDEF
+    }
+
     #[test]
     fn event_ids_sort_in_commit_order() {
         let a = EventId::from_position(Lsn(0x16B3748), 2);
         let b = EventId::from_position(Lsn(0x16B3748), 10);
         let c = EventId::from_position(Lsn(0x1_0000_0000), 0);
         assert_eq!(a.as_str(), "00000000016B3748-00000002");
+        let edge = EventId::from_position(Lsn(u64::MAX), u32::MAX);
+        assert_eq!(edge.as_str(), "FFFFFFFFFFFFFFFF-FFFFFFFF");
+        let mixed = EventId::from_position(Lsn(0x0123_4567_89AB_CDEF), 0xA0B1_C2D3);
+        assert_eq!(
+            mixed.as_str(),
+            format!("{:016X}-{:08X}", mixed_lsn(), 0xA0B1_C2D3u32)
+        );
         assert!(a < b && b < c);
     }
 
@@ -378,7 +407,7 @@ mod tests {
             snapshot: Some(SnapshotMark::LastInDataCollection),
             old_sent: Some(OldSent::Key),
             no_primary_key: true,
-            column_types: vec![("id".into(), "int4".into()), ("doc".into(), "jsonb".into())],
+            column_types: vec![("id".into(), "int4".into()), ("doc".into(), "jsonb".into())].into(),
         };
         // The native event never shows it; the journal's record keeps it.
         let native = serde_json::to_string(&ev).unwrap_or_default();

@@ -75,7 +75,7 @@ pub(crate) struct TableShape {
 
 impl TableShape {
     /// Each column's type name.
-    pub(crate) fn column_types(&self) -> Vec<(String, String)> {
+    pub(crate) fn column_types(&self) -> pgcdc_schema::event::ColumnTypes {
         crate::ingest::changes::column_types(&self.columns)
     }
 }

@@ -36,7 +36,7 @@ pub(crate) struct ChunkRows {
     /// Whether this is the table's last chunk.
     pub(crate) done: bool,
     /// The table's column types (see `Origin::column_types`).
-    pub(crate) column_types: Vec<(String, String)>,
+    pub(crate) column_types: pgcdc_schema::event::ColumnTypes,
 }
 
 /// One chunk's window, from the driver's open to the reader's high watermark.
@@ -256,7 +256,7 @@ mod tests {
             rows: vec![row(1, "a"), row(2, "b"), row(3, "c"), row(4, "d")],
             last_key: None,
             done: true,
-            column_types: Vec::new(),
+            column_types: Default::default(),
         };
         assert!(w.set_rows("1.0.x", rows));
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {
@@ -293,7 +293,7 @@ mod tests {
                 rows: vec![row(1, "a")],
                 last_key: None,
                 done: true,
-                column_types: Vec::new(),
+                column_types: Default::default(),
             },
         );
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {

@@ -266,7 +266,7 @@ impl<'a> Envelope<'a> {
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp_micros());
         let origin = &event.origin;
-        let types = origin.column_types.as_slice();
+        let types = &origin.column_types[..];
         let change_lsn = origin.change_lsn.unwrap_or(event.lsn);
         Envelope {
             before: before(event, options.before).map(|(row, only)| Image {

@@ -64,7 +64,7 @@ fn customers_event(
             snapshot: None,
             old_sent,
             no_primary_key: false,
-            column_types: customers_types(),
+            column_types: customers_types().into(),
         },
         columns: None,
         previous: None,
@@ -310,7 +310,8 @@ fn json_is_text_toast_is_placed_in_column_order_and_keyless_tables_have_no_key()
         ("id".into(), "int4".into()),
         ("notes".into(), "text".into()),
         ("doc".into(), "jsonb".into()),
-    ];
+    ]
+    .into();
     ev.unchanged_toast = vec!["notes".into()];
     let v = envelope(&ev, &docs_source(), DebeziumOptions::default(), 0);
     assert_eq!(v["after"]["doc"], r#"{"b": [1, 2], "a": "x"}"#);
@@ -393,7 +394,8 @@ fn schema_variant_wraps_key_and_value_with_debeziums_schemas() {
         ("doc".into(), "jsonb".into()),
         ("fee".into(), "numeric".into()),
         ("tags".into(), "text[]".into()),
-    ];
+    ]
+    .into();
     let opts = DebeziumOptions {
         before: BeforeImage::Postgres,
         schemas: true,

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use pgcdc_schema::event::{pg_micros_to_rfc3339, pg_micros_to_unix_micros, Column, Row};
+use pgcdc_schema::event::{
+    pg_micros_to_rfc3339, pg_micros_to_unix_micros, Column, ColumnTypes, Row,
+};
 use pgcdc_schema::value::{decode_text, PgType};
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, OldSent, Op, Origin, SnapshotMark};
 use serde_json::Value;
@@ -35,6 +37,8 @@ pub(crate) struct RelationInfo {
     /// The captured table (as `source.tables` names it) this relation's changes belong
     /// to, matched by OID; None: a table of the publication that pgcdc does not capture.
     pub(crate) identity: Option<TableName>,
+    /// Each column's type name, shared by every event of this relation.
+    pub(crate) column_types: ColumnTypes,
 }
 
 impl RelationInfo {
@@ -97,6 +101,7 @@ impl RelationInfo {
                 .collect();
         }
         RelationInfo {
+            column_types: column_types(&columns),
             identity,
             name,
             columns,
@@ -118,14 +123,10 @@ impl RelationInfo {
             })
             .collect()
     }
-    /// Each column's type name.
-    pub(crate) fn column_types(&self) -> Vec<(String, String)> {
-        column_types(&self.columns)
-    }
 }
 
 /// Each column's type name (what `Origin::column_types` holds).
-pub(crate) fn column_types(columns: &[(String, PgType)]) -> Vec<(String, String)> {
+pub(crate) fn column_types(columns: &[(String, PgType)]) -> ColumnTypes {
     columns
         .iter()
         .map(|(name, kind)| (name.clone(), kind.name()))
@@ -389,7 +390,7 @@ impl ChangeBuilder {
             snapshot: None,
             old_sent,
             no_primary_key: !info.has_primary_key,
-            column_types: info.column_types(),
+            column_types: info.column_types.clone(),
         };
         Ok(Some(JournalEntry {
             table: identity.to_string(),
@@ -500,7 +501,7 @@ impl ChangeBuilder {
         table: &TableName,
         key: Row,
         row: Row,
-        column_types: &[(String, String)],
+        column_types: &ColumnTypes,
     ) -> Result<JournalEntry, ChangeError> {
         let txn = self.txn.as_mut().ok_or(ChangeError::NoTransaction)?;
         let seq = txn.next_seq;
@@ -518,7 +519,7 @@ impl ChangeBuilder {
                 txn.commit_time_text.clone(),
                 Origin {
                     snapshot: Some(SnapshotMark::Incremental),
-                    column_types: column_types.to_vec(),
+                    column_types: column_types.clone(),
                     ..Origin::default()
                 },
             ),

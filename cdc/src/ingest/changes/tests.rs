@@ -266,7 +266,7 @@ fn each_change_carries_its_own_lsn_the_last_commit_and_what_postgres_sent() {
     assert_eq!(first.event.origin.last_commit_lsn, None);
     assert_eq!(first.event.lsn, Lsn(0x300), "lsn stays the commit LSN");
     assert_eq!(
-        first.event.origin.column_types,
+        first.event.origin.column_types[..],
         [("id", "int4"), ("status", "text"), ("notes", "text")]
             .map(|(c, t)| (c.to_string(), t.to_string()))
     );

@@ -31,7 +31,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgcdc_schema::event::{from_stored_json, Column, OldSent, Origin, Row, SnapshotMark};
+use pgcdc_schema::event::{
+    from_stored_json, Column, ColumnTypes, OldSent, Origin, Row, SnapshotMark,
+};
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +69,7 @@ pub(crate) struct Relation {
     /// Table name.
     pub(crate) table: String,
     /// (column name, type name), in table order.
-    pub(crate) columns: Vec<(String, String)>,
+    pub(crate) columns: ColumnTypes,
 }
 
 impl Relation {
@@ -84,7 +86,8 @@ impl Relation {
     fn matches(&self, event: &ChangeEvent) -> bool {
         self.table == event.table
             && self.schema == event.schema
-            && self.columns == event.origin.column_types
+            && (Arc::ptr_eq(&self.columns, &event.origin.column_types)
+                || self.columns == event.origin.column_types)
     }
 
     fn of(event: &ChangeEvent) -> Relation {

@@ -47,7 +47,7 @@ fn sample() -> ChangeEvent {
             snapshot: None,
             old_sent: Some(OldSent::Full),
             no_primary_key: false,
-            column_types: types(),
+            column_types: types().into(),
         },
     }
 }
@@ -148,10 +148,9 @@ fn relation_versions_are_made_once_and_kept_only_when_stored() {
     assert_eq!(fresh, [1]);
     enc.settle(true);
     let mut altered = event.clone();
-    altered
-        .origin
-        .column_types
-        .push(("added".into(), "text".into()));
+    let mut columns = altered.origin.column_types.to_vec();
+    columns.push(("added".into(), "text".into()));
+    altered.origin.column_types = columns.into();
     encode(&mut enc, &altered);
     encode(&mut enc, &event);
     let fresh: Vec<i64> = enc.fresh().map(|(id, _)| id).collect();
@@ -249,7 +248,7 @@ fn bench_stream_events() -> [ChangeEvent; 2] {
         origin: Origin {
             change_lsn: Some(Lsn(0x2_1533_0000)),
             last_commit_lsn: Some(Lsn(0x2_1520_0000)),
-            column_types: types,
+            column_types: types.into(),
             ..Origin::default()
         },
     };
@@ -283,7 +282,8 @@ fn readme_event() -> ChangeEvent {
             last_commit_lsn: Some(Lsn(0x1520000)),
             column_types: [("id", "int4"), ("status", "text"), ("fee", "numeric")]
                 .map(|(c, t)| (c.to_string(), t.to_string()))
-                .to_vec(),
+                .to_vec()
+                .into(),
             ..Origin::default()
         },
     }

@@ -333,7 +333,8 @@ mod tests {
         ev.origin.column_types = vec![
             ("id".into(), "int4".into()),
             ("status".into(), "text".into()),
-        ];
+        ]
+        .into();
         it.event = Arc::new(ev);
         let recs = s.records(0, &it).unwrap_or_default();
         let k: serde_json::Value = serde_json::from_str(&text(&recs[0].key)).unwrap_or_default();
