@@ -4,12 +4,10 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::Lsn;
 
-/// A row's column values by column name, in table column order.
-pub type Row = Map<String, Value>;
+pub use crate::row::{Name, Row};
 
 /// Stable identity of one change, derived from its source position, so a
 /// replay of the same WAL produces the same id.
@@ -313,6 +311,8 @@ pub fn from_stored_json<T: serde::de::DeserializeOwned>(text: &str) -> serde_jso
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn mixed_lsn() -> u64 {

@@ -35,7 +35,7 @@ fn sink(cfg: &KafkaSinkConfig) -> anyhow::Result<KafkaSink> {
 /// The insert of permit `n`, journaled at position `n`.
 fn item(n: i64) -> Outgoing {
     let lsn = Lsn(0x1000 + n as u64);
-    let mut row = serde_json::Map::new();
+    let mut row = pgcdc_schema::event::Row::new();
     row.insert("id".into(), json!(n));
     let event = ChangeEvent {
         id: EventId::from_position(lsn, 0),

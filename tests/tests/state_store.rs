@@ -9,9 +9,9 @@ use pgcdc::journal::{
     Access, AppendOutcome, JournalEntry, JournalError, JournalHead, JournalWriter, ResetError,
     ResetTarget, StateStore, Store, StoredEvent, Tracked,
 };
+use pgcdc_schema::event::Row;
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
 use pgcdc_tests::PgCluster;
-use serde_json::Map;
 
 /// A Postgres store in `schema` of the cluster's `postgres` database.
 fn pg_store(pg: &PgCluster, schema: &str) -> anyhow::Result<Store> {
@@ -78,9 +78,9 @@ fn entry(lsn: u64, seq: u32) -> JournalEntry {
             op: Op::Insert,
             schema: "public".into(),
             table: "permits".into(),
-            key: Some(Map::new()),
+            key: Some(Row::new()),
             old: None,
-            new: Some(Map::new()),
+            new: Some(Row::new()),
             trigger: None,
             lsn: Lsn(lsn),
             xid: Some(7),
@@ -106,9 +106,12 @@ fn change(
 ) -> JournalEntry {
     let mut e = entry(lsn, 0);
     e.event.op = op;
-    e.event.key = serde_json::json!({ "id": key }).as_object().cloned();
-    e.event.new = new.and_then(|v| v.as_object().cloned());
-    e.event.old = old.and_then(|v| v.as_object().cloned());
+    e.event.key = serde_json::json!({ "id": key })
+        .as_object()
+        .cloned()
+        .map(Row::from);
+    e.event.new = new.and_then(|v| v.as_object().cloned().map(Row::from));
+    e.event.old = old.and_then(|v| v.as_object().cloned().map(Row::from));
     e
 }
 
@@ -374,9 +377,9 @@ fn entries_keep_the_captured_tables_name_beside_the_events_name(
 fn read_batch_stops_at_its_byte_budget_but_returns_one_event(store: &Store) -> anyhow::Result<()> {
     let big = |seq: u32| {
         let mut e = entry(100, seq);
-        let mut row = Map::new();
+        let mut row = serde_json::Map::new();
         row.insert("v".into(), serde_json::Value::String("x".repeat(10_000)));
-        e.event.new = Some(row);
+        e.event.new = Some(row.into());
         e
     };
     let mut w = store.writer()?;

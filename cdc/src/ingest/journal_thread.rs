@@ -409,7 +409,7 @@ mod tests {
                 table: "t".into(),
                 key: None,
                 old: None,
-                new: Some(row),
+                new: Some(row.into()),
                 trigger: None,
                 lsn: Lsn(1),
                 xid: None,

@@ -341,7 +341,7 @@ impl<'a> ChunkStream<'a> {
                 Some(t) => decode_text(kind, t),
                 None => serde_json::Value::Null,
             };
-            row.insert(name.clone(), value);
+            row.insert(name.as_str().into(), value);
         }
         self.last_key.clear();
         self.last_key.extend(

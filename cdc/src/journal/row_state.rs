@@ -86,9 +86,9 @@ fn fill_toast(prev: &Row, event: &mut ChangeEvent) {
         match prev.get(&c) {
             Some(v) => {
                 if let Some(old) = event.old.as_mut() {
-                    old.entry(c.clone()).or_insert_with(|| v.clone());
+                    old.insert_if_absent(c.as_str().into(), || v.clone());
                 }
-                new.insert(c, v.clone());
+                new.insert(c.as_str().into(), v.clone());
                 filled = true;
             }
             None => missing.push(c),
@@ -100,7 +100,7 @@ fn fill_toast(prev: &Row, event: &mut ChangeEvent) {
         // column it did not have (added since).
         let mut ordered = Row::new();
         for c in prev.keys() {
-            if let Some(v) = new.shift_remove(c) {
+            if let Some(v) = new.remove(c) {
                 ordered.insert(c.clone(), v);
             }
         }
@@ -125,7 +125,7 @@ fn pick(tracked: &Tracked, row: &Row, key: &Row) -> Row {
             let mut out = key.clone();
             for c in cols {
                 if let Some(v) = row.get(c) {
-                    out.insert(c.clone(), v.clone());
+                    out.insert(c.as_str().into(), v.clone());
                 }
             }
             out
@@ -176,7 +176,7 @@ pub(crate) fn merge(
             if let Some(prev) = &remembered {
                 for c in &event.unchanged_toast {
                     if let Some(v) = prev.get(c) {
-                        values.insert(c.clone(), v.clone());
+                        values.insert(c.as_str().into(), v.clone());
                     }
                 }
             }

@@ -36,9 +36,9 @@ pub(super) fn row(row: &Row, types: &[(String, String)]) -> Map<String, Value> {
         .map(|(k, v)| {
             let ty = types
                 .iter()
-                .find(|(c, _)| c == k)
+                .find(|(c, _)| **c == **k)
                 .map_or("", |(_, t)| t.as_str());
-            (k.clone(), value(v, ty).into_owned())
+            (k.to_string(), value(v, ty).into_owned())
         })
         .collect()
 }

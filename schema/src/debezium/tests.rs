@@ -5,7 +5,7 @@
 use super::*;
 use crate::event::{OldSent, Origin, SnapshotMark};
 use crate::{EventId, Lsn};
-use serde_json::{json, Map};
+use serde_json::json;
 
 /// `CREATE TABLE customers (id SERIAL, first_name VARCHAR(255) NOT NULL, last_name
 /// VARCHAR(255) NOT NULL, email VARCHAR(255) NOT NULL, PRIMARY KEY(id))`.
@@ -21,8 +21,8 @@ fn customers_types() -> Vec<(String, String)> {
     .collect()
 }
 
-fn row(v: Value) -> Option<Map<String, Value>> {
-    v.as_object().cloned()
+fn row(v: Value) -> Option<Row> {
+    v.as_object().cloned().map(Row::from)
 }
 
 /// The docs' `source` deployment: `topic.prefix = PostgreSQL_server`, database `postgres`.

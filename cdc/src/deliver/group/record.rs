@@ -137,7 +137,7 @@ fn debezium(json: &Value, record: &RawRecord<'_>, id: &str) -> Result<ChangeEven
         new.retain(|col, v| {
             let placeholder = v.as_str() == Some(UNAVAILABLE);
             if placeholder {
-                unchanged_toast.push(col.clone());
+                unchanged_toast.push(col.to_string());
             }
             !placeholder
         });

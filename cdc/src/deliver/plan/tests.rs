@@ -38,9 +38,12 @@ fn event(
         op,
         schema: "public".into(),
         table: table.into(),
-        key: json!({"id": 1}).as_object().cloned(),
-        old: old.and_then(|o| o.as_object().cloned()),
-        new: new.as_object().cloned(),
+        key: json!({"id": 1})
+            .as_object()
+            .cloned()
+            .map(pgcdc_schema::event::Row::from),
+        old: old.and_then(|o| o.as_object().cloned().map(pgcdc_schema::event::Row::from)),
+        new: new.as_object().cloned().map(pgcdc_schema::event::Row::from),
         trigger: None,
         lsn: Lsn(0x100),
         xid: Some(1),
@@ -203,7 +206,10 @@ transform = 'if .new.id == 5 then error("five") else {id: .new.id, t: .trigger} 
             Some(json!({"id": id, "status": old})),
             json!({"id": id, "status": new}),
         );
-        e.key = json!({"id": id}).as_object().cloned();
+        e.key = json!({"id": id})
+            .as_object()
+            .cloned()
+            .map(pgcdc_schema::event::Row::from);
         e
     };
     let batch = vec![
@@ -267,7 +273,10 @@ transform = '{id: .new.id, status: .new.status}'
                 json!({"id": i, "status": if i % 2 == 0 { "approved" } else { "review" },
                        "expiry_date": "2027-01-31"}),
             );
-            e.key = json!({"id": i}).as_object().cloned();
+            e.key = json!({"id": i})
+                .as_object()
+                .cloned()
+                .map(pgcdc_schema::event::Row::from);
             e
         })
         .collect();

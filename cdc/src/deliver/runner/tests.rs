@@ -76,9 +76,15 @@ fn entry(lsn: u64) -> JournalEntry {
             op: Op::Insert,
             schema: "public".into(),
             table: "permits".into(),
-            key: serde_json::json!({"id": lsn}).as_object().cloned(),
+            key: serde_json::json!({"id": lsn})
+                .as_object()
+                .cloned()
+                .map(pgcdc_schema::event::Row::from),
             old: None,
-            new: serde_json::json!({"id": lsn}).as_object().cloned(),
+            new: serde_json::json!({"id": lsn})
+                .as_object()
+                .cloned()
+                .map(pgcdc_schema::event::Row::from),
             trigger: None,
             lsn: Lsn(lsn),
             xid: None,

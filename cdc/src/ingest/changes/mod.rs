@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use pgcdc_schema::event::{
-    pg_micros_to_rfc3339, pg_micros_to_unix_micros, Column, ColumnTypes, Row,
+    pg_micros_to_rfc3339, pg_micros_to_unix_micros, Column, ColumnTypes, Name, Row,
 };
 use pgcdc_schema::value::{decode_text, PgType};
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, OldSent, Op, Origin, SnapshotMark};
@@ -39,6 +39,8 @@ pub(crate) struct RelationInfo {
     pub(crate) identity: Option<TableName>,
     /// Each column's type name, shared by every event of this relation.
     pub(crate) column_types: ColumnTypes,
+    /// The column names, shared by the rows built for this relation.
+    pub(crate) names: Vec<Name>,
 }
 
 impl RelationInfo {
@@ -102,6 +104,10 @@ impl RelationInfo {
         }
         RelationInfo {
             column_types: column_types(&columns),
+            names: columns
+                .iter()
+                .map(|(n, _)| Name::from(n.as_str()))
+                .collect(),
             identity,
             name,
             columns,
@@ -339,13 +345,11 @@ impl ChangeBuilder {
                 want: info.columns.len(),
             });
         }
-        let mut row = Row::new();
+        let mut row = Row::with_capacity(info.columns.len());
         let mut toast = Vec::new();
-        for ((name, kind), datum) in info.columns.iter().zip(&tuple.0) {
+        for (((name, kind), datum), shared) in info.columns.iter().zip(&tuple.0).zip(&info.names) {
             match datum_value(kind, datum) {
-                Some(v) => {
-                    row.insert(name.clone(), v);
-                }
+                Some(v) => row.push(shared.clone(), v),
                 None => toast.push(name.clone()),
             }
         }
@@ -353,11 +357,11 @@ impl ChangeBuilder {
     }
 
     fn key_of(info: &RelationInfo, row: &Row) -> Row {
-        info.key
-            .iter()
-            .filter_map(|&i| info.columns.get(i))
-            .map(|(n, _)| (n.clone(), row.get(n).cloned().unwrap_or(Value::Null)))
-            .collect()
+        let mut key = Row::with_capacity(info.key.len());
+        for n in info.key.iter().filter_map(|&i| info.names.get(i)) {
+            key.insert(n.clone(), row.get(n).cloned().unwrap_or(Value::Null));
+        }
+        key
     }
 
     fn entry(

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pgcdc_schema::event::{
-    from_stored_json, Column, ColumnTypes, OldSent, Origin, Row, SnapshotMark,
+    from_stored_json, Column, ColumnTypes, Name, OldSent, Origin, Row, SnapshotMark,
 };
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
 use serde::{Deserialize, Serialize};
@@ -70,6 +70,9 @@ pub(crate) struct Relation {
     pub(crate) table: String,
     /// (column name, type name), in table order.
     pub(crate) columns: ColumnTypes,
+    /// The column names, shared by the rows decoded with this version.
+    #[serde(skip)]
+    names: Vec<Name>,
 }
 
 impl Relation {
@@ -80,7 +83,13 @@ impl Relation {
 
     /// Reads the stored form.
     pub(crate) fn from_stored(text: &str) -> Result<Relation, serde_json::Error> {
-        serde_json::from_str(text)
+        let mut rel: Relation = serde_json::from_str(text)?;
+        rel.names = rel
+            .columns
+            .iter()
+            .map(|(n, _)| Name::from(n.as_str()))
+            .collect();
+        Ok(rel)
     }
 
     fn matches(&self, event: &ChangeEvent) -> bool {
@@ -95,6 +104,12 @@ impl Relation {
             schema: event.schema.clone(),
             table: event.table.clone(),
             columns: event.origin.column_types.clone(),
+            names: event
+                .origin
+                .column_types
+                .iter()
+                .map(|(n, _)| Name::from(n.as_str()))
+                .collect(),
         }
     }
 }
@@ -486,7 +501,7 @@ impl Decoder {
             let n = r.count()?;
             unchanged_toast.reserve(n);
             for _ in 0..n {
-                unchanged_toast.push(column_name(r, rel)?);
+                unchanged_toast.push(column_name(r, rel)?.to_string());
             }
         }
         let mut columns = |f: u16| -> Result<Option<Vec<Column>>, Bad> {
@@ -508,7 +523,7 @@ impl Decoder {
             let mut row = Row::with_capacity(n);
             for _ in 0..n {
                 let name = column_name(r, rel)?;
-                row.insert(name, r.value()?);
+                row.push(name, r.value()?);
             }
             Ok(Some(row))
         };
@@ -556,14 +571,14 @@ impl Decoder {
     }
 }
 
-fn column_name(r: &mut Reader<'_>, rel: &Relation) -> Result<String, Bad> {
+fn column_name(r: &mut Reader<'_>, rel: &Relation) -> Result<Name, Bad> {
     match r.varint()? {
-        0 => r.string(),
+        0 => r.string().map(Name::from),
         i => rel
-            .columns
+            .names
             .get((i - 1) as usize)
-            .map(|(n, _)| n.clone())
-            .ok_or_else(|| format!("column {i} is past the relation's {}", rel.columns.len())),
+            .cloned()
+            .ok_or_else(|| format!("column {i} is past the relation's {}", rel.names.len())),
     }
 }
 

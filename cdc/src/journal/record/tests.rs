@@ -5,7 +5,7 @@ use super::*;
 
 fn row(v: Value) -> Option<Row> {
     match v {
-        Value::Object(m) => Some(m),
+        Value::Object(m) => Some(m.into()),
         _ => None,
     }
 }

@@ -205,7 +205,7 @@ mod tests {
     }
 
     fn item(op: Op, body: serde_json::Value) -> Outgoing {
-        let row = |v: serde_json::Value| v.as_object().cloned();
+        let row = |v: serde_json::Value| v.as_object().cloned().map(pgcdc_schema::event::Row::from);
         let event = ChangeEvent {
             id: EventId::from_position(Lsn(0x10), 2),
             op,
@@ -351,9 +351,18 @@ mod tests {
         let s = sink("", false);
         let mut it = item(Op::Update, serde_json::Value::Null);
         let mut ev = (*it.event).clone();
-        ev.key = json!({"id": 8}).as_object().cloned();
-        ev.new = json!({"id": 8, "status": "approved"}).as_object().cloned();
-        ev.old = json!({"id": 7}).as_object().cloned();
+        ev.key = json!({"id": 8})
+            .as_object()
+            .cloned()
+            .map(pgcdc_schema::event::Row::from);
+        ev.new = json!({"id": 8, "status": "approved"})
+            .as_object()
+            .cloned()
+            .map(pgcdc_schema::event::Row::from);
+        ev.old = json!({"id": 7})
+            .as_object()
+            .cloned()
+            .map(pgcdc_schema::event::Row::from);
         ev.origin.old_sent = Some(pgcdc_schema::OldSent::Key);
         it.event = Arc::new(ev);
         let recs = s.records(0, &it).unwrap_or_default();
