@@ -31,7 +31,7 @@ impl EventId {
         for (i, b) in out[17..].iter_mut().enumerate() {
             *b = HEX[((seq >> (28 - 4 * i)) & 0xF) as usize];
         }
-        EventId(out.iter().map(|&b| char::from(b)).collect())
+        EventId(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// Wraps an id read back from storage or from an operator.

@@ -71,6 +71,8 @@ pub(crate) struct TableShape {
     /// The publication's row filter for the table (`source.tables` `where`): a copy
     /// reads only the rows the stream would carry.
     row_filter: Option<String>,
+    /// The column names, shared by the rows read.
+    names: Vec<pgcdc_schema::event::Name>,
 }
 
 impl TableShape {
@@ -199,6 +201,7 @@ pub(crate) async fn shape(
         )));
     }
     Ok(TableShape {
+        names: columns.iter().map(|(n, _)| n.as_str().into()).collect(),
         columns,
         key,
         row_filter: published.and_then(|p| p.row_filter.clone()),
@@ -336,12 +339,12 @@ impl<'a> ChunkStream<'a> {
         self.rows += 1;
         self.bytes += line.raw_len();
         let mut row = Row::with_capacity(columns.len());
-        for (i, (name, kind)) in columns.iter().enumerate() {
+        for (i, ((_, kind), name)) in columns.iter().zip(&self.shape.names).enumerate() {
             let value = match line.get(i) {
                 Some(t) => decode_text(kind, t),
                 None => serde_json::Value::Null,
             };
-            row.insert(name.as_str().into(), value);
+            row.push(name.clone(), value);
         }
         self.last_key.clear();
         self.last_key.extend(
@@ -349,12 +352,12 @@ impl<'a> ChunkStream<'a> {
                 .iter()
                 .map(|&i| line.get(i).map(str::to_owned)),
         );
-        let key: Row = self
-            .shape
-            .key
-            .iter()
-            .map(|k| (k.clone(), row.get(k).cloned().unwrap_or_default()))
-            .collect();
+        let mut key = Row::with_capacity(self.shape.key.len());
+        for k in &self.shape.key {
+            if let Some((name, value)) = row.iter().find(|(n, _)| ***n == **k) {
+                key.insert(name.clone(), value.clone());
+            }
+        }
         Ok(Some((key, row)))
     }
 

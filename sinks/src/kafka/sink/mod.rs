@@ -13,7 +13,7 @@ use pgcdc_schema::mapping::JqProgram;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
-use super::config::{Format, KafkaSinkConfig, TopicTemplate};
+use super::config::{KafkaSinkConfig, TopicTemplate};
 use super::context::SinkContext;
 use super::progress::{Progress, RecordId};
 use crate::{Attempt, AttemptOutcome, AuditLog, Checkpoint, ItemResult, Outgoing, Sink, SinkError};
@@ -282,8 +282,10 @@ impl Sink for KafkaSink {
         BATCH_SIZE
     }
 
+    /// Never: without a transform the native event and Debezium's records are
+    /// both rendered straight from `event`, with no JSON value in between.
     fn wants_native_body(&self) -> bool {
-        self.config.format == Format::Native
+        false
     }
 
     async fn close(&mut self) -> Result<(), SinkError> {

@@ -83,7 +83,8 @@ impl KafkaSink {
         };
         let value = match debezium {
             Some(options) => debezium::to_vec(event, &self.source, options, self.batch_started_ms),
-            None => serde_json::to_vec(&item.body),
+            None if self.transformed => serde_json::to_vec(&item.body),
+            None => serde_json::to_vec(&**event),
         }
         .map_err(|e| e.to_string())?;
         let id = item.delivery_id();
@@ -415,14 +416,19 @@ mod tests {
     }
 
     #[test]
-    fn native_format_and_transform_output_are_sent_as_given() {
+    fn native_format_is_the_event_and_transform_output_is_sent_as_given() {
         let s = sink("format = \"native\"\n", false);
-        let body = json!({"id": "0000000000000010-00000002", "op": "update"});
-        let recs = s
-            .records(0, &item(Op::Update, body.clone()))
-            .unwrap_or_default();
-        assert_eq!(text(&recs[0].value), body.to_string());
-        assert!(s.wants_native_body());
+        // The body is left null by the runner: the record is rendered from the event.
+        let it = item(Op::Update, serde_json::Value::Null);
+        let recs = s.records(0, &it).unwrap_or_default();
+        assert_eq!(
+            text(&recs[0].value),
+            serde_json::to_string(&*it.event).unwrap_or_default()
+        );
+        assert!(
+            text(&recs[0].value).starts_with(r#"{"id":"0000000000000010-00000002","op":"update""#)
+        );
+        assert!(!s.wants_native_body());
         let t = sink("", true);
         assert!(!t.wants_native_body());
         let recs = t
