@@ -64,7 +64,7 @@ pub(crate) const QUEUE_CAPACITY: usize = 8_192;
 
 /// Estimated bytes of changes queued for, or in the batch being written by, the
 /// journal thread at most (besides one change larger than this, which goes alone).
-pub(crate) const QUEUE_BYTES: usize = 32 << 20;
+pub(crate) const QUEUE_BYTES: usize = 16 << 20;
 
 /// A batch closes once its changes reach this many (estimated) bytes.
 pub(crate) const BATCH_BYTES: usize = 8 << 20;
@@ -159,22 +159,14 @@ impl JournalCommand {
 /// Rough heap size of an event: its rows' values plus a fixed overhead.
 fn event_bytes(event: &ChangeEvent) -> usize {
     let rows = [&event.key, &event.old, &event.new];
-    // The origin's column types: two strings (and a tuple) per column.
-    let types: usize = event
-        .origin
-        .column_types
-        .iter()
-        .map(|(n, t)| 64 + n.len() + t.len())
-        .sum();
-    256 + types
+    // The origin's column types and the rows' column names are shared with the
+    // relation: a pointer each. The event's own strings (id, schema, table).
+    let own = event.id.as_str().len() + event.schema.len() + event.table.len();
+    256 + own
         + rows
             .into_iter()
             .flatten()
-            .map(|row| {
-                row.iter()
-                    .map(|(k, v)| k.len() + value_bytes(v))
-                    .sum::<usize>()
-            })
+            .map(|row| row.iter().map(|(_, v)| 16 + value_bytes(v)).sum::<usize>())
             .sum::<usize>()
 }
 
@@ -183,9 +175,11 @@ fn value_bytes(value: &Value) -> usize {
     const NODE: usize = std::mem::size_of::<Value>();
     NODE + match value {
         Value::String(s) => s.len(),
+        // With arbitrary precision a number is its text, on the heap.
+        Value::Number(n) => n.as_str().len(),
         Value::Array(items) => items.iter().map(value_bytes).sum(),
         Value::Object(map) => map.iter().map(|(k, v)| 16 + k.len() + value_bytes(v)).sum(),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::Null | Value::Bool(_) => 0,
     }
 }
 
