@@ -248,6 +248,15 @@ impl Receiver {
             .collect()
     }
 
+    /// How many requests to the API arrived (without copying them: a benchmark
+    /// polls this while thousands arrive).
+    pub fn api_request_count(&self) -> usize {
+        lock(&self.state.requests)
+            .iter()
+            .filter(|r| !r.path.starts_with("/oauth/"))
+            .count()
+    }
+
     /// The answer for requests once the script is used up.
     pub fn set_mode(&self, mode: Mode) {
         *lock(&self.state.mode) = mode;
