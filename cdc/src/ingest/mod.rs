@@ -14,6 +14,7 @@
 //! Nothing here imports `deliver/`: the two sides meet at the journal and the
 //! head watch.
 
+mod apply;
 pub(crate) mod catalog;
 pub(crate) mod changes;
 mod copy_text;
@@ -21,6 +22,7 @@ pub(crate) mod journal_guard;
 pub(crate) mod journal_thread;
 mod placement;
 pub(crate) mod reader;
+pub(crate) mod reader_config;
 pub(crate) mod reader_error;
 pub(crate) mod resync;
 pub(crate) mod scheduler;

@@ -9,7 +9,7 @@
 //!  Stream Abort(xid, sub) ─ Discard(xid[, sub]) ─────┘  changes (journal::staging)
 //!  Stream Commit(xid, commit_lsn, end_lsn, time)
 //!    └▶ sync; Begin(commit_lsn); staged messages in seq order, read in pages,
-//!       through reader::handle like any transaction's; Commit(end_lsn) ─ Confirm;
+//!       through apply::handle like any transaction's; Commit(end_lsn) ─ Confirm;
 //!       Discard(xid)
 //! ```
 //!
@@ -43,9 +43,11 @@ use bytes::Bytes;
 use pgcdc_schema::Lsn;
 use tokio::sync::watch;
 
+use super::apply::{handle, send, sync, SessionState};
 use super::catalog::Catalog;
 use super::journal_thread::{JournalCommand, JournalSender};
-use super::reader::{handle, send, sync, ReaderConfig, ReaderError, SessionState};
+use super::reader_config::ReaderConfig;
+use super::reader_error::ReaderError;
 use crate::journal::{Access, JournalHead, StagedMessage, StagingOp};
 use crate::pgoutput::{self, Message, StreamedMessage};
 use crate::replication::ReplicationStream;

@@ -2,15 +2,20 @@
 
 use pgcdc_schema::event::Row;
 
-use super::session::{relation_body, PgStore};
+use super::relations::relation_body;
+use super::Pg;
+use crate::journal::record::Decoder;
 use crate::journal::{live_keys, JournalError};
 
 /// Every key of `table` whose latest journaled event is not a delete or truncate, and
 /// every key in its row state, each once. Records are decoded here (v2 records are
 /// not JSON the database could look into); this runs only after a lost slot.
-pub(super) fn known_keys(store: &PgStore, table: &str) -> Result<Vec<Row>, JournalError> {
-    let pg = &store.pg;
-    let mut decoder = store.decoder.borrow_mut();
+pub(super) fn known_keys(
+    pg: &Pg,
+    decoder: &std::cell::RefCell<Decoder>,
+    table: &str,
+) -> Result<Vec<Row>, JournalError> {
+    let mut decoder = decoder.borrow_mut();
     let mut newest_first = Vec::new();
     // In pages, so that no more than one page of records is held at once.
     let mut before = i64::MAX;

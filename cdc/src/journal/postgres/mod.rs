@@ -42,6 +42,7 @@ mod audit;
 mod dlq;
 mod known_keys;
 pub(crate) mod lease;
+mod relations;
 mod resync;
 mod schema;
 mod session;

@@ -6,9 +6,10 @@ use std::collections::HashSet;
 use pgcdc_schema::Lsn;
 use pgcdc_sinks::{Attempt, BatchAttempt};
 
+use super::relations::relation_body;
 use super::{audit, dlq, resync, Pg, NOW_TEXT};
 use crate::journal::meta::TABLE_OID_PREFIX;
-use crate::journal::record::{Decoder, Relation};
+use crate::journal::record::Decoder;
 use crate::journal::{
     CursorInfo, CursorState, DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState, DroppedCursor,
     JournalError, JournalHead, MetaKey, OrphanedCursor, ResetError, ResetTarget, ResyncInfo,
@@ -28,31 +29,6 @@ impl PgStore {
             decoder: std::cell::RefCell::new(Decoder::default()),
         }
     }
-}
-
-/// The stored body of relation version `id` (see `journal::record`).
-pub(super) fn relation_body(pg: &Pg, id: i64) -> Result<Option<String>, JournalError> {
-    match pg.query_opt("SELECT body FROM relations WHERE id = $1", &[&id])? {
-        Some(row) => Ok(Some(pg.get(&row, 0)?)),
-        None => Ok(None),
-    }
-}
-
-/// Every stored relation version, for the writer's encoder.
-pub(super) fn relations(pg: &Pg) -> Result<Vec<(i64, Relation)>, JournalError> {
-    let rows = pg.query("SELECT id, body FROM relations ORDER BY id", &[])?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: i64 = pg.get(row, 0)?;
-        let body: String = pg.get(row, 1)?;
-        let rel = Relation::from_stored(&body).map_err(|e| {
-            pg.corrupt(format!(
-                "relation version {id} cannot be read ({e}); the state is damaged"
-            ))
-        })?;
-        out.push((id, rel));
-    }
-    Ok(out)
 }
 
 pub(super) fn meta_get(pg: &Pg, key: &MetaKey) -> Result<Option<String>, JournalError> {
@@ -278,7 +254,7 @@ impl StateStore for PgStore {
     }
 
     fn known_keys(&self, table: &str) -> Result<Vec<pgcdc_schema::event::Row>, JournalError> {
-        super::known_keys::known_keys(self, table)
+        super::known_keys::known_keys(&self.pg, &self.decoder, table)
     }
 
     fn cursor(&mut self, sink: &str) -> Result<i64, JournalError> {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use pgcdc_schema::Lsn;
 
-use super::session::{meta_get, meta_set, read_head, relations, table_oids, used_bytes};
+use super::relations::relations;
+use super::session::{meta_get, meta_set, read_head, table_oids, used_bytes};
 use super::{message, resync, Pg};
 use crate::journal::record::Encoder;
 use crate::journal::row_state::{self, Lookup, Remember};
