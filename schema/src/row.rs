@@ -78,14 +78,6 @@ impl Row {
             .map(|(_, v)| v)
     }
 
-    /// The value of column `name`, to change it.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
-        self.entries
-            .iter_mut()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, v)| v)
-    }
-
     /// Whether the row has column `name`.
     pub fn contains_key(&self, name: &str) -> bool {
         self.get(name).is_some()
@@ -117,27 +109,9 @@ impl Row {
         self.entries.iter().map(|(n, v)| (n, v))
     }
 
-    /// (name, value) in order, values changeable.
-    pub fn iter_mut(&mut self) -> impl ExactSizeIterator<Item = (&Name, &mut Value)> + '_ {
-        self.entries.iter_mut().map(|(n, v)| (&*n, v))
-    }
-
     /// The column names in order.
     pub fn keys(&self) -> impl ExactSizeIterator<Item = &Name> + '_ {
         self.entries.iter().map(|(n, _)| n)
-    }
-
-    /// The values in order.
-    pub fn values(&self) -> impl ExactSizeIterator<Item = &Value> + '_ {
-        self.entries.iter().map(|(_, v)| v)
-    }
-
-    /// The row as a JSON object (for jq programs and JSON documents).
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.entries
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect()
     }
 
     /// The row as a JSON object, taking its values.
