@@ -315,10 +315,6 @@ mod tests {
 
     use super::*;
 
-    fn mixed_lsn() -> u64 {
-        0x0123_4567_89AB_CDEF
-    }
-
     #[test]
     fn event_ids_sort_in_commit_order() {
         let a = EventId::from_position(Lsn(0x16B3748), 2);
@@ -327,11 +323,9 @@ mod tests {
         assert_eq!(a.as_str(), "00000000016B3748-00000002");
         let edge = EventId::from_position(Lsn(u64::MAX), u32::MAX);
         assert_eq!(edge.as_str(), "FFFFFFFFFFFFFFFF-FFFFFFFF");
-        let mixed = EventId::from_position(Lsn(0x0123_4567_89AB_CDEF), 0xA0B1_C2D3);
-        assert_eq!(
-            mixed.as_str(),
-            format!("{:016X}-{:08X}", mixed_lsn(), 0xA0B1_C2D3u32)
-        );
+        let (lsn, seq) = (0x0123_4567_89AB_CDEF_u64, 0xA0B1_C2D3_u32);
+        let mixed = EventId::from_position(Lsn(lsn), seq);
+        assert_eq!(mixed.as_str(), format!("{lsn:016X}-{seq:08X}"));
         assert!(a < b && b < c);
     }
 

@@ -201,7 +201,7 @@ pub(crate) async fn shape(
         )));
     }
     Ok(TableShape {
-        names: columns.iter().map(|(n, _)| n.as_str().into()).collect(),
+        names: crate::ingest::changes::column_names(&columns),
         columns,
         key,
         row_filter: published.and_then(|p| p.row_filter.clone()),

@@ -104,10 +104,7 @@ impl RelationInfo {
         }
         RelationInfo {
             column_types: column_types(&columns),
-            names: columns
-                .iter()
-                .map(|(n, _)| Name::from(n.as_str()))
-                .collect(),
+            names: column_names(&columns),
             identity,
             name,
             columns,
@@ -129,6 +126,14 @@ impl RelationInfo {
             })
             .collect()
     }
+}
+
+/// The column names, to be shared by the rows built with `columns`.
+pub(crate) fn column_names(columns: &[(String, PgType)]) -> Vec<Name> {
+    columns
+        .iter()
+        .map(|(n, _)| Name::from(n.as_str()))
+        .collect()
 }
 
 /// Each column's type name (what `Origin::column_types` holds).

@@ -3,7 +3,7 @@
 //! delivery ids in a blob; the queries answer for each id as for a single
 //! attempt (`journal::audit`).
 
-use pgcdc_sinks::{Attempt, BatchAttempt};
+use pgcdc_sinks::{Attempt, AttemptTime, BatchAttempt};
 
 use super::{Params, Pg};
 use crate::journal::audit::{self as shared, outcome_parse, outcome_str, BatchRow};
@@ -36,6 +36,13 @@ pub(super) fn audit_insert(pg: &Pg, attempts: &[Attempt]) -> Result<(), JournalE
     Ok(())
 }
 
+/// The attempt time stored in column `i` (text, see `AttemptTime`).
+fn attempt_time(pg: &Pg, r: &tokio_postgres::Row, i: usize) -> Result<AttemptTime, JournalError> {
+    pg.get::<String>(r, i)?
+        .parse()
+        .map_err(|e: pgcdc_sinks::ParseAttemptTimeError| pg.corrupt(e.to_string()))
+}
+
 fn attempts(pg: &Pg, sql: &str, params: Params<'_>) -> Result<Vec<Attempt>, JournalError> {
     let rows = pg.query(sql, params)?;
     let mut out = Vec::with_capacity(rows.len());
@@ -44,10 +51,7 @@ fn attempts(pg: &Pg, sql: &str, params: Params<'_>) -> Result<Vec<Attempt>, Jour
             event_id: pg.get(r, 0)?,
             sink: pg.get(r, 1)?,
             attempt: pg.get::<i32>(r, 2)?.max(0) as u32,
-            at: pg
-                .get::<String>(r, 3)?
-                .parse()
-                .map_err(|e: pgcdc_sinks::ParseAttemptTimeError| pg.corrupt(e.to_string()))?,
+            at: attempt_time(pg, r, 3)?,
             status: pg
                 .get::<Option<i32>>(r, 4)?
                 .and_then(|s| u16::try_from(s).ok()),
@@ -99,10 +103,7 @@ fn batch_rows(pg: &Pg, sql: &str, params: Params<'_>) -> Result<Vec<BatchRow>, J
             head: BatchAttempt {
                 sink: pg.get(r, 0)?,
                 attempt: pg.get::<i32>(r, 1)?.max(0) as u32,
-                at: pg
-                    .get::<String>(r, 2)?
-                    .parse()
-                    .map_err(|e: pgcdc_sinks::ParseAttemptTimeError| pg.corrupt(e.to_string()))?,
+                at: attempt_time(pg, r, 2)?,
                 latency_ms: pg.get::<i64>(r, 3)?.max(0) as u64,
                 outcome: outcome_parse(pg.get(r, 4)?),
                 ids: Default::default(),

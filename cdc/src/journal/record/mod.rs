@@ -84,11 +84,7 @@ impl Relation {
     /// Reads the stored form.
     pub(crate) fn from_stored(text: &str) -> Result<Relation, serde_json::Error> {
         let mut rel: Relation = serde_json::from_str(text)?;
-        rel.names = rel
-            .columns
-            .iter()
-            .map(|(n, _)| Name::from(n.as_str()))
-            .collect();
+        rel.names = names_of(&rel.columns);
         Ok(rel)
     }
 
@@ -104,12 +100,7 @@ impl Relation {
             schema: event.schema.clone(),
             table: event.table.clone(),
             columns: event.origin.column_types.clone(),
-            names: event
-                .origin
-                .column_types
-                .iter()
-                .map(|(n, _)| Name::from(n.as_str()))
-                .collect(),
+            names: names_of(&event.origin.column_types),
         }
     }
 }
@@ -569,6 +560,14 @@ impl Decoder {
         self.time = Some((unix_us, text.clone()));
         Ok(text)
     }
+}
+
+/// The column names of `columns`, to be shared by the rows decoded with them.
+fn names_of(columns: &ColumnTypes) -> Vec<Name> {
+    columns
+        .iter()
+        .map(|(n, _)| Name::from(n.as_str()))
+        .collect()
 }
 
 fn column_name(r: &mut Reader<'_>, rel: &Relation) -> Result<Name, Bad> {

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use pgcdc_sinks::{Attempt, BatchAttempt, CorruptIds};
+use pgcdc_sinks::{Attempt, AttemptTime, BatchAttempt, CorruptIds};
 use rusqlite::{params, Connection};
 
 use super::{connect, store_error, Durability, SqliteStore, AUDIT_FILE};
@@ -184,13 +184,7 @@ fn query(
                 event_id: r.get(0)?,
                 sink: r.get(1)?,
                 attempt: r.get(2)?,
-                at: r.get::<_, String>(3)?.parse().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        3,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?,
+                at: attempt_time(r, 3)?,
                 status: r.get(4)?,
                 error: r.get(5)?,
                 latency_ms: r.get::<_, i64>(6)?.max(0) as u64,
@@ -249,13 +243,7 @@ fn batch_rows(
                 head: BatchAttempt {
                     sink: r.get(0)?,
                     attempt: r.get(1)?,
-                    at: r.get::<_, String>(2)?.parse().map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            2,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })?,
+                    at: attempt_time(r, 2)?,
                     latency_ms: r.get::<_, i64>(3)?.max(0) as u64,
                     outcome: outcome_parse(&r.get::<_, String>(4)?),
                     ids: Default::default(),
@@ -266,6 +254,13 @@ fn batch_rows(
         .map_err(|e| audit_error(s, e))?;
     rows.collect::<Result<_, _>>()
         .map_err(|e| audit_error(s, e))
+}
+
+/// The attempt time stored in column `i` (text, see `AttemptTime`).
+fn attempt_time(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<AttemptTime> {
+    r.get::<_, String>(i)?.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn corrupt(s: &SqliteStore) -> impl Fn(CorruptIds) -> JournalError + '_ {
