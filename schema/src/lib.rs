@@ -13,6 +13,7 @@ pub mod debezium;
 pub mod event;
 pub mod lsn;
 pub mod mapping;
+pub mod packed;
 pub mod row;
 pub mod secret;
 pub mod table;

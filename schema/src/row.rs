@@ -8,21 +8,163 @@
 //! is a reference count), looked up by a scan (rows are tens of columns).
 //! It serialises as the JSON object the map did, in the same order.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::{MapAccess, Visitor};
-use serde::ser::SerializeMap;
+use serde::ser::{Error as _, SerializeMap};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+
+use crate::packed::{self, Bad, Next, Packed, Reader};
+use crate::value::PgType;
 
 /// A column name, shared by every row of a relation.
 pub type Name = Arc<str>;
 
+/// A relation's column names in table order, shared by its packed rows.
+pub type Names = Arc<[Name]>;
+
 /// Column values by column name, in table column order.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Row {
-    entries: Vec<(Name, Value)>,
+    repr: Repr,
+}
+
+#[derive(Clone)]
+enum Repr {
+    /// (name, value) pairs.
+    Pairs(Vec<(Name, Value)>),
+    /// Packed: what the reader builds and the journal gives back.
+    Packed(PackedRow),
+}
+
+/// A row as packed bytes: `(column ref, value)*`, a ref being the column's index
+/// in `names` plus one, or 0 followed by the name. The bytes were checked when
+/// the row was made, so reading them cannot fail.
+#[derive(Clone)]
+struct PackedRow {
+    names: Names,
+    bytes: Vec<u8>,
+    len: usize,
+    /// The pairs, decoded on first need (a value looked up, a row iterated).
+    pairs: OnceLock<Vec<(Name, Value)>>,
+}
+
+impl Default for Row {
+    fn default() -> Row {
+        Row {
+            repr: Repr::Pairs(Vec::new()),
+        }
+    }
+}
+
+impl PackedRow {
+    /// Each column's name and packed value, in order.
+    fn entries(&self) -> impl Iterator<Item = Result<(Cow<'_, str>, Packed<'_>), Bad>> + '_ {
+        let mut r = Reader::new(&self.bytes);
+        (0..self.len).map(move |_| entry(&mut r, &self.names))
+    }
+
+    fn decode(&self) -> Vec<(Name, Value)> {
+        let mut r = Reader::new(&self.bytes);
+        let mut pairs = Vec::with_capacity(self.len);
+        for _ in 0..self.len {
+            let Ok(name) = column(&mut r, &self.names).map(|(_, n)| n) else {
+                break;
+            };
+            let Ok(value) = r.value_lossy() else {
+                break;
+            };
+            pairs.push((name, value));
+        }
+        pairs
+    }
+}
+
+/// A column ref: its index (None: named inline) and its name.
+fn column(r: &mut Reader<'_>, names: &Names) -> Result<(Option<usize>, Name), Bad> {
+    match r.varint()? {
+        0 => r.str_lossy().map(|n| (None, Name::from(&*n))),
+        i => names
+            .get((i - 1) as usize)
+            .map(|n| (Some((i - 1) as usize), n.clone()))
+            .ok_or_else(|| format!("column {i} is past the relation's {}", names.len())),
+    }
+}
+
+/// The next column ref of packed row bytes, as the column's name.
+fn name<'a>(r: &mut Reader<'a>, names: &'a Names) -> Result<Cow<'a, str>, Bad> {
+    match r.varint()? {
+        0 => r.str_lossy(),
+        i => names
+            .get((i - 1) as usize)
+            .map(|n| Cow::Borrowed(&**n))
+            .ok_or_else(|| format!("column {i} is past the relation's {}", names.len())),
+    }
+}
+
+/// The next (name, value) of packed row bytes.
+fn entry<'a>(r: &mut Reader<'a>, names: &'a Names) -> Result<(Cow<'a, str>, Packed<'a>), Bad> {
+    let name = name(r, names)?;
+    let from = r.at();
+    r.skip_value()?;
+    Ok((name, Packed(r.since(from))))
+}
+
+/// Builds a packed row column by column (the reader's rows, a snapshot's).
+pub struct Packer {
+    names: Names,
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl Packer {
+    /// A row of the relation whose columns are `names`, with room for `capacity` bytes.
+    pub fn new(names: Names, capacity: usize) -> Packer {
+        Packer {
+            names,
+            bytes: Vec::with_capacity(capacity),
+            len: 0,
+        }
+    }
+
+    fn column(&mut self, column: usize) -> bool {
+        if column >= self.names.len() {
+            return false;
+        }
+        packed::put_varint(&mut self.bytes, column as u64 + 1);
+        self.len += 1;
+        true
+    }
+
+    /// Column `column` (an index in `names`; others are ignored) is null.
+    pub fn null(&mut self, column: usize) {
+        if self.column(column) {
+            packed::put_null(&mut self.bytes);
+        }
+    }
+
+    /// Column `column` holds the value of type `ty` whose text form is `text`
+    /// (as `value::decode_text` decodes it).
+    pub fn text(&mut self, column: usize, ty: &PgType, text: &str) {
+        if self.column(column) {
+            crate::value::pack_text(ty, text, &mut self.bytes);
+        }
+    }
+
+    /// Column `column` holds `value`.
+    pub fn value(&mut self, column: usize, value: &Value) {
+        if self.column(column) {
+            packed::put_value(&mut self.bytes, value);
+        }
+    }
+
+    /// The row.
+    pub fn finish(self) -> Row {
+        Row::packed_unchecked(self.names, self.bytes, self.len)
+    }
 }
 
 impl Row {
@@ -34,17 +176,114 @@ impl Row {
     /// An empty row with room for `n` columns.
     pub fn with_capacity(n: usize) -> Row {
         Row {
-            entries: Vec::with_capacity(n),
+            repr: Repr::Pairs(Vec::with_capacity(n)),
+        }
+    }
+
+    fn packed_unchecked(names: Names, bytes: Vec<u8>, len: usize) -> Row {
+        Row {
+            repr: Repr::Packed(PackedRow {
+                names,
+                bytes,
+                len,
+                pairs: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Reads `n` packed columns of the relation whose columns are `names` from `r`
+    /// (a journal record), checking every byte.
+    pub fn read_packed(r: &mut Reader<'_>, n: usize, names: &Names) -> Result<Row, Bad> {
+        let from = r.at();
+        for _ in 0..n {
+            match r.varint()? {
+                0 => {
+                    r.str()?;
+                }
+                i if i as usize > names.len() => {
+                    return Err(format!("column {i} is past the relation's {}", names.len()));
+                }
+                _ => {}
+            }
+            r.skip_value()?;
+        }
+        Ok(Row::packed_unchecked(
+            names.clone(),
+            r.since(from).to_vec(),
+            n,
+        ))
+    }
+
+    /// The packed form, when the row has one: its column names, its number of
+    /// columns and its bytes (what [`Row::read_packed`] reads).
+    pub fn packed(&self) -> Option<(&Names, usize, &[u8])> {
+        match &self.repr {
+            Repr::Packed(p) => Some((&p.names, p.len, &p.bytes)),
+            Repr::Pairs(_) => None,
+        }
+    }
+
+    /// The columns at `indexes` of a packed row's relation, in that order (null
+    /// where the row lacks one). None for a row that is not packed.
+    pub fn project(&self, indexes: &[usize]) -> Option<Row> {
+        let Repr::Packed(p) = &self.repr else {
+            return None;
+        };
+        let mut at: Vec<Option<(usize, usize)>> = vec![None; p.names.len()];
+        let mut r = Reader::new(&p.bytes);
+        for _ in 0..p.len {
+            let (index, _) = column(&mut r, &p.names).ok()?;
+            let from = r.at();
+            r.skip_value().ok()?;
+            if let Some(slot) = index.and_then(|i| at.get_mut(i)) {
+                *slot = Some((from, r.at()));
+            }
+        }
+        let mut out = Packer::new(p.names.clone(), 4 * indexes.len() + 16);
+        for &i in indexes {
+            if out.column(i) {
+                match at.get(i).copied().flatten() {
+                    Some((from, to)) => out.bytes.extend_from_slice(&p.bytes[from..to]),
+                    None => packed::put_null(&mut out.bytes),
+                }
+            }
+        }
+        Some(out.finish())
+    }
+
+    fn pairs(&self) -> &[(Name, Value)] {
+        match &self.repr {
+            Repr::Pairs(v) => v,
+            Repr::Packed(p) => p.pairs.get_or_init(|| p.decode()),
+        }
+    }
+
+    fn pairs_mut(&mut self) -> &mut Vec<(Name, Value)> {
+        if let Repr::Packed(p) = &mut self.repr {
+            let pairs = p.pairs.take().unwrap_or_else(|| p.decode());
+            self.repr = Repr::Pairs(pairs);
+        }
+        match &mut self.repr {
+            Repr::Pairs(v) => v,
+            Repr::Packed(_) => unreachable!("made pairs above"),
+        }
+    }
+
+    fn into_pairs(self) -> Vec<(Name, Value)> {
+        match self.repr {
+            Repr::Pairs(v) => v,
+            Repr::Packed(mut p) => p.pairs.take().unwrap_or_else(|| p.decode()),
         }
     }
 
     /// Sets `name` to `value`: in place if the row has the column, else at the
     /// end. Returns the value it replaced.
     pub fn insert(&mut self, name: Name, value: Value) -> Option<Value> {
-        match self.entries.iter_mut().find(|(n, _)| **n == *name) {
+        let entries = self.pairs_mut();
+        match entries.iter_mut().find(|(n, _)| **n == *name) {
             Some((_, v)) => Some(std::mem::replace(v, value)),
             None => {
-                self.entries.push((name, value));
+                entries.push((name, value));
                 None
             }
         }
@@ -53,13 +292,13 @@ impl Row {
     /// Sets `name` to `value` unless the row has the column.
     pub fn insert_if_absent(&mut self, name: Name, value: impl FnOnce() -> Value) {
         if !self.contains_key(&name) {
-            self.entries.push((name, value()));
+            self.pairs_mut().push((name, value()));
         }
     }
 
     /// Moves every column of `other` in (as [`Row::insert`] does each).
     pub fn append(&mut self, other: &mut Row) {
-        for (n, v) in std::mem::take(&mut other.entries) {
+        for (n, v) in std::mem::take(other).into_pairs() {
             self.insert(n, v);
         }
     }
@@ -67,12 +306,12 @@ impl Row {
     /// Appends a column the caller knows the row does not have yet (a row being
     /// built from a relation's distinct columns).
     pub fn push(&mut self, name: Name, value: Value) {
-        self.entries.push((name, value));
+        self.pairs_mut().push((name, value));
     }
 
     /// The value of column `name`.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.entries
+        self.pairs()
             .iter()
             .find(|(n, _)| &**n == name)
             .map(|(_, v)| v)
@@ -80,46 +319,79 @@ impl Row {
 
     /// Whether the row has column `name`.
     pub fn contains_key(&self, name: &str) -> bool {
-        self.get(name).is_some()
+        match &self.repr {
+            Repr::Packed(p) if p.pairs.get().is_none() => {
+                p.entries().any(|e| e.is_ok_and(|(n, _)| n == name))
+            }
+            _ => self.get(name).is_some(),
+        }
     }
 
     /// Takes column `name` out, keeping the others' order.
     pub fn remove(&mut self, name: &str) -> Option<Value> {
-        let at = self.entries.iter().position(|(n, _)| &**n == name)?;
-        Some(self.entries.remove(at).1)
+        let entries = self.pairs_mut();
+        let at = entries.iter().position(|(n, _)| &**n == name)?;
+        Some(entries.remove(at).1)
     }
 
     /// Keeps the columns for which `keep` says true.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut Value) -> bool) {
-        self.entries.retain_mut(|(n, v)| keep(n, v));
+        self.pairs_mut().retain_mut(|(n, v)| keep(n, v));
     }
 
     /// The number of columns.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match &self.repr {
+            Repr::Pairs(v) => v.len(),
+            Repr::Packed(p) => p.len,
+        }
     }
 
     /// Whether the row has no column.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// (name, value) in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&Name, &Value)> + '_ {
-        self.entries.iter().map(|(n, v)| (n, v))
+        self.pairs().iter().map(|(n, v)| (n, v))
     }
 
     /// The column names in order.
     pub fn keys(&self) -> impl ExactSizeIterator<Item = &Name> + '_ {
-        self.entries.iter().map(|(n, _)| n)
+        self.pairs().iter().map(|(n, _)| n)
     }
 
     /// The row as a JSON object, taking its values.
     pub fn into_map(self) -> Map<String, Value> {
-        self.entries
+        self.into_pairs()
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
             .collect()
+    }
+
+    /// About how many bytes the row holds on the heap (its share of a queue's
+    /// budget): a packed row its bytes, a row of pairs each value's size.
+    pub fn heap_bytes(&self) -> usize {
+        const PAIR: usize = std::mem::size_of::<(Name, Value)>();
+        let pairs = |v: &[(Name, Value)]| v.iter().map(|(_, v)| PAIR + value_bytes(v)).sum();
+        match &self.repr {
+            Repr::Pairs(v) => pairs(v),
+            Repr::Packed(p) => p.bytes.len() + p.pairs.get().map_or(0, |v| pairs(v)),
+        }
+    }
+}
+
+/// Rough heap size of a JSON value: each node costs about its in-memory size.
+fn value_bytes(value: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    NODE + match value {
+        Value::String(s) => s.len(),
+        // With arbitrary precision a number is its text, on the heap.
+        Value::Number(n) => n.as_str().len(),
+        Value::Array(items) => items.iter().map(value_bytes).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| 16 + k.len() + value_bytes(v)).sum(),
+        Value::Null | Value::Bool(_) => 0,
     }
 }
 
@@ -127,9 +399,14 @@ impl Row {
 /// (as `serde_json::Map` compares).
 impl PartialEq for Row {
     fn eq(&self, other: &Row) -> bool {
+        if let (Some((_, n, a)), Some((_, m, b))) = (self.packed(), other.packed()) {
+            if n == m && a == b {
+                return true;
+            }
+        }
         self.len() == other.len()
             && self
-                .entries
+                .pairs()
                 .iter()
                 .all(|(n, v)| other.get(n).is_some_and(|w| w == v))
     }
@@ -155,7 +432,7 @@ impl IntoIterator for Row {
     type Item = (Name, Value);
     type IntoIter = std::vec::IntoIter<(Name, Value)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
+        self.into_pairs().into_iter()
     }
 }
 
@@ -166,14 +443,14 @@ impl<'a> IntoIterator for &'a Row {
         fn(&'a (Name, Value)) -> (&'a Name, &'a Value),
     >;
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.iter().map(|(n, v)| (n, v))
+        self.pairs().iter().map(|(n, v)| (n, v))
     }
 }
 
 impl From<Map<String, Value>> for Row {
     fn from(map: Map<String, Value>) -> Row {
         Row {
-            entries: map.into_iter().map(|(k, v)| (Name::from(k), v)).collect(),
+            repr: Repr::Pairs(map.into_iter().map(|(k, v)| (Name::from(k), v)).collect()),
         }
     }
 }
@@ -196,9 +473,21 @@ impl std::ops::Index<&str> for Row {
 
 impl Serialize for Row {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
-        for (n, v) in &self.entries {
-            map.serialize_entry(&**n, v)?;
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        match &self.repr {
+            Repr::Pairs(v) => {
+                for (n, v) in v {
+                    map.serialize_entry(&**n, v)?;
+                }
+            }
+            Repr::Packed(p) => {
+                let mut r = Reader::new(&p.bytes);
+                for _ in 0..p.len {
+                    let name = name(&mut r, &p.names)
+                        .map_err(|e| S::Error::custom(format!("packed row: {e}")))?;
+                    map.serialize_entry(&*name, &Next::new(&mut r))?;
+                }
+            }
         }
         map.end()
     }
@@ -229,6 +518,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::packed::Reader;
 
     #[test]
     fn serialises_like_the_map_it_replaces_in_order() {
@@ -269,5 +559,78 @@ mod tests {
         assert_eq!(row, other);
         let different: Row = [("c", json!(3)), ("b", json!(2))].into_iter().collect();
         assert_ne!(row, different);
+    }
+
+    fn packed_row() -> Row {
+        let names: Names = ["id", "status", "meta", "tags"]
+            .into_iter()
+            .map(Name::from)
+            .collect();
+        let mut p = Packer::new(names, 0);
+        p.text(0, &PgType::Int8, "7");
+        p.text(1, &PgType::Text, "appro\"ved");
+        p.text(2, &PgType::Jsonb, r#"{"b": 1.50, "a": [null]}"#);
+        p.null(3);
+        p.null(9); // not a column of the relation: ignored
+        p.finish()
+    }
+
+    #[test]
+    fn a_packed_row_reads_and_serialises_as_its_pairs() {
+        let row = packed_row();
+        let pairs: Row = serde_json::from_str(
+            r#"{"id": 7, "status": "appro\"ved", "meta": {"b": 1.50, "a": [null]}, "tags": null}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            serde_json::to_string(&row).unwrap_or_default(),
+            serde_json::to_string(&pairs).unwrap_or_default()
+        );
+        assert_eq!(
+            serde_json::to_string(&row).unwrap_or_default(),
+            r#"{"id":7,"status":"appro\"ved","meta":{"b":1.50,"a":[null]},"tags":null}"#
+        );
+        assert_eq!(row.len(), 4);
+        assert!(row.contains_key("meta") && !row.contains_key("x"));
+        assert_eq!(row["status"], json!("appro\"ved"));
+        assert_eq!(row, pairs);
+        assert_eq!(serde_json::to_value(&row).ok(), Some(Value::from(pairs)));
+    }
+
+    #[test]
+    fn a_packed_row_reads_back_projects_and_changes_as_pairs() {
+        let row = packed_row();
+        let (names, n, bytes) = row
+            .packed()
+            .map(|(a, n, b)| (a.clone(), n, b.to_vec()))
+            .unwrap_or_default();
+        let back = Row::read_packed(&mut Reader::new(&bytes), n, &names).unwrap_or_default();
+        assert_eq!(back.packed().map(|(_, _, b)| b), Some(&bytes[..]));
+        assert!(Row::read_packed(&mut Reader::new(&bytes[..bytes.len() - 1]), n, &names).is_err());
+        let short: Names = names.iter().take(2).cloned().collect();
+        assert!(
+            Row::read_packed(&mut Reader::new(&bytes), n, &short).is_err(),
+            "a column past the relation"
+        );
+
+        let key = row.project(&[1, 0, 3]).unwrap_or_default();
+        assert_eq!(
+            serde_json::to_string(&key).unwrap_or_default(),
+            r#"{"status":"appro\"ved","id":7,"tags":null}"#
+        );
+        assert!(
+            Row::new().project(&[0]).is_none(),
+            "only a packed row projects"
+        );
+
+        let mut changed = row.clone();
+        assert_eq!(changed.remove("status"), Some(json!("appro\"ved")));
+        changed.insert("x".into(), json!(1));
+        assert!(changed.packed().is_none());
+        assert_eq!(
+            serde_json::to_string(&changed).unwrap_or_default(),
+            r#"{"id":7,"meta":{"b":1.50,"a":[null]},"tags":null,"x":1}"#
+        );
+        assert!(row.heap_bytes() < changed.heap_bytes());
     }
 }

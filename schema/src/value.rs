@@ -245,6 +245,31 @@ pub fn decode_text(ty: &PgType, text: &str) -> Value {
     decoded.unwrap_or_else(|| Value::String(text.to_owned()))
 }
 
+/// Appends the packed form of one value's text form: what
+/// `packed::put_value(out, &decode_text(ty, text))` appends, without building
+/// the `Value` for the types a row mostly holds.
+pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
+    use crate::packed;
+    match ty {
+        PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Oid
+            if packed::canonical_i64(text)
+                .is_some_and(|n| *ty != PgType::Oid || u32::try_from(n).is_ok()) =>
+        {
+            packed::put_number_text(out, text)
+        }
+        PgType::Bool if text == "t" || text == "f" => packed::put_bool(out, text == "t"),
+        PgType::Numeric
+        | PgType::Money
+        | PgType::Text
+        | PgType::Uuid
+        | PgType::Date
+        | PgType::Time
+        | PgType::Interval
+        | PgType::Other => packed::put_string(out, text),
+        _ => packed::put_value(out, &decode_text(ty, text)),
+    }
+}
+
 /// Deepest json/jsonb nesting pgcdc turns into a JSON value. Postgres accepts
 /// about 10,000 levels (bounded by its `max_stack_depth`); every later step
 /// (jq, serialisation, drop) recurses per level on threads with 2 MiB stacks.

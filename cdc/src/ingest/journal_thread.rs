@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pgcdc_schema::event::Column;
+use pgcdc_schema::event::Row;
 use pgcdc_schema::{ChangeEvent, Lsn, TableName};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::journal::{
@@ -166,21 +166,8 @@ fn event_bytes(event: &ChangeEvent) -> usize {
         + rows
             .into_iter()
             .flatten()
-            .map(|row| row.iter().map(|(_, v)| 16 + value_bytes(v)).sum::<usize>())
+            .map(Row::heap_bytes)
             .sum::<usize>()
-}
-
-/// Rough heap size of a JSON value: each node costs about its in-memory size.
-fn value_bytes(value: &Value) -> usize {
-    const NODE: usize = std::mem::size_of::<Value>();
-    NODE + match value {
-        Value::String(s) => s.len(),
-        // With arbitrary precision a number is its text, on the heap.
-        Value::Number(n) => n.as_str().len(),
-        Value::Array(items) => items.iter().map(value_bytes).sum(),
-        Value::Object(map) => map.iter().map(|(k, v)| 16 + k.len() + value_bytes(v)).sum(),
-        Value::Null | Value::Bool(_) => 0,
-    }
 }
 
 /// How often entries past the retention are pruned, and how many at most per round.
@@ -391,7 +378,10 @@ mod tests {
 
     fn change(text_bytes: usize) -> JournalCommand {
         let mut row = Map::new();
-        row.insert("v".into(), Value::String("x".repeat(text_bytes)));
+        row.insert(
+            "v".into(),
+            serde_json::Value::String("x".repeat(text_bytes)),
+        );
         JournalCommand::Change(Box::new(JournalEntry {
             table: "public.t".into(),
             seq: 0,

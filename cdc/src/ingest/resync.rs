@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgcdc_schema::event::Row;
-use pgcdc_schema::value::decode_text;
+use pgcdc_schema::row::Packer;
 use pgcdc_schema::{quote_ident, quote_literal, TableName};
 use tokio::sync::{oneshot, watch};
 
@@ -72,7 +72,7 @@ pub(crate) struct TableShape {
     /// reads only the rows the stream would carry.
     row_filter: Option<String>,
     /// The column names, shared by the rows read.
-    names: Vec<pgcdc_schema::event::Name>,
+    names: pgcdc_schema::row::Names,
 }
 
 impl TableShape {
@@ -283,6 +283,8 @@ pub(crate) struct ChunkStream<'a> {
     shape: &'a TableShape,
     /// Index in `columns` of each key column, in column order (the last key's order).
     key_columns: Vec<usize>,
+    /// Index in `columns` of each key column, in the key's order (a row's key).
+    key_order: Vec<usize>,
     /// The last row's key columns as received (text; `None` for NULL).
     last_key: Vec<Option<String>>,
     rows: i64,
@@ -306,10 +308,16 @@ impl<'a> ChunkStream<'a> {
             .filter(|(_, (name, _))| shape.key.contains(name))
             .map(|(i, _)| i)
             .collect();
+        let key_order = shape
+            .key
+            .iter()
+            .filter_map(|k| shape.columns.iter().position(|(name, _)| name == k))
+            .collect();
         Ok(ChunkStream {
             reader: CopyReader::new(copy),
             shape,
             key_columns,
+            key_order,
             last_key: Vec::new(),
             rows: 0,
             bytes: 0,
@@ -338,26 +346,21 @@ impl<'a> ChunkStream<'a> {
         }
         self.rows += 1;
         self.bytes += line.raw_len();
-        let mut row = Row::with_capacity(columns.len());
-        for (i, ((_, kind), name)) in columns.iter().zip(&self.shape.names).enumerate() {
-            let value = match line.get(i) {
-                Some(t) => decode_text(kind, t),
-                None => serde_json::Value::Null,
-            };
-            row.push(name.clone(), value);
+        let mut row = Packer::new(self.shape.names.clone(), line.raw_len() + 4 * columns.len());
+        for (i, (_, kind)) in columns.iter().enumerate() {
+            match line.get(i) {
+                Some(t) => row.text(i, kind, t),
+                None => row.null(i),
+            }
         }
+        let row = row.finish();
         self.last_key.clear();
         self.last_key.extend(
             self.key_columns
                 .iter()
                 .map(|&i| line.get(i).map(str::to_owned)),
         );
-        let mut key = Row::with_capacity(self.shape.key.len());
-        for k in &self.shape.key {
-            if let Some((name, value)) = row.iter().find(|(n, _)| ***n == **k) {
-                key.insert(name.clone(), value.clone());
-            }
-        }
+        let key = row.project(&self.key_order).unwrap_or_default();
         Ok(Some((key, row)))
     }
 

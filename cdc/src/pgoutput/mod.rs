@@ -246,6 +246,21 @@ pub enum Datum {
     Binary(Bytes),
 }
 
+impl Datum {
+    /// The value's length in bytes (0 for null and unchanged TOAST).
+    pub fn len(&self) -> usize {
+        match self {
+            Datum::Text(b) | Datum::Binary(b) => b.len(),
+            Datum::Null | Datum::UnchangedToast => 0,
+        }
+    }
+
+    /// Whether the value has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Why a message could not be decoded; every kind is definite (see module doc).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

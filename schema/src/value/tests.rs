@@ -1,6 +1,6 @@
 use serde_json::{json, Value};
 
-use super::{decode_text, PgType, MAX_JSON_DEPTH};
+use super::{decode_text, pack_text, PgType, MAX_JSON_DEPTH};
 
 fn arr(elem: PgType) -> PgType {
     PgType::Array(Box::new(elem))
@@ -455,4 +455,71 @@ fn malformed_arrays_stay_text() {
     // Well-formed literal whose element does not parse as the element type:
     // only that element falls back to text.
     assert_eq!(decode_text(&arr(PgType::Int4), "{1,x}"), json!([1, "x"]));
+}
+
+/// `pack_text` takes shortcuts for the common types; each must pack exactly what
+/// decoding the text and packing the value does.
+#[test]
+fn pack_text_packs_what_decode_text_decodes() {
+    let kinds = [
+        PgType::Bool,
+        PgType::Int2,
+        PgType::Int4,
+        PgType::Int8,
+        PgType::Oid,
+        PgType::Float8,
+        PgType::Numeric,
+        PgType::Money,
+        PgType::Text,
+        PgType::Uuid,
+        PgType::Date,
+        PgType::Time,
+        PgType::TimeTz,
+        PgType::TimestampTz,
+        PgType::Interval,
+        PgType::Jsonb,
+        PgType::Bytea,
+        PgType::Other,
+        arr(PgType::Int8),
+    ];
+    let texts = [
+        "t",
+        "f",
+        "true",
+        "0",
+        "-0",
+        "007",
+        "+5",
+        "42",
+        "-42",
+        "4294967295",
+        "4294967296",
+        "-1",
+        "999999999999999999",
+        "1000000000000000000",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "9223372036854775808",
+        "1.50",
+        "NaN",
+        "-Infinity",
+        "$1,000.00",
+        "2026-01-02 03:04:05.5+00",
+        "03:04:05+02",
+        "P1DT2H",
+        r#"{"a": [1, 2.50, "x"]}"#,
+        "\\x00ff",
+        "{1,NULL,3}",
+        "",
+        "é \" \\",
+    ];
+    for kind in &kinds {
+        for text in texts {
+            let mut fast = Vec::new();
+            pack_text(kind, text, &mut fast);
+            let mut slow = Vec::new();
+            crate::packed::put_value(&mut slow, &decode_text(kind, text));
+            assert_eq!(fast, slow, "{kind:?} {text:?}");
+        }
+    }
 }

@@ -394,12 +394,18 @@ fn items(event: ChangeEvent, row: String, bodies: Vec<serde_json::Value>) -> Map
 
 /// `schema.table` + key JSON: items with the same identity are delivered in order.
 fn row_key(table: &TableName, event: &ChangeEvent) -> String {
-    let key = event
-        .key
-        .as_ref()
-        .map(|k| serde_json::to_string(k).unwrap_or_default())
-        .unwrap_or_default();
-    format!("{}.{}{}", table.schema, table.table, key)
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(table.schema.as_bytes());
+    out.push(b'.');
+    out.extend_from_slice(table.table.as_bytes());
+    if let Some(key) = &event.key {
+        let prefix = out.len();
+        if serde_json::to_writer(&mut out, key).is_err() {
+            out.truncate(prefix);
+        }
+    }
+    // JSON and the names are UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 pub mod sandbox;

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use pgcdc_schema::event::{
     pg_micros_to_rfc3339, pg_micros_to_unix_micros, Column, ColumnTypes, Name, Row,
 };
-use pgcdc_schema::value::{decode_text, PgType};
+use pgcdc_schema::row::{Names, Packer};
+use pgcdc_schema::value::PgType;
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, OldSent, Op, Origin, SnapshotMark};
 use serde_json::Value;
 
@@ -37,10 +38,12 @@ pub(crate) struct RelationInfo {
     /// The captured table (as `source.tables` names it) this relation's changes belong
     /// to, matched by OID; None: a table of the publication that pgcdc does not capture.
     pub(crate) identity: Option<TableName>,
+    /// `identity` as text (what journal entries name their table by), made once.
+    identity_text: String,
     /// Each column's type name, shared by every event of this relation.
     pub(crate) column_types: ColumnTypes,
     /// The column names, shared by the rows built for this relation.
-    pub(crate) names: Vec<Name>,
+    pub(crate) names: Names,
 }
 
 impl RelationInfo {
@@ -105,6 +108,10 @@ impl RelationInfo {
         RelationInfo {
             column_types: column_types(&columns),
             names: column_names(&columns),
+            identity_text: identity
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             identity,
             name,
             columns,
@@ -129,7 +136,7 @@ impl RelationInfo {
 }
 
 /// The column names, to be shared by the rows built with `columns`.
-pub(crate) fn column_names(columns: &[(String, PgType)]) -> Vec<Name> {
+pub(crate) fn column_names(columns: &[(String, PgType)]) -> Names {
     columns
         .iter()
         .map(|(n, _)| Name::from(n.as_str()))
@@ -213,17 +220,6 @@ pub(crate) struct RelationOutcome {
     pub(crate) event: Option<JournalEntry>,
     /// A new shape to store once its transaction (committing at the `Lsn`) is confirmed.
     pub(crate) stage: Option<(String, Lsn, Vec<Column>)>,
-}
-
-fn datum_value(kind: &PgType, datum: &Datum) -> Option<Value> {
-    match datum {
-        Datum::Null => Some(Value::Null),
-        Datum::UnchangedToast => None,
-        Datum::Text(b) | Datum::Binary(b) => Some(match std::str::from_utf8(b) {
-            Ok(s) => decode_text(kind, s),
-            Err(_) => Value::String(String::from_utf8_lossy(b).into_owned()),
-        }),
-    }
 }
 
 impl ChangeBuilder {
@@ -350,18 +346,28 @@ impl ChangeBuilder {
                 want: info.columns.len(),
             });
         }
-        let mut row = Row::with_capacity(info.columns.len());
+        // The packed row is about as long as the values' text.
+        let text: usize = tuple.0.iter().map(Datum::len).sum();
+        let mut row = Packer::new(info.names.clone(), text + 4 * tuple.0.len());
         let mut toast = Vec::new();
-        for (((name, kind), datum), shared) in info.columns.iter().zip(&tuple.0).zip(&info.names) {
-            match datum_value(kind, datum) {
-                Some(v) => row.push(shared.clone(), v),
-                None => toast.push(name.clone()),
+        for (i, ((name, kind), datum)) in info.columns.iter().zip(&tuple.0).enumerate() {
+            match datum {
+                Datum::Null => row.null(i),
+                Datum::UnchangedToast => toast.push(name.clone()),
+                Datum::Text(b) | Datum::Binary(b) => match std::str::from_utf8(b) {
+                    Ok(s) => row.text(i, kind, s),
+                    Err(_) => row.value(i, &Value::String(String::from_utf8_lossy(b).into_owned())),
+                },
             }
         }
-        Ok((row, toast))
+        Ok((row.finish(), toast))
     }
 
+    /// The key columns of `row` (null where it lacks one).
     fn key_of(info: &RelationInfo, row: &Row) -> Row {
+        if let Some(key) = row.project(&info.key) {
+            return key;
+        }
         let mut key = Row::with_capacity(info.key.len());
         for n in info.key.iter().filter_map(|&i| info.names.get(i)) {
             key.insert(n.clone(), row.get(n).cloned().unwrap_or(Value::Null));
@@ -382,9 +388,9 @@ impl ChangeBuilder {
             .relations
             .get(&relation_id)
             .ok_or(ChangeError::UnknownRelation(relation_id))?;
-        let Some(identity) = &info.identity else {
+        if info.identity.is_none() {
             return Ok(None);
-        };
+        }
         let Built {
             op,
             key,
@@ -402,7 +408,7 @@ impl ChangeBuilder {
             column_types: info.column_types.clone(),
         };
         Ok(Some(JournalEntry {
-            table: identity.to_string(),
+            table: info.identity_text.clone(),
             seq,
             commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
             event: ChangeEvent {

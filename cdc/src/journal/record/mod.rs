@@ -26,7 +26,10 @@
 //! event is equal to the appended one and renders byte for byte the same.
 //!
 //! Text is length-prefixed; integers are LEB128 varints (signed ones
-//! zigzag). Nothing here builds a `serde_json::Value` on the append path.
+//! zigzag); values are `pgcdc_schema::packed`. A row the reader built is
+//! already packed with its relation's column refs, so it is appended as its
+//! bytes; a row read back is those bytes again (`Row::read_packed`), rendered
+//! without a `serde_json::Value` unless something asks for a value.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,12 +37,10 @@ use std::sync::Arc;
 use pgcdc_schema::event::{
     from_stored_json, Column, ColumnTypes, Name, OldSent, Origin, Row, SnapshotMark,
 };
+use pgcdc_schema::packed::{put_str, put_value, put_varint, put_zigzag, Bad, Reader};
+use pgcdc_schema::row::Names;
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
 use serde::{Deserialize, Serialize};
-
-mod value;
-
-use value::{put_str, put_value, put_varint, put_zigzag, Bad, Reader};
 
 /// The first byte of a v2 record.
 const V2: u8 = 2;
@@ -72,7 +73,7 @@ pub(crate) struct Relation {
     pub(crate) columns: ColumnTypes,
     /// The column names, shared by the rows decoded with this version.
     #[serde(skip)]
-    names: Vec<Name>,
+    names: Names,
 }
 
 impl Relation {
@@ -96,13 +97,36 @@ impl Relation {
     }
 
     fn of(event: &ChangeEvent) -> Relation {
+        let columns = &event.origin.column_types;
+        // A packed row's names are the reader's for this relation: shared, so
+        // later rows are seen to match by pointer.
+        let names = [&event.new, &event.old, &event.key]
+            .into_iter()
+            .flatten()
+            .find_map(|row| row.packed().map(|(names, _, _)| names.clone()))
+            .filter(|names| same_names(names, columns))
+            .unwrap_or_else(|| names_of(columns));
         Relation {
             schema: event.schema.clone(),
             table: event.table.clone(),
-            columns: event.origin.column_types.clone(),
-            names: names_of(&event.origin.column_types),
+            columns: columns.clone(),
+            names,
         }
     }
+
+    /// Whether a packed row with column names `names` can be written as it is
+    /// (its column refs are this version's).
+    fn takes(&self, names: &Names) -> bool {
+        Arc::ptr_eq(&self.names, names) || same_names(names, &self.columns)
+    }
+}
+
+fn same_names(names: &[Name], columns: &ColumnTypes) -> bool {
+    names.len() == columns.len()
+        && names
+            .iter()
+            .zip(columns.iter())
+            .all(|(n, (c, _))| **n == **c)
 }
 
 /// Encodes events for the single writer; knows every relation version stored.
@@ -252,6 +276,10 @@ impl Encoder {
         }
         for row in [&event.key, &event.old, &event.new].into_iter().flatten() {
             put_varint(out, row.len() as u64);
+            if let Some((_, _, bytes)) = row.packed().filter(|(n, _, _)| rel.takes(n)) {
+                out.extend_from_slice(bytes);
+                continue;
+            }
             let mut hint = 0;
             for (name, v) in row {
                 hint = put_column(out, &rel, name, hint);
@@ -511,12 +539,7 @@ impl Decoder {
                 return Ok(None);
             }
             let n = r.count()?;
-            let mut row = Row::with_capacity(n);
-            for _ in 0..n {
-                let name = column_name(r, rel)?;
-                row.push(name, r.value()?);
-            }
-            Ok(Some(row))
+            Row::read_packed(r, n, &rel.names).map(Some)
         };
         let key = row(F_KEY)?;
         let old = row(F_OLD)?;
@@ -563,7 +586,7 @@ impl Decoder {
 }
 
 /// The column names of `columns`, to be shared by the rows decoded with them.
-fn names_of(columns: &ColumnTypes) -> Vec<Name> {
+fn names_of(columns: &ColumnTypes) -> Names {
     columns
         .iter()
         .map(|(n, _)| Name::from(n.as_str()))
