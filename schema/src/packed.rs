@@ -39,7 +39,7 @@ const TRUE: u8 = 2;
 const INT: u8 = 3;
 /// Any other number, as its text.
 const NUMBER: u8 = 4;
-const STRING: u8 = 5;
+pub(crate) const STRING: u8 = 5;
 const ARRAY: u8 = 6;
 const OBJECT: u8 = 7;
 

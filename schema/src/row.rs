@@ -232,7 +232,13 @@ impl Row {
         let mut at: Vec<Option<(usize, usize)>> = vec![None; p.names.len()];
         let mut r = Reader::new(&p.bytes);
         for _ in 0..p.len {
-            let (index, _) = column(&mut r, &p.names).ok()?;
+            let index = match r.varint().ok()? {
+                0 => {
+                    r.str_lossy().ok()?;
+                    None
+                }
+                i => Some((i - 1) as usize),
+            };
             let from = r.at();
             r.skip_value().ok()?;
             if let Some(slot) = index.and_then(|i| at.get_mut(i)) {

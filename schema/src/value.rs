@@ -258,6 +258,7 @@ pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
             packed::put_number_text(out, text)
         }
         PgType::Bool if text == "t" || text == "f" => packed::put_bool(out, text == "t"),
+        PgType::TimestampTz if pack_timestamptz(text, out) => {}
         PgType::Numeric
         | PgType::Money
         | PgType::Text
@@ -397,7 +398,14 @@ fn count_digits(b: &[u8]) -> usize {
 /// `YYYY-MM-DDTHH:MM:SS[.f...]` plus the rest of the text. Years of other than
 /// four digits and BC dates do not match: RFC 3339 cannot express them.
 fn split_iso_datetime(text: &str) -> Option<(String, &str)> {
-    let b = text.as_bytes();
+    let end = iso_datetime_len(text.as_bytes())?;
+    // Every byte up to `end` is ASCII, so these are char boundaries.
+    let base = format!("{}T{}", &text[..10], &text[11..end]);
+    Some((base, &text[end..]))
+}
+
+/// Length of the `YYYY-MM-DD HH:MM:SS[.f...]` prefix of `b`.
+fn iso_datetime_len(b: &[u8]) -> Option<usize> {
     let date_ok = b.len() >= 10
         && is_digits(&b[0..4])
         && b[4] == b'-'
@@ -407,11 +415,48 @@ fn split_iso_datetime(text: &str) -> Option<(String, &str)> {
     if !date_ok || b.get(10) != Some(&b' ') {
         return None;
     }
-    let time_len = iso_time_len(&b[11..])?;
-    let end = 11 + time_len;
-    // Every byte up to `end` is ASCII, so these are char boundaries.
-    let base = format!("{}T{}", &text[..10], &text[11..end]);
-    Some((base, &text[end..]))
+    Some(11 + iso_time_len(&b[11..])?)
+}
+
+/// What `decode_timestamptz` gives, packed, without building it on the heap;
+/// false (nothing written) where it would keep the text.
+fn pack_timestamptz(text: &str, out: &mut Vec<u8>) -> bool {
+    let b = text.as_bytes();
+    let Some(end) = iso_datetime_len(b) else {
+        return false;
+    };
+    // The offset, as normalize_offset writes it: ±HH:MM[:SS].
+    let rest = &b[end..];
+    let Some(&sign) = rest.first().filter(|s| matches!(s, b'+' | b'-')) else {
+        return false;
+    };
+    let mut offset = [sign, b'0', b'0', b':', b'0', b'0', b':', b'0', b'0'];
+    let mut offset_len = 6;
+    let mut parts = rest[1..].split(|&c| c == b':');
+    for (i, at) in [1usize, 4, 7].into_iter().enumerate() {
+        match parts.next() {
+            Some(p) if p.len() == 2 && is_digits(p) => {
+                offset[at..at + 2].copy_from_slice(p);
+                if i == 2 {
+                    offset_len = 9;
+                }
+            }
+            None if i > 0 => break,
+            _ => return false,
+        }
+    }
+    if parts.next().is_some() {
+        return false;
+    }
+    let utc = offset_len == 6 && &offset[1..6] == b"00:00";
+    let tail: &[u8] = if utc { b"Z" } else { &offset[..offset_len] };
+    out.push(crate::packed::STRING);
+    crate::packed::put_varint(out, (end + tail.len()) as u64);
+    out.extend_from_slice(&b[..10]);
+    out.push(b'T');
+    out.extend_from_slice(&b[11..end]);
+    out.extend_from_slice(tail);
+    true
 }
 
 /// Length of the `HH:MM:SS[.f...]` prefix of `b`.

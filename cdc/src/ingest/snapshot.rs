@@ -18,7 +18,7 @@ use pgcdc_schema::event::Row;
 
 use tokio::sync::mpsc;
 
-use super::resync::{chunk_sql, shape, ChunkStream, ResyncError, TableShape};
+use super::resync::{chunk_sql, shape, ChunkStream, ResyncError, TableShape, CHUNK_ROWS};
 use crate::config::Config;
 use crate::ingest::catalog::Catalog;
 use crate::ingest::changes::read_event;
@@ -189,7 +189,7 @@ async fn read_chunks(
     loop {
         let sql = chunk_sql(&table, shape, None, last_key.as_deref())?;
         let mut chunk = ChunkStream::start(catalog.client(), &sql, shape).await?;
-        let mut entries = Vec::new();
+        let mut entries = Vec::with_capacity(CHUNK_ROWS as usize);
         // A row is made an event once the next one arrived: whether it is the
         // table's last row is known only at the end of the COPY.
         let mut held: Option<(Row, Row)> = None;

@@ -505,6 +505,17 @@ fn pack_text_packs_what_decode_text_decodes() {
         "-Infinity",
         "$1,000.00",
         "2026-01-02 03:04:05.5+00",
+        "2026-01-02 03:04:05-00",
+        "2026-01-02 03:04:05+05:30",
+        "2026-01-02 03:04:05.123456-08",
+        "2026-01-02 03:04:05+00:00:00",
+        "2026-01-02 03:04:05+01:02:03",
+        "2026-01-02 03:04:05+1",
+        "2026-01-02 03:04:05+01:02:03:04",
+        "2026-01-02 03:04:05+01:",
+        "2026-01-02 03:04:05",
+        "2026-01-02 03:04:05 BC",
+        "12026-01-02 03:04:05+00",
         "03:04:05+02",
         "P1DT2H",
         r#"{"a": [1, 2.50, "x"]}"#,
@@ -521,5 +532,9 @@ fn pack_text_packs_what_decode_text_decodes() {
             crate::packed::put_value(&mut slow, &decode_text(kind, text));
             assert_eq!(fast, slow, "{kind:?} {text:?}");
         }
+    }
+    // The timestamptz shortcut is taken for what the walsender sends.
+    for text in ["2026-01-02 03:04:05.5+00", "2026-01-02 03:04:05+05:30"] {
+        assert!(super::pack_timestamptz(text, &mut Vec::new()), "{text}");
     }
 }
