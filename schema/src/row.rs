@@ -405,8 +405,8 @@ fn value_bytes(value: &Value) -> usize {
 /// (as `serde_json::Map` compares).
 impl PartialEq for Row {
     fn eq(&self, other: &Row) -> bool {
-        if let (Some((_, n, a)), Some((_, m, b))) = (self.packed(), other.packed()) {
-            if n == m && a == b {
+        if let (Some((x, n, a)), Some((y, m, b))) = (self.packed(), other.packed()) {
+            if n == m && a == b && (Arc::ptr_eq(x, y) || x == y) {
                 return true;
             }
         }
@@ -618,6 +618,9 @@ mod tests {
             Row::read_packed(&mut Reader::new(&bytes), n, &short).is_err(),
             "a column past the relation"
         );
+        let renamed: Names = ["a", "b", "c", "d"].into_iter().map(Name::from).collect();
+        let other = Row::read_packed(&mut Reader::new(&bytes), n, &renamed).unwrap_or_default();
+        assert_ne!(other, row, "the same bytes under other names");
 
         let key = row.project(&[1, 0, 3]).unwrap_or_default();
         assert_eq!(
@@ -637,6 +640,6 @@ mod tests {
             serde_json::to_string(&changed).unwrap_or_default(),
             r#"{"id":7,"meta":{"b":1.50,"a":[null]},"tags":null,"x":1}"#
         );
-        assert!(row.heap_bytes() < changed.heap_bytes());
+        assert!(packed_row().heap_bytes() < changed.heap_bytes());
     }
 }

@@ -16,7 +16,13 @@ use serde_json::Value;
 
 const TOKEN: &str = "orphan-test-token-0123456789";
 
-fn config(pg: &PgCluster, state: &std::path::Path, port: u16, gone: Option<&str>) -> String {
+fn config(
+    pg: &PgCluster,
+    state: &std::path::Path,
+    port: u16,
+    gone: Option<&str>,
+    max_bytes: u64,
+) -> String {
     let gone = gone.map_or(String::new(), |url| {
         format!(
             "[[sink]]\nname = \"gone\"\ntype = \"http\"\nurl = \"{url}\"\n\
@@ -32,7 +38,7 @@ tables = ["public.items"]
 dir = "{state}"
 [journal]
 retention = "0s"
-max_bytes = 200000
+max_bytes = {max_bytes}
 [admin]
 listen = "127.0.0.1:{port}"
 token = "{TOKEN}"
@@ -62,8 +68,17 @@ async fn dropping_an_orphaned_cursor_lets_the_journal_prune() -> anyhow::Result<
     let state = state_dir()?;
     let port = free_port()?;
 
-    // Two sinks; "gone" cannot deliver, so its cursor stays at the start.
-    let with_gone = ConfigFile::new(&config(&pg, state.path(), port, Some(&rx.url())))?;
+    // Two sinks; "gone" cannot deliver, so its cursor stays at the start. The
+    // journal has room for the 200 rows here (the reader checks the limit between
+    // messages, so a tight one would pause it inside their transaction); the next
+    // run's limit is below what they take.
+    let with_gone = ConfigFile::new(&config(
+        &pg,
+        state.path(),
+        port,
+        Some(&rx.url()),
+        10_000_000,
+    ))?;
     let mut p = start_streaming(&pg, &with_gone).await?;
     pg.batch("INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(1, 200) g")
         .await?;
@@ -89,7 +104,7 @@ async fn dropping_an_orphaned_cursor_lets_the_journal_prune() -> anyhow::Result<
     );
 
     // The sink is removed from the config: its cursor remains and pins the journal.
-    let without = ConfigFile::new(&config(&pg, state.path(), port, None))?;
+    let without = ConfigFile::new(&config(&pg, state.path(), port, None, 200_000))?;
     let mut p = start_streaming(&pg, &without).await?;
     let log = stderr_with(&p, &["no longer configured", "gone"]).await;
     ensure!(
