@@ -27,6 +27,8 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
+use crate::value::{decode_text, is_digits, iso_datetime_len, PgType};
+
 /// Deeper than any value can be: json/jsonb values are refused past
 /// `MAX_JSON_DEPTH` when decoded, and the event adds a few levels. Bytes
 /// deeper than this are corrupt (and would otherwise recurse without bound).
@@ -39,7 +41,7 @@ const TRUE: u8 = 2;
 const INT: u8 = 3;
 /// Any other number, as its text.
 const NUMBER: u8 = 4;
-pub(crate) const STRING: u8 = 5;
+const STRING: u8 = 5;
 const ARRAY: u8 = 6;
 const OBJECT: u8 = 7;
 
@@ -132,6 +134,72 @@ pub fn put_value(out: &mut Vec<u8>, v: &Value) {
             }
         }
     }
+}
+
+/// Appends the packed form of one value's text form: what
+/// `put_value(out, &decode_text(ty, text))` appends, without building
+/// the `Value` for the types a row mostly holds.
+pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
+    match ty {
+        PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Oid
+            if canonical_i64(text)
+                .is_some_and(|n| *ty != PgType::Oid || u32::try_from(n).is_ok()) =>
+        {
+            put_number_text(out, text)
+        }
+        PgType::Bool if text == "t" || text == "f" => put_bool(out, text == "t"),
+        PgType::TimestampTz if pack_timestamptz(text, out) => {}
+        PgType::Numeric
+        | PgType::Money
+        | PgType::Text
+        | PgType::Uuid
+        | PgType::Date
+        | PgType::Time
+        | PgType::Interval
+        | PgType::Other => put_string(out, text),
+        _ => put_value(out, &decode_text(ty, text)),
+    }
+}
+
+/// What `decode_timestamptz` gives, packed, without building it on the heap;
+/// false (nothing written) where it would keep the text.
+pub(crate) fn pack_timestamptz(text: &str, out: &mut Vec<u8>) -> bool {
+    let b = text.as_bytes();
+    let Some(end) = iso_datetime_len(b) else {
+        return false;
+    };
+    // The offset, as normalize_offset writes it: ±HH:MM[:SS].
+    let rest = &b[end..];
+    let Some(&sign) = rest.first().filter(|s| matches!(s, b'+' | b'-')) else {
+        return false;
+    };
+    let mut offset = [sign, b'0', b'0', b':', b'0', b'0', b':', b'0', b'0'];
+    let mut offset_len = 6;
+    let mut parts = rest[1..].split(|&c| c == b':');
+    for (i, at) in [1usize, 4, 7].into_iter().enumerate() {
+        match parts.next() {
+            Some(p) if p.len() == 2 && is_digits(p) => {
+                offset[at..at + 2].copy_from_slice(p);
+                if i == 2 {
+                    offset_len = 9;
+                }
+            }
+            None if i > 0 => break,
+            _ => return false,
+        }
+    }
+    if parts.next().is_some() {
+        return false;
+    }
+    let utc = offset_len == 6 && &offset[1..6] == b"00:00";
+    let tail: &[u8] = if utc { b"Z" } else { &offset[..offset_len] };
+    out.push(STRING);
+    put_varint(out, (end + tail.len()) as u64);
+    out.extend_from_slice(&b[..10]);
+    out.push(b'T');
+    out.extend_from_slice(&b[11..end]);
+    out.extend_from_slice(tail);
+    true
 }
 
 /// What is wrong with packed bytes.

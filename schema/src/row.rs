@@ -150,7 +150,7 @@ impl Packer {
     /// (as `value::decode_text` decodes it).
     pub fn text(&mut self, column: usize, ty: &PgType, text: &str) {
         if self.column(column) {
-            crate::value::pack_text(ty, text, &mut self.bytes);
+            packed::pack_text(ty, text, &mut self.bytes);
         }
     }
 

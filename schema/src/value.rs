@@ -245,32 +245,6 @@ pub fn decode_text(ty: &PgType, text: &str) -> Value {
     decoded.unwrap_or_else(|| Value::String(text.to_owned()))
 }
 
-/// Appends the packed form of one value's text form: what
-/// `packed::put_value(out, &decode_text(ty, text))` appends, without building
-/// the `Value` for the types a row mostly holds.
-pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
-    use crate::packed;
-    match ty {
-        PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Oid
-            if packed::canonical_i64(text)
-                .is_some_and(|n| *ty != PgType::Oid || u32::try_from(n).is_ok()) =>
-        {
-            packed::put_number_text(out, text)
-        }
-        PgType::Bool if text == "t" || text == "f" => packed::put_bool(out, text == "t"),
-        PgType::TimestampTz if pack_timestamptz(text, out) => {}
-        PgType::Numeric
-        | PgType::Money
-        | PgType::Text
-        | PgType::Uuid
-        | PgType::Date
-        | PgType::Time
-        | PgType::Interval
-        | PgType::Other => packed::put_string(out, text),
-        _ => packed::put_value(out, &decode_text(ty, text)),
-    }
-}
-
 /// Deepest json/jsonb nesting pgcdc turns into a JSON value. Postgres accepts
 /// about 10,000 levels (bounded by its `max_stack_depth`); every later step
 /// (jq, serialisation, drop) recurses per level on threads with 2 MiB stacks.
@@ -405,7 +379,7 @@ fn split_iso_datetime(text: &str) -> Option<(String, &str)> {
 }
 
 /// Length of the `YYYY-MM-DD HH:MM:SS[.f...]` prefix of `b`.
-fn iso_datetime_len(b: &[u8]) -> Option<usize> {
+pub(crate) fn iso_datetime_len(b: &[u8]) -> Option<usize> {
     let date_ok = b.len() >= 10
         && is_digits(&b[0..4])
         && b[4] == b'-'
@@ -416,47 +390,6 @@ fn iso_datetime_len(b: &[u8]) -> Option<usize> {
         return None;
     }
     Some(11 + iso_time_len(&b[11..])?)
-}
-
-/// What `decode_timestamptz` gives, packed, without building it on the heap;
-/// false (nothing written) where it would keep the text.
-fn pack_timestamptz(text: &str, out: &mut Vec<u8>) -> bool {
-    let b = text.as_bytes();
-    let Some(end) = iso_datetime_len(b) else {
-        return false;
-    };
-    // The offset, as normalize_offset writes it: ±HH:MM[:SS].
-    let rest = &b[end..];
-    let Some(&sign) = rest.first().filter(|s| matches!(s, b'+' | b'-')) else {
-        return false;
-    };
-    let mut offset = [sign, b'0', b'0', b':', b'0', b'0', b':', b'0', b'0'];
-    let mut offset_len = 6;
-    let mut parts = rest[1..].split(|&c| c == b':');
-    for (i, at) in [1usize, 4, 7].into_iter().enumerate() {
-        match parts.next() {
-            Some(p) if p.len() == 2 && is_digits(p) => {
-                offset[at..at + 2].copy_from_slice(p);
-                if i == 2 {
-                    offset_len = 9;
-                }
-            }
-            None if i > 0 => break,
-            _ => return false,
-        }
-    }
-    if parts.next().is_some() {
-        return false;
-    }
-    let utc = offset_len == 6 && &offset[1..6] == b"00:00";
-    let tail: &[u8] = if utc { b"Z" } else { &offset[..offset_len] };
-    out.push(crate::packed::STRING);
-    crate::packed::put_varint(out, (end + tail.len()) as u64);
-    out.extend_from_slice(&b[..10]);
-    out.push(b'T');
-    out.extend_from_slice(&b[11..end]);
-    out.extend_from_slice(tail);
-    true
 }
 
 /// Length of the `HH:MM:SS[.f...]` prefix of `b`.
@@ -480,7 +413,7 @@ fn iso_time_len(b: &[u8]) -> Option<usize> {
     Some(8)
 }
 
-fn is_digits(b: &[u8]) -> bool {
+pub(crate) fn is_digits(b: &[u8]) -> bool {
     b.iter().all(u8::is_ascii_digit)
 }
 

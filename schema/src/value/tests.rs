@@ -1,6 +1,7 @@
 use serde_json::{json, Value};
 
-use super::{decode_text, pack_text, PgType, MAX_JSON_DEPTH};
+use super::{decode_text, PgType, MAX_JSON_DEPTH};
+use crate::packed::{pack_text, pack_timestamptz};
 
 fn arr(elem: PgType) -> PgType {
     PgType::Array(Box::new(elem))
@@ -535,6 +536,6 @@ fn pack_text_packs_what_decode_text_decodes() {
     }
     // The timestamptz shortcut is taken for what the walsender sends.
     for text in ["2026-01-02 03:04:05.5+00", "2026-01-02 03:04:05+05:30"] {
-        assert!(super::pack_timestamptz(text, &mut Vec::new()), "{text}");
+        assert!(pack_timestamptz(text, &mut Vec::new()), "{text}");
     }
 }
