@@ -1,8 +1,9 @@
 //! pgcdc-schema: the I/O-free vocabulary shared by the engine and the sinks.
 //!
 //! ```text
-//!  pgoutput tuple (text datums) ──value::decode_text──▶ serde_json::Value
-//!                                                         │
+//!  pgoutput tuple (text datums) ──packed::pack_text──▶ Row (packed bytes)
+//!                                                         │  unpacked to serde_json::Value
+//!                                                         │  (value::decode_text's) on read
 //!  Begin/Commit position (Lsn, seq) ──EventId──▶ ChangeEvent (native event JSON)
 //! ```
 //!
