@@ -48,7 +48,34 @@ pub struct Broker {
 
 impl Broker {
     /// Starts nisshi on a free port and a proxy in front of it; waits until it answers.
+    /// The port is free when it is picked, but another test may take it before
+    /// nisshi binds it: then nisshi stops ("Address already in use") and a new
+    /// port is tried, up to three times.
     pub async fn start() -> Result<Broker> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut broker = Broker::start_once().await?;
+            match broker.wait_ready().await {
+                Ok(()) => return Ok(broker),
+                Err(_) if attempt < 3 && broker.lost_its_port() => {
+                    eprintln!(
+                        "nisshi lost port {} to another process; starting it again",
+                        broker.broker_port
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether nisshi exited because its port was taken.
+    fn lost_its_port(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+            && self.log_tail().contains("Address already in use")
+    }
+
+    async fn start_once() -> Result<Broker> {
         let bin = nisshi_bin();
         if !bin.exists() {
             return Err(HarnessError::Environment(format!(
@@ -90,19 +117,17 @@ impl Broker {
         let (up, up_rx) = watch::channel(true);
         let cut_flag = Arc::new(AtomicBool::new(false));
         tokio::spawn(proxy(listener, broker_port, up_rx, cut_flag.clone()));
-        let broker = Broker {
+        Ok(Broker {
             child,
             proxy_port,
             broker_port,
             up,
             cut_flag,
             log,
-        };
-        broker.wait_ready().await?;
-        Ok(broker)
+        })
     }
 
-    async fn wait_ready(&self) -> Result<()> {
+    async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let bootstrap = self.bootstrap();
         loop {
@@ -120,9 +145,10 @@ impl Broker {
             if ok {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
                 return Err(HarnessError::Environment(format!(
-                    "nisshi did not answer on port {} within 30s; its log:\n{}",
+                    "nisshi did not answer on port {} within 30s (or exited); its log:\n{}",
                     self.broker_port,
                     self.log_tail()
                 )));
