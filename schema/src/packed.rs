@@ -27,7 +27,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
-use crate::value::{decode_text, is_digits, iso_datetime_len, PgType};
+use crate::value::{decode_text, is_digits, iso_datetime_len, kept_as_text, PgType};
 
 /// Deeper than any value can be: json/jsonb values are refused past
 /// `MAX_JSON_DEPTH` when decoded, and the event adds a few levels. Bytes
@@ -149,14 +149,7 @@ pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
         }
         PgType::Bool if text == "t" || text == "f" => put_bool(out, text == "t"),
         PgType::TimestampTz if pack_timestamptz(text, out) => {}
-        PgType::Numeric
-        | PgType::Money
-        | PgType::Text
-        | PgType::Uuid
-        | PgType::Date
-        | PgType::Time
-        | PgType::Interval
-        | PgType::Other => put_string(out, text),
+        _ if kept_as_text(ty) => put_string(out, text),
         _ => put_value(out, &decode_text(ty, text)),
     }
 }
@@ -314,49 +307,6 @@ impl<'a> Reader<'a> {
         self.str().map(str::to_string)
     }
 
-    /// A value.
-    pub fn value(&mut self) -> Result<Value, Bad> {
-        self.value_at(0)
-    }
-
-    fn value_at(&mut self, depth: usize) -> Result<Value, Bad> {
-        if depth > MAX_DEPTH {
-            return Err(format!("value nested deeper than {MAX_DEPTH} levels"));
-        }
-        Ok(match self.u8()? {
-            NULL => Value::Null,
-            FALSE => Value::Bool(false),
-            TRUE => Value::Bool(true),
-            INT => Value::Number(Number::from(self.zigzag()?)),
-            NUMBER => {
-                let text = self.str()?;
-                Value::Number(
-                    text.parse::<Number>()
-                        .map_err(|e| format!("number {text:?}: {e}"))?,
-                )
-            }
-            STRING => Value::String(self.string()?),
-            ARRAY => {
-                let n = self.count()?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(self.value_at(depth + 1)?);
-                }
-                Value::Array(items)
-            }
-            OBJECT => {
-                let n = self.count()?;
-                let mut map = Map::with_capacity(n);
-                for _ in 0..n {
-                    let k = self.string()?;
-                    map.insert(k, self.value_at(depth + 1)?);
-                }
-                Value::Object(map)
-            }
-            tag => return Err(format!("unknown value tag {tag} at byte {}", self.at - 1)),
-        })
-    }
-
     /// Steps over one value, checking its structure (tags, counts, depth) but
     /// not its text: [`Packed`] and [`Reader::value_lossy`] read text as UTF-8
     /// where they use it.
@@ -511,7 +461,7 @@ mod tests {
         assert!(skip.skip_value().is_ok());
         assert!(skip.done());
         let mut r = Reader::new(&out);
-        let back = r.value().unwrap_or_else(|e| panic!("{e}"));
+        let back = r.value_lossy().unwrap_or_else(|e| panic!("{e}"));
         assert!(r.done());
         assert_eq!(
             serde_json::to_string(&Packed(&out)).unwrap_or_default(),
@@ -553,11 +503,11 @@ mod tests {
             assert!(Reader::new(bytes).skip_value().is_err(), "{bytes:?}");
         }
         for bytes in [&[ARRAY, 0xff, 0xff, 0x7f][..], &[9], &[STRING, 5, b'a']] {
-            assert!(Reader::new(bytes).value().is_err(), "{bytes:?}");
+            assert!(Reader::new(bytes).value_lossy().is_err(), "{bytes:?}");
         }
         let mut deep = [ARRAY, 1].repeat(MAX_DEPTH + 2);
         deep.push(NULL);
-        assert!(Reader::new(&deep).value().is_err());
+        assert!(Reader::new(&deep).value_lossy().is_err());
         assert!(Reader::new(&deep).skip_value().is_err());
     }
 

@@ -71,7 +71,7 @@ impl PackedRow {
         let mut r = Reader::new(&self.bytes);
         let mut pairs = Vec::with_capacity(self.len);
         for _ in 0..self.len {
-            let Ok(name) = column(&mut r, &self.names).map(|(_, n)| n) else {
+            let Ok(name) = column(&mut r, &self.names) else {
                 break;
             };
             let Ok(value) = r.value_lossy() else {
@@ -83,26 +83,37 @@ impl PackedRow {
     }
 }
 
-/// A column ref: its index (None: named inline) and its name.
-fn column(r: &mut Reader<'_>, names: &Names) -> Result<(Option<usize>, Name), Bad> {
+/// A column ref of packed row bytes.
+enum Ref<'a> {
+    /// The column at this index of the row's names.
+    At(usize),
+    /// A column its relation does not list, named inline.
+    Named(Cow<'a, str>),
+}
+
+/// Reads the next column ref, checking it against the `len` names of the row.
+fn column_ref<'a>(r: &mut Reader<'a>, len: usize) -> Result<Ref<'a>, Bad> {
     match r.varint()? {
-        0 => r.str_lossy().map(|n| (None, Name::from(&*n))),
-        i => names
-            .get((i - 1) as usize)
-            .map(|n| (Some((i - 1) as usize), n.clone()))
-            .ok_or_else(|| format!("column {i} is past the relation's {}", names.len())),
+        0 => r.str_lossy().map(Ref::Named),
+        i if i as usize <= len => Ok(Ref::At((i - 1) as usize)),
+        i => Err(format!("column {i} is past the relation's {len}")),
     }
 }
 
-/// The next column ref of packed row bytes, as the column's name.
+/// The next column ref as a shared name.
+fn column(r: &mut Reader<'_>, names: &Names) -> Result<Name, Bad> {
+    Ok(match column_ref(r, names.len())? {
+        Ref::At(i) => names[i].clone(),
+        Ref::Named(n) => Name::from(&*n),
+    })
+}
+
+/// The next column ref as the column's name.
 fn name<'a>(r: &mut Reader<'a>, names: &'a Names) -> Result<Cow<'a, str>, Bad> {
-    match r.varint()? {
-        0 => r.str_lossy(),
-        i => names
-            .get((i - 1) as usize)
-            .map(|n| Cow::Borrowed(&**n))
-            .ok_or_else(|| format!("column {i} is past the relation's {}", names.len())),
-    }
+    Ok(match column_ref(r, names.len())? {
+        Ref::At(i) => Cow::Borrowed(&*names[i]),
+        Ref::Named(n) => n,
+    })
 }
 
 /// The next (name, value) of packed row bytes.
@@ -196,14 +207,9 @@ impl Row {
     pub fn read_packed(r: &mut Reader<'_>, n: usize, names: &Names) -> Result<Row, Bad> {
         let from = r.at();
         for _ in 0..n {
-            match r.varint()? {
-                0 => {
-                    r.str()?;
-                }
-                i if i as usize > names.len() => {
-                    return Err(format!("column {i} is past the relation's {}", names.len()));
-                }
-                _ => {}
+            // A name read lossily (owned) was not UTF-8: the record is damaged.
+            if let Ref::Named(Cow::Owned(_)) = column_ref(r, names.len())? {
+                return Err("an inline column name is not UTF-8".into());
             }
             r.skip_value()?;
         }
@@ -232,12 +238,9 @@ impl Row {
         let mut at: Vec<Option<(usize, usize)>> = vec![None; p.names.len()];
         let mut r = Reader::new(&p.bytes);
         for _ in 0..p.len {
-            let index = match r.varint().ok()? {
-                0 => {
-                    r.str_lossy().ok()?;
-                    None
-                }
-                i => Some((i - 1) as usize),
+            let index = match column_ref(&mut r, p.names.len()).ok()? {
+                Ref::At(i) => Some(i),
+                Ref::Named(_) => None,
             };
             let from = r.at();
             r.skip_value().ok()?;

@@ -218,6 +218,9 @@ fn array_element_oid(oid: u32) -> Option<u32> {
 
 /// Decodes one value's text form. Never fails: what cannot be parsed is kept as its text.
 pub fn decode_text(ty: &PgType, text: &str) -> Value {
+    if kept_as_text(ty) {
+        return Value::String(text.to_owned());
+    }
     let decoded = match ty {
         PgType::Bool => decode_bool(text),
         PgType::Int2 | PgType::Int4 | PgType::Int8 => {
@@ -231,6 +234,15 @@ pub fn decode_text(ty: &PgType, text: &str) -> Value {
         PgType::Json | PgType::Jsonb => Some(decode_json(text)),
         PgType::Bytea => decode_bytea_hex(text).map(Value::String),
         PgType::Array(elem) => array::decode_array(elem, text),
+        _ => None,
+    };
+    decoded.unwrap_or_else(|| Value::String(text.to_owned()))
+}
+
+/// Whether values of `ty` are their text as they are (`decode_text` does not
+/// decode them).
+pub(crate) fn kept_as_text(ty: &PgType) -> bool {
+    match ty {
         // Numeric and money stay text so no precision or currency format is lost;
         // dates, times and intervals are already ISO 8601 under the pinned GUCs.
         PgType::Numeric
@@ -240,9 +252,22 @@ pub fn decode_text(ty: &PgType, text: &str) -> Value {
         | PgType::Date
         | PgType::Time
         | PgType::Interval
-        | PgType::Other => None,
-    };
-    decoded.unwrap_or_else(|| Value::String(text.to_owned()))
+        | PgType::Other => true,
+        PgType::Bool
+        | PgType::Int2
+        | PgType::Int4
+        | PgType::Int8
+        | PgType::Oid
+        | PgType::Float4
+        | PgType::Float8
+        | PgType::Timestamp
+        | PgType::TimestampTz
+        | PgType::TimeTz
+        | PgType::Json
+        | PgType::Jsonb
+        | PgType::Bytea
+        | PgType::Array(_) => false,
+    }
 }
 
 /// Deepest json/jsonb nesting pgcdc turns into a JSON value. Postgres accepts
