@@ -106,12 +106,16 @@ retry = {{ initial_backoff_ms = 100, max_backoff_ms = 300 }}
         },
     )
     .await;
-    let (_, metrics) = get(&format!("{base}/metrics")).await?;
-    ensure!(
-        metrics.lines().any(|l| l == "pgcdc_reader_paused 0"),
-        "{metrics}"
-    );
-    let log = p.stderr();
-    ensure!(log.contains("reader resumes"), "{log}");
+    // `pgcdc status` reads the journal's fill from disk; the reader sees the
+    // room at its next wake-up (status interval, 1 s), then sets the gauge and logs.
+    wait_until_msg(
+        Duration::from_secs(30),
+        "the paused gauge drops and the reader logs that it resumes",
+        || async {
+            let m = get(&format!("{base}/metrics")).await.unwrap_or_default().1;
+            m.lines().any(|l| l == "pgcdc_reader_paused 0") && p.stderr().contains("reader resumes")
+        },
+    )
+    .await;
     Ok(())
 }
