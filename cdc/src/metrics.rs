@@ -406,7 +406,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let age = commit_age_seconds(&event, now).unwrap_or(-1.0);
         assert!((1.49..1.51).contains(&age), "{age}");
-        event.commit_time = Some((now + chrono::Duration::seconds(5)).to_rfc3339());
+        event.commit_time = Some((now + chrono::Duration::seconds(5)).to_rfc3339().into());
         assert_eq!(commit_age_seconds(&event, now), Some(0.0));
     }
 }

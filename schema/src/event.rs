@@ -91,10 +91,10 @@ pub struct ChangeEvent {
     pub id: EventId,
     /// Kind of change.
     pub op: Op,
-    /// Schema of the table.
-    pub schema: String,
-    /// Table name.
-    pub table: String,
+    /// Schema of the table (shared by the events of one relation).
+    pub schema: Name,
+    /// Table name (shared by the events of one relation).
+    pub table: Name,
     /// Primary key columns and values (null for truncate).
     pub key: Option<Row>,
     /// The row before the change, as far as it is known (see README: "What `.old` holds").
@@ -108,8 +108,9 @@ pub struct ChangeEvent {
     pub lsn: Lsn,
     /// Transaction id (null for snapshot rows).
     pub xid: Option<u32>,
-    /// Commit time, RFC 3339 in UTC with microseconds.
-    pub commit_time: Option<String>,
+    /// Commit time, RFC 3339 in UTC with microseconds (shared by the events of one
+    /// transaction).
+    pub commit_time: Option<Name>,
     /// Columns whose value did not change and was not sent (TOAST); absent from `new`.
     #[serde(default)]
     pub unchanged_toast: Vec<String>,

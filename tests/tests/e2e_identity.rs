@@ -179,7 +179,7 @@ fn journal_truncates(state: &Path) -> anyhow::Result<Vec<String>> {
     let mut tables: Vec<String> = e2e_fixture::journal_events(state)?
         .into_iter()
         .filter(|e| e.event.op == pgcdc_schema::Op::Truncate)
-        .map(|e| e.table)
+        .map(|e| e.table.to_string())
         .collect();
     tables.sort();
     Ok(tables)

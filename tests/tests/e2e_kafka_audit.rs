@@ -97,7 +97,7 @@ async fn every_delivered_event_is_audited_from_one_row_per_batch() -> anyhow::Re
     for e in &events {
         let id = e.event.id.to_string();
         let got = store.audit_by_event(&id)?;
-        if e.event.table == "notes" {
+        if &*e.event.table == "notes" {
             ensure!(
                 got.is_empty(),
                 "a change the sink never took is audited: {got:?}"

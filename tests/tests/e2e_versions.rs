@@ -71,7 +71,7 @@ async fn next_of(p: &mut Pgcdc, table: &str) -> anyhow::Result<Value> {
 fn assert_load_journaled_once(state: &Path, rows: u64) -> anyhow::Result<()> {
     let load: Vec<_> = e2e_fixture::journal_events(state)?
         .into_iter()
-        .filter(|e| e.table == "public.load")
+        .filter(|e| &*e.table == "public.load")
         .collect();
     let events = load.len();
     let ids: HashSet<String> = load.iter().map(|e| e.event.id.to_string()).collect();

@@ -368,7 +368,7 @@ fn entries_keep_the_captured_tables_name_beside_the_events_name(
     let got = r.read_after(0, 10)?;
     assert_eq!(got.len(), 1);
     assert_eq!(
-        (got[0].table.as_str(), got[0].event.table.as_str()),
+        (&*got[0].table, &*got[0].event.table),
         ("public.permits", "permits_v2")
     );
     Ok(())

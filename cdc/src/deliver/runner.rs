@@ -92,7 +92,7 @@ async fn or_stop<T>(
 pub(super) async fn map_or_stop(
     name: &str,
     plan: &Arc<SinkPlan>,
-    events: Vec<(ChangeEvent, String)>,
+    events: Vec<(ChangeEvent, pgcdc_schema::event::Name)>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Vec<Result<Mapped, MappingError>>>, RunnerError> {
     if !plan.runs_jq() {

@@ -171,6 +171,7 @@ pub(crate) async fn resync_all(
 ) -> Result<(), RecoveryError> {
     use super::journal_thread::JournalCommand;
     use crate::journal::{Access, JournalEntry, ResyncKind, ResyncRequestError};
+    use pgcdc_schema::event::Name;
 
     // Just before the slot's first change. Repeated after a crash, deletes already
     // journaled are skipped by position.
@@ -196,22 +197,24 @@ pub(crate) async fn resync_all(
             let event = pgcdc_schema::event::ChangeEvent {
                 id: pgcdc_schema::EventId::from_position(before, seq),
                 op: pgcdc_schema::Op::Delete,
-                schema: table.schema.clone(),
-                table: table.table.clone(),
+                schema: Name::from(table.schema.as_str()),
+                table: Name::from(table.table.as_str()),
                 key: Some(key.clone()),
                 old: Some(key),
                 new: None,
                 trigger: None,
                 lsn: before,
                 xid: None,
-                commit_time: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                commit_time: Some(Name::from(
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                )),
                 unchanged_toast: Vec::new(),
                 columns: None,
                 previous: None,
                 origin: Default::default(),
             };
             let entry = JournalEntry {
-                table: name.clone(),
+                table: Name::from(name.as_str()),
                 seq,
                 commit_time_unix_us: Some(now.timestamp_micros()),
                 event,

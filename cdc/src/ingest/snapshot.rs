@@ -14,14 +14,14 @@
 
 use pgcdc_schema::{Lsn, Origin, SnapshotMark, TableName};
 
-use pgcdc_schema::event::Row;
+use pgcdc_schema::event::{Name, Row};
 
 use tokio::sync::mpsc;
 
 use super::resync::{chunk_sql, shape, ChunkStream, ResyncError, TableShape, CHUNK_ROWS};
 use crate::config::Config;
 use crate::ingest::catalog::Catalog;
-use crate::ingest::changes::read_event;
+use crate::ingest::changes::{read_event, EventTable};
 use crate::journal::{
     Access, JournalEntry, JournalWriter, ResyncKind, ResyncProgress, ResyncRequestError, Store,
 };
@@ -75,7 +75,8 @@ pub(crate) async fn copy(
         _ => floor,
     };
     let now_us = chrono::Utc::now().timestamp_micros();
-    let now_text = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let now_text =
+        Name::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     let mut total = 0u64;
     let tables = queued.len();
     for (index, resync) in queued.into_iter().enumerate() {
@@ -145,7 +146,7 @@ struct TablePlan {
     /// Journal position of the table's first row.
     seq: u32,
     now_us: i64,
-    now_text: String,
+    now_text: Name,
 }
 
 /// One chunk's events with its progress, journaled in one write.
@@ -185,7 +186,8 @@ async fn read_chunks(
     } = plan;
     let mut first_row = last_key.is_none();
     let column_types = shape.column_types();
-    let table_text = table.to_string();
+    let table_text = Name::from(table.to_string());
+    let event_table = EventTable::of(&table);
     loop {
         let sql = chunk_sql(&table, shape, None, last_key.as_deref())?;
         let mut chunk = ChunkStream::start(catalog.client(), &sql, shape).await?;
@@ -204,7 +206,15 @@ async fn read_chunks(
                     column_types: column_types.clone(),
                     ..Origin::default()
                 };
-                let event = read_event(resync_id, &table, key, row, lsn, now_text.clone(), origin);
+                let event = read_event(
+                    resync_id,
+                    &event_table,
+                    key,
+                    row,
+                    lsn,
+                    now_text.clone(),
+                    origin,
+                );
                 entries.push(JournalEntry {
                     table: table_text.clone(),
                     seq,

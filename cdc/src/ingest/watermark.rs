@@ -178,7 +178,7 @@ impl Windows {
         let Some(window) = guard.as_mut().filter(|w| w.low_seen) else {
             return;
         };
-        if event.schema != window.table.schema || event.table != window.table.table {
+        if *event.schema != *window.table.schema || *event.table != *window.table.table {
             return;
         }
         if event.op == Op::Truncate {

@@ -33,6 +33,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pgcdc_schema::row::Name;
 use pgcdc_schema::{ChangeEvent, Lsn};
 
 mod audit;
@@ -189,8 +190,8 @@ impl Store {
 pub struct JournalEntry {
     /// The captured table this change belongs to, `schema.table` as `source.tables` names
     /// it: sinks and triggers route by it, so a renamed table reaches the same sinks
-    /// while its events carry the new name.
-    pub table: String,
+    /// while its events carry the new name. Shared by the relation's entries.
+    pub table: Name,
     /// Ordinal of the change in its transaction.
     pub seq: u32,
     /// Commit time in Unix microseconds (for lag and time-based resets).
@@ -210,8 +211,9 @@ pub struct StoredEvent {
     pub event: ChangeEvent,
     /// Only this sink receives it (a targeted resync); None: every sink.
     pub target: Option<String>,
-    /// The captured table it belongs to (see [`JournalEntry::table`]).
-    pub table: String,
+    /// The captured table it belongs to (see [`JournalEntry::table`]); consecutive
+    /// events of one table share it.
+    pub table: Name,
 }
 
 /// What one journal transaction writes besides streamed changes: resync chunks.

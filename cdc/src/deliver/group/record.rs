@@ -13,7 +13,7 @@
 //!
 //! A record without a value (a tombstone after a delete) carries no event.
 
-use pgcdc_schema::event::Row;
+use pgcdc_schema::event::{Name, Row};
 use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
 use serde_json::Value;
 
@@ -152,12 +152,12 @@ fn debezium(json: &Value, record: &RawRecord<'_>, id: &str) -> Result<ChangeEven
     let commit_time = source["ts_us"]
         .as_i64()
         .and_then(chrono::DateTime::from_timestamp_micros)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+        .map(|t| Name::from(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()));
     Ok(ChangeEvent {
         id: EventId::from_string(id.to_owned()),
         op,
-        schema: schema.to_owned(),
-        table: table.to_owned(),
+        schema: Name::from(schema),
+        table: Name::from(table),
         key,
         old,
         new,

@@ -292,7 +292,7 @@ impl Worker {
         let slot = &mut self.sinks[i];
         let input: Vec<_> = events
             .iter()
-            .map(|(_, e, t)| (e.clone(), t.clone()))
+            .map(|(_, e, t)| (e.clone(), t.as_str().into()))
             .collect();
         let Some(mapped) = map_or_stop(&slot.name, &slot.plan, input, shutdown).await? else {
             return Ok(false);

@@ -179,7 +179,7 @@ impl SinkPlan {
     /// triggers; a config already updated to the new name matches it too.
     #[cfg(test)]
     pub(crate) fn map_as(&self, event: ChangeEvent, table: &str) -> Result<Mapped, MappingError> {
-        self.map_batch_as(vec![(event, table.to_owned())])
+        self.map_batch_as(vec![(event, table.into())])
             .pop()
             .unwrap_or(Ok(Mapped::NotSelected))
     }
@@ -191,7 +191,7 @@ impl SinkPlan {
             events
                 .into_iter()
                 .map(|e| {
-                    let table = e.qualified_table();
+                    let table = e.qualified_table().into();
                     (e, table)
                 })
                 .collect(),
@@ -203,17 +203,19 @@ impl SinkPlan {
     /// run): call it off the async executor.
     pub(crate) fn map_batch_as(
         &self,
-        events: Vec<(ChangeEvent, String)>,
+        events: Vec<(ChangeEvent, pgcdc_schema::event::Name)>,
     ) -> Vec<Result<Mapped, MappingError>> {
         let mut slots: Vec<Slot<'_>> = events
             .into_iter()
             .map(|(event, table)| {
-                let named = TableName {
-                    schema: event.schema.clone(),
-                    table: event.table.clone(),
+                // The captured table (what routes) and the name the event carries
+                // (after a rename): a trigger or table of either is the event's.
+                let named = (&*event.schema, &*event.table);
+                let table = split_table(&table).unwrap_or(named);
+                let ours = |t: &TableName| {
+                    let t = (t.schema.as_str(), t.table.as_str());
+                    t == table || t == named
                 };
-                let table = TableName::parse(&table).unwrap_or_else(|_| named.clone());
-                let ours = |t: &TableName| *t == table || *t == named;
                 // A schema event is not a row change: no trigger condition applies; it
                 // goes to the sinks that ask for it and receive something of its table.
                 let schema = event.op == Op::Schema;
@@ -235,7 +237,7 @@ impl SinkPlan {
                 };
                 // Rows are ordered by identity, so one row's changes on both sides of a
                 // rename stay in order.
-                let row = row_key(&table, &event);
+                let row = row_key(table, &event);
                 Slot {
                     selected,
                     input: (!candidates.is_empty()).then(|| native(&event)),
@@ -393,11 +395,11 @@ fn items(event: ChangeEvent, row: String, bodies: Vec<serde_json::Value>) -> Map
 }
 
 /// `schema.table` + key JSON: items with the same identity are delivered in order.
-fn row_key(table: &TableName, event: &ChangeEvent) -> String {
+fn row_key((schema, table): (&str, &str), event: &ChangeEvent) -> String {
     let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(table.schema.as_bytes());
+    out.extend_from_slice(schema.as_bytes());
     out.push(b'.');
-    out.extend_from_slice(table.table.as_bytes());
+    out.extend_from_slice(table.as_bytes());
     if let Some(key) = &event.key {
         let prefix = out.len();
         if serde_json::to_writer(&mut out, key).is_err() {
@@ -406,6 +408,14 @@ fn row_key(table: &TableName, event: &ChangeEvent) -> String {
     }
     // JSON and the names are UTF-8.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// `schema.table` as its two parts, where [`TableName::parse`] takes it (without
+/// copying them).
+fn split_table(s: &str) -> Option<(&str, &str)> {
+    let (schema, table) = s.split_once('.').unwrap_or(("public", s));
+    let bad = schema.is_empty() || table.is_empty() || table.contains('.') || s.contains('"');
+    (!bad).then_some((schema, table))
 }
 
 pub mod sandbox;

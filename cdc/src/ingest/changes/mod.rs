@@ -39,7 +39,9 @@ pub(crate) struct RelationInfo {
     /// to, matched by OID; None: a table of the publication that pgcdc does not capture.
     pub(crate) identity: Option<TableName>,
     /// `identity` as text (what journal entries name their table by), made once.
-    identity_text: String,
+    identity_text: Name,
+    /// The table's schema and name as its events carry them.
+    event_table: EventTable,
     /// Each column's type name, shared by every event of this relation.
     pub(crate) column_types: ColumnTypes,
     /// The column names, shared by the rows built for this relation.
@@ -108,10 +110,13 @@ impl RelationInfo {
         RelationInfo {
             column_types: column_types(&columns),
             names: column_names(&columns),
-            identity_text: identity
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            identity_text: Name::from(
+                identity
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ),
+            event_table: EventTable::of(&name),
             identity,
             name,
             columns,
@@ -151,6 +156,23 @@ pub(crate) fn column_types(columns: &[(String, PgType)]) -> ColumnTypes {
         .collect()
 }
 
+/// A table's schema and name as its events carry them: made once, shared by
+/// the events (a reference count each, not two strings).
+#[derive(Debug, Clone)]
+pub(crate) struct EventTable {
+    pub(crate) schema: Name,
+    pub(crate) table: Name,
+}
+
+impl EventTable {
+    pub(crate) fn of(table: &TableName) -> EventTable {
+        EventTable {
+            schema: Name::from(table.schema.as_str()),
+            table: Name::from(table.table.as_str()),
+        }
+    }
+}
+
 /// The transaction being decoded.
 #[derive(Debug, Clone)]
 pub(crate) struct TxnState {
@@ -160,8 +182,8 @@ pub(crate) struct TxnState {
     pub(crate) xid: u32,
     /// Commit time, µs since 2000-01-01.
     pub(crate) commit_time: i64,
-    /// Commit time as RFC 3339 (formatted once per transaction).
-    pub(crate) commit_time_text: String,
+    /// Commit time as RFC 3339 (formatted once per transaction, shared by its events).
+    pub(crate) commit_time_text: Name,
     /// Ordinal of the next change.
     pub(crate) next_seq: u32,
     /// End LSN of the transaction committed before this one, if this session saw it.
@@ -290,14 +312,14 @@ impl ChangeBuilder {
             let seq = txn.next_seq;
             txn.next_seq += 1;
             out.event = Some(JournalEntry {
-                table,
+                table: Name::from(table),
                 seq,
                 commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
                 event: ChangeEvent {
                     id: EventId::from_position(txn.commit_lsn, seq),
                     op: Op::Schema,
-                    schema: name.schema.clone(),
-                    table: name.table.clone(),
+                    schema: Name::from(name.schema.as_str()),
+                    table: Name::from(name.table.as_str()),
                     key: None,
                     old: None,
                     new: None,
@@ -326,7 +348,7 @@ impl ChangeBuilder {
             commit_lsn: Lsn(final_lsn),
             xid,
             commit_time,
-            commit_time_text: pg_micros_to_rfc3339(commit_time),
+            commit_time_text: Name::from(pg_micros_to_rfc3339(commit_time)),
             next_seq: 0,
             last_commit_lsn: self.last_commit_end,
         });
@@ -414,8 +436,8 @@ impl ChangeBuilder {
             event: ChangeEvent {
                 id: EventId::from_position(txn.commit_lsn, seq),
                 op,
-                schema: info.name.schema.clone(),
-                table: info.name.table.clone(),
+                schema: info.event_table.schema.clone(),
+                table: info.event_table.table.clone(),
                 key,
                 old,
                 new,
@@ -522,12 +544,12 @@ impl ChangeBuilder {
         let seq = txn.next_seq;
         txn.next_seq += 1;
         Ok(JournalEntry {
-            table: table.to_string(),
+            table: Name::from(table.to_string()),
             seq,
             commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
             event: read_event(
                 resync_id,
-                table,
+                &EventTable::of(table),
                 key,
                 row,
                 txn.commit_lsn,
@@ -562,11 +584,11 @@ impl ChangeBuilder {
 /// A row read by a resync or snapshot, as a `read` event.
 pub(crate) fn read_event(
     resync_id: i64,
-    table: &TableName,
+    table: &EventTable,
     key: Row,
     row: Row,
     lsn: Lsn,
-    commit_time: String,
+    commit_time: Name,
     origin: Origin,
 ) -> ChangeEvent {
     ChangeEvent {
@@ -590,12 +612,26 @@ pub(crate) fn read_event(
 
 /// Id of a resync's (or snapshot's) `read` event: `R` + the resync id + the first 32 hex
 /// digits of SHA-256 over `schema.table` and the key JSON.
-pub(crate) fn read_event_id(resync_id: i64, table: &TableName, key: &Row) -> EventId {
+pub(crate) fn read_event_id(resync_id: i64, table: &EventTable, key: &Row) -> EventId {
     use sha2::{Digest, Sha256};
+    thread_local! {
+        /// The key's JSON, written into one buffer per thread (no string per row).
+        static KEY_JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let mut hash = Sha256::new();
-    hash.update(table.to_string().as_bytes());
+    hash.update(table.schema.as_bytes());
+    hash.update(b".");
+    hash.update(table.table.as_bytes());
     hash.update([0u8]);
-    hash.update(serde_json::to_string(key).unwrap_or_default().as_bytes());
+    KEY_JSON.with_borrow_mut(|json| {
+        json.clear();
+        if serde_json::to_writer(&mut *json, key).is_err() {
+            json.clear();
+        }
+        hash.update(json.as_slice());
+        json.truncate(0);
+        json.shrink_to(4096);
+    });
     let digest = hash.finalize();
     // Hex by hand: a snapshot makes one id per row, and `format!` per byte showed in
     // its profile.

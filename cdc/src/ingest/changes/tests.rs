@@ -246,7 +246,7 @@ fn a_renamed_relation_keeps_its_identity_and_carries_its_new_name() {
         .flatten()
         .unwrap_or_else(|| panic!("insert"));
     assert_eq!(
-        (e.table.as_str(), e.event.table.as_str()),
+        (&*e.table, &*e.event.table),
         ("public.permits", "permits_v2")
     );
 }
@@ -356,7 +356,7 @@ fn read_event_ids_keep_their_format() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(
-        read_event_id(7, &table, &key).to_string(),
+        read_event_id(7, &EventTable::of(&table), &key).to_string(),
         format!("R00000007-{hex}")
     );
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use pgcdc_schema::event::Name;
 use pgcdc_schema::Lsn;
 use pgcdc_sinks::{Attempt, BatchAttempt};
 
@@ -208,7 +209,7 @@ impl StateStore for PgStore {
                 seq: pg.get::<i32>(row, 4)? as u32,
                 event,
                 target: pg.get(row, 2)?,
-                table: pg.get(row, 3)?,
+                table: Name::from(pg.get::<String>(row, 3)?),
             });
         }
         Ok(out)

@@ -338,7 +338,7 @@ impl PgWriter {
                     continue;
                 }
                 let mut payload = Vec::new();
-                if tracking.contains_key(&entry.table) {
+                if tracking.contains_key(&*entry.table) {
                     let mut event = entry.event.clone();
                     apply_row_state(pg, tracking, &entry.table, &mut event)?;
                     encoder.encode(&event, &mut payload);

@@ -65,10 +65,10 @@ const F_ID_POSITIONAL: u16 = 1 << 14;
 /// One version of a table's columns, as events carry them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Relation {
-    /// Schema of the table.
-    pub(crate) schema: String,
-    /// Table name.
-    pub(crate) table: String,
+    /// Schema of the table (shared with the events decoded with this version).
+    pub(crate) schema: Name,
+    /// Table name (shared with the events decoded with this version).
+    pub(crate) table: Name,
     /// (column name, type name), in table order.
     pub(crate) columns: ColumnTypes,
     /// The column names, shared by the rows decoded with this version.
@@ -136,7 +136,7 @@ fn same_names(names: &[Name], columns: &ColumnTypes) -> bool {
 #[derive(Default)]
 pub(crate) struct Encoder {
     /// Versions by table name, newest last.
-    by_table: HashMap<String, Vec<(Arc<Relation>, i64)>>,
+    by_table: HashMap<Name, Vec<(Arc<Relation>, i64)>>,
     next_id: i64,
     fresh: Vec<(i64, Arc<Relation>)>,
     /// The last commit time text and its Unix µs (a transaction's events share it).
@@ -181,7 +181,7 @@ impl Encoder {
     }
 
     fn relation(&mut self, event: &ChangeEvent) -> (Arc<Relation>, i64) {
-        if let Some(versions) = self.by_table.get(event.table.as_str()) {
+        if let Some(versions) = self.by_table.get(&*event.table) {
             if let Some((rel, id)) = versions.iter().rev().find(|(r, _)| r.matches(event)) {
                 return (rel.clone(), *id);
             }
@@ -382,7 +382,7 @@ fn mark_code(mark: SnapshotMark) -> u8 {
 pub(crate) struct Decoder {
     relations: HashMap<i64, Arc<Relation>>,
     /// The last commit time rendered (Unix µs, text).
-    time: Option<(i64, String)>,
+    time: Option<(i64, Name)>,
 }
 
 /// Why a record cannot be read.
@@ -481,7 +481,7 @@ impl Decoder {
         let commit_time = if has(F_TIME) {
             Some(match r.u8()? {
                 0 => self.time_text(r.zigzag()?)?,
-                1 => r.string()?,
+                1 => Name::from(r.str()?),
                 t => return Err(format!("unknown commit time form {t}")),
             })
         } else {
@@ -573,13 +573,13 @@ impl Decoder {
         })
     }
 
-    fn time_text(&mut self, unix_us: i64) -> Result<String, Bad> {
+    fn time_text(&mut self, unix_us: i64) -> Result<Name, Bad> {
         if let Some((us, text)) = &self.time {
             if *us == unix_us {
                 return Ok(text.clone());
             }
         }
-        let text = render_time(unix_us).ok_or("commit time out of range")?;
+        let text = Name::from(render_time(unix_us).ok_or("commit time out of range")?);
         self.time = Some((unix_us, text.clone()));
         Ok(text)
     }

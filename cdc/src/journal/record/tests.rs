@@ -37,7 +37,7 @@ fn sample() -> ChangeEvent {
         trigger: None,
         lsn: Lsn(0x1A2B3C4),
         xid: Some(731),
-        commit_time: Some(pg_micros_to_rfc3339(848_000_000_123_456)),
+        commit_time: Some(pg_micros_to_rfc3339(848_000_000_123_456).into()),
         unchanged_toast: vec!["notes".into()],
         columns: None,
         previous: None,

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgcdc_schema::event::Name;
 use pgcdc_schema::Lsn;
 use pgcdc_sinks::{Attempt, BatchAttempt};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -425,6 +426,7 @@ impl StateStore for SqliteStore {
         let mut out = Vec::with_capacity(limit.min(4096));
         let mut bytes = 0usize;
         let mut decoder = self.decoder.borrow_mut();
+        let mut table: Option<Name> = None;
         while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
             let pos: i64 = row.get(0).map_err(|e| self.sqlite(e))?;
             // Decoded from SQLite's own buffer: no copy of the record.
@@ -440,7 +442,12 @@ impl StateStore for SqliteStore {
                 })
                 .map_err(|e| e.at(pos))?;
             let target: Option<String> = row.get(2).map_err(|e| self.sqlite(e))?;
-            let table: String = row.get(3).map_err(|e| self.sqlite(e))?;
+            let name = row.get_ref(3).map_err(|e| self.sqlite(e))?;
+            let name = name.as_str().map_err(|e| self.sqlite(e.into()))?;
+            let table = match &table {
+                Some(t) if **t == *name => t.clone(),
+                _ => table.insert(Name::from(name)).clone(),
+            };
             let seq: u32 = row.get(4).map_err(|e| self.sqlite(e))?;
             out.push(StoredEvent {
                 pos,

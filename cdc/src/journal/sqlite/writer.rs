@@ -205,7 +205,7 @@ impl SqliteWriter {
                     continue;
                 }
                 let filled;
-                let event = if self.tracking.contains_key(&entry.table) {
+                let event = if self.tracking.contains_key(&*entry.table) {
                     let mut event = entry.event.clone();
                     row_state::apply(&tx, &self.tracking, &entry.table, &mut event)
                         .map_err(&err)?;
