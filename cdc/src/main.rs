@@ -2,14 +2,12 @@
 
 use clap::Parser;
 
-/// mimalloc: decoding and journaling allocate many small values per change,
-/// where glibc malloc cost a third of the CPU time (perf, bench-stream).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pgcdc::cli::{self, Cli, Command};
 use pgcdc::deliver::plan::sandbox;
 
 fn main() {
+    // The allocator (mimalloc, `pgcdc-alloc`) gives freed memory back within 10 ms.
+    pgcdc_alloc::tune();
     // A jq sandbox worker: no runtime, no logging, nothing on stdout but replies.
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|a| a == sandbox::WORKER_ARG) {

@@ -1,0 +1,60 @@
+//! pgcdc's memory allocator: mimalloc, with the one setting pgcdc changes.
+//!
+//! mimalloc: decoding and journaling allocate many small values per change,
+//! where glibc malloc costs 20-30% more CPU time (bench-stream, user time, 3
+//! pairs; docs/benchmarks.md). What it has freed it gives back to the OS after
+//! a *purge delay*: mimalloc's default (1 s) lets a fast stream's freed memory
+//! pile up (a 1M-row transaction peaked at 90-120 MiB), 0 gives it back at
+//! once but spends a quarter more CPU in `madvise` and page faults; 10 ms keeps
+//! the peak near the 0 one at the default's CPU time.
+//!
+//! This crate holds the global allocator so that the unsafe call that sets the
+//! option stays out of the crates that forbid unsafe code.
+
+use std::os::raw::c_long;
+
+/// The process's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Purge delay pgcdc runs with unless `MIMALLOC_PURGE_DELAY` sets one.
+pub const PURGE_DELAY_MS: c_long = 10;
+
+/// `mi_option_purge_delay` in mimalloc v3's `mimalloc.h` (`mi_option_e`); the
+/// Rust bindings do not name it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Sets the purge delay to [`PURGE_DELAY_MS`], unless the environment sets
+/// `MIMALLOC_PURGE_DELAY` (mimalloc read that when the process started).
+/// Call it first thing in `main`, before other threads start.
+pub fn tune() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: `mi_option_set` takes a valid option id (checked by the test
+    // below against the name mimalloc reports) and any value; mimalloc notes it
+    // is not thread safe, and `main` calls this before it starts other threads.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+}
+
+/// The purge delay in effect (ms).
+pub fn purge_delay_ms() -> c_long {
+    // SAFETY: reads an option by a valid id.
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_option_id_is_the_purge_delay() {
+        // mimalloc v3's default purge delay is 1000 ms and no other option of its
+        // table defaults to 1000: the id reads the purge delay.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(purge_delay_ms(), 1000);
+            tune();
+            assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
+        }
+    }
+}
