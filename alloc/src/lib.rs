@@ -3,10 +3,11 @@
 //! mimalloc: decoding and journaling allocate many small values per change,
 //! where glibc malloc costs 20-30% more CPU time (bench-stream, user time, 3
 //! pairs; docs/benchmarks.md). What it has freed it gives back to the OS after
-//! a *purge delay*: mimalloc's default (1 s) lets a fast stream's freed memory
-//! pile up (a 1M-row transaction peaked at 90-120 MiB), 0 gives it back at
-//! once but spends a quarter more CPU in `madvise` and page faults; 10 ms keeps
-//! the peak near the 0 one at the default's CPU time.
+//! a *purge delay*. mimalloc's default (1 s) lets a fast stream's freed memory
+//! pile up (bench-stream peaked at 97-110 MiB); 0 gives it back at once but
+//! spends a quarter more CPU in `madvise` and page faults; 10 ms kept the peak
+//! low but slowed the Kafka sink's batches (ratio 0.65 against 0.8); 100 ms
+//! peaks at 78-79 MiB with the Kafka rate and the CPU time of the default.
 //!
 //! This crate holds the global allocator so that the unsafe call that sets the
 //! option stays out of the crates that forbid unsafe code.
@@ -18,7 +19,7 @@ use std::os::raw::c_long;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Purge delay pgcdc runs with unless `MIMALLOC_PURGE_DELAY` sets one.
-pub const PURGE_DELAY_MS: c_long = 10;
+pub const PURGE_DELAY_MS: c_long = 100;
 
 /// `mi_option_purge_delay` in mimalloc v3's `mimalloc.h` (`mi_option_e`); the
 /// Rust bindings do not name it.

@@ -6,7 +6,7 @@ use pgcdc::cli::{self, Cli, Command};
 use pgcdc::deliver::plan::sandbox;
 
 fn main() {
-    // The allocator (mimalloc, `pgcdc-alloc`) gives freed memory back within 10 ms.
+    // The allocator (mimalloc, `pgcdc-alloc`) gives freed memory back within 100 ms.
     pgcdc_alloc::tune();
     // A jq sandbox worker: no runtime, no logging, nothing on stdout but replies.
     let mut args = std::env::args_os().skip(1);
