@@ -20,6 +20,10 @@ fn main() {
 async fn run() {
     let cli = Cli::parse();
     cli::init_logging(cli.log_format);
+    tracing::debug!(
+        purge_delay_ms = pgcdc_alloc::purge_delay_ms(),
+        "allocator: mimalloc"
+    );
     if matches!(cli.command, Command::Run { .. }) {
         // The soft limit is often 1024 while the hard one is far higher; a server takes
         // what it is allowed (`run` then checks it against what the config needs).

@@ -236,3 +236,29 @@ async fn config_errors_exit_2_naming_the_key() -> anyhow::Result<()> {
     config_error(&bad_table, "source.tables[1]", &["a.b.c", "schema.table"]).await?;
     Ok(())
 }
+
+/// The binary runs mimalloc with pgcdc's purge delay (100 ms, `pgcdc-alloc`),
+/// and `MIMALLOC_PURGE_DELAY` still overrides it.
+#[test]
+fn allocator_purge_delay_is_pgcdcs_unless_the_environment_sets_one() -> anyhow::Result<()> {
+    let delay = |env: Option<&str>| -> anyhow::Result<String> {
+        let mut cmd = std::process::Command::new(pgcdc_tests::pgcdc_bin());
+        cmd.args(["run", "--config", "/nonexistent/pgcdc.toml"])
+            .env("PGCDC_LOG", "debug")
+            .env_remove("PGCDC_LOG_FORMAT")
+            .env_remove("MIMALLOC_PURGE_DELAY");
+        if let Some(ms) = env {
+            cmd.env("MIMALLOC_PURGE_DELAY", ms);
+        }
+        let out = cmd.output()?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines()
+            .find(|l| l.contains("allocator: mimalloc"))
+            .and_then(|l| l.split("purge_delay_ms=").nth(1))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("no allocator line in: {err}"))
+    };
+    ensure!(delay(None)? == "100");
+    ensure!(delay(Some("7"))? == "7");
+    Ok(())
+}
