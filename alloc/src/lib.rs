@@ -7,7 +7,7 @@
 //! pile up (bench-stream peaked at 97-110 MiB); 0 gives it back at once but
 //! spends a quarter more CPU in `madvise` and page faults; 10 ms kept the peak
 //! low but slowed the Kafka sink's batches (ratio 0.65 against 0.8); 100 ms
-//! peaks at 78-79 MiB with the Kafka rate and the CPU time of the default.
+//! peaks at 78-89 MiB with the Kafka rate and the CPU time of the default.
 //!
 //! This crate holds the global allocator so that the unsafe call that sets the
 //! option stays out of the crates that forbid unsafe code.
