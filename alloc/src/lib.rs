@@ -32,9 +32,10 @@ pub fn tune() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
-    // SAFETY: `mi_option_set` takes a valid option id (checked by the test
-    // below against the name mimalloc reports) and any value; mimalloc notes it
-    // is not thread safe, and `main` calls this before it starts other threads.
+    // SAFETY: `mi_option_set` takes a valid option id (the test below checks
+    // that this one reads mimalloc's default purge delay) and any value;
+    // mimalloc notes it is not thread safe, and `main` calls this before it
+    // starts other threads.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 

@@ -4,10 +4,11 @@
 //! ([`super::streaming`]) both go through [`handle`], so a streamed
 //! transaction is journaled exactly as an unstreamed one.
 
+use pgcdc_schema::event::Name;
 use pgcdc_schema::{Lsn, TableName};
 use tokio::sync::oneshot;
 
-use super::changes::{ChangeBuilder, ChangeError, RelationInfo};
+use super::changes::{ChangeBuilder, ChangeError, EventTable, RelationInfo};
 use super::journal_thread::{JournalCommand, JournalSender};
 use super::reader_config::ReaderConfig;
 use super::reader_error::ReaderError;
@@ -184,11 +185,13 @@ async fn journal_chunk(
         .as_ref()
         .map(|c| c.column_types.clone())
         .unwrap_or_default();
+    let identity = Name::from(window.table.to_string());
+    let names = EventTable::of(&window.table);
     let mut entries = Vec::with_capacity(rows.len());
     for (key, row) in rows {
         entries.push(
             builder
-                .read(window.resync_id, &window.table, key, row, &column_types)
+                .read(window.resync_id, &identity, &names, key, row, &column_types)
                 .map_err(ChunkError::Change)?,
         );
     }

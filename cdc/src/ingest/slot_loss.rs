@@ -169,6 +169,7 @@ pub(crate) async fn resync_all(
     at: pgcdc_schema::Lsn,
     journal: &super::journal_thread::JournalSender,
 ) -> Result<(), RecoveryError> {
+    use super::changes::EventTable;
     use super::journal_thread::JournalCommand;
     use crate::journal::{Access, JournalEntry, ResyncKind, ResyncRequestError};
     use pgcdc_schema::event::Name;
@@ -179,6 +180,7 @@ pub(crate) async fn resync_all(
     let client = crate::replication::connect_sql(rec.url).await?;
     let mut seq: u32 = 0;
     let now = chrono::Utc::now();
+    let now_text = Name::from(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     for table in &rec.tables {
         let name = table.to_string();
         let store = rec.store.clone();
@@ -193,28 +195,27 @@ pub(crate) async fn resync_all(
             gone.extend(missing_keys(&client, table, batch).await?);
         }
         tracing::warn!(table = %name, known = known.len(), gone = gone.len(), "slot lost: deleting the rows that vanished meanwhile, then resyncing the table");
+        let (identity, names) = (Name::from(name.as_str()), EventTable::of(table));
         for key in gone {
             let event = pgcdc_schema::event::ChangeEvent {
                 id: pgcdc_schema::EventId::from_position(before, seq),
                 op: pgcdc_schema::Op::Delete,
-                schema: Name::from(table.schema.as_str()),
-                table: Name::from(table.table.as_str()),
+                schema: names.schema.clone(),
+                table: names.table.clone(),
                 key: Some(key.clone()),
                 old: Some(key),
                 new: None,
                 trigger: None,
                 lsn: before,
                 xid: None,
-                commit_time: Some(Name::from(
-                    now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                )),
+                commit_time: Some(now_text.clone()),
                 unchanged_toast: Vec::new(),
                 columns: None,
                 previous: None,
                 origin: Default::default(),
             };
             let entry = JournalEntry {
-                table: Name::from(name.as_str()),
+                table: identity.clone(),
                 seq,
                 commit_time_unix_us: Some(now.timestamp_micros()),
                 event,

@@ -211,7 +211,7 @@ impl SinkPlan {
                 // The captured table (what routes) and the name the event carries
                 // (after a rename): a trigger or table of either is the event's.
                 let named = (&*event.schema, &*event.table);
-                let table = split_table(&table).unwrap_or(named);
+                let table = TableName::split(&table).unwrap_or(named);
                 let ours = |t: &TableName| {
                     let t = (t.schema.as_str(), t.table.as_str());
                     t == table || t == named
@@ -408,14 +408,6 @@ fn row_key((schema, table): (&str, &str), event: &ChangeEvent) -> String {
     }
     // JSON and the names are UTF-8.
     String::from_utf8(out).unwrap_or_default()
-}
-
-/// `schema.table` as its two parts, where [`TableName::parse`] takes it (without
-/// copying them).
-fn split_table(s: &str) -> Option<(&str, &str)> {
-    let (schema, table) = s.split_once('.').unwrap_or(("public", s));
-    let bad = schema.is_empty() || table.is_empty() || table.contains('.') || s.contains('"');
-    (!bad).then_some((schema, table))
 }
 
 pub mod sandbox;

@@ -311,6 +311,7 @@ impl ChangeBuilder {
         if let Seen::Changed { previous } = seen {
             let seq = txn.next_seq;
             txn.next_seq += 1;
+            let event_table = EventTable::of(name);
             out.event = Some(JournalEntry {
                 table: Name::from(table),
                 seq,
@@ -318,8 +319,8 @@ impl ChangeBuilder {
                 event: ChangeEvent {
                     id: EventId::from_position(txn.commit_lsn, seq),
                     op: Op::Schema,
-                    schema: Name::from(name.schema.as_str()),
-                    table: Name::from(name.table.as_str()),
+                    schema: event_table.schema,
+                    table: event_table.table,
                     key: None,
                     old: None,
                     new: None,
@@ -531,11 +532,14 @@ impl ChangeBuilder {
 
     /// A row read by a resync chunk, journaled in the current (high watermark)
     /// transaction. Its id comes from the resync, the table and the key, so a chunk
-    /// read again after a restart gives its rows the same ids.
+    /// read again after a restart gives its rows the same ids. `identity` is the
+    /// captured table as text, `table` its names as events carry them (both made
+    /// once per chunk).
     pub(crate) fn read(
         &mut self,
         resync_id: i64,
-        table: &TableName,
+        identity: &Name,
+        table: &EventTable,
         key: Row,
         row: Row,
         column_types: &ColumnTypes,
@@ -544,12 +548,12 @@ impl ChangeBuilder {
         let seq = txn.next_seq;
         txn.next_seq += 1;
         Ok(JournalEntry {
-            table: Name::from(table.to_string()),
+            table: identity.clone(),
             seq,
             commit_time_unix_us: Some(pg_micros_to_unix_micros(txn.commit_time)),
             event: read_event(
                 resync_id,
-                &EventTable::of(table),
+                table,
                 key,
                 row,
                 txn.commit_lsn,
@@ -624,12 +628,11 @@ pub(crate) fn read_event_id(resync_id: i64, table: &EventTable, key: &Row) -> Ev
     hash.update(table.table.as_bytes());
     hash.update([0u8]);
     KEY_JSON.with_borrow_mut(|json| {
-        json.clear();
-        if serde_json::to_writer(&mut *json, key).is_err() {
-            json.clear();
+        // As `to_string(key).unwrap_or_default()` did: nothing for a key that fails.
+        if serde_json::to_writer(&mut *json, key).is_ok() {
+            hash.update(json.as_slice());
         }
-        hash.update(json.as_slice());
-        json.truncate(0);
+        json.clear();
         json.shrink_to(4096);
     });
     let digest = hash.finalize();
