@@ -344,9 +344,12 @@ impl Engine {
         let (journal_tx, journal_rx) = journal_thread::queue();
         let fill = std::sync::Arc::new(journal_thread::JournalFill::new(config.journal.max_bytes));
         let writer_fill = fill.clone();
+        let recent = store.recent().clone();
         let writer_thread = std::thread::Builder::new()
             .name("pgcdc-journal".into())
-            .spawn(move || journal_thread::run(writer, journal_rx, head_tx, retention, writer_fill))
+            .spawn(move || {
+                journal_thread::run(writer, journal_rx, head_tx, retention, writer_fill, recent)
+            })
             .context("cannot start the journal thread")?;
 
         // Background tasks and what their failures do: see `supervise`.

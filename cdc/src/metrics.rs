@@ -58,6 +58,9 @@ pub(crate) struct Metrics {
     pub(crate) sink_running: Family<Labels, Gauge>,
     /// Items by sink and outcome (delivered, dead_lettered, parked, skipped).
     pub(crate) deliveries: Family<Labels, Counter>,
+    /// Batches a sink runner read, by where from (`memory`: the events this
+    /// process journaled last; `journal`: the store).
+    pub(crate) sink_batch_reads: Family<Labels, Counter>,
     /// Attempts that failed and will be retried, by sink.
     pub(crate) delivery_retries: Family<Labels, Counter>,
     /// Items in each sink's DLQ.
@@ -102,6 +105,7 @@ impl Metrics {
             sink_lag_seconds: Family::default(),
             sink_running: Family::default(),
             deliveries: Family::default(),
+            sink_batch_reads: Family::default(),
             delivery_retries: Family::default(),
             dlq_events: Family::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
@@ -176,6 +180,11 @@ impl Metrics {
             "pgcdc_deliveries",
             "Items handled by a sink, by outcome (delivered, dead_lettered, parked, skipped)",
             m.deliveries.clone(),
+        );
+        r.register(
+            "pgcdc_sink_batch_reads",
+            "Batches a sink runner read, by source (memory: events this process journaled last; journal: read back from the store)",
+            m.sink_batch_reads.clone(),
         );
         r.register(
             "pgcdc_delivery_retries",
@@ -337,6 +346,18 @@ pub(crate) fn delivered(sink: &str, items: &[Outgoing], results: &[ItemResult]) 
                 .inc_by(n);
         }
     }
+}
+
+/// Runner: a batch was read, from memory or from the journal.
+pub(crate) fn batch_read(sink: &str, from_memory: bool) {
+    let source = if from_memory { "memory" } else { "journal" };
+    metrics()
+        .sink_batch_reads
+        .get_or_create(&vec![
+            ("sink".to_string(), sink.to_string()),
+            ("source".to_string(), source.to_string()),
+        ])
+        .inc();
 }
 
 /// Audit writer: counts retries and skipped items (the runner counts final outcomes).

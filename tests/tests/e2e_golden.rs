@@ -9,6 +9,11 @@
 //! bytes pgcdc wrote. `PGCDC_BLESS=1` rewrites the golden file after an
 //! intended change of the format (review the diff). It runs on PostgreSQL
 //! 14 to 18 against the one file.
+//!
+//! Both ways a sink runner gets its events render the same bytes: while it
+//! keeps up, the events the journal thread wrote last, kept in memory; after
+//! a restart (the checkpoint reset to the start), the records read back from
+//! the journal. `/metrics` shows which one each run used.
 
 mod e2e_fixture;
 
@@ -16,8 +21,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use e2e_fixture::{next_lines, start_streaming, with_pg_state};
-use pgcdc_tests::{state_dir, ConfigFile, PgCluster};
+use e2e_fixture::{next_lines, pgcdc_output, start_streaming, with_pg_state};
+use pgcdc_tests::{free_port, state_dir, ConfigFile, PgCluster};
 use serde_json::Value;
 
 /// Every type pgcdc renders; a second table is the same under FULL identity.
@@ -78,10 +83,11 @@ async fn golden(major: u32) -> anyhow::Result<()> {
 
     let state = state_dir()?;
     let url = pg.url();
+    let port = free_port()?;
     let mut text = format!(
         "[source]\nurl = \"{url}\"\ntables = [\"public.golden_default\", \"public.golden_full\"]\n\
          snapshot = \"initial\"\n\n[state]\ndir = \"{}\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\n[[sink]]\nname = \"out\"\ntype = \"stdout\"\n",
+         [admin]\nlisten = \"127.0.0.1:{port}\"\n\n[[sink]]\nname = \"out\"\ntype = \"stdout\"\n",
         state.path().display()
     );
     if std::env::var("PGCDC_TEST_STATE").is_ok_and(|v| v == "postgres") {
@@ -133,14 +139,46 @@ async fn golden(major: u32) -> anyhow::Result<()> {
             );
         }
     }
+    let bless = major == 15 && std::env::var("PGCDC_BLESS").is_ok_and(|v| v == "1");
+    against_golden(&lines, bless).context("events kept in memory")?;
+    let reads = batch_reads(port).await?;
+    ensure!(reads.0 > 0, "no batch came from memory: {reads:?}");
+
+    // Again from the journal: a new process (nothing in memory) from the start.
+    p.terminate()?;
+    ensure!(p
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some_and(|s| s.success()));
+    let (code, out, err) = pgcdc_output(&[
+        "checkpoint",
+        "reset",
+        "--config",
+        &cfg.arg(),
+        "--sink",
+        "out",
+        "--time",
+        "2000-01-01T00:00:00Z",
+    ])
+    .await?;
+    ensure!(code == 0, "reset: {out}{err}");
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let again = next_lines(&mut p, lines.len(), Duration::from_secs(60)).await?;
+    against_golden(&again, false).context("events read back from the journal")?;
+    let reads = batch_reads(port).await?;
+    ensure!(reads.1 > 0, "no batch was read from the journal: {reads:?}");
+    Ok(())
+}
+
+/// Compares the lines, normalised, with the golden file (`bless`: records them first).
+fn against_golden(lines: &[String], bless: bool) -> anyhow::Result<()> {
     let mut got = String::new();
-    for line in &lines {
+    for line in lines {
         got.push_str(&normalise(line)?);
         got.push('\n');
     }
-
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/native_all_types.jsonl");
-    if major == 15 && std::env::var("PGCDC_BLESS").is_ok_and(|v| v == "1") {
+    if bless {
         std::fs::write(&path, &got).with_context(|| format!("writing {}", path.display()))?;
     }
     let want = std::fs::read_to_string(&path)
@@ -158,6 +196,22 @@ async fn golden(major: u32) -> anyhow::Result<()> {
         want.lines().count()
     );
     Ok(())
+}
+
+/// The stdout sink's batch reads so far, (from memory, from the journal), from `/metrics`.
+async fn batch_reads(port: u16) -> anyhow::Result<(u64, u64)> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let count = |source: &str| {
+        let series = format!("pgcdc_sink_batch_reads_total{{sink=\"out\",source=\"{source}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((count("memory"), count("journal")))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -51,6 +51,7 @@ both!(
     dlq_items_replay_in_row_order,
     resyncs_queue_once_per_table,
     staged_messages_read_back_in_order_and_discard_exactly,
+    the_writer_says_where_each_appended_entry_went_as_stored,
 );
 
 fn append(
@@ -901,5 +902,63 @@ async fn the_password_never_shows() -> anyhow::Result<()> {
         assert!(!s.contains(secret), "{s}");
         assert!(!s.is_empty());
     }
+    Ok(())
+}
+
+/// What the journal thread keeps in memory for the sink runners: every entry the
+/// append stored, at its position, as stored (old values filled in), and
+/// nothing it skipped; the same events a read of the store gives.
+fn the_writer_says_where_each_appended_entry_went_as_stored(store: &Store) -> anyhow::Result<()> {
+    use serde_json::json;
+    let mut w = store.writer()?;
+    w.set_old_tracking(
+        [(
+            "public.permits".to_string(),
+            Tracked::Columns(vec!["status".into()]),
+        )]
+        .into(),
+    );
+    let first = [change(
+        1,
+        Op::Insert,
+        1,
+        Some(json!({"id": 1, "status": "pending"})),
+        None,
+    )];
+    append(&mut *w, &first, None)?;
+    let appended = w.take_appended();
+    assert_eq!(
+        appended
+            .iter()
+            .map(|a| (a.index, a.pos))
+            .collect::<Vec<_>>(),
+        [(0, 1)]
+    );
+    assert!(w.take_appended().is_empty(), "taken once");
+    // A replayed entry (skipped), then an update whose old row is filled in.
+    let second = [
+        first[0].clone(),
+        change(
+            2,
+            Op::Update,
+            1,
+            Some(json!({"id": 1, "status": "approved"})),
+            None,
+        ),
+    ];
+    let out = append(&mut *w, &second, None)?;
+    assert_eq!((out.appended, out.skipped), (1, 1));
+    let appended = w.take_appended();
+    assert_eq!(
+        appended
+            .iter()
+            .map(|a| (a.index, a.pos))
+            .collect::<Vec<_>>(),
+        [(1, 2)]
+    );
+    let filled = appended[0].filled.as_ref().map(|e| json!(e.old));
+    assert_eq!(filled, Some(json!({"id": 1, "status": "pending"})));
+    let stored = store.open(Access::Existing)?.read_after(1, 10)?;
+    assert_eq!(Some(&*stored[0].event), appended[0].filled.as_ref());
     Ok(())
 }

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use super::plan::{Mapped, SinkPlan};
 use crate::journal::{
-    Access, DlqRecord, DlqState, JournalError, JournalHead, StateStore, Store, StoredEvent,
+    Access, DlqRecord, DlqState, JournalError, JournalHead, Recent, StateStore, Store, StoredEvent,
 };
 use prefetch::Prefetch;
 use resume::resume_cursor;
@@ -92,7 +92,7 @@ async fn or_stop<T>(
 pub(super) async fn map_or_stop(
     name: &str,
     plan: &Arc<SinkPlan>,
-    events: Vec<(ChangeEvent, pgcdc_schema::event::Name)>,
+    events: Vec<(Arc<ChangeEvent>, pgcdc_schema::event::Name)>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Vec<Result<Mapped, MappingError>>>, RunnerError> {
     if !plan.runs_jq() {
@@ -238,6 +238,9 @@ struct Runner<S: Sink> {
     reader: Option<JournalReader>,
     /// A second connection reads the next batch while the sink delivers this one.
     prefetch: Prefetch,
+    /// The events the journal thread wrote last: read from here while they hold
+    /// the next batch.
+    recent: Arc<Recent>,
     cursor: i64,
     generation: i64,
     /// The settled batch not yet booked (and how many items it delivered): its
@@ -268,6 +271,7 @@ pub(crate) async fn run<S: Sink>(
         reader: Some(store.open(Access::Create)?),
         // A second connection reads the next batch while the sink delivers this one.
         prefetch: Prefetch::new(store.open(Access::Existing)?),
+        recent: store.recent().clone(),
         cursor: 0,
         generation: 0,
         settled: None,
@@ -443,6 +447,13 @@ impl<S: Sink> Runner<S> {
     async fn next_batch(&mut self) -> Result<Vec<StoredEvent>, RunnerError> {
         let from = self.settled.as_ref().map_or(self.cursor, |(b, _)| b.last);
         let batch_size = self.batch_size;
+        // Kept up: the batch is still in memory, no prefetch is needed (one under
+        // way goes stale and is dropped when next taken).
+        if let Some(batch) = self.recent.read(from, batch_size, BATCH_BYTES) {
+            crate::metrics::batch_read(&self.name, true);
+            return Ok(batch);
+        }
+        crate::metrics::batch_read(&self.name, false);
         let batch = match self.prefetch.take(&self.name, from).await? {
             Some(batch) => batch,
             None => {

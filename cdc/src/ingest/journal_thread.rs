@@ -19,13 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pgcdc_schema::event::Column;
-use pgcdc_schema::event::Row;
-use pgcdc_schema::{ChangeEvent, Lsn, TableName};
+use pgcdc_schema::{Lsn, TableName};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::journal::{
-    Access, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey, ResyncChunk,
-    ResyncProgress, StagingOp, Store,
+    approx_bytes, Access, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey, Recent,
+    ResyncChunk, ResyncProgress, StagingOp, Store,
 };
 
 /// What the reader asks of the journal, in stream order.
@@ -140,9 +139,9 @@ impl JournalCommand {
     /// Rough heap size of the changes this command carries (0 for the others).
     fn approx_bytes(&self) -> usize {
         match self {
-            JournalCommand::Change(e) => event_bytes(&e.event),
+            JournalCommand::Change(e) => approx_bytes(&e.event),
             JournalCommand::Resync(chunk, _) => {
-                chunk.entries.iter().map(|e| event_bytes(&e.event)).sum()
+                chunk.entries.iter().map(|e| approx_bytes(&e.event)).sum()
             }
             // The message's bytes and the op around them.
             JournalCommand::Stage(op) => 64 + op.body_len(),
@@ -154,20 +153,6 @@ impl JournalCommand {
             | JournalCommand::Shape(..) => 0,
         }
     }
-}
-
-/// Rough heap size of an event: its rows' values plus a fixed overhead.
-fn event_bytes(event: &ChangeEvent) -> usize {
-    let rows = [&event.key, &event.old, &event.new];
-    // The origin's column types and the rows' column names are shared with the
-    // relation: a pointer each. The event's own strings (id, schema, table).
-    let own = event.id.as_str().len() + event.schema.len() + event.table.len();
-    256 + own
-        + rows
-            .into_iter()
-            .flatten()
-            .map(Row::heap_bytes)
-            .sum::<usize>()
 }
 
 /// How often entries past the retention are pruned, and how many at most per round.
@@ -253,7 +238,9 @@ pub(crate) fn run(
     head_tx: watch::Sender<JournalHead>,
     retention: std::time::Duration,
     fill: Arc<JournalFill>,
+    recent: Arc<Recent>,
 ) -> Result<(), JournalError> {
+    recent.clear();
     fill.measure(&*writer)?;
     let mut last_prune = std::time::Instant::now();
     let mut entries: Vec<(JournalEntry, Option<String>)> = Vec::with_capacity(MAX_BATCH);
@@ -314,6 +301,8 @@ pub(crate) fn run(
         } else {
             writer.append(&refs, confirm, &progress)?
         };
+        drop(refs);
+        let appended = writer.take_appended();
         progress.clear();
         // After the append: a streamed transaction's staged rows are discarded once its
         // changes are journaled (here, or in an earlier batch), never before.
@@ -335,11 +324,13 @@ pub(crate) fn run(
                 "skipped changes already journaled (replay after restart)"
             );
         }
-        entries.clear();
         // Written to a file the next start will not read? Then stop before the reader can
         // report it to the slot (the replies below are never sent; the reader sees the
         // writer gone and pgcdc exits with this error).
         writer.check_intact()?;
+        // Durable: kept for the sink runners before they hear of the new head.
+        recent.push(&mut entries, appended);
+        entries.clear();
         held.clear();
         let head = writer.head();
         head_tx.send_replace(head);
@@ -371,7 +362,7 @@ pub(crate) fn run(
 mod tests {
     use std::time::Duration;
 
-    use pgcdc_schema::{EventId, Op};
+    use pgcdc_schema::{ChangeEvent, EventId, Op};
     use serde_json::Map;
 
     use super::*;

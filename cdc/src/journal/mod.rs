@@ -41,6 +41,7 @@ mod checkpoint;
 mod dlq;
 mod meta;
 pub(crate) mod postgres;
+mod recent;
 mod record;
 mod resync;
 mod row_state;
@@ -53,6 +54,8 @@ pub use checkpoint::{CursorState, DroppedCursor, OrphanedCursor, ResetError, Res
 pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use meta::MetaKey;
 pub(crate) use postgres::lease::{LeaseRow, LeaseSession};
+pub(crate) use recent::approx_bytes;
+pub use recent::{Appended, Recent};
 pub use resync::ResyncProgress;
 pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
 pub use row_state::{fill_toast_of, OldTracking, Tracked};
@@ -127,7 +130,7 @@ pub enum Access {
 /// The configured state store: opens sessions and the writer. Cheap to clone; made
 /// once from the config and handed to every task that needs the store.
 #[derive(Clone)]
-pub struct Store(Arc<dyn Backend>);
+pub struct Store(Arc<dyn Backend>, Arc<Recent>);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,7 +150,10 @@ impl Store {
 
     /// The store in `schema` of the Postgres database at `url`.
     pub fn postgres(url: crate::replication::SourceUrl, schema: &str) -> Store {
-        Store(Arc::new(postgres::Postgres::new(url, schema)))
+        Store(
+            Arc::new(postgres::Postgres::new(url, schema)),
+            Arc::default(),
+        )
     }
 
     /// Makes every write of this store's sessions and writer (open or opened later)
@@ -161,7 +167,7 @@ impl Store {
     /// The embedded SQLite store in `dir` (for tools and tests that have a state
     /// directory rather than a config).
     pub fn sqlite(dir: &std::path::Path) -> Store {
-        Store(Arc::new(sqlite::Sqlite::new(dir)))
+        Store(Arc::new(sqlite::Sqlite::new(dir)), Arc::default())
     }
 
     /// Opens a session (a connection) on the store.
@@ -182,6 +188,12 @@ impl Store {
     /// Where the store is, for messages (never a secret).
     pub fn describe(&self) -> String {
         self.0.describe()
+    }
+
+    /// The events this process journaled last, shared by this store's clones:
+    /// the journal thread keeps them, sink runners read them (see [`Recent`]).
+    pub fn recent(&self) -> &Arc<Recent> {
+        &self.1
     }
 }
 
@@ -207,8 +219,8 @@ pub struct StoredEvent {
     pub pos: i64,
     /// Ordinal of the change in its transaction (with `event.lsn`, its source position).
     pub seq: u32,
-    /// The event.
-    pub event: ChangeEvent,
+    /// The event (shared with the journaled events kept in memory, [`Recent`]).
+    pub event: Arc<ChangeEvent>,
     /// Only this sink receives it (a targeted resync); None: every sink.
     pub target: Option<String>,
     /// The captured table it belongs to (see [`JournalEntry::table`]); consecutive

@@ -16,9 +16,9 @@ use pgcdc_schema::Lsn;
 use pgcdc_sinks::{Attempt, BatchAttempt};
 
 use super::{
-    Access, AppendOutcome, CursorInfo, CursorState, DlqEntry, DlqError, DlqRecord, DlqSelector,
-    DlqState, DroppedCursor, JournalEntry, JournalError, JournalHead, MetaKey, OldTracking,
-    OrphanedCursor, ResetError, ResetTarget, ResyncInfo, ResyncKind, ResyncProgress,
+    Access, AppendOutcome, Appended, CursorInfo, CursorState, DlqEntry, DlqError, DlqRecord,
+    DlqSelector, DlqState, DroppedCursor, JournalEntry, JournalError, JournalHead, MetaKey,
+    OldTracking, OrphanedCursor, ResetError, ResetTarget, ResyncInfo, ResyncKind, ResyncProgress,
     ResyncRequestError, StagedMessage, StagingOp, StoredEvent,
 };
 
@@ -63,6 +63,14 @@ pub trait JournalWriter: Send {
         confirm: Option<Lsn>,
         progress: &[ResyncProgress],
     ) -> Result<AppendOutcome, JournalError>;
+
+    /// Where the last successful `append` stored its entries, in order (taken:
+    /// a second call gives nothing). What the journal thread keeps in memory for
+    /// the sink runners ([`super::Recent`]); a writer that does not say keeps
+    /// them reading the store.
+    fn take_appended(&mut self) -> Vec<Appended> {
+        Vec::new()
+    }
 
     /// Applies `ops` to the staging of streamed transactions, in order, in one
     /// transaction (see `journal::staging`). Durable when this returns.

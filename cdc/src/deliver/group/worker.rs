@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgcdc_schema::event::Name;
 use pgcdc_sinks::http::HttpSink;
 use pgcdc_sinks::stdout::StdoutSink;
 use pgcdc_sinks::{AuditLog, ItemResult, Outgoing, Sink, SinkError};
@@ -200,10 +201,10 @@ impl Worker {
         for t in &batch {
             next.insert((t.topic.clone(), t.partition), t.offset + 1);
         }
-        let events: Vec<(i64, pgcdc_schema::ChangeEvent, String)> = batch
+        let events: Vec<(i64, Arc<pgcdc_schema::ChangeEvent>, Name)> = batch
             .into_iter()
             .filter_map(|t| match t.decoded {
-                Decoded::Event(e, table) => Some((t.offset, *e, table)),
+                Decoded::Event(e, table) => Some((t.offset, Arc::new(*e), Name::from(table))),
                 Decoded::Tombstone => None,
             })
             .collect();
@@ -285,14 +286,14 @@ impl Worker {
     async fn settle(
         &mut self,
         i: usize,
-        events: &[(i64, pgcdc_schema::ChangeEvent, String)],
+        events: &[(i64, Arc<pgcdc_schema::ChangeEvent>, Name)],
     ) -> Result<bool, WorkerError> {
         let shutdown = &mut self.shutdown;
         let audit = &self.audit;
         let slot = &mut self.sinks[i];
         let input: Vec<_> = events
             .iter()
-            .map(|(_, e, t)| (e.clone(), t.as_str().into()))
+            .map(|(_, e, t)| (Arc::clone(e), t.clone()))
             .collect();
         let Some(mapped) = map_or_stop(&slot.name, &slot.plan, input, shutdown).await? else {
             return Ok(false);

@@ -179,7 +179,7 @@ impl SinkPlan {
     /// triggers; a config already updated to the new name matches it too.
     #[cfg(test)]
     pub(crate) fn map_as(&self, event: ChangeEvent, table: &str) -> Result<Mapped, MappingError> {
-        self.map_batch_as(vec![(event, table.into())])
+        self.map_batch_as(vec![(Arc::new(event), table.into())])
             .pop()
             .unwrap_or(Ok(Mapped::NotSelected))
     }
@@ -192,7 +192,7 @@ impl SinkPlan {
                 .into_iter()
                 .map(|e| {
                     let table = e.qualified_table().into();
-                    (e, table)
+                    (Arc::new(e), table)
                 })
                 .collect(),
         )
@@ -203,7 +203,7 @@ impl SinkPlan {
     /// run): call it off the async executor.
     pub(crate) fn map_batch_as(
         &self,
-        events: Vec<(ChangeEvent, pgcdc_schema::event::Name)>,
+        events: Vec<(Arc<ChangeEvent>, pgcdc_schema::event::Name)>,
     ) -> Vec<Result<Mapped, MappingError>> {
         let mut slots: Vec<Slot<'_>> = events
             .into_iter()
@@ -261,7 +261,9 @@ impl SinkPlan {
                 let slot = &mut slots[i];
                 match result {
                     Ok(outputs) if truth(&outputs) => {
-                        slot.event.trigger = Some(slot.candidates[round].name.clone());
+                        // Shared with the journaled events kept in memory: a copy.
+                        Arc::make_mut(&mut slot.event).trigger =
+                            Some(slot.candidates[round].name.clone());
                         slot.matched = true;
                         slot.selected = true;
                         // `.trigger` is part of what filter and transform see.
@@ -323,7 +325,7 @@ impl SinkPlan {
 
 /// One event of a batch on its way through the plan.
 struct Slot<'p> {
-    event: ChangeEvent,
+    event: Arc<ChangeEvent>,
     /// Captured table + key: the order key of the event's items.
     row: String,
     /// Triggers watching the event's table.
@@ -375,11 +377,10 @@ fn native(event: &ChangeEvent) -> serde_json::Value {
 }
 
 /// The items of one event: one per body (none: the event is skipped).
-fn items(event: ChangeEvent, row: String, bodies: Vec<serde_json::Value>) -> Mapped {
+fn items(event: Arc<ChangeEvent>, row: String, bodies: Vec<serde_json::Value>) -> Mapped {
     if bodies.is_empty() {
-        return Mapped::Skipped(Arc::new(event));
+        return Mapped::Skipped(event);
     }
-    let event = Arc::new(event);
     Mapped::Items(
         bodies
             .into_iter()

@@ -20,8 +20,8 @@ use super::{message, resync, Pg};
 use crate::journal::record::Encoder;
 use crate::journal::row_state::{self, Lookup, Remember};
 use crate::journal::{
-    AppendOutcome, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey, OldTracking,
-    ResyncProgress,
+    AppendOutcome, Appended, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey,
+    OldTracking, ResyncProgress,
 };
 
 /// How often a confirmation alone (see the module doc) is written.
@@ -49,6 +49,8 @@ pub(super) struct PgWriter {
     intact_checked: std::cell::Cell<Option<Instant>>,
     /// Makes the records (knows the relation versions stored).
     encoder: Encoder,
+    /// Where the last append stored its entries (see `take_appended`).
+    appended: Vec<Appended>,
 }
 
 /// What is durable: the last position, the head, the byte count.
@@ -81,6 +83,7 @@ impl PgWriter {
             confirm_written: Instant::now() - CONFIRM_ALONE_EVERY,
             intact_checked: std::cell::Cell::new(None),
             encoder,
+            appended: Vec::new(),
         })
     }
 }
@@ -264,6 +267,7 @@ impl JournalWriter for PgWriter {
         confirm: Option<Lsn>,
         progress: &[ResyncProgress],
     ) -> Result<AppendOutcome, JournalError> {
+        self.appended.clear();
         let first = self.try_append(entries, confirm, progress);
         self.encoder.settle(first.is_ok());
         match first {
@@ -290,6 +294,10 @@ impl JournalWriter for PgWriter {
             }
             other => other,
         }
+    }
+
+    fn take_appended(&mut self) -> Vec<Appended> {
+        std::mem::take(&mut self.appended)
     }
 }
 
@@ -329,23 +337,27 @@ impl PgWriter {
         let mut last = self.last;
         let mut pos = self.head.pos;
         let mut added_bytes = 0i64;
+        let mut appended = Vec::new();
         let confirmed = self.pg.write_no_retry(|pg| {
             let mut cols = Columns::default();
-            for &(entry, target) in entries {
+            for (index, &(entry, target)) in entries.iter().enumerate() {
                 let position = (entry.event.lsn.0, entry.seq);
                 if last.is_some_and(|l| position <= l) {
                     outcome.skipped += 1;
                     continue;
                 }
                 let mut payload = Vec::new();
-                if tracking.contains_key(&*entry.table) {
+                let filled = if tracking.contains_key(&*entry.table) {
                     let mut event = entry.event.clone();
                     apply_row_state(pg, tracking, &entry.table, &mut event)?;
                     encoder.encode(&event, &mut payload);
+                    Some(event)
                 } else {
                     encoder.encode(&entry.event, &mut payload);
-                }
+                    None
+                };
                 pos += 1;
+                appended.push(Appended { index, pos, filled });
                 added_bytes += payload.len() as i64 + ROW_OVERHEAD;
                 cols.pos.push(pos);
                 cols.lsn.push(position.0 as i64);
@@ -397,6 +409,7 @@ impl PgWriter {
         })?;
         self.confirm_written = Instant::now();
         self.pending_confirm = None;
+        self.appended = appended;
         self.last = last;
         self.bytes += added_bytes;
         self.head = JournalHead {

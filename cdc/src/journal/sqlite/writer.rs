@@ -11,8 +11,8 @@ use super::{
 };
 use crate::journal::record::Encoder;
 use crate::journal::{
-    Access, AppendOutcome, JournalEntry, JournalError, JournalHead, JournalWriter, MetaKey,
-    OldTracking, ResyncProgress,
+    Access, AppendOutcome, Appended, JournalEntry, JournalError, JournalHead, JournalWriter,
+    MetaKey, OldTracking, ResyncProgress,
 };
 
 /// The identity of a file on disk (device, inode): a file removed or replaced under
@@ -38,6 +38,8 @@ pub(super) struct SqliteWriter {
     encoder: Encoder,
     /// One record's bytes, reused.
     record: Vec<u8>,
+    /// Where the last append stored its entries (see `take_appended`).
+    appended: Vec<Appended>,
 }
 
 impl SqliteWriter {
@@ -69,6 +71,7 @@ impl SqliteWriter {
             staging: None,
             encoder,
             record: Vec::new(),
+            appended: Vec::new(),
         })
     }
 
@@ -165,10 +168,18 @@ impl JournalWriter for SqliteWriter {
         confirm: Option<Lsn>,
         progress: &[ResyncProgress],
     ) -> Result<AppendOutcome, JournalError> {
+        self.appended.clear();
         let result = self.append_tx(entries, confirm, progress);
         // The batch's new relation versions are stored only if it committed.
         self.encoder.settle(result.is_ok());
+        if result.is_err() {
+            self.appended.clear();
+        }
         result
+    }
+
+    fn take_appended(&mut self) -> Vec<Appended> {
+        std::mem::take(&mut self.appended)
     }
 }
 
@@ -198,22 +209,21 @@ impl SqliteWriter {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(&err)?;
-            for &(entry, target) in entries {
+            for (index, &(entry, target)) in entries.iter().enumerate() {
                 let position = (entry.event.lsn.0, entry.seq);
                 if last.is_some_and(|l| position <= l) {
                     outcome.skipped += 1;
                     continue;
                 }
-                let filled;
-                let event = if self.tracking.contains_key(&*entry.table) {
+                let filled = if self.tracking.contains_key(&*entry.table) {
                     let mut event = entry.event.clone();
                     row_state::apply(&tx, &self.tracking, &entry.table, &mut event)
                         .map_err(&err)?;
-                    filled = event;
-                    &filled
+                    Some(event)
                 } else {
-                    &entry.event
+                    None
                 };
+                let event = filled.as_ref().unwrap_or(&entry.event);
                 self.record.clear();
                 self.encoder.encode(event, &mut self.record);
                 pos += 1;
@@ -230,6 +240,7 @@ impl SqliteWriter {
                     .map_err(&err)?;
                 last = Some(position);
                 outcome.appended += 1;
+                self.appended.push(Appended { index, pos, filled });
             }
         }
         for (id, rel) in self.encoder.fresh() {
