@@ -446,6 +446,10 @@ impl<S: Sink> Runner<S> {
     /// one after it.
     async fn next_batch(&mut self) -> Result<Vec<StoredEvent>, RunnerError> {
         let from = self.settled.as_ref().map_or(self.cursor, |(b, _)| b.last);
+        // Caught up with what the journal thread has written: nothing to read.
+        if from >= self.head.borrow().pos {
+            return Ok(Vec::new());
+        }
         let batch_size = self.batch_size;
         // Kept up: the batch is still in memory, no prefetch is needed (one under
         // way goes stale and is dropped when next taken).
@@ -453,7 +457,6 @@ impl<S: Sink> Runner<S> {
             crate::metrics::batch_read(&self.name, true);
             return Ok(batch);
         }
-        crate::metrics::batch_read(&self.name, false);
         let batch = match self.prefetch.take(&self.name, from).await? {
             Some(batch) => batch,
             None => {
@@ -462,6 +465,7 @@ impl<S: Sink> Runner<S> {
             }
         };
         if let Some(last) = batch.last() {
+            crate::metrics::batch_read(&self.name, false);
             self.prefetch.start(last.pos, batch_size);
         }
         Ok(batch)

@@ -90,15 +90,12 @@ impl Recent {
         if appended.is_empty() {
             return;
         }
-        let mut slots: Vec<Option<(JournalEntry, Option<String>)>> =
-            entries.drain(..).map(Some).collect();
+        // Both in batch order: one pass takes each appended entry.
         let mut fresh = Vec::with_capacity(appended.len());
-        for a in appended {
-            let Some((entry, target)) = slots.get_mut(a.index).and_then(Option::take) else {
-                // An index the batch does not have: nothing can be trusted.
-                fresh.clear();
-                self.clear();
-                return;
+        let mut appended = appended.into_iter().peekable();
+        for (index, (entry, target)) in entries.drain(..).enumerate() {
+            let Some(a) = appended.next_if(|a| a.index == index) else {
+                continue;
             };
             let event = a.filled.unwrap_or(entry.event);
             let bytes = approx_bytes(&event);
@@ -112,6 +109,12 @@ impl Recent {
                 },
                 bytes,
             ));
+        }
+        if appended.next().is_some() {
+            // An index the batch does not have, or out of order: nothing can be trusted.
+            drop(fresh);
+            self.clear();
+            return;
         }
         let mut dropped = Vec::new();
         {
