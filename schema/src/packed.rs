@@ -45,6 +45,8 @@ const STRING: u8 = 5;
 const ARRAY: u8 = 6;
 const OBJECT: u8 = 7;
 
+mod json;
+
 /// Appends `n` as a LEB128 varint.
 pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
@@ -149,6 +151,7 @@ pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
         }
         PgType::Bool if text == "t" || text == "f" => put_bool(out, text == "t"),
         PgType::TimestampTz if pack_timestamptz(text, out) => {}
+        PgType::Jsonb if json::pack_jsonb(text, out) => {}
         _ if kept_as_text(ty) => put_string(out, text),
         _ => put_value(out, &decode_text(ty, text)),
     }

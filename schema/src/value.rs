@@ -303,7 +303,7 @@ fn decode_json(text: &str) -> Value {
 }
 
 /// Deepest nesting of `[`/`{` outside strings.
-fn json_depth(text: &str) -> usize {
+pub(crate) fn json_depth(text: &str) -> usize {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for &b in text.as_bytes() {
         if in_string {

@@ -147,7 +147,7 @@ fn follow_with_new_records(store: &Store, before: &[StoredEvent]) -> anyhow::Res
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let mut event = (*e.event).clone();
+            let mut event = e.event.clone();
             event.lsn = Lsn(base);
             if event.id.as_str().len() == 25 {
                 event.id = EventId::from_position(Lsn(base), i as u32);
@@ -172,7 +172,7 @@ fn follow_with_new_records(store: &Store, before: &[StoredEvent]) -> anyhow::Res
     }
     for (entry, got) in entries.iter().zip(&after[before.len()..]) {
         ensure!(
-            entry.event == *got.event,
+            entry.event == got.event,
             "appended {:?}\nread back {:?}",
             entry.event,
             got.event

@@ -959,6 +959,6 @@ fn the_writer_says_where_each_appended_entry_went_as_stored(store: &Store) -> an
     let filled = appended[0].filled.as_ref().map(|e| json!(e.old));
     assert_eq!(filled, Some(json!({"id": 1, "status": "pending"})));
     let stored = store.open(Access::Existing)?.read_after(1, 10)?;
-    assert_eq!(Some(&*stored[0].event), appended[0].filled.as_ref());
+    assert_eq!(Some(&stored[0].event), appended[0].filled.as_deref());
     Ok(())
 }

@@ -29,7 +29,8 @@ use tokio::sync::watch;
 
 use super::plan::{Mapped, SinkPlan};
 use crate::journal::{
-    Access, DlqRecord, DlqState, JournalError, JournalHead, Recent, StateStore, Store, StoredEvent,
+    Access, DlqRecord, DlqState, JournalError, JournalHead, RecentReader, Shared, StateStore,
+    Store, StoredEvent,
 };
 use prefetch::Prefetch;
 use resume::resume_cursor;
@@ -240,7 +241,7 @@ struct Runner<S: Sink> {
     prefetch: Prefetch,
     /// The events the journal thread wrote last: read from here while they hold
     /// the next batch.
-    recent: Arc<Recent>,
+    recent: RecentReader,
     cursor: i64,
     generation: i64,
     /// The settled batch not yet booked (and how many items it delivered): its
@@ -271,7 +272,7 @@ pub(crate) async fn run<S: Sink>(
         reader: Some(store.open(Access::Create)?),
         // A second connection reads the next batch while the sink delivers this one.
         prefetch: Prefetch::new(store.open(Access::Existing)?),
-        recent: store.recent().clone(),
+        recent: store.recent().reader(),
         cursor: 0,
         generation: 0,
         settled: None,
@@ -444,10 +445,11 @@ impl<S: Sink> Runner<S> {
     /// The batch after the cursor, or after the settled batch not yet booked
     /// (prefetched, if the prefetch is still current), and the prefetch of the
     /// one after it.
-    async fn next_batch(&mut self) -> Result<Vec<StoredEvent>, RunnerError> {
+    async fn next_batch(&mut self) -> Result<Vec<Shared>, RunnerError> {
         let from = self.settled.as_ref().map_or(self.cursor, |(b, _)| b.last);
         // Caught up with what the journal thread has written: nothing to read.
         if from >= self.head.borrow().pos {
+            self.recent.at(from);
             return Ok(Vec::new());
         }
         let batch_size = self.batch_size;
@@ -465,10 +467,21 @@ impl<S: Sink> Runner<S> {
             }
         };
         if let Some(last) = batch.last() {
+            self.recent.at(last.pos);
             crate::metrics::batch_read(&self.name, false);
             self.prefetch.start(last.pos, batch_size);
         }
-        Ok(batch)
+        // Shared here, on the thread that frees them after delivery.
+        Ok(batch
+            .into_iter()
+            .map(|e| StoredEvent {
+                pos: e.pos,
+                seq: e.seq,
+                event: Arc::new(e.event),
+                target: e.target,
+                table: e.table,
+            })
+            .collect())
     }
 
     /// Caught up: waits for the journal to grow, a replay request (polled), or shutdown.
@@ -488,7 +501,7 @@ impl<S: Sink> Runner<S> {
     /// Selects and maps a (non-empty) batch through the plan, auditing what a
     /// filter skipped; `None` when shutdown comes first. A mapping error stops
     /// the runner with nothing of the batch delivered: the cursor stays before it.
-    async fn map(&mut self, stored: Vec<StoredEvent>) -> Result<Option<Batch>, RunnerError> {
+    async fn map(&mut self, stored: Vec<Shared>) -> Result<Option<Batch>, RunnerError> {
         let (last, last_id) = match stored.last() {
             Some(e) => (e.pos, e.event.id.to_string()),
             None => (self.cursor, String::new()),

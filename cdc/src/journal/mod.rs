@@ -55,7 +55,7 @@ pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use meta::MetaKey;
 pub(crate) use postgres::lease::{LeaseRow, LeaseSession};
 pub(crate) use recent::approx_bytes;
-pub use recent::{Appended, Recent};
+pub use recent::{Appended, Recent, RecentReader, Shared};
 pub use resync::ResyncProgress;
 pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
 pub use row_state::{fill_toast_of, OldTracking, Tracked};
@@ -213,14 +213,18 @@ pub struct JournalEntry {
 }
 
 /// An event read back, with its journal position.
+///
+/// A sink runner holds its events shared (`StoredEvent<Arc<ChangeEvent>>`): those
+/// read from the store are wrapped on the runner's own thread, which frees them.
 #[derive(Debug, Clone)]
-pub struct StoredEvent {
+pub struct StoredEvent<E = ChangeEvent> {
     /// Journal position.
     pub pos: i64,
     /// Ordinal of the change in its transaction (with `event.lsn`, its source position).
     pub seq: u32,
-    /// The event (shared with the journaled events kept in memory, [`Recent`]).
-    pub event: Arc<ChangeEvent>,
+    /// The event: read from the store, or shared (`Arc`) with the journaled
+    /// events kept in memory ([`Recent`]).
+    pub event: E,
     /// Only this sink receives it (a targeted resync); None: every sink.
     pub target: Option<String>,
     /// The captured table it belongs to (see [`JournalEntry::table`]); consecutive

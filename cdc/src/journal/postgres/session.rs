@@ -207,7 +207,7 @@ impl StateStore for PgStore {
             out.push(StoredEvent {
                 pos,
                 seq: pg.get::<i32>(row, 4)? as u32,
-                event: std::sync::Arc::new(event),
+                event,
                 target: pg.get(row, 2)?,
                 table: Name::from(pg.get::<String>(row, 3)?),
             });

@@ -357,7 +357,11 @@ impl PgWriter {
                     None
                 };
                 pos += 1;
-                appended.push(Appended { index, pos, filled });
+                appended.push(Appended {
+                    index,
+                    pos,
+                    filled: filled.map(Box::new),
+                });
                 added_bytes += payload.len() as i64 + ROW_OVERHEAD;
                 cols.pos.push(pos);
                 cols.lsn.push(position.0 as i64);

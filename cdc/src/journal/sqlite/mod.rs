@@ -452,7 +452,7 @@ impl StateStore for SqliteStore {
             out.push(StoredEvent {
                 pos,
                 seq,
-                event: std::sync::Arc::new(event),
+                event,
                 target,
                 table,
             });

@@ -240,7 +240,11 @@ impl SqliteWriter {
                     .map_err(&err)?;
                 last = Some(position);
                 outcome.appended += 1;
-                self.appended.push(Appended { index, pos, filled });
+                self.appended.push(Appended {
+                    index,
+                    pos,
+                    filled: filled.map(Box::new),
+                });
             }
         }
         for (id, rel) in self.encoder.fresh() {
