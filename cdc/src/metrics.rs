@@ -296,9 +296,14 @@ impl Metrics {
 }
 
 fn outcome_labels(sink: &str, outcome: &str) -> Labels {
+    sink_and(sink, "outcome", outcome)
+}
+
+/// The sink's label and one more.
+fn sink_and(sink: &str, key: &str, value: &str) -> Labels {
     vec![
         ("sink".to_string(), sink.to_string()),
-        ("outcome".to_string(), outcome.to_string()),
+        (key.to_string(), value.to_string()),
     ]
 }
 
@@ -353,10 +358,7 @@ pub(crate) fn batch_read(sink: &str, from_memory: bool) {
     let source = if from_memory { "memory" } else { "journal" };
     metrics()
         .sink_batch_reads
-        .get_or_create(&vec![
-            ("sink".to_string(), sink.to_string()),
-            ("source".to_string(), source.to_string()),
-        ])
+        .get_or_create(&sink_and(sink, "source", source))
         .inc();
 }
 

@@ -63,6 +63,17 @@ fn append(
     w.append(&all, confirm, &[])
 }
 
+/// Makes the writer fill in `status` of `public.permits` rows from their last seen values.
+fn track_status(w: &mut dyn JournalWriter) {
+    w.set_old_tracking(
+        [(
+            "public.permits".to_string(),
+            Tracked::Columns(vec!["status".into()]),
+        )]
+        .into(),
+    );
+}
+
 /// Advances a cursor the way a sink runner does: a batch commit at its generation.
 fn advance(r: &mut dyn StateStore, sink: &str, pos: i64) -> Result<(), JournalError> {
     let generation = r.cursor_state(sink)?.generation;
@@ -208,13 +219,7 @@ fn cursors_only_move_forward(store: &Store) -> anyhow::Result<()> {
 fn old_is_filled_from_the_last_seen_row(store: &Store) -> anyhow::Result<()> {
     use serde_json::json;
     let mut w = store.writer()?;
-    w.set_old_tracking(
-        [(
-            "public.permits".to_string(),
-            Tracked::Columns(vec!["status".into()]),
-        )]
-        .into(),
-    );
+    track_status(&mut *w);
     append(
         &mut *w,
         &[
@@ -911,13 +916,7 @@ async fn the_password_never_shows() -> anyhow::Result<()> {
 fn the_writer_says_where_each_appended_entry_went_as_stored(store: &Store) -> anyhow::Result<()> {
     use serde_json::json;
     let mut w = store.writer()?;
-    w.set_old_tracking(
-        [(
-            "public.permits".to_string(),
-            Tracked::Columns(vec!["status".into()]),
-        )]
-        .into(),
-    );
+    track_status(&mut *w);
     let first = [change(
         1,
         Op::Insert,

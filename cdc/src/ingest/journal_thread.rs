@@ -301,7 +301,6 @@ pub(crate) fn run(
         } else {
             writer.append(&refs, confirm, &progress)?
         };
-        drop(refs);
         let appended = writer.take_appended();
         progress.clear();
         // After the append: a streamed transaction's staged rows are discarded once its
@@ -362,39 +361,10 @@ pub(crate) fn run(
 mod tests {
     use std::time::Duration;
 
-    use pgcdc_schema::{ChangeEvent, EventId, Op};
-    use serde_json::Map;
-
     use super::*;
 
     fn change(text_bytes: usize) -> JournalCommand {
-        let mut row = Map::new();
-        row.insert(
-            "v".into(),
-            serde_json::Value::String("x".repeat(text_bytes)),
-        );
-        JournalCommand::Change(Box::new(JournalEntry {
-            table: "public.t".into(),
-            seq: 0,
-            commit_time_unix_us: None,
-            event: ChangeEvent {
-                id: EventId::from_position(Lsn(1), 0),
-                op: Op::Insert,
-                schema: "public".into(),
-                table: "t".into(),
-                key: None,
-                old: None,
-                new: Some(row.into()),
-                trigger: None,
-                lsn: Lsn(1),
-                xid: None,
-                commit_time: None,
-                unchanged_toast: vec![],
-                columns: None,
-                previous: None,
-                origin: Default::default(),
-            },
-        }))
+        JournalCommand::Change(Box::new(crate::journal::insert_entry(1, text_bytes)))
     }
 
     #[tokio::test]

@@ -212,6 +212,40 @@ pub struct JournalEntry {
     pub event: ChangeEvent,
 }
 
+/// For tests: an insert into `public.t` at commit LSN `lsn` whose one column
+/// `v` holds `text_bytes` bytes of text.
+#[cfg(test)]
+pub(crate) fn insert_entry(lsn: u64, text_bytes: usize) -> JournalEntry {
+    use pgcdc_schema::{EventId, Op};
+    let mut row = serde_json::Map::new();
+    row.insert(
+        "v".into(),
+        serde_json::Value::String("x".repeat(text_bytes)),
+    );
+    JournalEntry {
+        table: "public.t".into(),
+        seq: 0,
+        commit_time_unix_us: None,
+        event: ChangeEvent {
+            id: EventId::from_position(Lsn(lsn), 0),
+            op: Op::Insert,
+            schema: "public".into(),
+            table: "t".into(),
+            key: None,
+            old: None,
+            new: Some(row.into()),
+            trigger: None,
+            lsn: Lsn(lsn),
+            xid: None,
+            commit_time: None,
+            unchanged_toast: vec![],
+            columns: None,
+            previous: None,
+            origin: Default::default(),
+        },
+    }
+}
+
 /// An event read back, with its journal position.
 ///
 /// A sink runner holds its events shared (`StoredEvent<Arc<ChangeEvent>>`): those

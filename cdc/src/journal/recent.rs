@@ -71,6 +71,25 @@ struct Tail {
 }
 
 impl Tail {
+    /// The events after `pos` (see [`RecentReader::read`]).
+    fn read(&self, pos: i64, limit: usize, max_bytes: usize) -> Option<Vec<Shared>> {
+        let first = self.events.front()?.0.pos;
+        let skip = usize::try_from(pos.checked_add(1)?.checked_sub(first)?).ok()?;
+        if skip >= self.events.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(limit.min(self.events.len() - skip));
+        let mut bytes = 0usize;
+        for (event, size) in self.events.iter().skip(skip).take(limit) {
+            bytes = bytes.saturating_add(*size);
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(event.clone());
+        }
+        Some(out)
+    }
+
     /// The position the furthest reader has (None: no reader).
     fn lead(&self) -> Option<i64> {
         self.readers.iter().flatten().copied().max()
@@ -131,7 +150,7 @@ impl RecentReader {
     /// if the tail holds the one right after `pos`; None otherwise.
     pub fn read(&self, pos: i64, limit: usize, max_bytes: usize) -> Option<Vec<Shared>> {
         let mut tail = self.recent.tail();
-        let got = Recent::read_from(&tail, pos, limit, max_bytes);
+        let got = tail.read(pos, limit, max_bytes);
         let read_to = got.as_ref().and_then(|b| b.last()).map_or(pos, |e| e.pos);
         if let Some(at) = tail.readers.get_mut(self.slot) {
             *at = Some(read_to);
@@ -247,24 +266,6 @@ impl Recent {
             recent: Arc::clone(self),
             slot,
         }
-    }
-
-    fn read_from(tail: &Tail, pos: i64, limit: usize, max_bytes: usize) -> Option<Vec<Shared>> {
-        let first = tail.events.front()?.0.pos;
-        let skip = usize::try_from(pos.checked_add(1)?.checked_sub(first)?).ok()?;
-        if skip >= tail.events.len() {
-            return None;
-        }
-        let mut out = Vec::with_capacity(limit.min(tail.events.len() - skip));
-        let mut bytes = 0usize;
-        for (event, size) in tail.events.iter().skip(skip).take(limit) {
-            bytes = bytes.saturating_add(*size);
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push(event.clone());
-        }
-        Some(out)
     }
 }
 

@@ -49,9 +49,10 @@ impl<'de> DeserializeSeed<'de> for Pack<'_> {
 
 /// Puts `count` as a varint at `at`, before the elements already written after it.
 fn insert_count(out: &mut Vec<u8>, at: usize, count: u64) {
-    let mut varint = Vec::with_capacity(10);
-    put_varint(&mut varint, count);
-    out.splice(at..at, varint);
+    let end = out.len();
+    put_varint(out, count);
+    let width = out.len() - end;
+    out[at..].rotate_right(width);
 }
 
 impl<'de> Visitor<'de> for Pack<'_> {

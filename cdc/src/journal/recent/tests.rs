@@ -1,35 +1,10 @@
-use pgcdc_schema::{EventId, Lsn, Op};
-use serde_json::{Map, Value};
+use pgcdc_schema::Lsn;
 
 use super::*;
+use crate::journal::insert_entry;
 
 fn entry(n: u64, text_bytes: usize) -> (JournalEntry, Option<String>) {
-    let mut row = Map::new();
-    row.insert("v".into(), Value::String("x".repeat(text_bytes)));
-    let event = ChangeEvent {
-        id: EventId::from_position(Lsn(n), 0),
-        op: Op::Insert,
-        schema: "public".into(),
-        table: "t".into(),
-        key: None,
-        old: None,
-        new: Some(row.into()),
-        trigger: None,
-        lsn: Lsn(n),
-        xid: None,
-        commit_time: None,
-        unchanged_toast: vec![],
-        columns: None,
-        previous: None,
-        origin: Default::default(),
-    };
-    let entry = JournalEntry {
-        table: "public.t".into(),
-        seq: 0,
-        commit_time_unix_us: None,
-        event,
-    };
-    (entry, None)
+    (insert_entry(n, text_bytes), None)
 }
 
 fn batch(lsns: std::ops::RangeInclusive<u64>) -> Vec<(JournalEntry, Option<String>)> {
