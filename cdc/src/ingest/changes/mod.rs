@@ -636,10 +636,19 @@ pub(crate) fn read_event_id(resync_id: i64, table: &EventTable, key: &Row) -> Ev
         json.shrink_to(4096);
     });
     let digest = hash.finalize();
-    // Hex by hand: a snapshot makes one id per row, and `format!` per byte showed in
-    // its profile.
+    // Hex by hand: a snapshot makes one id per row, and `format!` showed in its
+    // profile (per byte, then for the prefix).
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = format!("R{resync_id:08X}-");
+    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
+    let mut id = String::with_capacity(1 + 16 + 1 + 32);
+    id.push('R');
+    // As `{resync_id:08X}`: the two's-complement digits, at least eight.
+    let bits = resync_id as u64;
+    let digits = (16 - bits.leading_zeros() as usize / 4).max(8);
+    for shift in (0..digits).rev() {
+        id.push(char::from(UPPER[((bits >> (shift * 4)) & 0xf) as usize]));
+    }
+    id.push('-');
     for b in digest.iter().take(16) {
         id.push(char::from(HEX[usize::from(b >> 4)]));
         id.push(char::from(HEX[usize::from(b & 0xf)]));

@@ -359,4 +359,11 @@ fn read_event_ids_keep_their_format() {
         read_event_id(7, &EventTable::of(&table), &key).to_string(),
         format!("R00000007-{hex}")
     );
+    // The prefix is `{id:08X}` for any id: wider ones, and negative ones as written.
+    for id in [0, 0xABCDEF12, 0x1_0000_0000, i64::MAX, -1, i64::MIN] {
+        assert_eq!(
+            read_event_id(id, &EventTable::of(&table), &key).to_string(),
+            format!("R{id:08X}-{hex}")
+        );
+    }
 }
