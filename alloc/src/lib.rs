@@ -9,8 +9,14 @@
 //! low but slowed the Kafka sink's batches (ratio 0.65 against 0.8); 100 ms
 //! peaks at 78-89 MiB with the Kafka rate and the CPU time of the default.
 //!
-//! This crate holds the global allocator so that the unsafe call that sets the
-//! option stays out of the crates that forbid unsafe code.
+//! Transparent huge pages are off for the process. mimalloc asks the kernel for
+//! them (`MADV_HUGEPAGE` on its arena), and with them every 2 MiB region it
+//! touches is resident in full: an idle pgcdc was at 52 MiB, a 450k-change
+//! stream peaked at 90-99 MiB and a 1M-row transaction at 79-88 MiB; without
+//! them 26, 54-57 and 49-56 MiB (bench-stream, docs/benchmarks.md).
+//!
+//! This crate holds the global allocator so that the unsafe calls that set
+//! these stay out of the crates that forbid unsafe code.
 
 use std::os::raw::c_long;
 
@@ -26,17 +32,39 @@ pub const PURGE_DELAY_MS: c_long = 100;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Sets the purge delay to [`PURGE_DELAY_MS`], unless the environment sets
-/// `MIMALLOC_PURGE_DELAY` (mimalloc read that when the process started).
+/// `MIMALLOC_PURGE_DELAY` (mimalloc read that when the process started), and
+/// turns transparent huge pages off, unless the environment sets
+/// `MIMALLOC_ALLOW_THP` (mimalloc's own switch for them).
 /// Call it first thing in `main`, before other threads start.
 pub fn tune() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: `mi_option_set` takes a valid option id (the test below checks
+        // that this one reads mimalloc's default purge delay) and any value;
+        // mimalloc notes it is not thread safe, and `main` calls this before it
+        // starts other threads.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
-    // SAFETY: `mi_option_set` takes a valid option id (the test below checks
-    // that this one reads mimalloc's default purge delay) and any value;
-    // mimalloc notes it is not thread safe, and `main` calls this before it
-    // starts other threads.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        no_huge_pages();
+    }
+}
+
+/// What mimalloc does at start with `MIMALLOC_ALLOW_THP=0`, which it reads too
+/// early for `main` to set: the kernel then backs none of the process's memory
+/// with huge pages, whatever madvise asked (mimalloc's arena is mapped already).
+/// A kernel without the call leaves them on, which only costs memory.
+fn no_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only (1: disable;
+    // flags 0: for every mapping) and touches no memory of the caller.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
+/// Whether transparent huge pages are on for this process.
+pub fn huge_pages() -> bool {
+    // SAFETY: PR_GET_THP_DISABLE takes no pointer; it returns 1 when they are
+    // off, 0 when on, -1 on error (taken as on, the kernel's default).
+    let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+    disabled != 1
 }
 
 /// The purge delay in effect (ms).
@@ -48,6 +76,12 @@ pub fn purge_delay_ms() -> c_long {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_pages_are_turned_off() {
+        no_huge_pages();
+        assert!(!huge_pages());
+    }
 
     #[test]
     fn the_option_id_is_the_purge_delay() {

@@ -6,7 +6,8 @@ use pgcdc::cli::{self, Cli, Command};
 use pgcdc::deliver::plan::sandbox;
 
 fn main() {
-    // The allocator (mimalloc, `pgcdc-alloc`) gives freed memory back within 100 ms.
+    // The allocator (mimalloc, `pgcdc-alloc`) gives freed memory back within 100 ms
+    // and uses no transparent huge pages.
     pgcdc_alloc::tune();
     // A jq sandbox worker: no runtime, no logging, nothing on stdout but replies.
     let mut args = std::env::args_os().skip(1);
@@ -21,6 +22,7 @@ async fn run() {
     let cli = Cli::parse();
     cli::init_logging(cli.log_format);
     tracing::debug!(
+        huge_pages = pgcdc_alloc::huge_pages(),
         purge_delay_ms = pgcdc_alloc::purge_delay_ms(),
         "allocator: mimalloc"
     );

@@ -262,3 +262,57 @@ fn allocator_purge_delay_is_pgcdcs_unless_the_environment_sets_one() -> anyhow::
     ensure!(delay(Some("7"))? == "7");
     Ok(())
 }
+
+/// The binary turns transparent huge pages off for itself (with them, each 2 MiB
+/// the allocator touches is resident in full), and `MIMALLOC_ALLOW_THP` keeps
+/// them as the system has them. Checked in the kernel's view of a running pgcdc.
+#[test]
+fn huge_pages_are_off_unless_the_environment_allows_them() -> anyhow::Result<()> {
+    let thp_enabled = |allow: Option<&str>| -> anyhow::Result<String> {
+        // `pgcdc run` waiting on a source that never answers: alive long enough to look at.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("pgcdc.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nurl = \"postgres://nobody@{}/none?sslmode=disable\"\n\
+                 tables = [\"public.t\"]\n[state]\ndir = \"{}\"\n[admin]\n\
+                 listen = \"127.0.0.1:0\"\n[[sink]]\nname = \"out\"\ntype = \"stdout\"\n",
+                silent.local_addr()?,
+                dir.path().join("state").display()
+            ),
+        )?;
+        let mut cmd = std::process::Command::new(pgcdc_tests::pgcdc_bin());
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .env_remove("MIMALLOC_ALLOW_THP")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(v) = allow {
+            cmd.env("MIMALLOC_ALLOW_THP", v);
+        }
+        let mut child = cmd.spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        let status = status.context("pgcdc exited before it could be looked at")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_string())
+            .context("the kernel reports no THP_enabled (Linux 5.0 or later does)")
+    };
+    ensure!(thp_enabled(None)? == "0", "huge pages are on for pgcdc");
+    // Left alone, pgcdc has what it inherited: what this test process has.
+    let inherited = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string());
+    ensure!(
+        thp_enabled(Some("1")).ok() == inherited,
+        "MIMALLOC_ALLOW_THP=1 did not leave them as inherited ({inherited:?})"
+    );
+    Ok(())
+}
