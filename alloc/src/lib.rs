@@ -1,4 +1,4 @@
-//! pgcdc's memory allocator: mimalloc, with the one setting pgcdc changes.
+//! pgcdc's memory allocator: mimalloc, with the two settings pgcdc changes.
 //!
 //! mimalloc: decoding and journaling allocate many small values per change,
 //! where glibc malloc costs 20-30% more CPU time (bench-stream, user time, 3
@@ -11,9 +11,9 @@
 //!
 //! Transparent huge pages are off for the process. mimalloc asks the kernel for
 //! them (`MADV_HUGEPAGE` on its arena), and with them every 2 MiB region it
-//! touches is resident in full: an idle pgcdc was at 52 MiB, a 450k-change
-//! stream peaked at 90-99 MiB and a 1M-row transaction at 79-88 MiB; without
-//! them 26, 54-57 and 49-56 MiB (bench-stream, docs/benchmarks.md).
+//! touches is resident in full: a 1000-row run peaked at 52 MiB, a 450k-change
+//! stream at 88-96 MiB and a 1M-row transaction at 84-95 MiB; without them
+//! 28, 58-61 and 54-59 MiB, at the same CPU time (bench-stream, docs/benchmarks.md).
 //!
 //! This crate holds the global allocator so that the unsafe calls that set
 //! these stay out of the crates that forbid unsafe code.
