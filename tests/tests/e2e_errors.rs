@@ -268,24 +268,24 @@ fn allocator_purge_delay_is_pgcdcs_unless_the_environment_sets_one() -> anyhow::
 /// them as the system has them. Checked in the kernel's view of a running pgcdc.
 #[test]
 fn huge_pages_are_off_unless_the_environment_allows_them() -> anyhow::Result<()> {
+    // The kernel's THP_enabled line of a /proc/PID/status text.
+    let thp_line = |status: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_string())
+    };
     let thp_enabled = |allow: Option<&str>| -> anyhow::Result<String> {
         // `pgcdc run` waiting on a source that never answers: alive long enough to look at.
         let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("pgcdc.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[source]\nurl = \"postgres://nobody@{}/none?sslmode=disable\"\n\
-                 tables = [\"public.t\"]\n[state]\ndir = \"{}\"\n[admin]\n\
-                 listen = \"127.0.0.1:0\"\n[[sink]]\nname = \"out\"\ntype = \"stdout\"\n",
-                silent.local_addr()?,
-                dir.path().join("state").display()
-            ),
-        )?;
+        let url = format!(
+            "postgres://nobody@{}/none?sslmode=disable",
+            silent.local_addr()?
+        );
+        let state = state_dir()?;
+        let cfg = ConfigFile::new(&config_toml(&url, &["public.t"], state.path(), ""))?;
         let mut cmd = std::process::Command::new(pgcdc_tests::pgcdc_bin());
-        cmd.args(["run", "--config"])
-            .arg(&config)
+        cmd.args(["run", "--config", &cfg.arg()])
             .env_remove("MIMALLOC_ALLOW_THP")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -298,18 +298,11 @@ fn huge_pages_are_off_unless_the_environment_allows_them() -> anyhow::Result<()>
         let _ = child.kill();
         let _ = child.wait();
         let status = status.context("pgcdc exited before it could be looked at")?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("THP_enabled:"))
-            .map(|v| v.trim().to_string())
-            .context("the kernel reports no THP_enabled (Linux 5.0 or later does)")
+        thp_line(&status).context("the kernel reports no THP_enabled (Linux 5.0 or later does)")
     };
     ensure!(thp_enabled(None)? == "0", "huge pages are on for pgcdc");
     // Left alone, pgcdc has what it inherited: what this test process has.
-    let inherited = std::fs::read_to_string("/proc/self/status")?
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .map(|v| v.trim().to_string());
+    let inherited = thp_line(&std::fs::read_to_string("/proc/self/status")?);
     ensure!(
         thp_enabled(Some("1")).ok() == inherited,
         "MIMALLOC_ALLOW_THP=1 did not leave them as inherited ({inherited:?})"

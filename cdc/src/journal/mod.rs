@@ -216,24 +216,36 @@ pub struct JournalEntry {
 /// `v` holds `text_bytes` bytes of text.
 #[cfg(test)]
 pub(crate) fn insert_entry(lsn: u64, text_bytes: usize) -> JournalEntry {
-    use pgcdc_schema::{EventId, Op};
     let mut row = serde_json::Map::new();
     row.insert(
         "v".into(),
         serde_json::Value::String("x".repeat(text_bytes)),
     );
+    insert_into("t", lsn, None, row.into())
+}
+
+/// For tests: an insert into `public.<table>` at commit LSN `lsn` (first in its
+/// transaction) with `key` and the new row `new`.
+#[cfg(test)]
+pub(crate) fn insert_into(
+    table: &str,
+    lsn: u64,
+    key: Option<pgcdc_schema::event::Row>,
+    new: pgcdc_schema::event::Row,
+) -> JournalEntry {
+    use pgcdc_schema::{EventId, Op};
     JournalEntry {
-        table: "public.t".into(),
+        table: format!("public.{table}").into(),
         seq: 0,
         commit_time_unix_us: None,
         event: ChangeEvent {
             id: EventId::from_position(Lsn(lsn), 0),
             op: Op::Insert,
             schema: "public".into(),
-            table: "t".into(),
-            key: None,
+            table: table.into(),
+            key,
             old: None,
-            new: Some(row.into()),
+            new: Some(new),
             trigger: None,
             lsn: Lsn(lsn),
             xid: None,

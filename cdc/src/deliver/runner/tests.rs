@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgcdc_schema::{ChangeEvent, EventId, Lsn, Op};
+use pgcdc_schema::Lsn;
 use pgcdc_sinks::{AuditLog, Checkpoint, ItemResult, Outgoing, Sink, SinkError};
 use tokio::sync::watch;
 
@@ -67,34 +67,12 @@ impl Sink for Recording {
 }
 
 fn entry(lsn: u64) -> JournalEntry {
-    JournalEntry {
-        table: "public.permits".into(),
-        seq: 0,
-        commit_time_unix_us: None,
-        event: ChangeEvent {
-            id: EventId::from_position(Lsn(lsn), 0),
-            op: Op::Insert,
-            schema: "public".into(),
-            table: "permits".into(),
-            key: serde_json::json!({"id": lsn})
-                .as_object()
-                .cloned()
-                .map(pgcdc_schema::event::Row::from),
-            old: None,
-            new: serde_json::json!({"id": lsn})
-                .as_object()
-                .cloned()
-                .map(pgcdc_schema::event::Row::from),
-            trigger: None,
-            lsn: Lsn(lsn),
-            xid: None,
-            commit_time: None,
-            unchanged_toast: vec![],
-            columns: None,
-            previous: None,
-            origin: Default::default(),
-        },
-    }
+    let id: pgcdc_schema::event::Row = serde_json::json!({"id": lsn})
+        .as_object()
+        .cloned()
+        .map(Into::into)
+        .unwrap_or_default();
+    crate::journal::insert_into("permits", lsn, Some(id.clone()), id)
 }
 
 #[tokio::test]
