@@ -339,3 +339,6 @@ fn sequence(last_commit: Option<u64>, change: u64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod golden;
