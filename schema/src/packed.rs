@@ -388,11 +388,55 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One item of packed bytes, as [`Reader::item`] reads it: a scalar, or the
+/// number of items (an array's values, an object's key and value pairs) that follow.
+pub(crate) enum Item<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// A number that is not an i64's canonical text, as its text.
+    Number(Cow<'a, str>),
+    String(Cow<'a, str>),
+    /// An array of this many values.
+    Array(usize),
+    /// An object of this many (key, value) pairs; each key is read with [`Reader::str_lossy`].
+    Object(usize),
+}
+
+impl<'a> Reader<'a> {
+    /// The next item (text that is not UTF-8 replaced, as [`Reader::value_lossy`] does).
+    pub(crate) fn item(&mut self) -> Result<Item<'a>, Bad> {
+        Ok(match self.u8()? {
+            NULL => Item::Null,
+            FALSE => Item::Bool(false),
+            TRUE => Item::Bool(true),
+            INT => Item::Int(self.zigzag()?),
+            NUMBER => Item::Number(self.str_lossy()?),
+            STRING => Item::String(self.str_lossy()?),
+            ARRAY => Item::Array(self.count()?),
+            OBJECT => Item::Object(self.count()?),
+            tag => return Err(format!("unknown value tag {tag} at byte {}", self.at - 1)),
+        })
+    }
+}
+
 /// One packed value whose structure was checked when it was read or written:
 /// serialises as the `Value` that [`Reader::value_lossy`] gives would, straight
 /// from the bytes.
 #[derive(Clone, Copy)]
 pub(crate) struct Packed<'a>(pub(crate) &'a [u8]);
+
+impl<'a> Packed<'a> {
+    /// Whether the value is null.
+    pub(crate) fn is_null(&self) -> bool {
+        self.0.first() == Some(&NULL)
+    }
+
+    /// A reader at the value.
+    pub(crate) fn reader(&self) -> Reader<'a> {
+        Reader::new(self.0)
+    }
+}
 
 impl Serialize for Packed<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -404,6 +404,75 @@ fn value_bytes(value: &Value) -> usize {
     }
 }
 
+/// One column's value as a row holds it, for rendering without decoding a packed row.
+#[derive(Clone, Copy)]
+pub(crate) enum Cell<'a> {
+    Value(&'a Value),
+    Packed(Packed<'a>),
+}
+
+impl Cell<'_> {
+    pub(crate) fn is_null(&self) -> bool {
+        match self {
+            Cell::Value(v) => v.is_null(),
+            Cell::Packed(p) => p.is_null(),
+        }
+    }
+
+    /// The value (decoded, for a packed one).
+    fn to_value(self) -> Value {
+        match self {
+            Cell::Value(v) => v.clone(),
+            Cell::Packed(p) => p.reader().value_lossy().unwrap_or(Value::Null),
+        }
+    }
+}
+
+impl Serialize for Cell<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cell::Value(v) => v.serialize(serializer),
+            Cell::Packed(p) => p.serialize(serializer),
+        }
+    }
+}
+
+impl Row {
+    /// Each column's name and value in order, read from the packed bytes of a
+    /// packed row (nothing decoded).
+    pub(crate) fn cells(&self) -> Result<Vec<(Cow<'_, str>, Cell<'_>)>, Bad> {
+        match &self.repr {
+            Repr::Pairs(v) => Ok(v
+                .iter()
+                .map(|(n, v)| (Cow::Borrowed(&**n), Cell::Value(v)))
+                .collect()),
+            Repr::Packed(p) => p
+                .entries()
+                .map(|e| e.map(|(n, v)| (n, Cell::Packed(v))))
+                .collect(),
+        }
+    }
+
+    /// Whether `other` holds each column of this row with an equal value; None
+    /// when it lacks one. Packed rows are compared by their bytes, decoding only
+    /// the values whose bytes differ.
+    pub fn agrees_with(&self, other: &Row) -> Option<bool> {
+        let (Ok(mine), Ok(theirs)) = (self.cells(), other.cells()) else {
+            return None;
+        };
+        let mut all = true;
+        for (name, cell) in mine {
+            let (_, their) = theirs.iter().find(|(n, _)| *n == name)?;
+            all &= match (cell, their) {
+                (Cell::Packed(a), Cell::Packed(b)) if a.0 == b.0 => true,
+                (Cell::Value(a), Cell::Value(b)) => a == *b,
+                (a, b) => a.to_value() == b.to_value(),
+            };
+        }
+        Some(all)
+    }
+}
+
 /// Equal when they hold the same columns with the same values, in any order
 /// (as `serde_json::Map` compares).
 impl PartialEq for Row {

@@ -6,97 +6,219 @@
 //! Postgres' text of a jsonb value. (A `json` column's text is stored verbatim
 //! by Postgres; its spacing is not kept, see README.)
 
-use std::borrow::Cow;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
-use serde_json::{Map, Value};
+use crate::packed::{Bad, Item, Reader};
+use crate::row::Cell;
+use crate::value::UNREPRESENTABLE_KEY;
 
-use crate::event::Row;
-
-/// The value of a column of type `ty` as Debezium sends it.
-pub(super) fn value<'a>(v: &'a Value, ty: &str) -> Cow<'a, Value> {
-    if !matches!(ty, "json" | "jsonb") || v.is_null() {
-        return Cow::Borrowed(v);
-    }
-    // A document too deep to represent: pgcdc kept its text.
-    if let Some(text) = v
-        .get(crate::value::UNREPRESENTABLE_KEY)
-        .and(v.get("text"))
-        .and_then(Value::as_str)
-    {
-        return Cow::Owned(Value::String(text.to_string()));
-    }
-    let mut out = String::new();
-    write(v, &mut out);
-    Cow::Owned(Value::String(out))
+/// A column value of type `ty` as Debezium sends it: json/jsonb as text, any
+/// other as it is.
+pub(super) struct Text<'a> {
+    pub(super) cell: Cell<'a>,
+    pub(super) ty: &'a str,
 }
 
-/// A row with its json/jsonb values as text.
-pub(super) fn row(row: &Row, types: &[(String, String)]) -> Map<String, Value> {
-    row.iter()
-        .map(|(k, v)| {
-            let ty = types
-                .iter()
-                .find(|(c, _)| **c == **k)
-                .map_or("", |(_, t)| t.as_str());
-            (k.to_string(), value(v, ty).into_owned())
-        })
-        .collect()
+impl Serialize for Text<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !matches!(self.ty, "json" | "jsonb") || self.cell.is_null() {
+            return self.cell.serialize(s);
+        }
+        let mut out = Vec::new();
+        match self.cell {
+            Cell::Value(v) => write_value(v, &mut out),
+            Cell::Packed(p) => write_packed(&mut p.reader(), &mut out)
+                .map_err(|e| serde::ser::Error::custom(format!("packed value: {e}")))?,
+        }
+        // Only JSON text and UTF-8 strings were written.
+        s.serialize_str(&String::from_utf8_lossy(&out))
+    }
+}
+
+/// The text of a document too deep to represent, which pgcdc kept as
+/// `{"__pgcdc_unrepresentable": why, "text": the text}`.
+fn unrepresentable(v: &Value) -> Option<&str> {
+    v.get(UNREPRESENTABLE_KEY)
+        .and(v.get("text"))
+        .and_then(Value::as_str)
 }
 
 /// Writes `v` as Postgres' jsonb output does: `", "` between items, `": "` after keys.
-fn write(v: &Value, out: &mut String) {
+fn write_value(v: &Value, out: &mut Vec<u8>) {
+    if let Some(text) = unrepresentable(v) {
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    write(v, out);
+}
+
+fn write(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(", ");
+                    out.extend_from_slice(b", ");
                 }
                 write(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::Object(map) => {
-            out.push('{');
+            out.push(b'{');
             for (i, (k, item)) in map.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(", ");
+                    out.extend_from_slice(b", ");
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push_str(": ");
+                string(k, out);
+                out.extend_from_slice(b": ");
                 write(item, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         // Scalars print as serde_json prints them: its string escapes are Postgres'
         // (\" \\ \b \f \n \r \t, other control characters as \u00xx), numbers keep
         // their digits.
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => scalar_json(scalar, out),
     }
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn string(s: &str, out: &mut Vec<u8>) {
+    scalar_json(s, out)
+}
+
+fn scalar_json<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing to a Vec fails only for a value that cannot be JSON, which these are not.
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// Writes the packed document at `r` as [`write_value`] writes its value.
+fn write_packed(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Bad> {
+    if let Some(text) = packed_unrepresentable(r.clone())? {
+        out.extend_from_slice(text.as_bytes());
+        r.skip_value()?;
+        return Ok(());
+    }
+    write_item(r, out)
+}
+
+/// [`unrepresentable`] of the packed value at `r`.
+fn packed_unrepresentable(mut r: Reader<'_>) -> Result<Option<String>, Bad> {
+    let Item::Object(n) = r.item()? else {
+        return Ok(None);
+    };
+    let (mut marked, mut text) = (false, None);
+    for _ in 0..n {
+        let key = r.str_lossy()?;
+        match (&*key, r.item()?) {
+            (UNREPRESENTABLE_KEY, item) => {
+                marked = true;
+                skip_rest(&mut r, &item)?;
+            }
+            ("text", Item::String(t)) => text = Some(t.into_owned()),
+            (_, item) => skip_rest(&mut r, &item)?,
+        }
+    }
+    Ok(text.filter(|_| marked))
+}
+
+/// Steps over what follows `item` (an array's or object's contents).
+fn skip_rest(r: &mut Reader<'_>, item: &Item<'_>) -> Result<(), Bad> {
+    match *item {
+        Item::Array(n) => (0..n).try_for_each(|_| r.skip_value()),
+        Item::Object(n) => (0..n).try_for_each(|_| {
+            r.str_lossy()?;
+            r.skip_value()
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn write_item(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Bad> {
+    match r.item()? {
+        Item::Null => out.extend_from_slice(b"null"),
+        Item::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+        Item::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        // As a `Value` read from the bytes prints: the number's text, or a string
+        // when the text is not a number.
+        Item::Number(text) => match text.parse::<serde_json::Number>() {
+            Ok(n) => scalar_json(&n, out),
+            Err(_) => string(&text, out),
+        },
+        Item::String(s) => string(&s, out),
+        Item::Array(n) => {
+            out.push(b'[');
+            for i in 0..n {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                write_item(r, out)?;
+            }
+            out.push(b']');
+        }
+        Item::Object(n) => {
+            out.push(b'{');
+            for i in 0..n {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                string(&r.str_lossy()?, out);
+                out.extend_from_slice(b": ");
+                write_item(r, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packed::{put_value, Packed};
     use serde_json::json;
+
+    /// What `v` of type `ty` renders as, from its value and from its packed bytes
+    /// (which must agree).
+    fn value(v: &Value, ty: &str) -> Value {
+        let from_value = serde_json::to_value(Text {
+            cell: Cell::Value(v),
+            ty,
+        });
+        let mut bytes = Vec::new();
+        put_value(&mut bytes, v);
+        let from_packed = serde_json::to_value(Text {
+            cell: Cell::Packed(Packed(&bytes)),
+            ty,
+        });
+        assert_eq!(from_value.as_ref().ok(), from_packed.as_ref().ok());
+        from_value.unwrap_or_default()
+    }
 
     #[test]
     fn jsonb_prints_as_postgres_prints_it() {
         let doc: Value = crate::event::from_stored_json(
-            r#"{"a": 1, "tags": ["x", "y\n"], "n": 123456789012345678901234567890, "e": {}, "z": []}"#,
+            r#"{"a": 1, "tags": ["x", "y\n"], "n": 123456789012345678901234567890, "e": {}, "z": [], "f": -1.50}"#,
         )
         .unwrap_or_default();
         assert_eq!(
-            value(&doc, "jsonb").as_ref(),
-            &json!(
-                r#"{"a": 1, "tags": ["x", "y\n"], "n": 123456789012345678901234567890, "e": {}, "z": []}"#
+            value(&doc, "jsonb"),
+            json!(
+                r#"{"a": 1, "tags": ["x", "y\n"], "n": 123456789012345678901234567890, "e": {}, "z": [], "f": -1.50}"#
             )
         );
+        assert_eq!(value(&json!("plain"), "jsonb"), json!("\"plain\""));
+        assert_eq!(value(&Value::Null, "json"), Value::Null);
+        assert_eq!(value(&json!({"a": 1}), "text"), json!({"a": 1}));
+        // A document pgcdc could not represent is sent as the text it kept.
+        let kept = json!({UNREPRESENTABLE_KEY: "too deep", "text": "[[[1]]]"});
+        assert_eq!(value(&kept, "jsonb"), json!("[[[1]]]"));
+        let not_marked = json!({"why": "x", "text": "[[[1]]]"});
         assert_eq!(
-            value(&json!("plain"), "jsonb").as_ref(),
-            &json!("\"plain\"")
+            value(&not_marked, "jsonb"),
+            json!(r#"{"why": "x", "text": "[[[1]]]"}"#)
         );
-        assert_eq!(value(&Value::Null, "json").as_ref(), &Value::Null);
-        assert_eq!(value(&json!({"a": 1}), "text").as_ref(), &json!({"a": 1}));
     }
 }

@@ -127,11 +127,8 @@ pub fn key(
     source: &DebeziumSource,
     options: DebeziumOptions,
 ) -> Option<Value> {
-    if event.origin.no_primary_key || matches!(event.op, Op::Truncate | Op::Schema) {
-        return None;
-    }
-    let key = event.key.as_ref()?;
-    let payload = Value::Object(json_text::row(key, &event.origin.column_types));
+    let image = key_image(event)?;
+    let payload = serde_json::to_value(image).unwrap_or(Value::Null);
     Some(if options.schemas {
         serde_json::json!({
             "schema": connect_schema::key(event, source),
@@ -139,6 +136,30 @@ pub fn key(
         })
     } else {
         payload
+    })
+}
+
+/// The record key, serialized (see [`key`]).
+pub fn key_to_vec(
+    event: &ChangeEvent,
+    source: &DebeziumSource,
+    options: DebeziumOptions,
+) -> Option<Result<Vec<u8>, serde_json::Error>> {
+    if options.schemas {
+        return key(event, source, options).map(|k| serde_json::to_vec(&k));
+    }
+    // The common path, serialized straight from the key row.
+    key_image(event).map(|image| serde_json::to_vec(&image))
+}
+
+/// The key columns in the key's order, json/jsonb values as text.
+fn key_image(event: &ChangeEvent) -> Option<KeyImage<'_>> {
+    if event.origin.no_primary_key || matches!(event.op, Op::Truncate | Op::Schema) {
+        return None;
+    }
+    Some(KeyImage {
+        row: event.key.as_ref()?,
+        types: &event.origin.column_types,
     })
 }
 
@@ -161,6 +182,10 @@ pub fn key_change(event: &ChangeEvent) -> Option<KeyChange> {
     }
     let key = event.key.as_ref()?;
     let old = event.old.as_ref()?;
+    // Most updates keep their key: compared without decoding the rows.
+    if key.agrees_with(old) != Some(false) {
+        return None;
+    }
     let old_key: Row = key
         .keys()
         .map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
@@ -225,12 +250,13 @@ struct Image<'a> {
 
 impl Serialize for Image<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
+        use serde::ser::{Error, SerializeMap};
+        let cells = self.row.cells().map_err(S::Error::custom)?;
         let wanted = |col: &str| self.only.is_none_or(|only| only.contains_key(col));
         let mut map = s.serialize_map(None)?;
         if self.types.is_empty() {
             // An event journaled before column types were recorded.
-            for (k, v) in self.row.iter().filter(|(k, _)| wanted(k)) {
+            for (k, v) in cells.iter().filter(|(k, _)| wanted(k)) {
                 map.serialize_entry(k, v)?;
             }
             for col in self.toast {
@@ -238,16 +264,52 @@ impl Serialize for Image<'_> {
             }
             return map.end();
         }
+        // A row's columns come in table order, so each is looked for where the
+        // last one was found first.
+        let mut next = 0;
         for (col, ty) in self.types {
             if !wanted(col) {
                 continue;
             }
-            match self.row.get(col) {
-                Some(v) => map.serialize_entry(col, &json_text::value(v, ty))?,
+            let found = match cells.get(next) {
+                Some((name, _)) if name == col => Some(next),
+                _ => cells.iter().position(|(name, _)| name == col),
+            };
+            match found {
+                Some(at) => {
+                    next = at + 1;
+                    let cell = cells[at].1;
+                    map.serialize_entry(col, &json_text::Text { cell, ty })?;
+                }
                 None if self.toast.contains(col) => map.serialize_entry(col, UNAVAILABLE_VALUE)?,
                 // Not sent (a key-only old row): left out, as Debezium's docs show.
                 None => {}
             }
+        }
+        map.end()
+    }
+}
+
+/// The record key's payload: the key row in its own column order, json/jsonb
+/// values as text.
+#[derive(Clone, Copy)]
+struct KeyImage<'a> {
+    row: &'a Row,
+    types: &'a [(String, String)],
+}
+
+impl Serialize for KeyImage<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let cells = self.row.cells().map_err(S::Error::custom)?;
+        let mut map = s.serialize_map(Some(cells.len()))?;
+        for (col, cell) in &cells {
+            let ty = self
+                .types
+                .iter()
+                .find(|(c, _)| c == col)
+                .map_or("", |(_, t)| t.as_str());
+            map.serialize_entry(col, &json_text::Text { cell: *cell, ty })?;
         }
         map.end()
     }

@@ -60,8 +60,7 @@ impl KafkaSink {
             }
         }
         let key = match (&self.key, debezium) {
-            (None, Some(options)) => debezium::key(event, &self.source, options)
-                .map(|k| serde_json::to_vec(&k))
+            (None, Some(options)) => debezium::key_to_vec(event, &self.source, options)
                 .transpose()
                 .map_err(|e| e.to_string())?,
             (None, None) => event
@@ -128,13 +127,13 @@ impl KafkaSink {
         split: &debezium::KeyChange,
     ) -> Result<Vec<Rec>, String> {
         let event = &item.event;
-        let json = |v: Option<serde_json::Value>| {
-            v.map(|v| serde_json::to_vec(&v))
+        let key = |e| {
+            debezium::key_to_vec(e, &self.source, options)
                 .transpose()
                 .map_err(|e| e.to_string())
         };
-        let old_key = json(debezium::key(&split.delete, &self.source, options))?;
-        let new_key = json(debezium::key(&split.create, &self.source, options))?;
+        let old_key = key(&split.delete)?;
+        let new_key = key(&split.create)?;
         let render = |e| {
             debezium::to_vec(e, &self.source, options, self.batch_started_ms)
                 .map_err(|e| e.to_string())
