@@ -67,6 +67,12 @@ pub fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// Appends length-prefixed bytes.
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
 /// Appends null.
 pub fn put_null(out: &mut Vec<u8>) {
     out.push(NULL);
@@ -283,6 +289,14 @@ impl<'a> Reader<'a> {
         let raw = &self.bytes[self.at..self.at + len];
         self.at += len;
         std::str::from_utf8(raw).map_err(|e| format!("text is not UTF-8: {e}"))
+    }
+
+    /// Length-prefixed bytes.
+    pub fn bytes(&mut self) -> Result<&'a [u8], Bad> {
+        let len = self.count()?;
+        let raw = &self.bytes[self.at..self.at + len];
+        self.at += len;
+        Ok(raw)
     }
 
     /// Length-prefixed text, with any bytes that are not UTF-8 replaced (as the

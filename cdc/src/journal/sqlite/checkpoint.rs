@@ -4,7 +4,7 @@
 use pgcdc_schema::Lsn;
 use rusqlite::{params, OptionalExtension};
 
-use super::SqliteStore;
+use super::{blocks, damaged_block, record_bytes, SqliteStore};
 use crate::journal::{
     CursorInfo, CursorState, DroppedCursor, JournalError, OrphanedCursor, ResetError, ResetTarget,
     StateStore,
@@ -19,14 +19,8 @@ pub(super) fn orphaned(
     let floor = crate::journal::pruning_floor(&cursors, configured, head);
     let mut out = Vec::new();
     for c in cursors.iter().filter(|c| !configured.contains(&c.sink)) {
-        let held: i64 = if floor > c.pos {
-            s.conn
-                .query_row(
-                    "SELECT COUNT(*) FROM events WHERE pos > ?1 AND pos <= ?2",
-                    params![c.pos, floor],
-                    |r| r.get(0),
-                )
-                .map_err(|e| s.sqlite(e))?
+        let held = if floor > c.pos {
+            count_between(s, c.pos, floor)?
         } else {
             0
         };
@@ -38,6 +32,93 @@ pub(super) fn orphaned(
         });
     }
     Ok(out)
+}
+
+/// How many events the journal holds at positions `after < pos <= upto`: whole
+/// blocks by their count, the (at most two) blocks across a bound by their events.
+fn count_between(s: &SqliteStore, after: i64, upto: i64) -> Result<i64, JournalError> {
+    let err = |e| s.sqlite(e);
+    let mut stmt = s
+        .conn
+        .prepare_cached(
+            "SELECT first_pos, last_pos, count, body FROM event_blocks \
+             WHERE last_pos > ?1 AND first_pos <= ?2",
+        )
+        .map_err(err)?;
+    let mut rows = stmt.query(params![after, upto]).map_err(err)?;
+    let mut held = 0i64;
+    while let Some(row) = rows.next().map_err(err)? {
+        let (first, last): (i64, i64) = (row.get(0).map_err(err)?, row.get(1).map_err(err)?);
+        if first > after && last <= upto {
+            held += row.get::<_, i64>(2).map_err(err)?;
+            continue;
+        }
+        let body = record_bytes(row.get_ref(3).map_err(err)?).map_err(err)?;
+        for e in blocks::events(first, body) {
+            let e = e.map_err(|(pos, m)| damaged_block(pos, m))?;
+            held += i64::from(e.pos > after && e.pos <= upto);
+        }
+    }
+    Ok(held)
+}
+
+/// The position of the newest event whose commit LSN (or time) is before `value`:
+/// in the newest block holding one.
+fn newest_before(s: &SqliteStore, by_time: bool, value: i64) -> Result<Option<i64>, JournalError> {
+    let err = |e| s.sqlite(e);
+    let sql = if by_time {
+        "SELECT first_pos, body FROM event_blocks WHERE min_time_us < ?1 ORDER BY last_pos DESC LIMIT 1"
+    } else {
+        "SELECT first_pos, body FROM event_blocks WHERE min_lsn < ?1 ORDER BY last_pos DESC LIMIT 1"
+    };
+    let mut stmt = s.conn.prepare_cached(sql).map_err(err)?;
+    let mut rows = stmt.query([value]).map_err(err)?;
+    let Some(row) = rows.next().map_err(err)? else {
+        return Ok(None);
+    };
+    let first: i64 = row.get(0).map_err(err)?;
+    let body = record_bytes(row.get_ref(1).map_err(err)?).map_err(err)?;
+    let mut found = None;
+    for e in blocks::events(first, body) {
+        let e = e.map_err(|(pos, m)| damaged_block(pos, m))?;
+        let before = if by_time {
+            e.commit_time_us.is_some_and(|t| t < value)
+        } else {
+            (e.commit_lsn as i64) < value
+        };
+        if before {
+            found = Some(e.pos);
+        }
+    }
+    Ok(found)
+}
+
+/// The commit time of the first event after position `pos`, if any.
+fn first_time_after(s: &SqliteStore, pos: i64) -> Result<Option<i64>, JournalError> {
+    let err = |e| s.sqlite(e);
+    let mut stmt = s
+        .conn
+        .prepare_cached(
+            "SELECT first_pos, first_time_us, body FROM event_blocks \
+             WHERE last_pos > ?1 ORDER BY last_pos LIMIT 1",
+        )
+        .map_err(err)?;
+    let mut rows = stmt.query([pos]).map_err(err)?;
+    let Some(row) = rows.next().map_err(err)? else {
+        return Ok(None);
+    };
+    let first: i64 = row.get(0).map_err(err)?;
+    if first > pos {
+        return row.get(1).map_err(err);
+    }
+    let body = record_bytes(row.get_ref(2).map_err(err)?).map_err(err)?;
+    for e in blocks::events(first, body) {
+        let e = e.map_err(|(at, m)| damaged_block(at, m))?;
+        if e.pos > pos {
+            return Ok(e.commit_time_us);
+        }
+    }
+    Ok(None)
 }
 
 /// Removes a sink's cursor and its DLQ items, so the journal no longer keeps
@@ -90,7 +171,7 @@ pub(super) fn reset(
     let oldest: Option<(i64, i64, Option<i64>)> = s
         .conn
         .query_row(
-            "SELECT pos, commit_lsn, commit_time_us FROM events ORDER BY pos LIMIT 1",
+            "SELECT first_pos, first_lsn, first_time_us FROM event_blocks ORDER BY last_pos LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -103,12 +184,8 @@ pub(super) fn reset(
         target,
         oldest,
     };
-    let before = |column: &str, value: i64| -> Result<i64, JournalError> {
-        let sql = format!("SELECT MAX(pos) FROM events WHERE {column} < ?1");
-        let found: Option<i64> = s
-            .conn
-            .query_row(&sql, [value], |r| r.get(0))
-            .map_err(|e| s.sqlite(e))?;
+    let before = |by_time: bool, value: i64| -> Result<i64, JournalError> {
+        let found = newest_before(s, by_time, value)?;
         // Nothing before the target: start before the oldest retained entry.
         Ok(found.unwrap_or_else(|| oldest.map_or(head, |(pos, _, _)| pos - 1)))
     };
@@ -123,7 +200,7 @@ pub(super) fn reset(
                     ));
                 }
             }
-            before("commit_lsn", lsn.0 as i64)?
+            before(false, lsn.0 as i64)?
         }
         ResetTarget::Time(us) => {
             if let Some((_, _, Some(first))) = oldest.filter(|_| pruned) {
@@ -135,7 +212,7 @@ pub(super) fn reset(
                     return Err(refuse(text(us), text(first)));
                 }
             }
-            before("commit_time_us", us)?
+            before(true, us)?
         }
     };
     s.conn
@@ -181,16 +258,7 @@ pub(super) fn cursors(s: &SqliteStore) -> Result<Vec<CursorInfo>, JournalError> 
         .map_err(|e| s.sqlite(e))?;
     let mut out = Vec::with_capacity(rows.len());
     for (sink, pos) in rows {
-        let oldest = s
-            .conn
-            .query_row(
-                "SELECT commit_time_us FROM events WHERE pos > ?1 ORDER BY pos LIMIT 1",
-                [pos],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .optional()
-            .map_err(|e| s.sqlite(e))?
-            .flatten();
+        let oldest = first_time_after(s, pos)?;
         out.push(CursorInfo {
             sink,
             pos,

@@ -3,7 +3,7 @@
 use pgcdc_schema::event::Row;
 use rusqlite::params;
 
-use super::{record_bytes, relation_body, SqliteStore};
+use super::{blocks, damaged_block, record_bytes, relation_body, SqliteStore};
 use crate::journal::{live_keys, JournalError};
 
 /// Every key of `table` whose latest journaled event is not a delete or truncate, and
@@ -13,18 +13,28 @@ pub(super) fn known_keys(store: &SqliteStore, table: &str) -> Result<Vec<Row>, J
     let err = |e| store.sqlite(e);
     let mut stmt = store
         .conn
-        .prepare("SELECT pos, payload FROM events WHERE tbl = ?1 ORDER BY pos DESC")
+        .prepare("SELECT first_pos, body FROM event_blocks ORDER BY last_pos DESC")
         .map_err(err)?;
-    let mut rows = stmt.query(params![table]).map_err(err)?;
+    let mut rows = stmt.query([]).map_err(err)?;
     let mut decoder = store.decoder.borrow_mut();
     let mut newest_first = Vec::new();
     while let Some(row) = rows.next().map_err(err)? {
-        let pos: i64 = row.get(0).map_err(err)?;
-        let payload = record_bytes(row.get_ref(1).map_err(err)?).map_err(err)?;
-        let event = decoder
-            .decode(payload, |id| relation_body(&store.conn, id).map_err(err))
-            .map_err(|e| e.at(pos))?;
-        newest_first.push((event.op, event.key));
+        let first: i64 = row.get(0).map_err(err)?;
+        let body = record_bytes(row.get_ref(1).map_err(err)?).map_err(err)?;
+        let mut block = Vec::new();
+        for stored in blocks::events(first, body) {
+            let stored = stored.map_err(|(pos, m)| damaged_block(pos, m))?;
+            if stored.table != table {
+                continue;
+            }
+            let event = decoder
+                .decode(stored.record, |id| {
+                    relation_body(&store.conn, id).map_err(err)
+                })
+                .map_err(|e| e.at(stored.pos))?;
+            block.push((event.op, event.key));
+        }
+        newest_first.extend(block.into_iter().rev());
     }
     let mut stmt = store
         .conn

@@ -26,6 +26,7 @@ use super::{
 };
 
 mod audit;
+mod blocks;
 mod checkpoint;
 mod dlq;
 mod known_keys;
@@ -198,6 +199,15 @@ fn open_conn(
             .map_err(err)?;
     }
     audit::move_out_of_journal(&conn, &dir.join(AUDIT_FILE)).map_err(err)?;
+    conn.execute_batch(blocks::SCHEMA).map_err(err)?;
+    let moved = blocks::migrate(&conn).map_err(err)?;
+    if moved > 0 {
+        tracing::info!(
+            events = moved,
+            journal = %path.display(),
+            "moved the journal's events into blocks (the format of this release)"
+        );
+    }
     Ok((conn, path))
 }
 
@@ -290,6 +300,16 @@ fn relations(conn: &Connection, path: &Path) -> Result<Vec<(i64, Relation)>, Jou
     Ok(out)
 }
 
+/// A block whose body cannot be read past position `pos`.
+fn damaged_block(pos: i64, message: pgcdc_schema::packed::Bad) -> JournalError {
+    JournalError::Corrupt {
+        pos,
+        source: serde::de::Error::custom(format!(
+            "the journal's block holding it is damaged ({message})"
+        )),
+    }
+}
+
 /// A record's bytes as SQLite holds them: text (v1) or a blob (v2).
 fn record_bytes<'a>(v: rusqlite::types::ValueRef<'a>) -> rusqlite::Result<&'a [u8]> {
     match v {
@@ -303,7 +323,7 @@ fn record_bytes<'a>(v: rusqlite::types::ValueRef<'a>) -> rusqlite::Result<&'a [u
 }
 
 fn read_head(conn: &Connection) -> rusqlite::Result<JournalHead> {
-    let pos: i64 = conn.query_row("SELECT COALESCE(MAX(pos), 0) FROM events", [], |r| r.get(0))?;
+    let pos = blocks::last(conn)?.map_or(0, |(pos, _, _)| pos);
     let confirmed = meta_get(conn, &MetaKey::ConfirmedLsn)?
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0);
@@ -417,45 +437,48 @@ impl StateStore for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT pos, payload, target, tbl, seq FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2",
+                "SELECT first_pos, body FROM event_blocks WHERE last_pos > ?1 ORDER BY last_pos",
             )
             .map_err(|e| self.sqlite(e))?;
-        let mut rows = stmt
-            .query(params![pos, limit as i64])
-            .map_err(|e| self.sqlite(e))?;
+        let mut rows = stmt.query(params![pos]).map_err(|e| self.sqlite(e))?;
         let mut out = Vec::with_capacity(limit.min(4096));
         let mut bytes = 0usize;
         let mut decoder = self.decoder.borrow_mut();
         let mut table: Option<Name> = None;
-        while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
-            let pos: i64 = row.get(0).map_err(|e| self.sqlite(e))?;
-            // Decoded from SQLite's own buffer: no copy of the record.
-            let payload = row.get_ref(1).map_err(|e| self.sqlite(e))?;
-            let payload = record_bytes(payload).map_err(|e| self.sqlite(e))?;
-            bytes = bytes.saturating_add(payload.len());
-            if !out.is_empty() && bytes > max_bytes {
+        'blocks: while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
+            if out.len() >= limit {
                 break;
             }
-            let event = decoder
-                .decode(payload, |id| {
-                    relation_body(&self.conn, id).map_err(|e| self.sqlite(e))
-                })
-                .map_err(|e| e.at(pos))?;
-            let target: Option<String> = row.get(2).map_err(|e| self.sqlite(e))?;
-            let name = row.get_ref(3).map_err(|e| self.sqlite(e))?;
-            let name = name.as_str().map_err(|e| self.sqlite(e.into()))?;
-            let table = match &table {
-                Some(t) if **t == *name => t.clone(),
-                _ => table.insert(Name::from(name)).clone(),
-            };
-            let seq: u32 = row.get(4).map_err(|e| self.sqlite(e))?;
-            out.push(StoredEvent {
-                pos,
-                seq,
-                event,
-                target,
-                table,
-            });
+            let first_pos: i64 = row.get(0).map_err(|e| self.sqlite(e))?;
+            // Decoded from SQLite's own buffer: no copy of the block.
+            let body = record_bytes(row.get_ref(1).map_err(|e| self.sqlite(e))?)
+                .map_err(|e| self.sqlite(e))?;
+            for stored in blocks::events(first_pos, body) {
+                let stored = stored.map_err(|(at, e)| damaged_block(at, e))?;
+                if stored.pos <= pos {
+                    continue;
+                }
+                bytes = bytes.saturating_add(stored.record.len());
+                if out.len() >= limit || (!out.is_empty() && bytes > max_bytes) {
+                    break 'blocks;
+                }
+                let event = decoder
+                    .decode(stored.record, |id| {
+                        relation_body(&self.conn, id).map_err(|e| self.sqlite(e))
+                    })
+                    .map_err(|e| e.at(stored.pos))?;
+                let table = match &table {
+                    Some(t) if **t == *stored.table => t.clone(),
+                    _ => table.insert(Name::from(stored.table)).clone(),
+                };
+                out.push(StoredEvent {
+                    pos: stored.pos,
+                    seq: stored.seq,
+                    event,
+                    target: stored.target.map(str::to_string),
+                    table,
+                });
+            }
         }
         Ok(out)
     }

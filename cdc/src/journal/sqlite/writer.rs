@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use pgcdc_schema::Lsn;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
+use super::blocks::{self, BlockWriter, Stored};
 use super::{
     meta_get, meta_set, open_conn, read_head, relations, resync, row_state, store_error,
     Durability, JOURNAL_FILE,
@@ -47,14 +48,9 @@ impl SqliteWriter {
     pub(super) fn open(dir: &Path) -> Result<Self, JournalError> {
         let (conn, path) = open_conn(dir, Access::Create, Durability::Fsync)?;
         let err = |source| store_error(&path, source);
-        let last = conn
-            .query_row(
-                "SELECT commit_lsn, seq FROM events ORDER BY pos DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u32)),
-            )
-            .optional()
-            .map_err(err)?;
+        let last = blocks::last(&conn)
+            .map_err(err)?
+            .map(|(_, lsn, seq)| (lsn, seq));
         let head = read_head(&conn).map_err(err)?;
         let encoder = Encoder::new(relations(&conn, &path)?);
         let file = file_identity(&path).map_err(|e| JournalError::StateDir {
@@ -150,16 +146,91 @@ impl JournalWriter for SqliteWriter {
         tx.commit().map_err(err)
     }
 
+    /// Removes, oldest first and up to `limit`, the events every cursor has passed
+    /// that committed before the cutoff, never the newest: a block all of whose
+    /// events go is deleted, one that keeps some is written again without them.
     fn prune(&mut self, before_unix_us: i64, limit: usize) -> Result<usize, JournalError> {
-        self.conn
-            .execute(
-                "DELETE FROM events WHERE pos IN (SELECT pos FROM events \
-                 WHERE pos <= (SELECT COALESCE(MIN(pos), 0) FROM cursors) \
-                 AND pos < (SELECT MAX(pos) FROM events) \
-                 AND commit_time_us < ?1 ORDER BY pos LIMIT ?2)",
-                params![before_unix_us, limit as i64],
-            )
-            .map_err(|source| self.sqlite(source))
+        let path = self.path.clone();
+        let err = move |source| store_error(&path, source);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let Some((head, _, _)) = blocks::last(&tx).map_err(&err)? else {
+            return Ok(0);
+        };
+        let floor: i64 = tx
+            .query_row("SELECT COALESCE(MIN(pos), 0) FROM cursors", [], |r| {
+                r.get(0)
+            })
+            .map_err(&err)?;
+        let mut removed = 0usize;
+        // Candidates are read a page at a time (the loop changes the table).
+        let mut after = 0i64;
+        while removed < limit {
+            let page: Vec<(i64, i64, i64, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT last_pos, first_pos, count, max_time_us FROM event_blocks \
+                     WHERE last_pos > ?1 AND first_pos <= ?2 AND first_pos < ?3 \
+                     AND min_time_us < ?4 ORDER BY last_pos LIMIT 64",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![after, floor, head, before_unix_us], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect()
+                })
+                .map_err(&err)?;
+            let Some(&(last, ..)) = page.last() else {
+                break;
+            };
+            after = last;
+            for (last_pos, first_pos, count, max_time) in page {
+                let left = limit - removed;
+                if left == 0 {
+                    break;
+                }
+                let whole = last_pos <= floor
+                    && last_pos < head
+                    && max_time.is_some_and(|t| t < before_unix_us)
+                    && count as usize <= left;
+                if whole {
+                    tx.execute("DELETE FROM event_blocks WHERE last_pos = ?1", [last_pos])
+                        .map_err(&err)?;
+                    removed += count as usize;
+                    continue;
+                }
+                let body: Vec<u8> = tx
+                    .query_row(
+                        "SELECT body FROM event_blocks WHERE last_pos = ?1",
+                        [last_pos],
+                        |r| r.get(0),
+                    )
+                    .map_err(&err)?;
+                let mut kept = BlockWriter::default();
+                let mut gone = 0usize;
+                for e in blocks::events(first_pos, &body) {
+                    let e = e.map_err(|(pos, m)| super::damaged_block(pos, m))?;
+                    let passed = e.pos <= floor
+                        && e.pos < head
+                        && e.commit_time_us.is_some_and(|t| t < before_unix_us);
+                    if passed && gone < left {
+                        gone += 1;
+                    } else {
+                        kept.push(&e);
+                    }
+                }
+                if gone > 0 {
+                    // What stays ends at or before `last_pos`: never ahead of the paging.
+                    tx.execute("DELETE FROM event_blocks WHERE last_pos = ?1", [last_pos])
+                        .map_err(&err)?;
+                    kept.flush(&tx).map_err(&err)?;
+                    removed += gone;
+                }
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(removed)
     }
 
     fn append(
@@ -202,50 +273,47 @@ impl SqliteWriter {
             .map_err(&err)?;
         let mut last = self.last;
         let mut pos = self.head.pos;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO events(pos, commit_lsn, seq, commit_time_us, tbl, payload, target) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(&err)?;
-            for (index, &(entry, target)) in entries.iter().enumerate() {
-                let position = (entry.event.lsn.0, entry.seq);
-                if last.is_some_and(|l| position <= l) {
-                    outcome.skipped += 1;
-                    continue;
-                }
-                let filled = if self.tracking.contains_key(&*entry.table) {
-                    let mut event = entry.event.clone();
-                    row_state::apply(&tx, &self.tracking, &entry.table, &mut event)
-                        .map_err(&err)?;
-                    Some(event)
-                } else {
-                    None
-                };
-                let event = filled.as_ref().unwrap_or(&entry.event);
-                self.record.clear();
-                self.encoder.encode(event, &mut self.record);
-                pos += 1;
-                insert
-                    .execute(params![
-                        pos,
-                        position.0 as i64,
-                        position.1,
-                        entry.commit_time_unix_us,
-                        entry.table,
-                        self.record.as_slice(),
-                        target
-                    ])
-                    .map_err(&err)?;
-                last = Some(position);
-                outcome.appended += 1;
-                self.appended.push(Appended {
-                    index,
-                    pos,
-                    filled: filled.map(Box::new),
-                });
+        let mut block = BlockWriter::default();
+        for (index, &(entry, target)) in entries.iter().enumerate() {
+            let position = (entry.event.lsn.0, entry.seq);
+            if last.is_some_and(|l| position <= l) {
+                outcome.skipped += 1;
+                continue;
             }
+            let filled = if self.tracking.contains_key(&*entry.table) {
+                let mut event = entry.event.clone();
+                row_state::apply(&tx, &self.tracking, &entry.table, &mut event).map_err(&err)?;
+                Some(event)
+            } else {
+                None
+            };
+            let event = filled.as_ref().unwrap_or(&entry.event);
+            self.record.clear();
+            self.encoder.encode(event, &mut self.record);
+            pos += 1;
+            block.push(&Stored {
+                pos,
+                commit_lsn: position.0,
+                seq: position.1,
+                commit_time_us: entry.commit_time_unix_us,
+                table: &entry.table,
+                target,
+                record: &self.record,
+            });
+            if block.full() {
+                block.flush(&tx).map_err(&err)?;
+            }
+            last = Some(position);
+            outcome.appended += 1;
+            self.appended.push(Appended {
+                index,
+                pos,
+                filled: filled.map(Box::new),
+            });
+        }
+        block.flush(&tx).map_err(&err)?;
+        if let Some((lsn, seq)) = last.filter(|_| outcome.appended > 0) {
+            blocks::mark_head(&tx, pos, lsn, seq).map_err(&err)?;
         }
         for (id, rel) in self.encoder.fresh() {
             tx.execute(
