@@ -117,6 +117,18 @@ impl Backend for Sqlite {
     }
 }
 
+/// Opens an IMMEDIATE transaction on `conn`, the file at `path`: the write lock is
+/// taken up front, waiting on the busy timeout. A deferred transaction that reads
+/// before writing fails at once with SQLITE_BUSY when another connection committed in
+/// between.
+fn begin_immediate<'c>(
+    conn: &'c mut Connection,
+    path: &Path,
+) -> Result<rusqlite::Transaction<'c>, JournalError> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|source| store_error(path, source))
+}
+
 /// Maps a SQLite error on the file at `path` to a [`JournalError`].
 fn store_error(path: &Path, source: rusqlite::Error) -> JournalError {
     JournalError::Store {
@@ -385,10 +397,7 @@ impl SqliteStore {
     ) -> Result<T, JournalError> {
         let path = self.path.clone();
         let err = move |source| store_error(&path, source);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
+        let tx = begin_immediate(&mut self.conn, &self.path)?;
         let out = f(&tx, &err)?;
         tx.commit().map_err(&err)?;
         Ok(out)

@@ -7,8 +7,8 @@ use rusqlite::{params, Connection};
 
 use super::blocks::{self, BlockWriter, Stored};
 use super::{
-    meta_get, meta_set, open_conn, read_head, relations, resync, row_state, store_error,
-    Durability, JOURNAL_FILE,
+    begin_immediate, meta_get, meta_set, open_conn, read_head, relations, resync, row_state,
+    store_error, Durability, JOURNAL_FILE,
 };
 use crate::journal::record::Encoder;
 use crate::journal::{
@@ -139,9 +139,7 @@ impl JournalWriter for SqliteWriter {
             }
         };
         let err = |source| store_error(path, source);
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = begin_immediate(conn, path)?;
         super::staging::apply(&tx, ops).map_err(err)?;
         tx.commit().map_err(err)
     }
@@ -152,10 +150,7 @@ impl JournalWriter for SqliteWriter {
     fn prune(&mut self, before_unix_us: i64, limit: usize) -> Result<usize, JournalError> {
         let path = self.path.clone();
         let err = move |source| store_error(&path, source);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
+        let tx = begin_immediate(&mut self.conn, &self.path)?;
         let Some((head, _, _)) = blocks::last(&tx).map_err(&err)? else {
             return Ok(0);
         };
@@ -264,13 +259,7 @@ impl SqliteWriter {
         let mut outcome = AppendOutcome::default();
         let path = self.path.clone();
         let err = move |source| store_error(&path, source);
-        // IMMEDIATE: take the write lock up front (waiting on busy_timeout). A deferred
-        // transaction that reads row state before writing fails at once with
-        // SQLITE_BUSY when a sink runner committed in between.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
+        let tx = begin_immediate(&mut self.conn, &self.path)?;
         let mut last = self.last;
         let mut pos = self.head.pos;
         let mut block = BlockWriter::default();
