@@ -7,12 +7,15 @@
 //! Two-phase sinks (Kafka): the runner submits batch N+1 and books batch N
 //! (the sink's checkpoint, then the DLQ rows and the cursor) while the
 //! destination acknowledges N+1; then it settles N+1. A batch's cursor moves
-//! only after its own settle, and at most one batch is booked late.
+//! only after its own settle, and at most one batch is booked late. The
+//! commit runs on its own connection (`commit`), and a sink that delivers in
+//! one phase (stdout, HTTP) delivers the next batch meanwhile.
 //!
 //! ```text
 //!  read+map+park N+1 ─▶ submit N+1 ─▶ book N (checkpoint, commit) ─▶ settle N+1 ─▶ ...
 //! ```
 
+mod commit;
 mod prefetch;
 mod resume;
 #[cfg(test)]
@@ -32,6 +35,7 @@ use crate::journal::{
     Access, DlqRecord, DlqState, JournalError, JournalHead, RecentReader, Shared, StateStore,
     Store, StoredEvent,
 };
+use commit::{Commit, Commits};
 use prefetch::Prefetch;
 use resume::resume_cursor;
 
@@ -239,6 +243,8 @@ struct Runner<S: Sink> {
     reader: Option<JournalReader>,
     /// A second connection reads the next batch while the sink delivers this one.
     prefetch: Prefetch,
+    /// A third connection commits the booked batch while the next one goes on.
+    commits: Commits,
     /// The events the journal thread wrote last: read from here while they hold
     /// the next batch.
     recent: RecentReader,
@@ -272,6 +278,7 @@ pub(crate) async fn run<S: Sink>(
         reader: Some(store.open(Access::Create)?),
         // A second connection reads the next batch while the sink delivers this one.
         prefetch: Prefetch::new(store.open(Access::Existing)?),
+        commits: Commits::new(store.open(Access::Existing)?),
         recent: store.recent().reader(),
         cursor: 0,
         generation: 0,
@@ -287,8 +294,11 @@ pub(crate) async fn run<S: Sink>(
     loop {
         match runner.step().await? {
             Next::Continue => {}
-            Next::Close => return close(&mut runner.sink).await,
-            Next::Stop => return Ok(()),
+            Next::Close => {
+                runner.commits.wait(&runner.name).await?;
+                return close(&mut runner.sink).await;
+            }
+            Next::Stop => return runner.commits.wait(&runner.name).await,
         }
     }
 }
@@ -357,7 +367,7 @@ impl<S: Sink> Runner<S> {
             if !self.book().await? {
                 return Ok(Next::Stop);
             }
-            return Ok(self.wait_for_events().await);
+            return self.wait_for_events().await;
         }
         let Some(mut batch) = self.map(batch).await? else {
             return Ok(if self.book().await? {
@@ -408,6 +418,7 @@ impl<S: Sink> Runner<S> {
             if !self.book().await? {
                 return Ok(false);
             }
+            self.commits.wait(&self.name).await?;
             tracing::info!(sink = %self.name, from = self.cursor, to = state.pos, "cursor reset by an operator");
             (self.cursor, self.generation) = (state.pos, state.generation);
         }
@@ -419,6 +430,7 @@ impl<S: Sink> Runner<S> {
     async fn replay(&mut self) -> Result<Option<Next>, RunnerError> {
         let sink_name = self.name.clone();
         let batch_size = self.batch_size;
+        self.commits.wait_for_dlq_rows(&self.name).await?;
         let replay = self
             .journal(move |r| r.dlq_replay_batch(&sink_name, batch_size))
             .await?;
@@ -485,17 +497,19 @@ impl<S: Sink> Runner<S> {
     }
 
     /// Caught up: waits for the journal to grow, a replay request (polled), or shutdown.
-    async fn wait_for_events(&mut self) -> Next {
+    async fn wait_for_events(&mut self) -> Result<Next, RunnerError> {
         let head_pos = self.head.borrow_and_update().pos;
         if head_pos > self.cursor {
-            return Next::Continue;
+            return Ok(Next::Continue);
         }
+        // Caught up: the cursor on disk catches up too before the wait.
+        self.commits.wait(&self.name).await?;
         tokio::select! {
-            changed = self.head.changed() => if changed.is_err() { return Next::Stop },
-            _ = self.shutdown.changed() => return Next::Close,
+            changed = self.head.changed() => if changed.is_err() { return Ok(Next::Stop) },
+            _ = self.shutdown.changed() => return Ok(Next::Close),
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
-        Next::Continue
+        Ok(Next::Continue)
     }
 
     /// Selects and maps a (non-empty) batch through the plan, auditing what a
@@ -547,6 +561,7 @@ impl<S: Sink> Runner<S> {
     /// Rows with dead letters wait behind them: their items move to the DLQ as
     /// parked; the rest stay for the sink.
     async fn park(&mut self, batch: &mut Batch) -> Result<(), RunnerError> {
+        self.commits.wait_for_dlq_rows(&self.name).await?;
         let sink_name = self.name.clone();
         let (parked_rows, replaying) = self.journal(move |r| r.dlq_rows(&sink_name)).await?;
         let (parked, send): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.items)
@@ -575,14 +590,18 @@ impl<S: Sink> Runner<S> {
         }
         let (send, send_pos): (Vec<Outgoing>, Vec<i64>) =
             std::mem::take(&mut batch.items).into_iter().unzip();
-        if or_stop(&self.name, self.sink.submit(&send), &mut self.shutdown)
-            .await?
-            .is_none()
-        {
+        let Some(two_phase) =
+            or_stop(&self.name, self.sink.submit(&send), &mut self.shutdown).await?
+        else {
             return Ok(None);
-        }
+        };
         if !self.book().await? {
             return Ok(None);
+        }
+        // The booked batch's commit lands before this one settles: while the
+        // destination acknowledges it (two phases), or while the sink delivers it.
+        if two_phase {
+            self.commits.wait(&self.name).await?;
         }
         let Some(results) =
             or_stop(&self.name, self.sink.settle(&send), &mut self.shutdown).await?
@@ -590,6 +609,7 @@ impl<S: Sink> Runner<S> {
             tracing::warn!(sink = %self.name, items = send.len(), "shutting down with a batch still in delivery; it will be delivered again after restart");
             return Ok(None);
         };
+        self.commits.wait(&self.name).await?;
         check_len(&self.name, &results, send.len())?;
         crate::metrics::delivered(&self.name, &send, &results);
         let mut delivered = 0usize;
@@ -632,7 +652,7 @@ impl<S: Sink> Runner<S> {
     }
 
     /// Dead-letters and parks the batch's DLQ records and moves the cursor past
-    /// the batch, in one transaction.
+    /// the batch, in one transaction, on the commit connection (see `commit`).
     async fn commit(&mut self, batch: Batch, delivered: usize) -> Result<(), RunnerError> {
         let Batch {
             last,
@@ -650,12 +670,16 @@ impl<S: Sink> Runner<S> {
         }
         records.sort_by_key(|r| r.pos);
         let dead = records.len();
-        let sink_name = self.name.clone();
-        let generation = self.generation;
-        self.journal(move |r| r.commit_batch(&sink_name, last, generation, &records, &replaying))
-            .await?;
+        let commit = Commit {
+            sink: self.name.clone(),
+            cursor: last,
+            generation: self.generation,
+            records,
+            replaying,
+        };
+        self.commits.start(&self.name, commit).await?;
         self.cursor = last;
-        tracing::debug!(sink = %self.name, cursor = self.cursor, delivered, dead_lettered = dead, "cursor advanced");
+        tracing::debug!(sink = %self.name, cursor = self.cursor, delivered, dead_lettered = dead, "cursor advancing");
         Ok(())
     }
 }

@@ -142,3 +142,101 @@ async fn a_batch_is_booked_while_the_next_one_is_in_flight() {
         .map_or(-1, |s| s.pos);
     assert_eq!(cursor, 6);
 }
+
+/// A sink that delivers in one phase and logs what it delivered.
+struct OnePhase {
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sink for OnePhase {
+    fn name(&self) -> &str {
+        "one"
+    }
+
+    fn batch_size(&self) -> usize {
+        2
+    }
+
+    async fn deliver(&mut self, items: &[Outgoing]) -> Result<Vec<ItemResult>, SinkError> {
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!("deliver {}", span(items)));
+        }
+        Ok(vec![ItemResult::Delivered; items.len()])
+    }
+}
+
+/// The booked batch's commit waits for the store's write lock (the journal thread
+/// holds it for most of a backlog's drain); a one-phase sink delivers the next batch
+/// meanwhile, and the cursor lands once the lock is free.
+#[tokio::test]
+async fn a_one_phase_sink_delivers_the_next_batch_while_the_commit_waits() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::sqlite(dir.path());
+    let entries: Vec<JournalEntry> = (1..=6).map(entry).collect();
+    let all: Vec<(&JournalEntry, Option<&str>)> = entries.iter().map(|e| (e, None)).collect();
+    let mut writer = store.writer().unwrap_or_else(|e| panic!("{e}"));
+    writer
+        .append(&all, Some(Lsn(6)), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cursor = |store: &Store| {
+        store
+            .open(Access::Existing)
+            .and_then(|mut r| r.cursor_state("one"))
+            .map_or(-1, |s| s.pos)
+    };
+    assert_eq!(cursor(&store), 0);
+    let config = Config::parse(
+        "[source]\nurl = \"postgres://u@localhost/db\"\ntables = [\"public.permits\"]\n\n\
+         [[sink]]\nname = \"one\"\ntype = \"stdout\"\n",
+        std::path::Path::new("t.toml"),
+        &|_| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let plan = SinkPlan::new(&config.sink[0], &triggers(&config));
+    // Another connection holds the write lock: no commit can land.
+    let holder =
+        rusqlite::Connection::open(dir.path().join("journal.db")).unwrap_or_else(|e| panic!("{e}"));
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = OnePhase { log: log.clone() };
+    let (_head_tx, head) = watch::channel(JournalHead {
+        pos: 6,
+        confirmed_lsn: Lsn(6),
+    });
+    let (stop_tx, stop) = watch::channel(false);
+    let runner = tokio::spawn(super::run(
+        sink,
+        plan,
+        AuditLog::disabled(),
+        store.clone(),
+        head,
+        stop,
+    ));
+    // Well inside the store's 30 s lock wait.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while log.lock().map_or(0, |l| l.len()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second batch waited for the first one's commit: {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cursor(&store), 0, "a commit landed under the lock");
+    holder
+        .execute_batch("ROLLBACK")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cursor(&store) < 6 {
+        assert!(Instant::now() < deadline, "{log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    runner
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(log, ["deliver 1-2", "deliver 3-4", "deliver 5-6"]);
+}

@@ -403,13 +403,24 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Makes the sink's cursor (at 0) if it has none. Looked up first: an INSERT,
+    /// even one that changes nothing, waits for the write lock, which the journal
+    /// thread holds for most of a backlog's drain, and runners ask every batch.
     fn create_cursor(&self, sink: &str) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "INSERT INTO cursors(sink, pos) VALUES (?1, 0) ON CONFLICT(sink) DO NOTHING",
-                [sink],
-            )
-            .map_err(|e| self.sqlite(e))?;
+        let err = |e| self.sqlite(e);
+        let exists: bool = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) > 0 FROM cursors WHERE sink = ?1")
+            .and_then(|mut stmt| stmt.query_row([sink], |r| r.get(0)))
+            .map_err(err)?;
+        if !exists {
+            self.conn
+                .execute(
+                    "INSERT INTO cursors(sink, pos) VALUES (?1, 0) ON CONFLICT(sink) DO NOTHING",
+                    [sink],
+                )
+                .map_err(err)?;
+        }
         Ok(())
     }
 }

@@ -432,3 +432,27 @@ fn a_release_before_blocks_sees_the_head_and_stops_at_the_mark() -> Result<(), J
     assert!(e.contains("a newer release wrote this journal"), "{e}");
     Ok(())
 }
+
+/// Runners read their cursor every batch while the journal thread holds the write
+/// lock for most of a backlog's drain: reading an existing cursor takes no write lock
+/// (an INSERT that changes nothing would wait for it, up to the busy timeout).
+#[test]
+fn reading_a_cursor_does_not_wait_for_the_write_lock() -> Result<(), JournalError> {
+    let dir = tempfile::tempdir().map_err(|e| JournalError::StateDir {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })?;
+    drop(writer(dir.path())?);
+    let mut s = session(dir.path())?;
+    assert_eq!(s.cursor_state("a")?.pos, 0);
+    let path = dir.path().join(JOURNAL_FILE);
+    let err = |e| store_error(&path, e);
+    let holder = Connection::open(&path).map_err(err)?;
+    holder.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    let read = s.cursor_state("a");
+    let cursor = s.cursor("a");
+    holder.execute_batch("ROLLBACK").map_err(err)?;
+    assert_eq!(read?.pos, 0);
+    assert_eq!(cursor?, 0);
+    Ok(())
+}
