@@ -6,9 +6,11 @@
 //! destination's acknowledgements.
 //!
 //! One commit is under way at a time, in batch order. The runner waits for it
-//! before the batch after it settles (so, as before, at most one delivered
-//! batch is not booked), before it reads the DLQ when the commit adds rows to
-//! it, when it has caught up, and when it stops.
+//! once the next batch has settled (a two-phase sink: before that batch
+//! settles), before it reads the DLQ when the commit adds rows to it, when it
+//! has caught up, and when it stops. A crash of a one-phase sink's runner
+//! repeats at most the batch in delivery and the one before it (at least once,
+//! as the README says); a two-phase sink's, as before, one batch.
 
 use super::{JournalReader, RunnerError};
 use crate::journal::{DlqRecord, JournalError};
