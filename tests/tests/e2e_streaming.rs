@@ -341,6 +341,67 @@ async fn kill9_in_the_middle_of_a_streamed_transaction() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// While a streamed transaction is open, the server's keepalives do not move the
+/// slot's confirmed position past its start: after a reconnect the server could no
+/// longer stream the part before that position and would spill it to disk. Once
+/// it commits, the position moves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalives_do_not_confirm_past_an_open_streamed_transaction() -> anyhow::Result<()> {
+    // Keepalives asking for a reply after 1 s of silence.
+    let pg = PgCluster::builder()
+        .version(15)
+        .setting("logical_decoding_work_mem", "64kB")
+        .setting("wal_sender_timeout", "2s")
+        .start()
+        .await?;
+    pg.batch("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)")
+        .await?;
+    let state = state_dir()?;
+    let cfg = config(&pg, state.path())?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch(&insert(0, 0)).await?;
+    ensure!(next_changes(&mut p, 1, Duration::from_secs(60)).await?[0].1 == 0);
+    let before: String = pg.query_scalar("SELECT pg_current_wal_lsn()::text").await?;
+    let passed = || async {
+        pg.query_scalar::<bool>(&format!(
+            "SELECT COALESCE(confirmed_flush_lsn > '{before}'::pg_lsn, false) \
+             FROM pg_replication_slots WHERE slot_name = 'pgcdc'"
+        ))
+        .await
+        .unwrap_or(false)
+    };
+
+    let (c, xid) = open_transaction(&pg).await?;
+    c.batch_execute(&insert(1, 5_000)).await?;
+    wait_until_msg(
+        Duration::from_secs(30),
+        "pgcdc staged part of the open transaction",
+        || async { staged(state.path(), xid).is_ok_and(|n| n > 0) },
+    )
+    .await;
+    // Silence: a keepalive a second, each answered. Without the hold the slot
+    // passes the open transaction's start within about two of them.
+    for _ in 0..12 {
+        ensure!(
+            !passed().await,
+            "the slot was confirmed past the open streamed transaction's start ({before})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    c.batch_execute("COMMIT").await?;
+    let got = next_changes(&mut p, 5_000, Duration::from_secs(120)).await?;
+    assert_inserts(&got, 1..=5_000)?;
+    wait_until_msg(
+        Duration::from_secs(30),
+        "the slot confirmed past the committed transaction",
+        passed,
+    )
+    .await;
+    assert_streamed_not_spilled(&pg).await?;
+    p.terminate()?;
+    Ok(())
+}
+
 /// Two streamed transactions open at once, interleaved with small ones committed
 /// meanwhile: everything arrives in commit order.
 #[tokio::test(flavor = "multi_thread")]

@@ -259,11 +259,11 @@ async fn session(
                     }
                     ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                         received = received.max(wal_end);
-                        if !state.builder.in_transaction() && !streams.in_block() {
+                        if !state.builder.in_transaction() && !streams.in_block() && !streams.any_open() {
                             // Nothing of ours is pending before wal_end: let the slot move
-                            // past other tables' and databases' traffic. A streamed
-                            // transaction still open commits past wal_end, so the server
-                            // sends it again whatever is confirmed here (see `streaming`).
+                            // past other tables' and databases' traffic. Not while a
+                            // streamed transaction is open: after a reconnect the server
+                            // would spill its changes before wal_end (see `streaming`).
                             send(journal, JournalCommand::Confirm(Lsn(wal_end))).await?;
                         }
                         if reply_requested {

@@ -20,17 +20,26 @@
 //! rows. Memory holds one page of staged messages, not the transaction.
 //!
 //! What is confirmed to the slot while a streamed transaction is open: only
-//! what the journal holds (the end of each committed transaction, and keepalive
-//! positions seen outside any transaction and outside any streamed block), never
-//! anything of the open one. That may pass the open transaction's *first*
-//! change: Postgres decides whether to send a transaction again by its *commit*
-//! position, which lies past anything confirmed until the transaction is
-//! journaled, and the slot's restart point stays behind the open transaction's
-//! start whatever is confirmed. After a reconnect the server therefore sends
-//! every open transaction again from its first block; so a new session clears
-//! the staging first (also for a transaction the server now sends unstreamed,
-//! whose stale rows would otherwise stay), and a block that continues a
-//! transaction this session never saw start is a protocol error.
+//! what the journal holds (the end of each committed transaction), never
+//! anything of the open one, and no keepalive position (outside an open
+//! streamed transaction, keepalives seen outside any transaction and block are
+//! confirmed, to let the slot move past other traffic). The end of another
+//! transaction committed meanwhile may still pass the open transaction's
+//! *first* change: Postgres decides whether to send a transaction again by its
+//! *commit* position, which lies past anything confirmed until the transaction
+//! is journaled, and the slot's restart point stays behind the open
+//! transaction's start whatever is confirmed. After a reconnect the server
+//! therefore sends every open transaction again from its first block; so a new
+//! session clears the staging first (also for a transaction the server now
+//! sends unstreamed, whose stale rows would otherwise stay), and a block that
+//! continues a transaction this session never saw start is a protocol error.
+//!
+//! Why keepalives wait: after a reconnect the server may not stream changes
+//! that lie before the confirmed position (it decodes them only to rebuild the
+//! transaction), so it spills them to disk; a keepalive confirmed between two
+//! blocks would make it spill the part of the open transaction sent before it,
+//! what streaming exists to avoid. Holding keeps no more WAL: the slot's
+//! restart point is behind the open transaction anyway.
 //!
 //! Errors are definite ([`ReaderError::StreamOrder`], a store failure): pgcdc
 //! stops before confirming anything of the transaction, and a restart streams
@@ -111,6 +120,12 @@ impl Streams {
     /// Whether a streamed block is being read (no position inside it may be confirmed).
     pub(super) fn in_block(&self) -> bool {
         self.block.is_some()
+    }
+
+    /// Whether a streamed transaction is open (begun in this session, not yet
+    /// committed or aborted): a keepalive's position is then not confirmed.
+    pub(super) fn any_open(&self) -> bool {
+        !self.open.is_empty()
     }
 
     /// Decodes an XLogData payload: inside a block data messages carry their xid.
