@@ -25,11 +25,18 @@ const LARGE: i64 = 60_000;
 
 /// A cluster whose transactions stream past 64 kB of changes, with table `t`.
 async fn cluster(major: u32) -> anyhow::Result<PgCluster> {
-    let pg = PgCluster::builder()
+    cluster_with(major, &[]).await
+}
+
+/// [`cluster`] with more server settings.
+async fn cluster_with(major: u32, settings: &[(&str, &str)]) -> anyhow::Result<PgCluster> {
+    let mut builder = PgCluster::builder()
         .version(major)
-        .setting("logical_decoding_work_mem", "64kB")
-        .start()
-        .await?;
+        .setting("logical_decoding_work_mem", "64kB");
+    for (name, value) in settings {
+        builder = builder.setting(name, value);
+    }
+    let pg = builder.start().await?;
     pg.batch("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)")
         .await?;
     Ok(pg)
@@ -88,6 +95,25 @@ async fn open_transaction(pg: &PgCluster) -> anyhow::Result<(tokio_postgres::Cli
         .await?
         .get(0);
     Ok((c, u32::try_from(xid)?))
+}
+
+/// Opens a transaction, inserts ids `from..=to` into `t` in it, and waits until
+/// pgcdc has staged part of it; the transaction stays open.
+async fn stage_open_transaction(
+    pg: &PgCluster,
+    state: &Path,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<(tokio_postgres::Client, u32)> {
+    let (c, xid) = open_transaction(pg).await?;
+    c.batch_execute(&insert(from, to)).await?;
+    wait_until_msg(
+        Duration::from_secs(30),
+        "pgcdc staged part of the open transaction",
+        || async { staged(state, xid).is_ok_and(|n| n > 0) },
+    )
+    .await;
+    Ok((c, xid))
 }
 
 /// Inserts ids `from..=to` into `t`.
@@ -220,14 +246,7 @@ async fn aborted_streamed_transaction_delivers_nothing() -> anyhow::Result<()> {
     let cfg = config(&pg, state.path())?;
     let mut p = start_streaming(&pg, &cfg).await?;
 
-    let (c, xid) = open_transaction(&pg).await?;
-    c.batch_execute(&insert(1, 50_000)).await?;
-    wait_until_msg(
-        Duration::from_secs(30),
-        "pgcdc staged part of the open transaction",
-        || async { staged(state.path(), xid).is_ok_and(|n| n > 0) },
-    )
-    .await;
+    let (c, xid) = stage_open_transaction(&pg, state.path(), 1, 50_000).await?;
     c.batch_execute("ROLLBACK").await?;
     wait_until_msg(
         Duration::from_secs(30),
@@ -296,14 +315,7 @@ async fn kill9_in_the_middle_of_a_streamed_transaction() -> anyhow::Result<()> {
     pg.batch(&insert(0, 0)).await?;
     ensure!(next_changes(&mut p, 1, Duration::from_secs(60)).await?[0].1 == 0);
 
-    let (c, xid) = open_transaction(&pg).await?;
-    c.batch_execute(&insert(1, ROWS / 2)).await?;
-    wait_until_msg(
-        Duration::from_secs(30),
-        "pgcdc staged part of the open transaction",
-        || async { staged(state.path(), xid).is_ok_and(|n| n > 0) },
-    )
-    .await;
+    let (c, xid) = stage_open_transaction(&pg, state.path(), 1, ROWS / 2).await?;
     p.kill9()?;
     ensure!(p.wait_exit(Duration::from_secs(10)).await.is_some());
     let early = p.collect_lines(1_000, Duration::from_secs(1)).await;
@@ -348,14 +360,7 @@ async fn kill9_in_the_middle_of_a_streamed_transaction() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn keepalives_do_not_confirm_past_an_open_streamed_transaction() -> anyhow::Result<()> {
     // Keepalives asking for a reply after 1 s of silence.
-    let pg = PgCluster::builder()
-        .version(15)
-        .setting("logical_decoding_work_mem", "64kB")
-        .setting("wal_sender_timeout", "2s")
-        .start()
-        .await?;
-    pg.batch("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)")
-        .await?;
+    let pg = cluster_with(15, &[("wal_sender_timeout", "2s")]).await?;
     let state = state_dir()?;
     let cfg = config(&pg, state.path())?;
     let mut p = start_streaming(&pg, &cfg).await?;
@@ -371,14 +376,7 @@ async fn keepalives_do_not_confirm_past_an_open_streamed_transaction() -> anyhow
         .unwrap_or(false)
     };
 
-    let (c, xid) = open_transaction(&pg).await?;
-    c.batch_execute(&insert(1, 5_000)).await?;
-    wait_until_msg(
-        Duration::from_secs(30),
-        "pgcdc staged part of the open transaction",
-        || async { staged(state.path(), xid).is_ok_and(|n| n > 0) },
-    )
-    .await;
+    let (c, _) = stage_open_transaction(&pg, state.path(), 1, 5_000).await?;
     // Silence: a keepalive a second, each answered. Without the hold the slot
     // passes the open transaction's start within about two of them.
     for _ in 0..12 {

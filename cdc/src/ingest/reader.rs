@@ -259,11 +259,12 @@ async fn session(
                     }
                     ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                         received = received.max(wal_end);
-                        if !state.builder.in_transaction() && !streams.in_block() && !streams.any_open() {
+                        if !state.builder.in_transaction() && !streams.any_open() {
                             // Nothing of ours is pending before wal_end: let the slot move
                             // past other tables' and databases' traffic. Not while a
-                            // streamed transaction is open: after a reconnect the server
-                            // would spill its changes before wal_end (see `streaming`).
+                            // streamed transaction is open (a block is always one's):
+                            // after a reconnect the server would spill its changes
+                            // before wal_end (see `streaming`).
                             send(journal, JournalCommand::Confirm(Lsn(wal_end))).await?;
                         }
                         if reply_requested {

@@ -75,30 +75,40 @@ fn entry(lsn: u64) -> JournalEntry {
     crate::journal::insert_into("permits", lsn, Some(id.clone()), id)
 }
 
-#[tokio::test]
-async fn a_batch_is_booked_while_the_next_one_is_in_flight() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let store = Store::sqlite(dir.path());
+/// A journal in `dir` holding six inserts, at LSNs 1 to 6.
+fn journal_of_six(dir: &std::path::Path) -> Store {
+    let store = Store::sqlite(dir);
     let entries: Vec<JournalEntry> = (1..=6).map(entry).collect();
     let all: Vec<(&JournalEntry, Option<&str>)> = entries.iter().map(|e| (e, None)).collect();
     let mut writer = store.writer().unwrap_or_else(|e| panic!("{e}"));
     writer
         .append(&all, Some(Lsn(6)), &[])
         .unwrap_or_else(|e| panic!("{e}"));
+    store
+}
+
+/// The runner of `sink` (a stdout sink named `name` in the config) over `store`,
+/// whose head is at 6; stop it with the sender returned.
+fn start<S: Sink + Send + 'static>(
+    sink: S,
+    name: &str,
+    store: &Store,
+) -> (
+    tokio::task::JoinHandle<Result<(), super::RunnerError>>,
+    watch::Sender<JournalHead>,
+    watch::Sender<bool>,
+) {
     let config = Config::parse(
-        "[source]\nurl = \"postgres://u@localhost/db\"\ntables = [\"public.permits\"]\n\n\
-         [[sink]]\nname = \"rec\"\ntype = \"stdout\"\n",
+        &format!(
+            "[source]\nurl = \"postgres://u@localhost/db\"\ntables = [\"public.permits\"]\n\n\
+             [[sink]]\nname = \"{name}\"\ntype = \"stdout\"\n"
+        ),
         std::path::Path::new("t.toml"),
         &|_| None,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let plan = SinkPlan::new(&config.sink[0], &triggers(&config));
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = Recording {
-        store: store.clone(),
-        log: log.clone(),
-    };
-    let (_head_tx, head) = watch::channel(JournalHead {
+    let (head_tx, head) = watch::channel(JournalHead {
         pos: 6,
         confirmed_lsn: Lsn(6),
     });
@@ -111,6 +121,19 @@ async fn a_batch_is_booked_while_the_next_one_is_in_flight() {
         head,
         stop,
     ));
+    (runner, head_tx, stop_tx)
+}
+
+#[tokio::test]
+async fn a_batch_is_booked_while_the_next_one_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = journal_of_six(dir.path());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Recording {
+        store: store.clone(),
+        log: log.clone(),
+    };
+    let (runner, _head_tx, stop_tx) = start(sink, "rec", &store);
     let deadline = Instant::now() + Duration::from_secs(20);
     while log.lock().map_or(0, |l| l.len()) < 9 {
         assert!(Instant::now() < deadline, "{log:?}");
@@ -171,13 +194,7 @@ impl Sink for OnePhase {
 #[tokio::test]
 async fn a_one_phase_sink_delivers_the_next_batch_while_the_commit_waits() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let store = Store::sqlite(dir.path());
-    let entries: Vec<JournalEntry> = (1..=6).map(entry).collect();
-    let all: Vec<(&JournalEntry, Option<&str>)> = entries.iter().map(|e| (e, None)).collect();
-    let mut writer = store.writer().unwrap_or_else(|e| panic!("{e}"));
-    writer
-        .append(&all, Some(Lsn(6)), &[])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let store = journal_of_six(dir.path());
     let cursor = |store: &Store| {
         store
             .open(Access::Existing)
@@ -185,14 +202,6 @@ async fn a_one_phase_sink_delivers_the_next_batch_while_the_commit_waits() {
             .map_or(-1, |s| s.pos)
     };
     assert_eq!(cursor(&store), 0);
-    let config = Config::parse(
-        "[source]\nurl = \"postgres://u@localhost/db\"\ntables = [\"public.permits\"]\n\n\
-         [[sink]]\nname = \"one\"\ntype = \"stdout\"\n",
-        std::path::Path::new("t.toml"),
-        &|_| None,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let plan = SinkPlan::new(&config.sink[0], &triggers(&config));
     // Another connection holds the write lock: no commit can land.
     let holder =
         rusqlite::Connection::open(dir.path().join("journal.db")).unwrap_or_else(|e| panic!("{e}"));
@@ -200,20 +209,7 @@ async fn a_one_phase_sink_delivers_the_next_batch_while_the_commit_waits() {
         .execute_batch("BEGIN IMMEDIATE")
         .unwrap_or_else(|e| panic!("{e}"));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = OnePhase { log: log.clone() };
-    let (_head_tx, head) = watch::channel(JournalHead {
-        pos: 6,
-        confirmed_lsn: Lsn(6),
-    });
-    let (stop_tx, stop) = watch::channel(false);
-    let runner = tokio::spawn(super::run(
-        sink,
-        plan,
-        AuditLog::disabled(),
-        store.clone(),
-        head,
-        stop,
-    ));
+    let (runner, _head_tx, stop_tx) = start(OnePhase { log: log.clone() }, "one", &store);
     // Well inside the store's 30 s lock wait.
     let deadline = Instant::now() + Duration::from_secs(15);
     while log.lock().map_or(0, |l| l.len()) < 2 {

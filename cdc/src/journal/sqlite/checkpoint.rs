@@ -146,17 +146,22 @@ pub(super) fn drop(s: &mut SqliteStore, sink: &str) -> Result<Option<DroppedCurs
 
 /// The sink's cursor and its generation (the cursor exists).
 pub(super) fn state(s: &SqliteStore, sink: &str) -> Result<CursorState, JournalError> {
+    find(s, sink)?.ok_or_else(|| s.sqlite(rusqlite::Error::QueryReturnedNoRows))
+}
+
+/// The sink's cursor, if it has one.
+pub(super) fn find(s: &SqliteStore, sink: &str) -> Result<Option<CursorState>, JournalError> {
     s.conn
-        .query_row(
-            "SELECT pos, generation FROM cursors WHERE sink = ?1",
-            [sink],
-            |r| {
+        .prepare_cached("SELECT pos, generation FROM cursors WHERE sink = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([sink], |r| {
                 Ok(CursorState {
                     pos: r.get(0)?,
                     generation: r.get(1)?,
                 })
-            },
-        )
+            })
+            .optional()
+        })
         .map_err(|e| s.sqlite(e))
 }
 

@@ -403,24 +403,13 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// Makes the sink's cursor (at 0) if it has none. Looked up first: an INSERT,
-    /// even one that changes nothing, waits for the write lock, which the journal
-    /// thread holds for most of a backlog's drain, and runners ask every batch.
     fn create_cursor(&self, sink: &str) -> Result<(), JournalError> {
-        let err = |e| self.sqlite(e);
-        let exists: bool = self
-            .conn
-            .prepare_cached("SELECT COUNT(*) > 0 FROM cursors WHERE sink = ?1")
-            .and_then(|mut stmt| stmt.query_row([sink], |r| r.get(0)))
-            .map_err(err)?;
-        if !exists {
-            self.conn
-                .execute(
-                    "INSERT INTO cursors(sink, pos) VALUES (?1, 0) ON CONFLICT(sink) DO NOTHING",
-                    [sink],
-                )
-                .map_err(err)?;
-        }
+        self.conn
+            .execute(
+                "INSERT INTO cursors(sink, pos) VALUES (?1, 0) ON CONFLICT(sink) DO NOTHING",
+                [sink],
+            )
+            .map_err(|e| self.sqlite(e))?;
         Ok(())
     }
 }
@@ -544,15 +533,16 @@ impl StateStore for SqliteStore {
     }
 
     fn cursor(&mut self, sink: &str) -> Result<i64, JournalError> {
-        self.create_cursor(sink)?;
-        self.conn
-            .query_row("SELECT pos FROM cursors WHERE sink = ?1", [sink], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.sqlite(e))
+        Ok(self.cursor_state(sink)?.pos)
     }
 
+    /// Read first, made (at 0) only when missing: an INSERT, even one that changes
+    /// nothing, waits for the write lock, which the journal thread holds for most
+    /// of a backlog's drain, and runners ask every batch.
     fn cursor_state(&mut self, sink: &str) -> Result<CursorState, JournalError> {
+        if let Some(state) = checkpoint::find(self, sink)? {
+            return Ok(state);
+        }
         self.create_cursor(sink)?;
         checkpoint::state(self, sink)
     }
