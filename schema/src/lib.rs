@@ -12,6 +12,7 @@
 
 pub mod debezium;
 pub mod event;
+pub mod json_write;
 pub mod lsn;
 pub mod mapping;
 pub mod packed;

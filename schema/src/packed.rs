@@ -409,12 +409,26 @@ pub(crate) enum Item<'a> {
     Bool(bool),
     Int(i64),
     /// A number that is not an i64's canonical text, as its text.
-    Number(Cow<'a, str>),
-    String(Cow<'a, str>),
+    Number(Text<'a>),
+    String(Text<'a>),
     /// An array of this many values.
     Array(usize),
     /// An object of this many (key, value) pairs; each key is read with [`Reader::str_lossy`].
     Object(usize),
+}
+
+/// Text of an [`Item`] as its bytes, which should be UTF-8.
+#[derive(Clone, Copy)]
+pub(crate) struct Text<'a>(pub(crate) &'a [u8]);
+
+impl<'a> Text<'a> {
+    /// The text, with bytes that are not UTF-8 replaced (as [`Reader::str_lossy`]).
+    pub(crate) fn lossy(self) -> Cow<'a, str> {
+        match std::str::from_utf8(self.0) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(self.0),
+        }
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -425,8 +439,8 @@ impl<'a> Reader<'a> {
             FALSE => Item::Bool(false),
             TRUE => Item::Bool(true),
             INT => Item::Int(self.zigzag()?),
-            NUMBER => Item::Number(self.str_lossy()?),
-            STRING => Item::String(self.str_lossy()?),
+            NUMBER => Item::Number(Text(self.bytes()?)),
+            STRING => Item::String(Text(self.bytes()?)),
             ARRAY => Item::Array(self.count()?),
             OBJECT => Item::Object(self.count()?),
             tag => return Err(format!("unknown value tag {tag} at byte {}", self.at - 1)),

@@ -260,6 +260,27 @@ impl Row {
         Some(out.finish())
     }
 
+    /// Calls `f` with each column's name and value, in order, as `Serialize` walks
+    /// them: a packed row hands its reader at each value (the bytes are walked once).
+    pub(crate) fn for_each_json_entry(
+        &self,
+        mut f: impl FnMut(&str, crate::json_write::JsonValue<'_, '_>) -> Result<(), Bad>,
+    ) -> Result<(), Bad> {
+        use crate::json_write::JsonValue;
+        match &self.repr {
+            Repr::Pairs(v) => v.iter().try_for_each(|(n, v)| f(n, JsonValue::Value(v))),
+            Repr::Packed(p) => {
+                let mut r = Reader::new(&p.bytes);
+                for _ in 0..p.len {
+                    let name = name(&mut r, &p.names).map_err(|e| format!("packed row: {e}"))?;
+                    f(&name, JsonValue::Packed(&mut r))
+                        .map_err(|e| format!("packed value: {e}"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn pairs(&self) -> &[(Name, Value)] {
         match &self.repr {
             Repr::Pairs(v) => v,

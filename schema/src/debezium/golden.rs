@@ -153,7 +153,7 @@ fn key_of(row: &Row) -> Row {
 }
 
 /// The same row as (name, value) pairs.
-fn as_pairs(row: &Row) -> Row {
+pub(crate) fn as_pairs(row: &Row) -> Row {
     row.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
 }
 
@@ -191,7 +191,7 @@ fn event(op: Op, old: Option<Row>, new: Option<Row>, old_sent: Option<OldSent>) 
 
 /// The events: a snapshot row, an insert, updates under FULL and DEFAULT identity
 /// (one with an unchanged TOAST value), a key change, deletes.
-fn events() -> Vec<(&'static str, ChangeEvent)> {
+pub(crate) fn events() -> Vec<(&'static str, ChangeEvent)> {
     let mut read = event(Op::Read, None, Some(packed(false, &[])), None);
     read.origin.snapshot = Some(SnapshotMark::First);
     read.origin.change_lsn = None;
@@ -281,6 +281,13 @@ fn render(name: &str, event: &ChangeEvent, out: &mut Vec<String>) {
     ];
     let mut record = |label: String, e: &ChangeEvent, opts: DebeziumOptions| {
         let key = key(e, &source, opts).map(|k| k.to_string());
+        // The bytes of the key as the Kafka sink writes them are the same.
+        let written = key_to_vec(e, &source, opts).map(|k| k.unwrap_or_default());
+        assert_eq!(
+            written.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            key,
+            "{label}"
+        );
         let value = to_vec(e, &source, opts, 1_700_000_000_000).unwrap_or_default();
         out.push(format!("# {label}"));
         out.push(format!("key {}", key.as_deref().unwrap_or("null")));

@@ -9,12 +9,14 @@
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
+use crate::json_write;
 use crate::packed::{Bad, Item, Reader};
 use crate::row::Cell;
 use crate::value::UNREPRESENTABLE_KEY;
 
 /// A column value of type `ty` as Debezium sends it: json/jsonb as text, any
 /// other as it is.
+#[derive(Clone, Copy)]
 pub(super) struct Text<'a> {
     pub(super) cell: Cell<'a>,
     pub(super) ty: &'a str,
@@ -33,6 +35,25 @@ impl Serialize for Text<'_> {
         }
         // Only JSON text and UTF-8 strings were written.
         s.serialize_str(&String::from_utf8_lossy(&out))
+    }
+}
+
+impl Text<'_> {
+    /// Appends the value as JSON (the bytes its `Serialize` writes).
+    pub(super) fn write_json(&self, out: &mut Vec<u8>) -> Result<(), Bad> {
+        if !matches!(self.ty, "json" | "jsonb") || self.cell.is_null() {
+            return match self.cell {
+                Cell::Value(v) => json_write::write_serde(out, v),
+                Cell::Packed(p) => json_write::write_packed(&mut p.reader(), out),
+            };
+        }
+        let mut text = Vec::new();
+        match self.cell {
+            Cell::Value(v) => write_value(v, &mut text),
+            Cell::Packed(p) => write_packed(&mut p.reader(), &mut text)?,
+        }
+        json_write::write_text(out, &text);
+        Ok(())
     }
 }
 
@@ -86,7 +107,7 @@ fn write(v: &Value, out: &mut Vec<u8>) {
 
 /// A JSON string, escaped as serde_json escapes it.
 fn string(s: &str, out: &mut Vec<u8>) {
-    scalar_json(s, out)
+    json_write::write_str(out, s)
 }
 
 fn scalar_json<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
@@ -117,7 +138,7 @@ fn packed_unrepresentable(mut r: Reader<'_>) -> Result<Option<String>, Bad> {
                 marked = true;
                 skip_rest(&mut r, &item)?;
             }
-            ("text", Item::String(t)) => text = Some(t.into_owned()),
+            ("text", Item::String(t)) => text = Some(t.lossy().into_owned()),
             (_, item) => skip_rest(&mut r, &item)?,
         }
     }
@@ -140,14 +161,17 @@ fn write_item(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Bad> {
     match r.item()? {
         Item::Null => out.extend_from_slice(b"null"),
         Item::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        Item::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Item::Int(i) => json_write::write_i64(out, i),
         // As a `Value` read from the bytes prints: the number's text, or a string
         // when the text is not a number.
-        Item::Number(text) => match text.parse::<serde_json::Number>() {
-            Ok(n) => scalar_json(&n, out),
-            Err(_) => string(&text, out),
-        },
-        Item::String(s) => string(&s, out),
+        Item::Number(text) => {
+            let text = text.lossy();
+            match text.parse::<serde_json::Number>() {
+                Ok(n) => scalar_json(&n, out),
+                Err(_) => string(&text, out),
+            }
+        }
+        Item::String(s) => json_write::write_text(out, s.0),
         Item::Array(n) => {
             out.push(b'[');
             for i in 0..n {

@@ -20,14 +20,20 @@
 //! Debezium's with `decimal.handling.mode=string`,
 //! `time.precision.mode=isostring` and `binary.handling.mode=base64`.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::event::Row;
+use crate::json_write;
+use crate::packed::Bad;
+use crate::row::Cell;
 use crate::{ChangeEvent, OldSent, Op};
 
 mod connect_schema;
 mod json_text;
+mod write;
 
 /// What Debezium writes for a TOAST column that was not sent (its
 /// `unavailable.value.placeholder` default).
@@ -115,8 +121,12 @@ pub fn to_vec(
     if options.schemas {
         serde_json::to_vec(&envelope(event, source, options, now_ms))
     } else {
-        // The common path, serialized straight from the event.
-        serde_json::to_vec(&Envelope::new(event, source, options, now_ms))
+        // The common path, written straight from the event.
+        let mut out = Vec::with_capacity(1024);
+        Envelope::new(event, source, options, now_ms)
+            .write_json(&mut out)
+            .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+        Ok(out)
     }
 }
 
@@ -148,8 +158,14 @@ pub fn key_to_vec(
     if options.schemas {
         return key(event, source, options).map(|k| serde_json::to_vec(&k));
     }
-    // The common path, serialized straight from the key row.
-    key_image(event).map(|image| serde_json::to_vec(&image))
+    // The common path, written straight from the key row.
+    key_image(event).map(|image| {
+        let mut out = Vec::with_capacity(64);
+        image
+            .write_json(&mut out)
+            .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+        Ok(out)
+    })
 }
 
 /// The key columns in the key's order, json/jsonb values as text.
@@ -248,21 +264,38 @@ struct Image<'a> {
     types: &'a [(String, String)],
 }
 
-impl Serialize for Image<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{Error, SerializeMap};
-        let cells = self.row.cells().map_err(S::Error::custom)?;
+/// What an image shows for a column.
+enum Shown<'a> {
+    /// The column's value (json/jsonb as text).
+    Value(json_text::Text<'a>),
+    /// An unchanged TOAST value: Debezium's placeholder.
+    Unavailable,
+}
+
+impl<'a> Image<'a> {
+    /// Calls `f` with each column the image shows, in table order, given the
+    /// row's `cells`.
+    fn walk<E>(
+        &self,
+        cells: &[(Cow<'_, str>, Cell<'a>)],
+        mut f: impl FnMut(&str, Shown<'a>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let wanted = |col: &str| self.only.is_none_or(|only| only.contains_key(col));
-        let mut map = s.serialize_map(None)?;
         if self.types.is_empty() {
             // An event journaled before column types were recorded.
-            for (k, v) in cells.iter().filter(|(k, _)| wanted(k)) {
-                map.serialize_entry(k, v)?;
+            for (k, cell) in cells.iter().filter(|(k, _)| wanted(k)) {
+                f(
+                    k,
+                    Shown::Value(json_text::Text {
+                        cell: *cell,
+                        ty: "",
+                    }),
+                )?;
             }
             for col in self.toast {
-                map.serialize_entry(col, UNAVAILABLE_VALUE)?;
+                f(col, Shown::Unavailable)?;
             }
-            return map.end();
+            return Ok(());
         }
         // A row's columns come in table order, so each is looked for where the
         // last one was found first.
@@ -278,14 +311,55 @@ impl Serialize for Image<'_> {
             match found {
                 Some(at) => {
                     next = at + 1;
-                    let cell = cells[at].1;
-                    map.serialize_entry(col, &json_text::Text { cell, ty })?;
+                    f(
+                        col,
+                        Shown::Value(json_text::Text {
+                            cell: cells[at].1,
+                            ty,
+                        }),
+                    )?;
                 }
-                None if self.toast.contains(col) => map.serialize_entry(col, UNAVAILABLE_VALUE)?,
+                None if self.toast.contains(col) => f(col, Shown::Unavailable)?,
                 // Not sent (a key-only old row): left out, as Debezium's docs show.
                 None => {}
             }
         }
+        Ok(())
+    }
+
+    /// Appends the image as JSON (the bytes its `Serialize` writes).
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), Bad> {
+        let cells = self.row.cells()?;
+        out.push(b'{');
+        let mut first = true;
+        self.walk(&cells, |col, shown| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            json_write::write_str(out, col);
+            out.push(b':');
+            match shown {
+                Shown::Value(text) => text.write_json(out),
+                Shown::Unavailable => {
+                    json_write::write_str(out, UNAVAILABLE_VALUE);
+                    Ok(())
+                }
+            }
+        })?;
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+impl Serialize for Image<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let cells = self.row.cells().map_err(S::Error::custom)?;
+        let mut map = s.serialize_map(None)?;
+        self.walk(&cells, |col, shown| match shown {
+            Shown::Value(text) => map.serialize_entry(col, &text),
+            Shown::Unavailable => map.serialize_entry(col, UNAVAILABLE_VALUE),
+        })?;
         map.end()
     }
 }
@@ -298,18 +372,47 @@ struct KeyImage<'a> {
     types: &'a [(String, String)],
 }
 
+impl<'a> KeyImage<'a> {
+    /// The key's columns as Debezium shows them, in the key's order.
+    fn texts(&self) -> Result<Vec<(Cow<'a, str>, json_text::Text<'a>)>, Bad> {
+        let types = self.types;
+        Ok(self
+            .row
+            .cells()?
+            .into_iter()
+            .map(|(col, cell)| {
+                let ty = types
+                    .iter()
+                    .find(|(c, _)| *c == col)
+                    .map_or("", |(_, t)| t.as_str());
+                (col, json_text::Text { cell, ty })
+            })
+            .collect())
+    }
+
+    /// Appends the key as JSON (the bytes its `Serialize` writes).
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), Bad> {
+        out.push(b'{');
+        for (i, (col, text)) in self.texts()?.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_write::write_str(out, col);
+            out.push(b':');
+            text.write_json(out)?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
 impl Serialize for KeyImage<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{Error, SerializeMap};
-        let cells = self.row.cells().map_err(S::Error::custom)?;
-        let mut map = s.serialize_map(Some(cells.len()))?;
-        for (col, cell) in &cells {
-            let ty = self
-                .types
-                .iter()
-                .find(|(c, _)| c == col)
-                .map_or("", |(_, t)| t.as_str());
-            map.serialize_entry(col, &json_text::Text { cell: *cell, ty })?;
+        let texts = self.texts().map_err(S::Error::custom)?;
+        let mut map = s.serialize_map(Some(texts.len()))?;
+        for (col, text) in &texts {
+            map.serialize_entry(col, text)?;
         }
         map.end()
     }
@@ -403,4 +506,4 @@ fn sequence(last_commit: Option<u64>, change: u64) -> String {
 mod tests;
 
 #[cfg(test)]
-mod golden;
+pub(crate) mod golden;

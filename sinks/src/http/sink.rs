@@ -358,9 +358,9 @@ impl Sink for HttpSink {
         let mut bodies = Vec::with_capacity(items.len());
         for item in items {
             let encoded = if this.native_from_event {
-                serde_json::to_vec(&*item.event)
+                pgcdc_schema::json_write::to_vec(&item.event)
             } else {
-                serde_json::to_vec(&item.body)
+                serde_json::to_vec(&item.body).map_err(|e| e.to_string())
             };
             let bytes = encoded.map_err(|e| SinkError::Definite {
                 sink: this.name.clone(),

@@ -1,6 +1,7 @@
 //! The stdout sink: one JSON line per item (the native event, or the
 //! transform's output), flushed before the batch counts as delivered.
 
+use pgcdc_schema::json_write;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::{ItemResult, Outgoing, Sink, SinkError};
@@ -70,9 +71,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
         self.buf.clear();
         for item in items {
             let encoded = if self.native_from_event {
-                serde_json::to_writer(&mut self.buf, &*item.event)
+                json_write::write_event(&item.event, &mut self.buf)
             } else {
-                serde_json::to_writer(&mut self.buf, &item.body)
+                serde_json::to_writer(&mut self.buf, &item.body).map_err(|e| e.to_string())
             };
             encoded.map_err(|e| {
                 self.definite(format!("cannot encode event {}: {e}", item.event.id))

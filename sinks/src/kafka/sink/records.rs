@@ -81,11 +81,11 @@ impl KafkaSink {
             }
         };
         let value = match debezium {
-            Some(options) => debezium::to_vec(event, &self.source, options, self.batch_started_ms),
-            None if self.transformed => serde_json::to_vec(&item.body),
-            None => serde_json::to_vec(&**event),
-        }
-        .map_err(|e| e.to_string())?;
+            Some(options) => debezium::to_vec(event, &self.source, options, self.batch_started_ms)
+                .map_err(|e| e.to_string()),
+            None if self.transformed => serde_json::to_vec(&item.body).map_err(|e| e.to_string()),
+            None => pgcdc_schema::json_write::to_vec(event),
+        }?;
         let id = item.delivery_id();
         let mut recs = vec![Rec {
             item: index,
