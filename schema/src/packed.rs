@@ -83,6 +83,12 @@ pub fn put_bool(out: &mut Vec<u8>, b: bool) {
     out.push(if b { TRUE } else { FALSE });
 }
 
+/// Appends the start of an array of `len` values (which the caller appends next).
+pub fn put_array_header(out: &mut Vec<u8>, len: usize) {
+    out.push(ARRAY);
+    put_varint(out, len as u64);
+}
+
 /// Appends a JSON string.
 pub fn put_string(out: &mut Vec<u8>, s: &str) {
     out.push(STRING);
@@ -158,6 +164,7 @@ pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
         PgType::Bool if text == "t" || text == "f" => put_bool(out, text == "t"),
         PgType::TimestampTz if pack_timestamptz(text, out) => {}
         PgType::Jsonb if json::pack_jsonb(text, out) => {}
+        PgType::Array(elem) if crate::value::pack_array(elem, text, out) => {}
         _ if kept_as_text(ty) => put_string(out, text),
         _ => put_value(out, &decode_text(ty, text)),
     }

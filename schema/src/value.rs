@@ -8,6 +8,8 @@
 //! committed row is worse than delivering it untyped.
 
 mod array;
+
+pub(crate) use array::pack_array;
 #[cfg(test)]
 mod tests;
 

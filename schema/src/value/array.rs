@@ -1,28 +1,32 @@
 //! Parser for Postgres array literals (`array_out` form, with `array_in`'s
 //! tolerance for whitespace and backslashes in unquoted elements).
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::{decode_text, PgType};
+use crate::packed;
 
 /// Postgres' MAXDIM; deeper input is malformed, and the cap bounds recursion.
 const MAX_DIMS: usize = 6;
 
 /// One parsed node of an array literal.
 #[derive(Debug, PartialEq)]
-enum Node {
+enum Node<'a> {
     /// An unquoted `NULL`.
     Null,
-    /// An element's text, with quotes and escapes removed.
-    Item(String),
+    /// An element's text, with quotes and escapes removed (borrowed when it had none).
+    Item(Cow<'a, str>),
     /// A `{...}` sub-array.
-    List(Vec<Node>),
+    List(Vec<Node<'a>>),
 }
 
-/// Decodes an array literal whose elements have kind `elem`; None when malformed.
-pub(super) fn decode_array(elem: &PgType, text: &str) -> Option<Value> {
+/// The parsed literal; None when malformed.
+fn parse(text: &str) -> Option<Node<'_>> {
     let body = strip_dimensions(text)?;
     let mut parser = Parser {
+        s: body,
         b: body.as_bytes(),
         pos: 0,
     };
@@ -31,10 +35,39 @@ pub(super) fn decode_array(elem: &PgType, text: &str) -> Option<Value> {
     if parser.pos != parser.b.len() {
         return None;
     }
-    Some(to_json(elem, root))
+    Some(root)
 }
 
-fn to_json(elem: &PgType, node: Node) -> Value {
+/// Decodes an array literal whose elements have kind `elem`; None when malformed.
+pub(super) fn decode_array(elem: &PgType, text: &str) -> Option<Value> {
+    parse(text).map(|root| to_json(elem, root))
+}
+
+/// Appends the packed form of the array literal (what `packed::put_value` appends
+/// for [`decode_array`]'s value) with each element packed from its text; false
+/// (nothing appended) when malformed.
+pub(crate) fn pack_array(elem: &PgType, text: &str, out: &mut Vec<u8>) -> bool {
+    let Some(root) = parse(text) else {
+        return false;
+    };
+    pack_node(elem, &root, out);
+    true
+}
+
+fn pack_node(elem: &PgType, node: &Node<'_>, out: &mut Vec<u8>) {
+    match node {
+        Node::Null => packed::put_null(out),
+        Node::Item(text) => packed::pack_text(elem, text, out),
+        Node::List(items) => {
+            packed::put_array_header(out, items.len());
+            for item in items {
+                pack_node(elem, item, out);
+            }
+        }
+    }
+}
+
+fn to_json(elem: &PgType, node: Node<'_>) -> Value {
     match node {
         Node::Null => Value::Null,
         Node::Item(text) => decode_text(elem, &text),
@@ -77,11 +110,12 @@ fn is_bound(s: &str) -> bool {
 /// Cursor over the literal's bytes. Every byte it branches on is ASCII, so
 /// element bytes copied between them stay valid UTF-8.
 struct Parser<'a> {
+    s: &'a str,
     b: &'a [u8],
     pos: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn peek(&self) -> Option<u8> {
         self.b.get(self.pos).copied()
     }
@@ -93,7 +127,7 @@ impl Parser<'_> {
     }
 
     /// `{ item (, item)* }` or `{}`; `depth` counts dimensions.
-    fn list(&mut self, depth: usize) -> Option<Node> {
+    fn list(&mut self, depth: usize) -> Option<Node<'a>> {
         if depth > MAX_DIMS || self.peek() != Some(b'{') {
             return None;
         }
@@ -132,9 +166,21 @@ impl Parser<'_> {
     }
 
     /// `"..."` with `\x` meaning the byte x.
-    fn quoted(&mut self) -> Option<Node> {
+    fn quoted(&mut self) -> Option<Node<'a>> {
         self.pos += 1;
-        let mut out = Vec::new();
+        let from = self.pos;
+        // Most elements have no escapes: borrowed.
+        while let Some(c) = self.peek() {
+            match c {
+                b'"' => {
+                    self.pos += 1;
+                    return Some(Node::Item(Cow::Borrowed(self.s.get(from..self.pos - 1)?)));
+                }
+                b'\\' => break,
+                _ => self.pos += 1,
+            }
+        }
+        let mut out = self.b[from..self.pos].to_vec();
         loop {
             let c = self.peek()?;
             self.pos += 1;
@@ -147,11 +193,14 @@ impl Parser<'_> {
                 _ => out.push(c),
             }
         }
-        String::from_utf8(out).ok().map(Node::Item)
+        String::from_utf8(out)
+            .ok()
+            .map(|s| Node::Item(Cow::Owned(s)))
     }
 
     /// An element up to `,` or `}`; surrounding whitespace is not part of it.
-    fn unquoted(&mut self) -> Option<Node> {
+    fn unquoted(&mut self) -> Option<Node<'a>> {
+        let from = self.pos;
         let mut out = Vec::new();
         let mut escaped = false;
         // Length of `out` up to its last escaped or non-space byte, so trailing
@@ -184,6 +233,12 @@ impl Parser<'_> {
         if !escaped && out.eq_ignore_ascii_case(b"NULL") {
             return Some(Node::Null);
         }
-        String::from_utf8(out).ok().map(Node::Item)
+        if !escaped {
+            // Without escapes the element is the input's bytes from `from`.
+            return Some(Node::Item(Cow::Borrowed(self.s.get(from..from + keep)?)));
+        }
+        String::from_utf8(out)
+            .ok()
+            .map(|s| Node::Item(Cow::Owned(s)))
     }
 }
