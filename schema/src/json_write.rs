@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::event::{ChangeEvent, Column};
 use crate::packed::{Bad, Reader};
-use crate::row::Row;
+use crate::row::{JsonValue, Row};
 use crate::Lsn;
 
 /// Appends the native JSON of `event` to `out` (the bytes `serde_json` writes for
@@ -306,14 +306,6 @@ impl Row {
         out.push(b'}');
         Ok(())
     }
-}
-
-/// A row's value as [`Row::write_json`] is handed it.
-pub(crate) enum JsonValue<'r, 'a> {
-    /// Packed bytes: the reader is at the value and must be left past it.
-    Packed(&'r mut Reader<'a>),
-    /// A decoded value.
-    Value(&'r serde_json::Value),
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
-use crate::value::{decode_text, is_digits, iso_datetime_len, kept_as_text, PgType};
+use crate::value::{
+    decode_text, is_digits, iso_datetime_len, kept_as_text, parse_array, ArrayNode, PgType,
+};
 
 /// Deeper than any value can be: json/jsonb values are refused past
 /// `MAX_JSON_DEPTH` when decoded, and the event adds a few levels. Bytes
@@ -164,10 +166,33 @@ pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
         PgType::Bool if text == "t" || text == "f" => put_bool(out, text == "t"),
         PgType::TimestampTz if pack_timestamptz(text, out) => {}
         PgType::Jsonb if json::pack_jsonb(text, out) => {}
-        PgType::Array(elem) if crate::value::pack_array(elem, text, out) => {}
+        PgType::Array(elem) if pack_array(elem, text, out) => {}
         _ if kept_as_text(ty) => put_string(out, text),
         _ => put_value(out, &decode_text(ty, text)),
     }
+}
+
+/// Appends the packed form of an array literal (what `put_value` appends for
+/// its decoded value) with each element packed from its text; false (nothing
+/// appended) when malformed.
+fn pack_array(elem: &PgType, text: &str, out: &mut Vec<u8>) -> bool {
+    fn node(elem: &PgType, n: &ArrayNode<'_>, out: &mut Vec<u8>) {
+        match n {
+            ArrayNode::Null => put_null(out),
+            ArrayNode::Item(text) => pack_text(elem, text, out),
+            ArrayNode::List(items) => {
+                put_array_header(out, items.len());
+                for item in items {
+                    node(elem, item, out);
+                }
+            }
+        }
+    }
+    let Some(root) = parse_array(text) else {
+        return false;
+    };
+    node(elem, &root, out);
+    true
 }
 
 /// What `decode_timestamptz` gives, packed, without building it on the heap;

@@ -124,6 +124,14 @@ impl PackedRow {
     }
 }
 
+/// A row's value as [`Row::for_each_json_entry`] hands it.
+pub(crate) enum JsonValue<'r, 'a> {
+    /// Packed bytes: the reader is at the value and must be left past it.
+    Packed(&'r mut Reader<'a>),
+    /// A decoded value.
+    Value(&'r Value),
+}
+
 /// A column ref of packed row bytes.
 enum Ref<'a> {
     /// The column at this index of the row's names.
@@ -316,9 +324,8 @@ impl Row {
     /// them: a packed row hands its reader at each value (the bytes are walked once).
     pub(crate) fn for_each_json_entry(
         &self,
-        mut f: impl FnMut(&str, crate::json_write::JsonValue<'_, '_>) -> Result<(), Bad>,
+        mut f: impl FnMut(&str, JsonValue<'_, '_>) -> Result<(), Bad>,
     ) -> Result<(), Bad> {
-        use crate::json_write::JsonValue;
         match &self.repr {
             Repr::Pairs(v) => v.iter().try_for_each(|(n, v)| f(n, JsonValue::Value(v))),
             Repr::Packed(p) => {

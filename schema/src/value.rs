@@ -9,7 +9,7 @@
 
 mod array;
 
-pub(crate) use array::pack_array;
+pub(crate) use array::{parse as parse_array, Node as ArrayNode};
 #[cfg(test)]
 mod tests;
 

@@ -314,12 +314,17 @@ fn debezium_records_of_every_type_match_the_golden_file() {
     for (name, event) in events() {
         render(name, &event, &mut lines);
     }
+    check_golden(&golden_path(), &lines);
+}
+
+/// Asserts that `lines` are the golden file at `path`, line by line
+/// (`PGCDC_BLESS=1` writes them there first).
+pub(crate) fn check_golden(path: &std::path::Path, lines: &[String]) {
     let got = lines.join("\n") + "\n";
-    let path = golden_path();
     if std::env::var_os("PGCDC_BLESS").is_some() {
-        std::fs::write(&path, &got).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::write(path, &got).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
-    let want = std::fs::read_to_string(&path)
+    let want = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e} (PGCDC_BLESS=1 records it)", path.display()));
     for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
         assert_eq!(g, w, "line {} of {}", i + 1, path.display());

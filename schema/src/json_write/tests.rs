@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::debezium::golden::{as_pairs, events};
+use crate::debezium::golden::{as_pairs, check_golden, events};
 use crate::event::Column;
 use crate::row::{Name, Names};
 use crate::{EventId, Op};
@@ -70,17 +70,7 @@ fn native_events_of_every_type_match_the_golden_file_and_serde() {
         lines.push(format!("# {name}"));
         lines.push(got);
     }
-    let got = lines.join("\n") + "\n";
-    let path = golden_path();
-    if std::env::var_os("PGCDC_BLESS").is_some() {
-        std::fs::write(&path, &got).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (PGCDC_BLESS=1 records it)", path.display()));
-    for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
-        assert_eq!(g, w, "line {} of {}", i + 1, path.display());
-    }
-    assert_eq!(got.lines().count(), want.lines().count());
+    check_golden(&golden_path(), &lines);
 }
 
 #[test]

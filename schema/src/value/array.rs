@@ -6,14 +6,13 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use super::{decode_text, PgType};
-use crate::packed;
 
 /// Postgres' MAXDIM; deeper input is malformed, and the cap bounds recursion.
 const MAX_DIMS: usize = 6;
 
 /// One parsed node of an array literal.
 #[derive(Debug, PartialEq)]
-enum Node<'a> {
+pub(crate) enum Node<'a> {
     /// An unquoted `NULL`.
     Null,
     /// An element's text, with quotes and escapes removed (borrowed when it had none).
@@ -23,7 +22,7 @@ enum Node<'a> {
 }
 
 /// The parsed literal; None when malformed.
-fn parse(text: &str) -> Option<Node<'_>> {
+pub(crate) fn parse(text: &str) -> Option<Node<'_>> {
     let body = strip_dimensions(text)?;
     let mut parser = Parser {
         s: body,
@@ -41,30 +40,6 @@ fn parse(text: &str) -> Option<Node<'_>> {
 /// Decodes an array literal whose elements have kind `elem`; None when malformed.
 pub(super) fn decode_array(elem: &PgType, text: &str) -> Option<Value> {
     parse(text).map(|root| to_json(elem, root))
-}
-
-/// Appends the packed form of the array literal (what `packed::put_value` appends
-/// for [`decode_array`]'s value) with each element packed from its text; false
-/// (nothing appended) when malformed.
-pub(crate) fn pack_array(elem: &PgType, text: &str, out: &mut Vec<u8>) -> bool {
-    let Some(root) = parse(text) else {
-        return false;
-    };
-    pack_node(elem, &root, out);
-    true
-}
-
-fn pack_node(elem: &PgType, node: &Node<'_>, out: &mut Vec<u8>) {
-    match node {
-        Node::Null => packed::put_null(out),
-        Node::Item(text) => packed::pack_text(elem, text, out),
-        Node::List(items) => {
-            packed::put_array_header(out, items.len());
-            for item in items {
-                pack_node(elem, item, out);
-            }
-        }
-    }
 }
 
 fn to_json(elem: &PgType, node: Node<'_>) -> Value {
