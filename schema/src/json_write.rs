@@ -242,9 +242,36 @@ pub(crate) fn is_plain_number(b: &[u8]) -> bool {
     i == b.len()
 }
 
+/// What goes between a container's items and after an object's keys.
+pub(crate) struct Spacing {
+    item: &'static [u8],
+    key: &'static [u8],
+}
+
+/// serde_json's compact output: `[1,2]`, `{"a":1}`.
+pub(crate) const COMPACT: Spacing = Spacing {
+    item: b",",
+    key: b":",
+};
+
+/// Postgres' jsonb output: `[1, 2]`, `{"a": 1}`.
+pub(crate) const JSONB: Spacing = Spacing {
+    item: b", ",
+    key: b": ",
+};
+
 /// Appends the packed value at `r` as JSON (what `Packed`'s `Serialize` writes),
 /// leaving `r` past it.
 pub(crate) fn write_packed(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Bad> {
+    write_packed_spaced(r, out, &COMPACT)
+}
+
+/// [`write_packed`] with `spacing` between items and after keys.
+pub(crate) fn write_packed_spaced(
+    r: &mut Reader<'_>,
+    out: &mut Vec<u8>,
+    spacing: &Spacing,
+) -> Result<(), Bad> {
     use crate::packed::Item;
     match r.item()? {
         Item::Null => out.extend_from_slice(b"null"),
@@ -252,6 +279,8 @@ pub(crate) fn write_packed(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), 
         Item::Bool(false) => out.extend_from_slice(b"false"),
         Item::Int(n) => write_i64(out, n),
         Item::Number(text) if is_plain_number(text.0) => out.extend_from_slice(text.0),
+        // As a `Value` read from the bytes prints: the number's text, or a string
+        // when the text is not a number.
         Item::Number(text) => {
             let text = text.lossy();
             match text.parse::<serde_json::Number>() {
@@ -264,9 +293,9 @@ pub(crate) fn write_packed(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), 
             out.push(b'[');
             for i in 0..n {
                 if i > 0 {
-                    out.push(b',');
+                    out.extend_from_slice(spacing.item);
                 }
-                write_packed(r, out)?;
+                write_packed_spaced(r, out, spacing)?;
             }
             out.push(b']');
         }
@@ -274,11 +303,11 @@ pub(crate) fn write_packed(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), 
             out.push(b'{');
             for i in 0..n {
                 if i > 0 {
-                    out.push(b',');
+                    out.extend_from_slice(spacing.item);
                 }
                 write_text(out, r.bytes()?);
-                out.push(b':');
-                write_packed(r, out)?;
+                out.extend_from_slice(spacing.key);
+                write_packed_spaced(r, out, spacing)?;
             }
             out.push(b'}');
         }

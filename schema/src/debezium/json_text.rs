@@ -122,7 +122,7 @@ fn write_packed(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Bad> {
         r.skip_value()?;
         return Ok(());
     }
-    write_item(r, out)
+    json_write::write_packed_spaced(r, out, &json_write::JSONB)
 }
 
 /// [`unrepresentable`] of the packed value at `r`.
@@ -155,47 +155,6 @@ fn skip_rest(r: &mut Reader<'_>, item: &Item<'_>) -> Result<(), Bad> {
         }),
         _ => Ok(()),
     }
-}
-
-fn write_item(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Bad> {
-    match r.item()? {
-        Item::Null => out.extend_from_slice(b"null"),
-        Item::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        Item::Int(i) => json_write::write_i64(out, i),
-        // As a `Value` read from the bytes prints: the number's text, or a string
-        // when the text is not a number.
-        Item::Number(text) => {
-            let text = text.lossy();
-            match text.parse::<serde_json::Number>() {
-                Ok(n) => scalar_json(&n, out),
-                Err(_) => string(&text, out),
-            }
-        }
-        Item::String(s) => json_write::write_text(out, s.0),
-        Item::Array(n) => {
-            out.push(b'[');
-            for i in 0..n {
-                if i > 0 {
-                    out.extend_from_slice(b", ");
-                }
-                write_item(r, out)?;
-            }
-            out.push(b']');
-        }
-        Item::Object(n) => {
-            out.push(b'{');
-            for i in 0..n {
-                if i > 0 {
-                    out.extend_from_slice(b", ");
-                }
-                string(&r.str_lossy()?, out);
-                out.extend_from_slice(b": ");
-                write_item(r, out)?;
-            }
-            out.push(b'}');
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

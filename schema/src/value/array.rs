@@ -176,8 +176,39 @@ impl<'a> Parser<'a> {
     /// An element up to `,` or `}`; surrounding whitespace is not part of it.
     fn unquoted(&mut self) -> Option<Node<'a>> {
         let from = self.pos;
+        // Most elements have no escapes: borrowed from the input, trailing
+        // whitespace left out.
+        let mut end = from;
+        loop {
+            match self.peek()? {
+                b',' | b'}' => break,
+                b'{' | b'"' => return None,
+                b'\\' => {
+                    self.pos = from;
+                    return self.unquoted_escaped();
+                }
+                c => {
+                    self.pos += 1;
+                    if !c.is_ascii_whitespace() {
+                        end = self.pos;
+                    }
+                }
+            }
+        }
+        let item = self.s.get(from..end)?;
+        if item.is_empty() {
+            return None;
+        }
+        if item.eq_ignore_ascii_case("NULL") {
+            return Some(Node::Null);
+        }
+        Some(Node::Item(Cow::Borrowed(item)))
+    }
+
+    /// [`Parser::unquoted`] of an element with a backslash: `\x` is the byte x, an
+    /// escaped space is kept, and an escaped `NULL` is not null.
+    fn unquoted_escaped(&mut self) -> Option<Node<'a>> {
         let mut out = Vec::new();
-        let mut escaped = false;
         // Length of `out` up to its last escaped or non-space byte, so trailing
         // whitespace is trimmed but an escaped space is kept.
         let mut keep = 0;
@@ -189,7 +220,6 @@ impl<'a> Parser<'a> {
                 b'\\' => {
                     self.pos += 1;
                     out.push(self.peek()?);
-                    escaped = true;
                     keep = out.len();
                 }
                 _ => {
@@ -202,16 +232,6 @@ impl<'a> Parser<'a> {
             self.pos += 1;
         }
         out.truncate(keep);
-        if out.is_empty() {
-            return None;
-        }
-        if !escaped && out.eq_ignore_ascii_case(b"NULL") {
-            return Some(Node::Null);
-        }
-        if !escaped {
-            // Without escapes the element is the input's bytes from `from`.
-            return Some(Node::Item(Cow::Borrowed(self.s.get(from..from + keep)?)));
-        }
         String::from_utf8(out)
             .ok()
             .map(|s| Node::Item(Cow::Owned(s)))
