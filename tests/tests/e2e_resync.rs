@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use e2e_fixture::view::{create_tables, View, Writer};
-use e2e_fixture::{config_toml, pgcdc_output, spawn_run, start_streaming, status_json};
+use e2e_fixture::{
+    config_toml, config_toml_sqlite, pgcdc_output, spawn_run, start_streaming, status_json,
+};
 use pgcdc_tests::http_receiver::Receiver;
 use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
 use serde_json::Value;
@@ -314,5 +316,151 @@ async fn admin_api_starts_and_cancels_a_running_resync() -> anyhow::Result<()> {
         "reads went on after cancel: {reads} then {}",
         view.reads
     );
+    Ok(())
+}
+
+/// Makes commits of sessions that ask for `synchronous_commit = on` wait for a
+/// standby that never answers: Postgres has written and marked them committed,
+/// logical decoding sends them, snapshots do not see them yet. Every other
+/// session commits with `local` (a state in the source database would ask for
+/// `on` and wait too: these tests keep theirs in the state dir).
+async fn hold_synchronous_commits(pg: &PgCluster) -> anyhow::Result<()> {
+    pg.batch(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = local', \
+         current_database()); END $$",
+    )
+    .await?;
+    pg.batch("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        .await?;
+    pg.batch("SELECT pg_reload_conf()").await?;
+    Ok(())
+}
+
+async fn release_synchronous_commits(pg: &PgCluster) -> anyhow::Result<()> {
+    pg.batch("ALTER SYSTEM RESET synchronous_standby_names")
+        .await?;
+    pg.batch("SELECT pg_reload_conf()").await?;
+    Ok(())
+}
+
+/// Sets `v = 7` on row `id` in a transaction that waits for the standby, and
+/// reads until pgcdc has delivered it (while the table still shows the old row).
+async fn held_update(
+    pg: &PgCluster,
+    view: &mut View,
+    p: &mut Pgcdc,
+    id: i64,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>> {
+    let writer = pg.client().await?;
+    writer.batch_execute("SET synchronous_commit = on").await?;
+    let sql = format!("UPDATE items SET v = 7 WHERE id = {id}");
+    let update = tokio::spawn(async move { writer.batch_execute(&sql).await });
+    view.drain_until(p, Duration::from_secs(60), "the held update", |v| {
+        v.rows.get(&id) == Some(&7)
+    })
+    .await?;
+    let visible: i32 = pg
+        .query_scalar(&format!("SELECT v FROM items WHERE id = {id}"))
+        .await?;
+    ensure!(visible == 0, "the held update is already visible");
+    Ok(update)
+}
+
+/// Rows of the table the held-update test resyncs: three chunks.
+const HELD_ROWS: i64 = 6_000;
+
+/// A `where` that makes each chunk's SELECT take about 2 s.
+const SLOWER_WHERE: &str = "(SELECT true FROM pg_sleep(0.001 + 0 * id))";
+
+/// A transaction the stream carried before a chunk's low watermark but that the
+/// chunk's SELECT did not see yet (its commit waits for a synchronous standby)
+/// must not leave the row it changed stale: the window drops that row too, and
+/// the resync finishes while the transaction still waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_not_yet_visible_to_the_chunk_select_leaves_no_stale_row() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", HELD_ROWS).await?;
+    hold_synchronous_commits(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config_toml_sqlite(&pg.url(), &tables(), state.path(), ""))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let mut view = View::of("items");
+    let (code, out, err) = pgcdc_output(&[
+        "resync",
+        "--config",
+        &cfg.arg(),
+        "--table",
+        "public.items",
+        "--where",
+        SLOWER_WHERE,
+    ])
+    .await?;
+    ensure!(code == 0, "resync: {out}{err}");
+    view.drain_until(&mut p, Duration::from_secs(60), "the first chunk", |v| {
+        v.reads > 0
+    })
+    .await?;
+    // The second chunk's SELECT runs: this update commits inside its window, on a
+    // row of the third chunk, whose SELECT then runs before the update is visible.
+    let update = held_update(&pg, &mut view, &mut p, HELD_ROWS - 10).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while resync_state(&cfg).await?["state"] != "done" {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the resync did not finish while the update waited: {}",
+            resync_state(&cfg).await?
+        );
+        let _ = view
+            .drain_until(&mut p, Duration::from_millis(300), "", |_| false)
+            .await;
+    }
+    ensure!(!update.is_finished(), "the update stopped waiting");
+    release_synchronous_commits(&pg).await?;
+    update.await??;
+    view.fence(&pg, &mut p).await?;
+    view.assert_equals_table(&pg).await?;
+    ensure!(
+        p.stderr().contains("their rows are left to the stream"),
+        "the third chunk's SELECT did not miss the update: {}",
+        p.stderr_tail(20)
+    );
+    ensure!(
+        view.reads >= HELD_ROWS as u64 - 1,
+        "read events: {}",
+        view.reads
+    );
+    Ok(())
+}
+
+/// The same, with the transaction committed before the resync started: the
+/// reader did not remember its keys, so the chunk is read again until the
+/// transaction is visible.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_unseen_and_older_than_the_resync_makes_the_chunk_wait() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    create_tables(&pg, "items", 100).await?;
+    hold_synchronous_commits(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config_toml_sqlite(&pg.url(), &tables(), state.path(), ""))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let mut view = View::of("items");
+    let update = held_update(&pg, &mut view, &mut p, 5).await?;
+    let (code, out, err) =
+        pgcdc_output(&["resync", "--config", &cfg.arg(), "--table", "public.items"]).await?;
+    ensure!(code == 0, "resync: {out}{err}");
+    let _ = view
+        .drain_until(&mut p, Duration::from_secs(3), "", |_| false)
+        .await;
+    let r = resync_state(&cfg).await?;
+    ensure!(
+        r["state"] != "done",
+        "the chunk was read while the update waited: {r}"
+    );
+    release_synchronous_commits(&pg).await?;
+    update.await??;
+    until_done(&mut view, &mut p, &cfg).await?;
+    view.fence(&pg, &mut p).await?;
+    view.assert_equals_table(&pg).await?;
+    ensure!(view.reads == 100, "read events: {}", view.reads);
     Ok(())
 }

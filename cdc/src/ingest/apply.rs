@@ -59,6 +59,7 @@ pub(super) async fn handle(
             xid,
         } => {
             builder.begin(final_lsn, xid, commit_time);
+            cfg.windows.on_begin(xid, Lsn(final_lsn));
             None
         }
         Message::Commit { end_lsn, .. } => {

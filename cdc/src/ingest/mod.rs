@@ -29,4 +29,5 @@ pub(crate) mod scheduler;
 pub(crate) mod slot_loss;
 pub(crate) mod snapshot;
 mod streaming;
+mod visibility;
 pub(crate) mod watermark;

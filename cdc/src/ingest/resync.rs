@@ -2,8 +2,9 @@
 //! `ingest::watermark` for the reader's half). It polls the journal for
 //! the next queued resync, then per chunk: opens a window, writes the low
 //! watermark, reads the next rows by primary-key range with `COPY (SELECT ...)
-//! TO STDOUT` (no lock: a plain READ COMMITTED query, in a READ ONLY transaction with a statement timeout,
-//! because it carries the operator's `where`), hands them to the window, writes the high
+//! TO STDOUT` (no lock: a plain query, in a READ ONLY transaction with a statement timeout,
+//! because it carries the operator's `where`, whose snapshot sees every commit the
+//! stream carried before the low watermark: `ingest::visibility`), hands them to the window, writes the high
 //! watermark and waits until the reader has journaled the chunk.
 //!
 //! Transient (retry the chunk): connection loss, a window the reader did not
@@ -127,6 +128,7 @@ pub(crate) async fn run(
                 &mut shutdown,
             )
             .await
+            .inspect(|()| windows.finished())
             {
                 Ok(()) => {
                     backoff.reset();
@@ -409,10 +411,12 @@ pub(crate) async fn select_chunk(
         last_key: chunk.last_key(),
         done: chunk.done(),
         column_types: shape.column_types(),
+        unseen: Vec::new(),
     })
 }
 
-/// Runs one chunk query in a READ ONLY transaction under `timeout`: the `where` in it
+/// Runs one chunk query in a READ ONLY transaction under `timeout` whose snapshot sees
+/// every commit before the low watermark (see `ingest::visibility`): the `where` in it
 /// comes from an operator (CLI, admin API, schedule) and runs with pgcdc's role, so a
 /// function with side effects fails (`cannot execute ... in a read-only transaction`)
 /// and a query that would hold the source for long is cancelled. (A read-only
@@ -424,13 +428,11 @@ async fn select_chunk_read_only(
     shape: &TableShape,
     timeout: Duration,
 ) -> Result<ChunkRows, ResyncError> {
-    client
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; SET LOCAL statement_timeout = {}",
-            timeout.as_millis().max(1)
-        ))
-        .await?;
-    let selected = select_chunk(client, sql, shape).await;
+    let unseen = super::visibility::begin_chunk(client, timeout).await?;
+    let selected = select_chunk(client, sql, shape).await.map(|mut rows| {
+        rows.unseen = unseen;
+        rows
+    });
     let ended = client
         .batch_execute(if selected.is_ok() {
             "COMMIT"
@@ -520,8 +522,9 @@ async fn one(
         tokio::select! {
             r = tokio::time::timeout(WINDOW_TIMEOUT, done_rx) => match r {
                 Ok(Ok(())) => {}
-                // The window was replaced or dropped (reader restarted): retry the chunk.
-                Ok(Err(_)) => {}
+                // The window was dropped (its SELECT missed a transaction: see
+                // `watermark`) or replaced (reader restarted): read the chunk again.
+                Ok(Err(_)) => tokio::time::sleep(watermark::MISSED_RETRY).await,
                 Err(_) => {
                     windows.close(&token);
                     tracing::warn!(resync = resync.id, "the reader did not reach the chunk's high watermark in time; retrying the chunk");

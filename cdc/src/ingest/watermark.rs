@@ -13,15 +13,26 @@
 //! ```
 //!
 //! One window at a time; its rows (one chunk) bound the memory.
+//!
+//! A change the stream carried *before* the low watermark can still be missing
+//! from the SELECT: Postgres sends a transaction as soon as its commit record is
+//! flushed, and a snapshot sees it only a moment later (a round trip later under
+//! synchronous replication). The driver hands over the transactions its snapshot
+//! did not see (`ingest::visibility`); the reader remembers the last commits and
+//! the keys the last transactions changed in the table under resync
+//! ([`Recent`]), and drops the rows of such a transaction's keys too; when that
+//! transaction is older than what it remembers of the table, it drops the chunk
+//! and the driver reads it again.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use pgcdc_schema::event::Row;
 use pgcdc_schema::{ChangeEvent, Op};
 use tokio::sync::oneshot;
 
-use pgcdc_schema::TableName;
+use pgcdc_schema::{Lsn, TableName};
 
 /// Prefix of pgcdc's watermark messages (`pg_logical_emit_message`).
 pub(crate) const PREFIX: &str = "pgcdc";
@@ -37,6 +48,109 @@ pub(crate) struct ChunkRows {
     pub(crate) done: bool,
     /// The table's column types (see `Origin::column_types`).
     pub(crate) column_types: pgcdc_schema::event::ColumnTypes,
+    /// Transactions (32-bit ids) the SELECT's snapshot did not see.
+    pub(crate) unseen: Vec<u32>,
+}
+
+/// How many of the stream's last commits, and of the changes of the table under
+/// resync, the reader remembers. A transaction a chunk's snapshot missed although
+/// it committed before the low watermark is between writing its commit record and
+/// becoming visible: a moment, or a synchronous standby's round trip.
+const RECENT: usize = 16_384;
+
+/// Bytes of keys remembered at most (with [`RECENT`]).
+const RECENT_KEY_BYTES: usize = 4 << 20;
+
+/// What the reader remembers of the stream's recent past.
+#[derive(Debug, Default)]
+struct Recent {
+    /// The last commits (transaction id, commit LSN), oldest first; the last one is
+    /// the transaction being decoded.
+    commits: VecDeque<(u32, Lsn)>,
+    /// The table under resync (the last window's).
+    table: Option<TableName>,
+    /// Its last changes (transaction, commit LSN, key text; `None`: truncated), oldest first.
+    changes: VecDeque<(u32, Lsn, Option<String>)>,
+    key_bytes: usize,
+    /// Transactions committed at or after this LSN are whole in `changes`.
+    covered_from: Option<Lsn>,
+}
+
+impl Recent {
+    fn begin(&mut self, xid: u32, commit_lsn: Lsn) {
+        if self.commits.len() == RECENT {
+            self.commits.pop_front();
+        }
+        self.commits.push_back((xid, commit_lsn));
+        if self.table.is_some() && self.covered_from.is_none() {
+            self.covered_from = Some(commit_lsn);
+        }
+    }
+
+    /// Starts remembering `table`'s changes (kept if it already is).
+    fn track(&mut self, table: &TableName) {
+        if self.table.as_ref() != Some(table) {
+            *self = Recent {
+                commits: std::mem::take(&mut self.commits),
+                table: Some(table.clone()),
+                ..Recent::default()
+            };
+        }
+    }
+
+    fn untrack(&mut self) {
+        *self = Recent {
+            commits: std::mem::take(&mut self.commits),
+            ..Recent::default()
+        };
+    }
+
+    fn tracks(&self, event: &ChangeEvent) -> bool {
+        self.table
+            .as_ref()
+            .is_some_and(|t| *event.schema == *t.schema && *event.table == *t.table)
+    }
+
+    fn remember(&mut self, xid: u32, commit_lsn: Lsn, key: Option<String>) {
+        self.key_bytes += key.as_ref().map_or(0, String::len);
+        self.changes.push_back((xid, commit_lsn, key));
+        while self.changes.len() > RECENT || self.key_bytes > RECENT_KEY_BYTES {
+            let Some((_, at, key)) = self.changes.pop_front() else {
+                break;
+            };
+            self.key_bytes -= key.as_ref().map_or(0, String::len);
+            // That transaction may have lost a change: only later ones are whole.
+            let after = Lsn(at.0.saturating_add(1));
+            self.covered_from = Some(self.covered_from.map_or(after, |c| c.max(after)));
+        }
+    }
+
+    /// For a window whose SELECT did not see `unseen`: the keys changed by those of
+    /// them committed before `low` (`Some(None)`: one truncated the table), or
+    /// `None` when one of them committed before what is remembered of the table.
+    fn missed(&self, unseen: &[u32], low: Lsn) -> Option<Vec<Option<&str>>> {
+        let mut keys = Vec::new();
+        for &xid in unseen {
+            let Some(&(_, at)) = self
+                .commits
+                .iter()
+                .rev()
+                .find(|&&(x, at)| x == xid && at < low)
+            else {
+                continue;
+            };
+            if self.covered_from.is_none_or(|from| at < from) {
+                return None;
+            }
+            keys.extend(
+                self.changes
+                    .iter()
+                    .filter(|(x, c, _)| *x == xid && *c == at)
+                    .map(|(_, _, key)| key.as_deref()),
+            );
+        }
+        Some(keys)
+    }
 }
 
 /// One chunk's window, from the driver's open to the reader's high watermark.
@@ -55,6 +169,8 @@ pub(crate) struct Window {
     /// Told once the chunk is journaled.
     pub(crate) done: Option<oneshot::Sender<()>>,
     low_seen: bool,
+    /// Commit LSN of the low watermark's transaction.
+    low_commit: Lsn,
     truncated: bool,
     changed: HashSet<String>,
 }
@@ -76,6 +192,7 @@ impl Window {
             rows: None,
             done: Some(done),
             low_seen: false,
+            low_commit: Lsn(0),
             truncated: false,
             changed: HashSet::new(),
         }
@@ -110,26 +227,51 @@ pub(crate) enum Watermark {
     Low,
     /// High watermark: journal the window's surviving rows.
     High(Box<Window>),
+    /// High watermark of a chunk whose SELECT missed a transaction committed
+    /// before the low one, older than the table's changes remembered: dropped,
+    /// the driver reads it again.
+    Missed,
 }
 
-/// The open window, shared by the resync driver and the reader.
+/// The open window and what the reader remembers, shared by the resync driver
+/// and the reader.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Windows(Arc<Mutex<Option<Window>>>);
+pub(crate) struct Windows(Arc<Mutex<Shared>>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    window: Option<Window>,
+    recent: Recent,
+}
+
+/// How long the driver waits before reading again a chunk dropped for a transaction
+/// its snapshot missed (it becomes visible meanwhile).
+pub(crate) const MISSED_RETRY: Duration = Duration::from_millis(20);
 
 impl Windows {
-    fn lock(&self) -> MutexGuard<'_, Option<Window>> {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
         // A panic elsewhere while holding the lock leaves plain data: keep using it.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a window (replacing any abandoned one).
+    /// Opens a window (replacing any abandoned one); the reader remembers the
+    /// table's changes from now on.
     pub(crate) fn open(&self, window: Window) {
-        *self.lock() = Some(window);
+        let mut shared = self.lock();
+        shared.recent.track(&window.table);
+        shared.window = Some(window);
+    }
+
+    /// The resync is over: its table's changes are no longer remembered.
+    pub(crate) fn finished(&self) {
+        let mut shared = self.lock();
+        shared.window = None;
+        shared.recent.untrack();
     }
 
     /// Hands the chunk's rows to the window; false when it is gone.
     pub(crate) fn set_rows(&self, token: &str, rows: ChunkRows) -> bool {
-        match self.lock().as_mut() {
+        match self.lock().window.as_mut() {
             Some(w) if w.token == token => {
                 w.rows = Some(rows);
                 true
@@ -140,10 +282,15 @@ impl Windows {
 
     /// Closes the window if it is still this one (abandoned attempt, cancel).
     pub(crate) fn close(&self, token: &str) {
-        let mut guard = self.lock();
-        if guard.as_ref().is_some_and(|w| w.token == token) {
-            *guard = None;
+        let mut shared = self.lock();
+        if shared.window.as_ref().is_some_and(|w| w.token == token) {
+            shared.window = None;
         }
+    }
+
+    /// A transaction begins in the stream (pgoutput sends it whole, at its commit).
+    pub(crate) fn on_begin(&self, xid: u32, commit_lsn: Lsn) {
+        self.lock().recent.begin(xid, commit_lsn);
     }
 
     /// A watermark message's content, as the reader sees it in the stream.
@@ -152,54 +299,101 @@ impl Windows {
             return Watermark::Ignored;
         };
         let mut guard = self.lock();
-        let Some(window) = guard.as_mut() else {
+        let shared = &mut *guard;
+        let Some(window) = shared.window.as_mut() else {
             return Watermark::Ignored;
         };
         match text.split_once(':') {
             Some(("low", token)) if token == window.token => {
                 window.low_seen = true;
+                window.low_commit = shared.recent.commits.back().map_or(Lsn(0), |c| c.1);
                 Watermark::Low
             }
             // A high watermark without the low one (never expected) or without rows
             // (the driver failed between them) journals nothing: the driver retries.
             Some(("high", token)) if token == window.token && window.low_seen => {
-                match guard.take() {
-                    Some(w) if w.rows.is_some() => Watermark::High(Box::new(w)),
-                    _ => Watermark::Ignored,
+                let Some(mut w) = shared.window.take().filter(|w| w.rows.is_some()) else {
+                    return Watermark::Ignored;
+                };
+                let unseen = w.rows.as_ref().map(|r| r.unseen.as_slice()).unwrap_or(&[]);
+                match shared.recent.missed(unseen, w.low_commit) {
+                    Some(keys) => {
+                        if !keys.is_empty() {
+                            tracing::info!(resync = w.resync_id, keys = keys.len(), "the chunk's snapshot missed transactions committed before its low watermark; their rows are left to the stream");
+                        }
+                        for key in keys {
+                            match key {
+                                Some(key) => {
+                                    w.changed.insert(key.to_string());
+                                }
+                                None => w.truncated = true,
+                            }
+                        }
+                        Watermark::High(Box::new(w))
+                    }
+                    None => {
+                        tracing::info!(resync = w.resync_id, "the chunk's snapshot missed a transaction committed before its low watermark, older than the changes remembered; reading the chunk again");
+                        Watermark::Missed
+                    }
                 }
             }
             _ => Watermark::Ignored,
         }
     }
 
-    /// A streamed change: inside an open window, its row leaves the chunk.
+    /// A streamed change: remembered if its table is under resync; inside an open
+    /// window, its row leaves the chunk.
     pub(crate) fn on_change(&self, event: &ChangeEvent) {
         let mut guard = self.lock();
-        let Some(window) = guard.as_mut().filter(|w| w.low_seen) else {
-            return;
-        };
-        if *event.schema != *window.table.schema || *event.table != *window.table.table {
+        let shared = &mut *guard;
+        if !shared.recent.tracks(event) {
             return;
         }
-        if event.op == Op::Truncate {
-            window.truncated = true;
-            return;
+        let keys = change_keys(event);
+        if let Some(xid) = event.xid {
+            for key in &keys {
+                shared.recent.remember(xid, event.lsn, key.clone());
+            }
         }
-        let Some(key) = &event.key else {
+        // The window's table is the one remembered (`open`).
+        let Some(window) = shared.window.as_mut().filter(|w| w.low_seen) else {
             return;
         };
-        window.changed.insert(key_text(key));
-        // A key change also drops the row under its old key.
-        if let Some(old) = &event.old {
-            let old_key: Row = key
-                .keys()
-                .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
-                .collect();
-            if old_key.len() == key.len() {
-                window.changed.insert(key_text(&old_key));
+        for key in keys {
+            match key {
+                Some(key) => {
+                    window.changed.insert(key);
+                }
+                None => window.truncated = true,
             }
         }
     }
+}
+
+/// The keys a change touches as key texts (its key, and its old key when the key
+/// changed); `None` for a truncate.
+fn change_keys(event: &ChangeEvent) -> Vec<Option<String>> {
+    if event.op == Op::Truncate {
+        return vec![None];
+    }
+    let Some(key) = &event.key else {
+        return Vec::new();
+    };
+    let mut keys = vec![Some(key_text(key))];
+    // A key change also drops the row under its old key.
+    if let Some(old) = &event.old {
+        let old_key: Row = key
+            .keys()
+            .filter_map(|k| old.get(k).map(|v| (k.clone(), v.clone())))
+            .collect();
+        if old_key.len() == key.len() {
+            let old_key = Some(key_text(&old_key));
+            if old_key != keys[0] {
+                keys.push(old_key);
+            }
+        }
+    }
+    keys
 }
 
 #[cfg(test)]
@@ -257,6 +451,7 @@ mod tests {
             last_key: None,
             done: true,
             column_types: Default::default(),
+            unseen: Vec::new(),
         };
         assert!(w.set_rows("1.0.x", rows));
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {
@@ -294,11 +489,103 @@ mod tests {
                 last_key: None,
                 done: true,
                 column_types: Default::default(),
+                unseen: Vec::new(),
             },
         );
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {
             panic!("high watermark not recognised");
         };
         assert!(win.surviving_rows().is_empty());
+    }
+
+    fn change_in(op: Op, id: i64, xid: u32, commit: u64) -> ChangeEvent {
+        ChangeEvent {
+            xid: Some(xid),
+            lsn: Lsn(commit),
+            ..change(op, id)
+        }
+    }
+
+    fn chunk(ids: &[i64], unseen: Vec<u32>) -> ChunkRows {
+        ChunkRows {
+            rows: ids.iter().map(|&id| row(id, "a")).collect(),
+            last_key: None,
+            done: true,
+            column_types: Default::default(),
+            unseen,
+        }
+    }
+
+    fn surviving(w: &Windows) -> Vec<serde_json::Value> {
+        let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {
+            panic!("high watermark not recognised");
+        };
+        win.surviving_rows()
+            .iter()
+            .map(|(k, _)| k["id"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_transaction_committed_before_the_low_watermark_but_unseen_drops_its_rows() {
+        let w = Windows::default();
+        let _rx = window(&w);
+        // 42 changes row 2 and commits before the low watermark; the SELECT's
+        // snapshot does not see it yet.
+        w.on_begin(42, Lsn(200));
+        w.on_change(&change_in(Op::Update, 2, 42, 200));
+        w.on_begin(43, Lsn(250));
+        w.on_change(&change_in(Op::Update, 3, 43, 250));
+        w.on_begin(44, Lsn(300));
+        assert!(matches!(w.on_message(b"low:1.0.x"), Watermark::Low));
+        // 45 commits after the high watermark: the read rows come first.
+        assert!(w.set_rows("1.0.x", chunk(&[1, 2, 3], vec![42, 45])));
+        w.on_begin(46, Lsn(400));
+        assert_eq!(surviving(&w), vec![json!(1), json!(3)]);
+    }
+
+    #[test]
+    fn an_unseen_transaction_older_than_the_changes_remembered_drops_the_chunk() {
+        let w = Windows::default();
+        // 41 commits before the table is under resync: its changes are not remembered.
+        w.on_begin(41, Lsn(100));
+        w.on_change(&change_in(Op::Update, 2, 41, 100));
+        let mut rx = window(&w);
+        w.on_begin(43, Lsn(300));
+        assert!(matches!(w.on_message(b"low:1.0.x"), Watermark::Low));
+        assert!(w.set_rows("1.0.x", chunk(&[1, 2], vec![41])));
+        assert!(matches!(w.on_message(b"high:1.0.x"), Watermark::Missed));
+        // The window is gone: the driver's wait ends and it reads the chunk again.
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+
+        // Remembered changes are bounded: a transaction that lost some is not trusted.
+        let _rx = window(&w);
+        w.on_begin(50, Lsn(1000));
+        for id in 0..RECENT as i64 + 1 {
+            w.on_change(&change_in(Op::Update, id, 50, 1000));
+        }
+        w.on_begin(51, Lsn(1100));
+        w.on_message(b"low:1.0.x");
+        w.set_rows("1.0.x", chunk(&[1], vec![50]));
+        assert!(matches!(w.on_message(b"high:1.0.x"), Watermark::Missed));
+        let shared = w.lock();
+        assert_eq!(shared.recent.changes.len(), RECENT);
+        assert!(shared.recent.commits.len() <= RECENT);
+    }
+
+    #[test]
+    fn the_table_is_forgotten_when_the_resync_ends() {
+        let w = Windows::default();
+        let _rx = window(&w);
+        w.on_begin(1, Lsn(1));
+        w.on_change(&change_in(Op::Insert, 1, 1, 1));
+        w.finished();
+        w.on_begin(2, Lsn(2));
+        w.on_change(&change_in(Op::Insert, 2, 2, 2));
+        let shared = w.lock();
+        assert!(shared.recent.changes.is_empty() && shared.recent.table.is_none());
     }
 }
