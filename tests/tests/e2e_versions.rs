@@ -3,6 +3,8 @@
 //! others come from `scripts/fetch-postgres`). One pgcdc per version goes through:
 //!
 //! 1. snapshot: `snapshot = "initial"` copies a table; the sink's view equals it;
+//!    then `pgcdc resync` reads it again by watermark chunks (each a REPEATABLE
+//!    READ transaction that lists the transactions its snapshot misses);
 //! 2. type fidelity: one row of many types arrives with its values' meaning kept,
 //!    on stdout and through the HTTP sink (with its `Idempotency-Key`);
 //! 3. kill -9 in the middle of a load, restart: every row reaches the sink, and
@@ -19,7 +21,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use e2e_fixture::view::{create_tables, View};
 use e2e_fixture::{
-    config_toml, create_load_table, spawn_run, wait_streaming, Loader, Seen, SocketAddr,
+    config_toml, create_load_table, pgcdc_output, spawn_run, wait_streaming, Loader, Seen,
+    SocketAddr,
 };
 use pgcdc_tests::http_receiver::Receiver;
 use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
@@ -111,6 +114,17 @@ async fn scenario(major: u32) -> anyhow::Result<()> {
     })
     .await?;
     pg.execute("UPDATE items SET v = 7 WHERE id = 3").await?;
+    view.fence(&pg, &mut p).await?;
+    view.assert_equals_table(&pg).await?;
+    let (code, out, err) =
+        pgcdc_output(&["resync", "--config", &cfg.arg(), "--table", "public.items"]).await?;
+    ensure!(code == 0, "PostgreSQL {major}: resync: {out}{err}");
+    let reads = view.reads;
+    view.drain_until(&mut p, Duration::from_secs(60), "resync rows", |v| {
+        v.reads >= reads + SNAPSHOT_ROWS as u64
+    })
+    .await?;
+    pg.execute("UPDATE items SET v = 8 WHERE id = 4").await?;
     view.fence(&pg, &mut p).await?;
     view.assert_equals_table(&pg).await?;
 
