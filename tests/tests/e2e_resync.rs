@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::ensure;
 use e2e_fixture::view::{create_tables, View, Writer};
 use e2e_fixture::{
-    config_toml, config_toml_sqlite, pgcdc_output, spawn_run, start_streaming, status_json,
+    config_toml, config_toml_sqlite, hold_synchronous_commits, pgcdc_output,
+    release_synchronous_commits, spawn_run, start_streaming, status_json,
 };
 use pgcdc_tests::http_receiver::Receiver;
 use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
@@ -319,30 +320,6 @@ async fn admin_api_starts_and_cancels_a_running_resync() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes commits of sessions that ask for `synchronous_commit = on` wait for a
-/// standby that never answers: Postgres has written and marked them committed,
-/// logical decoding sends them, snapshots do not see them yet. Every other
-/// session commits with `local` (a state in the source database would ask for
-/// `on` and wait too: these tests keep theirs in the state dir).
-async fn hold_synchronous_commits(pg: &PgCluster) -> anyhow::Result<()> {
-    pg.batch(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = local', \
-         current_database()); END $$",
-    )
-    .await?;
-    pg.batch("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
-        .await?;
-    pg.batch("SELECT pg_reload_conf()").await?;
-    Ok(())
-}
-
-async fn release_synchronous_commits(pg: &PgCluster) -> anyhow::Result<()> {
-    pg.batch("ALTER SYSTEM RESET synchronous_standby_names")
-        .await?;
-    pg.batch("SELECT pg_reload_conf()").await?;
-    Ok(())
-}
-
 /// Sets `v = 7` on row `id` in a transaction that waits for the standby, and
 /// reads until pgcdc has delivered it (while the table still shows the old row).
 async fn held_update(
@@ -351,6 +328,12 @@ async fn held_update(
     p: &mut Pgcdc,
     id: i64,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>> {
+    // pgoutput describes a table (Relation message) with its first change in a
+    // session, and pgcdc looks its catalog up once that change is visible: so
+    // the table is described before, by a change that commits at once.
+    pg.execute(&format!("UPDATE items SET v = v WHERE id = {id}"))
+        .await?;
+    view.fence(pg, p).await?;
     let writer = pg.client().await?;
     writer.batch_execute("SET synchronous_commit = on").await?;
     let sql = format!("UPDATE items SET v = 7 WHERE id = {id}");

@@ -11,7 +11,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use e2e_fixture::{config_toml, next_events, spawn_run, start_streaming};
+use e2e_fixture::{
+    config_toml, config_toml_sqlite, hold_synchronous_commits, next_events,
+    release_synchronous_commits, spawn_run, start_streaming,
+};
 use pgcdc_tests::{state_dir, ConfigFile, PgCluster, Pgcdc};
 use serde_json::{json, Value};
 
@@ -311,5 +314,59 @@ async fn a_trigger_reading_a_dropped_column_says_so_once() -> anyhow::Result<()>
         "{}",
         p.stderr_tail(40)
     );
+    Ok(())
+}
+
+/// A migration that creates a domain and an array of it, adds columns of them and
+/// writes a row, in one transaction, reaches pgcdc before the domain is visible
+/// to its catalog queries (here its commit waits for a synchronous standby):
+/// the reader waits until it is, so the values keep their meaning (a number,
+/// an array of numbers), not the text a type it could not find would give.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_type_created_with_its_first_row_is_looked_up_once_visible() -> anyhow::Result<()> {
+    let pg = PgCluster::new().await?;
+    pg.batch("CREATE TABLE permits (id int PRIMARY KEY, status text)")
+        .await?;
+    hold_synchronous_commits(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config_toml_sqlite(
+        &pg.url(),
+        &["public.permits"],
+        state.path(),
+        "",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    let migration = pg.client().await?;
+    migration
+        .batch_execute("SET synchronous_commit = on")
+        .await?;
+    let held = tokio::spawn(async move {
+        migration
+            .batch_execute(
+                "BEGIN;
+                 CREATE DOMAIN floors AS int4 CHECK (VALUE >= 0);
+                 ALTER TABLE permits ADD COLUMN height floors, ADD COLUMN levels floors[];
+                 INSERT INTO permits VALUES (1, 'a', 5, '{1,2}');
+                 COMMIT;",
+            )
+            .await
+    });
+    // pgcdc has the transaction now; the domain is not visible yet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(!held.is_finished(), "the migration did not wait");
+    let visible: i64 = pg
+        .query_scalar("SELECT count(*) FROM pg_type WHERE typname = 'floors'")
+        .await?;
+    ensure!(visible == 0, "the domain is already visible");
+    release_synchronous_commits(&pg).await?;
+    held.await??;
+    let ev = next_events(&mut p, 1, Duration::from_secs(60)).await?;
+    ensure!(
+        ev[0]["op"] == "insert" && ev[0]["new"]["height"] == json!(5),
+        "{}\n{}",
+        ev[0],
+        p.stderr_tail(30)
+    );
+    ensure!(ev[0]["new"]["levels"] == json!([1, 2]), "{}", ev[0]);
     Ok(())
 }

@@ -68,6 +68,7 @@ pub(super) async fn handle(
             None
         }
         Message::Relation(rel) => {
+            super::visibility::wait_for_stream(catalog.client(), &cfg.windows).await?;
             let mut kinds = Vec::with_capacity(rel.columns.len());
             let mut type_names = Vec::with_capacity(rel.columns.len());
             for c in &rel.columns {

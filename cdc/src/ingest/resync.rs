@@ -411,7 +411,7 @@ pub(crate) async fn select_chunk(
         last_key: chunk.last_key(),
         done: chunk.done(),
         column_types: shape.column_types(),
-        unseen: Vec::new(),
+        unseen: None,
     })
 }
 
@@ -430,7 +430,7 @@ async fn select_chunk_read_only(
 ) -> Result<ChunkRows, ResyncError> {
     let unseen = super::visibility::begin_chunk(client, timeout).await?;
     let selected = select_chunk(client, sql, shape).await.map(|mut rows| {
-        rows.unseen = unseen;
+        rows.unseen = Some(unseen);
         rows
     });
     let ended = client

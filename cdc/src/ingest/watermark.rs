@@ -48,8 +48,29 @@ pub(crate) struct ChunkRows {
     pub(crate) done: bool,
     /// The table's column types (see `Origin::column_types`).
     pub(crate) column_types: pgcdc_schema::event::ColumnTypes,
-    /// Transactions (32-bit ids) the SELECT's snapshot did not see.
-    pub(crate) unseen: Vec<u32>,
+    /// The transactions the SELECT's snapshot did not see (`None`: unknown, as
+    /// in tests that do not care).
+    pub(crate) unseen: Option<Unseen>,
+}
+
+/// The transactions a snapshot does not see: those running when it was taken
+/// (`xip`) and every one at or after `xmax` (the last finished one's successor:
+/// a transaction that started before the snapshot can be among them). 32-bit
+/// ids, as pgoutput sends them.
+#[derive(Debug, Clone)]
+pub(crate) struct Unseen {
+    /// `pg_snapshot_xmax`.
+    pub(crate) xmax: u32,
+    /// `pg_snapshot_xip`.
+    pub(crate) xip: Vec<u32>,
+}
+
+impl Unseen {
+    /// Whether the snapshot does not see `xid` (one that has started).
+    pub(crate) fn contains(&self, xid: u32) -> bool {
+        // Modulo 2^32, as Postgres compares transaction ids.
+        (xid.wrapping_sub(self.xmax) as i32) >= 0 || self.xip.contains(&xid)
+    }
 }
 
 /// How many of the stream's last commits, and of the changes of the table under
@@ -126,19 +147,15 @@ impl Recent {
     }
 
     /// For a window whose SELECT did not see `unseen`: the keys changed by those of
-    /// them committed before `low` (`Some(None)`: one truncated the table), or
+    /// them committed before `low` (`None` as a key: one truncated the table), or
     /// `None` when one of them committed before what is remembered of the table.
-    fn missed(&self, unseen: &[u32], low: Lsn) -> Option<Vec<Option<&str>>> {
+    fn missed(&self, unseen: &Unseen, low: Lsn) -> Option<Vec<Option<&str>>> {
         let mut keys = Vec::new();
-        for &xid in unseen {
-            let Some(&(_, at)) = self
-                .commits
-                .iter()
-                .rev()
-                .find(|&&(x, at)| x == xid && at < low)
-            else {
-                continue;
-            };
+        for &(xid, at) in self
+            .commits
+            .iter()
+            .filter(|&&(xid, at)| at < low && unseen.contains(xid))
+        {
             if self.covered_from.is_none_or(|from| at < from) {
                 return None;
             }
@@ -293,6 +310,17 @@ impl Windows {
         self.lock().recent.begin(xid, commit_lsn);
     }
 
+    /// Whether a snapshot that does not see `unseen` misses one of the last
+    /// commits the stream carried.
+    pub(crate) fn misses_commits(&self, unseen: &Unseen) -> bool {
+        let shared = self.lock();
+        shared
+            .recent
+            .commits
+            .iter()
+            .any(|&(x, _)| unseen.contains(x))
+    }
+
     /// A watermark message's content, as the reader sees it in the stream.
     pub(crate) fn on_message(&self, content: &[u8]) -> Watermark {
         let Ok(text) = std::str::from_utf8(content) else {
@@ -315,8 +343,8 @@ impl Windows {
                 let Some(mut w) = shared.window.take().filter(|w| w.rows.is_some()) else {
                     return Watermark::Ignored;
                 };
-                let unseen = w.rows.as_ref().map(|r| r.unseen.as_slice()).unwrap_or(&[]);
-                match shared.recent.missed(unseen, w.low_commit) {
+                let unseen = w.rows.as_ref().and_then(|r| r.unseen.as_ref());
+                match unseen.map_or(Some(Vec::new()), |u| shared.recent.missed(u, w.low_commit)) {
                     Some(keys) => {
                         if !keys.is_empty() {
                             tracing::info!(resync = w.resync_id, keys = keys.len(), "the chunk's snapshot missed transactions committed before its low watermark; their rows are left to the stream");
@@ -451,7 +479,7 @@ mod tests {
             last_key: None,
             done: true,
             column_types: Default::default(),
-            unseen: Vec::new(),
+            unseen: None,
         };
         assert!(w.set_rows("1.0.x", rows));
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {
@@ -489,7 +517,7 @@ mod tests {
                 last_key: None,
                 done: true,
                 column_types: Default::default(),
-                unseen: Vec::new(),
+                unseen: None,
             },
         );
         let Watermark::High(mut win) = w.on_message(b"high:1.0.x") else {
@@ -506,13 +534,14 @@ mod tests {
         }
     }
 
-    fn chunk(ids: &[i64], unseen: Vec<u32>) -> ChunkRows {
+    /// A snapshot that misses `xip` (and everything from 1000 on).
+    fn chunk(ids: &[i64], xip: Vec<u32>) -> ChunkRows {
         ChunkRows {
             rows: ids.iter().map(|&id| row(id, "a")).collect(),
             last_key: None,
             done: true,
             column_types: Default::default(),
-            unseen,
+            unseen: Some(Unseen { xmax: 1000, xip }),
         }
     }
 
@@ -530,18 +559,31 @@ mod tests {
     fn a_transaction_committed_before_the_low_watermark_but_unseen_drops_its_rows() {
         let w = Windows::default();
         let _rx = window(&w);
-        // 42 changes row 2 and commits before the low watermark; the SELECT's
-        // snapshot does not see it yet.
+        // Committed before the low watermark: 42 (running when the SELECT's
+        // snapshot was taken) changes row 2, 1043 (at or after its xmax) row 3,
+        // 44 (seen by it) row 4.
         w.on_begin(42, Lsn(200));
         w.on_change(&change_in(Op::Update, 2, 42, 200));
-        w.on_begin(43, Lsn(250));
-        w.on_change(&change_in(Op::Update, 3, 43, 250));
-        w.on_begin(44, Lsn(300));
+        w.on_begin(1043, Lsn(250));
+        w.on_change(&change_in(Op::Update, 3, 1043, 250));
+        w.on_begin(44, Lsn(260));
+        w.on_change(&change_in(Op::Update, 4, 44, 260));
+        w.on_begin(45, Lsn(300));
         assert!(matches!(w.on_message(b"low:1.0.x"), Watermark::Low));
-        // 45 commits after the high watermark: the read rows come first.
-        assert!(w.set_rows("1.0.x", chunk(&[1, 2, 3], vec![42, 45])));
-        w.on_begin(46, Lsn(400));
-        assert_eq!(surviving(&w), vec![json!(1), json!(3)]);
+        // 46 commits after the high watermark: the read rows come first.
+        assert!(w.set_rows("1.0.x", chunk(&[1, 2, 3, 4], vec![42, 46])));
+        w.on_begin(47, Lsn(400));
+        assert_eq!(surviving(&w), vec![json!(1), json!(4)]);
+    }
+
+    #[test]
+    fn transaction_ids_compare_modulo_2_32() {
+        let unseen = Unseen {
+            xmax: 5,
+            xip: vec![u32::MAX - 1],
+        };
+        assert!(unseen.contains(5) && unseen.contains(7) && unseen.contains(u32::MAX - 1));
+        assert!(!unseen.contains(4) && !unseen.contains(u32::MAX - 3));
     }
 
     #[test]
