@@ -24,7 +24,6 @@
 
 use std::time::Duration;
 
-use super::resync::ResyncError;
 use super::watermark::{Unseen, Windows};
 use crate::replication::ReplicationError;
 
@@ -43,14 +42,14 @@ const UNSEEN_SQL: &str = "SELECT pg_snapshot_xmax(s)::text, \
 pub(crate) async fn begin_chunk(
     client: &tokio_postgres::Client,
     timeout: Duration,
-) -> Result<Unseen, ResyncError> {
+) -> Result<Unseen, tokio_postgres::Error> {
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = {}",
             timeout.as_millis().max(1)
         ))
         .await?;
-    Ok(unseen(client).await?)
+    unseen(client).await
 }
 
 /// The transactions the current snapshot does not see.
