@@ -59,7 +59,7 @@ pub(super) async fn handle(
             xid,
         } => {
             builder.begin(final_lsn, xid, commit_time);
-            cfg.windows.on_begin(xid, Lsn(final_lsn));
+            cfg.windows.on_begin(xid, Lsn(final_lsn), commit_time);
             None
         }
         Message::Commit { end_lsn, .. } => {

@@ -79,15 +79,20 @@ impl Unseen {
 /// becoming visible: a moment, or a synchronous standby's round trip.
 const RECENT: usize = 16_384;
 
+/// How much older (commit time) than the newest commit a commit may be and still
+/// count as possibly not visible yet: an hour, in which far fewer than 2^31
+/// transaction ids go by.
+const STILL_COMMITTING: i64 = 3_600_000_000;
+
 /// Bytes of keys remembered at most (with [`RECENT`]).
 const RECENT_KEY_BYTES: usize = 4 << 20;
 
 /// What the reader remembers of the stream's recent past.
 #[derive(Debug, Default)]
 struct Recent {
-    /// The last commits (transaction id, commit LSN), oldest first; the last one is
-    /// the transaction being decoded.
-    commits: VecDeque<(u32, Lsn)>,
+    /// The last commits (transaction id, commit LSN, commit time in µs), oldest
+    /// first; the last one is the transaction being decoded.
+    commits: VecDeque<(u32, Lsn, i64)>,
     /// The table under resync (the last window's).
     table: Option<TableName>,
     /// Its last changes (transaction, commit LSN, key text; `None`: truncated), oldest first.
@@ -98,11 +103,11 @@ struct Recent {
 }
 
 impl Recent {
-    fn begin(&mut self, xid: u32, commit_lsn: Lsn) {
+    fn begin(&mut self, xid: u32, commit_lsn: Lsn, commit_time: i64) {
         if self.commits.len() == RECENT {
             self.commits.pop_front();
         }
-        self.commits.push_back((xid, commit_lsn));
+        self.commits.push_back((xid, commit_lsn, commit_time));
         if self.table.is_some() && self.covered_from.is_none() {
             self.covered_from = Some(commit_lsn);
         }
@@ -146,15 +151,25 @@ impl Recent {
         }
     }
 
+    /// The commits that may still be invisible: those less than [`STILL_COMMITTING`]
+    /// older than the newest. (32-bit ids compare modulo 2^32: one that
+    /// committed 2^31 ids ago would look like one not seen yet.)
+    fn committing(&self) -> impl Iterator<Item = (u32, Lsn)> + '_ {
+        let newest = self.commits.back().map_or(0, |c| c.2);
+        self.commits
+            .iter()
+            .filter(move |c| c.2 >= newest.saturating_sub(STILL_COMMITTING))
+            .map(|&(xid, at, _)| (xid, at))
+    }
+
     /// For a window whose SELECT did not see `unseen`: the keys changed by those of
     /// them committed before `low` (`None` as a key: one truncated the table), or
     /// `None` when one of them committed before what is remembered of the table.
     fn missed(&self, unseen: &Unseen, low: Lsn) -> Option<Vec<Option<&str>>> {
         let mut keys = Vec::new();
-        for &(xid, at) in self
-            .commits
-            .iter()
-            .filter(|&&(xid, at)| at < low && unseen.contains(xid))
+        for (xid, at) in self
+            .committing()
+            .filter(|&(xid, at)| at < low && unseen.contains(xid))
         {
             if self.covered_from.is_none_or(|from| at < from) {
                 return None;
@@ -306,19 +321,19 @@ impl Windows {
     }
 
     /// A transaction begins in the stream (pgoutput sends it whole, at its commit).
-    pub(crate) fn on_begin(&self, xid: u32, commit_lsn: Lsn) {
-        self.lock().recent.begin(xid, commit_lsn);
+    pub(crate) fn on_begin(&self, xid: u32, commit_lsn: Lsn, commit_time: i64) {
+        self.lock().recent.begin(xid, commit_lsn, commit_time);
     }
 
     /// Whether a snapshot that does not see `unseen` misses one of the last
     /// commits the stream carried.
     pub(crate) fn misses_commits(&self, unseen: &Unseen) -> bool {
         let shared = self.lock();
-        shared
+        let missed = shared
             .recent
-            .commits
-            .iter()
-            .any(|&(x, _)| unseen.contains(x))
+            .committing()
+            .any(|(xid, _)| unseen.contains(xid));
+        missed
     }
 
     /// A watermark message's content, as the reader sees it in the stream.
@@ -562,18 +577,34 @@ mod tests {
         // Committed before the low watermark: 42 (running when the SELECT's
         // snapshot was taken) changes row 2, 1043 (at or after its xmax) row 3,
         // 44 (seen by it) row 4.
-        w.on_begin(42, Lsn(200));
+        w.on_begin(42, Lsn(200), 0);
         w.on_change(&change_in(Op::Update, 2, 42, 200));
-        w.on_begin(1043, Lsn(250));
+        w.on_begin(1043, Lsn(250), 0);
         w.on_change(&change_in(Op::Update, 3, 1043, 250));
-        w.on_begin(44, Lsn(260));
+        w.on_begin(44, Lsn(260), 0);
         w.on_change(&change_in(Op::Update, 4, 44, 260));
-        w.on_begin(45, Lsn(300));
+        w.on_begin(45, Lsn(300), 0);
         assert!(matches!(w.on_message(b"low:1.0.x"), Watermark::Low));
         // 46 commits after the high watermark: the read rows come first.
         assert!(w.set_rows("1.0.x", chunk(&[1, 2, 3, 4], vec![42, 46])));
-        w.on_begin(47, Lsn(400));
+        w.on_begin(47, Lsn(400), 0);
         assert_eq!(surviving(&w), vec![json!(1), json!(4)]);
+    }
+
+    #[test]
+    fn a_commit_an_hour_older_than_the_newest_counts_as_visible() {
+        let w = Windows::default();
+        let hour = 3_600_000_000;
+        // Its id looks like one at or after xmax modulo 2^32, but it is old.
+        w.on_begin(2000, Lsn(10), 0);
+        w.on_begin(43, Lsn(20), hour + 1);
+        let unseen = Unseen {
+            xmax: 1000,
+            xip: vec![],
+        };
+        assert!(!w.misses_commits(&unseen));
+        w.on_begin(1001, Lsn(30), hour + 2);
+        assert!(w.misses_commits(&unseen));
     }
 
     #[test]
@@ -590,10 +621,10 @@ mod tests {
     fn an_unseen_transaction_older_than_the_changes_remembered_drops_the_chunk() {
         let w = Windows::default();
         // 41 commits before the table is under resync: its changes are not remembered.
-        w.on_begin(41, Lsn(100));
+        w.on_begin(41, Lsn(100), 0);
         w.on_change(&change_in(Op::Update, 2, 41, 100));
         let mut rx = window(&w);
-        w.on_begin(43, Lsn(300));
+        w.on_begin(43, Lsn(300), 0);
         assert!(matches!(w.on_message(b"low:1.0.x"), Watermark::Low));
         assert!(w.set_rows("1.0.x", chunk(&[1, 2], vec![41])));
         assert!(matches!(w.on_message(b"high:1.0.x"), Watermark::Missed));
@@ -605,11 +636,11 @@ mod tests {
 
         // Remembered changes are bounded: a transaction that lost some is not trusted.
         let _rx = window(&w);
-        w.on_begin(50, Lsn(1000));
+        w.on_begin(50, Lsn(1000), 0);
         for id in 0..RECENT as i64 + 1 {
             w.on_change(&change_in(Op::Update, id, 50, 1000));
         }
-        w.on_begin(51, Lsn(1100));
+        w.on_begin(51, Lsn(1100), 0);
         w.on_message(b"low:1.0.x");
         w.set_rows("1.0.x", chunk(&[1], vec![50]));
         assert!(matches!(w.on_message(b"high:1.0.x"), Watermark::Missed));
@@ -622,10 +653,10 @@ mod tests {
     fn the_table_is_forgotten_when_the_resync_ends() {
         let w = Windows::default();
         let _rx = window(&w);
-        w.on_begin(1, Lsn(1));
+        w.on_begin(1, Lsn(1), 0);
         w.on_change(&change_in(Op::Insert, 1, 1, 1));
         w.finished();
-        w.on_begin(2, Lsn(2));
+        w.on_begin(2, Lsn(2), 0);
         w.on_change(&change_in(Op::Insert, 2, 2, 2));
         let shared = w.lock();
         assert!(shared.recent.changes.is_empty() && shared.recent.table.is_none());
