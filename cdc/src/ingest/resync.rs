@@ -38,6 +38,11 @@ const POLL: Duration = Duration::from_secs(1);
 /// is tried again (a reader paused on a full journal, or far behind).
 const WINDOW_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long the driver waits before reading again a chunk the reader dropped (its
+/// SELECT missed a transaction: see `watermark`; it becomes visible meanwhile),
+/// doubling up to a second while the same chunk keeps being dropped.
+const DROPPED_RETRY: Duration = Duration::from_millis(20);
+
 /// Why a resync could not go on.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ResyncError {
@@ -476,6 +481,7 @@ async fn one(
     let shape = shape(&mut catalog, &table, entry).await?;
     let client = catalog.client();
     tracing::info!(resync = resync.id, kind = %resync.kind, table = %table, sink = ?resync.sink, from = ?resync.last_key, "resync running");
+    let mut dropped = Backoff::new(DROPPED_RETRY, Duration::from_secs(1));
     loop {
         // Re-read: a cancel, or progress made by the reader since.
         let id = resync.id;
@@ -521,10 +527,10 @@ async fn one(
         }
         tokio::select! {
             r = tokio::time::timeout(WINDOW_TIMEOUT, done_rx) => match r {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => dropped.reset(),
                 // The window was dropped (its SELECT missed a transaction: see
                 // `watermark`) or replaced (reader restarted): read the chunk again.
-                Ok(Err(_)) => tokio::time::sleep(watermark::MISSED_RETRY).await,
+                Ok(Err(_)) => tokio::time::sleep(dropped.next_delay()).await,
                 Err(_) => {
                     windows.close(&token);
                     tracing::warn!(resync = resync.id, "the reader did not reach the chunk's high watermark in time; retrying the chunk");

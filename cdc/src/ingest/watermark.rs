@@ -26,7 +26,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use pgcdc_schema::event::Row;
 use pgcdc_schema::{ChangeEvent, Op};
@@ -275,10 +274,6 @@ struct Shared {
     window: Option<Window>,
     recent: Recent,
 }
-
-/// How long the driver waits before reading again a chunk dropped for a transaction
-/// its snapshot missed (it becomes visible meanwhile).
-pub(crate) const MISSED_RETRY: Duration = Duration::from_millis(20);
 
 impl Windows {
     fn lock(&self) -> MutexGuard<'_, Shared> {
