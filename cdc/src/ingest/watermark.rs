@@ -229,6 +229,18 @@ impl Window {
         }
     }
 
+    /// Drops the chunk's rows under these keys (`None`: the table was truncated).
+    fn drop_keys(&mut self, keys: impl IntoIterator<Item = Option<String>>) {
+        for key in keys {
+            match key {
+                Some(key) => {
+                    self.changed.insert(key);
+                }
+                None => self.truncated = true,
+            }
+        }
+    }
+
     /// The rows to journal: those no change touched inside the window.
     pub(crate) fn surviving_rows(&mut self) -> Vec<(Row, Row)> {
         let Some(chunk) = self.rows.as_mut() else {
@@ -359,14 +371,7 @@ impl Windows {
                         if !keys.is_empty() {
                             tracing::info!(resync = w.resync_id, keys = keys.len(), "the chunk's snapshot missed transactions committed before its low watermark; their rows are left to the stream");
                         }
-                        for key in keys {
-                            match key {
-                                Some(key) => {
-                                    w.changed.insert(key.to_string());
-                                }
-                                None => w.truncated = true,
-                            }
-                        }
+                        w.drop_keys(keys.into_iter().map(|k| k.map(str::to_string)));
                         Watermark::High(Box::new(w))
                     }
                     None => {
@@ -397,14 +402,7 @@ impl Windows {
         let Some(window) = shared.window.as_mut().filter(|w| w.low_seen) else {
             return;
         };
-        for key in keys {
-            match key {
-                Some(key) => {
-                    window.changed.insert(key);
-                }
-                None => window.truncated = true,
-            }
-        }
+        window.drop_keys(keys);
     }
 }
 
