@@ -1,6 +1,9 @@
 //! Kafka delivery benchmark: pgcdc's Kafka sink against a plain librdkafka
 //! producer, both writing to the same nisshi broker in the same run.
 //!
+//! `BENCH_ONLY=latency` runs only the latency part, `BENCH_ONLY=throughput` only
+//! the first two; `BENCH_ONLY=replay` re-produces a topic's records (see `replay`).
+//!
 //! 1. Journal → broker: the broker is cut off while Postgres commits `ROWS`
 //!    inserts, so they wait in pgcdc's journal; then it is restored and the
 //!    sink's cursor is timed from its first move to the journal head.
@@ -125,15 +128,15 @@ async fn pgcdc_throughput(
     Ok((rate, records))
 }
 
-/// The same records through a plain idempotent producer: records/s.
+/// The same records through a plain idempotent producer to `topic` (which
+/// exists): records/s.
 async fn plain_producer(
-    broker: &Broker,
+    bootstrap: &str,
+    topic: &str,
     records: &[pgcdc_tests::kafka::Record],
 ) -> anyhow::Result<f64> {
-    let topic = "bench.plain";
-    broker.create_topic(topic, 3)?;
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
@@ -315,6 +318,9 @@ fn commit_to_ack(state: &Path) -> anyhow::Result<Vec<f64>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("replay") {
+        return replay().await;
+    }
     let broker = Broker::start().await?;
     println!(
         "pgcdc Kafka delivery benchmark ({ROWS} changes, nisshi in-memory broker, 3 partitions)"
@@ -329,10 +335,33 @@ async fn main() -> anyhow::Result<()> {
         "pgcdc journal -> broker acked: {rate:>9.0} changes/s ({} records)",
         records.len()
     );
-    let plain = plain_producer(&broker, &records).await?;
+    broker.create_topic("bench.plain", 3)?;
+    let plain = plain_producer(&broker.bootstrap(), "bench.plain", &records).await?;
     println!("plain rdkafka producer:        {plain:>9.0} records/s (same records, same settings)");
     println!("ratio pgcdc / plain:           {:>9.2}", rate / plain);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("throughput") {
+        return Ok(());
+    }
     let (p50, p99, offered, n) = latency(&broker).await?;
     println!("latency commit -> consumer receipt at {offered:.0} changes/s ({n} changes): p50 {p50:.1} ms, p99 {p99:.1} ms");
+    Ok(())
+}
+
+/// `BENCH_ONLY=replay`: the records of topic `BENCH_TOPIC` on the broker at
+/// `BENCH_BOOTSTRAP`, produced again by the plain producer to the existing
+/// topic `BENCH_DEST`; prints the records and the seconds the producer took
+/// (`scripts/bench-stream`'s floor for Postgres -> Kafka: what writing these
+/// records costs without reading or rendering them).
+async fn replay() -> anyhow::Result<()> {
+    let var = |name: &str| std::env::var(name).with_context(|| format!("{name} is not set"));
+    let (bootstrap, topic, dest) = (
+        var("BENCH_BOOTSTRAP")?,
+        var("BENCH_TOPIC")?,
+        var("BENCH_DEST")?,
+    );
+    let b = bootstrap.clone();
+    let records = tokio::task::spawn_blocking(move || read_topic(&b, &topic)).await??;
+    let rate = plain_producer(&bootstrap, &dest, &records).await?;
+    println!("{} {:.2}", records.len(), records.len() as f64 / rate);
     Ok(())
 }

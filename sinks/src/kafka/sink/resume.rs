@@ -58,6 +58,7 @@ impl KafkaSink {
     ) -> Result<Option<Checkpoint>, Failure> {
         // Under HA: fence the previous leader's producer (and end its open
         // transaction) before reading what it wrote.
+        let began = Instant::now();
         self.fence_others().await?;
         let topic = self.config.progress_topic.clone();
         let partitions = match self.partition_count(&topic).await? {
@@ -69,6 +70,7 @@ impl KafkaSink {
                 })?
             }
         };
+        let metadata_ms = began.elapsed().as_millis() as u64;
         let base = self.base.clone();
         let name = self.name.clone();
         let ctx = self.context();
@@ -79,6 +81,8 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| Failure::Broker(e.to_string()))??;
+        tracing::debug!(sink = %self.name, metadata_ms, read_ms = began.elapsed().as_millis() as u64 - metadata_ms,
+            "progress record read");
         let Some(stored) = stored else {
             tracing::info!(sink = %self.name, progress_topic = %self.config.progress_topic, "no progress record yet: starting from the local cursor");
             // The first record written (at the first topic's registration) says so too.
