@@ -142,7 +142,7 @@ async fn plain_producer(
         .set("partitioner", "murmur2_random")
         .create()?;
     let started = Instant::now();
-    let mut futures = Vec::with_capacity(records.len());
+    let mut futures = std::collections::VecDeque::with_capacity(records.len());
     for r in records {
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
         for (k, v) in &r.headers {
@@ -161,13 +161,18 @@ async fn plain_producer(
         loop {
             match producer.send_result(rec) {
                 Ok(f) => {
-                    futures.push(f);
+                    futures.push_back(f);
                     break;
                 }
                 Err((_, back)) => {
-                    // Queue full: let acks drain.
+                    // Queue full (100k records): the oldest acknowledgement makes room.
                     rec = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    match futures.pop_front() {
+                        Some(f) => {
+                            f.await?.map_err(|(e, _)| e)?;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
                 }
             }
         }
