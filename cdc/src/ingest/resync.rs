@@ -31,6 +31,19 @@ use crate::supervise::{Backoff, TaskHealth};
 /// Rows per chunk: bounds the memory of a window and the size of one journal write.
 pub(crate) const CHUNK_ROWS: i64 = 2_000;
 
+/// How much one chunk's COPY reads: rows (its `LIMIT`) and bytes of text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CopyLimits {
+    pub(crate) rows: i64,
+    pub(crate) bytes: usize,
+}
+
+/// A resync chunk, which its window holds in memory until the high watermark.
+pub(crate) const CHUNK: CopyLimits = CopyLimits {
+    rows: CHUNK_ROWS,
+    bytes: CHUNK_BYTES,
+};
+
 /// How often the journal is polled for new or cancelled resyncs.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -226,6 +239,7 @@ pub(crate) fn chunk_sql(
     shape: &TableShape,
     where_sql: Option<&str>,
     after: Option<&str>,
+    limit: CopyLimits,
 ) -> Result<String, ResyncError> {
     let q = |s: &str| -> Result<String, ResyncError> { Ok(quote_ident(s)) };
     let mut cols = Vec::with_capacity(shape.columns.len());
@@ -261,9 +275,10 @@ pub(crate) fn chunk_sql(
         format!(" WHERE {}", conds.join(" AND "))
     };
     Ok(format!(
-        "SELECT {} FROM {rel} t{where_clause} ORDER BY {} LIMIT {CHUNK_ROWS}",
+        "SELECT {} FROM {rel} t{where_clause} ORDER BY {} LIMIT {}",
         cols.join(", "),
-        key_t.join(", ")
+        key_t.join(", "),
+        limit.rows
     ))
 }
 
@@ -296,16 +311,18 @@ pub(crate) struct ChunkStream<'a> {
     last_key: Vec<Option<String>>,
     rows: i64,
     bytes: usize,
+    limits: CopyLimits,
     /// The COPY ended (every row the LIMIT allowed was read).
     ended: bool,
 }
 
 impl<'a> ChunkStream<'a> {
-    /// Starts the COPY of `sql` (a [`chunk_sql`] query).
+    /// Starts the COPY of `sql` (a [`chunk_sql`] query made with `limits`).
     pub(crate) async fn start(
         client: &tokio_postgres::Client,
         sql: &str,
         shape: &'a TableShape,
+        limits: CopyLimits,
     ) -> Result<Self, ResyncError> {
         let copy = client.copy_out(&format!("COPY ({sql}) TO STDOUT")).await?;
         let key_columns = shape
@@ -328,15 +345,16 @@ impl<'a> ChunkStream<'a> {
             last_key: Vec::new(),
             rows: 0,
             bytes: 0,
+            limits,
             ended: false,
         })
     }
 
     /// The next row (key and full row), or `None` once the chunk is over: the COPY
-    /// ended, or the chunk holds `CHUNK_BYTES` (the rest is the next chunk's; the
-    /// connection discards what the server still sends of this COPY).
+    /// ended, or the chunk holds its limit of bytes (the rest is the next chunk's;
+    /// the connection discards what the server still sends of this COPY).
     pub(crate) async fn next(&mut self) -> Result<Option<(Row, Row)>, ResyncError> {
-        if self.ended || self.bytes >= CHUNK_BYTES {
+        if self.ended || self.bytes >= self.limits.bytes {
             return Ok(None);
         }
         let Some(line) = self.reader.next().await.map_err(copy_error)? else {
@@ -371,10 +389,15 @@ impl<'a> ChunkStream<'a> {
         Ok(Some((key, row)))
     }
 
-    /// Whether this is the table's last chunk: the COPY ended short of `CHUNK_ROWS`.
+    /// Whether this is the table's last chunk: the COPY ended short of its `LIMIT`.
     /// Meaningful once [`next`](Self::next) returned `None`.
     pub(crate) fn done(&self) -> bool {
-        self.ended && self.rows < CHUNK_ROWS
+        self.ended && self.rows < self.limits.rows
+    }
+
+    /// Bytes of COPY text read so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The last row's key (raw text values, JSON): the next chunk starts after it.
@@ -406,7 +429,7 @@ pub(crate) async fn select_chunk(
     sql: &str,
     shape: &TableShape,
 ) -> Result<ChunkRows, ResyncError> {
-    let mut chunk = ChunkStream::start(client, sql, shape).await?;
+    let mut chunk = ChunkStream::start(client, sql, shape, CHUNK).await?;
     let mut rows = Vec::new();
     while let Some(row) = chunk.next().await? {
         rows.push(row);
@@ -498,6 +521,7 @@ async fn one(
             &shape,
             current.r#where.as_deref(),
             current.last_key.as_deref(),
+            CHUNK,
         )?;
         let token = format!(
             "{}.{}.{}",
