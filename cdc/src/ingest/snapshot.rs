@@ -25,10 +25,10 @@ use super::resync::{
 /// One COPY of the initial snapshot reads this many rows. Under the exported
 /// snapshot no window holds them: they are journaled `CHUNK_ROWS` (or
 /// `CHUNK_BYTES`) at a time as they arrive, each write with the key to resume
-/// after. A COPY per 2,000 rows cost a query and its index descent each (1M
-/// rows: 270k rows/s with 2,000-row COPYs, 339k with 20,000 in one run of
-/// `scripts/bench-snapshot`); the LIMIT keeps the plan an index scan in key
-/// order, not a sort of the whole table before the first row.
+/// after. A COPY per 2,000 rows cost a query and its index descent each
+/// (`scripts/bench-snapshot`, 1M rows: about a tenth faster this way, see
+/// docs/benchmarks.md); the LIMIT keeps the plan an index scan in key order,
+/// not a sort of the whole table before the first row.
 const SNAPSHOT_COPY: CopyLimits = CopyLimits {
     rows: 50_000,
     bytes: 256 << 20,
