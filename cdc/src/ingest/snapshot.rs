@@ -22,6 +22,14 @@ use super::resync::{
     chunk_sql, shape, ChunkStream, CopyLimits, ResyncError, TableShape, CHUNK_BYTES, CHUNK_ROWS,
 };
 
+use crate::config::Config;
+use crate::ingest::catalog::Catalog;
+use crate::ingest::changes::{read_event, EventTable};
+use crate::journal::{
+    Access, JournalEntry, JournalWriter, ResyncKind, ResyncProgress, ResyncRequestError, Store,
+};
+use crate::replication::{connect_sql, SourceUrl};
+
 /// One COPY of the initial snapshot reads this many rows. Under the exported
 /// snapshot no window holds them: they are journaled `CHUNK_ROWS` (or
 /// `CHUNK_BYTES`) at a time as they arrive, each write with the key to resume
@@ -33,13 +41,6 @@ const SNAPSHOT_COPY: CopyLimits = CopyLimits {
     rows: 50_000,
     bytes: 256 << 20,
 };
-use crate::config::Config;
-use crate::ingest::catalog::Catalog;
-use crate::ingest::changes::{read_event, EventTable};
-use crate::journal::{
-    Access, JournalEntry, JournalWriter, ResyncKind, ResyncProgress, ResyncRequestError, Store,
-};
-use crate::replication::{connect_sql, SourceUrl};
 
 /// Queues one snapshot resync per captured table (kept if already queued). Called
 /// before the slot is created: a crash after creating it leaves the work queued.
