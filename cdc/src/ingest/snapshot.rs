@@ -256,37 +256,40 @@ async fn read_chunks(
             }
             if let Some(key) = write_key {
                 // The COPY goes on; what is read so far is journaled now.
-                let progress = ResyncProgress {
-                    id: resync_id,
-                    last_key: Some(key),
-                    rows: entries.len() as i64,
-                    done: false,
-                };
                 written_bytes = chunk.bytes();
                 let entries =
                     std::mem::replace(&mut entries, Vec::with_capacity(CHUNK_ROWS as usize));
-                if tx.send(Journaled { entries, progress }).await.is_err() {
+                if !write(tx, resync_id, entries, Some(key), false).await {
                     return Ok(seq);
                 }
             }
         }
-        let progress = ResyncProgress {
-            id: resync_id,
-            last_key: chunk.last_key(),
-            rows: entries.len() as i64,
-            done: chunk.done(),
-        };
         let done = chunk.done();
         last_key = chunk.last_key();
         drop(chunk);
-        if tx.send(Journaled { entries, progress }).await.is_err() {
-            // The journaling side stopped on an error of its own, which it reports.
-            return Ok(seq);
-        }
-        if done {
+        if !write(tx, resync_id, entries, last_key.clone(), done).await || done {
             return Ok(seq);
         }
     }
+}
+
+/// Hands one journal write to the journaling side, with the key a restart
+/// resumes after; false once that side stopped (on an error of its own, which
+/// it reports).
+async fn write(
+    tx: &mpsc::Sender<Journaled>,
+    id: i64,
+    entries: Vec<JournalEntry>,
+    last_key: Option<String>,
+    done: bool,
+) -> bool {
+    let progress = ResyncProgress {
+        id,
+        last_key,
+        rows: entries.len() as i64,
+        done,
+    };
+    tx.send(Journaled { entries, progress }).await.is_ok()
 }
 
 /// One journal write. It blocks (SQLite, fsync): on a multi-threaded runtime the
