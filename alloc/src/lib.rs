@@ -1,4 +1,4 @@
-//! pgcdc's memory allocator: mimalloc, with the two settings pgcdc changes.
+//! pgcdc's memory allocator: mimalloc, with the settings pgcdc changes.
 //!
 //! mimalloc: decoding and journaling allocate many small values per change,
 //! where glibc malloc costs 20-30% more CPU time (bench-stream, user time, 3
@@ -14,6 +14,11 @@
 //! touches is resident in full: a 1000-row run peaked at 52 MiB, a 450k-change
 //! stream at 88-96 MiB and a 1M-row transaction at 84-95 MiB; without them
 //! 28, 58-61 and 54-59 MiB, at the same CPU time (bench-stream, docs/benchmarks.md).
+//!
+//! Memory freed after a burst of wide rows goes back to the OS: a thread going
+//! idle collects what mimalloc kept ([`idle`]), and glibc's `malloc`, which the
+//! C libraries use, maps large blocks on their own at a fixed threshold
+//! ([`SYSTEM_MMAP_THRESHOLD`]).
 //!
 //! This crate holds the global allocator so that the unsafe calls that set
 //! these stay out of the crates that forbid unsafe code.
@@ -34,7 +39,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Sets the purge delay to [`PURGE_DELAY_MS`], unless the environment sets
 /// `MIMALLOC_PURGE_DELAY` (mimalloc read that when the process started), and
 /// turns transparent huge pages off, unless the environment sets
-/// `MIMALLOC_ALLOW_THP` (mimalloc's own switch for them).
+/// `MIMALLOC_ALLOW_THP` (mimalloc's own switch for them), and fixes glibc's
+/// mmap threshold (see [`SYSTEM_MMAP_THRESHOLD`]).
 /// Call it first thing in `main`, before other threads start.
 pub fn tune() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
@@ -47,6 +53,60 @@ pub fn tune() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         no_huge_pages();
     }
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        system_malloc_maps_large_blocks();
+    }
+}
+
+/// Blocks at least this large that the C libraries (SQLite, librdkafka) ask
+/// glibc's `malloc` for are mapped on their own and unmapped when freed.
+pub const SYSTEM_MMAP_THRESHOLD: i32 = 1 << 20;
+
+/// glibc maps a large block on its own, but raises that threshold to the size
+/// of each mapped block freed (up to 32 MiB): after a few wide rows SQLite's
+/// copies of their values come from its per-thread heaps, and stay there once
+/// freed (16 MB `bytea` rows left 200 MiB resident at idle). A fixed threshold
+/// (glibc's `MALLOC_MMAP_THRESHOLD_` sets another) turns that off; librdkafka's
+/// produce buffers (`batch.size`, 1,000,000 bytes by default) stay under it.
+#[cfg(target_env = "gnu")]
+fn system_malloc_maps_large_blocks() {
+    // SAFETY: mallopt takes two integers and changes only malloc's parameters;
+    // `main` calls this before it starts other threads.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, SYSTEM_MMAP_THRESHOLD) };
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn system_malloc_maps_large_blocks() {}
+
+/// A thread going idle (a runtime worker parking, the journal thread with an
+/// empty queue) gives back what mimalloc freed and kept, at most once per
+/// [`COLLECT_EVERY`] per thread. mimalloc purges lazily, when a thread frees or
+/// collects pages: after a burst of wide rows, threads that go quiet held what
+/// the burst freed (the rest of those 200 MiB: 145 MiB without this, 72 MiB with
+/// it; a cost of about 0.1% of the stream's CPU samples).
+pub fn idle() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = std::time::Instant::now();
+    if LAST
+        .get()
+        .is_none_or(|last| now.duration_since(last) >= COLLECT_EVERY)
+    {
+        LAST.set(Some(now));
+        collect();
+    }
+}
+
+/// How often a thread going idle gives back what mimalloc freed.
+pub const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Frees this thread's empty pages and purges what the arenas hold past the
+/// purge delay.
+fn collect() {
+    // SAFETY: mi_collect takes a flag and touches only mimalloc's own state
+    // (this thread's heap and the process's arenas).
+    unsafe { libmimalloc_sys::mi_collect(false) };
 }
 
 /// What mimalloc does at start with `MIMALLOC_ALLOW_THP=0`, which it reads too

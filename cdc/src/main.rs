@@ -7,7 +7,7 @@ use pgcdc::deliver::plan::sandbox;
 
 fn main() {
     // The allocator (mimalloc, `pgcdc-alloc`) gives freed memory back within 100 ms
-    // and uses no transparent huge pages.
+    // (and when a thread goes idle) and uses no transparent huge pages.
     pgcdc_alloc::tune();
     // A jq sandbox worker: no runtime, no logging, nothing on stdout but replies.
     let mut args = std::env::args_os().skip(1);
@@ -17,8 +17,22 @@ fn main() {
     run();
 }
 
-#[tokio::main]
-async fn run() {
+fn run() {
+    // A worker going idle gives back what the allocator freed (`pgcdc_alloc::idle`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(pgcdc_alloc::idle)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run_async()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run_async() {
     let cli = Cli::parse();
     cli::init_logging(cli.log_format);
     tracing::debug!(

@@ -340,6 +340,10 @@ pub(crate) fn run(
             let _ = reply.send(());
         }
         fill.measure(&*writer)?;
+        // Nothing queued: what the batch freed goes back (a wide row's values).
+        if rx.rx.is_empty() {
+            pgcdc_alloc::idle();
+        }
         // A full journal prunes at every wake-up (the paused reader syncs every second).
         if last_prune.elapsed() >= PRUNE_EVERY || fill.is_full() {
             last_prune = std::time::Instant::now();

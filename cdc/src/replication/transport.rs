@@ -15,6 +15,11 @@ use super::{tls, ReplicationError, SourceUrl, SslMode};
 pub(crate) trait AsyncIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncIo for T {}
 
+/// The read buffer's size at open, and what it goes back to once a larger message
+/// (a wide row: one message holds the whole row) has been taken off it.
+const READ_BUF: usize = 8 * 1024;
+const READ_BUF_KEEP: usize = 1 << 20;
+
 /// A framed, buffered connection. The read buffer lives here so that a read
 /// cancelled mid-frame (inside `tokio::select!`) resumes where it stopped.
 pub(crate) struct Transport {
@@ -50,7 +55,7 @@ impl Transport {
         };
         Ok(Transport {
             io,
-            read_buf: BytesMut::with_capacity(8 * 1024),
+            read_buf: BytesMut::with_capacity(READ_BUF),
             write_buf: BytesMut::with_capacity(1024),
             parameters: HashMap::new(),
             tls,
@@ -63,6 +68,17 @@ impl Transport {
         self.io.flush().await?;
         self.write_buf.clear();
         Ok(())
+    }
+
+    /// After a wide row's message (one message holds the whole row) the buffer
+    /// it grew to goes, what follows it moved to a new one: a stream that goes
+    /// quiet would otherwise hold the largest row's size for good.
+    fn release_large_buffer(&mut self) {
+        if self.read_buf.capacity() > READ_BUF_KEEP && self.read_buf.len() <= READ_BUF {
+            let mut fresh = BytesMut::with_capacity(READ_BUF);
+            fresh.extend_from_slice(&self.read_buf);
+            self.read_buf = fresh;
+        }
     }
 
     /// The next message that matters; NoticeResponse and ParameterStatus are
@@ -84,7 +100,10 @@ impl Transport {
                         tracing::debug!(name = %name, value = %value, "source parameter status");
                         self.parameters.insert(name, value);
                     }
-                    other => return Ok(other),
+                    other => {
+                        self.release_large_buffer();
+                        return Ok(other);
+                    }
                 }
             }
             // read_buf is cancel-safe: on cancellation no bytes were taken.
@@ -152,5 +171,55 @@ async fn negotiate_tls(
         other => Err(ReplicationError::Protocol(format!(
             "unexpected answer 0x{other:02x} to SSLRequest; is this a PostgreSQL server?"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BufMut;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn copy_data(len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 5);
+        out.put_u8(b'd');
+        out.put_i32(i32::try_from(len + 4).unwrap_or(i32::MAX));
+        out.resize(len + 5, b'x');
+        out
+    }
+
+    /// A wide row's message grows the read buffer; once it is taken and the
+    /// next message read, the buffer is back to its usual size.
+    #[tokio::test]
+    async fn the_read_buffer_shrinks_after_a_large_message() {
+        let (ours, mut server) = tokio::io::duplex(64 * 1024);
+        let mut t = Transport {
+            io: Box::new(ours),
+            read_buf: BytesMut::with_capacity(READ_BUF),
+            write_buf: BytesMut::new(),
+            parameters: HashMap::new(),
+            tls: TlsState::None,
+        };
+        let writer = tokio::spawn(async move {
+            server.write_all(&copy_data(4 << 20)).await?;
+            server.write_all(&copy_data(10)).await?;
+            Ok::<_, std::io::Error>(server)
+        });
+        let first = t.read().await.expect("the large message");
+        assert!(
+            matches!(first, Backend::Message(backend::Message::CopyData(ref b)) if b.data().len() == 4 << 20)
+        );
+        drop(first);
+        let second = t.read().await.expect("the small message");
+        assert!(
+            matches!(second, Backend::Message(backend::Message::CopyData(ref b)) if b.data().len() == 10)
+        );
+        assert!(
+            t.read_buf.capacity() <= READ_BUF_KEEP,
+            "read buffer kept {} bytes after a 4 MiB message",
+            t.read_buf.capacity()
+        );
+        let _server = writer.await.expect("writer task").expect("writes");
     }
 }

@@ -301,6 +301,9 @@ impl SqliteWriter {
             });
         }
         block.flush(&tx).map_err(&err)?;
+        // A wide row's record does not stay behind in the reused buffer.
+        self.record.clear();
+        self.record.shrink_to(blocks::BLOCK_BYTES);
         if let Some((lsn, seq)) = last.filter(|_| outcome.appended > 0) {
             blocks::mark_head(&tx, pos, lsn, seq).map_err(&err)?;
         }
