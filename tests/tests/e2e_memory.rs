@@ -8,7 +8,7 @@ mod e2e_fixture;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use e2e_fixture::{config_toml, start_streaming, status_json};
+use e2e_fixture::{config_toml, proc_status_kib, start_streaming, status_json, vm_hwm_kib};
 use pgcdc_tests::http_receiver::{Mode, Receiver};
 use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster};
 
@@ -17,14 +17,7 @@ const HUGE: u64 = 1 << 30;
 
 /// Peak resident memory of a process so far (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/PID/status")?;
-    Ok(kib * 1024)
+    Ok(vm_hwm_kib(pid)? * 1024)
 }
 
 const MIB: u64 = 1 << 20;
@@ -226,18 +219,11 @@ async fn many_large_rows_in_one_transaction_stay_bounded() -> anyhow::Result<()>
 
 /// Resident memory of a process now (`VmRSS`), in bytes.
 fn rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/PID/status")?;
-    Ok(kib * 1024)
+    Ok(proc_status_kib(pid, "VmRSS")? * 1024)
 }
 
 /// A burst of 16 MB `bytea` rows, delivered: pgcdc then gives the memory they
-/// took back. Three things held it: the replication read buffer and the
+/// took back. Four things held it: the replication read buffer and the
 /// journal's record buffer kept the size of the largest row, glibc's `malloc`
 /// (SQLite's) kept its copies of the values in its per-thread heaps, and
 /// mimalloc kept what it freed until a quiet thread allocated again.

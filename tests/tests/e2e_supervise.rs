@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use e2e_fixture::{config_toml, pgcdc_output, run_output, start_streaming, stderr_with};
+use e2e_fixture::{
+    config_toml, pgcdc_output, proc_status_kib, run_output, start_streaming, stderr_with,
+};
 use pgcdc_tests::{
     free_port, pgcdc_bin, state_dir, wait_streaming, wait_until_msg, ConfigFile, PgCluster, Pgcdc,
 };
@@ -36,20 +38,6 @@ async fn setup(pg: &PgCluster, state: &Path, port: u16) -> anyhow::Result<Config
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         .replace("tables = [", "snapshot = \"never\"\ntables = [");
     Ok(ConfigFile::new(&toml)?)
-}
-
-/// A field of `/proc/PID/status` in kB (`VmRSS`, `VmHWM`).
-fn proc_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{field}:")))
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("no value")?
-        .parse()?)
 }
 
 /// The process's open file descriptors.
@@ -327,7 +315,7 @@ async fn admin_floods_stay_within_the_connection_cap_and_memory_bounds() -> anyh
         "admin connection cap {cap} for an fd limit of {LIMIT}"
     );
     let fds_before = open_fds(pid)?;
-    let rss_before = proc_kb(pid, "VmRSS")?;
+    let rss_before = proc_status_kib(pid, "VmRSS")?;
 
     // 1. More idle connections than the fd limit: the cap holds, the excess is closed
     //    at once, the engine keeps its descriptors (a resync completes meanwhile), and
@@ -379,7 +367,7 @@ async fn admin_floods_stay_within_the_connection_cap_and_memory_bounds() -> anyh
         let peak = peak.clone();
         tokio::spawn(async move {
             for _ in 0..400 {
-                if let Ok(kb) = proc_kb(pid, "VmRSS") {
+                if let Ok(kb) = proc_status_kib(pid, "VmRSS") {
                     peak.fetch_max(kb as usize, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
@@ -397,14 +385,14 @@ async fn admin_floods_stay_within_the_connection_cap_and_memory_bounds() -> anyh
         t.await?;
     }
     sampler.abort();
-    let peak_kb = (peak.load(Ordering::SeqCst) as u64).max(proc_kb(pid, "VmRSS")?);
+    let peak_kb = (peak.load(Ordering::SeqCst) as u64).max(proc_status_kib(pid, "VmRSS")?);
     wait_until_msg(
         Duration::from_secs(20),
         "RSS back near its level before the floods",
-        || async { proc_kb(pid, "VmRSS").is_ok_and(|kb| kb < rss_before + 16 * 1024) },
+        || async { proc_status_kib(pid, "VmRSS").is_ok_and(|kb| kb < rss_before + 16 * 1024) },
     )
     .await;
-    let rss_after = proc_kb(pid, "VmRSS")?;
+    let rss_after = proc_status_kib(pid, "VmRSS")?;
     eprintln!(
         "fds: {fds_before} before, {fds_flooded} during {idle} idle connections (cap {cap}); \
          RSS: {rss_before} kB before, peak {peak_kb} kB during {slow} x 380 KB heads, \
