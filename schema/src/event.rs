@@ -268,6 +268,17 @@ impl ChangeEvent {
     pub fn qualified_table(&self) -> String {
         format!("{}.{}", self.schema, self.table)
     }
+
+    /// The bytes of its packed rows (key, old, new): about what any form of the
+    /// event takes (its record, its JSON), so that room for a wide row is made
+    /// once instead of by doubling a buffer as it fills.
+    pub fn packed_bytes(&self) -> usize {
+        [&self.key, &self.old, &self.new]
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row.packed().map(|(_, _, bytes)| bytes.len()))
+            .sum()
+    }
 }
 
 /// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01).

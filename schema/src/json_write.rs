@@ -18,6 +18,7 @@ use crate::Lsn;
 /// it). On `Err` (a packed row whose bytes are damaged) `out` holds a partial
 /// event: the caller drops what it appended.
 pub fn write_event(event: &ChangeEvent, out: &mut Vec<u8>) -> Result<(), Bad> {
+    out.reserve(event.packed_bytes() + 256);
     out.extend_from_slice(b"{\"id\":");
     write_str(out, event.id.as_str());
     out.extend_from_slice(b",\"op\":\"");
@@ -71,7 +72,7 @@ pub fn write_event(event: &ChangeEvent, out: &mut Vec<u8>) -> Result<(), Bad> {
 
 /// The native JSON of `event` (see [`write_event`]).
 pub fn to_vec(event: &ChangeEvent) -> Result<Vec<u8>, Bad> {
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::new();
     write_event(event, &mut out)?;
     Ok(out)
 }

@@ -28,7 +28,8 @@ use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
 use crate::value::{
-    decode_text, is_digits, iso_datetime_len, kept_as_text, parse_array, ArrayNode, PgType,
+    bytea_base64_len, bytea_hex_to_base64, decode_text, is_digits, iso_datetime_len, kept_as_text,
+    parse_array, ArrayNode, PgType,
 };
 
 /// Deeper than any value can be: json/jsonb values are refused past
@@ -167,9 +168,26 @@ pub fn pack_text(ty: &PgType, text: &str, out: &mut Vec<u8>) {
         PgType::TimestampTz if pack_timestamptz(text, out) => {}
         PgType::Jsonb if json::pack_jsonb(text, out) => {}
         PgType::Array(elem) if pack_array(elem, text, out) => {}
+        PgType::Bytea if pack_bytea_hex(text, out) => {}
         _ if kept_as_text(ty) => put_string(out, text),
         _ => put_value(out, &decode_text(ty, text)),
     }
+}
+
+/// Appends a `\x` hex bytea as the base64 string `decode_text` gives for it,
+/// straight from the hex; false (nothing appended) when it is not hex.
+fn pack_bytea_hex(text: &str, out: &mut Vec<u8>) -> bool {
+    let Some(len) = bytea_base64_len(text) else {
+        return false;
+    };
+    let start = out.len();
+    out.push(STRING);
+    put_varint(out, len as u64);
+    if bytea_hex_to_base64(text, out).is_none() {
+        out.truncate(start);
+        return false;
+    }
+    true
 }
 
 /// Appends the packed form of an array literal (what `put_value` appends for

@@ -497,15 +497,51 @@ fn decode_timetz(text: &str) -> Option<String> {
 
 /// `\x` hex bytea as standard base64 with padding.
 fn decode_bytea_hex(text: &str) -> Option<String> {
-    let hex = text.strip_prefix("\\x")?.as_bytes();
-    if hex.len() % 2 != 0 {
-        return None;
+    let mut out = Vec::new();
+    bytea_hex_to_base64(text, &mut out)?;
+    String::from_utf8(out).ok()
+}
+
+/// The base64 length of a `\x` hex bytea's bytes (`None` if the text is not one):
+/// what [`bytea_hex_to_base64`] appends.
+pub(crate) fn bytea_base64_len(text: &str) -> Option<usize> {
+    let hex = text.strip_prefix("\\x")?;
+    (hex.len() % 2 == 0).then(|| (hex.len() / 2).div_ceil(3) * 4)
+}
+
+/// Appends the standard base64 (with padding) of a `\x` hex bytea's bytes to
+/// `out`, a chunk at a time: a wide value is never held as bytes as well (a
+/// 16 MB `bytea` arrives as 32 MB of hex; its bytes would be 16 MB more). On
+/// `None` (not hex) `out` is as it was.
+pub(crate) fn bytea_hex_to_base64(text: &str, out: &mut Vec<u8>) -> Option<()> {
+    // 3,072 bytes make 4,096 base64 characters: no padding before the last chunk.
+    const RAW: usize = 3 << 10;
+    let len = bytea_base64_len(text)?;
+    let hex = &text.as_bytes()[2..];
+    let start = out.len();
+    out.reserve(len);
+    let mut raw = [0u8; RAW];
+    let mut encoded = [0u8; RAW / 3 * 4];
+    for chunk in hex.chunks(2 * RAW) {
+        let bytes = &mut raw[..chunk.len() / 2];
+        for (b, pair) in bytes.iter_mut().zip(chunk.chunks_exact(2)) {
+            match (hex_nibble(pair[0]), hex_nibble(pair[1])) {
+                (Some(hi), Some(lo)) => *b = hi << 4 | lo,
+                _ => {
+                    out.truncate(start);
+                    return None;
+                }
+            }
+        }
+        // Cannot fail: `encoded` holds the base64 of a whole `raw`.
+        let Ok(n) = base64::engine::general_purpose::STANDARD.encode_slice(&*bytes, &mut encoded)
+        else {
+            out.truncate(start);
+            return None;
+        };
+        out.extend_from_slice(&encoded[..n]);
     }
-    let bytes = hex
-        .chunks_exact(2)
-        .map(|pair| Some(hex_nibble(pair[0])? << 4 | hex_nibble(pair[1])?))
-        .collect::<Option<Vec<u8>>>()?;
-    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+    Some(())
 }
 
 fn hex_nibble(c: u8) -> Option<u8> {

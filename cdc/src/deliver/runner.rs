@@ -481,7 +481,12 @@ impl<S: Sink> Runner<S> {
         if let Some(last) = batch.last() {
             self.recent.at(last.pos);
             crate::metrics::batch_read(&self.name, false);
-            self.prefetch.start(last.pos, batch_size);
+            // Behind one row wider than a batch, the next is read after it is
+            // delivered: a prefetch would hold one more such row meanwhile.
+            let wide = matches!(&batch[..], [one] if one.event.packed_bytes() > BATCH_BYTES);
+            if !wide {
+                self.prefetch.start(last.pos, batch_size);
+            }
         }
         // Shared here, on the thread that frees them after delivery.
         Ok(batch

@@ -122,7 +122,7 @@ pub fn to_vec(
         serde_json::to_vec(&envelope(event, source, options, now_ms))
     } else {
         // The common path, written straight from the event.
-        let mut out = Vec::with_capacity(1024);
+        let mut out = Vec::with_capacity(event.packed_bytes() + 1024);
         Envelope::new(event, source, options, now_ms)
             .write_json(&mut out)
             .map_err(<serde_json::Error as serde::ser::Error>::custom)?;

@@ -321,6 +321,37 @@ fn bytea_hex_to_base64() {
     }
 }
 
+/// Wide values are decoded a chunk (3,072 bytes) at a time: lengths around the
+/// chunk's edges give the base64 of the whole, packed or decoded, and a bad digit
+/// in a later chunk leaves the text as it was.
+#[test]
+fn wide_bytea_decodes_across_chunks() {
+    use base64::Engine as _;
+    for n in [3071, 3072, 3073, 6144, 6145, 10_000] {
+        let bytes: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let text = format!("\\x{hex}");
+        let want = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        assert_eq!(decode_text(&PgType::Bytea, &text), s(&want), "{n} bytes");
+        let mut packed = Vec::new();
+        pack_text(&PgType::Bytea, &text, &mut packed);
+        let mut expected = Vec::new();
+        crate::packed::put_value(&mut expected, &s(&want));
+        assert_eq!(packed, expected, "{n} bytes, packed");
+        let bad = format!("{}zz", &text[..text.len() - 2]);
+        assert_eq!(
+            decode_text(&PgType::Bytea, &bad),
+            s(&bad),
+            "{n} bytes, bad digit"
+        );
+        let mut packed = vec![9];
+        pack_text(&PgType::Bytea, &bad, &mut packed);
+        let mut expected = vec![9];
+        crate::packed::put_value(&mut expected, &s(&bad));
+        assert_eq!(packed, expected, "{n} bytes, bad digit, packed");
+    }
+}
+
 #[test]
 fn arrays_of_scalars() {
     assert_eq!(

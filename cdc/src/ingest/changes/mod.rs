@@ -369,9 +369,19 @@ impl ChangeBuilder {
                 want: info.columns.len(),
             });
         }
-        // The packed row is about as long as the values' text.
-        let text: usize = tuple.0.iter().map(Datum::len).sum();
-        let mut row = Packer::new(info.names.clone(), text + 4 * tuple.0.len());
+        // The packed row is about as long as the values' text, a bytea's two
+        // thirds of it (hex in, base64 kept): a wide value's row is allocated
+        // once, at about its size.
+        let size: usize = info
+            .columns
+            .iter()
+            .zip(&tuple.0)
+            .map(|((_, kind), datum)| match kind {
+                PgType::Bytea => datum.len() / 3 * 2 + 4,
+                _ => datum.len() + 4,
+            })
+            .sum();
+        let mut row = Packer::new(info.names.clone(), size);
         let mut toast = Vec::new();
         for (i, ((name, kind), datum)) in info.columns.iter().zip(&tuple.0).enumerate() {
             match datum {

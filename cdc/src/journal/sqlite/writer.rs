@@ -37,8 +37,6 @@ pub(super) struct SqliteWriter {
     staging: Option<(Connection, PathBuf)>,
     /// Makes the records (knows the relation versions stored).
     encoder: Encoder,
-    /// One record's bytes, reused.
-    record: Vec<u8>,
     /// Where the last append stored its entries (see `take_appended`).
     appended: Vec<Appended>,
 }
@@ -66,7 +64,6 @@ impl SqliteWriter {
             file,
             staging: None,
             encoder,
-            record: Vec::new(),
             appended: Vec::new(),
         })
     }
@@ -277,17 +274,18 @@ impl SqliteWriter {
                 None
             };
             let event = filled.as_ref().unwrap_or(&entry.event);
-            self.record.clear();
-            self.encoder.encode(event, &mut self.record);
             pos += 1;
-            block.push(&Stored {
+            let stored = Stored {
                 pos,
                 commit_lsn: position.0,
                 seq: position.1,
                 commit_time_us: entry.commit_time_unix_us,
                 table: &entry.table,
                 target,
-                record: &self.record,
+                record: &[],
+            };
+            block.push_encoded(&stored, event.packed_bytes() + 32, |body| {
+                self.encoder.encode(event, body)
             });
             if block.full() {
                 block.flush(&tx).map_err(&err)?;
@@ -301,9 +299,6 @@ impl SqliteWriter {
             });
         }
         block.flush(&tx).map_err(&err)?;
-        // A wide row's record does not stay behind in the reused buffer.
-        self.record.clear();
-        self.record.shrink_to(blocks::BLOCK_BYTES);
         if let Some((lsn, seq)) = last.filter(|_| outcome.appended > 0) {
             blocks::mark_head(&tx, pos, lsn, seq).map_err(&err)?;
         }
