@@ -51,12 +51,23 @@ const OBJECT: u8 = 7;
 mod json;
 
 /// Appends `n` as a LEB128 varint.
-pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+pub fn put_varint(out: &mut Vec<u8>, n: u64) {
+    let mut bytes = [0u8; 10];
+    let len = varint_into(&mut bytes, n);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// Writes `n` as a LEB128 varint into `out` (what [`put_varint`] appends);
+/// returns its length.
+pub fn varint_into(out: &mut [u8; 10], mut n: u64) -> usize {
+    let mut i = 0;
     while n >= 0x80 {
-        out.push((n as u8) | 0x80);
+        out[i] = (n as u8) | 0x80;
         n >>= 7;
+        i += 1;
     }
-    out.push(n as u8);
+    out[i] = n as u8;
+    i + 1
 }
 
 /// Appends `n` zigzag-encoded.

@@ -222,26 +222,53 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
     Ok(proc_status_kib(pid, "VmRSS")? * 1024)
 }
 
+/// pgcdc streaming `t (id int PRIMARY KEY, v bytea)` to stdout, settled.
+struct Bytea {
+    pg: PgCluster,
+    _state: tempfile::TempDir,
+    _cfg: ConfigFile,
+    p: pgcdc_tests::Pgcdc,
+    /// pgcdc's resident memory once settled, before any row.
+    before: u64,
+}
+
+async fn stream_bytea_table() -> anyhow::Result<Bytea> {
+    let pg = PgCluster::new().await?;
+    pg.batch("CREATE TABLE t (id int PRIMARY KEY, v bytea NOT NULL)")
+        .await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&config_toml(&pg.url(), &["public.t"], state.path(), ""))?;
+    let p = start_streaming(&pg, &cfg).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss(p.pid())?;
+    Ok(Bytea {
+        pg,
+        _state: state,
+        _cfg: cfg,
+        p,
+        before,
+    })
+}
+
 /// A burst of 16 MB `bytea` rows, delivered: pgcdc then gives the memory they
 /// took back. Four things held it: the replication read buffer and the
 /// journal's record buffer (now gone: records are encoded into their block,
-/// whose buffer shrinks after a wide row) kept the size of the largest row, glibc's `malloc`
-/// (SQLite's) kept its copies of the values in its per-thread heaps, and
-/// mimalloc kept what it freed until a quiet thread allocated again.
+/// whose buffer shrinks after a wide row) kept the size of the largest row,
+/// glibc's `malloc` (SQLite's) kept its copies of the values in its per-thread
+/// heaps, and mimalloc kept what it freed until a quiet thread allocated again.
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_of_wide_rows_is_given_back_once_delivered() -> anyhow::Result<()> {
     const ROWS: usize = 12;
     const ROW_BYTES: usize = 16_000_000;
     /// What an idle pgcdc may keep above where it was before the burst.
     const KEPT: u64 = 48 * MIB;
-    let pg = PgCluster::new().await?;
-    pg.batch("CREATE TABLE t (id int PRIMARY KEY, v bytea NOT NULL)")
-        .await?;
-    let state = state_dir()?;
-    let cfg = ConfigFile::new(&config_toml(&pg.url(), &["public.t"], state.path(), ""))?;
-    let mut p = start_streaming(&pg, &cfg).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = rss(p.pid())?;
+    let Bytea {
+        pg,
+        _state,
+        _cfg,
+        mut p,
+        before,
+    } = stream_bytea_table().await?;
 
     pg.batch(&format!(
         "INSERT INTO t SELECT g, convert_to(repeat(chr(97 + g % 26), {ROW_BYTES}), 'UTF8') \
@@ -299,14 +326,13 @@ async fn memory_of_wide_rows_is_given_back_once_delivered() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wide_row_is_held_a_few_times_at_most() -> anyhow::Result<()> {
     const ROW_BYTES: usize = 40_000_000;
-    let pg = PgCluster::new().await?;
-    pg.batch("CREATE TABLE t (id int PRIMARY KEY, v bytea NOT NULL)")
-        .await?;
-    let state = state_dir()?;
-    let cfg = ConfigFile::new(&config_toml(&pg.url(), &["public.t"], state.path(), ""))?;
-    let mut p = start_streaming(&pg, &cfg).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = rss(p.pid())?;
+    let Bytea {
+        pg,
+        _state,
+        _cfg,
+        mut p,
+        before,
+    } = stream_bytea_table().await?;
     pg.batch(&format!(
         "INSERT INTO t VALUES (1, convert_to(repeat('w', {ROW_BYTES}), 'UTF8'))"
     ))

@@ -346,7 +346,8 @@ impl PgWriter {
                     outcome.skipped += 1;
                     continue;
                 }
-                let mut payload = Vec::new();
+                // Room for the rows at once: a wide row's are copied once.
+                let mut payload = Vec::with_capacity(entry.event.packed_bytes() + 64);
                 let filled = if tracking.contains_key(&*entry.table) {
                     let mut event = entry.event.clone();
                     apply_row_state(pg, tracking, &entry.table, &mut event)?;

@@ -199,7 +199,6 @@ impl Encoder {
 
     /// Appends the v2 record of `event` to `out`.
     pub(crate) fn encode(&mut self, event: &ChangeEvent, out: &mut Vec<u8>) {
-        out.reserve(event.packed_bytes() + 64);
         let (rel, rel_id) = self.relation(event);
         let o = &event.origin;
         let ordinal = positional_ordinal(&event.id, event.lsn);

@@ -32,7 +32,7 @@
 //! is behind the head stops at the mark with "a newer release wrote this
 //! journal" instead of skipping the events it cannot see.
 
-use pgcdc_schema::packed::{put_bytes, put_str, put_varint, put_zigzag, Bad, Reader};
+use pgcdc_schema::packed::{put_bytes, put_str, put_varint, put_zigzag, varint_into, Bad, Reader};
 use rusqlite::blob::ZeroBlob;
 use rusqlite::{params, Connection, DatabaseName};
 
@@ -104,7 +104,8 @@ impl BlockWriter {
     /// Adds an event whose record `encode` appends to the body (`e.record` is not
     /// read): a record is written once, in place, never in a buffer of its own as
     /// well (a wide row's record is as large as the row). `about` is about the
-    /// record's length: room for its length is left before it.
+    /// record's length: room is made for the record at once, and for its length
+    /// before it.
     pub(super) fn push_encoded(
         &mut self,
         e: &Stored<'_>,
@@ -114,6 +115,7 @@ impl BlockWriter {
         self.head(e);
         let mut len = [0u8; 10];
         let room = varint_into(&mut len, about as u64);
+        self.body.reserve(room + about);
         let at = self.body.len();
         self.body.extend_from_slice(&len[..room]);
         encode(&mut self.body);
@@ -230,18 +232,6 @@ impl BlockWriter {
         self.untimed = false;
         Ok(())
     }
-}
-
-/// Writes `n` as [`put_varint`] does into `out`; returns its length.
-fn varint_into(out: &mut [u8; 10], mut n: u64) -> usize {
-    let mut i = 0;
-    while n >= 0x80 {
-        out[i] = (n as u8) | 0x80;
-        n >>= 7;
-        i += 1;
-    }
-    out[i] = n as u8;
-    i + 1
 }
 
 /// The events of a block whose first position is `first_pos`, in order.

@@ -284,7 +284,7 @@ impl SqliteWriter {
                 target,
                 record: &[],
             };
-            block.push_encoded(&stored, event.packed_bytes() + 32, |body| {
+            block.push_encoded(&stored, event.packed_bytes() + 64, |body| {
                 self.encoder.encode(event, body)
             });
             if block.full() {
