@@ -243,7 +243,12 @@ async fn session(
                         let at = Lsn(wal_start);
                         let message = streams.decode(&data)
                             .map_err(|source| ReaderError::Decode { lsn: at, source })?;
-                        match streams.step(message, at, &data)? {
+                        let step = streams.step(message, at, &data)?;
+                        // The message's buffer goes before its change is handed to the
+                        // journal: for a wide row it is the row's size twice over (hex),
+                        // and the journal's copy of the row would otherwise meet it.
+                        drop(data);
+                        match step {
                             Step::Handle(message) => {
                                 handle(message, at, state, &mut catalog, cfg, journal).await?;
                             }
