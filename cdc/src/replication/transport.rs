@@ -70,11 +70,16 @@ impl Transport {
         Ok(())
     }
 
-    /// After a wide row's message (one message holds the whole row) the buffer
-    /// it grew to goes, what follows it moved to a new one: a stream that goes
-    /// quiet would otherwise hold the largest row's size for good.
-    fn release_large_buffer(&mut self) {
-        if self.read_buf.capacity() > READ_BUF_KEEP && self.read_buf.len() <= READ_BUF {
+    /// After a wide row's message (one message holds the whole row; `taken`
+    /// bytes) the buffer it grew to goes, what follows it moved to a new one: a
+    /// stream that goes quiet would otherwise hold the largest row's size for
+    /// good. What is left after the message shares its allocation however
+    /// little room it has left (a buffer grown to fit the message has almost
+    /// none), and once the message is dropped it takes that allocation back.
+    fn release_large_buffer(&mut self, taken: usize) {
+        if (taken > READ_BUF_KEEP || self.read_buf.capacity() > READ_BUF_KEEP)
+            && self.read_buf.len() <= READ_BUF
+        {
             let mut fresh = BytesMut::with_capacity(READ_BUF);
             fresh.extend_from_slice(&self.read_buf);
             self.read_buf = fresh;
@@ -85,6 +90,7 @@ impl Transport {
     /// absorbed here because the server may send them at any point. Cancel-safe.
     pub(crate) async fn read(&mut self) -> Result<Backend, ReplicationError> {
         loop {
+            let before = self.read_buf.len();
             while let Some(message) = frame::take_message(&mut self.read_buf)? {
                 match message {
                     Backend::Message(backend::Message::NoticeResponse(body)) => {
@@ -101,7 +107,7 @@ impl Transport {
                         self.parameters.insert(name, value);
                     }
                     other => {
-                        self.release_large_buffer();
+                        self.release_large_buffer(before - self.read_buf.len());
                         return Ok(other);
                     }
                 }
@@ -207,10 +213,17 @@ mod tests {
             Ok::<_, std::io::Error>(server)
         });
         let first = t.read().await.expect("the large message");
+        let Backend::Message(backend::Message::CopyData(body)) = first else {
+            panic!("not the CopyData sent");
+        };
+        let body = body.into_bytes();
+        assert_eq!(body.len(), 4 << 20);
+        // Nothing but the message holds its allocation: the read buffer let go.
         assert!(
-            matches!(first, Backend::Message(backend::Message::CopyData(ref b)) if b.data().len() == 4 << 20)
+            body.is_unique(),
+            "the read buffer still shares the large message's allocation"
         );
-        drop(first);
+        drop(body);
         let second = t.read().await.expect("the small message");
         assert!(
             matches!(second, Backend::Message(backend::Message::CopyData(ref b)) if b.data().len() == 10)
