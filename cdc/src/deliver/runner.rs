@@ -245,6 +245,10 @@ struct Runner<S: Sink> {
     prefetch: Prefetch,
     /// A third connection commits the booked batch while the next one goes on.
     commits: Commits,
+    /// The buffer the next batch read from the journal fills: two are kept
+    /// between batches, this one and the prefetch's (a fresh one for every batch
+    /// touched new pages: the stream's most frequent page fault).
+    spare: Vec<StoredEvent>,
     /// The events the journal thread wrote last: read from here while they hold
     /// the next batch.
     recent: RecentReader,
@@ -279,6 +283,7 @@ pub(crate) async fn run<S: Sink>(
         // A second connection reads the next batch while the sink delivers this one.
         prefetch: Prefetch::new(store.open(Access::Existing)?),
         commits: Commits::new(store.open(Access::Existing)?),
+        spare: Vec::new(),
         recent: store.recent().reader(),
         cursor: 0,
         generation: 0,
@@ -471,26 +476,24 @@ impl<S: Sink> Runner<S> {
             crate::metrics::batch_read(&self.name, true);
             return Ok(batch);
         }
-        let batch = match self.prefetch.take(&self.name, from).await? {
+        let mut batch = match self.prefetch.take(&self.name, from).await? {
             Some(batch) => batch,
             None => {
-                self.journal(move |r| r.read_batch(from, batch_size, BATCH_BYTES))
-                    .await?
+                let mut buf = std::mem::take(&mut self.spare);
+                self.journal(move |r| {
+                    r.read_batch_into(from, batch_size, BATCH_BYTES, &mut buf)
+                        .map(|()| buf)
+                })
+                .await?
             }
         };
-        if let Some(last) = batch.last() {
-            self.recent.at(last.pos);
-            crate::metrics::batch_read(&self.name, false);
-            // Behind one row wider than a batch, the next is read after it is
-            // delivered: a prefetch would hold one more such row meanwhile.
-            let wide = matches!(&batch[..], [one] if one.event.packed_bytes() > BATCH_BYTES);
-            if !wide {
-                self.prefetch.start(last.pos, batch_size);
-            }
-        }
+        // Behind one row wider than a batch, the next is read after it is
+        // delivered: a prefetch would hold one more such row meanwhile.
+        let wide = matches!(&batch[..], [one] if one.event.packed_bytes() > BATCH_BYTES);
+        let last = batch.last().map(|e| e.pos);
         // Shared here, on the thread that frees them after delivery.
-        Ok(batch
-            .into_iter()
+        let shared = batch
+            .drain(..)
             .map(|e| StoredEvent {
                 pos: e.pos,
                 seq: e.seq,
@@ -498,7 +501,20 @@ impl<S: Sink> Runner<S> {
                 target: e.target,
                 table: e.table,
             })
-            .collect())
+            .collect();
+        if let Some(buf) = self.prefetch.recycle(batch) {
+            if self.spare.capacity() == 0 {
+                self.spare = buf;
+            }
+        }
+        if let Some(last) = last {
+            self.recent.at(last);
+            crate::metrics::batch_read(&self.name, false);
+            if !wide {
+                self.prefetch.start(last, batch_size);
+            }
+        }
+        Ok(shared)
     }
 
     /// Caught up: waits for the journal to grow, a replay request (polled), or shutdown.
@@ -525,8 +541,8 @@ impl<S: Sink> Runner<S> {
             Some(e) => (e.pos, e.event.id.to_string()),
             None => (self.cursor, String::new()),
         };
-        let mut events = Vec::new();
-        let mut stored_at = Vec::new();
+        let mut events = Vec::with_capacity(stored.len());
+        let mut stored_at = Vec::with_capacity(stored.len());
         for stored in stored {
             // A targeted resync's rows are for one sink only.
             if stored.target.as_deref().is_some_and(|t| t != self.name) {

@@ -123,6 +123,20 @@ pub trait StateStore: Send {
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, JournalError>;
 
+    /// [`StateStore::read_batch`], appended to `out` (empty: a buffer kept from
+    /// the batch before, so that a stream's batches do not each take fresh memory
+    /// for it).
+    fn read_batch_into(
+        &self,
+        pos: i64,
+        limit: usize,
+        max_bytes: usize,
+        out: &mut Vec<StoredEvent>,
+    ) -> Result<(), JournalError> {
+        out.extend(self.read_batch(pos, limit, max_bytes)?);
+        Ok(())
+    }
+
     /// Up to `limit` events after `pos`, in journal order.
     fn read_after(&self, pos: i64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
         self.read_batch(pos, limit, usize::MAX)

@@ -5,14 +5,20 @@ use super::JournalReader;
 use super::{RunnerError, BATCH_BYTES};
 use crate::journal::{JournalError, StoredEvent};
 
-/// A read of the next batch: the reader comes back with the result.
+/// A read of the next batch: the reader and the buffer come back with the result.
 type PrefetchTask =
-    tokio::task::JoinHandle<(JournalReader, Result<Vec<StoredEvent>, JournalError>)>;
+    tokio::task::JoinHandle<(JournalReader, Vec<StoredEvent>, Result<(), JournalError>)>;
+
+/// The largest batch buffer kept between batches, in events (a `batch_size`
+/// above it reads into fresh ones).
+const KEEP_EVENTS: usize = 4096;
 
 /// The next batch, read on a second journal connection while the sink delivers.
 pub(super) struct Prefetch {
     reader: Option<JournalReader>,
     pending: Option<(i64, PrefetchTask)>,
+    /// The buffer the next read fills (see [`Prefetch::recycle`]).
+    spare: Vec<StoredEvent>,
 }
 
 impl Prefetch {
@@ -20,17 +26,19 @@ impl Prefetch {
         Prefetch {
             reader: Some(reader),
             pending: None,
+            spare: Vec::new(),
         }
     }
 
     /// Starts reading the batch after `from`.
     pub(super) fn start(&mut self, from: i64, limit: usize) {
         if let Some(reader) = self.reader.take() {
+            let mut buf = std::mem::take(&mut self.spare);
             self.pending = Some((
                 from,
                 tokio::task::spawn_blocking(move || {
-                    let out = reader.read_batch(from, limit, BATCH_BYTES);
-                    (reader, out)
+                    let out = reader.read_batch_into(from, limit, BATCH_BYTES, &mut buf);
+                    (reader, buf, out)
                 }),
             ));
         }
@@ -46,11 +54,31 @@ impl Prefetch {
         let Some((at, handle)) = self.pending.take() else {
             return Ok(None);
         };
-        let (reader, out) = handle
+        let (reader, batch, out) = handle
             .await
             .map_err(|e| RunnerError::Task(sink.to_string(), e.to_string()))?;
         self.reader = Some(reader);
-        let batch = out?;
-        Ok((at == from && !batch.is_empty()).then_some(batch))
+        out?;
+        if at == from && !batch.is_empty() {
+            return Ok(Some(batch));
+        }
+        self.recycle(batch);
+        Ok(None)
+    }
+
+    /// Keeps an emptied batch's buffer for the next read, or gives it back to
+    /// the runner when this already has one (`Some`). A buffer for more than
+    /// [`KEEP_EVENTS`] events is dropped.
+    pub(super) fn recycle(&mut self, mut buf: Vec<StoredEvent>) -> Option<Vec<StoredEvent>> {
+        buf.clear();
+        if buf.capacity() > KEEP_EVENTS {
+            return None;
+        }
+        if self.spare.capacity() == 0 {
+            self.spare = buf;
+            None
+        } else {
+            Some(buf)
+        }
     }
 }

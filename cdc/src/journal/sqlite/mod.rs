@@ -443,6 +443,19 @@ impl StateStore for SqliteStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, JournalError> {
+        let mut out = Vec::with_capacity(limit.min(4096));
+        self.read_batch_into(pos, limit, max_bytes, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_batch_into(
+        &self,
+        pos: i64,
+        limit: usize,
+        max_bytes: usize,
+        out: &mut Vec<StoredEvent>,
+    ) -> Result<(), JournalError> {
+        debug_assert!(out.is_empty(), "read_batch_into appends to an empty buffer");
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -450,7 +463,6 @@ impl StateStore for SqliteStore {
             )
             .map_err(|e| self.sqlite(e))?;
         let mut rows = stmt.query(params![pos]).map_err(|e| self.sqlite(e))?;
-        let mut out = Vec::with_capacity(limit.min(4096));
         let mut bytes = 0usize;
         let mut decoder = self.decoder.borrow_mut();
         let mut table: Option<Name> = None;
@@ -489,7 +501,7 @@ impl StateStore for SqliteStore {
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn event_id_at(&self, pos: i64) -> Result<Option<String>, JournalError> {

@@ -221,6 +221,23 @@ fn events_read_and_count_the_same_across_block_bounds() -> Result<(), Box<dyn st
         }
     }
     assert!(s.read_batch(700, 50, usize::MAX)?.is_empty());
+    // One buffer, emptied between reads, reads what fresh ones do.
+    let mut buf = Vec::new();
+    for from in [0, 299, 555, 699, 700] {
+        buf.clear();
+        s.read_batch_into(from, 50, usize::MAX, &mut buf)?;
+        let fresh = s.read_batch(from, 50, usize::MAX)?;
+        assert_eq!(
+            buf.iter()
+                .map(|e| (e.pos, e.event.id.to_string()))
+                .collect::<Vec<_>>(),
+            fresh
+                .iter()
+                .map(|e| (e.pos, e.event.id.to_string()))
+                .collect::<Vec<_>>(),
+            "after {from}"
+        );
+    }
     // A byte bound stops inside a block, never before the first event.
     assert_eq!(s.read_batch(10, 1000, 1)?.len(), 1);
     assert_eq!(
