@@ -61,15 +61,24 @@ impl CopyLine {
         out.clear();
         self.fields.clear();
         self.raw_len = line.len();
-        for raw in line.split(|&b| b == b'\t') {
+        // Fields are found with `memchr` (SIMD): a byte-at-a-time scan for tabs,
+        // backslashes and newlines took 11% of a 1M-row snapshot's samples.
+        let mut from = 0;
+        loop {
+            let end = memchr::memchr(b'\t', &line[from..]).map_or(line.len(), |n| from + n);
+            let raw = &line[from..end];
             // NULL is the unescaped field `\N` as a whole; an escaped `\\N` is the text.
             if raw == b"\\N" {
                 self.fields.push(None);
-                continue;
+            } else {
+                let start = out.len();
+                unescape(raw, &mut out);
+                self.fields.push(Some(start..out.len()));
             }
-            let start = out.len();
-            unescape(raw, &mut out);
-            self.fields.push(Some(start..out.len()));
+            if end == line.len() {
+                break;
+            }
+            from = end + 1;
         }
         // One check for the whole line: escapes are the only way to produce a byte
         // the server did not send as UTF-8 (octal or hex escapes of high bytes).
@@ -88,7 +97,7 @@ impl CopyLine {
 /// octal digits, `\x` + 1-2 hex digits; any other escaped byte stands for itself
 /// (`\\` is a backslash).
 fn unescape(raw: &[u8], out: &mut Vec<u8>) {
-    let Some(first) = raw.iter().position(|&b| b == b'\\') else {
+    let Some(first) = memchr::memchr(b'\\', raw) else {
         out.extend_from_slice(raw);
         return;
     };
@@ -180,7 +189,7 @@ impl CopyReader {
     pub(crate) async fn next(&mut self) -> Result<Option<&CopyLine>, CopyTextError> {
         loop {
             let rest = &self.data[self.at..];
-            if let Some(n) = rest.iter().position(|&b| b == b'\n') {
+            if let Some(n) = memchr::memchr(b'\n', rest) {
                 self.at += n + 1;
                 if self.partial.is_empty() {
                     self.line.parse(&rest[..n])?;
@@ -251,6 +260,10 @@ mod tests {
         );
         // An escaped backslash followed by N is the text `\N`, not NULL.
         assert_eq!(values(b"\\\\N"), vec![Some("\\N".into())]);
+        // Empty fields at either end, and a line of one empty field.
+        assert_eq!(values(b"a\t"), vec![Some("a".into()), Some(String::new())]);
+        assert_eq!(values(b"\t\\N"), vec![Some(String::new()), None]);
+        assert_eq!(values(b""), vec![Some(String::new())]);
         assert_eq!(values(b"\\N\\N"), vec![Some("NN".into())]);
     }
 
