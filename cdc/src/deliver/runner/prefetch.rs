@@ -9,9 +9,9 @@ use crate::journal::{JournalError, StoredEvent};
 type PrefetchTask =
     tokio::task::JoinHandle<(JournalReader, Vec<StoredEvent>, Result<(), JournalError>)>;
 
-/// The largest batch buffer kept between batches, in events (a `batch_size`
-/// above it reads into fresh ones).
-const KEEP_EVENTS: usize = 4096;
+/// The largest batch buffer kept between batches, in bytes (the Kafka sink's
+/// 5,000 events fit; a larger batch reads into fresh ones).
+const KEEP_BYTES: usize = 4 << 20;
 
 /// The next batch, read on a second journal connection while the sink delivers.
 pub(super) struct Prefetch {
@@ -67,11 +67,11 @@ impl Prefetch {
     }
 
     /// Keeps an emptied batch's buffer for the next read, or gives it back to
-    /// the runner when this already has one (`Some`). A buffer for more than
-    /// [`KEEP_EVENTS`] events is dropped.
+    /// the runner when this already has one (`Some`). A buffer over
+    /// [`KEEP_BYTES`] is dropped.
     pub(super) fn recycle(&mut self, mut buf: Vec<StoredEvent>) -> Option<Vec<StoredEvent>> {
         buf.clear();
-        if buf.capacity() > KEEP_EVENTS {
+        if buf.capacity() * std::mem::size_of::<StoredEvent>() > KEEP_BYTES {
             return None;
         }
         if self.spare.capacity() == 0 {
@@ -80,5 +80,17 @@ impl Prefetch {
         } else {
             Some(buf)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kafka_batch_buffer_is_kept() {
+        // The Kafka sink reads 5,000 events a batch: its buffers must be kept
+        // (dropping them made every batch touch fresh pages).
+        assert!(5_000 * std::mem::size_of::<StoredEvent>() <= KEEP_BYTES);
     }
 }

@@ -443,7 +443,7 @@ impl StateStore for SqliteStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, JournalError> {
-        let mut out = Vec::with_capacity(limit.min(4096));
+        let mut out = Vec::new();
         self.read_batch_into(pos, limit, max_bytes, &mut out)?;
         Ok(out)
     }
@@ -456,6 +456,9 @@ impl StateStore for SqliteStore {
         out: &mut Vec<StoredEvent>,
     ) -> Result<(), JournalError> {
         debug_assert!(out.is_empty(), "read_batch_into appends to an empty buffer");
+        // Sized for a full batch at once (a Kafka sink's 5,000 events: 2.7 MB),
+        // not grown by doubling past it.
+        out.reserve(limit.min(8192));
         let mut stmt = self
             .conn
             .prepare_cached(
