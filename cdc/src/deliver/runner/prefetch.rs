@@ -87,10 +87,27 @@ impl Prefetch {
 mod tests {
     use super::*;
 
+    fn prefetch() -> Prefetch {
+        Prefetch {
+            reader: None,
+            pending: None,
+            spare: Vec::new(),
+        }
+    }
+
     #[test]
-    fn a_kafka_batch_buffer_is_kept() {
-        // The Kafka sink reads 5,000 events a batch: its buffers must be kept
-        // (dropping them made every batch touch fresh pages).
-        assert!(5_000 * std::mem::size_of::<StoredEvent>() <= KEEP_BYTES);
+    fn an_emptied_batch_buffer_is_kept_for_the_next_read() {
+        let mut p = prefetch();
+        // A Kafka batch's buffer (5,000 events) is kept: dropping it made every
+        // batch touch fresh pages.
+        assert!(p.recycle(Vec::with_capacity(5_000)).is_none());
+        assert!(p.spare.capacity() >= 5_000);
+        // With one kept, the next goes back to the runner.
+        let back = p.recycle(Vec::with_capacity(1_000));
+        assert!(back.is_some_and(|b| b.capacity() >= 1_000 && b.is_empty()));
+        // One over the bound is dropped.
+        let mut p = prefetch();
+        assert!(p.recycle(Vec::with_capacity(10_000)).is_none());
+        assert_eq!(p.spare.capacity(), 0);
     }
 }
