@@ -95,6 +95,9 @@ impl PackedRow {
         let mut wanted = indexes.iter().copied().peekable();
         let mut r = Reader::new(&self.bytes);
         let mut last = None;
+        // Whether a wanted column was taken as missing: that holds only if the
+        // rest of the row is in order too, so then the whole row is read.
+        let mut nulled = false;
         for _ in 0..self.len {
             let Ref::At(i) = column_ref(&mut r, self.names.len()).ok()? else {
                 return None;
@@ -108,6 +111,7 @@ impl PackedRow {
             // Columns the row lacks before this one are null.
             while let Some(&w) = wanted.peek().filter(|&&w| w < i) {
                 out.null(w);
+                nulled = true;
                 wanted.next();
             }
             if wanted.peek() == Some(&i) {
@@ -115,6 +119,11 @@ impl PackedRow {
                     out.bytes.extend_from_slice(&self.bytes[from..r.at()]);
                 }
                 wanted.next();
+                // Every wanted column found where it is: the rest of the row (a
+                // key is usually the first column of nine) is not read.
+                if !nulled && wanted.peek().is_none() {
+                    return Some(out.finish());
+                }
             }
         }
         for w in wanted {
@@ -741,7 +750,7 @@ mod tests {
             .into_iter()
             .map(Name::from)
             .collect();
-        // Rows missing columns (unchanged TOAST), and one out of order.
+        // Rows missing columns (unchanged TOAST), and two out of order.
         let rows: Vec<Row> = [
             &[0, 1, 2, 3, 4][..],
             &[0, 2, 4],
@@ -749,6 +758,8 @@ mod tests {
             &[],
             &[4],
             &[2, 0],
+            // In order up to the first wanted column only.
+            &[0, 3, 1],
         ]
         .iter()
         .map(|cols| {
