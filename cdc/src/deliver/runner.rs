@@ -245,10 +245,6 @@ struct Runner<S: Sink> {
     prefetch: Prefetch,
     /// A third connection commits the booked batch while the next one goes on.
     commits: Commits,
-    /// The buffer the next batch read from the journal fills: two are kept
-    /// between batches, this one and the prefetch's (a fresh one for every batch
-    /// touched new pages: the stream's most frequent page fault).
-    spare: Vec<StoredEvent>,
     /// The events the journal thread wrote last: read from here while they hold
     /// the next batch.
     recent: RecentReader,
@@ -283,7 +279,6 @@ pub(crate) async fn run<S: Sink>(
         // A second connection reads the next batch while the sink delivers this one.
         prefetch: Prefetch::new(store.open(Access::Existing)?),
         commits: Commits::new(store.open(Access::Existing)?),
-        spare: Vec::new(),
         recent: store.recent().reader(),
         cursor: 0,
         generation: 0,
@@ -479,7 +474,7 @@ impl<S: Sink> Runner<S> {
         let mut batch = match self.prefetch.take(&self.name, from).await? {
             Some(batch) => batch,
             None => {
-                let mut buf = std::mem::take(&mut self.spare);
+                let mut buf = self.prefetch.buffer();
                 self.journal(move |r| {
                     r.read_batch_into(from, batch_size, BATCH_BYTES, &mut buf)
                         .map(|()| buf)
@@ -502,11 +497,7 @@ impl<S: Sink> Runner<S> {
                 table: e.table,
             })
             .collect();
-        if let Some(buf) = self.prefetch.recycle(batch) {
-            if self.spare.capacity() == 0 {
-                self.spare = buf;
-            }
-        }
+        self.prefetch.recycle(batch);
         if let Some(last) = last {
             self.recent.at(last);
             crate::metrics::batch_read(&self.name, false);

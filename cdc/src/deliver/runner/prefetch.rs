@@ -13,12 +13,18 @@ type PrefetchTask =
 /// 5,000 events fit; a larger batch reads into fresh ones).
 const KEEP_BYTES: usize = 4 << 20;
 
+/// Batch buffers kept between batches: one for the read in hand, one for the
+/// prefetch under way.
+const KEEP_BUFFERS: usize = 2;
+
 /// The next batch, read on a second journal connection while the sink delivers.
 pub(super) struct Prefetch {
     reader: Option<JournalReader>,
     pending: Option<(i64, PrefetchTask)>,
-    /// The buffer the next read fills (see [`Prefetch::recycle`]).
-    spare: Vec<StoredEvent>,
+    /// Emptied batch buffers, for the runner's reads and this one's (a fresh
+    /// buffer for every batch touched new pages: a stream's most frequent page
+    /// fault).
+    spares: Vec<Vec<StoredEvent>>,
 }
 
 impl Prefetch {
@@ -26,14 +32,19 @@ impl Prefetch {
         Prefetch {
             reader: Some(reader),
             pending: None,
-            spare: Vec::new(),
+            spares: Vec::new(),
         }
+    }
+
+    /// An empty buffer for a batch read: a kept one if there is one.
+    pub(super) fn buffer(&mut self) -> Vec<StoredEvent> {
+        self.spares.pop().unwrap_or_default()
     }
 
     /// Starts reading the batch after `from`.
     pub(super) fn start(&mut self, from: i64, limit: usize) {
         if let Some(reader) = self.reader.take() {
-            let mut buf = std::mem::take(&mut self.spare);
+            let mut buf = self.buffer();
             self.pending = Some((
                 from,
                 tokio::task::spawn_blocking(move || {
@@ -66,19 +77,13 @@ impl Prefetch {
         Ok(None)
     }
 
-    /// Keeps an emptied batch's buffer for the next read, or gives it back to
-    /// the runner when this already has one (`Some`). A buffer over
-    /// [`KEEP_BYTES`] is dropped.
-    pub(super) fn recycle(&mut self, mut buf: Vec<StoredEvent>) -> Option<Vec<StoredEvent>> {
+    /// Keeps a batch's buffer, emptied, for a later read; one over [`KEEP_BYTES`],
+    /// or past [`KEEP_BUFFERS`], is dropped.
+    pub(super) fn recycle(&mut self, mut buf: Vec<StoredEvent>) {
         buf.clear();
-        if buf.capacity() * std::mem::size_of::<StoredEvent>() > KEEP_BYTES {
-            return None;
-        }
-        if self.spare.capacity() == 0 {
-            self.spare = buf;
-            None
-        } else {
-            Some(buf)
+        let fits = buf.capacity() * std::mem::size_of::<StoredEvent>() <= KEEP_BYTES;
+        if fits && self.spares.len() < KEEP_BUFFERS {
+            self.spares.push(buf);
         }
     }
 }
@@ -91,23 +96,27 @@ mod tests {
         Prefetch {
             reader: None,
             pending: None,
-            spare: Vec::new(),
+            spares: Vec::new(),
         }
     }
 
     #[test]
     fn an_emptied_batch_buffer_is_kept_for_the_next_read() {
         let mut p = prefetch();
-        // A Kafka batch's buffer (5,000 events) is kept: dropping it made every
-        // batch touch fresh pages.
-        assert!(p.recycle(Vec::with_capacity(5_000)).is_none());
-        assert!(p.spare.capacity() >= 5_000);
-        // With one kept, the next goes back to the runner.
-        let back = p.recycle(Vec::with_capacity(1_000));
-        assert!(back.is_some_and(|b| b.capacity() >= 1_000 && b.is_empty()));
+        // A Kafka batch's buffer (5,000 events) is kept, emptied: dropping it
+        // made every batch touch fresh pages.
+        p.recycle(Vec::with_capacity(5_000));
+        let b = p.buffer();
+        assert!(b.capacity() >= 5_000 && b.is_empty());
+        // Two are kept, a third is dropped.
+        for _ in 0..3 {
+            p.recycle(Vec::with_capacity(1_000));
+        }
+        assert_eq!(p.spares.len(), KEEP_BUFFERS);
         // One over the bound is dropped.
         let mut p = prefetch();
-        assert!(p.recycle(Vec::with_capacity(10_000)).is_none());
-        assert_eq!(p.spare.capacity(), 0);
+        p.recycle(Vec::with_capacity(10_000));
+        assert!(p.spares.is_empty());
+        assert_eq!(p.buffer().capacity(), 0);
     }
 }
