@@ -68,10 +68,23 @@ impl Outgoing {
     /// Stable id of this delivery: the event id, suffixed `.N` for a transform's later outputs.
     /// Used as `Idempotency-Key` / `webhook-id`, the same on every retry and replay.
     pub fn delivery_id(&self) -> String {
-        if self.part == 0 {
-            self.event.id.to_string()
-        } else {
-            format!("{}.{}", self.event.id, self.part)
+        self.delivery().to_string()
+    }
+
+    /// The delivery id, to be written where it is wanted (see [`Outgoing::delivery_id`]).
+    pub fn delivery(&self) -> impl std::fmt::Display + '_ {
+        DeliveryId(self)
+    }
+}
+
+/// [`Outgoing::delivery`].
+struct DeliveryId<'a>(&'a Outgoing);
+
+impl std::fmt::Display for DeliveryId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.part {
+            0 => f.write_str(self.0.event.id.as_str()),
+            part => write!(f, "{}.{part}", self.0.event.id),
         }
     }
 }

@@ -115,18 +115,31 @@ pub fn to_vec(
     options: DebeziumOptions,
     now_ms: i64,
 ) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(event.packed_bytes() + 1024);
+    write_value(event, source, options, now_ms, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the record value of `event` to `out` (see [`to_vec`]). On `Err`
+/// `out` may hold part of it: the caller drops what it appended.
+pub fn write_value(
+    event: &ChangeEvent,
+    source: &DebeziumSource,
+    options: DebeziumOptions,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
     if event.op == Op::Schema {
-        return serde_json::to_vec(event);
+        return serde_json::to_writer(out, event);
     }
     if options.schemas {
-        serde_json::to_vec(&envelope(event, source, options, now_ms))
+        serde_json::to_writer(out, &envelope(event, source, options, now_ms))
     } else {
         // The common path, written straight from the event.
-        let mut out = Vec::with_capacity(event.packed_bytes() + 1024);
+        out.reserve(event.packed_bytes() + 1024);
         Envelope::new(event, source, options, now_ms)
-            .write_json(&mut out)
-            .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
-        Ok(out)
+            .write_json(out)
+            .map_err(<serde_json::Error as serde::ser::Error>::custom)
     }
 }
 
@@ -155,16 +168,26 @@ pub fn key_to_vec(
     source: &DebeziumSource,
     options: DebeziumOptions,
 ) -> Option<Result<Vec<u8>, serde_json::Error>> {
+    let mut out = Vec::with_capacity(64);
+    write_key(event, source, options, &mut out).map(|r| r.map(|()| out))
+}
+
+/// Appends the record key to `out`; None (nothing appended) for a null key (see
+/// [`key`]). On `Err` `out` may hold part of it.
+pub fn write_key(
+    event: &ChangeEvent,
+    source: &DebeziumSource,
+    options: DebeziumOptions,
+    out: &mut Vec<u8>,
+) -> Option<Result<(), serde_json::Error>> {
     if options.schemas {
-        return key(event, source, options).map(|k| serde_json::to_vec(&k));
+        return key(event, source, options).map(|k| serde_json::to_writer(out, &k));
     }
     // The common path, written straight from the key row.
     key_image(event).map(|image| {
-        let mut out = Vec::with_capacity(64);
         image
-            .write_json(&mut out)
-            .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
-        Ok(out)
+            .write_json(out)
+            .map_err(<serde_json::Error as serde::ser::Error>::custom)
     })
 }
 

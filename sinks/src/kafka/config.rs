@@ -382,9 +382,8 @@ impl TopicTemplate {
         }
     }
 
-    /// The topic of one event.
-    pub fn render(&self, schema: &str, table: &str, trigger: Option<&str>) -> String {
-        let mut out = String::new();
+    /// Appends the topic of one event to `out`.
+    pub fn render_into(&self, schema: &str, table: &str, trigger: Option<&str>, out: &mut String) {
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
@@ -393,7 +392,6 @@ impl TopicTemplate {
                 Part::Trigger => out.push_str(trigger.unwrap_or_default()),
             }
         }
-        out
     }
 }
 
@@ -427,7 +425,12 @@ mod tests {
     #[test]
     fn topic_template_renders_placeholders() {
         let t = TopicTemplate::parse("portal.{schema}.{table}").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(t.render("public", "permits", None), "portal.public.permits");
+        let mut topic = "kept:".to_string();
+        t.render_into("public", "permits", None, &mut topic);
+        assert_eq!(
+            topic, "kept:portal.public.permits",
+            "appended to what is there"
+        );
         assert!(TopicTemplate::parse("x.{nope}").is_err());
         assert!(TopicTemplate::parse("x.{table").is_err());
         assert_eq!(

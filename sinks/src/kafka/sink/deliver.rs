@@ -1,14 +1,14 @@
 //! One batch through the producer: render and enqueue, await the acks, and on
 //! failure recover (new producer session, read-back) and retry what is missing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
-use super::records::Rec;
+use super::records::Recs;
 use super::retry::{backoff, record_disposition, Failure};
 use super::transaction::is_fenced;
 use super::{KafkaSink, RENDER_CHUNK, STALL};
@@ -21,7 +21,7 @@ use crate::{AttemptOutcome, BatchAttempt, DeliveryIds, ItemResult, Outgoing, Sin
 pub(super) struct Submitted {
     started: Instant,
     results: Vec<Option<ItemResult>>,
-    recs: Vec<Rec>,
+    recs: Recs,
     pending: Vec<usize>,
     futures: Vec<Option<DeliveryFuture>>,
     /// Why enqueueing stopped part-way (the rest was never handed over).
@@ -48,7 +48,7 @@ impl KafkaSink {
         self.batch_started_at = now.to_rfc3339();
         self.batch_started_ms = now.timestamp_millis();
         let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
-        let mut recs = Vec::with_capacity(items.len());
+        let mut recs = self.kept.take().unwrap_or_default();
         // Rendered and enqueued chunk by chunk, so the broker works on the first
         // records while the rest are rendered.
         let mut pending = Vec::with_capacity(items.len());
@@ -58,14 +58,13 @@ impl KafkaSink {
         for chunk in (0..items.len()).collect::<Vec<_>>().chunks(RENDER_CHUNK) {
             let from = recs.len();
             for &i in chunk {
-                match self.records(i, &items[i]) {
-                    Ok(r) => recs.extend(r),
-                    Err(error) => results[i] = Some(ItemResult::DeadLettered { error }),
+                if let Err(error) = self.records(i, &items[i], &mut recs) {
+                    results[i] = Some(ItemResult::DeadLettered { error });
                 }
             }
             // Records a read-back found were written before a crash: not again.
             let chunk_pending: Vec<usize> = (from..recs.len())
-                .filter(|&i| !self.seen.remove(&recs[i].id))
+                .filter(|&i| self.seen.is_empty() || !self.seen.remove(&recs.id(i)))
                 .collect();
             skipped += recs.len() - from - chunk_pending.len();
             if enqueue_error.is_none() {
@@ -179,7 +178,7 @@ impl KafkaSink {
                     .iter()
                     .copied()
                     .filter(|&i| {
-                        !matches!(results[recs[i].item], Some(ItemResult::DeadLettered { .. }))
+                        !matches!(results[recs.item(i)], Some(ItemResult::DeadLettered { .. }))
                     })
                     .collect();
             }
@@ -187,9 +186,9 @@ impl KafkaSink {
                 "Kafka delivery failed; will start a new producer session, read back what reached the broker, and retry");
             let mut retrying = BTreeSet::new();
             for &i in &failed {
-                if retrying.insert(recs[i].item) {
+                if retrying.insert(recs.item(i)) {
                     let a = self.audit_attempt(
-                        &items[recs[i].item],
+                        &items[recs.item(i)],
                         round,
                         started,
                         AttemptOutcome::Retrying,
@@ -233,6 +232,7 @@ impl KafkaSink {
                 ids: delivered,
             })
             .await;
+        self.kept = recs.recycle();
         Ok(out)
     }
 
@@ -241,29 +241,26 @@ impl KafkaSink {
     /// (`last_error` says why).
     fn book_acks(
         &mut self,
-        recs: &[Rec],
+        recs: &Recs,
         pending: &[usize],
         outcomes: Vec<Result<(i32, i64), KafkaError>>,
         results: &mut [Option<ItemResult>],
         last_error: &mut String,
     ) -> Vec<usize> {
         let mut failed = Vec::new();
+        // Next offsets per topic and partition, gathered with borrowed topic names
+        // and added to the sink's books once per partition.
+        let mut acked: HashMap<(&str, i32), i64> = HashMap::new();
         for (&i, outcome) in pending.iter().zip(outcomes) {
             match outcome {
                 Ok((partition, offset)) => {
-                    // Under HA an offset counts once its transaction is committed.
-                    let next = if self.transactional() {
-                        &mut self.uncommitted
-                    } else {
-                        &mut self.next
-                    };
-                    let e = next.entry((recs[i].topic.clone(), partition)).or_insert(0);
+                    let e = acked.entry((recs.topic(i), partition)).or_insert(0);
                     *e = (*e).max(offset + 1);
                     self.dirty = true;
                     self.since_progress += 1;
                 }
                 Err(e) if record_disposition(&e) == Disposition::Definite => {
-                    results[recs[i].item] = Some(ItemResult::DeadLettered {
+                    results[recs.item(i)] = Some(ItemResult::DeadLettered {
                         error: format!("Kafka refused the record: {e}"),
                     });
                 }
@@ -274,6 +271,16 @@ impl KafkaSink {
                     failed.push(i);
                 }
             }
+        }
+        // Under HA an offset counts once its transaction is committed.
+        let next = if self.transactional() {
+            &mut self.uncommitted
+        } else {
+            &mut self.next
+        };
+        for ((topic, partition), offset) in acked {
+            let e = next.entry((topic.to_string(), partition)).or_insert(0);
+            *e = (*e).max(offset);
         }
         failed
     }
@@ -293,7 +300,7 @@ impl KafkaSink {
     /// old one's transaction, so the read-back sees what consumers will see.
     async fn recover_round(
         &mut self,
-        recs: &[Rec],
+        recs: &Recs,
         failed: Vec<usize>,
     ) -> Result<Vec<usize>, SinkError> {
         if let Err(f) = self.check_not_fenced() {
@@ -316,7 +323,7 @@ impl KafkaSink {
                 self.dirty = true;
                 Ok(failed
                     .into_iter()
-                    .filter(|&i| !found.contains(&recs[i].id))
+                    .filter(|&i| !found.contains(&recs.id(i)))
                     .collect())
             }
             Err(f) if f.disposition() == Disposition::Definite => Err(self.definite(f.to_string())),
@@ -330,7 +337,7 @@ impl KafkaSink {
     /// Produces `recs[pending]` in order; one result per pending record.
     async fn send(
         &mut self,
-        recs: &[Rec],
+        recs: &Recs,
         pending: &[usize],
     ) -> Result<Vec<Result<(i32, i64), KafkaError>>, Failure> {
         let futures = self.enqueue(recs, pending).await?;
@@ -340,25 +347,25 @@ impl KafkaSink {
     /// Hands `recs[pending]` to the producer, in order (new topics registered first).
     async fn enqueue(
         &mut self,
-        recs: &[Rec],
+        recs: &Recs,
         pending: &[usize],
     ) -> Result<Vec<Option<DeliveryFuture>>, Failure> {
         // Only topics not yet in the progress record (almost always none) are collected.
         let topics: BTreeSet<String> = pending
             .iter()
-            .map(|&i| &recs[i].topic)
+            .map(|&i| recs.topic(i))
             .filter(|t| !self.progress.topics.contains_key(*t))
-            .cloned()
+            .map(str::to_string)
             .collect();
         self.register_topics(topics).await?;
         let producer = self.writing_producer().await?;
         let mut futures = Vec::with_capacity(pending.len());
         for &i in pending {
-            let r = &recs[i];
+            let r = recs.view(i);
             let mut headers = OwnedHeaders::new_with_capacity(6)
                 .insert(Header {
                     key: progress::H_EVENT_ID,
-                    value: Some(r.id.0.as_bytes()),
+                    value: Some(r.id.as_bytes()),
                 })
                 .insert(Header {
                     key: progress::H_LSN,
@@ -376,19 +383,19 @@ impl KafkaSink {
                     key: progress::H_SINK,
                     value: Some(self.name.as_bytes()),
                 });
-            if let Some((key, value)) = &r.header {
+            if let Some((key, value)) = r.header {
                 headers = headers.insert(Header {
                     key,
-                    value: Some(value.as_slice()),
+                    value: Some(value),
                 });
             }
             let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&r.topic).headers(headers);
-            if let Some(k) = &r.key {
-                record = record.key(k.as_slice());
+                FutureRecord::to(r.topic).headers(headers);
+            if let Some(k) = r.key {
+                record = record.key(k);
             }
-            if let Some(v) = &r.value {
-                record = record.payload(v.as_slice());
+            if let Some(v) = r.value {
+                record = record.payload(v);
             }
             futures.push(match producer.send_result(record) {
                 Ok(f) => Some(f),

@@ -113,6 +113,8 @@ pub struct KafkaSink {
     batch_started_ms: i64,
     /// The batch `submit` handed to the producer, for `settle` (at most one).
     submitted: Option<deliver::Submitted>,
+    /// The last settled batch's record buffers, emptied, for the next batch.
+    kept: Option<records::Recs>,
 }
 
 /// Whether this process still leads (Err: why not); blocking, called off the executor.
@@ -188,6 +190,7 @@ impl KafkaSink {
             batch_started_at: String::new(),
             batch_started_ms: 0,
             submitted: None,
+            kept: None,
             last_at: None,
         })
     }
