@@ -92,6 +92,8 @@ pub(super) struct BlockWriter {
     max_time: Option<i64>,
     untimed: bool,
     table: String,
+    /// Body bytes stored by `flush` so far.
+    flushed: u64,
 }
 
 impl BlockWriter {
@@ -183,6 +185,11 @@ impl BlockWriter {
         self.count >= BLOCK_EVENTS || self.body.len() >= BLOCK_BYTES
     }
 
+    /// Body bytes stored so far.
+    pub(super) fn flushed(&self) -> u64 {
+        self.flushed
+    }
+
     /// Stores the block (if it holds any event) and starts the next.
     pub(super) fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         let Some((first_pos, first_lsn, first_time)) = self.first.take() else {
@@ -223,6 +230,7 @@ impl BlockWriter {
             blob.write_all_at(&self.body, 0)?;
             blob.close()?;
         }
+        self.flushed += self.body.len() as u64;
         self.body.clear();
         // A wide row's room does not stay for the blocks after it.
         self.body.shrink_to(2 * BLOCK_BYTES);

@@ -5,7 +5,8 @@
 //! delivery attempts.
 //!
 //! Files: `mod.rs` (opening, schema, events, meta, the `StateStore` impl),
-//! `writer.rs` (the single appender), then one file per kind of state.
+//! `writer.rs` (the single appender), `wal.rs` (its WAL checkpoint thread), then
+//! one file per kind of state.
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashSet;
@@ -33,6 +34,7 @@ mod known_keys;
 mod resync;
 mod row_state;
 mod staging;
+mod wal;
 mod writer;
 
 // `events.payload` is declared TEXT, as the first releases made it: v1 records
@@ -184,6 +186,11 @@ fn connect(
     };
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(err)?;
+    if file == JOURNAL_FILE {
+        // The writer's checkpoint thread copies the WAL (see `wal.rs`).
+        conn.pragma_update(None, "wal_autocheckpoint", wal::BACKSTOP_PAGES)
+            .map_err(err)?;
+    }
     Ok((conn, path))
 }
 

@@ -473,3 +473,51 @@ fn reading_a_cursor_does_not_wait_for_the_write_lock() -> Result<(), JournalErro
     assert_eq!(cursor?, 0);
     Ok(())
 }
+
+/// The writer's commits leave the WAL to its checkpoint thread: every
+/// `CHECKPOINT_BYTES` committed, the thread copies the WAL into `journal.db`
+/// (so the file grows though no connection reached its own, higher, threshold).
+#[test]
+fn the_checkpoint_thread_copies_the_wal_while_the_writer_appends(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempdir()?;
+    let mut w = writer::SqliteWriter::open(dir.path())?;
+    let backstop: i64 = w
+        .conn
+        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?;
+    assert_eq!(backstop, wal::BACKSTOP_PAGES);
+    let file_len = || std::fs::metadata(dir.path().join(JOURNAL_FILE)).map_or(0, |m| m.len());
+    let before = file_len();
+    // 8 MiB in four commits: two nudges, half the backstop.
+    let wide = "x".repeat(1024);
+    for batch in 0..4u64 {
+        let entries: Vec<_> = (1..=2048)
+            .map(|i| {
+                let n = batch * 2048 + i;
+                let mut row = serde_json::Map::new();
+                row.insert("n".into(), serde_json::json!(n));
+                row.insert("w".into(), serde_json::json!(wide));
+                crate::journal::insert_into("a", 1000 + n, None, row.into())
+            })
+            .collect();
+        let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
+        JournalWriter::append(&mut w, &refs, None, &[])?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (w.checkpointer.runs() < 2 || file_len() < 6 << 20)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        w.checkpointer.runs(),
+        2,
+        "one checkpoint per 4 MiB committed"
+    );
+    assert!(
+        file_len() >= 6 << 20,
+        "the WAL was copied into the file: {before} -> {} bytes",
+        file_len()
+    );
+    Ok(())
+}

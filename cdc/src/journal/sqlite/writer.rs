@@ -6,6 +6,7 @@ use pgcdc_schema::Lsn;
 use rusqlite::{params, Connection};
 
 use super::blocks::{self, BlockWriter, Stored};
+use super::wal::Checkpointer;
 use super::{
     begin_immediate, meta_get, meta_set, open_conn, read_head, relations, resync, row_state,
     store_error, Durability, JOURNAL_FILE,
@@ -25,7 +26,7 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
 }
 
 pub(super) struct SqliteWriter {
-    conn: Connection,
+    pub(super) conn: Connection,
     path: PathBuf,
     /// (commit LSN, seq) of the last journaled change.
     last: Option<(u64, u32)>,
@@ -39,6 +40,8 @@ pub(super) struct SqliteWriter {
     encoder: Encoder,
     /// Where the last append stored its entries (see `take_appended`).
     appended: Vec<Appended>,
+    /// Copies the WAL into the file off this writer's path (see `wal.rs`).
+    pub(super) checkpointer: Checkpointer,
 }
 
 impl SqliteWriter {
@@ -55,7 +58,9 @@ impl SqliteWriter {
             path: dir.to_path_buf(),
             message: format!("cannot stat {JOURNAL_FILE} after opening it ({e})"),
         })?;
+        let checkpointer = Checkpointer::start(dir)?;
         Ok(SqliteWriter {
+            checkpointer,
             conn,
             path,
             last,
@@ -318,6 +323,7 @@ impl SqliteWriter {
             confirmed = c;
         }
         tx.commit().map_err(&err)?;
+        self.checkpointer.committed(block.flushed());
         self.last = last;
         self.head = JournalHead {
             pos,
