@@ -441,6 +441,25 @@ impl Serialize for KeyImage<'_> {
     }
 }
 
+/// A commit time's Unix microseconds. The events of one transaction share their
+/// commit time, so the last one parsed on this thread is kept.
+fn commit_micros(text: &str) -> Option<i64> {
+    thread_local! {
+        static LAST: std::cell::RefCell<(String, Option<i64>)> =
+            const { std::cell::RefCell::new((String::new(), None)) };
+    }
+    LAST.with_borrow_mut(|(last, us)| {
+        if last != text {
+            *us = chrono::DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| t.timestamp_micros());
+            last.clear();
+            last.push_str(text);
+        }
+        *us
+    })
+}
+
 impl<'a> Envelope<'a> {
     fn new(
         event: &'a ChangeEvent,
@@ -448,11 +467,7 @@ impl<'a> Envelope<'a> {
         options: DebeziumOptions,
         now_ms: i64,
     ) -> Envelope<'a> {
-        let commit_us = event
-            .commit_time
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_micros());
+        let commit_us = event.commit_time.as_deref().and_then(commit_micros);
         let origin = &event.origin;
         let types = &origin.column_types[..];
         let change_lsn = origin.change_lsn.unwrap_or(event.lsn);

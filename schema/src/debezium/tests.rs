@@ -520,3 +520,17 @@ fn a_primary_key_change_is_a_delete_and_a_create() {
     none.origin.old_sent = None;
     assert!(key_change(&none).is_none());
 }
+
+/// The kept commit time never stands in for another one.
+#[test]
+fn commit_times_parse_alike_in_any_order() {
+    let a = "2026-11-26T10:00:00.000001Z";
+    let b = "2026-11-26T12:00:00+02:00";
+    for t in [a, a, b, "not a time", a, "", b, b] {
+        let fresh = chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.timestamp_micros());
+        assert_eq!(super::commit_micros(t), fresh, "{t}");
+    }
+    assert_eq!(super::commit_micros(a), Some(1_795_687_200_000_001));
+}

@@ -638,8 +638,9 @@ pub(crate) fn read_event_id(resync_id: i64, table: &EventTable, key: &Row) -> Ev
     hash.update(table.table.as_bytes());
     hash.update([0u8]);
     KEY_JSON.with_borrow_mut(|json| {
-        // As `to_string(key).unwrap_or_default()` did: nothing for a key that fails.
-        if serde_json::to_writer(&mut *json, key).is_ok() {
+        // The bytes `to_string(key)` gives, written without serde; as
+        // `to_string(key).unwrap_or_default()` did, nothing for a key that fails.
+        if key.write_json(json).is_ok() {
             hash.update(json.as_slice());
         }
         json.clear();

@@ -366,4 +366,37 @@ fn read_event_ids_keep_their_format() {
             format!("R{id:08X}-{hex}")
         );
     }
+    // Keys packed from COPY text hash the JSON serde_json writes for them.
+    use pgcdc_schema::event::Name;
+    use pgcdc_schema::row::{Names, Packer};
+    use pgcdc_schema::value::PgType;
+    let names: Names = ["id", "region", "at", "doc", "n"]
+        .into_iter()
+        .map(Name::from)
+        .collect();
+    for (ty, text) in [
+        (PgType::Int8, "-9223372036854775808"),
+        (PgType::Text, "qu\"ote\\ \u{1} é"),
+        (PgType::Numeric, "1.50"),
+        (PgType::Jsonb, r#"{"b": [1.5e3, null], "a": "x"}"#),
+        (PgType::Float8, "NaN"),
+    ] {
+        let mut p = Packer::new(names.clone(), 0);
+        p.text(0, &PgType::Int4, "42");
+        p.text(1, &ty, text);
+        p.null(4);
+        let key = p.finish();
+        let mut hash = Sha256::new();
+        hash.update(b"public.permits\0");
+        hash.update(serde_json::to_vec(&key).unwrap_or_default());
+        let hex: String = hash.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            read_event_id(7, &EventTable::of(&table), &key).to_string(),
+            format!("R00000007-{hex}"),
+            "{ty:?} {text}"
+        );
+    }
 }
