@@ -349,21 +349,25 @@ fn read_event_ids_keep_their_format() {
     let mut key = Row::new();
     key.insert("id".into(), json!(42));
     // The id as first defined: ids already journaled must not change meaning.
-    let mut hash = Sha256::new();
-    hash.update(b"public.permits\0{\"id\":42}");
-    let hex: String = hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = |key_json: &[u8]| -> String {
+        let mut hash = Sha256::new();
+        hash.update(b"public.permits\0");
+        hash.update(key_json);
+        hash.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let key_hex = hex(b"{\"id\":42}");
     assert_eq!(
         read_event_id(7, &EventTable::of(&table), &key).to_string(),
-        format!("R00000007-{hex}")
+        format!("R00000007-{key_hex}")
     );
     // The prefix is `{id:08X}` for any id: wider ones, and negative ones as written.
     for id in [0, 0xABCDEF12, 0x1_0000_0000, i64::MAX, -1, i64::MIN] {
         assert_eq!(
             read_event_id(id, &EventTable::of(&table), &key).to_string(),
-            format!("R{id:08X}-{hex}")
+            format!("R{id:08X}-{key_hex}")
         );
     }
     // Keys packed from COPY text hash the JSON serde_json writes for them.
@@ -386,16 +390,10 @@ fn read_event_ids_keep_their_format() {
         p.text(1, &ty, text);
         p.null(4);
         let key = p.finish();
-        let mut hash = Sha256::new();
-        hash.update(b"public.permits\0");
-        hash.update(serde_json::to_vec(&key).unwrap_or_default());
-        let hex: String = hash.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key_hex = hex(&serde_json::to_vec(&key).unwrap_or_default());
         assert_eq!(
             read_event_id(7, &EventTable::of(&table), &key).to_string(),
-            format!("R00000007-{hex}"),
+            format!("R00000007-{key_hex}"),
             "{ty:?} {text}"
         );
     }

@@ -372,8 +372,11 @@ mod tests {
         KafkaSink::new("k", &config, "sink[0]", ctx).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn row(v: serde_json::Value) -> Option<pgcdc_schema::event::Row> {
+        v.as_object().cloned().map(pgcdc_schema::event::Row::from)
+    }
+
     fn item(op: Op, body: serde_json::Value) -> Outgoing {
-        let row = |v: serde_json::Value| v.as_object().cloned().map(pgcdc_schema::event::Row::from);
         let event = ChangeEvent {
             id: EventId::from_position(Lsn(0x10), 2),
             op,
@@ -555,18 +558,9 @@ mod tests {
         let s = sink("", false);
         let mut it = item(Op::Update, serde_json::Value::Null);
         let mut ev = (*it.event).clone();
-        ev.key = json!({"id": 8})
-            .as_object()
-            .cloned()
-            .map(pgcdc_schema::event::Row::from);
-        ev.new = json!({"id": 8, "status": "approved"})
-            .as_object()
-            .cloned()
-            .map(pgcdc_schema::event::Row::from);
-        ev.old = json!({"id": 7})
-            .as_object()
-            .cloned()
-            .map(pgcdc_schema::event::Row::from);
+        ev.key = row(json!({"id": 8}));
+        ev.new = row(json!({"id": 8, "status": "approved"}));
+        ev.old = row(json!({"id": 7}));
         ev.origin.old_sent = Some(pgcdc_schema::OldSent::Key);
         it.event = Arc::new(ev);
         let recs = s.rendered(0, &it).unwrap_or_default();
@@ -612,10 +606,7 @@ mod tests {
         failing.event = Arc::new(ev);
         let mut changed = ok(Op::Update);
         let mut ev = (*changed.event).clone();
-        ev.key = json!({"id": 8})
-            .as_object()
-            .cloned()
-            .map(pgcdc_schema::event::Row::from);
+        ev.key = row(json!({"id": 8}));
         ev.origin.old_sent = Some(pgcdc_schema::OldSent::Key);
         changed.event = Arc::new(ev);
         let batch = [ok(Op::Insert), failing, ok(Op::Delete), changed];
