@@ -186,11 +186,6 @@ fn connect(
     };
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(err)?;
-    if file == JOURNAL_FILE {
-        // The writer's checkpoint thread copies the WAL (see `wal.rs`).
-        conn.pragma_update(None, "wal_autocheckpoint", wal::BACKSTOP_PAGES)
-            .map_err(err)?;
-    }
     Ok((conn, path))
 }
 

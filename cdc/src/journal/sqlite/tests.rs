@@ -474,24 +474,24 @@ fn reading_a_cursor_does_not_wait_for_the_write_lock() -> Result<(), JournalErro
     Ok(())
 }
 
-/// The writer's commits leave the WAL to its checkpoint thread: every
-/// `CHECKPOINT_BYTES` committed, the thread copies the WAL into `journal.db`
-/// (so the file grows though no connection reached its own, higher, threshold).
+/// Bulk appends (snapshot and resync chunks, which carry progress) leave the WAL
+/// to the writer's checkpoint thread: every `CHECKPOINT_BYTES` committed, the
+/// thread copies the WAL into `journal.db` (so the file grows though the writer
+/// never reached its raised threshold). Streamed changes keep SQLite's own.
 #[test]
-fn the_checkpoint_thread_copies_the_wal_while_the_writer_appends(
+fn the_checkpoint_thread_copies_the_wal_while_the_writer_appends_chunks(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempdir()?;
     let mut w = writer::SqliteWriter::open(dir.path())?;
-    let backstop: i64 = w
-        .conn
-        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?;
-    assert_eq!(backstop, wal::BACKSTOP_PAGES);
+    let threshold = |w: &writer::SqliteWriter| -> rusqlite::Result<i64> {
+        w.conn
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+    };
     let file_len = || std::fs::metadata(dir.path().join(JOURNAL_FILE)).map_or(0, |m| m.len());
     let before = file_len();
-    // 8 MiB in four commits: two nudges, half the backstop.
     let wide = "x".repeat(1024);
-    for batch in 0..4u64 {
-        let entries: Vec<_> = (1..=2048)
+    let chunk = |batch: u64| -> Vec<crate::journal::JournalEntry> {
+        (1..=2048)
             .map(|i| {
                 let n = batch * 2048 + i;
                 let mut row = serde_json::Map::new();
@@ -499,9 +499,20 @@ fn the_checkpoint_thread_copies_the_wal_while_the_writer_appends(
                 row.insert("w".into(), serde_json::json!(wide));
                 crate::journal::insert_into("a", 1000 + n, None, row.into())
             })
-            .collect();
+            .collect()
+    };
+    let progress = [crate::journal::ResyncProgress {
+        id: 1,
+        last_key: None,
+        rows: 2048,
+        done: false,
+    }];
+    // 8 MiB in four chunks: two nudges, half the raised threshold.
+    for batch in 0..4u64 {
+        let entries = chunk(batch);
         let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
-        JournalWriter::append(&mut w, &refs, None, &[])?;
+        JournalWriter::append(&mut w, &refs, None, &progress)?;
+        assert_eq!(threshold(&w)?, wal::BACKSTOP_PAGES);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while (w.checkpointer.runs() < 2 || file_len() < 6 << 20)
@@ -519,5 +530,17 @@ fn the_checkpoint_thread_copies_the_wal_while_the_writer_appends(
         "the WAL was copied into the file: {before} -> {} bytes",
         file_len()
     );
+    // A streamed batch of the same size: SQLite's threshold, no nudge.
+    let entries = chunk(4);
+    let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
+    JournalWriter::append(&mut w, &refs, None, &[])?;
+    assert_eq!(threshold(&w)?, wal::DEFAULT_PAGES);
+    for batch in 5..7 {
+        let entries = chunk(batch);
+        let refs: Vec<_> = entries.iter().map(|e| (e, None)).collect();
+        JournalWriter::append(&mut w, &refs, None, &[])?;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(w.checkpointer.runs(), 2, "streamed changes do not nudge");
     Ok(())
 }

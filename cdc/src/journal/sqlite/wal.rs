@@ -1,20 +1,26 @@
-//! WAL checkpoints off the writer's path.
+//! WAL checkpoints of bulk copies off the writer's path.
 //!
 //! SQLite copies the WAL's pages into `journal.db` (a checkpoint) in whichever
 //! connection commits once the WAL holds 1,000 pages: the journal writer, as a
-//! rule, in the middle of appending (a third of the snapshot writer's time, with
-//! its `fsync`s). Here the writer only counts the bytes it commits and, every
+//! rule, in the middle of appending. For a snapshot or resync copy that was 15%
+//! of the writer's time, with its `fsync`s. While it appends such chunks (an
+//! append that carries resync progress), the writer raises its own threshold to
+//! [`BACKSTOP_PAGES`], counts the bytes it commits and, every
 //! [`CHECKPOINT_BYTES`], nudges a thread of its own that runs a `PASSIVE`
 //! checkpoint on its own connection while the writer goes on appending.
 //!
 //! ```text
-//!  writer: commit ─▶ bytes since the last nudge >= CHECKPOINT_BYTES ─▶ nudge (never waits)
+//!  bulk append: wal_autocheckpoint = BACKSTOP_PAGES; commit ─▶ bytes since the
+//!               last nudge >= CHECKPOINT_BYTES ─▶ nudge (never waits)
 //!  pgcdc-checkpoint: nudge ─▶ PRAGMA wal_checkpoint(PASSIVE) ─▶ wait for the next
-//!  every connection: wal_autocheckpoint = BACKSTOP_PAGES (if the thread falls behind)
+//!  streamed changes: wal_autocheckpoint = 1000 (SQLite's own, in the writer)
 //! ```
 //!
-//! The WAL stays bounded whatever happens to the thread: every connection to the
-//! journal still checkpoints by itself past [`BACKSTOP_PAGES`].
+//! Streamed changes keep SQLite's checkpoints: their commits are small and
+//! frequent, and a checkpoint thread beside them measured a few percent slower
+//! (its `fsync`s of `journal.db` meet the writer's). The WAL stays bounded
+//! whatever happens to the thread: past [`BACKSTOP_PAGES`] the writer
+//! checkpoints by itself.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +34,11 @@ use crate::journal::JournalError;
 /// The writer nudges the checkpointer after committing this much (about the
 /// 1,000 pages at which SQLite would checkpoint by itself).
 pub(super) const CHECKPOINT_BYTES: u64 = 4 << 20;
-/// `wal_autocheckpoint` of every connection to the journal: 4,096 pages (16 MiB
+/// The writer's `wal_autocheckpoint` during bulk appends: 4,096 pages (16 MiB
 /// at the default page size), reached only when the checkpointer falls behind.
 pub(super) const BACKSTOP_PAGES: i64 = 4096;
+/// SQLite's default `wal_autocheckpoint`, the writer's for streamed changes.
+pub(super) const DEFAULT_PAGES: i64 = 1000;
 
 /// The checkpoint thread of a writer; stopped and joined when dropped.
 pub(super) struct Checkpointer {

@@ -6,7 +6,7 @@ use pgcdc_schema::Lsn;
 use rusqlite::{params, Connection};
 
 use super::blocks::{self, BlockWriter, Stored};
-use super::wal::Checkpointer;
+use super::wal::{self, Checkpointer};
 use super::{
     begin_immediate, meta_get, meta_set, open_conn, read_head, relations, resync, row_state,
     store_error, Durability, JOURNAL_FILE,
@@ -40,8 +40,11 @@ pub(super) struct SqliteWriter {
     encoder: Encoder,
     /// Where the last append stored its entries (see `take_appended`).
     appended: Vec<Appended>,
-    /// Copies the WAL into the file off this writer's path (see `wal.rs`).
+    /// Copies the WAL into the file off this writer's path during bulk appends
+    /// (see `wal.rs`).
     pub(super) checkpointer: Checkpointer,
+    /// The connection's `wal_autocheckpoint` is raised for bulk appends.
+    bulk: bool,
 }
 
 impl SqliteWriter {
@@ -61,6 +64,7 @@ impl SqliteWriter {
         let checkpointer = Checkpointer::start(dir)?;
         Ok(SqliteWriter {
             checkpointer,
+            bulk: false,
             conn,
             path,
             last,
@@ -261,6 +265,20 @@ impl SqliteWriter {
         let mut outcome = AppendOutcome::default();
         let path = self.path.clone();
         let err = move |source| store_error(&path, source);
+        // Snapshot and resync chunks (they carry progress) leave the WAL to the
+        // checkpoint thread; streamed changes to SQLite (see `wal.rs`).
+        let bulk = !progress.is_empty();
+        if bulk != self.bulk {
+            let pages = if bulk {
+                wal::BACKSTOP_PAGES
+            } else {
+                wal::DEFAULT_PAGES
+            };
+            self.conn
+                .pragma_update(None, "wal_autocheckpoint", pages)
+                .map_err(&err)?;
+            self.bulk = bulk;
+        }
         let tx = begin_immediate(&mut self.conn, &self.path)?;
         let mut last = self.last;
         let mut pos = self.head.pos;
@@ -323,7 +341,9 @@ impl SqliteWriter {
             confirmed = c;
         }
         tx.commit().map_err(&err)?;
-        self.checkpointer.committed(block.flushed());
+        if bulk {
+            self.checkpointer.committed(block.flushed());
+        }
         self.last = last;
         self.head = JournalHead {
             pos,
