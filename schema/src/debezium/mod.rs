@@ -115,7 +115,8 @@ pub fn to_vec(
     options: DebeziumOptions,
     now_ms: i64,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = Vec::with_capacity(event.packed_bytes() + 1024);
+    // `write_value` makes room for the common path.
+    let mut out = Vec::new();
     write_value(event, source, options, now_ms, &mut out)?;
     Ok(out)
 }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::ops::Range;
 
 use pgcdc_schema::debezium::{self, BeforeImage, DebeziumOptions};
-use pgcdc_schema::Op;
+use pgcdc_schema::{ChangeEvent, Op};
 
 use super::KafkaSink;
 use crate::kafka::config::{Before, Format};
@@ -185,6 +185,37 @@ impl KafkaSink {
         })
     }
 
+    /// Appends the Debezium key of `event`: its range, None for a null key.
+    fn put_debezium_key(
+        &self,
+        out: &mut Recs,
+        event: &ChangeEvent,
+        options: DebeziumOptions,
+    ) -> Result<Option<Range<usize>>, String> {
+        out.put_bytes(|b| debezium::write_key(event, &self.source, options, b))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Appends the Debezium value of `event`: its range.
+    fn put_debezium_value(
+        &self,
+        out: &mut Recs,
+        event: &ChangeEvent,
+        options: DebeziumOptions,
+    ) -> Result<Option<Range<usize>>, String> {
+        let now_ms = self.batch_started_ms;
+        out.put_bytes(|b| {
+            Some(debezium::write_value(
+                event,
+                &self.source,
+                options,
+                now_ms,
+                b,
+            ))
+        })
+        .map_err(|e| e.to_string())
+    }
+
     /// Appends the records of one item to `out` (its tombstone too, after a
     /// delete when configured); none for a truncate the Debezium formats skip.
     /// On `Err` nothing of the item is left in `out`.
@@ -228,16 +259,14 @@ impl KafkaSink {
         };
         if let (None, Some(options)) = (&self.key, debezium) {
             if let Some(split) = debezium::key_change(event) {
-                return self.key_change_records(index, &common, options, &split, out);
+                return self.key_change_records(index, item, &common, options, &split, out);
             }
         }
         let key = match (&self.key, debezium) {
-            (None, Some(options)) => {
-                out.put_bytes(|b| debezium::write_key(event, &self.source, options, b))
-            }
-            (None, None) => {
-                out.put_bytes(|b| event.key.as_ref().map(|k| serde_json::to_writer(b, k)))
-            }
+            (None, Some(options)) => self.put_debezium_key(out, event, options)?,
+            (None, None) => out
+                .put_bytes(|b| event.key.as_ref().map(|k| serde_json::to_writer(b, k)))
+                .map_err(|e| e.to_string())?,
             (Some(program), _) => {
                 let input = serde_json::to_value(&**event).map_err(|e| e.to_string())?;
                 // jq may block up to `[jq] timeout_ms` (it runs in pgcdc's sandbox).
@@ -247,21 +276,11 @@ impl KafkaSink {
                     .next()
                     .ok_or("the key program yielded nothing")?;
                 out.put_bytes(|b| Some(serde_json::to_writer(b, &first)))
+                    .map_err(|e| e.to_string())?
             }
-        }
-        .map_err(|e| e.to_string())?;
+        };
         let value = match debezium {
-            Some(options) => out
-                .put_bytes(|b| {
-                    Some(debezium::write_value(
-                        event,
-                        &self.source,
-                        options,
-                        self.batch_started_ms,
-                        b,
-                    ))
-                })
-                .map_err(|e| e.to_string()),
+            Some(options) => self.put_debezium_value(out, event, options),
             None if self.transformed => out
                 .put_bytes(|b| Some(serde_json::to_writer(b, &item.body)))
                 .map_err(|e| e.to_string()),
@@ -289,33 +308,17 @@ impl KafkaSink {
     fn key_change_records(
         &self,
         index: usize,
+        item: &Outgoing,
         common: &Common,
         options: DebeziumOptions,
         split: &debezium::KeyChange,
         out: &mut Recs,
     ) -> Result<(), String> {
-        let key = |out: &mut Recs, e| {
-            out.put_bytes(|b| debezium::write_key(e, &self.source, options, b))
-                .map_err(|e| e.to_string())
-        };
-        let old_key = key(out, &split.delete)?;
-        let new_key = key(out, &split.create)?;
-        let value = |out: &mut Recs, e| {
-            out.put_bytes(|b| {
-                Some(debezium::write_value(
-                    e,
-                    &self.source,
-                    options,
-                    self.batch_started_ms,
-                    b,
-                ))
-            })
-            .map_err(|e| e.to_string())
-        };
-        let delete = value(out, &split.delete)?;
-        let create = value(out, &split.create)?;
-        let id = out.text[common.id.clone()].to_owned();
-        let old_id = out.put_text(format_args!("{id}{OLD_KEY_SUFFIX}"));
+        let old_key = self.put_debezium_key(out, &split.delete, options)?;
+        let new_key = self.put_debezium_key(out, &split.create, options)?;
+        let delete = self.put_debezium_value(out, &split.delete, options)?;
+        let create = self.put_debezium_value(out, &split.create, options)?;
+        let old_id = out.put_text(format_args!("{}{OLD_KEY_SUFFIX}", item.delivery()));
         out.list.push(Rec {
             id: old_id.clone(),
             value: delete,
