@@ -55,6 +55,7 @@ pub use dlq::{DlqEntry, DlqError, DlqRecord, DlqSelector, DlqState};
 pub use meta::MetaKey;
 pub(crate) use postgres::lease::{LeaseRow, LeaseSession};
 pub(crate) use recent::approx_bytes;
+pub(crate) use recent::RECENT_BYTES;
 pub use recent::{Appended, Recent, RecentReader, Shared};
 pub use resync::ResyncProgress;
 pub use resync::{ResyncInfo, ResyncKind, ResyncRequestError};
