@@ -69,6 +69,10 @@ pub(crate) struct Metrics {
     pub(crate) delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Rows copied by resyncs.
     pub(crate) resync_rows: Counter,
+    /// Journal writes (one store transaction each) that held changes.
+    pub(crate) journal_writes: Counter,
+    /// Changes (and resync rows) those writes stored (not those a replay skipped).
+    pub(crate) journal_changes: Counter,
     /// Times the replication slot was found lost (missing, or wal_status = lost).
     pub(crate) slot_lost: Counter,
     /// 1 while this process leads (always, without HA), 0 while it stands by.
@@ -110,6 +114,8 @@ impl Metrics {
             dlq_events: Family::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
             resync_rows: Counter::default(),
+            journal_writes: Counter::default(),
+            journal_changes: Counter::default(),
             slot_lost: Counter::default(),
             leader: Gauge::default(),
             deliver_partition_lag_records: Family::default(),
@@ -205,6 +211,16 @@ impl Metrics {
             "pgcdc_resync_rows",
             "Rows copied by resyncs",
             m.resync_rows.clone(),
+        );
+        r.register(
+            "pgcdc_journal_writes",
+            "Journal writes that held changes (one state-store transaction, and with SQLite one fsync, each)",
+            m.journal_writes.clone(),
+        );
+        r.register(
+            "pgcdc_journal_changes",
+            "Changes and resync rows the journal writes stored",
+            m.journal_changes.clone(),
         );
         r.register(
             "pgcdc_slot_lost",
@@ -322,6 +338,13 @@ pub(crate) fn source_lag(server_wal_end: u64, durable: u64) {
         .set(i64::try_from(lag).unwrap_or(i64::MAX));
 }
 
+/// Journal thread: one write of `changes` changes (and resync rows).
+pub(crate) fn journal_written(changes: usize) {
+    let m = metrics();
+    m.journal_writes.inc();
+    m.journal_changes.inc_by(changes as u64);
+}
+
 /// Runner: counts a batch's results and observes commit-to-ack latency of delivered items.
 pub(crate) fn delivered(sink: &str, items: &[Outgoing], results: &[ItemResult]) {
     let m = metrics();
@@ -412,6 +435,8 @@ mod tests {
             "pgcdc_dlq_events{sink=\"hook\"} 0",
             "pgcdc_delivery_latency_seconds_bucket{le=\"0.001\",sink=\"hook\"} 0",
             "pgcdc_resync_rows_total 0",
+            "pgcdc_journal_writes_total ",
+            "pgcdc_journal_changes_total ",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
         }

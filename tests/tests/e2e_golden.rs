@@ -143,6 +143,14 @@ async fn golden(major: u32) -> anyhow::Result<()> {
     against_golden(&lines, bless).context("events kept in memory")?;
     let reads = batch_reads(port).await?;
     ensure!(reads.0 > 0, "no batch came from memory: {reads:?}");
+    // Each journal write is counted, with the changes it stored.
+    let writes = metric(port, "pgcdc_journal_writes_total").await?;
+    let changes = metric(port, "pgcdc_journal_changes_total").await?;
+    ensure!(
+        writes >= 1 && writes <= changes,
+        "journal writes {writes}, changes {changes}, for {} events",
+        lines.len()
+    );
 
     // Again from the journal: a new process (nothing in memory) from the start.
     p.terminate()?;
@@ -200,18 +208,25 @@ fn against_golden(lines: &[String], bless: bool) -> anyhow::Result<()> {
 
 /// The stdout sink's batch reads so far, (from memory, from the journal), from `/metrics`.
 async fn batch_reads(port: u16) -> anyhow::Result<(u64, u64)> {
+    let count =
+        |source: &str| format!("pgcdc_sink_batch_reads_total{{sink=\"out\",source=\"{source}\"}}");
+    Ok((
+        metric(port, &count("memory")).await?,
+        metric(port, &count("journal")).await?,
+    ))
+}
+
+/// A counter's value from `/metrics` (0 when the series is not there yet).
+async fn metric(port: u16, series: &str) -> anyhow::Result<u64> {
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await?
         .text()
         .await?;
-    let count = |source: &str| {
-        let series = format!("pgcdc_sink_batch_reads_total{{sink=\"out\",source=\"{source}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok((count("memory"), count("journal")))
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0))
 }
 
 #[tokio::test(flavor = "multi_thread")]

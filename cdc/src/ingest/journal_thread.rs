@@ -379,7 +379,11 @@ pub(crate) fn run(
             // A sync or a check alone: nothing to write.
             Default::default()
         } else {
-            writer.append(&refs, confirm, &progress)?
+            let outcome = writer.append(&refs, confirm, &progress)?;
+            if !refs.is_empty() {
+                crate::metrics::journal_written(refs.len().saturating_sub(outcome.skipped));
+            }
+            outcome
         };
         let appended = writer.take_appended();
         progress.clear();
