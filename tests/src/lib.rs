@@ -19,6 +19,7 @@
 
 mod cluster;
 mod error;
+mod metrics;
 mod os_user;
 pub mod pg_versions;
 mod pgcdc_process;
@@ -34,6 +35,7 @@ pub mod kafka;
 
 pub use cluster::{free_port, quote_ident, quote_literal, PgCluster, PgClusterBuilder};
 pub use error::{HarnessError, Result};
+pub use metrics::metric;
 pub use pgcdc_process::{pgcdc_bin, state_dir, ConfigFile, Pgcdc};
 pub use streaming::{slot_active_pid, wait_streaming};
 pub use tls_certs::{generate_pki, TestPki};

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use e2e_fixture::{next_lines, pgcdc_output, start_streaming, with_pg_state};
-use pgcdc_tests::{free_port, state_dir, ConfigFile, PgCluster};
+use pgcdc_tests::{free_port, metric, state_dir, ConfigFile, PgCluster};
 use serde_json::Value;
 
 /// Every type pgcdc renders; a second table is the same under FULL identity.
@@ -142,12 +142,13 @@ async fn golden(major: u32) -> anyhow::Result<()> {
     let bless = major == 15 && std::env::var("PGCDC_BLESS").is_ok_and(|v| v == "1");
     against_golden(&lines, bless).context("events kept in memory")?;
     let reads = batch_reads(port).await?;
-    ensure!(reads.0 > 0, "no batch came from memory: {reads:?}");
+    ensure!(reads.0 > 0.0, "no batch came from memory: {reads:?}");
     // Each journal write is counted, with the changes it stored.
-    let writes = metric(port, "pgcdc_journal_writes_total").await?;
-    let changes = metric(port, "pgcdc_journal_changes_total").await?;
+    let admin = format!("http://127.0.0.1:{port}");
+    let writes = metric(&admin, "pgcdc_journal_writes_total").await?;
+    let changes = metric(&admin, "pgcdc_journal_changes_total").await?;
     ensure!(
-        writes >= 1 && writes <= changes,
+        writes >= 1.0 && writes <= changes,
         "journal writes {writes}, changes {changes}, for {} events",
         lines.len()
     );
@@ -174,7 +175,10 @@ async fn golden(major: u32) -> anyhow::Result<()> {
     let again = next_lines(&mut p, lines.len(), Duration::from_secs(60)).await?;
     against_golden(&again, false).context("events read back from the journal")?;
     let reads = batch_reads(port).await?;
-    ensure!(reads.1 > 0, "no batch was read from the journal: {reads:?}");
+    ensure!(
+        reads.1 > 0.0,
+        "no batch was read from the journal: {reads:?}"
+    );
     Ok(())
 }
 
@@ -207,26 +211,14 @@ fn against_golden(lines: &[String], bless: bool) -> anyhow::Result<()> {
 }
 
 /// The stdout sink's batch reads so far, (from memory, from the journal), from `/metrics`.
-async fn batch_reads(port: u16) -> anyhow::Result<(u64, u64)> {
+async fn batch_reads(port: u16) -> anyhow::Result<(f64, f64)> {
+    let admin = format!("http://127.0.0.1:{port}");
     let count =
         |source: &str| format!("pgcdc_sink_batch_reads_total{{sink=\"out\",source=\"{source}\"}}");
     Ok((
-        metric(port, &count("memory")).await?,
-        metric(port, &count("journal")).await?,
+        metric(&admin, &count("memory")).await?,
+        metric(&admin, &count("journal")).await?,
     ))
-}
-
-/// A counter's value from `/metrics` (0 when the series is not there yet).
-async fn metric(port: u16, series: &str) -> anyhow::Result<u64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or(0))
 }
 
 #[tokio::test(flavor = "multi_thread")]

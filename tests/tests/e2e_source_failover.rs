@@ -16,7 +16,7 @@ use e2e_fixture::{
     assert_journal_exact, config_toml, create_load_table, pgcdc_output, spawn_run, stderr_with,
     Seen, SocketAddr,
 };
-use pgcdc_tests::{state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
+use pgcdc_tests::{metric, state_dir, wait_until_msg, ConfigFile, PgCluster, Pgcdc};
 
 /// `postgres://...@127.0.0.1:P1,127.0.0.1:P2/postgres?...&target_session_attrs=read-write`.
 fn multi_host_url(clusters: &[&PgCluster]) -> String {
@@ -346,18 +346,6 @@ async fn lose_the_slot(on_slot_lost: &str, stopped: bool) -> anyhow::Result<Lost
         _state: state,
         admin: format!("http://127.0.0.1:{port}"),
     })
-}
-
-/// The value of a counter on `/metrics` (0 when absent).
-async fn metric(admin: &str, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("{admin}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0))
 }
 
 /// Before 17 the slot does not survive a failover. `on_slot_lost = "resync"`: pgcdc
