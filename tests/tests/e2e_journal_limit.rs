@@ -52,8 +52,13 @@ retry = {{ initial_backoff_ms = 100, max_backoff_ms = 300 }}
         rx = rx.url()
     ))?;
     let mut p = start_streaming(&pg, &cfg).await?;
-    pg.batch("INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(1, 600) g")
-        .await?;
+    // 1 KB of hex per row that packing cannot shrink (alike rows would be
+    // journaled in packed blocks a fraction of their size).
+    pg.batch(
+        "INSERT INTO items SELECT g, (SELECT string_agg(md5(g || '.' || i), '') \
+         FROM generate_series(1, 32) i) FROM generate_series(1, 600) g",
+    )
+    .await?;
     let base = format!("http://127.0.0.1:{port}");
     wait_until_msg(Duration::from_secs(60), "the reader pauses", || async {
         status_json(&cfg)

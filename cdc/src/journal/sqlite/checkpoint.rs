@@ -47,6 +47,7 @@ fn count_between(s: &SqliteStore, after: i64, upto: i64) -> Result<i64, JournalE
         .map_err(err)?;
     let mut rows = stmt.query(params![after, upto]).map_err(err)?;
     let mut held = 0i64;
+    let mut buf = Vec::new();
     while let Some(row) = rows.next().map_err(err)? {
         let (first, last): (i64, i64) = (row.get(0).map_err(err)?, row.get(1).map_err(err)?);
         if first > after && last <= upto {
@@ -54,7 +55,7 @@ fn count_between(s: &SqliteStore, after: i64, upto: i64) -> Result<i64, JournalE
             continue;
         }
         let body = record_bytes(row.get_ref(3).map_err(err)?).map_err(err)?;
-        for e in blocks::events(first, body) {
+        for e in blocks::events(first, body, &mut buf) {
             let e = e.map_err(|(pos, m)| damaged_block(pos, m))?;
             held += i64::from(e.pos > after && e.pos <= upto);
         }
@@ -79,7 +80,7 @@ fn newest_before(s: &SqliteStore, by_time: bool, value: i64) -> Result<Option<i6
     let first: i64 = row.get(0).map_err(err)?;
     let body = record_bytes(row.get_ref(1).map_err(err)?).map_err(err)?;
     let mut found = None;
-    for e in blocks::events(first, body) {
+    for e in blocks::events(first, body, &mut Vec::new()) {
         let e = e.map_err(|(pos, m)| damaged_block(pos, m))?;
         let before = if by_time {
             e.commit_time_us.is_some_and(|t| t < value)
@@ -112,7 +113,7 @@ fn first_time_after(s: &SqliteStore, pos: i64) -> Result<Option<i64>, JournalErr
         return row.get(1).map_err(err);
     }
     let body = record_bytes(row.get_ref(2).map_err(err)?).map_err(err)?;
-    for e in blocks::events(first, body) {
+    for e in blocks::events(first, body, &mut Vec::new()) {
         let e = e.map_err(|(at, m)| damaged_block(at, m))?;
         if e.pos > pos {
             return Ok(e.commit_time_us);

@@ -18,11 +18,12 @@ pub(super) fn known_keys(store: &SqliteStore, table: &str) -> Result<Vec<Row>, J
     let mut rows = stmt.query([]).map_err(err)?;
     let mut decoder = store.decoder.borrow_mut();
     let mut newest_first = Vec::new();
+    let mut buf = Vec::new();
     while let Some(row) = rows.next().map_err(err)? {
         let first: i64 = row.get(0).map_err(err)?;
         let body = record_bytes(row.get_ref(1).map_err(err)?).map_err(err)?;
         let mut block = Vec::new();
-        for stored in blocks::events(first, body) {
+        for stored in blocks::events(first, body, &mut buf) {
             let stored = stored.map_err(|(pos, m)| damaged_block(pos, m))?;
             if stored.table != table {
                 continue;

@@ -369,6 +369,8 @@ pub(crate) struct SqliteStore {
     staging: OnceCell<(Connection, PathBuf)>,
     /// The relation versions read so far.
     decoder: RefCell<Decoder>,
+    /// The packed block read last, unpacked.
+    unpacked: RefCell<Vec<u8>>,
 }
 
 type SqlErr<'a> = &'a dyn Fn(rusqlite::Error) -> JournalError;
@@ -383,6 +385,7 @@ impl SqliteStore {
             audit: OnceCell::new(),
             staging: OnceCell::new(),
             decoder: RefCell::new(Decoder::default()),
+            unpacked: RefCell::new(Vec::new()),
         })
     }
 
@@ -470,16 +473,17 @@ impl StateStore for SqliteStore {
         let mut rows = stmt.query(params![pos]).map_err(|e| self.sqlite(e))?;
         let mut bytes = 0usize;
         let mut decoder = self.decoder.borrow_mut();
+        let mut unpacked = self.unpacked.borrow_mut();
         let mut table: Option<Name> = None;
         'blocks: while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
             if out.len() >= limit {
                 break;
             }
             let first_pos: i64 = row.get(0).map_err(|e| self.sqlite(e))?;
-            // Decoded from SQLite's own buffer: no copy of the block.
+            // Decoded from SQLite's own buffer (or, packed, unpacked once).
             let body = record_bytes(row.get_ref(1).map_err(|e| self.sqlite(e))?)
                 .map_err(|e| self.sqlite(e))?;
-            for stored in blocks::events(first_pos, body) {
+            for stored in blocks::events(first_pos, body, &mut unpacked) {
                 let stored = stored.map_err(|(at, e)| damaged_block(at, e))?;
                 if stored.pos <= pos {
                     continue;

@@ -348,7 +348,7 @@ fn an_older_journals_event_rows_move_into_blocks() -> Result<(), JournalError> {
             .collect::<Result<_, _>>()
             .map_err(err)?;
         for (first, body) in &bodies {
-            for e in blocks::events(*first, body) {
+            for e in blocks::events(*first, body, &mut Vec::new()) {
                 let e = e.map_err(|(pos, m)| damaged_block(pos, m))?;
                 // Every tenth position was pruned already; every 7th is for one sink.
                 if e.pos % 10 == 5 {
@@ -489,14 +489,26 @@ fn the_checkpoint_thread_copies_the_wal_while_the_writer_appends_chunks(
     };
     let file_len = || std::fs::metadata(dir.path().join(JOURNAL_FILE)).map_or(0, |m| m.len());
     let before = file_len();
-    let wide = "x".repeat(1024);
+    // 1 KiB of letters per row that do not repeat: blocks stay as large stored
+    // as written (alike rows would be packed to a fraction).
+    let wide = |n: u64| -> String {
+        let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect()
+    };
     let chunk = |batch: u64| -> Vec<crate::journal::JournalEntry> {
         (1..=2048)
             .map(|i| {
                 let n = batch * 2048 + i;
                 let mut row = serde_json::Map::new();
                 row.insert("n".into(), serde_json::json!(n));
-                row.insert("w".into(), serde_json::json!(wide));
+                row.insert("w".into(), serde_json::json!(wide(n)));
                 crate::journal::insert_into("a", 1000 + n, None, row.into())
             })
             .collect()

@@ -210,7 +210,7 @@ impl JournalWriter for SqliteWriter {
                     .map_err(&err)?;
                 let mut kept = BlockWriter::default();
                 let mut gone = 0usize;
-                for e in blocks::events(first_pos, &body) {
+                for e in blocks::events(first_pos, &body, &mut Vec::new()) {
                     let e = e.map_err(|(pos, m)| super::damaged_block(pos, m))?;
                     let passed = e.pos <= floor
                         && e.pos < head
