@@ -228,10 +228,11 @@ impl BlockWriter {
             .then(|| i32::try_from(self.body.len()).ok())
             .flatten();
         let packed = pack(&self.body, &mut self.packed);
-        let body: &dyn rusqlite::ToSql = match (placed, packed) {
+        let stored = packed.map_or(self.body.len(), <[u8]>::len);
+        let body: &dyn rusqlite::ToSql = match (placed, &packed) {
             (Some(len), _) => &ZeroBlob(len),
-            (None, true) => &self.packed,
-            (None, false) => &self.body,
+            (None, Some(packed)) => packed,
+            (None, None) => &self.body,
         };
         conn.prepare_cached(
             "INSERT INTO event_blocks(last_pos, first_pos, count, first_lsn, first_time_us, \
@@ -257,14 +258,13 @@ impl BlockWriter {
             blob.write_all_at(&self.body, 0)?;
             blob.close()?;
         }
-        self.flushed += if packed {
-            self.packed.len()
-        } else {
-            self.body.len()
-        } as u64;
+        self.flushed += stored as u64;
         self.body.clear();
         // A wide row's room does not stay for the blocks after it.
         self.body.shrink_to(2 * BLOCK_BYTES);
+        if self.packed.len() > 2 * BLOCK_BYTES {
+            self.packed = Vec::new();
+        }
         self.count = 0;
         self.min_time = None;
         self.max_time = None;
@@ -273,24 +273,27 @@ impl BlockWriter {
     }
 }
 
-/// Packs `body` into `out` when that saves at least an eighth of it (see the
-/// module doc); false leaves the body to be stored as it is.
-fn pack(body: &[u8], out: &mut Vec<u8>) -> bool {
-    out.clear();
+/// `body` packed (in `out`), when that saves at least an eighth of it (see the
+/// module doc); None leaves the body to be stored as it is. `out` keeps its
+/// length from one block to the next: only growth is zeroed.
+fn pack<'a>(body: &[u8], out: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     if !(PACK_MIN..=PACK_MAX).contains(&body.len()) {
-        return false;
+        return None;
     }
-    out.extend_from_slice(PACKED);
-    out.push(LZ4);
-    put_varint(out, body.len() as u64);
-    let at = out.len();
-    out.resize(at + lz4_flex::block::get_maximum_output_size(body.len()), 0);
-    match lz4_flex::block::compress_into(body, &mut out[at..]) {
-        Ok(n) if at + n <= body.len() - body.len() / 8 => {
-            out.truncate(at + n);
-            true
-        }
-        _ => false,
+    let mut varint = [0u8; 10];
+    let n = varint_into(&mut varint, body.len() as u64);
+    let len = &varint[..n];
+    let at = PACKED.len() + 1 + len.len();
+    let room = at + lz4_flex::block::get_maximum_output_size(body.len());
+    if out.len() < room {
+        out.resize(room, 0);
+    }
+    out[..PACKED.len()].copy_from_slice(PACKED);
+    out[PACKED.len()] = LZ4;
+    out[PACKED.len() + 1..at].copy_from_slice(len);
+    match lz4_flex::block::compress_into(body, &mut out[at..room]) {
+        Ok(n) if at + n <= body.len() - body.len() / 8 => Some(&out[..at + n]),
+        _ => None,
     }
 }
 
@@ -312,10 +315,12 @@ fn unpack<'a>(stored: &'a [u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8], Bad> {
         .filter(|&n| n <= PACK_MAX)
         .ok_or("packed block longer than any release packs")?;
     let data = &rest[r.at()..];
-    buf.clear();
-    buf.resize(len, 0);
-    match lz4_flex::block::decompress_into(data, buf) {
-        Ok(n) if n == len => Ok(buf),
+    // Only growth is zeroed: the bytes are written over.
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    match lz4_flex::block::decompress_into(data, &mut buf[..len]) {
+        Ok(n) if n == len => Ok(&buf[..len]),
         Ok(n) => Err(format!("packed block unpacks to {n} bytes, not {len}")),
         Err(e) => Err(format!("packed block does not unpack: {e}")),
     }
@@ -642,10 +647,31 @@ mod tests {
             .zip(&rows)
             .all(|(e, r)| e.record == r.as_bytes()));
         assert_eq!(read[199].pos, 200);
+        // A smaller packed block read into the same buffer reads as itself.
+        let mut fewer = BlockWriter::default();
+        for (i, r) in rows.iter().take(40).enumerate() {
+            fewer.push(&Stored {
+                record: r.as_bytes(),
+                ..event(i as i64 + 1001, "public.permits", Some(7), None)
+            });
+        }
+        let fewer_written = fewer.body.clone();
+        let fewer_packed = pack(&fewer_written, &mut Vec::new())
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let again: Vec<Stored<'_>> = events(1001, &fewer_packed, &mut buf)
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        assert_eq!(again.len(), 40);
+        assert!(again
+            .iter()
+            .zip(&rows)
+            .all(|(e, r)| e.record == r.as_bytes()));
+        assert_eq!(again[39].pos, 1040);
         // A wide body is not packed (it would be held twice).
         let mut wide = Vec::new();
-        assert!(!pack(&vec![b'a'; PACK_MAX + 1], &mut wide));
-        assert!(pack(&vec![b'a'; PACK_MAX], &mut wide));
+        assert!(pack(&vec![b'a'; PACK_MAX + 1], &mut wide).is_none());
+        assert!(pack(&vec![b'a'; PACK_MAX], &mut wide).is_some());
 
         let damaged = |body: &[u8]| -> Vec<Result<i64, (i64, Bad)>> {
             events(1, body, &mut Vec::new())
