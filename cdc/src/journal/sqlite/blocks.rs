@@ -588,14 +588,19 @@ mod tests {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
         let row = |pos: i64| format!("\x02permit {pos} status submitted fee {}.25", pos % 1000);
-        let mut alike = BlockWriter::default();
         let rows: Vec<String> = (1..=200).map(row).collect();
-        for (i, r) in rows.iter().enumerate() {
-            alike.push(&Stored {
-                record: r.as_bytes(),
-                ..event(i as i64 + 1, "public.permits", Some(7), None)
-            });
-        }
+        // The first `n` rows, from position `first` on.
+        let block_of = |first: i64, n: usize| {
+            let mut block = BlockWriter::default();
+            for (i, r) in rows.iter().take(n).enumerate() {
+                block.push(&Stored {
+                    record: r.as_bytes(),
+                    ..event(first + i as i64, "public.permits", Some(7), None)
+                });
+            }
+            block
+        };
+        let mut alike = block_of(1, 200);
         let written = alike.body.clone();
         alike.flush(&conn)?;
         // Incompressible: bytes of a pseudo-random sequence.
@@ -638,36 +643,24 @@ mod tests {
         assert_eq!(stored(201)?, random_written, "incompressible: as written");
         assert_eq!(stored(202)?, small_written, "small: as written");
         let mut buf = Vec::new();
-        let read: Vec<Stored<'_>> = events(1, &packed, &mut buf)
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
-        assert_eq!(read.len(), 200);
-        assert!(read
-            .iter()
-            .zip(&rows)
-            .all(|(e, r)| e.record == r.as_bytes()));
-        assert_eq!(read[199].pos, 200);
+        // Positions and records as written: `n` rows from `first` on.
+        let reads_as = |read: Vec<Stored<'_>>, first: i64, n: usize| {
+            read.len() == n
+                && read
+                    .iter()
+                    .zip(&rows)
+                    .enumerate()
+                    .all(|(i, (e, r))| e.record == r.as_bytes() && e.pos == first + i as i64)
+        };
+        let read = events(1, &packed, &mut buf).collect::<Result<_, _>>();
+        assert!(reads_as(read.unwrap_or_default(), 1, 200));
         // A smaller packed block read into the same buffer reads as itself.
-        let mut fewer = BlockWriter::default();
-        for (i, r) in rows.iter().take(40).enumerate() {
-            fewer.push(&Stored {
-                record: r.as_bytes(),
-                ..event(i as i64 + 1001, "public.permits", Some(7), None)
-            });
-        }
-        let fewer_written = fewer.body.clone();
-        let fewer_packed = pack(&fewer_written, &mut Vec::new())
+        let fewer = block_of(1001, 40).body;
+        let fewer_packed = pack(&fewer, &mut Vec::new())
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
-        let again: Vec<Stored<'_>> = events(1001, &fewer_packed, &mut buf)
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
-        assert_eq!(again.len(), 40);
-        assert!(again
-            .iter()
-            .zip(&rows)
-            .all(|(e, r)| e.record == r.as_bytes()));
-        assert_eq!(again[39].pos, 1040);
+        let again = events(1001, &fewer_packed, &mut buf).collect::<Result<_, _>>();
+        assert!(reads_as(again.unwrap_or_default(), 1001, 40));
         // A wide body is not packed (it would be held twice).
         let mut wide = Vec::new();
         assert!(pack(&vec![b'a'; PACK_MAX + 1], &mut wide).is_none());
