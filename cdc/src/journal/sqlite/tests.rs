@@ -158,6 +158,17 @@ fn append_numbered(w: &mut dyn JournalWriter, from: u64, to: u64) -> Result<(), 
     Ok(())
 }
 
+/// How many blocks are stored packed.
+fn packed_blocks(dir: &Path) -> i64 {
+    let conn = Connection::open(dir.join(JOURNAL_FILE)).unwrap_or_else(|e| panic!("{e}"));
+    conn.query_row(
+        "SELECT count(*) FROM event_blocks WHERE substr(body, 1, 10) = x'ffffffffffffffffff01'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn blocks(dir: &Path) -> Vec<(i64, i64, i64)> {
     let conn = Connection::open(dir.join(JOURNAL_FILE)).unwrap_or_else(|e| panic!("{e}"));
     let mut stmt = conn
@@ -288,6 +299,9 @@ fn pruning_removes_passed_events_across_and_inside_blocks() -> Result<(), Box<dy
     let mut w = writer(dir.path())?;
     append_numbered(&mut *w, 1, 300)?;
     append_numbered(&mut *w, 301, 400)?;
+    // Alike events: their blocks are stored packed, and pruning inside one
+    // unpacks it and writes what stays.
+    assert_eq!(packed_blocks(dir.path()), 3);
     let mut s = session(dir.path())?;
     // Cursor inside the second block: the first goes whole, the second keeps 280..
     s.reset_cursor("x", ResetTarget::Time(10 * 280))?;
