@@ -45,7 +45,7 @@ mod tests_encoder;
 #[cfg(test)]
 mod tests_fuzz;
 #[cfg(test)]
-mod tests_generator;
+pub(crate) mod tests_generator;
 
 use bytes::Bytes;
 

@@ -66,7 +66,7 @@ const PACK_MAX: usize = 1 << 20;
 
 /// The start of a packed body: the varint of `u64::MAX`, as no unpacked body
 /// starts (its first position delta is small).
-const PACKED: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01";
+pub(super) const PACKED: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01";
 
 /// The codec byte after [`PACKED`]: an LZ4 block.
 const LZ4: u8 = 1;
@@ -604,15 +604,8 @@ mod tests {
         let written = alike.body.clone();
         alike.flush(&conn)?;
         // Incompressible: bytes of a pseudo-random sequence.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..4000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut rng = crate::pgoutput::tests_generator::XorShift::new(7);
+        let noise: Vec<u8> = (0..4000).map(|_| rng.byte()).collect();
         let mut random = BlockWriter::default();
         random.push(&Stored {
             record: &noise,

@@ -162,8 +162,8 @@ fn append_numbered(w: &mut dyn JournalWriter, from: u64, to: u64) -> Result<(), 
 fn packed_blocks(dir: &Path) -> i64 {
     let conn = Connection::open(dir.join(JOURNAL_FILE)).unwrap_or_else(|e| panic!("{e}"));
     conn.query_row(
-        "SELECT count(*) FROM event_blocks WHERE substr(body, 1, 10) = x'ffffffffffffffffff01'",
-        [],
+        "SELECT count(*) FROM event_blocks WHERE substr(body, 1, ?1) = ?2",
+        rusqlite::params![blocks::PACKED.len(), blocks::PACKED],
         |r| r.get(0),
     )
     .unwrap_or_else(|e| panic!("{e}"))
@@ -506,14 +506,9 @@ fn the_checkpoint_thread_copies_the_wal_while_the_writer_appends_chunks(
     // 1 KiB of letters per row that do not repeat: blocks stay as large stored
     // as written (alike rows would be packed to a fraction).
     let wide = |n: u64| -> String {
-        let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rng = crate::pgoutput::tests_generator::XorShift::new(n);
         (0..1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                char::from(b'a' + (x % 26) as u8)
-            })
+            .map(|_| char::from(b'a' + rng.below(26) as u8))
             .collect()
     };
     let chunk = |batch: u64| -> Vec<crate::journal::JournalEntry> {
