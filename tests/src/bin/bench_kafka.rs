@@ -366,7 +366,26 @@ async fn replay() -> anyhow::Result<()> {
     );
     let b = bootstrap.clone();
     let records = tokio::task::spawn_blocking(move || read_topic(&b, &topic)).await??;
+    let cpu = cpu_secs()?;
     let rate = plain_producer(&bootstrap, &dest, &records).await?;
-    println!("{} {:.2}", records.len(), records.len() as f64 / rate);
+    let cpu = cpu_secs()? - cpu;
+    println!("{} {:.2} {cpu:.2}", records.len(), records.len() as f64 / rate);
     Ok(())
+}
+
+/// This process's CPU time so far (user + system), from `/proc/self/stat`
+/// (in the kernel's fixed user-visible tick of 1/100 s).
+fn cpu_secs() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) end with its ')'.
+    let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
+    let field = |i: usize| -> anyhow::Result<f64> {
+        Ok(rest
+            .split_whitespace()
+            .nth(i)
+            .context("/proc/self/stat field")?
+            .parse()?)
+    };
+    // utime and stime, fields 14 and 15 of the line (the state, field 3, is the first here).
+    Ok((field(11)? + field(12)?) / 100.0)
 }
