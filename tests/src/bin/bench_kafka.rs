@@ -369,7 +369,11 @@ async fn replay() -> anyhow::Result<()> {
     let cpu = cpu_secs()?;
     let rate = plain_producer(&bootstrap, &dest, &records).await?;
     let cpu = cpu_secs()? - cpu;
-    println!("{} {:.2} {cpu:.2}", records.len(), records.len() as f64 / rate);
+    println!(
+        "{} {:.2} {cpu:.2}",
+        records.len(),
+        records.len() as f64 / rate
+    );
     Ok(())
 }
 
