@@ -13,6 +13,7 @@
 //! partitions it writes: the read-back refuses records without this sink's
 //! `pgcdc-sink` header. Partition counts are recorded, and a change is refused.
 
+mod acks;
 mod config;
 mod context;
 pub mod progress;

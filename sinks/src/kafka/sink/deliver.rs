@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::{BaseRecord, Producer};
 
 use super::records::Recs;
 use super::retry::{backoff, record_disposition, Failure};
 use super::transaction::is_fenced;
 use super::{KafkaSink, RENDER_CHUNK, STALL};
+use crate::kafka::acks::{Outcome, Round};
 use crate::kafka::progress;
 use crate::retry::Disposition;
 use crate::{AttemptOutcome, BatchAttempt, DeliveryIds, ItemResult, Outgoing, SinkError};
@@ -23,7 +24,8 @@ pub(super) struct Submitted {
     results: Vec<Option<ItemResult>>,
     recs: Recs,
     pending: Vec<usize>,
-    futures: Vec<Option<DeliveryFuture>>,
+    /// The handed-over chunks' acknowledgements, in order.
+    rounds: Vec<Round>,
     /// Why enqueueing stopped part-way (the rest was never handed over).
     enqueue_error: Option<String>,
 }
@@ -52,7 +54,7 @@ impl KafkaSink {
         // Rendered and enqueued chunk by chunk, so the broker works on the first
         // records while the rest are rendered.
         let mut pending = Vec::with_capacity(items.len());
-        let mut futures = Vec::with_capacity(items.len());
+        let mut rounds = Vec::new();
         let mut enqueue_error: Option<String> = None;
         let mut skipped = 0usize;
         for chunk in (0..items.len()).collect::<Vec<_>>().chunks(RENDER_CHUNK) {
@@ -69,7 +71,7 @@ impl KafkaSink {
             skipped += recs.len() - from - chunk_pending.len();
             if enqueue_error.is_none() {
                 match self.enqueue(&recs, &chunk_pending).await {
-                    Ok(f) => futures.extend(f),
+                    Ok(round) => rounds.push(round),
                     Err(f) if f.disposition() == Disposition::Definite => {
                         return Err(self.definite(f.to_string()))
                     }
@@ -86,7 +88,7 @@ impl KafkaSink {
             results,
             recs,
             pending,
-            futures,
+            rounds,
             enqueue_error,
         });
         Ok(())
@@ -113,12 +115,12 @@ impl KafkaSink {
             mut results,
             recs,
             mut pending,
-            futures,
+            rounds,
             enqueue_error,
         } = submitted;
         // Under HA a batch is one transaction: a failed round aborts all of it.
         let sent_in_batch = pending.clone();
-        let mut first_round = Some((self.await_all(futures).await, enqueue_error));
+        let mut first_round = Some((self.await_all(rounds).await, enqueue_error));
         let mut round = 0u32;
         while !pending.is_empty() {
             round += 1;
@@ -243,7 +245,7 @@ impl KafkaSink {
         &mut self,
         recs: &Recs,
         pending: &[usize],
-        outcomes: Vec<Result<(i32, i64), KafkaError>>,
+        outcomes: Vec<Outcome>,
         results: &mut [Option<ItemResult>],
         last_error: &mut String,
     ) -> Vec<usize> {
@@ -335,21 +337,14 @@ impl KafkaSink {
     }
 
     /// Produces `recs[pending]` in order; one result per pending record.
-    async fn send(
-        &mut self,
-        recs: &Recs,
-        pending: &[usize],
-    ) -> Result<Vec<Result<(i32, i64), KafkaError>>, Failure> {
-        let futures = self.enqueue(recs, pending).await?;
-        Ok(self.await_all(futures).await)
+    async fn send(&mut self, recs: &Recs, pending: &[usize]) -> Result<Vec<Outcome>, Failure> {
+        let round = self.enqueue(recs, pending).await?;
+        Ok(self.await_all(vec![round]).await)
     }
 
-    /// Hands `recs[pending]` to the producer, in order (new topics registered first).
-    async fn enqueue(
-        &mut self,
-        recs: &Recs,
-        pending: &[usize],
-    ) -> Result<Vec<Option<DeliveryFuture>>, Failure> {
+    /// Hands `recs[pending]` to the producer, in order (new topics registered
+    /// first): one round, its places in the order of `pending`.
+    async fn enqueue(&mut self, recs: &Recs, pending: &[usize]) -> Result<Round, Failure> {
         // Only topics not yet in the progress record (almost always none) are collected.
         let topics: BTreeSet<String> = pending
             .iter()
@@ -359,8 +354,8 @@ impl KafkaSink {
             .collect();
         self.register_topics(topics).await?;
         let producer = self.writing_producer().await?;
-        let mut futures = Vec::with_capacity(pending.len());
-        for &i in pending {
+        let round = producer.client().context().acks.open(pending.len());
+        for (place, &i) in pending.iter().enumerate() {
             let r = recs.view(i);
             let mut headers = OwnedHeaders::new_with_capacity(6)
                 .insert(Header {
@@ -389,42 +384,29 @@ impl KafkaSink {
                     value: Some(value),
                 });
             }
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(r.topic).headers(headers);
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(r.topic, round.opaque(place)).headers(headers);
             if let Some(k) = r.key {
                 record = record.key(k);
             }
             if let Some(v) = r.value {
                 record = record.payload(v);
             }
-            futures.push(match producer.send_result(record) {
-                Ok(f) => Some(f),
-                Err((e, _)) => {
-                    // The queue is full or the producer failed: the round fails and recovers.
-                    tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
-                    None
-                }
-            });
+            if let Err((e, _)) = producer.send(record) {
+                // The queue is full or the producer failed: the round fails and recovers.
+                tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
+                round.book(place, Err(KafkaError::Canceled));
+            }
         }
-        Ok(futures)
+        Ok(round)
     }
 
-    /// The acknowledgements of enqueued records, in order.
-    async fn await_all(
-        &self,
-        futures: Vec<Option<DeliveryFuture>>,
-    ) -> Vec<Result<(i32, i64), KafkaError>> {
+    /// The acknowledgements of enqueued rounds, in order.
+    async fn await_all(&self, rounds: Vec<Round>) -> Vec<Outcome> {
         let enqueued = Instant::now();
-        let mut out = Vec::with_capacity(futures.len());
-        for f in futures {
-            out.push(match f {
-                None => Err(KafkaError::Canceled),
-                Some(f) => match f.await {
-                    Ok(Ok(d)) => Ok((d.partition, d.offset)),
-                    Ok(Err((e, _))) => Err(e),
-                    Err(_) => Err(KafkaError::Canceled),
-                },
-            });
+        let mut out = Vec::new();
+        for round in rounds {
+            out.extend(round.outcomes().await);
         }
         tracing::debug!(sink = %self.name, records = out.len(), acks_ms = enqueued.elapsed().as_millis() as u64, "batch acknowledged");
         out

@@ -6,13 +6,14 @@
 //! and `retry` decides retry-or-definite for all of them.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgcdc_schema::debezium::DebeziumSource;
 use pgcdc_schema::mapping::JqProgram;
-use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
+use super::acks::{Acks, ProducingContext, SinkProducer};
 use super::config::{KafkaSinkConfig, TopicTemplate};
 use super::context::SinkContext;
 use super::progress::{Progress, RecordId};
@@ -81,7 +82,7 @@ pub struct KafkaSink {
     base: ClientConfig,
     /// Values of secret pass-through properties (masked in librdkafka's messages).
     masks: std::sync::Arc<Vec<String>>,
-    producer: Option<FutureProducer<SinkContext>>,
+    producer: Option<Arc<SinkProducer>>,
     /// The last progress record written (or read at start).
     progress: Progress,
     /// The HA epoch this process leads with, carried by its progress records. With
@@ -195,7 +196,7 @@ impl KafkaSink {
         })
     }
 
-    fn producer(&mut self) -> Result<FutureProducer<SinkContext>, Failure> {
+    fn producer(&mut self) -> Result<Arc<SinkProducer>, Failure> {
         if let Some(p) = &self.producer {
             return Ok(p.clone());
         }
@@ -210,13 +211,17 @@ impl KafkaSink {
         if self.transactional() {
             cfg.set("transactional.id", self.transactional_id());
         }
-        let producer: FutureProducer<SinkContext> =
-            cfg.create_with_context(self.context()).map_err(|e| {
-                Failure::Config(format!(
-                    "cannot create the Kafka producer: {}; check brokers and [sink.librdkafka]",
-                    self.config.redact_kafka_error(&e)
-                ))
-            })?;
+        let context = ProducingContext {
+            sink: self.context(),
+            acks: Arc::new(Acks::default()),
+        };
+        let producer: SinkProducer = cfg.create_with_context(context).map_err(|e| {
+            Failure::Config(format!(
+                "cannot create the Kafka producer: {}; check brokers and [sink.librdkafka]",
+                self.config.redact_kafka_error(&e)
+            ))
+        })?;
+        let producer = Arc::new(producer);
         self.producer = Some(producer.clone());
         Ok(producer)
     }

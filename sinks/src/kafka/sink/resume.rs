@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{BaseRecord, Producer};
 
 use super::retry::Failure;
 use super::{KafkaSink, STALL};
@@ -13,22 +13,23 @@ impl KafkaSink {
     pub(super) async fn write_progress(&mut self, record: &Progress) -> Result<(), Failure> {
         let value = serde_json::to_vec(record).map_err(|e| Failure::Encode(e.to_string()))?;
         let producer = self.writing_producer().await?;
-        let delivery = producer
-            .send_result(
-                FutureRecord::to(&self.config.progress_topic)
+        let round = producer.client().context().acks.open(1);
+        producer
+            .send(
+                BaseRecord::with_opaque_to(&self.config.progress_topic, round.opaque(0))
                     .key(self.name.as_bytes())
                     .payload(&value),
             )
             .map_err(|(e, _)| Failure::Broker(format!("progress record: {e}")))?;
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) if super::transaction::is_fenced(&e) => {
+        match round.outcomes().await.pop() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) if super::transaction::is_fenced(&e) => {
                 return Err(Failure::Fenced(format!(
                     "lost leadership: a newer producer of this sink fenced this one ({e})"
                 )))
             }
-            Ok(Err((e, _))) => return Err(Failure::Broker(format!("progress record: {e}"))),
-            Err(_) => return Err(Failure::Broker("progress record: producer closed".into())),
+            Some(Err(e)) => return Err(Failure::Broker(format!("progress record: {e}"))),
+            None => return Err(Failure::Broker("progress record: producer closed".into())),
         }
         // Under HA the record is its own transaction: visible once committed.
         self.commit().await?;

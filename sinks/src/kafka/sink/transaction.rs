@@ -13,12 +13,14 @@
 //! record is one too. The read-back then reads with `read_committed`, as
 //! consumers must: what it sees is what they see.
 
+use std::sync::Arc;
+
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 
 use super::retry::Failure;
 use super::{KafkaSink, STALL};
-use crate::kafka::context::SinkContext;
+use crate::kafka::acks::SinkProducer;
 
 impl KafkaSink {
     /// Under HA (an epoch is set) the producer is transactional.
@@ -66,9 +68,7 @@ impl KafkaSink {
     }
 
     /// The producer, with a transaction open under HA.
-    pub(super) async fn writing_producer(
-        &mut self,
-    ) -> Result<FutureProducer<SinkContext>, Failure> {
+    pub(super) async fn writing_producer(&mut self) -> Result<Arc<SinkProducer>, Failure> {
         self.fence_others().await?;
         let producer = self.producer()?;
         if self.transactional() && !self.in_txn {
