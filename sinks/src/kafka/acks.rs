@@ -1,11 +1,11 @@
 //! Where a producer's acknowledgements land: one slot per record handed over,
-//! in rounds that the sink awaits as a whole.
+//! in lots that the sink awaits as a whole.
 //!
 //! rdkafka's `FutureProducer` gives every record a oneshot channel (two heap
 //! blocks) and wakes the awaiting task once per acknowledgement that arrives
-//! while it waits. Here a record carries a number (its round and its place in
+//! while it waits. Here a record carries a number (its lot and its place in
 //! it) as librdkafka's opaque, the delivery callback writes the outcome into
-//! the round's slot, and the waiting task is woken once, when the round's last
+//! the lot's slot, and the waiting task is woken once, when the lot's last
 //! outcome is in. A plain producer handing 450k records to the benchmark's
 //! broker used 1.52-1.67 s of CPU this way against 1.73-2.17 s with the
 //! `FutureProducer` (four runs each, alternating; docs/benchmarks.md).
@@ -27,27 +27,27 @@ pub(crate) type Outcome = Result<(i32, i64), KafkaError>;
 /// The sink's producer: its delivery reports go to its [`Acks`].
 pub(crate) type SinkProducer = ThreadedProducer<ProducingContext>;
 
-/// Bits of a record's opaque that hold its place in its round; the rest holds
-/// the round's number.
+/// Bits of a record's opaque that hold its place in its lot; the rest holds
+/// the lot's number.
 const PLACE_BITS: u32 = 24;
-/// Records in one round at most (a chunk of a batch is far fewer).
-pub(crate) const MAX_ROUND: usize = 1 << PLACE_BITS;
+/// Records in one lot at most (a batch has at most 2 x 10,000: far fewer).
+pub(crate) const MAX_LOT: usize = 1 << PLACE_BITS;
 
-/// The outcomes of the rounds under way on one producer.
+/// The outcomes of the lots under way on one producer.
 #[derive(Default)]
 pub(crate) struct Acks {
-    rounds: Mutex<Rounds>,
-    /// Woken when a round's last outcome is in.
+    lots: Mutex<Lots>,
+    /// Woken when a lot's last outcome is in.
     done: Notify,
 }
 
 #[derive(Default)]
-struct Rounds {
+struct Lots {
     next_id: usize,
-    open: Vec<RoundSlots>,
+    open: Vec<LotSlots>,
 }
 
-struct RoundSlots {
+struct LotSlots {
     id: usize,
     outcomes: Vec<Option<Outcome>>,
     /// Slots still without an outcome.
@@ -55,23 +55,23 @@ struct RoundSlots {
 }
 
 impl Acks {
-    fn lock(&self) -> MutexGuard<'_, Rounds> {
+    fn lock(&self) -> MutexGuard<'_, Lots> {
         // A panic while holding the lock leaves plain data behind: still usable.
-        self.rounds.lock().unwrap_or_else(|e| e.into_inner())
+        self.lots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a round of `len` records (at most [`MAX_ROUND`]).
-    pub(crate) fn open(self: &Arc<Self>, len: usize) -> Round {
-        let len = len.min(MAX_ROUND);
-        let mut rounds = self.lock();
-        let id = rounds.next_id;
-        rounds.next_id = (id + 1) % (usize::MAX >> PLACE_BITS);
-        rounds.open.push(RoundSlots {
+    /// Opens a lot of `len` records (at most [`MAX_LOT`]).
+    pub(crate) fn open(self: &Arc<Self>, len: usize) -> Lot {
+        let len = len.min(MAX_LOT);
+        let mut lots = self.lock();
+        let id = lots.next_id;
+        lots.next_id = (id + 1) % (usize::MAX >> PLACE_BITS);
+        lots.open.push(LotSlots {
             id,
             outcomes: vec![None; len],
             left: len,
         });
-        Round {
+        Lot {
             acks: self.clone(),
             id,
             len,
@@ -79,37 +79,36 @@ impl Acks {
     }
 
     /// Books `outcome` for the record with this opaque; wakes the waiters when
-    /// its round is complete. Outcomes of rounds no longer open are dropped.
+    /// its lot is complete. Outcomes of lots no longer open are dropped.
     fn book(&self, opaque: usize, outcome: Outcome) {
-        let (id, place) = (opaque >> PLACE_BITS, opaque & (MAX_ROUND - 1));
-        let mut rounds = self.lock();
-        let Some(round) = rounds.open.iter_mut().find(|r| r.id == id) else {
+        let (id, place) = (opaque >> PLACE_BITS, opaque & (MAX_LOT - 1));
+        let mut lots = self.lock();
+        let Some(lot) = lots.open.iter_mut().find(|l| l.id == id) else {
             return;
         };
-        let Some(slot) = round.outcomes.get_mut(place) else {
+        let Some(slot) = lot.outcomes.get_mut(place) else {
             return;
         };
         if slot.is_none() {
             *slot = Some(outcome);
-            round.left -= 1;
-            if round.left == 0 {
-                drop(rounds);
+            lot.left -= 1;
+            if lot.left == 0 {
+                drop(lots);
                 self.done.notify_waiters();
             }
         }
     }
 
-    /// The outcomes of round `id`, once complete (and the round closed).
+    /// The outcomes of lot `id`, once complete (and the lot closed).
     fn take_if_complete(&self, id: usize) -> Option<Vec<Outcome>> {
-        let mut rounds = self.lock();
-        let at = rounds.open.iter().position(|r| r.id == id)?;
-        if rounds.open[at].left > 0 {
+        let mut lots = self.lock();
+        let at = lots.open.iter().position(|l| l.id == id)?;
+        if lots.open[at].left > 0 {
             return None;
         }
-        let round = rounds.open.swap_remove(at);
+        let lot = lots.open.swap_remove(at);
         Some(
-            round
-                .outcomes
+            lot.outcomes
                 .into_iter()
                 .map(|o| o.unwrap_or(Err(KafkaError::Canceled)))
                 .collect(),
@@ -117,20 +116,20 @@ impl Acks {
     }
 
     fn close(&self, id: usize) {
-        self.lock().open.retain(|r| r.id != id);
+        self.lock().open.retain(|l| l.id != id);
     }
 }
 
 /// Records handed to the producer together, awaited together. Dropped before
 /// it completes, it is closed: late outcomes of its records are ignored.
-pub(crate) struct Round {
+pub(crate) struct Lot {
     acks: Arc<Acks>,
     id: usize,
     len: usize,
 }
 
-impl Round {
-    /// The opaque of the round's record at `place` (below the round's length).
+impl Lot {
+    /// The opaque of the lot's record at `place` (below the lot's length).
     pub(crate) fn opaque(&self, place: usize) -> usize {
         debug_assert!(place < self.len);
         (self.id << PLACE_BITS) | place
@@ -156,7 +155,7 @@ impl Round {
     }
 }
 
-impl Drop for Round {
+impl Drop for Lot {
     fn drop(&mut self) {
         self.acks.close(self.id);
     }
@@ -196,7 +195,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_round_completes_when_its_last_outcome_is_in_and_ignores_the_rest() {
+    async fn a_lot_completes_when_its_last_outcome_is_in_and_ignores_the_rest() {
         let acks = Arc::new(Acks::default());
         let a = acks.open(3);
         let b = acks.open(1);
@@ -219,10 +218,10 @@ mod tests {
         let got: Vec<_> = got.into_iter().map(|o| o.ok()).collect();
         assert_eq!(got, vec![Some((0, 5)), Some((1, 6)), Some((2, 7))]);
         assert!(b.outcomes().await[0].is_err());
-        // Closed rounds are gone; an outcome for one is dropped.
+        // Closed lots are gone; an outcome for one is dropped.
         acks.book(oa, Ok((0, 1)));
         assert!(acks.lock().open.is_empty());
-        // A round dropped unfinished is closed.
+        // A lot dropped unfinished is closed.
         let c = acks.open(2);
         c.book(0, Ok((0, 1)));
         drop(c);

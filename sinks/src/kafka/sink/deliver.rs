@@ -12,7 +12,7 @@ use super::records::Recs;
 use super::retry::{backoff, record_disposition, Failure};
 use super::transaction::is_fenced;
 use super::{KafkaSink, RENDER_CHUNK, STALL};
-use crate::kafka::acks::{Outcome, Round};
+use crate::kafka::acks::{Lot, Outcome};
 use crate::kafka::progress;
 use crate::retry::Disposition;
 use crate::{AttemptOutcome, BatchAttempt, DeliveryIds, ItemResult, Outgoing, SinkError};
@@ -25,7 +25,7 @@ pub(super) struct Submitted {
     recs: Recs,
     pending: Vec<usize>,
     /// The handed-over chunks' acknowledgements, in order.
-    rounds: Vec<Round>,
+    lots: Vec<Lot>,
     /// Why enqueueing stopped part-way (the rest was never handed over).
     enqueue_error: Option<String>,
 }
@@ -54,7 +54,7 @@ impl KafkaSink {
         // Rendered and enqueued chunk by chunk, so the broker works on the first
         // records while the rest are rendered.
         let mut pending = Vec::with_capacity(items.len());
-        let mut rounds = Vec::new();
+        let mut lots = Vec::new();
         let mut enqueue_error: Option<String> = None;
         let mut skipped = 0usize;
         for chunk in (0..items.len()).collect::<Vec<_>>().chunks(RENDER_CHUNK) {
@@ -71,7 +71,7 @@ impl KafkaSink {
             skipped += recs.len() - from - chunk_pending.len();
             if enqueue_error.is_none() {
                 match self.enqueue(&recs, &chunk_pending).await {
-                    Ok(round) => rounds.push(round),
+                    Ok(lot) => lots.push(lot),
                     Err(f) if f.disposition() == Disposition::Definite => {
                         return Err(self.definite(f.to_string()))
                     }
@@ -88,7 +88,7 @@ impl KafkaSink {
             results,
             recs,
             pending,
-            rounds,
+            lots,
             enqueue_error,
         });
         Ok(())
@@ -115,12 +115,12 @@ impl KafkaSink {
             mut results,
             recs,
             mut pending,
-            rounds,
+            lots,
             enqueue_error,
         } = submitted;
         // Under HA a batch is one transaction: a failed round aborts all of it.
         let sent_in_batch = pending.clone();
-        let mut first_round = Some((self.await_all(rounds).await, enqueue_error));
+        let mut first_round = Some((self.await_all(lots).await, enqueue_error));
         let mut round = 0u32;
         while !pending.is_empty() {
             round += 1;
@@ -338,13 +338,13 @@ impl KafkaSink {
 
     /// Produces `recs[pending]` in order; one result per pending record.
     async fn send(&mut self, recs: &Recs, pending: &[usize]) -> Result<Vec<Outcome>, Failure> {
-        let round = self.enqueue(recs, pending).await?;
-        Ok(self.await_all(vec![round]).await)
+        let lot = self.enqueue(recs, pending).await?;
+        Ok(self.await_all(vec![lot]).await)
     }
 
     /// Hands `recs[pending]` to the producer, in order (new topics registered
-    /// first): one round, its places in the order of `pending`.
-    async fn enqueue(&mut self, recs: &Recs, pending: &[usize]) -> Result<Round, Failure> {
+    /// first): one lot, its places in the order of `pending`.
+    async fn enqueue(&mut self, recs: &Recs, pending: &[usize]) -> Result<Lot, Failure> {
         // Only topics not yet in the progress record (almost always none) are collected.
         let topics: BTreeSet<String> = pending
             .iter()
@@ -354,7 +354,7 @@ impl KafkaSink {
             .collect();
         self.register_topics(topics).await?;
         let producer = self.writing_producer().await?;
-        let round = producer.client().context().acks.open(pending.len());
+        let lot = producer.client().context().acks.open(pending.len());
         for (place, &i) in pending.iter().enumerate() {
             let r = recs.view(i);
             let mut headers = OwnedHeaders::new_with_capacity(6)
@@ -385,7 +385,7 @@ impl KafkaSink {
                 });
             }
             let mut record: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(r.topic, round.opaque(place)).headers(headers);
+                BaseRecord::with_opaque_to(r.topic, lot.opaque(place)).headers(headers);
             if let Some(k) = r.key {
                 record = record.key(k);
             }
@@ -395,18 +395,18 @@ impl KafkaSink {
             if let Err((e, _)) = producer.send(record) {
                 // The queue is full or the producer failed: the round fails and recovers.
                 tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
-                round.book(place, Err(KafkaError::Canceled));
+                lot.book(place, Err(KafkaError::Canceled));
             }
         }
-        Ok(round)
+        Ok(lot)
     }
 
-    /// The acknowledgements of enqueued rounds, in order.
-    async fn await_all(&self, rounds: Vec<Round>) -> Vec<Outcome> {
+    /// The acknowledgements of enqueued lots, in order.
+    async fn await_all(&self, lots: Vec<Lot>) -> Vec<Outcome> {
         let enqueued = Instant::now();
         let mut out = Vec::new();
-        for round in rounds {
-            out.extend(round.outcomes().await);
+        for lot in lots {
+            out.extend(lot.outcomes().await);
         }
         tracing::debug!(sink = %self.name, records = out.len(), acks_ms = enqueued.elapsed().as_millis() as u64, "batch acknowledged");
         out

@@ -13,15 +13,15 @@ impl KafkaSink {
     pub(super) async fn write_progress(&mut self, record: &Progress) -> Result<(), Failure> {
         let value = serde_json::to_vec(record).map_err(|e| Failure::Encode(e.to_string()))?;
         let producer = self.writing_producer().await?;
-        let round = producer.client().context().acks.open(1);
+        let lot = producer.client().context().acks.open(1);
         producer
             .send(
-                BaseRecord::with_opaque_to(&self.config.progress_topic, round.opaque(0))
+                BaseRecord::with_opaque_to(&self.config.progress_topic, lot.opaque(0))
                     .key(self.name.as_bytes())
                     .payload(&value),
             )
             .map_err(|(e, _)| Failure::Broker(format!("progress record: {e}")))?;
-        match round.outcomes().await.pop() {
+        match lot.outcomes().await.pop() {
             Some(Ok(_)) => {}
             Some(Err(e)) if super::transaction::is_fenced(&e) => {
                 return Err(Failure::Fenced(format!(
