@@ -456,6 +456,49 @@ async fn kill9_during_load_every_change_exactly_once_in_key_order() -> anyhow::R
     Ok(())
 }
 
+/// librdkafka's local queue holds fewer records than a batch hands over: the
+/// sink waits for room (backpressure) instead of failing the records it refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_queue_smaller_than_a_batch_slows_delivery_without_failing_it(
+) -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    broker.create_topic(TOPIC, 3)?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&kafka_config(
+        &pg.url(),
+        state.path(),
+        &broker.bootstrap(),
+        "[sink.librdkafka]\n\"queue.buffering.max.messages\" = 100\n",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    // Written before pgcdc reads it: a backlog, delivered in full batches.
+    load_part(SocketAddr::of(&pg), Duration::ZERO, true, 0..UPDATES_PER_ROW).await??;
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        TOTAL,
+        &mut p,
+        Duration::from_secs(240),
+    )
+    .await?;
+    let records = settled_records(&broker).await?;
+    assert_exactly_once_in_order(&records)?;
+    ensure!(
+        records.len() == TOTAL,
+        "{} records for {TOTAL} changes",
+        records.len()
+    );
+    let log = p.stderr();
+    ensure!(
+        !log.contains("Kafka delivery failed"),
+        "records the full queue refused were failed and retried instead of waiting for room:\n{}",
+        p.stderr_tail(20)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     let (broker, pg, state, _) = load_setup(2).await?;

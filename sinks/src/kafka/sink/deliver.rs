@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 
@@ -16,6 +16,9 @@ use crate::kafka::acks::{Lot, Outcome};
 use crate::kafka::progress;
 use crate::retry::Disposition;
 use crate::{AttemptOutcome, BatchAttempt, DeliveryIds, ItemResult, Outgoing, SinkError};
+
+/// How long a record librdkafka's full queue refused waits before it is offered again.
+const QUEUE_FULL_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A batch handed to the producer whose acknowledgements are not yet awaited
 /// (`submit_batch` → `settle_batch`).
@@ -392,10 +395,25 @@ impl KafkaSink {
             if let Some(v) = r.value {
                 record = record.payload(v);
             }
-            if let Err((e, _)) = producer.send(record) {
-                // The queue is full or the producer failed: the round fails and recovers.
-                tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
-                lot.book(place, Err(KafkaError::Canceled));
+            // librdkafka's queue full (`queue.buffering.max.*` below a batch):
+            // wait for acknowledgements to make room, as long as one may stall.
+            let mut full_since: Option<Instant> = None;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if full_since.get_or_insert_with(Instant::now).elapsed() < STALL =>
+                    {
+                        record = back;
+                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                    }
+                    Err((e, _)) => {
+                        // The producer failed (or stayed full): the round fails and recovers.
+                        tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
+                        lot.book(place, Err(KafkaError::Canceled));
+                        break;
+                    }
+                }
             }
         }
         Ok(lot)
