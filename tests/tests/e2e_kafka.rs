@@ -474,7 +474,13 @@ async fn a_producer_queue_smaller_than_a_batch_slows_delivery_without_failing_it
     ))?;
     let mut p = start_streaming(&pg, &cfg).await?;
     // Written before pgcdc reads it: a backlog, delivered in full batches.
-    load_part(SocketAddr::of(&pg), Duration::ZERO, true, 0..UPDATES_PER_ROW).await??;
+    load_part(
+        SocketAddr::of(&pg),
+        Duration::ZERO,
+        true,
+        0..UPDATES_PER_ROW,
+    )
+    .await??;
     wait_records(
         &broker.bootstrap(),
         TOPIC,
@@ -496,6 +502,74 @@ async fn a_producer_queue_smaller_than_a_batch_slows_delivery_without_failing_it
         "records the full queue refused were failed and retried instead of waiting for room:\n{}",
         p.stderr_tail(20)
     );
+    Ok(())
+}
+
+/// A record over librdkafka's `message.max.bytes`, refused as it is handed
+/// over, is dead-lettered with the reason; the rows after it are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_delivered(
+) -> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    broker.create_topic(TOPIC, 3)?;
+    let pg = PgCluster::new().await?;
+    permits_table(&pg).await?;
+    let state = state_dir()?;
+    let cfg = ConfigFile::new(&kafka_config(
+        &pg.url(),
+        state.path(),
+        &broker.bootstrap(),
+        "[sink.librdkafka]\n\"message.max.bytes\" = 100000\n",
+    ))?;
+    let mut p = start_streaming(&pg, &cfg).await?;
+    pg.batch(
+        "INSERT INTO permits VALUES (1, 'pending', 1, NULL, NULL); \
+         INSERT INTO permits VALUES (2, repeat('x', 200000), 1, NULL, NULL); \
+         INSERT INTO permits VALUES (3, 'pending', 1, NULL, NULL);",
+    )
+    .await?;
+    let records = wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        2,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let ids: Vec<i64> = records
+        .iter()
+        .map(|r| json(r)?["after"]["id"].as_i64().context("after.id"))
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        ids.len() == 2 && !ids.contains(&2),
+        "records of ids {ids:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dlq = loop {
+        let (_, out, _) =
+            pgcdc_output(&["dlq", "list", "--config", &cfg.arg(), "--sink", "kafka"]).await?;
+        if out.contains("permits") || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    ensure!(
+        dlq.lines().filter(|l| l.contains("permits")).count() == 1
+            && dlq.to_lowercase().contains("too large"),
+        "the large row is not dead-lettered with its reason:\n{dlq}\nstderr:\n{}",
+        p.stderr_tail(20)
+    );
+    // The sink goes on: a later row arrives.
+    pg.batch("INSERT INTO permits VALUES (4, 'pending', 1, NULL, NULL);")
+        .await?;
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        3,
+        &mut p,
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok(())
 }
 

@@ -408,9 +408,11 @@ impl KafkaSink {
                         tokio::time::sleep(QUEUE_FULL_WAIT).await;
                     }
                     Err((e, _)) => {
-                        // The producer failed (or stayed full): the round fails and recovers.
+                        // Booked as an acknowledgement with this error would be: a record
+                        // too large is dead-lettered, a passing failure (the producer
+                        // failed, or stayed full) fails the round, which recovers.
                         tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
-                        lot.book(place, Err(KafkaError::Canceled));
+                        lot.book(place, Err(e));
                         break;
                     }
                 }
