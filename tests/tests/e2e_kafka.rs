@@ -506,7 +506,8 @@ async fn a_producer_queue_smaller_than_a_batch_slows_delivery_without_failing_it
 }
 
 /// A record over librdkafka's `message.max.bytes`, refused as it is handed
-/// over, is dead-lettered with the reason; the rows after it are delivered.
+/// over, is dead-lettered with the reason; its row's later change in the same
+/// batch is parked behind it, and the other rows are delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_delivered(
 ) -> anyhow::Result<()> {
@@ -525,6 +526,7 @@ async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_deliv
     pg.batch(
         "INSERT INTO permits VALUES (1, 'pending', 1, NULL, NULL); \
          INSERT INTO permits VALUES (2, repeat('x', 200000), 1, NULL, NULL); \
+         UPDATE permits SET status = 'approved', version = 2 WHERE id = 2; \
          INSERT INTO permits VALUES (3, 'pending', 1, NULL, NULL);",
     )
     .await?;
@@ -554,12 +556,12 @@ async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_deliv
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     ensure!(
-        dlq.lines().filter(|l| l.contains("permits")).count() == 1
+        dlq.lines().filter(|l| l.contains("permits")).count() == 2
             && dlq.to_lowercase().contains("too large"),
         "the large row is not dead-lettered with its reason:\n{dlq}\nstderr:\n{}",
         p.stderr_tail(20)
     );
-    // The sink goes on: a later row arrives.
+    // The sink goes on: a later row arrives, and row 2 never reached Kafka.
     pg.batch("INSERT INTO permits VALUES (4, 'pending', 1, NULL, NULL);")
         .await?;
     wait_records(
@@ -570,6 +572,15 @@ async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_deliv
         Duration::from_secs(60),
     )
     .await?;
+    let records = settled_records(&broker).await?;
+    let ids: Vec<i64> = records
+        .iter()
+        .map(|r| json(r)?["after"]["id"].as_i64().context("after.id"))
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        ids.len() == 3 && !ids.contains(&2),
+        "row 2's later change went ahead of its dead letter: records of ids {ids:?}"
+    );
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! One batch through the producer: render and enqueue, await the acks, and on
 //! failure recover (new producer session, read-back) and retry what is missing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -31,6 +31,18 @@ pub(super) struct Submitted {
     lots: Vec<Lot>,
     /// Why enqueueing stopped part-way (the rest was never handed over).
     enqueue_error: Option<String>,
+    stops: Stops,
+}
+
+/// Rows of the batch one of whose records was refused for good (dead-lettered
+/// as it was rendered or handed over), and the records of those rows held back
+/// after it: parked, never handed over, so a row's later change never reaches
+/// Kafka ahead of the one in its DLQ. (A record the broker refuses after
+/// taking it stops only the row's later batches: the rest of its batch is out.)
+#[derive(Default)]
+struct Stops {
+    rows: HashSet<String>,
+    held: HashSet<usize>,
 }
 
 impl KafkaSink {
@@ -60,11 +72,15 @@ impl KafkaSink {
         let mut lots = Vec::new();
         let mut enqueue_error: Option<String> = None;
         let mut skipped = 0usize;
+        let mut stops = Stops::default();
         for chunk in (0..items.len()).collect::<Vec<_>>().chunks(RENDER_CHUNK) {
             let from = recs.len();
             for &i in chunk {
-                if let Err(error) = self.records(i, &items[i], &mut recs) {
+                if stops.rows.contains(&items[i].row) {
+                    results[i] = Some(ItemResult::Parked);
+                } else if let Err(error) = self.records(i, &items[i], &mut recs) {
                     results[i] = Some(ItemResult::DeadLettered { error });
+                    stops.rows.insert(items[i].row.clone());
                 }
             }
             // Records a read-back found were written before a crash: not again.
@@ -73,7 +89,7 @@ impl KafkaSink {
                 .collect();
             skipped += recs.len() - from - chunk_pending.len();
             if enqueue_error.is_none() {
-                match self.enqueue(&recs, &chunk_pending).await {
+                match self.enqueue(&recs, &chunk_pending, items, &mut stops).await {
                     Ok(lot) => lots.push(lot),
                     Err(f) if f.disposition() == Disposition::Definite => {
                         return Err(self.definite(f.to_string()))
@@ -93,6 +109,7 @@ impl KafkaSink {
             pending,
             lots,
             enqueue_error,
+            stops,
         });
         Ok(())
     }
@@ -120,6 +137,7 @@ impl KafkaSink {
             mut pending,
             lots,
             enqueue_error,
+            mut stops,
         } = submitted;
         // Under HA a batch is one transaction: a failed round aborts all of it.
         let sent_in_batch = pending.clone();
@@ -139,7 +157,7 @@ impl KafkaSink {
                     }
                     Ok(outcomes)
                 }
-                None => self.send(&recs, &pending).await,
+                None => self.send(&recs, &pending, items, &mut stops).await,
             };
             let mut failed = match sent {
                 Err(f) if f.disposition() == Disposition::Definite => {
@@ -157,7 +175,14 @@ impl KafkaSink {
                             )));
                         }
                     }
-                    self.book_acks(&recs, &pending, outcomes, &mut results, &mut last_error)
+                    self.book_acks(
+                        &recs,
+                        &pending,
+                        outcomes,
+                        &stops,
+                        &mut results,
+                        &mut last_error,
+                    )
                 }
             };
             if failed.is_empty() {
@@ -183,7 +208,11 @@ impl KafkaSink {
                     .iter()
                     .copied()
                     .filter(|&i| {
-                        !matches!(results[recs.item(i)], Some(ItemResult::DeadLettered { .. }))
+                        !stops.held.contains(&i)
+                            && !matches!(
+                                results[recs.item(i)],
+                                Some(ItemResult::DeadLettered { .. })
+                            )
                     })
                     .collect();
             }
@@ -222,6 +251,8 @@ impl KafkaSink {
                     );
                     self.audit.record(a).await;
                 }
+                // The runner parks it behind its row's dead letter.
+                ItemResult::Parked => {}
                 _ if item.part == 0 => delivered.push(item.event.id.as_str()),
                 _ => delivered.push(&item.delivery_id()),
             }
@@ -249,6 +280,7 @@ impl KafkaSink {
         recs: &Recs,
         pending: &[usize],
         outcomes: Vec<Outcome>,
+        stops: &Stops,
         results: &mut [Option<ItemResult>],
         last_error: &mut String,
     ) -> Vec<usize> {
@@ -257,6 +289,10 @@ impl KafkaSink {
         // and added to the sink's books once per partition.
         let mut acked: HashMap<(&str, i32), i64> = HashMap::new();
         for (&i, outcome) in pending.iter().zip(outcomes) {
+            if stops.held.contains(&i) {
+                results[recs.item(i)].get_or_insert(ItemResult::Parked);
+                continue;
+            }
             match outcome {
                 Ok((partition, offset)) => {
                     let e = acked.entry((recs.topic(i), partition)).or_insert(0);
@@ -340,14 +376,27 @@ impl KafkaSink {
     }
 
     /// Produces `recs[pending]` in order; one result per pending record.
-    async fn send(&mut self, recs: &Recs, pending: &[usize]) -> Result<Vec<Outcome>, Failure> {
-        let lot = self.enqueue(recs, pending).await?;
+    async fn send(
+        &mut self,
+        recs: &Recs,
+        pending: &[usize],
+        items: &[Outgoing],
+        stops: &mut Stops,
+    ) -> Result<Vec<Outcome>, Failure> {
+        let lot = self.enqueue(recs, pending, items, stops).await?;
         Ok(self.await_all(vec![lot]).await)
     }
 
     /// Hands `recs[pending]` to the producer, in order (new topics registered
-    /// first): one lot, its places in the order of `pending`.
-    async fn enqueue(&mut self, recs: &Recs, pending: &[usize]) -> Result<Lot, Failure> {
+    /// first): one lot, its places in the order of `pending`. Records of rows in
+    /// `stops` are held back; a record refused for good stops its row.
+    async fn enqueue(
+        &mut self,
+        recs: &Recs,
+        pending: &[usize],
+        items: &[Outgoing],
+        stops: &mut Stops,
+    ) -> Result<Lot, Failure> {
         // Only topics not yet in the progress record (almost always none) are collected.
         let topics: BTreeSet<String> = pending
             .iter()
@@ -359,6 +408,12 @@ impl KafkaSink {
         let producer = self.writing_producer().await?;
         let lot = producer.client().context().acks.open(pending.len());
         for (place, &i) in pending.iter().enumerate() {
+            let row = &items[recs.item(i)].row;
+            if stops.rows.contains(row) {
+                stops.held.insert(i);
+                lot.book(place, Err(KafkaError::Canceled));
+                continue;
+            }
             let r = recs.view(i);
             let mut headers = OwnedHeaders::new_with_capacity(6)
                 .insert(Header {
@@ -412,6 +467,9 @@ impl KafkaSink {
                         // too large is dead-lettered, a passing failure (the producer
                         // failed, or stayed full) fails the round, which recovers.
                         tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
+                        if record_disposition(&e) == Disposition::Definite {
+                            stops.rows.insert(row.clone());
+                        }
                         lot.book(place, Err(e));
                         break;
                     }
