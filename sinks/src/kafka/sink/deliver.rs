@@ -12,13 +12,39 @@ use super::records::Recs;
 use super::retry::{backoff, record_disposition, Failure};
 use super::transaction::is_fenced;
 use super::{KafkaSink, RENDER_CHUNK, STALL};
-use crate::kafka::acks::{Lot, Outcome};
+use crate::kafka::acks::{Lot, Outcome, SinkProducer};
 use crate::kafka::progress;
 use crate::retry::Disposition;
 use crate::{AttemptOutcome, BatchAttempt, DeliveryIds, ItemResult, Outgoing, SinkError};
 
 /// How long a record librdkafka's full queue refused waits before it is offered again.
 const QUEUE_FULL_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Hands `record` to the producer. While librdkafka's queue is full
+/// (`queue.buffering.max.*` below what is in flight) it waits for
+/// acknowledgements to make room, as long as a broker may stall ([`STALL`]).
+pub(super) async fn hand_over<K, P>(
+    producer: &SinkProducer,
+    mut record: BaseRecord<'_, K, P, usize>,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    let mut full_since: Option<Instant> = None;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if full_since.get_or_insert_with(Instant::now).elapsed() < STALL =>
+            {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_WAIT).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
 
 /// A batch handed to the producer whose acknowledgements are not yet awaited
 /// (`submit_batch` → `settle_batch`).
@@ -41,8 +67,22 @@ pub(super) struct Submitted {
 /// taking it stops only the row's later batches: the rest of its batch is out.)
 #[derive(Default)]
 struct Stops {
-    rows: HashSet<String>,
+    /// Per stopped row, the first record index held back (records before it,
+    /// sent before the refusal, are retried as usual).
+    rows: HashMap<String, usize>,
     held: HashSet<usize>,
+}
+
+impl Stops {
+    /// Whether record `i` of `row` is held back.
+    fn holds(&self, row: &str, i: usize) -> bool {
+        self.rows.get(row).is_some_and(|&from| i >= from)
+    }
+
+    /// Stops `row` from record `from` on (the first stop of a row counts).
+    fn stop(&mut self, row: &str, from: usize) {
+        self.rows.entry(row.to_string()).or_insert(from);
+    }
 }
 
 impl KafkaSink {
@@ -76,11 +116,12 @@ impl KafkaSink {
         for chunk in (0..items.len()).collect::<Vec<_>>().chunks(RENDER_CHUNK) {
             let from = recs.len();
             for &i in chunk {
-                if stops.rows.contains(&items[i].row) {
+                if stops.rows.contains_key(&items[i].row) {
                     results[i] = Some(ItemResult::Parked);
                 } else if let Err(error) = self.records(i, &items[i], &mut recs) {
                     results[i] = Some(ItemResult::DeadLettered { error });
-                    stops.rows.insert(items[i].row.clone());
+                    // It left no records: every later one of its row is held.
+                    stops.stop(&items[i].row, recs.len());
                 }
             }
             // Records a read-back found were written before a crash: not again.
@@ -409,7 +450,7 @@ impl KafkaSink {
         let lot = producer.client().context().acks.open(pending.len());
         for (place, &i) in pending.iter().enumerate() {
             let row = &items[recs.item(i)].row;
-            if stops.rows.contains(row) {
+            if stops.holds(row, i) {
                 stops.held.insert(i);
                 lot.book(place, Err(KafkaError::Canceled));
                 continue;
@@ -450,30 +491,15 @@ impl KafkaSink {
             if let Some(v) = r.value {
                 record = record.payload(v);
             }
-            // librdkafka's queue full (`queue.buffering.max.*` below a batch):
-            // wait for acknowledgements to make room, as long as one may stall.
-            let mut full_since: Option<Instant> = None;
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                        if full_since.get_or_insert_with(Instant::now).elapsed() < STALL =>
-                    {
-                        record = back;
-                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                    }
-                    Err((e, _)) => {
-                        // Booked as an acknowledgement with this error would be: a record
-                        // too large is dead-lettered, a passing failure (the producer
-                        // failed, or stayed full) fails the round, which recovers.
-                        tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
-                        if record_disposition(&e) == Disposition::Definite {
-                            stops.rows.insert(row.clone());
-                        }
-                        lot.book(place, Err(e));
-                        break;
-                    }
+            if let Err(e) = hand_over(&producer, record).await {
+                // Booked as an acknowledgement with this error would be: a record
+                // too large is dead-lettered, a passing failure (the producer
+                // failed, or stayed full) fails the round, which recovers.
+                tracing::debug!(sink = %self.name, error = %e, "enqueue failed");
+                if record_disposition(&e) == Disposition::Definite {
+                    stops.stop(row, i + 1);
                 }
+                lot.book(place, Err(e));
             }
         }
         Ok(lot)

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use rdkafka::producer::{BaseRecord, Producer};
 
+use super::deliver::hand_over;
 use super::retry::Failure;
 use super::{KafkaSink, STALL};
 use crate::kafka::progress::{self, Progress};
@@ -14,13 +15,12 @@ impl KafkaSink {
         let value = serde_json::to_vec(record).map_err(|e| Failure::Encode(e.to_string()))?;
         let producer = self.writing_producer().await?;
         let lot = producer.client().context().acks.open(1);
-        producer
-            .send(
-                BaseRecord::with_opaque_to(&self.config.progress_topic, lot.opaque(0))
-                    .key(self.name.as_bytes())
-                    .payload(&value),
-            )
-            .map_err(|(e, _)| Failure::Broker(format!("progress record: {e}")))?;
+        let record = BaseRecord::with_opaque_to(&self.config.progress_topic, lot.opaque(0))
+            .key(self.name.as_bytes())
+            .payload(&value);
+        hand_over(&producer, record)
+            .await
+            .map_err(|e| Failure::Broker(format!("progress record: {e}")))?;
         match lot.outcomes().await.pop() {
             Some(Ok(_)) => {}
             Some(Err(e)) if super::transaction::is_fenced(&e) => {
