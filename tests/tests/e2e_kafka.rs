@@ -393,8 +393,11 @@ fn assert_exactly_once_in_order(records: &[Record]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A broker with `TOPIC` in `partitions`, a cluster with the permits table,
+/// and a config for them with `extra` sink lines.
 async fn load_setup(
     partitions: i32,
+    extra: &str,
 ) -> anyhow::Result<(Broker, PgCluster, tempfile::TempDir, ConfigFile)> {
     let broker = Broker::start().await?;
     broker.create_topic(TOPIC, partitions)?;
@@ -405,16 +408,40 @@ async fn load_setup(
         &pg.url(),
         state.path(),
         &broker.bootstrap(),
-        "",
+        extra,
     ))?;
     Ok((broker, pg, state, cfg))
 }
 
 const TOTAL: usize = (ROWS * (UPDATES_PER_ROW + 1)) as usize;
 
+/// Waits for the load's `TOTAL` changes in `TOPIC` and checks them: every one
+/// exactly once (after 2 s more for a duplicate to show up), per key in order.
+async fn all_changes_once_in_order(
+    broker: &Broker,
+    p: &mut pgcdc_tests::Pgcdc,
+) -> anyhow::Result<()> {
+    wait_records(
+        &broker.bootstrap(),
+        TOPIC,
+        TOTAL,
+        p,
+        Duration::from_secs(240),
+    )
+    .await?;
+    let records = settled_records(broker).await?;
+    assert_exactly_once_in_order(&records)?;
+    ensure!(
+        records.len() == TOTAL,
+        "{} records for {TOTAL} changes",
+        records.len()
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_during_load_every_change_exactly_once_in_key_order() -> anyhow::Result<()> {
-    let (broker, pg, _state, cfg) = load_setup(3).await?;
+    let (broker, pg, _state, cfg) = load_setup(3, "").await?;
     let mut p = start_streaming(&pg, &cfg).await?;
     let load = start_load(SocketAddr::of(&pg), Duration::from_millis(15));
     for round in 1..=3usize {
@@ -432,26 +459,11 @@ async fn kill9_during_load_every_change_exactly_once_in_key_order() -> anyhow::R
         p = start_streaming(&pg, &cfg).await?;
     }
     load.await??;
-    wait_records(
-        &broker.bootstrap(),
-        TOPIC,
-        TOTAL,
-        &mut p,
-        Duration::from_secs(240),
-    )
-    .await?;
-    // Give a duplicate, if any, the time to show up.
-    let records = settled_records(&broker).await?;
+    all_changes_once_in_order(&broker, &mut p).await?;
     let resumed = stderr_with(&p, &["resuming from the progress record"]).await;
     ensure!(
         resumed.contains("resuming from the progress record"),
         "no resume logged:\n{resumed}"
-    );
-    assert_exactly_once_in_order(&records)?;
-    ensure!(
-        records.len() == TOTAL,
-        "{} records for {TOTAL} changes",
-        records.len()
     );
     Ok(())
 }
@@ -461,17 +473,11 @@ async fn kill9_during_load_every_change_exactly_once_in_key_order() -> anyhow::R
 #[tokio::test(flavor = "multi_thread")]
 async fn a_producer_queue_smaller_than_a_batch_slows_delivery_without_failing_it(
 ) -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    broker.create_topic(TOPIC, 3)?;
-    let pg = PgCluster::new().await?;
-    permits_table(&pg).await?;
-    let state = state_dir()?;
-    let cfg = ConfigFile::new(&kafka_config(
-        &pg.url(),
-        state.path(),
-        &broker.bootstrap(),
+    let (broker, pg, _state, cfg) = load_setup(
+        3,
         "[sink.librdkafka]\n\"queue.buffering.max.messages\" = 100\n",
-    ))?;
+    )
+    .await?;
     let mut p = start_streaming(&pg, &cfg).await?;
     // Written before pgcdc reads it: a backlog, delivered in full batches.
     load_part(
@@ -481,21 +487,7 @@ async fn a_producer_queue_smaller_than_a_batch_slows_delivery_without_failing_it
         0..UPDATES_PER_ROW,
     )
     .await??;
-    wait_records(
-        &broker.bootstrap(),
-        TOPIC,
-        TOTAL,
-        &mut p,
-        Duration::from_secs(240),
-    )
-    .await?;
-    let records = settled_records(&broker).await?;
-    assert_exactly_once_in_order(&records)?;
-    ensure!(
-        records.len() == TOTAL,
-        "{} records for {TOTAL} changes",
-        records.len()
-    );
+    all_changes_once_in_order(&broker, &mut p).await?;
     let log = p.stderr();
     let failed: Vec<&str> = log
         .lines()
@@ -516,17 +508,8 @@ async fn a_producer_queue_smaller_than_a_batch_slows_delivery_without_failing_it
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_delivered(
 ) -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    broker.create_topic(TOPIC, 3)?;
-    let pg = PgCluster::new().await?;
-    permits_table(&pg).await?;
-    let state = state_dir()?;
-    let cfg = ConfigFile::new(&kafka_config(
-        &pg.url(),
-        state.path(),
-        &broker.bootstrap(),
-        "[sink.librdkafka]\n\"message.max.bytes\" = 100000\n",
-    ))?;
+    let (broker, pg, _state, cfg) =
+        load_setup(3, "[sink.librdkafka]\n\"message.max.bytes\" = 100000\n").await?;
     let mut p = start_streaming(&pg, &cfg).await?;
     pg.batch(
         "INSERT INTO permits VALUES (1, 'pending', 1, NULL, NULL); \
@@ -591,7 +574,7 @@ async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_deliv
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result<()> {
-    let (broker, pg, state, _) = load_setup(2).await?;
+    let (broker, pg, state, _) = load_setup(2, "").await?;
     // Records time out inside the outage, so pgcdc's own recovery runs (new producer
     // session, read-back from the progress record), not only librdkafka's retries.
     let cfg = ConfigFile::new(&kafka_config(
@@ -628,21 +611,7 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
     );
     broker.restore();
     load.await??;
-    wait_records(
-        &broker.bootstrap(),
-        TOPIC,
-        TOTAL,
-        &mut p,
-        Duration::from_secs(240),
-    )
-    .await?;
-    let records = settled_records(&broker).await?;
-    assert_exactly_once_in_order(&records)?;
-    ensure!(
-        records.len() == TOTAL,
-        "{} records for {TOTAL} changes",
-        records.len()
-    );
+    all_changes_once_in_order(&broker, &mut p).await?;
     // The cut lands either while records are in flight or while their progress
     // record is: each path says so in its own words, and each retries.
     let log = stderr_with(&p, &["Kafka"]).await;
@@ -655,7 +624,7 @@ async fn broker_outage_mid_load_loses_and_duplicates_nothing() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()> {
-    let (broker, pg, state, cfg) = load_setup(1).await?;
+    let (broker, pg, state, cfg) = load_setup(1, "").await?;
     deliver_and_stop(
         &pg,
         &broker,
@@ -696,7 +665,7 @@ async fn stale_local_cursor_loses_to_the_progress_record() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_foreign_record_in_a_written_partition_stops_pgcdc() -> anyhow::Result<()> {
-    let (broker, pg, _state, cfg) = load_setup(1).await?;
+    let (broker, pg, _state, cfg) = load_setup(1, "").await?;
     deliver_and_stop(
         &pg,
         &broker,
@@ -801,7 +770,7 @@ async fn check_reports_the_broker_and_refuses_managed_options() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_reset_while_stopped_wins_over_the_progress_record() -> anyhow::Result<()> {
-    let (broker, pg, _state, cfg) = load_setup(1).await?;
+    let (broker, pg, _state, cfg) = load_setup(1, "").await?;
     deliver_and_stop(
         &pg,
         &broker,
