@@ -107,6 +107,14 @@ async fn deliver_and_stop(
     Ok(())
 }
 
+/// The `after.id` of each record, in order.
+fn after_ids(records: &[Record]) -> anyhow::Result<Vec<i64>> {
+    records
+        .iter()
+        .map(|r| json(r)?["after"]["id"].as_i64().context("after.id"))
+        .collect()
+}
+
 fn json(r: &Record) -> anyhow::Result<Value> {
     serde_json::from_str(
         r.value
@@ -526,10 +534,7 @@ async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_deliv
         Duration::from_secs(60),
     )
     .await?;
-    let ids: Vec<i64> = records
-        .iter()
-        .map(|r| json(r)?["after"]["id"].as_i64().context("after.id"))
-        .collect::<anyhow::Result<_>>()?;
+    let ids = after_ids(&records)?;
     ensure!(
         ids.len() == 2 && !ids.contains(&2),
         "records of ids {ids:?}"
@@ -561,10 +566,7 @@ async fn a_record_too_large_for_the_producer_is_dead_lettered_and_the_rest_deliv
     )
     .await?;
     let records = settled_records(&broker).await?;
-    let ids: Vec<i64> = records
-        .iter()
-        .map(|r| json(r)?["after"]["id"].as_i64().context("after.id"))
-        .collect::<anyhow::Result<_>>()?;
+    let ids = after_ids(&records)?;
     ensure!(
         ids.len() == 3 && !ids.contains(&2),
         "row 2's later change went ahead of its dead letter: records of ids {ids:?}"

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer};
 
 use super::deliver::hand_over;
@@ -21,15 +22,20 @@ impl KafkaSink {
         hand_over(&producer, record)
             .await
             .map_err(|e| Failure::Broker(format!("progress record: {e}")))?;
-        match lot.outcomes().await.pop() {
-            Some(Ok(_)) => {}
-            Some(Err(e)) if super::transaction::is_fenced(&e) => {
+        // A lot of one gives one outcome.
+        match lot
+            .outcomes()
+            .await
+            .pop()
+            .unwrap_or(Err(KafkaError::Canceled))
+        {
+            Ok(_) => {}
+            Err(e) if super::transaction::is_fenced(&e) => {
                 return Err(Failure::Fenced(format!(
                     "lost leadership: a newer producer of this sink fenced this one ({e})"
                 )))
             }
-            Some(Err(e)) => return Err(Failure::Broker(format!("progress record: {e}"))),
-            None => return Err(Failure::Broker("progress record: producer closed".into())),
+            Err(e) => return Err(Failure::Broker(format!("progress record: {e}"))),
         }
         // Under HA the record is its own transaction: visible once committed.
         self.commit().await?;
